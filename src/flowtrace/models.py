@@ -1,0 +1,338 @@
+"""Pydantic models of the "Log to a Flow" wire contract (see CONTRACT.md).
+
+Client and server share these: the HTTP exporter builds request bodies that validate against
+them, and the server validates what it receives with them. Request models forbid unknown fields
+(the contract answers 422); response models ignore unknown fields so the client keeps working
+against newer servers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+__all__ = [
+    "BatchRequest",
+    "BatchResponse",
+    "BatchResult",
+    "ChatMessage",
+    "ChatRole",
+    "CreateFlowLogResponse",
+    "DeployRequest",
+    "FlowKernel",
+    "FlowLogRequest",
+    "FlowLogResponse",
+    "FlowLogUpdateRequest",
+    "FlowResponse",
+    "FlowUpsertRequest",
+    "FunctionCall",
+    "ImageUrl",
+    "ImageUrlContent",
+    "LogOperation",
+    "LogQuery",
+    "PaginatedLogs",
+    "StatusField",
+    "TextContent",
+    "ToolCall",
+    "TraceStatus",
+    "UpdateOperation",
+    "VersionResponse",
+    "WireDatetime",
+    "format_datetime",
+]
+
+TraceStatus = Literal["complete", "incomplete"]
+StatusField = Literal["trace_status", "log_status"]
+ChatRole = Literal["user", "assistant", "system", "tool", "developer"]
+
+
+def _coerce_datetime(value: object) -> object:
+    """Accept epoch seconds (older clients) and naive datetimes (taken as UTC)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    if isinstance(value, str):
+        # Parse here so a naive ISO string can be made UTC before pydantic sees it.
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value  # let pydantic produce its precise error
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return value
+
+
+def format_datetime(value: datetime) -> str:
+    """ISO-8601 in UTC with a `Z`, microsecond precision: the contract's wire form."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    text = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")
+
+
+WireDatetime = Annotated[
+    datetime,
+    BeforeValidator(_coerce_datetime),
+    PlainSerializer(format_datetime, return_type=str, when_used="json"),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- chat messages -------------------------------------------------------------------------
+
+
+class TextContent(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Request):
+    url: str
+    detail: Literal["high", "low", "auto"] | None = None
+
+
+class ImageUrlContent(_Request):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextContent | ImageUrlContent, Field(discriminator="type")]
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str | None = None
+
+
+class ToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Request):
+    role: ChatRole
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class FlowKernel(_Request):
+    """The Flow version: the same attributes mean the same version."""
+
+    attributes: dict[str, Any]
+
+
+def _one_status_field(data: Any) -> Any:
+    if isinstance(data, dict) and "trace_status" in data and "log_status" in data:
+        raise ValueError("send either trace_status or log_status, not both")
+    return data
+
+
+class _StatusMixin(BaseModel):
+    trace_status: TraceStatus | None = None
+    log_status: TraceStatus | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_status_fields(cls, data: Any) -> Any:
+        return _one_status_field(data)
+
+    @property
+    def status(self) -> TraceStatus | None:
+        """The status sent, under whichever of the two names the client used."""
+        return self.trace_status or self.log_status
+
+    @property
+    def status_field(self) -> StatusField:
+        """The name the request used (the answer uses the same one)."""
+        return "log_status" if "log_status" in self.model_fields_set else "trace_status"
+
+
+class FlowLogRequest(_StatusMixin, _Request):
+    """Body of `POST /flows/log`: every field optional."""
+
+    messages: list[ChatMessage] | None = None
+    output_message: ChatMessage | None = None
+    run_id: str | None = None
+    path: str | None = None
+    id: str | None = None
+    start_time: WireDatetime | None = None
+    end_time: WireDatetime | None = None
+    output: str | None = None
+    created_at: WireDatetime | None = None
+    error: str | None = None
+    provider_latency: float | None = None
+    stdout: str | None = None
+    provider_request: dict[str, Any] | None = None
+    provider_response: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    source: str | None = None
+    metadata: dict[str, Any] | None = None
+    source_datapoint_id: str | None = None
+    trace_parent_id: str | None = None
+    user: str | None = None
+    environment: str | None = None
+    save: bool | None = None
+    log_id: str | None = None
+    flow: FlowKernel | None = None
+
+
+class FlowLogUpdateRequest(_StatusMixin, _Request):
+    """Body of `PATCH /flows/logs/{id}`: a field sent as null is unset (see model_fields_set)."""
+
+    inputs: dict[str, Any] | None = None
+    output: str | None = None
+    error: str | None = None
+    messages: list[ChatMessage] | None = None
+    output_message: ChatMessage | None = None
+
+
+class FlowUpsertRequest(_Request):
+    """Body of `POST /flows`: upsert a Flow by path (or id) and its version by attributes."""
+
+    path: str | None = None
+    id: str | None = None
+    attributes: dict[str, Any]
+    version_name: str | None = None
+    version_description: str | None = None
+
+
+class DeployRequest(_Request):
+    version_id: str
+
+
+class LogQuery(_Request):
+    version_id: str | None = None
+    environment: str | None = None
+
+
+class LogOperation(_Request):
+    """Batch extension: one `POST /flows/log`."""
+
+    op: Literal["log"]
+    query: LogQuery | None = None
+    body: FlowLogRequest
+
+
+class UpdateOperation(_Request):
+    """Batch extension: one `PATCH /flows/logs/{log_id}`."""
+
+    op: Literal["update"]
+    log_id: str
+    body: FlowLogUpdateRequest
+
+
+class BatchRequest(_Request):
+    """Batch extension body. Operations stay raw here: each is validated on its own, so one
+    malformed operation fails alone (its result is a 422) instead of failing the batch."""
+
+    operations: list[dict[str, Any]]
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class CreateFlowLogResponse(_Response):
+    id: str
+    flow_id: str
+    version_id: str
+    trace_status: TraceStatus | None = None
+    log_status: TraceStatus | None = None
+
+
+class FlowResponse(_Response):
+    path: str
+    id: str
+    name: str
+    version_id: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    type: Literal["flow"] = "flow"
+    status: str = "committed"
+    created_at: WireDatetime
+    updated_at: WireDatetime
+    last_used_at: WireDatetime | None = None
+    version_logs_count: int = 0
+    version_name: str | None = None
+    version_description: str | None = None
+
+
+class VersionResponse(_Response):
+    version_id: str
+    flow_id: str
+    path: str
+    attributes: dict[str, Any]
+    version_name: str | None = None
+    version_description: str | None = None
+    created_at: WireDatetime
+    environments: list[str] = Field(default_factory=list)
+    version_logs_count: int = 0
+
+
+class FlowLogResponse(_Response):
+    """One stored log as `GET /logs/{id}` returns it."""
+
+    id: str
+    messages: list[ChatMessage] | None = None
+    output_message: ChatMessage | None = None
+    run_id: str | None = None
+    start_time: WireDatetime | None = None
+    end_time: WireDatetime | None = None
+    output: str | None = None
+    created_at: WireDatetime | None = None
+    error: str | None = None
+    provider_latency: float | None = None
+    stdout: str | None = None
+    provider_request: dict[str, Any] | None = None
+    provider_response: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    source: str | None = None
+    metadata: dict[str, Any] | None = None
+    source_datapoint_id: str | None = None
+    trace_parent_id: str | None = None
+    user: str | None = None
+    environment: str | None = None
+    save: bool | None = None
+    trace_id: str
+    trace_flow_id: str
+    trace_children: list[FlowLogResponse] = Field(default_factory=list)
+    evaluator_logs: list[Any] = Field(default_factory=list)
+    trace_status: TraceStatus | None = None
+    log_status: TraceStatus | None = None
+    flow: FlowResponse
+
+
+class PaginatedLogs(_Response):
+    records: list[FlowLogResponse]
+    page: int
+    size: int
+    total: int
+
+
+class BatchResult(_Response):
+    status: int
+    body: Any = None
+
+
+class BatchResponse(_Response):
+    results: list[BatchResult]
