@@ -1,0 +1,26 @@
+"""Project-wide test setup: internal errors of flowtrace fail the test that caused them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from flowtrace import _guard
+
+
+@pytest.fixture(autouse=True)
+def fail_on_internal_errors() -> Iterator[list[tuple[str, BaseException | None]]]:
+    errors: list[tuple[str, BaseException | None]] = []
+
+    def hook(kind: str, exc: BaseException | None) -> None:
+        errors.append((kind, exc))
+
+    _guard.add_hook(hook)
+    try:
+        yield errors
+    finally:
+        _guard.remove_hook(hook)
+    if errors:
+        kind, exc = errors[0]
+        pytest.fail(f"flowtrace internal error [{kind}]: {exc!r}", pytrace=False)
