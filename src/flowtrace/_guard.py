@@ -54,7 +54,7 @@ def internal_error(kind: str, exc: BaseException | None = None, message: str = "
             )
         for hook in list(_hooks):
             hook(kind, exc)
-    except Exception:  # noqa: S110 - the guard itself must never raise
+    except Exception:  # the guard itself must never raise
         pass
 
 
