@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "UPDATE_EXTENSION_FIELDS",
     "BatchRequest",
     "BatchResponse",
     "BatchResult",
@@ -199,13 +200,32 @@ class FlowLogRequest(_StatusMixin, _Request):
 
 
 class FlowLogUpdateRequest(_StatusMixin, _Request):
-    """Body of `PATCH /flows/logs/{id}`: a field sent as null is unset (see model_fields_set)."""
+    """Body of `PATCH /flows/logs/{id}`: a field sent as null is unset (see model_fields_set).
+
+    The contract's fields are status, inputs, output, error, messages and output_message. A
+    flowtrace server also takes the fields a log only knows once it ends (the flowtrace
+    extension below), so a long-running log that was sent early loses nothing when it is
+    completed. The client sends them only to a server that offers the extension.
+    """
 
     inputs: dict[str, Any] | None = None
     output: str | None = None
     error: str | None = None
     messages: list[ChatMessage] | None = None
     output_message: ChatMessage | None = None
+    # flowtrace extension
+    end_time: WireDatetime | None = None
+    provider_latency: float | None = None
+    stdout: str | None = None
+    metadata: dict[str, Any] | None = None
+    provider_request: dict[str, Any] | None = None
+    provider_response: dict[str, Any] | None = None
+
+
+#: Fields of FlowLogUpdateRequest that only a flowtrace server accepts.
+UPDATE_EXTENSION_FIELDS = frozenset(
+    {"end_time", "provider_latency", "stdout", "metadata", "provider_request", "provider_response"}
+)
 
 
 class FlowUpsertRequest(_Request):
