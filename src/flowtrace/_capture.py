@@ -1,0 +1,200 @@
+"""What a call gives a log: its arguments (snapshotted now, bound to names later), its output,
+and what it printed (a tee on sys.stdout that routes each write to the current log)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+from flowtrace import _guard
+from flowtrace._context import current
+from flowtrace._serialize import DEFAULT_LIMITS, Limits, snapshot
+
+__all__ = [
+    "CallInputs",
+    "InputBinder",
+    "capture_value",
+    "ensure_stdout_tee",
+    "set_limits",
+]
+
+# Immutable scalars: safe to keep by reference, so the common call snapshots nothing.
+_SCALARS = frozenset({int, str, float, bool, type(None)})
+
+_limits: Limits = DEFAULT_LIMITS
+
+
+def set_limits(limits: Limits) -> None:
+    global _limits
+    _limits = limits
+
+
+def limits() -> Limits:
+    return _limits
+
+
+def capture_value(value: object) -> Any:
+    """A snapshot of `value` as it is now (the caller may mutate it later)."""
+    if type(value) in _SCALARS:
+        return value
+    return snapshot(value, _limits)
+
+
+def capture_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    for value in args:
+        if type(value) not in _SCALARS:
+            return tuple([capture_value(v) for v in args])
+    return args
+
+
+def capture_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {name: capture_value(v) for name, v in kwargs.items()} if kwargs else kwargs
+
+
+class InputBinder:
+    """Binds a call's arguments to parameter names; built once per decorated function."""
+
+    __slots__ = ("_signature",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._signature = None
+
+    def bind(
+        self, skip_first: bool, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Names → values, defaults applied. `skip_first`: the call was bound to an instance or
+        class, so the first parameter (whatever its name) is not an input."""
+        if self._signature is None:
+            return _unbound(args, kwargs)
+        try:
+            bound = (
+                self._signature.bind(None, *args, **kwargs)
+                if skip_first
+                else self._signature.bind(*args, **kwargs)
+            )
+        except TypeError:
+            return _unbound(args, kwargs)
+        bound.apply_defaults()
+        inputs: dict[str, Any] = {}
+        params = self._signature.parameters
+        for index, (name, value) in enumerate(bound.arguments.items()):
+            if skip_first and index == 0:
+                continue
+            kind = params[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                inputs[name] = list(value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                # **kwargs are named arguments: record them by name, beside the others.
+                for key, item in value.items():
+                    inputs.setdefault(key, item)
+            else:
+                inputs[name] = value
+        return inputs
+
+
+def _unbound(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if args:
+        inputs["args"] = list(args)
+    if kwargs:
+        inputs["kwargs"] = dict(kwargs)
+    return inputs
+
+
+#: (binder, skip_first, args snapshot, kwargs snapshot): bound to names on the worker.
+CallInputs = tuple[InputBinder, bool, tuple[Any, ...], dict[str, Any]]
+
+
+# --- stdout ----------------------------------------------------------------------------------
+
+
+class StdoutTee:
+    """Stands in for sys.stdout: every write goes on to the stream it wraps, unchanged, and is
+    also appended to the innermost open log of the writing thread or task."""
+
+    def __init__(self, target: TextIO) -> None:
+        self._flowtrace_target = target
+
+    def write(self, text: str) -> int:
+        log = current.get()
+        if log is not None and log.status == "incomplete" and _capture_stdout:
+            try:
+                if isinstance(text, str):
+                    parts = log.stdout_parts
+                    if parts is None:
+                        log.stdout_parts = [text]
+                    else:
+                        parts.append(text)
+            except Exception as exc:
+                _guard.internal_error("stdout-capture", exc)
+        return self._flowtrace_target.write(text)
+
+    def flush(self) -> None:
+        self._flowtrace_target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        # encoding, fileno, isatty, buffer...: the wrapped stream answers.
+        return getattr(self._flowtrace_target, name)
+
+
+_capture_stdout = True
+
+
+def set_capture_stdout(enabled: bool) -> None:
+    global _capture_stdout
+    _capture_stdout = enabled
+
+
+def ensure_stdout_tee() -> None:
+    """Wrap whatever sys.stdout is now (once): a stream the user put there still gets every
+    write, and the tee follows it."""
+    out = sys.stdout
+    if out is not None and type(out) is not StdoutTee and _capture_stdout:
+        sys.stdout = StdoutTee(out)
+
+
+# --- logging (optional) ----------------------------------------------------------------------
+
+
+class LogRecordCapture(logging.Handler):
+    """Appends logging records emitted inside a flow to that log's stdout."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Never capture flowtrace's own logger: its records must not loop into traced logs.
+        if record.name == "flowtrace" or record.name.startswith("flowtrace."):
+            return
+        log = current.get()
+        if log is None or log.status != "incomplete":
+            return
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            return
+        if log.stdout_parts is None:
+            log.stdout_parts = [line]
+        else:
+            log.stdout_parts.append(line)
+
+
+_logging_handler: LogRecordCapture | None = None
+
+
+def set_capture_logging(enabled: bool) -> None:
+    global _logging_handler
+    root = logging.getLogger()
+    if enabled and _logging_handler is None:
+        _logging_handler = LogRecordCapture()
+        root.addHandler(_logging_handler)
+    elif not enabled and _logging_handler is not None:
+        root.removeHandler(_logging_handler)
+        _logging_handler = None

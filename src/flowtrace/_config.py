@@ -1,0 +1,118 @@
+"""Frozen settings: `configure()` arguments over `FLOWTRACE_*` environment over defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+__all__ = ["Settings", "configure", "get_settings", "on_change"]
+
+#: Where the embedded default store lives when no endpoint is configured.
+DEFAULT_DB_PATH = ".flowtrace/flowtrace.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of flowtrace, with units in the names where they have one."""
+
+    enabled: bool = True
+    # delivery target: an HTTP endpoint of the contract, else the embedded SQLite store
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    db_path: str = DEFAULT_DB_PATH
+    status_field: Literal["trace_status", "log_status"] = "trace_status"
+    # what each log captures
+    capture_stdout: bool = True
+    capture_logging: bool = False
+    environment: str | None = None
+    # serialization budgets
+    max_string_chars: int = 65536
+    max_items: int = 1000
+    max_depth: int = 20
+    # delivery (see DESIGN.md "Defaults")
+    live_after_s: float = 1.0
+    queue_size: int = 10_000
+    first_batch_after_s: float = 0.1
+    batch_interval_s: float = 1.0
+    batch_size: int = 512
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 3.0
+    retry_deadline_s: float = 60.0
+    exit_flush_timeout_s: float = 5.0
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        return cls(**_environment_overrides(os.environ if environ is None else environ))
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(name: str, kind: Any, text: str) -> Any:
+    if kind in ("bool", bool):
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"FLOWTRACE_{name.upper()}={text!r} is not a boolean (use 1 or 0)")
+    if kind in ("int", int):
+        return int(text)
+    if kind in ("float", float):
+        return float(text)
+    return text
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        text = environ.get(f"FLOWTRACE_{f.name.upper()}")
+        if text is not None:
+            kind = f.type if not isinstance(f.type, str) else f.type.split(" |")[0]
+            values[f.name] = _parse(f.name, kind, text)
+    if environ.get("FLOWTRACE_DISABLED", "").strip().lower() in _TRUE:
+        values["enabled"] = False
+    if values.get("status_field", "trace_status") not in ("trace_status", "log_status"):
+        raise ValueError("FLOWTRACE_STATUS_FIELD must be trace_status or log_status")
+    return values
+
+
+_settings: Settings | None = None
+_listeners: list[Callable[[Settings], None]] = []
+
+
+def get_settings() -> Settings:
+    """The settings in force (read from the environment on first use)."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_environment()
+    return _settings
+
+
+def configure(**overrides: Any) -> Settings:
+    """Set flowtrace's settings; arguments win over `FLOWTRACE_*` variables over defaults.
+
+    Each call starts again from the environment and the defaults, so `configure()` with no
+    arguments resets what earlier calls set. Unknown names raise `TypeError` at once.
+    """
+    global _settings
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"configure() got unknown setting(s): {', '.join(unknown)}")
+    settings = dataclasses.replace(Settings.from_environment(), **overrides)
+    if settings.status_field not in ("trace_status", "log_status"):
+        raise ValueError("status_field must be 'trace_status' or 'log_status'")
+    _settings = settings
+    for listener in list(_listeners):
+        listener(settings)
+    return settings
+
+
+def on_change(listener: Callable[[Settings], None]) -> None:
+    """Call `listener(settings)` after every `configure()` (the pipeline re-targets itself)."""
+    _listeners.append(listener)

@@ -1,0 +1,58 @@
+"""The context-local "current log", and helpers that carry it into threads.
+
+The ContextVar holds the innermost open Log; the Log links to its parent, so the stack is the
+chain of parents and a push is one `ContextVar.set`. asyncio copies the context into every
+task it starts, so tasks nest under the flow that started them and sibling tasks never see
+each other's children. Threads start with an empty context: `propagate` carries the current
+log across explicitly (`asyncio.to_thread` copies the context by itself).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
+
+from flowtrace._log import Log
+
+__all__ = ["TracedThreadPoolExecutor", "current", "current_log", "propagate"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+current: ContextVar[Log | None] = ContextVar("flowtrace_current_log", default=None)
+
+
+def current_log() -> Log | None:
+    """The innermost open log of this thread or task, or None outside any flow."""
+    return current.get()
+
+
+def propagate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Wrap `fn` so that, wherever it runs, its flows nest under the log open *now*.
+
+    Only the current log is carried (not the whole context), so one propagated function may
+    run in many threads at once.
+    """
+    parent = current.get()
+
+    @functools.wraps(fn)
+    def run_under_parent(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        token = current.set(parent)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            current.reset(token)
+
+    return run_under_parent
+
+
+class TracedThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A ThreadPoolExecutor whose tasks nest under the flow that submitted them."""
+
+    def submit(
+        self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[_R]:
+        return super().submit(propagate(fn), *args, **kwargs)

@@ -1,0 +1,209 @@
+"""Turn a Log into the contract's request bodies. Runs on the worker, never on the call path.
+
+`create_body` is the `POST /flows/log` body (sent once, complete, for a log that has ended; or
+early, incomplete, for a log that something needs to exist); `complete_body` is the
+`PATCH /flows/logs/{id}` body that closes a log sent early.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from flowtrace import _guard
+from flowtrace._capture import limits
+from flowtrace._log import UNSET, Log
+from flowtrace._serialize import snapshot, to_json
+from flowtrace.models import UPDATE_EXTENSION_FIELDS, ChatMessage, StatusField, format_datetime
+
+__all__ = ["complete_body", "create_body", "log_query", "resolve_inputs", "shape_output"]
+
+# What `save=False` keeps off the wire (the server drops it too; not sending it is safer).
+_PAYLOAD_FIELDS = (
+    "inputs",
+    "messages",
+    "output",
+    "output_message",
+    "stdout",
+    "provider_request",
+    "provider_response",
+)
+_CHAT_ROLES = frozenset({"user", "assistant", "system", "tool", "developer"})
+_MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
+
+
+def _chat_message(value: Any) -> dict[str, Any] | None:
+    """`value` as a contract ChatMessage dict if it is one (extra keys dropped), else None."""
+    if not isinstance(value, dict) or value.get("role") not in _CHAT_ROLES:
+        return None
+    if "content" not in value and "tool_calls" not in value:
+        return None
+    candidate = {k: value[k] for k in _MESSAGE_KEYS if value.get(k) is not None}
+    try:
+        return ChatMessage.model_validate(candidate).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        return None
+
+
+def _chat_messages(value: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(value, list) or not value:
+        return None
+    messages = [_chat_message(item) for item in value]
+    if any(m is None for m in messages):
+        return None
+    return messages  # type: ignore[return-value]
+
+
+def resolve_inputs(log: Log) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """The log's inputs by name, and its chat messages (an input named `messages` that holds
+    chat messages, or what the user set on `log.messages`)."""
+    inputs: Any = None
+    if log.inputs is not UNSET:
+        inputs = snapshot(log.inputs, limits())
+    elif log.call_inputs is not None:
+        binder, skip_first, args, kwargs = log.call_inputs
+        inputs = snapshot(binder.bind(skip_first, args, kwargs), limits())
+    if inputs is not None and not isinstance(inputs, dict):
+        inputs = {"value": inputs}
+    messages = None
+    if log.messages is not UNSET and log.messages is not None:
+        messages = _chat_messages(snapshot(log.messages, limits()))
+    elif inputs and "messages" in inputs:
+        messages = _chat_messages(inputs["messages"])
+        if messages is not None:
+            inputs = {k: v for k, v in inputs.items() if k != "messages"}
+    return inputs, messages
+
+
+def shape_output(log: Log) -> dict[str, Any]:
+    """`output` for strings and anything JSON-encoded; `output_message` for a chat message."""
+    fields: dict[str, Any] = {}
+    if log.output_message is not UNSET and log.output_message is not None:
+        message = _chat_message(snapshot(log.output_message, limits()))
+        if message is not None:
+            fields["output_message"] = message
+    value = log.output
+    if value is UNSET:
+        return fields
+    value = snapshot(value, limits())
+    if isinstance(value, str):
+        fields["output"] = value
+    elif "output_message" not in fields and (message := _chat_message(value)) is not None:
+        fields["output_message"] = message
+    elif value is not None:
+        fields["output"] = to_json(value)
+    return fields
+
+
+def _flowtrace_metadata(log: Log) -> dict[str, Any]:
+    """What flowtrace knows about how the call ended, kept under metadata["flowtrace"]."""
+    extra: dict[str, Any] = {}
+    if log.traceback:
+        extra["traceback"] = log.traceback
+    if log.ended_how:
+        extra["ended"] = log.ended_how
+    return extra
+
+
+def _metadata(log: Log) -> dict[str, Any] | None:
+    user = snapshot(log.metadata, limits()) if log.metadata else None
+    extra = _flowtrace_metadata(log)
+    if not extra:
+        return user if isinstance(user, dict) else None
+    merged = dict(user) if isinstance(user, dict) else {}
+    merged["flowtrace"] = extra
+    return merged
+
+
+def _ending_fields(log: Log) -> dict[str, Any]:
+    """The fields a log only has once it has ended."""
+    fields: dict[str, Any] = {}
+    if log.end_ns is not None:
+        fields["end_time"] = format_datetime(log.end_time)  # type: ignore[arg-type]
+    if log.duration_ns is not None:
+        fields["provider_latency"] = log.duration_ns / 1e9
+    fields.update(shape_output(log))
+    if log.error is not None:
+        fields["error"] = str(log.error)
+    if log.stdout_parts:
+        fields["stdout"] = _truncate(log.stdout)
+    metadata = _metadata(log)
+    if metadata:
+        fields["metadata"] = metadata
+    for name in ("provider_request", "provider_response"):
+        value = getattr(log, name)
+        if value is not UNSET and value is not None:
+            snap = snapshot(value, limits())
+            fields[name] = snap if isinstance(snap, dict) else {"value": snap}
+    return fields
+
+
+def _truncate(text: str) -> str:
+    budget = limits().max_string
+    if len(text) <= budget:
+        return text
+    return text[:budget] + f"...[truncated, {len(text)} chars]"
+
+
+def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
+    """`POST /flows/log` body: complete if the log has ended, else incomplete (sent early)."""
+    body: dict[str, Any] = {
+        "log_id": log.log_id,
+        "path": log.path,
+        "start_time": format_datetime(log.start_time),
+    }
+    if log.parent is not None:
+        body["trace_parent_id"] = log.parent.log_id
+    if log.attributes is not None:
+        body["flow"] = {"attributes": snapshot(log.attributes, limits())}
+    for name in ("user", "environment", "source"):
+        value = getattr(log, name)
+        if value is not None:
+            body[name] = str(value)
+    if log.save is not None:
+        body["save"] = bool(log.save)
+    inputs, messages = resolve_inputs(log)
+    if inputs is not None:
+        body["inputs"] = inputs
+    if messages is not None:
+        body["messages"] = messages
+    if log.status == "complete":
+        body.update(_ending_fields(log))
+    elif log.metadata:
+        body["metadata"] = snapshot(log.metadata, limits())
+    body[status_field] = log.status
+    return _without_payloads(body) if log.save is False else body
+
+
+def complete_body(log: Log, status_field: StatusField, extension: bool) -> dict[str, Any]:
+    """`PATCH /flows/logs/{id}` body closing a log sent early. `extension`: the server takes
+    flowtrace's end-of-log fields (stdout, end_time, ...); a plain contract server does not."""
+    body = _ending_fields(log)
+    inputs, messages = resolve_inputs(log)
+    if log.inputs is not UNSET and inputs is not None:
+        body["inputs"] = inputs  # set by the user after the log went out
+    if log.messages is not UNSET and messages is not None:
+        body["messages"] = messages
+    if not extension:
+        body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
+    body[status_field] = "complete"
+    return _without_payloads(body) if log.save is False else body
+
+
+def _without_payloads(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in _PAYLOAD_FIELDS}
+
+
+def log_query(log: Log) -> dict[str, str]:
+    """Query parameters of `POST /flows/log`: log against a given version."""
+    return {"version_id": log.version_id} if log.version_id else {}
+
+
+def safe_create_body(log: Log, status_field: StatusField) -> dict[str, Any] | None:
+    """create_body, or None (reported once) if this log cannot be encoded."""
+    try:
+        return create_body(log, status_field)
+    except Exception as exc:
+        _guard.internal_error("encode-log", exc)
+        return None

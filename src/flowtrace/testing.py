@@ -1,0 +1,86 @@
+"""Helpers for testing code that uses flowtrace: see every log your code produced.
+
+    from flowtrace.testing import capture_logs
+
+    with capture_logs() as captured:
+        answer("hi")
+    assert captured.records[0]["path"] == "support/answer"
+
+`captured.logs` are the Log objects in the order they ended; `captured.records` the wire
+bodies (what a server receives, complete); `captured.trees()` nests the records under their
+parents (`"children"`). The `flowtrace_logs` pytest fixture does the same for one test.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from flowtrace._config import get_settings
+from flowtrace._log import Log, add_sink, remove_sink
+from flowtrace._wire import create_body
+
+__all__ = ["CapturedLogs", "capture_logs", "flowtrace_logs"]
+
+
+class CapturedLogs:
+    """The logs that ended while capturing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.logs: list[Log] = []
+
+    # the sink protocol: called on the user's thread, so keep it O(1)
+    def log_started(self, log: Log) -> None:
+        pass
+
+    def log_ended(self, log: Log) -> None:
+        with self._lock:
+            self.logs.append(log)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Each log as the `POST /flows/log` body a server would receive."""
+        field = get_settings().status_field
+        with self._lock:
+            logs = list(self.logs)
+        return [create_body(log, field) for log in logs]
+
+    def by_path(self, path: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["path"] == path]
+
+    def trees(self) -> list[dict[str, Any]]:
+        """Root records, each with its `children` nested, in start order."""
+        records = sorted(self.records, key=lambda r: r["start_time"])
+        by_id = {r["log_id"]: {**r, "children": []} for r in records}
+        roots: list[dict[str, Any]] = []
+        for record in by_id.values():
+            parent = by_id.get(record.get("trace_parent_id", ""))
+            (parent["children"] if parent is not None else roots).append(record)
+        return roots
+
+    def clear(self) -> None:
+        with self._lock:
+            self.logs.clear()
+
+
+@contextmanager
+def capture_logs() -> Iterator[CapturedLogs]:
+    """Collect the logs that end inside the block (from every thread and task)."""
+    captured = CapturedLogs()
+    add_sink(captured)
+    try:
+        yield captured
+    finally:
+        remove_sink(captured)
+
+
+@pytest.fixture
+def flowtrace_logs() -> Iterator[CapturedLogs]:
+    """The logs produced during the test."""
+    with capture_logs() as captured:
+        yield captured
