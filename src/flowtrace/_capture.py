@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from flowtrace import _guard
+from flowtrace import _config, _guard
 from flowtrace._context import current
 from flowtrace._serialize import DEFAULT_LIMITS, Limits, snapshot
 
@@ -198,3 +198,19 @@ def set_capture_logging(enabled: bool) -> None:
     elif not enabled and _logging_handler is not None:
         root.removeHandler(_logging_handler)
         _logging_handler = None
+
+
+def _apply_settings(settings: _config.Settings) -> None:
+    set_limits(
+        Limits(
+            max_depth=settings.max_depth,
+            max_string=settings.max_string_chars,
+            max_items=settings.max_items,
+        )
+    )
+    set_capture_stdout(settings.capture_stdout)
+    set_capture_logging(settings.capture_logging)
+
+
+_config.on_change(_apply_settings)
+_apply_settings(_config.get_settings())
