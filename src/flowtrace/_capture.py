@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 # Immutable scalars: safe to keep by reference, so the common call snapshots nothing.
-_SCALARS = frozenset({int, str, float, bool, type(None)})
+SCALARS = frozenset({int, str, float, bool, type(None)})
 
 _limits: Limits = DEFAULT_LIMITS
 
@@ -38,14 +38,14 @@ def limits() -> Limits:
 
 def capture_value(value: object) -> Any:
     """A snapshot of `value` as it is now (the caller may mutate it later)."""
-    if type(value) in _SCALARS:
+    if type(value) in SCALARS:
         return value
     return snapshot(value, _limits)
 
 
 def capture_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     for value in args:
-        if type(value) not in _SCALARS:
+        if type(value) not in SCALARS:
             return tuple([capture_value(v) for v in args])
     return args
 
