@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import timeit
+from collections.abc import Callable
 
 from pydantic_core import to_jsonable_python
 
@@ -32,8 +33,8 @@ def payload() -> dict[str, object]:
     }
 
 
-def bench(label: str, stmt: object, number: int) -> None:
-    best = min(timeit.repeat(stmt, number=number, repeat=5)) / number  # type: ignore[call-overload]
+def bench(label: str, stmt: Callable[[], object], number: int) -> None:
+    best = min(timeit.repeat(stmt, number=number, repeat=5)) / number
     unit, scale = ("ns", 1e9) if best < 1e-6 else ("us", 1e6)
     print(f"{label:<44} {best * scale:8.2f} {unit}")
 

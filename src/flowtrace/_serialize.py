@@ -142,7 +142,15 @@ def _unserializable(value: object, exc: BaseException) -> str:
 
 
 def _marker_count(text: str, suffix: str, minimum: int) -> int | None:
-    """N if ``text`` is our ``...[truncated, N<suffix>`` marker with N > minimum, else None."""
+    """N if ``text`` is our ``...[truncated, N<suffix>`` marker with N > minimum, else None.
+
+    A ``~2``-style suffix (added by `_unique` to a colliding dict key) is accepted too.
+    """
+    if not text.endswith(suffix):
+        head, tilde, number = text.rpartition("~")
+        if not (tilde and number.isascii() and number.isdigit()):
+            return None
+        text = head
     if not (text.startswith(_TRUNCATED) and text.endswith(suffix)):
         return None
     number = text[len(_TRUNCATED) : -len(suffix)]
@@ -418,7 +426,7 @@ class _Walker:
         if type(snap) is str:
             name = snap
         elif snap is None or type(snap) is bool:
-            name = json.dumps(snap)  # JSON spelling: null, true, false
+            name = self.text(json.dumps(snap))  # JSON spelling: null, true, false
         else:
             name = self.text(to_json(snap))  # 1 -> "1", (1, 2) -> "[1,2]"
         return _unique(name, out)
