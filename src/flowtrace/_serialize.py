@@ -32,6 +32,16 @@ by ``type(x).__module__ == "numpy"``, numpy is never imported) -> ``.tolist()`` 
 generators, iterators and plain objects with a ``__dict__``, -> ``repr(x)`` (Python reprs name the
 type, e.g. ``"<generator object f at 0x...>"``), truncated like any string.
 
+Speed
+-----
+Exact None/bool and in-budget int/str/float return before any allocation. Containers are
+walked by one Python loop that inlines the common leaves. ``pydantic_core.to_jsonable_python``
+is used for pydantic models/dataclasses only: on plain containers it is ~5x faster, but it
+consumes generators and iterators, silently drops colliding keys ({1: a, "1": b}), keeps NaN,
+and knows no budgets, so making it safe needs a full pre-walk of the input plus a re-walk of its
+output - more than the careful walk itself (see bench/serialize_speed.py).
+Known limit: a model's own serializer also consumes generators held in ``Any`` fields.
+
 Marker formats (all plain strings)
 ----------------------------------
 * ``"<max depth: list>"``                  container nested deeper than ``max_depth``
@@ -204,19 +214,32 @@ def _attributes(value: object, names: list[str]) -> Iterator[tuple[object, objec
             yield name, _unserializable(value, exc)
 
 
+def _budgets(limits: Limits) -> tuple[int, int, int, int, int]:
+    """Limits clamped to usable values, plus the total value budget of one snapshot."""
+    max_items = max(limits.max_items, 0)
+    return (
+        min(max(limits.max_depth, 0), _DEPTH_CAP),
+        max(limits.max_string, 0),
+        max_items,
+        max(limits.max_bytes_prefix, 0),
+        # Values walked per snapshot, all containers together: bounds the work on wide and
+        # deep data, and on shared references (walked once per path: exponential in a DAG).
+        max(max_items * 10, 1),
+    )
+
+
+_DEFAULT_BUDGETS = _budgets(DEFAULT_LIMITS)
+
+
 class _Walker:
     """State of one snapshot: budgets and the ids of the containers being walked."""
 
     __slots__ = ("active", "budget", "max_depth", "max_items", "max_prefix", "max_string")
 
     def __init__(self, limits: Limits) -> None:
-        self.max_depth = min(max(limits.max_depth, 0), _DEPTH_CAP)
-        self.max_string = max(limits.max_string, 0)
-        self.max_items = max(limits.max_items, 0)
-        self.max_prefix = max(limits.max_bytes_prefix, 0)
-        # Values walked per snapshot, all containers together: bounds the work on wide and
-        # deep data, and on shared references (walked once per path: exponential in a DAG).
-        self.budget = max(self.max_items * 10, 1)
+        # Clamping costs as much as a small snapshot: done once for the default limits.
+        budgets = _DEFAULT_BUDGETS if limits is DEFAULT_LIMITS else _budgets(limits)
+        self.max_depth, self.max_string, self.max_items, self.max_prefix, self.budget = budgets
         self.active: set[int] = set()  # cycle detection: containers on the current path
 
     def walk(self, value: object, depth: int) -> JsonValue:
