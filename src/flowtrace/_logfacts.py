@@ -13,6 +13,7 @@ from typing import Any, Literal
 from flowtrace.models import FlowLogResponse
 
 __all__ = [
+    "RECORDER_METADATA_KEY",
     "ViewStatus",
     "duration_seconds",
     "error_excerpt",
