@@ -7,7 +7,7 @@ the page's script only positions bars and fills in text.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from flowtrace._logfacts import (
@@ -20,7 +20,9 @@ from flowtrace._logfacts import (
 )
 from flowtrace.models import FlowLogResponse
 
-__all__ = ["trace_view"]
+__all__ = ["STALE_AFTER", "trace_view"]
+
+STALE_AFTER = timedelta(minutes=10)
 
 # Fields shown as they were logged (the rest are derived below).
 _PLAIN_FIELDS = (
@@ -50,13 +52,13 @@ def _milliseconds(later: datetime, earlier: datetime) -> float:
 
 
 def _log_view(
-    log: FlowLogResponse, depth: int, trace_start: datetime | None, now: datetime
+    log: FlowLogResponse, depth: int, trace_start: datetime | None, open_end: datetime
 ) -> dict[str, Any]:
     data = log.model_dump(mode="json", include=set(_PLAIN_FIELDS), exclude_none=True)
     status = view_status(log)
-    open_ended = log.end_time is None
-    # An open log's bar runs to "now", so a live trace visibly grows.
-    end = log.end_time or (now if log.start_time is not None else None)
+    running = (log.trace_status or log.log_status) != "complete"
+    # A running log without an end is drawn up to `open_end`; a finished one as an instant.
+    end = log.end_time or (open_end if running else log.start_time)
     offset_ms = end_ms = None
     if trace_start is not None and log.start_time is not None and end is not None:
         offset_ms = _milliseconds(log.start_time, trace_start)
@@ -71,7 +73,7 @@ def _log_view(
         version_id=log.flow.version_id,
         attributes=log.flow.attributes,
         status=status,
-        running=status == "incomplete" or open_ended,
+        running=running,
         duration_ms=None if seconds is None else seconds * 1000.0,
         offset_ms=offset_ms,
         end_ms=end_ms,
@@ -87,10 +89,13 @@ def trace_view(
 ) -> dict[str, Any]:
     """The JSON the trace page's script renders; `selected` is the log to show first."""
     now = now or datetime.now(timezone.utc)
-    trace_start = min(
-        (log.start_time for log, _ in walk(root) if log.start_time is not None), default=None
-    )
-    logs = [_log_view(log, depth, trace_start, now) for log, depth in walk(root)]
+    times = [t for log, _ in walk(root) for t in (log.start_time, log.end_time) if t is not None]
+    trace_start = min(times, default=None)
+    latest = max(times, default=now)
+    # Open logs grow up to "now", so a live trace visibly advances; a trace abandoned long
+    # ago (its process died) stops at its last known time instead of shrinking to a sliver.
+    open_end = now if now - latest < STALE_AFTER else latest
+    logs = [_log_view(log, depth, trace_start, open_end) for log, depth in walk(root)]
     span_ms = max((log["end_ms"] for log in logs if log["end_ms"] is not None), default=0.0)
     return {
         "root_id": root.id,
