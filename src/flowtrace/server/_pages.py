@@ -33,8 +33,9 @@ def trace_path(log_id: str) -> str:
     return f"/traces/{quote(log_id, safe='')}"
 
 
-def _status_badge(status: str) -> str:
-    return f'<span class="status status-{esc(status)}">{esc(status)}</span>'
+def _status_badge(status: str, *, element_id: str = "") -> str:
+    id_attr = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<span{id_attr} class="status status-{esc(status)}">{esc(status)}</span>'
 
 
 # --- flows ---------------------------------------------------------------------------------
@@ -157,10 +158,11 @@ def trace_page(root: FlowLogResponse, *, selected: str, api_path: str) -> str:
     fills (timeline, tree, details) from `api_path`."""
     status = view_status(root)
     header = (
-        f'<h1><span class="flow-path">{esc(root.flow.path)}</span> {_status_badge(status)}</h1>'
+        f'<h1><span class="flow-path">{esc(root.flow.path)}</span> '
+        f"{_status_badge(status, element_id='trace-status')}</h1>"
         f'<p class="trace-facts">trace <code>{esc(root.id)}</code> · started '
         f"{esc(format_time(root.start_time))} · {esc(format_duration(duration_seconds(root)))}"
-        f' · <span id="live-note"></span></p>'
+        f' <span id="live-note" class="live-note"></span></p>'
     )
     body = (
         header + '<section class="panel waterfall-panel"><h2>Timeline</h2>'

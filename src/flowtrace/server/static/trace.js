@@ -251,6 +251,9 @@
       renderDetails(log);
       shownDetailsKey = key;
     }
+    const traceStatus = document.getElementById("trace-status");
+    traceStatus.textContent = trace.status;
+    traceStatus.className = "status status-" + trace.status;
     document.getElementById("live-note").textContent = trace.live ? "live · updating" : "";
     document.body.classList.toggle("live", trace.live);
   }
