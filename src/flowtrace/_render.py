@@ -68,7 +68,7 @@ def render_logs_table(logs: Sequence[FlowLogResponse]) -> str:
 # --- the trace tree ------------------------------------------------------------------------
 
 
-def _head_line(log: FlowLogResponse) -> str:
+def _head_line(log: FlowLogResponse, marked: bool) -> str:
     status = view_status(log)
     parts = [
         sanitize(log.flow.path),
@@ -77,6 +77,8 @@ def _head_line(log: FlowLogResponse) -> str:
         format_time(log.start_time),
         f"[{sanitize(log.id)}]",
     ]
+    if marked:
+        parts.append("◀")
     return "  ".join(parts)
 
 
@@ -99,16 +101,16 @@ def _detail_lines(log: FlowLogResponse) -> list[str]:
     return lines
 
 
-def render_trace_tree(root: FlowLogResponse) -> str:
+def render_trace_tree(root: FlowLogResponse, *, marked: str | None = None) -> str:
     """The trace as a box-drawn tree: each log's flow, status, duration, start and id, with
-    its error, traceback and stdout indented under it."""
+    its error, traceback and stdout indented under it; the log `marked` gets a pointer."""
     lines: list[str] = []
     # (log, prefix of its own line, prefix of the lines under it); a stack keeps deep traces
     # clear of the recursion limit.
     stack: list[tuple[FlowLogResponse, str, str]] = [(root, "", "")]
     while stack:
         log, own_prefix, under_prefix = stack.pop()
-        lines.append(own_prefix + _head_line(log))
+        lines.append(own_prefix + _head_line(log, log.id == marked))
         children = log.trace_children
         detail_prefix = under_prefix + ("│   " if children else "    ")
         lines.extend((detail_prefix + line).rstrip() for line in _detail_lines(log))
