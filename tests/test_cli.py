@@ -46,12 +46,8 @@ def run_cli(
 @pytest.fixture
 def database(tmp_path: Path) -> tuple[Path, Sample]:
     path = tmp_path / "traces.db"
-    try:
-        store = Store(path)
-    except NotImplementedError:
-        pytest.skip("the store is not implemented on this branch yet")
-    sample = populate(store)
-    store.close()
+    with Store(path) as store:
+        sample = populate(store)
     return path, sample
 
 
@@ -128,7 +124,7 @@ def test_show_draws_the_trace(database: tuple[Path, Sample]) -> None:
     assert lines[0].startswith("support/answer  ✓ complete  1.20 s")
     assert any(line.startswith("├── tools/search") and line.endswith("◀") for line in lines)
     assert any(line.startswith("└── llm/call  ✗ error  700 ms") for line in lines)
-    assert "│       │ searching docs" in result.stdout
+    assert "│         │ searching docs" in result.stdout
     assert "        error: ValueError: model refused" in result.stdout
     for traceback_line in TRACEBACK.splitlines():
         assert traceback_line in result.stdout

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest
+from flowtrace.store import Store
 from tests.viewerdata import (
     HOSTILE_INPUT,
     HOSTILE_OUTPUT,
@@ -23,7 +24,6 @@ from tests.viewerdata import (
     TRACEBACK,
     Sample,
     at,
-    open_store,
     populate,
 )
 from tests.viewerserver import serve_viewer
@@ -61,8 +61,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Sample]]:
-    store = open_store(tmp_path_factory.mktemp("browser") / "viewer.db")
+def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Store, Sample]]:
+    store = Store(tmp_path_factory.mktemp("browser") / "viewer.db")
     sample = populate(store)
     with serve_viewer(store) as base_url:
         yield base_url, store, sample
@@ -85,7 +85,7 @@ def tree_row(page: Page, path: str) -> Any:
     return page.locator(".tree-row", has=page.locator(".tree-name", has_text=path))
 
 
-def test_flow_list_to_trace_to_child_log(page: Page, viewer: tuple[str, Any, Sample]) -> None:
+def test_flow_list_to_trace_to_child_log(page: Page, viewer: tuple[str, Store, Sample]) -> None:
     base_url, _, sample = viewer
     page.goto(base_url + "/")
     expect(page.locator("h1")).to_have_text("Flows")
@@ -118,7 +118,7 @@ def test_flow_list_to_trace_to_child_log(page: Page, viewer: tuple[str, Any, Sam
 
 
 def test_hostile_log_text_is_shown_and_runs_nothing(
-    page: Page, viewer: tuple[str, Any, Sample]
+    page: Page, viewer: tuple[str, Store, Sample]
 ) -> None:
     base_url, _, sample = viewer
     page.goto(f"{base_url}/logs?errors=1")
@@ -139,7 +139,7 @@ def test_hostile_log_text_is_shown_and_runs_nothing(
 
 
 def test_running_trace_gains_a_child_while_open(
-    page: Page, viewer: tuple[str, Any, Sample]
+    page: Page, viewer: tuple[str, Store, Sample]
 ) -> None:
     base_url, store, _ = viewer
     root = store.log(

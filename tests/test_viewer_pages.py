@@ -5,20 +5,20 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from flowtrace.models import FlowLogRequest
 from flowtrace.server._viewer import mount_viewer
+from flowtrace.store import Store
 from tests.viewerdata import (
     HOSTILE_INPUT,
     HOSTILE_OUTPUT,
     HOSTILE_USER,
     Sample,
     at,
-    open_store,
     populate,
 )
 
@@ -26,19 +26,19 @@ API_KEY = "ft-secret-key-0123456789"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Any]:
-    store = open_store(tmp_path / "viewer.db")
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "viewer.db")
     yield store
     store.close()
 
 
 @pytest.fixture
-def sample(store: Any) -> Sample:
+def sample(store: Store) -> Sample:
     return populate(store)
 
 
 @pytest.fixture
-def client(store: Any, sample: Sample) -> TestClient:
+def client(store: Store, sample: Sample) -> TestClient:
     app = FastAPI()
     mount_viewer(app, store)
     return TestClient(app)
@@ -80,8 +80,7 @@ def test_log_list_of_one_flow_filters_and_searches(client: TestClient, sample: S
     assert "No logs match." in missing.text
 
 
-def test_log_list_pages(store: Any, client: TestClient) -> None:
-    from flowtrace.models import FlowLogRequest
+def test_log_list_pages(store: Store, client: TestClient) -> None:
 
     for index in range(55):
         store.log(
@@ -167,7 +166,7 @@ def test_every_viewer_response_has_a_strict_csp(client: TestClient, path: str) -
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_with_api_keys_the_viewer_asks_for_basic_auth(store: Any, sample: Sample) -> None:
+def test_with_api_keys_the_viewer_asks_for_basic_auth(store: Store, sample: Sample) -> None:
     app = FastAPI()
     mount_viewer(app, store, api_keys=[API_KEY])
     client = TestClient(app)
@@ -183,7 +182,7 @@ def test_with_api_keys_the_viewer_asks_for_basic_auth(store: Any, sample: Sample
     assert client.get("/ui/static/trace.js").status_code == 200
 
 
-def test_keys_can_come_from_the_app_state(store: Any, sample: Sample) -> None:
+def test_keys_can_come_from_the_app_state(store: Store, sample: Sample) -> None:
     app = FastAPI()
     mount_viewer(app, store)
     app.state.api_keys = (API_KEY,)

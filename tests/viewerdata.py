@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,16 +22,6 @@ TRACEBACK = (
 )
 
 
-def open_store(path: str | os.PathLike[str]) -> Any:
-    """The real store; an in-memory fake while the real one is still a skeleton."""
-    try:
-        return Store(path)
-    except NotImplementedError:
-        from tests.fakestore import FakeStore
-
-        return FakeStore()
-
-
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
@@ -45,11 +34,11 @@ class Sample:
     hostile: str
 
 
-def _log(store: Any, **fields: Any) -> str:
+def _log(store: Store, **fields: Any) -> str:
     return str(store.log(FlowLogRequest.model_validate(fields)).id)
 
 
-def populate(store: Any) -> Sample:
+def populate(store: Store) -> Sample:
     """Two finished traces. The first: a root with a chat, a tool child with stdout and
     provider payloads, and a failing model call with a traceback. The second: hostile text."""
     root = _log(
@@ -109,7 +98,7 @@ def populate(store: Any) -> Sample:
     return Sample(root=root, search=search, failing=failing, hostile=hostile)
 
 
-def add_hostile_trace(store: Any) -> str:
+def add_hostile_trace(store: Store) -> str:
     """A trace whose every text field tries to run script in the page."""
     return _log(
         store,

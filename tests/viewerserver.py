@@ -8,18 +8,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from flowtrace.server._viewer import mount_viewer
+from flowtrace.store import Store
 
 STARTUP_TIMEOUT_S = 20.0
 
 
 @contextmanager
-def serve_viewer(store: Any) -> Iterator[str]:
+def serve_viewer(store: Store) -> Iterator[str]:
     """Serve the viewer over `store`; yields the root URL, stops the server on exit."""
     app = FastAPI()
     mount_viewer(app, store)
