@@ -16,6 +16,7 @@ import pytest
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest
 from flowtrace.store import Store
+from tests.serverutil import serve_in_thread
 from tests.viewerdata import (
     HOSTILE_INPUT,
     HOSTILE_OUTPUT,
@@ -26,7 +27,6 @@ from tests.viewerdata import (
     at,
     populate,
 )
-from tests.viewerserver import serve_viewer
 
 sync_api = pytest.importorskip("playwright.sync_api")
 Browser = sync_api.Browser
@@ -62,11 +62,13 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Store, Sample]]:
-    store = Store(tmp_path_factory.mktemp("browser") / "viewer.db")
+    """The real server app (contract and viewer) in a thread, over a store the tests keep
+    writing to; stopping it closes the store."""
+    path = tmp_path_factory.mktemp("browser") / "viewer.db"
+    store = Store(path)
     sample = populate(store)
-    with serve_viewer(store) as base_url:
-        yield base_url, store, sample
-    store.close()
+    with serve_in_thread(path, api_keys=(), store=store) as server:
+        yield server.root_url, store, sample
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from flowtrace.models import FlowLogRequest
+from flowtrace.server._app import create_app
 from flowtrace.server._viewer import mount_viewer
 from flowtrace.store import Store
 from tests.viewerdata import (
@@ -189,3 +190,21 @@ def test_keys_can_come_from_the_app_state(store: Store, sample: Sample) -> None:
     client = TestClient(app)
     assert client.get("/").status_code == 401
     assert client.get("/", headers=basic_auth(API_KEY)).status_code == 200
+
+
+def test_the_server_guards_its_viewer_with_its_keys(store: Store, sample: Sample) -> None:
+    client = TestClient(create_app(store, api_keys=[API_KEY]))
+    assert client.get("/").status_code == 401
+    assert client.get(f"/ui/api/traces/{sample.root}").status_code == 401
+    page = client.get(f"/traces/{sample.root}", headers=basic_auth(API_KEY))
+    assert page.status_code == 200
+    assert API_KEY not in page.text
+    # The contract's API keeps taking the key in its own header.
+    api = client.get(f"/v5/logs/{sample.root}", headers={"X-API-KEY": API_KEY})
+    assert api.status_code == 200
+
+
+def test_the_server_without_keys_serves_its_viewer(store: Store, sample: Sample) -> None:
+    client = TestClient(create_app(store))
+    assert client.get("/").status_code == 200
+    assert client.get(f"/traces/{sample.failing}").status_code == 200

@@ -81,6 +81,16 @@ def _key_matches(password: str, api_keys: Sequence[str]) -> bool:
     return any(matches)
 
 
+def _middleware_api_keys(app: FastAPI) -> tuple[str, ...]:
+    """Fail closed: a server that checks API keys in a middleware but did not hand them to
+    the viewer still gets a viewer that asks for them, never one open to everybody."""
+    for middleware in app.user_middleware:
+        keys = middleware.kwargs.get("api_keys")
+        if isinstance(keys, (list, tuple)) and keys:
+            return tuple(str(key) for key in keys)
+    return ()
+
+
 class _Viewer:
     """The viewer's routes, bound to one store and one way of finding the API keys."""
 
@@ -91,10 +101,14 @@ class _Viewer:
     # --- answers ---------------------------------------------------------------------------
 
     def _keys(self, request: Request) -> Sequence[str]:
-        """The keys given at mount, else those the server app keeps on its state."""
+        """The keys given at mount, else those on the app's state, else those the app's
+        API-key middleware checks."""
         if self._api_keys is not None:
             return self._api_keys
-        return tuple(getattr(request.app.state, "api_keys", ()) or ())
+        state_keys = getattr(request.app.state, "api_keys", None)
+        if state_keys is not None:
+            return tuple(state_keys)
+        return _middleware_api_keys(request.app)
 
     def _denied(self, request: Request) -> Response | None:
         keys = self._keys(request)
@@ -209,8 +223,9 @@ def _filters_from(request: Request) -> LogFilters:
 def mount_viewer(app: FastAPI, store: Store, *, api_keys: Sequence[str] | None = None) -> None:
     """Add the viewer's pages, JSON and static files to `app`.
 
-    `api_keys`: the keys whose holders may read; None means "the app's `state.api_keys`",
-    read per request, so the server can set them after mounting.
+    `api_keys`: the keys whose holders may read. None: read per request (so the server may
+    set them after mounting) from `app.state.api_keys`, else from the `api_keys` argument of
+    the app's API-key middleware.
     """
     viewer = _Viewer(store, None if api_keys is None else tuple(api_keys))
     app.add_api_route("/", viewer.flows, methods=["GET"], include_in_schema=False)
