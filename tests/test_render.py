@@ -2,35 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Any
-
 from flowtrace._render import render_logs_table, render_trace_tree, sanitize
-from flowtrace.models import FlowLogResponse
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-
-
-def make_log(log_id: str, path: str, *, seconds: float = 1.0, **fields: Any) -> FlowLogResponse:
-    flow = {
-        "path": path,
-        "id": f"fl_{path}",
-        "name": path.rsplit("/", 1)[-1],
-        "created_at": T0,
-        "updated_at": T0,
-    }
-    return FlowLogResponse.model_validate(
-        {
-            "id": log_id,
-            "trace_id": fields.pop("trace_id", log_id),
-            "trace_flow_id": "fl",
-            "flow": flow,
-            "start_time": T0,
-            "end_time": T0 + timedelta(seconds=seconds),
-            "trace_status": "complete",
-            **fields,
-        }
-    )
+from tests.viewerdata import make_log
 
 
 def test_table_has_header_and_one_row_per_log() -> None:

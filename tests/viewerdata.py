@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest
+from flowtrace.models import FlowLogRequest, FlowLogResponse, FlowLogUpdateRequest
 from flowtrace.store import Store
 
 T0 = datetime(2026, 1, 2, 9, 0, 0, tzinfo=timezone.utc)
@@ -116,3 +116,24 @@ def add_hostile_trace(store: Store) -> str:
         end_time=at(11),
         trace_status="complete",
     )
+
+
+def make_log(log_id: str, path: str, *, seconds: float = 1.0, **fields: Any) -> FlowLogResponse:
+    """A stored log's record, built without a store (for renderers)."""
+    flow = {
+        "path": path,
+        "id": f"fl_{path}",
+        "name": path.rsplit("/", 1)[-1],
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    record = {
+        "id": log_id,
+        "trace_id": log_id,
+        "trace_flow_id": "fl",
+        "flow": flow,
+        "start_time": T0,
+        "end_time": fields.get("start_time", T0) + timedelta(seconds=seconds),
+        "trace_status": "complete",
+    }
+    return FlowLogResponse.model_validate({**record, **fields})
