@@ -39,14 +39,19 @@ def us_to_wire(value: int) -> str:
     return from_us(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# Encoders built once: json.dumps with options builds a new encoder per call. ensure_ascii=False
+# keeps non-ASCII text searchable as typed.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
     """One text per JSON value whatever the key order: the basis of identity and replay checks."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def compact_json(value: Any) -> str:
-    # ensure_ascii=False keeps non-ASCII text searchable as typed.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
 
 
 def digest(text: str) -> bytes:
