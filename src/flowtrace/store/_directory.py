@@ -11,6 +11,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic_core import to_json
+
 from flowtrace.store._codec import canonical_json, digest, new_id
 from flowtrace.store._errors import invalid, not_found
 from flowtrace.store._session import Session
@@ -44,10 +46,23 @@ def normalize_path(path: str, loc: list[str | int]) -> str:
     return "/".join(parts)
 
 
+_ATTRIBUTE_MEMO_SIZE = 4096
+_attribute_memo: dict[bytes, tuple[str, bytes]] = {}
+
+
 def attributes_digest(attributes: dict[str, Any]) -> tuple[str, bytes]:
-    """Equal attributes (as JSON, key order ignored) are one version."""
+    """Equal attributes (as JSON, key order ignored) are one version: (canonical text, digest).
+    Memoized on the fast unsorted encoding, since every log of a version repeats them."""
+    fast = to_json(attributes)
+    known = _attribute_memo.get(fast)
+    if known is not None:
+        return known
     text = canonical_json(attributes)
-    return text, digest(text)
+    known = text, digest(text)
+    if len(_attribute_memo) >= _ATTRIBUTE_MEMO_SIZE:
+        _attribute_memo.clear()
+    _attribute_memo[fast] = known
+    return known
 
 
 class Directory:

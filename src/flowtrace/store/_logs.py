@@ -168,16 +168,16 @@ def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] |
     if log_id is None:
         return None
     row = conn.execute(
-        "SELECT l.request_digest, f.id, v.id FROM logs l"
-        " JOIN flows f ON f.seq = l.flow_ref JOIN versions v ON v.seq = l.version_ref"
-        " WHERE l.id = ?",
-        (log_id,),
+        "SELECT request_digest, flow_ref, version_ref FROM logs WHERE id = ?", (log_id,)
     ).fetchone()
     if row is None:
         return None
     if row[0] != prepared.request_digest:
         raise conflict(f"log {log_id!r} already exists with a different body")
-    return _response(log_id, row[1], row[2], prepared)
+    flow_id, version_id = conn.execute(
+        "SELECT f.id, v.id FROM flows f, versions v WHERE f.seq = ? AND v.seq = ?", row[1:]
+    ).fetchone()
+    return _response(log_id, flow_id, version_id, prepared)
 
 
 def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
