@@ -19,8 +19,8 @@ Decisions the contract leaves open (see also each method):
 - PATCH can close a log but never reopen one (409). save=false sticks: later PATCHes do not
   store payloads either.
 - Deleting a log deletes the logs under it; unknown ids are ignored (retries succeed).
-- Search: substring, case-insensitive, in inputs (as JSON text) and output; an FTS5 trigram
-  index for 3+ characters when SQLite has it, a LIKE scan otherwise.
+- Search: substring in inputs (as JSON text, keys included) and output, case-insensitive for
+  ASCII, by a LIKE scan (no index: an FTS5 trigram index cost 5x the ingest rate).
 - Lists: newest first by start_time (ties: newest insert first); start_date <= start_time
   < end_date; an unknown file_id or version_id is 404.
 - Records carry the status as `trace_status` unless `status_field="log_status"` is passed;
@@ -98,11 +98,6 @@ class Store:
     @property
     def path(self) -> Path:
         return self._db.path
-
-    @property
-    def search_mode(self) -> str:
-        """ "fts5" (trigram index) or "like" (scan), fixed when the file was created."""
-        return self._db.search_mode
 
     def close(self) -> None:
         self._db.close()
@@ -260,7 +255,6 @@ class Store:
                 conn,
                 self._directory,
                 filters,
-                self._db.search_mode,
                 page=page,
                 size=size,
                 include_trace_children=include_trace_children,
