@@ -797,14 +797,9 @@ def test_default_key_constant_matches_fixture(app_server: InProcessServer) -> No
     assert app_server.api_key == DEFAULT_API_KEY
 
 
-# --- known gaps -----------------------------------------------------------------------------
+# --- datetimes out of range -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flowtrace.models WireDatetime lets out-of-range times through (a 500); the fix "
-    "is a models.py change (catch OverflowError/OSError, normalise to UTC in validation)",
-)
 @pytest.mark.parametrize(
     "start_time",
     [1e20, "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00"],

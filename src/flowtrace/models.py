@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -59,7 +60,10 @@ ChatRole = Literal["user", "assistant", "system", "tool", "developer"]
 def _coerce_datetime(value: object) -> object:
     """Accept epoch seconds (older clients) and naive datetimes (taken as UTC)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{value} seconds since the epoch is out of range") from None
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     if isinstance(value, str):
@@ -70,6 +74,14 @@ def _coerce_datetime(value: object) -> object:
             return value  # let pydantic produce its precise error
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Every datetime is kept in UTC; one that UTC cannot hold is refused (a 422, not a 500)."""
+    try:
+        return value.astimezone(timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("datetime is out of range in UTC") from None
 
 
 def format_datetime(value: datetime) -> str:
@@ -83,6 +95,7 @@ def format_datetime(value: datetime) -> str:
 WireDatetime = Annotated[
     datetime,
     BeforeValidator(_coerce_datetime),
+    AfterValidator(_as_utc),
     PlainSerializer(format_datetime, return_type=str, when_used="json"),
 ]
 
