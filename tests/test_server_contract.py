@@ -797,7 +797,7 @@ def test_default_key_constant_matches_fixture(app_server: InProcessServer) -> No
     assert app_server.api_key == DEFAULT_API_KEY
 
 
-# --- datetimes out of range -----------------------------------------------------------------------------
+# --- datetimes out of range ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flowtrace.models import FlowUpsertRequest, LogQuery
+from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, FlowUpsertRequest, LogQuery
 from flowtrace.store import Store, StoreError
 from tests.store_helpers import FakeClock, at, open_store, patch, req
 
@@ -394,3 +394,30 @@ def test_a_rule_refusing_after_a_write_aborts_the_whole_batch(
     monkeypatch.undo()
     created = store.log(req(path="g"))  # the rolled-back flow left no stale cache entry
     assert store.get_flow(created.flow_id).path == "g"
+
+
+def test_completing_patch_takes_the_logs_real_end_and_end_of_log_fields(tmp_path: Path) -> None:
+    """flowtrace extension: a log sent early is completed with what it only knew at its end."""
+    with Store(tmp_path / "ext.db") as store:
+        store.log(FlowLogRequest(path="a/b", log_id="L1", start_time="2024-01-01T00:00:00Z"))
+        record = store.update(
+            "L1",
+            FlowLogUpdateRequest.model_validate(
+                {
+                    "trace_status": "complete",
+                    "end_time": "2024-01-01T00:00:05Z",
+                    "stdout": "printed\n",
+                    "metadata": {"k": 1},
+                    "provider_latency": 5.0,
+                    "output": "done",
+                }
+            ),
+        )
+    assert record.end_time is not None
+    assert record.end_time.isoformat() == "2024-01-01T00:00:05+00:00"
+    assert (record.stdout, record.metadata, record.provider_latency, record.output) == (
+        "printed\n",
+        {"k": 1},
+        5.0,
+        "done",
+    )

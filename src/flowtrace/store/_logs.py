@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, LogQuery
-from flowtrace.store._codec import compact_json, new_id
+from flowtrace.store._codec import compact_json, new_id, to_us
 from flowtrace.store._directory import (
     Directory,
     FlowKey,
@@ -251,6 +251,14 @@ def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> 
     sent = request.model_fields_set - {"trace_status", "log_status"}
     if data.get("save") is False:
         sent = sent - PAYLOAD_FIELDS  # save=false stays in force for later updates
+    new_end = end_us
+    if "end_time" in sent:
+        # flowtrace extension: a log sent early reports its real end when it completes
+        # (never narrower than what its children already widened it to).
+        sent = sent - {"end_time"}
+        if request.end_time is not None:
+            requested = max(to_us(request.end_time), start_us)
+            new_end = requested if end_us is None else max(end_us, requested)
     values = request.model_dump(mode="json", include=sent)
     new_inputs, new_output = inputs, output
     for name in sent:
@@ -267,7 +275,6 @@ def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> 
     status = request.status
     if status == "incomplete" and complete:
         raise conflict(f"log {log_id!r} is complete: it cannot be reopened")
-    new_end = end_us
     if status == "complete" and not complete:
         complete = 1
         if new_end is None:
