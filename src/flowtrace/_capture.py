@@ -14,7 +14,6 @@ from flowtrace._context import current
 from flowtrace._serialize import DEFAULT_LIMITS, Limits, snapshot
 
 __all__ = [
-    "CallInputs",
     "InputBinder",
     "capture_value",
     "ensure_stdout_tee",
@@ -91,10 +90,6 @@ def _unbound(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]
     if kwargs:
         inputs["kwargs"] = dict(kwargs)
     return inputs
-
-
-#: (binder, skip_first, args snapshot, kwargs snapshot): bound to names on the worker.
-CallInputs = tuple[InputBinder, bool, tuple[Any, ...], dict[str, Any]]
 
 
 # --- stdout ----------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import concurrent.futures
 import functools
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from flowtrace._log import Log
+if TYPE_CHECKING:
+    from flowtrace._log import Log
 
 __all__ = ["TracedThreadPoolExecutor", "current", "current_log", "propagate"]
 

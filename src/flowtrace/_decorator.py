@@ -45,35 +45,26 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 Redactor = Callable[[Any], Any]
 
 
-class _State:
-    enabled = True
+_enabled = True
 
 
 def _apply_settings(settings: _config.Settings) -> None:
-    _State.enabled = settings.enabled
+    global _enabled
+    _enabled = settings.enabled
 
 
 # --- options -------------------------------------------------------------------------------
 
 
 class _Options:
-    """What a `flow(...)` call was given."""
+    """What a `flow(...)` call was given: a template of its logs' options, and `inputs` for
+    a block."""
 
-    __slots__ = ("capture_inputs", "capture_output", "inputs", "log_options", "path")
+    __slots__ = ("inputs", "template")
 
-    def __init__(
-        self,
-        path: str | None,
-        inputs: Any,
-        log_options: LogOptions,
-        capture_inputs: bool | Redactor,
-        capture_output: bool | Redactor,
-    ) -> None:
-        self.path = path
+    def __init__(self, template: LogOptions, inputs: Any) -> None:
+        self.template = template
         self.inputs = inputs
-        self.log_options = log_options
-        self.capture_inputs = capture_inputs
-        self.capture_output = capture_output
 
 
 def default_path(fn: Callable[..., Any]) -> str:
@@ -93,60 +84,46 @@ def _defined_in_class(fn: Callable[..., Any]) -> bool:
     return len(parts) >= 2 and parts[-2] != "<locals>"
 
 
-class _Spec:
-    """Per decorated function: what every call needs, worked out once."""
-
-    __slots__ = (
-        "binder",
-        "capture_all",
-        "capture_inputs",
-        "capture_output",
-        "log_options",
-        "path",
-        "skip_first",
-    )
-
-    def __init__(self, fn: Callable[..., Any], options: _Options, skip_first: bool) -> None:
-        self.path = options.path or default_path(fn)
-        self.log_options = options.log_options
-        self.binder = InputBinder(fn)
-        self.skip_first = skip_first
-        self.capture_inputs = options.capture_inputs
-        self.capture_all = options.capture_inputs is True
-        self.capture_output = options.capture_output
-
-
 # --- opening and closing logs (the call path) ------------------------------------------------
 
 
-def _open(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Log | None:
+def _open(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Log | None:
     """A new log for this call, announced to the sinks; None if flowtrace itself failed."""
     try:
-        log = Log(spec.path, current.get(), spec.log_options)
-        if spec.capture_all:
+        parent = current.get()
+        log = Log(options, parent)
+        if options.capture_all:
             # Immutable scalars are kept by reference; anything else is snapshotted now, as
             # the function (or its caller) may mutate it later.
             for value in args:
                 if type(value) not in SCALARS:
                     args = tuple([capture_value(v) for v in args])
                     break
+            log.args = args
             if kwargs:
-                kwargs = {name: capture_value(v) for name, v in kwargs.items()}
-            log.call_inputs = (spec.binder, spec.skip_first, args, kwargs)
-        elif spec.capture_inputs is not False:
-            log.inputs = _redacted_inputs(spec, args, kwargs)
+                log.kwargs = {name: capture_value(v) for name, v in kwargs.items()}
+        elif options.capture_inputs is not False:
+            log.inputs = _redacted_inputs(options, args, kwargs)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
         return None
-    _announce(log)
+    try:
+        # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
+        if parent is None and type(sys.stdout) is not StdoutTee:
+            ensure_stdout_tee()
+        for started in _log.on_start:
+            started(log)
+    except Exception as exc:
+        _guard.internal_error("log-start", exc)
     return log
 
 
-def _redacted_inputs(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    redact = spec.capture_inputs
-    assert callable(redact)
+def _redacted_inputs(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    redact = options.capture_inputs
+    if not callable(redact) or options.binder is None:
+        return UNSET
     # A redactor sees the real arguments by name, at call time; its result is recorded.
-    return redact(spec.binder.bind(spec.skip_first, args, kwargs))
+    return redact(options.binder.bind(options.skip_first, args, kwargs))
 
 
 def _announce(log: Log) -> None:
@@ -159,18 +136,13 @@ def _announce(log: Log) -> None:
         _guard.internal_error("log-start", exc)
 
 
-def _close(log: Log, spec_output: bool | Redactor, result: Any, how: str | None = None) -> None:
-    """End a log whose call returned `result`."""
+def _close_block(log: Log) -> None:
     try:
         if log.touched:
             log.freeze()
-        if spec_output is True:
-            log.result = result if type(result) in SCALARS else capture_value(result)
-        elif spec_output is not False and result is not UNSET:
-            log.result = capture_value(spec_output(result))
     except Exception as exc:
         _guard.internal_error("log-end", exc)
-    log.close(how)
+    log.close()
 
 
 def _interruption(exc: BaseException) -> str | None:
@@ -212,14 +184,12 @@ def _describe(exc: BaseException) -> str:
 # --- one wrapper per kind of function --------------------------------------------------------
 
 
-def _wrap_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
-    output = spec.capture_output
-
+def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        if not _State.enabled:
+        if not _enabled:
             return fn(*args, **kwargs)
-        log = _open(spec, args, kwargs)
+        log = _open(options, args, kwargs)
         if log is None:
             return fn(*args, **kwargs)
         token = current.set(log)
@@ -230,21 +200,19 @@ def _wrap_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
             _fail(log, exc)
             raise
         current.reset(token)
-        _close(log, output, result)
+        log.finish(result)
         return result
 
     return traced
 
 
-def _wrap_coroutine_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
-    output = spec.capture_output
-
+def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def traced(*args: Any, **kwargs: Any) -> Any:
         # The log opens when the coroutine starts running, in the task that awaits it.
-        if not _State.enabled:
+        if not _enabled:
             return await fn(*args, **kwargs)
-        log = _open(spec, args, kwargs)
+        log = _open(options, args, kwargs)
         if log is None:
             return await fn(*args, **kwargs)
         token = current.set(log)
@@ -255,7 +223,7 @@ def _wrap_coroutine_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..
             _fail(log, exc)
             raise
         current.reset(token)
-        _close(log, output, result)
+        log.finish(result)
         return result
 
     return traced
@@ -292,25 +260,23 @@ class _Items:
         return list(self.items)
 
 
-def _wrap_generator_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+def _wrap_generator_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         # A generator function's wrapper is one too: the log opens when the body first runs,
         # under the flow that iterates it (the flow that created it may be over by then).
         gen = fn(*args, **kwargs)
-        if not _State.enabled:
+        if not _enabled:
             return (yield from gen)
-        log = _open(spec, args, kwargs)
+        log = _open(options, args, kwargs)
         if log is None:
             return (yield from gen)
-        return (yield from _traced_generator(log, spec, gen))
+        return (yield from _traced_generator(log, gen))
 
     return traced
 
 
-def _traced_generator(
-    log: Log, spec: _Spec, gen: Generator[Any, Any, Any]
-) -> Generator[Any, Any, Any]:
+def _traced_generator(log: Log, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     items = _Items()
     method: Callable[[Any], Any] = gen.send
     arg: Any = None
@@ -320,7 +286,7 @@ def _traced_generator(
             item = method(arg)
         except StopIteration as stop:
             current.reset(token)
-            _close(log, spec.capture_output, items.output())
+            log.finish(items.output())
             return stop.value
         except BaseException as exc:
             current.reset(token)
@@ -340,7 +306,7 @@ def _traced_generator(
                 _fail(log, exc)
                 raise
             current.reset(token)
-            _close(log, spec.capture_output, items.output(), "closed early")
+            log.finish(items.output(), "closed early")
             raise
         except BaseException as exc:
             method, arg = gen.throw, exc
@@ -348,11 +314,13 @@ def _traced_generator(
         method = gen.send
 
 
-def _wrap_async_generator_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+def _wrap_async_generator_function(
+    fn: Callable[..., Any], options: LogOptions
+) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def traced(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         agen = fn(*args, **kwargs)
-        log = _open(spec, args, kwargs) if _State.enabled else None
+        log = _open(options, args, kwargs) if _enabled else None
         if log is None:
             async for item in agen:
                 yield item
@@ -366,7 +334,7 @@ def _wrap_async_generator_function(fn: Callable[..., Any], spec: _Spec) -> Calla
                 item = await method(arg)
             except StopAsyncIteration:
                 current.reset(token)
-                _close(log, spec.capture_output, items.output())
+                log.finish(items.output())
                 return
             except BaseException as exc:
                 current.reset(token)
@@ -385,7 +353,7 @@ def _wrap_async_generator_function(fn: Callable[..., Any], spec: _Spec) -> Calla
                     _fail(log, exc)
                     raise
                 current.reset(token)
-                _close(log, spec.capture_output, items.output(), "closed early")
+                log.finish(items.output(), "closed early")
                 raise
             except BaseException as exc:
                 method, arg = agen.athrow, exc
@@ -395,14 +363,13 @@ def _wrap_async_generator_function(fn: Callable[..., Any], spec: _Spec) -> Calla
     return traced
 
 
-def _wrap_other_callable(target: Any, spec: _Spec) -> Any:
+def _wrap_other_callable(target: Any, options: LogOptions) -> Any:
     """Builtins, partials, callable objects: wrapt proxies them transparently."""
-    output = spec.capture_output
 
     def call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not _State.enabled:
+        if not _enabled:
             return wrapped(*args, **kwargs)
-        log = _open(spec, args, kwargs)
+        log = _open(options, args, kwargs)
         if log is None:
             return wrapped(*args, **kwargs)
         token = current.set(log)
@@ -413,7 +380,7 @@ def _wrap_other_callable(target: Any, spec: _Spec) -> Any:
             _fail(log, exc)
             raise
         current.reset(token)
-        _close(log, output, result)
+        log.finish(result)
         return result
 
     return wrapt.FunctionWrapper(target, call)
@@ -421,28 +388,31 @@ def _wrap_other_callable(target: Any, spec: _Spec) -> Any:
 
 def _decorate(target: Any, options: _Options) -> Any:
     if options.inputs is not None:
-        raise TypeError(
-            "flow(inputs=...) is for with-blocks: a function's inputs are its arguments"
-        )
+        raise TypeError("flow(inputs=...) is for with-blocks: a function's inputs are its args")
     if isinstance(target, (staticmethod, classmethod)):
         fn = target.__func__
-        spec = _Spec(fn, options, skip_first=isinstance(target, classmethod))
-        return type(target)(_wrap(fn, spec))
+        return type(target)(_wrap(fn, _options_for(fn, options, isinstance(target, classmethod))))
     if not callable(target):
         raise TypeError(f"flow() decorates functions, not {type(target).__name__}")
     if not isinstance(target, FunctionType):
-        return _wrap_other_callable(target, _Spec(target, options, skip_first=False))
-    return _wrap(target, _Spec(target, options, skip_first=_defined_in_class(target)))
+        return _wrap_other_callable(target, _options_for(target, options, False))
+    return _wrap(target, _options_for(target, options, _defined_in_class(target)))
 
 
-def _wrap(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+def _options_for(fn: Callable[..., Any], options: _Options, skip_first: bool) -> LogOptions:
+    template = options.template
+    path = template.path if template.path != "flow" else default_path(fn)
+    return template.for_function(path, InputBinder(fn), skip_first)
+
+
+def _wrap(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
-        return _wrap_async_generator_function(fn, spec)
+        return _wrap_async_generator_function(fn, options)
     if inspect.iscoroutinefunction(fn):
-        return _wrap_coroutine_function(fn, spec)
+        return _wrap_coroutine_function(fn, options)
     if inspect.isgeneratorfunction(fn):
-        return _wrap_generator_function(fn, spec)
-    return _wrap_function(fn, spec)
+        return _wrap_generator_function(fn, options)
+    return _wrap_function(fn, options)
 
 
 # --- with / async with ---------------------------------------------------------------------
@@ -461,7 +431,7 @@ class Flow:
 
     def __enter__(self) -> Log:
         options = self._options
-        log = Log(options.path or "flow", current.get(), options.log_options)
+        log = Log(options.template, current.get())
         if options.inputs is not None:
             log.inputs = capture_value(options.inputs)
         _announce(log)
@@ -478,7 +448,7 @@ class Flow:
         if log is None:
             return
         if exc is None:
-            _close(log, False, UNSET)
+            _close_block(log)
         else:
             _fail(log, exc)
 
@@ -564,7 +534,8 @@ def flow(
             raise TypeError("give the path once: flow('a/b') or flow(path='a/b')")
         path = target
         target = None
-    log_options = LogOptions(
+    template = LogOptions(
+        path or "flow",
         # Snapshot now: the same attributes must mean the same version on every call.
         attributes=None if attributes is None else capture_value(attributes),
         metadata=metadata,
@@ -573,8 +544,10 @@ def flow(
         source=source,
         save=save,
         version_id=version_id,
+        capture_inputs=capture_inputs,
+        capture_output=capture_output,
     )
-    options = _Options(path, inputs, log_options, capture_inputs, capture_output)
+    options = _Options(template, inputs)
     if target is None:
         return Flow(options)
     return _decorate(target, options)

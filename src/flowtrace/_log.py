@@ -16,9 +16,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from flowtrace import _guard
+from flowtrace._capture import SCALARS, capture_value
 
 if TYPE_CHECKING:
-    from flowtrace._capture import CallInputs
+    from flowtrace._capture import InputBinder
 
 __all__ = [
     "NO_OPTIONS",
@@ -126,12 +127,29 @@ UNSET: Any = _Unset()
 
 
 class LogOptions:
-    """What a `flow(...)` call was given: shared, read-only defaults of every log it opens."""
+    """Everything a log shares with the other logs of its function (or block): worked out
+    once, at decoration, and referenced by every log, never copied."""
 
-    __slots__ = ("attributes", "environment", "metadata", "save", "source", "user", "version_id")
+    __slots__ = (
+        "attributes",
+        "binder",
+        "capture_all",
+        "capture_inputs",
+        "capture_output",
+        "environment",
+        "metadata",
+        "path",
+        "save",
+        "skip_first",
+        "source",
+        "user",
+        "version_id",
+    )
 
     def __init__(
         self,
+        path: str = "flow",
+        *,
         attributes: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         user: str | None = None,
@@ -139,7 +157,12 @@ class LogOptions:
         source: str | None = None,
         save: bool | None = None,
         version_id: str | None = None,
+        capture_inputs: bool | Callable[[Any], Any] = True,
+        capture_output: bool | Callable[[Any], Any] = True,
+        binder: InputBinder | None = None,
+        skip_first: bool = False,
     ) -> None:
+        self.path = path
         self.attributes = attributes
         self.metadata = metadata
         self.user = user
@@ -147,6 +170,27 @@ class LogOptions:
         self.source = source
         self.save = save
         self.version_id = version_id
+        self.capture_inputs = capture_inputs
+        self.capture_all = capture_inputs is True and binder is not None
+        self.capture_output = capture_output
+        self.binder = binder  # binds a call's arguments to names, on the worker
+        self.skip_first = skip_first  # the first argument is the bound instance or class
+
+    def for_function(self, path: str, binder: InputBinder, skip_first: bool) -> LogOptions:
+        return LogOptions(
+            path,
+            attributes=self.attributes,
+            metadata=self.metadata,
+            user=self.user,
+            environment=self.environment,
+            source=self.source,
+            save=self.save,
+            version_id=self.version_id,
+            capture_inputs=self.capture_inputs,
+            capture_output=self.capture_output,
+            binder=binder,
+            skip_first=skip_first,
+        )
 
 
 NO_OPTIONS = LogOptions()
@@ -224,7 +268,9 @@ class Log:
     error: str | None = None
     touched = False  # a user field was set
     result: Any = UNSET  # what the call returned (snapshot), unless the user set `output`
-    call_inputs: CallInputs | None = None  # raw argument snapshot, bound to names on the worker
+    # A decorated call's arguments (non-scalars snapshotted), bound to names on the worker.
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
     traceback: str | None = None
     end_ns: int | None = None
     duration_ns: int | None = None
@@ -233,26 +279,34 @@ class Log:
     stdout_parts: list[str] | None = None
     delivery: Any = None  # the pipeline's per-log state
 
-    def __init__(self, path: str, parent: Log | None, options: LogOptions = NO_OPTIONS) -> None:
+    def __init__(self, options: LogOptions, parent: Log | None) -> None:
         self._number = next(_counter)
         self._prefix = _prefix
-        self.path = path
-        self.parent = parent
-        self.root: Log = self if parent is None else parent.root
         self.options = options
+        self.parent = parent
         self.start_ns = _wall_ns()
         self._start_mono_ns = _mono_ns()
 
     def freeze(self) -> None:
         """Snapshot what the user set, as it is now (the log is closing)."""
-        from flowtrace._capture import capture_value
-
         own = self.__dict__
         for name in USER_FIELDS:
             if name in own:
                 own[name] = capture_value(own[name])
 
     # --- what the flow gave --------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self.options.path
+
+    @property
+    def root(self) -> Log:
+        """The trace's root log."""
+        log = self
+        while log.parent is not None:
+            log = log.parent
+        return log
+
     @property
     def attributes(self) -> dict[str, Any] | None:
         return self.options.attributes
@@ -310,12 +364,35 @@ class Log:
     def is_complete(self) -> bool:
         return self.status == "complete"
 
+    def finish(self, result: Any, how: str | None = None) -> None:
+        """The call returned `result`: record it and close (the call path, one frame)."""
+        try:
+            if self.touched:
+                self.freeze()
+            capture = self.options.capture_output
+            if capture is True:
+                self.result = result if type(result) in SCALARS else capture_value(result)
+            elif capture is not False:
+                self.result = capture_value(capture(result))
+        except Exception as exc:
+            _guard.internal_error("log-end", exc)
+        self.duration_ns = duration = _mono_ns() - self._start_mono_ns
+        self.end_ns = self.start_ns + duration
+        if how is not None:
+            self.ended_how = how
+        self.status = "complete"
+        try:
+            for ended in on_end:
+                ended(self)
+        except Exception as exc:
+            _guard.internal_error("log-end", exc)
+
     def close(self, how: str | None = None) -> None:
         """Stamp the end (once) and hand the log to the sinks."""
         if self.status == "complete":
             return
-        self.duration_ns = _mono_ns() - self._start_mono_ns
-        self.end_ns = self.start_ns + self.duration_ns
+        self.duration_ns = duration = _mono_ns() - self._start_mono_ns
+        self.end_ns = self.start_ns + duration
         if how is not None:
             self.ended_how = how
         self.status = "complete"

@@ -62,9 +62,9 @@ def resolve_inputs(log: Log) -> tuple[dict[str, Any] | None, list[dict[str, Any]
     inputs: Any = None
     if log.inputs is not UNSET:
         inputs = snapshot(log.inputs, limits())
-    elif log.call_inputs is not None:
-        binder, skip_first, args, kwargs = log.call_inputs
-        inputs = snapshot(binder.bind(skip_first, args, kwargs), limits())
+    elif log.args is not None and log.options.binder is not None:
+        binder = log.options.binder
+        inputs = snapshot(binder.bind(log.options.skip_first, log.args, log.kwargs or {}), limits())
     if inputs is not None and not isinstance(inputs, dict):
         inputs = {"value": inputs}
     messages = None
