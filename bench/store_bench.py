@@ -116,9 +116,19 @@ def main() -> None:
     parser.add_argument("--ingest", type=int, default=100_000, help="logs per ingest run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--reads-only", action="store_true", help="reuse DIR/big.db from an earlier run"
+    )
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="flowtrace-bench-"))
 
+    path = folder / "big.db"
+    if not args.reads_only:
+        _write_figures(folder, path, args)
+    _read_figures(path)
+
+
+def _write_figures(folder: Path, path: Path, args: argparse.Namespace) -> None:
     rates, cpu_rates = [], []
     for run in range(args.runs):
         with Store(folder / f"ingest{run}.db") as store:
@@ -132,15 +142,17 @@ def main() -> None:
     )
     print(f"load average: {os.getloadavg()}")
 
-    path = folder / "big.db"
     with Store(path) as store:
         began = time.perf_counter()
         rate, _ = _ingest(store, "bulk", args.logs - BIG_TRACE)
-        root = _big_trace(store)
+        _big_trace(store)
         print(f"filled {args.logs:,} logs in {time.perf_counter() - began:.0f} s ({rate:,.0f}/s)")
     size_mb = sum(p.stat().st_size for p in folder.glob("big.db*")) / 1e6
     print(f"database size: {size_mb:,.0f} MB")
 
+
+def _read_figures(path: Path) -> None:
+    root = "big-trace"
     with Store(path) as store:  # a fresh process-like open: cold connection caches
         flow_id = next(f.id for f in store.list_flows() if f.path == "bench/flow3")
         trace = store.get_log(root)

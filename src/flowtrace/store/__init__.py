@@ -52,7 +52,7 @@ from flowtrace.models import (
     VersionResponse,
 )
 from flowtrace.store._batch import parse_operation
-from flowtrace.store._codec import to_us
+from flowtrace.store._codec import to_us, us_to_wire
 from flowtrace.store._directory import Directory, FlowKey, VersionKey
 from flowtrace.store._errors import StoreError, StoreSchemaError
 from flowtrace.store._flows import deploy, upsert_flow
@@ -77,7 +77,8 @@ def _utc_now() -> datetime:
 
 
 def _result(status: int, body: Any) -> BatchResult:
-    return BatchResult(status=status, body=body)
+    # built from known-good values: no validation per operation
+    return BatchResult.model_construct(status=status, body=body)
 
 
 class Store:
@@ -154,6 +155,7 @@ class Store:
         """The batch extension: operations apply in order, each on its own (a failing one is
         undone alone), all in one transaction. Malformed operations get a 422 result."""
         now_us = self._now_us()
+        now_wire = us_to_wire(now_us)
         prepared: list[PreparedLog | _Update | StoreError] = []
         for raw in operations:  # validation and encoding happen before taking the lock
             try:
@@ -162,7 +164,7 @@ class Store:
                 prepared.append(error)
                 continue
             if isinstance(operation, LogOperation):
-                prepared.append(prepare_log(operation.body, operation.query, now_us))
+                prepared.append(prepare_log(operation.body, operation.query, now_us, now_wire))
             else:
                 prepared.append((operation.log_id, operation.body))
         return self._write(lambda session: [self._apply(session, item) for item in prepared])
