@@ -27,9 +27,9 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    env.pop("FLOWTRACE_DB", None)
+    env.pop("FLOWTRACE_DB_PATH", None)
     if db_env is not None:
-        env["FLOWTRACE_DB"] = db_env
+        env["FLOWTRACE_DB_PATH"] = db_env
     env["PYTHONIOENCODING"] = "utf-8"
     return subprocess.run(
         [sys.executable, "-m", "flowtrace", *args],

@@ -36,9 +36,18 @@ __all__ = [
 Status = Literal["incomplete", "complete"]
 
 # --- clocks (injectable so tests are exact) --------------------------------------------------
+# A log reads the monotonic clock once at each end; its wall-clock start is that reading plus
+# an offset measured once per process (and again whenever the worker calls `calibrate()`).
 
 _wall_ns: Callable[[], int] = time.time_ns
 _mono_ns: Callable[[], int] = time.perf_counter_ns
+_wall_offset_ns = 0
+
+
+def calibrate() -> None:
+    """Measure the offset from the monotonic clock to the wall clock (follows NTP steps)."""
+    global _wall_offset_ns
+    _wall_offset_ns = _wall_ns() - _mono_ns()
 
 
 def set_clock(
@@ -48,6 +57,10 @@ def set_clock(
     global _wall_ns, _mono_ns
     _wall_ns = wall_ns or time.time_ns
     _mono_ns = mono_ns or time.perf_counter_ns
+    calibrate()
+
+
+calibrate()
 
 
 # --- ids: a random per-process prefix and a counter, re-seeded after fork ------------------
@@ -272,7 +285,6 @@ class Log:
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] | None = None
     traceback: str | None = None
-    end_ns: int | None = None
     duration_ns: int | None = None
     status: Status = "incomplete"
     ended_how: str | None = None
@@ -284,8 +296,8 @@ class Log:
         self._prefix = _prefix
         self.options = options
         self.parent = parent
-        self.start_ns = _wall_ns()
-        self._start_mono_ns = _mono_ns()
+        self._start_mono_ns = start = _mono_ns()
+        self.start_ns = start + _wall_offset_ns  # wall clock, nanoseconds since the epoch
 
     def freeze(self) -> None:
         """Snapshot what the user set, as it is now (the log is closing)."""
@@ -344,6 +356,11 @@ class Log:
 
     # --- times -----------------------------------------------------------------------------
     @property
+    def end_ns(self) -> int | None:
+        duration = self.duration_ns
+        return None if duration is None else self.start_ns + duration
+
+    @property
     def start_time(self) -> datetime:
         return _to_datetime(self.start_ns)
 
@@ -376,8 +393,7 @@ class Log:
                 self.result = capture_value(capture(result))
         except Exception as exc:
             _guard.internal_error("log-end", exc)
-        self.duration_ns = duration = _mono_ns() - self._start_mono_ns
-        self.end_ns = self.start_ns + duration
+        self.duration_ns = _mono_ns() - self._start_mono_ns
         if how is not None:
             self.ended_how = how
         self.status = "complete"
@@ -391,8 +407,7 @@ class Log:
         """Stamp the end (once) and hand the log to the sinks."""
         if self.status == "complete":
             return
-        self.duration_ns = duration = _mono_ns() - self._start_mono_ns
-        self.end_ns = self.start_ns + duration
+        self.duration_ns = _mono_ns() - self._start_mono_ns
         if how is not None:
             self.ended_how = how
         self.status = "complete"

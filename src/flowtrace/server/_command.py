@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from flowtrace._config import get_settings
+
 __all__ = [
     "API_KEYS_ENV",
     "DB_ENV",
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 API_KEYS_ENV = "FLOWTRACE_SERVER_API_KEYS"
-DB_ENV = "FLOWTRACE_DB"
+DB_ENV = "FLOWTRACE_DB_PATH"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8484
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20
@@ -36,8 +38,9 @@ EXIT_USAGE = 2
 
 
 def default_db_path() -> Path:
-    """`$FLOWTRACE_DB`, else the embedded default `.flowtrace/flowtrace.db` here."""
-    return Path(os.environ.get(DB_ENV) or Path(".flowtrace") / "flowtrace.db")
+    """The embedded default store: the `db_path` setting (`$FLOWTRACE_DB_PATH`, else
+    `.flowtrace/flowtrace.db` here), the same file the recorder writes to."""
+    return Path(get_settings().db_path)
 
 
 def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
