@@ -1,0 +1,47 @@
+"""StoreExporter: the embedded default. With no endpoint configured, logs go to a local SQLite
+file through the same store code a server uses, so the trace rules are the same, and
+`flowtrace serve --db <file>` shows them.
+
+The store is opened lazily, on the worker, at the first batch (creating the directory).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flowtrace.exporters import Operation, Outcome, not_delivered
+
+__all__ = ["StoreExporter"]
+
+
+class StoreExporter:
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self.db_path = Path(db_path)
+        self._store: Any = None
+
+    def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+        if not operations:
+            return []
+        try:
+            store = self._open()
+            results = store.batch([op.to_batch_item() for op in operations])
+        except Exception as exc:  # e.g. the disk is full or the file is locked: retried
+            return not_delivered(f"store {self.db_path}: {type(exc).__name__}: {exc}",
+                                 len(operations))
+        return [Outcome(result.status, result.body) for result in results]
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from flowtrace.store import Store  # imported here: only the embedded default needs it
+
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._store = Store(self.db_path)
+        return self._store
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
