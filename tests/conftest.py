@@ -8,6 +8,8 @@ import pytest
 
 from flowtrace import _guard
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(autouse=True)
 def fail_on_internal_errors() -> Iterator[list[tuple[str, BaseException | None]]]:

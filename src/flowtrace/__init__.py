@@ -1,12 +1,12 @@
 """flowtrace: record what your functions did, as a trace of logs per run.
 
-    from flowtrace import flow
+from flowtrace import flow
 
-    @flow
-    def answer(question: str) -> str: ...
+@flow
+def answer(question: str) -> str: ...
 
-    with flow("agents/support", inputs={"q": q}) as log:
-        log.output = run_agent(q)
+with flow("agents/support", inputs={"q": q}) as log:
+    log.output = run_agent(q)
 """
 
 from __future__ import annotations

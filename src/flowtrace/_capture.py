@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from flowtrace import _guard
+from flowtrace import _config, _guard
 from flowtrace._context import current
 from flowtrace._serialize import DEFAULT_LIMITS, Limits, snapshot
 
@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 # Immutable scalars: safe to keep by reference, so the common call snapshots nothing.
-_SCALARS = frozenset({int, str, float, bool, type(None)})
+SCALARS = frozenset({int, str, float, bool, type(None)})
 
 _limits: Limits = DEFAULT_LIMITS
 
@@ -38,14 +38,14 @@ def limits() -> Limits:
 
 def capture_value(value: object) -> Any:
     """A snapshot of `value` as it is now (the caller may mutate it later)."""
-    if type(value) in _SCALARS:
+    if type(value) in SCALARS:
         return value
     return snapshot(value, _limits)
 
 
 def capture_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     for value in args:
-        if type(value) not in _SCALARS:
+        if type(value) not in SCALARS:
             return tuple([capture_value(v) for v in args])
     return args
 
@@ -198,3 +198,19 @@ def set_capture_logging(enabled: bool) -> None:
     elif not enabled and _logging_handler is not None:
         root.removeHandler(_logging_handler)
         _logging_handler = None
+
+
+def _apply_settings(settings: _config.Settings) -> None:
+    set_limits(
+        Limits(
+            max_depth=settings.max_depth,
+            max_string=settings.max_string_chars,
+            max_items=settings.max_items,
+        )
+    )
+    set_capture_stdout(settings.capture_stdout)
+    set_capture_logging(settings.capture_logging)
+
+
+_config.on_change(_apply_settings)
+_apply_settings(_config.get_settings())

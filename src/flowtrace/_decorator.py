@@ -18,18 +18,18 @@ from typing import Any, TypeVar, overload
 
 import wrapt
 
-from flowtrace import _config, _guard
+from flowtrace import _config, _guard, _log
 from flowtrace._capture import (
+    SCALARS,
     CallInputs,
     InputBinder,
-    capture_args,
-    capture_kwargs,
+    StdoutTee,
     capture_value,
     ensure_stdout_tee,
     limits,
 )
 from flowtrace._context import current
-from flowtrace._log import UNSET, Log, announce_start
+from flowtrace._log import UNSET, Log, LogOptions
 
 __all__ = ["flow"]
 
@@ -49,93 +49,63 @@ def _apply_settings(settings: _config.Settings) -> None:
 
 
 class _Options:
-    """What a `flow(...)` call was given; shared by every log it opens."""
+    """What a `flow(...)` call was given."""
 
-    __slots__ = (
-        "attributes",
-        "capture_inputs",
-        "capture_output",
-        "environment",
-        "inputs",
-        "metadata",
-        "path",
-        "save",
-        "source",
-        "user",
-        "version_id",
-    )
+    __slots__ = ("capture_inputs", "capture_output", "inputs", "log_options", "path")
 
     def __init__(
         self,
         path: str | None,
         inputs: Any,
-        attributes: dict[str, Any] | None,
-        metadata: dict[str, Any] | None,
-        user: str | None,
-        environment: str | None,
-        source: str | None,
-        save: bool | None,
-        version_id: str | None,
+        log_options: LogOptions,
         capture_inputs: bool | Redactor,
         capture_output: bool | Redactor,
     ) -> None:
         self.path = path
         self.inputs = inputs
-        # Snapshot now: the same attributes must mean the same version on every call.
-        self.attributes = None if attributes is None else capture_value(attributes)
-        self.metadata = metadata
-        self.user = user
-        self.environment = environment
-        self.source = source
-        self.save = save
-        self.version_id = version_id
+        self.log_options = log_options
         self.capture_inputs = capture_inputs
         self.capture_output = capture_output
 
 
-def _new_log(options: _Options, path: str) -> Log:
-    log = Log(path, current.get())
-    log.attributes = options.attributes
-    if options.metadata:
-        log.metadata = dict(options.metadata)  # the log's own copy: users may add keys
-    log.user = options.user
-    log.environment = options.environment or _config.get_settings().environment
-    log.source = options.source
-    log.save = options.save
-    log.version_id = options.version_id
-    return log
-
-
 def _start(log: Log) -> None:
     try:
-        ensure_stdout_tee()
-        announce_start(log)
+        if type(sys.stdout) is not StdoutTee:
+            ensure_stdout_tee()
+        for sink in _log._sinks:
+            sink.log_started(log)
     except Exception as exc:
         _guard.internal_error("log-start", exc)
 
 
+_USER_FIELDS = (
+    "inputs",
+    "output",
+    "output_message",
+    "messages",
+    "metadata",
+    "provider_request",
+    "provider_response",
+)
+
+
 def _freeze(log: Log) -> None:
     """Snapshot what the user set on the log, as it is at the end of the call."""
-    for name in ("inputs", "output", "output_message", "messages"):
-        value = getattr(log, name)
-        if value is not UNSET:
-            setattr(log, name, capture_value(value))
-    for name in ("provider_request", "provider_response"):
-        value = getattr(log, name)
-        if value is not UNSET:
-            setattr(log, name, capture_value(value))
-    if log.metadata:
-        log.metadata = capture_value(log.metadata)
+    own = log.__dict__
+    for name in _USER_FIELDS:
+        if name in own:
+            own[name] = capture_value(own[name])
 
 
 def _succeed(log: Log, options: _Options, result: Any, how: str | None = None) -> None:
     try:
-        _freeze(log)
-        if log.output is UNSET and options.capture_output is not False:
-            if options.capture_output is True:
-                log.output = capture_value(result)
-            else:
-                log.output = capture_value(options.capture_output(result))
+        if log.touched:
+            _freeze(log)
+        capture = options.capture_output
+        if capture is not False and "output" not in log.__dict__:
+            if capture is not True:
+                result = capture(result)
+            log.__dict__["output"] = result if type(result) in SCALARS else capture_value(result)
         log.close(how)
     except Exception as exc:
         _guard.internal_error("log-end", exc)
@@ -154,10 +124,11 @@ def _interruption(exc: BaseException) -> str | None:
 
 def _fail(log: Log, exc: BaseException) -> None:
     try:
-        _freeze(log)
+        if log.touched:
+            _freeze(log)
         how = _interruption(exc)
         if how is None:
-            log.error = _describe(exc)
+            log.__dict__["error"] = _describe(exc)
             log.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             how = "error"
         log.close(how)
@@ -191,13 +162,14 @@ def default_path(fn: Callable[..., Any]) -> str:
 class _Spec:
     """Per decorated function: its options, path and input binder."""
 
-    __slots__ = ("binder", "options", "path", "static")
+    __slots__ = ("binder", "capture_all", "options", "path", "static")
 
     def __init__(self, fn: Callable[..., Any], options: _Options, static: bool) -> None:
         self.options = options
         self.path = options.path or default_path(fn)
         self.binder = InputBinder(fn)
         self.static = static
+        self.capture_all = options.capture_inputs is True
 
 
 #: A call's inputs as recorded at call time: (value set by a redactor, raw call snapshot).
@@ -207,22 +179,43 @@ _Inputs = tuple[Any, "CallInputs | None"]
 def _inputs_of_call(
     spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> _Inputs:
+    if spec.capture_all:
+        return UNSET, _snapshot_call(spec, instance, args, kwargs)
+    return _redacted_inputs(spec, instance, args, kwargs), None
+
+
+def _snapshot_call(
+    spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> CallInputs:
+    # Immutable scalars are kept by reference; anything else is snapshotted now, since the
+    # function (or its caller) may mutate it later. Binding to names waits for the worker.
+    for value in args:
+        if type(value) not in SCALARS:
+            args = tuple([capture_value(v) for v in args])
+            break
+    if kwargs:
+        kwargs = {name: capture_value(v) for name, v in kwargs.items()}
+    return (spec.binder, instance is not None and not spec.static, args, kwargs)
+
+
+def _redacted_inputs(
+    spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     capture = spec.options.capture_inputs
-    if capture is False:
-        return UNSET, None
-    skip_first = instance is not None and not spec.static
-    if capture is True:
-        return UNSET, (spec.binder, skip_first, capture_args(args), capture_kwargs(kwargs))
+    if not callable(capture):
+        return UNSET
     # A redactor sees the real arguments by name, at call time; its result is recorded.
-    return capture_value(capture(spec.binder.bind(skip_first, args, kwargs))), None
+    skip_first = instance is not None and not spec.static
+    return capture_value(capture(spec.binder.bind(skip_first, args, kwargs)))
 
 
 def _open_log(spec: _Spec, inputs: _Inputs) -> Log | None:
     try:
-        log = _new_log(spec.options, spec.path)
-        log.inputs, call_inputs = inputs
-        if call_inputs is not None:
-            log.set_call_inputs(call_inputs)
+        log = Log(spec.path, current.get(), spec.options.log_options)
+        value, call_inputs = inputs
+        if value is not UNSET:
+            log.__dict__["inputs"] = value
+        log.call_inputs = call_inputs
     except Exception as exc:
         _guard.internal_error("log-open", exc)
         return None
@@ -233,12 +226,24 @@ def _open_log(spec: _Spec, inputs: _Inputs) -> Log | None:
 def _open_call(
     spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Log | None:
+    """The call path: one Log, its inputs, announced to the sinks."""
     try:
-        inputs = _inputs_of_call(spec, instance, args, kwargs)
+        log = Log(spec.path, current.get(), spec.options.log_options)
+        if spec.capture_all:
+            log.call_inputs = _snapshot_call(spec, instance, args, kwargs)
+        elif spec.options.capture_inputs is not False:
+            log.__dict__["inputs"] = _redacted_inputs(spec, instance, args, kwargs)
     except Exception as exc:
-        _guard.internal_error("log-inputs", exc)
-        inputs = (UNSET, None)
-    return _open_log(spec, inputs)
+        _guard.internal_error("log-open", exc)
+        return None
+    try:
+        if type(sys.stdout) is not StdoutTee:
+            ensure_stdout_tee()
+        for sink in _log._sinks:
+            sink.log_started(log)
+    except Exception as exc:
+        _guard.internal_error("log-start", exc)
+    return log
 
 
 def _sync_wrapper(spec: _Spec) -> Callable[..., Any]:
@@ -480,9 +485,10 @@ class Flow:
         return _decorate(fn, self._options)  # type: ignore[no-any-return]
 
     def __enter__(self) -> Log:
-        log = _new_log(self._options, self._options.path or "flow")
-        if self._options.inputs is not None:
-            log.inputs = capture_value(self._options.inputs)
+        options = self._options
+        log = Log(options.path or "flow", current.get(), options.log_options)
+        if options.inputs is not None:
+            log.__dict__["inputs"] = capture_value(options.inputs)
         _start(log)
         self._open[log] = current.set(log)
         return log
@@ -583,19 +589,17 @@ def flow(
             raise TypeError("give the path once: flow('a/b') or flow(path='a/b')")
         path = target
         target = None
-    options = _Options(
-        path,
-        inputs,
-        attributes,
-        metadata,
-        user,
-        environment,
-        source,
-        save,
-        version_id,
-        capture_inputs,
-        capture_output,
+    log_options = LogOptions(
+        # Snapshot now: the same attributes must mean the same version on every call.
+        attributes=None if attributes is None else capture_value(attributes),
+        metadata=metadata,
+        user=user,
+        environment=environment,
+        source=source,
+        save=save,
+        version_id=version_id,
     )
+    options = _Options(path, inputs, log_options, capture_inputs, capture_output)
     if target is None:
         return Flow(options)
     return _decorate(target, options)

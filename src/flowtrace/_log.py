@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from flowtrace._capture import CallInputs
 
-__all__ = ["Log", "Sink", "add_sink", "remove_sink", "set_clock"]
+__all__ = [
+    "NO_OPTIONS",
+    "UNSET",
+    "Log",
+    "LogOptions",
+    "Sink",
+    "add_sink",
+    "remove_sink",
+    "set_clock",
+]
 
 Status = Literal["incomplete", "complete"]
 
@@ -103,106 +112,134 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
+class LogOptions:
+    """What a `flow(...)` call was given: shared, read-only defaults of every log it opens."""
+
+    __slots__ = ("attributes", "environment", "metadata", "save", "source", "user", "version_id")
+
+    def __init__(
+        self,
+        attributes: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        environment: str | None = None,
+        source: str | None = None,
+        save: bool | None = None,
+        version_id: str | None = None,
+    ) -> None:
+        self.attributes = attributes
+        self.metadata = metadata
+        self.user = user
+        self.environment = environment
+        self.source = source
+        self.save = save
+        self.version_id = version_id
+
+
+NO_OPTIONS = LogOptions()
+
+
+class _UserField:
+    """A field the user may set on an open log. Setting it marks the log "touched", so the
+    recorder knows to snapshot user values at the end, and costs nothing when nobody does."""
+
+    def __init__(self, default: Any = UNSET, option: str | None = None) -> None:
+        self.default = default
+        self.option = option  # the LogOptions field that gives the default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, log: Log | None, owner: type | None = None) -> Any:
+        if log is None:
+            return self
+        try:
+            return log.__dict__[self.name]
+        except KeyError:
+            if self.option is not None:
+                return getattr(log.options, self.option)
+            return self.default
+
+    def __set__(self, log: Log, value: Any) -> None:
+        log.__dict__[self.name] = value
+        log.touched = True
+
+
+class _Metadata(_UserField):
+    """`log.metadata` is the log's own dict (a copy of the flow's), made on first use, so
+    `current_log().metadata["k"] = v` works and never changes the flow's defaults."""
+
+    def __get__(self, log: Log | None, owner: type | None = None) -> Any:
+        if log is None:
+            return self
+        try:
+            return log.__dict__["metadata"]
+        except KeyError:
+            own = dict(log.options.metadata or {})
+            self.__set__(log, own)
+            return own
+
+
 class Log:
     """One call's record. Inside a flow, `flowtrace.current_log()` returns it.
 
     Fields a user may set while the log is open: `inputs`, `output`, `output_message`,
     `messages`, `metadata`, `provider_request`, `provider_response`, `user`, `error`.
-    Values are snapshotted when the log closes, so later mutation does not change the record.
+    What was set is snapshotted when the log closes, so later mutation does not change it.
     """
 
-    __slots__ = (
-        "_call_inputs",
-        "_number",
-        "_prefix",
-        "_start_mono_ns",
-        "attributes",
-        "delivery",
-        "duration_ns",
-        "end_ns",
-        "ended_how",
-        "environment",
-        "error",
-        "inputs",
-        "items",
-        "messages",
-        "metadata",
-        "output",
-        "output_message",
-        "parent",
-        "path",
-        "provider_request",
-        "provider_response",
-        "root",
-        "save",
-        "source",
-        "start_ns",
-        "status",
-        "stdout_parts",
-        "traceback",
-        "user",
-        "version_id",
-    )
+    # Instances store only what differs from these class-level defaults: creating a log on
+    # the call path sets seven attributes.
+    inputs = _UserField()
+    output = _UserField()
+    output_message = _UserField()
+    messages = _UserField()
+    metadata = _Metadata()
+    provider_request = _UserField()
+    provider_response = _UserField()
+    user = _UserField(option="user")
+    error = _UserField(None)
 
-    path: str
-    parent: Log | None
-    root: Log
-    attributes: dict[str, Any] | None
-    version_id: str | None
-    environment: str | None
-    user: str | None
-    source: str | None
-    save: bool | None
-    inputs: Any
-    output: Any
-    output_message: Any
-    messages: Any
-    metadata: dict[str, Any] | None
-    provider_request: Any
-    provider_response: Any
-    error: str | None
-    traceback: str | None
-    start_ns: int
-    end_ns: int | None
-    duration_ns: int | None
-    status: Status
-    ended_how: str | None
-    stdout_parts: list[str] | None
-    items: list[Any] | None
-    delivery: Any
-    _call_inputs: CallInputs | None
+    touched = False
+    traceback: str | None = None
+    end_ns: int | None = None
+    duration_ns: int | None = None
+    status: Status = "incomplete"
+    ended_how: str | None = None
+    stdout_parts: list[str] | None = None
+    delivery: Any = None  # the pipeline's per-log state
+    call_inputs: CallInputs | None = None  # raw argument snapshot, bound to names on the worker
 
-    def __init__(self, path: str, parent: Log | None) -> None:
+    def __init__(self, path: str, parent: Log | None, options: LogOptions = NO_OPTIONS) -> None:
         self._number = next(_counter)
         self._prefix = _prefix
         self.path = path
         self.parent = parent
-        self.root = self if parent is None else parent.root
-        self.attributes = None
-        self.version_id = None
-        self.environment = None
-        self.user = None
-        self.source = None
-        self.save = None
-        self._call_inputs = None
-        self.inputs = UNSET
-        self.output = UNSET
-        self.output_message = UNSET
-        self.messages = UNSET
-        self.metadata = None
-        self.provider_request = UNSET
-        self.provider_response = UNSET
-        self.error = None
-        self.traceback = None
-        self.end_ns = None
-        self.duration_ns = None
-        self.status = "incomplete"
-        self.ended_how = None
-        self.stdout_parts = None
-        self.items = None
-        self.delivery = None  # the pipeline's per-log state
+        self.root: Log = self if parent is None else parent.root
+        self.options = options
         self.start_ns = _wall_ns()
         self._start_mono_ns = _mono_ns()
+
+    # --- what the flow gave --------------------------------------------------------------
+    @property
+    def attributes(self) -> dict[str, Any] | None:
+        return self.options.attributes
+
+    @property
+    def version_id(self) -> str | None:
+        return self.options.version_id
+
+    @property
+    def environment(self) -> str | None:
+        return self.options.environment
+
+    @property
+    def source(self) -> str | None:
+        return self.options.source
+
+    @property
+    def save(self) -> bool | None:
+        return self.options.save
 
     # --- ids -------------------------------------------------------------------------------
     @property
@@ -241,21 +278,14 @@ class Log:
     def is_complete(self) -> bool:
         return self.status == "complete"
 
-    def set_call_inputs(self, call_inputs: CallInputs) -> None:
-        """Raw argument snapshot of a decorated call; bound to names on the worker."""
-        self._call_inputs = call_inputs
-
-    @property
-    def call_inputs(self) -> CallInputs | None:
-        return self._call_inputs
-
     def close(self, how: str | None = None) -> None:
         """Stamp the end (once) and hand the log to the sinks."""
         if self.status == "complete":
             return
         self.duration_ns = _mono_ns() - self._start_mono_ns
         self.end_ns = self.start_ns + self.duration_ns
-        self.ended_how = how
+        if how is not None:
+            self.ended_how = how
         self.status = "complete"
         for sink in _sinks:
             sink.log_ended(self)

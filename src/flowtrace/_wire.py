@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from flowtrace import _guard
 from flowtrace._capture import limits
+from flowtrace._config import get_settings
 from flowtrace._log import UNSET, Log
 from flowtrace._serialize import snapshot, to_json
 from flowtrace.models import UPDATE_EXTENSION_FIELDS, ChatMessage, StatusField, format_datetime
@@ -157,8 +158,8 @@ def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
         body["trace_parent_id"] = log.parent.log_id
     if log.attributes is not None:
         body["flow"] = {"attributes": snapshot(log.attributes, limits())}
-    for name in ("user", "environment", "source"):
-        value = getattr(log, name)
+    environment = log.environment or get_settings().environment
+    for name, value in (("user", log.user), ("environment", environment), ("source", log.source)):
         if value is not None:
             body[name] = str(value)
     if log.save is not None:

@@ -62,9 +62,7 @@ class Store:
         raise NotImplementedError
 
     # --- writes: each call is atomic (a failing one changes nothing) ---------------------
-    def log(
-        self, request: FlowLogRequest, query: LogQuery | None = None
-    ) -> CreateFlowLogResponse:
+    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
         raise NotImplementedError
 
     def update(self, log_id: str, request: FlowLogUpdateRequest) -> FlowLogResponse:

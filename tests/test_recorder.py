@@ -1,0 +1,770 @@
+"""The recorder: what @flow and `with flow(...)` capture, for every kind of callable."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import sys
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import flowtrace
+from flowtrace import current_log, flow
+from flowtrace._log import set_clock
+from flowtrace.testing import CapturedLogs, capture_logs
+
+
+class Boom(Exception):
+    pass
+
+
+def only(captured: CapturedLogs, path: str) -> dict[str, Any]:
+    records = captured.by_path(path)
+    assert len(records) == 1, records
+    return records[0]
+
+
+# --- the public surface ------------------------------------------------------------------------
+
+
+def test_public_api_is_pinned() -> None:
+    assert flowtrace.__all__ == [
+        "Flow",
+        "Log",
+        "Settings",
+        "TracedThreadPoolExecutor",
+        "configure",
+        "current_log",
+        "flow",
+        "flush",
+        "propagate",
+        "shutdown",
+        "stats",
+    ]
+    assert sorted(flowtrace.__all__) == flowtrace.__all__
+
+
+# --- inputs and outputs --------------------------------------------------------------------------
+
+
+def test_inputs_bound_by_name_with_defaults_and_output() -> None:
+    @flow(path="t/add")
+    def add(a: int, b: int = 2, *rest: int, scale: int = 1, **extra: Any) -> int:
+        return (a + b + sum(rest)) * scale
+
+    with capture_logs() as captured:
+        assert add(1, 2, 3, 4, scale=2, tag="x") == 20
+        assert add(5) == 7
+    first, second = captured.records
+    assert first["inputs"] == {"a": 1, "b": 2, "rest": [3, 4], "scale": 2, "tag": "x"}
+    assert first["output"] == "20"
+    assert second["inputs"] == {"a": 5, "b": 2, "rest": [], "scale": 1}
+    assert first["trace_status"] == "complete"
+    assert "trace_parent_id" not in first
+
+
+def test_arguments_are_snapshotted_at_call_time() -> None:
+    @flow(path="t/mutate")
+    def mutate(items: list[int], options: dict[str, Any]) -> list[int]:
+        items.append(99)
+        options["seen"] = True
+        return items
+
+    with capture_logs() as captured:
+        mutate([1, 2], {"k": 1})
+    record = only(captured, "t/mutate")
+    assert record["inputs"] == {"items": [1, 2], "options": {"k": 1}}
+    assert json.loads(record["output"]) == [1, 2, 99]
+
+
+def test_string_output_and_chat_message_output() -> None:
+    @flow(path="t/text")
+    def text() -> str:
+        return "hello"
+
+    @flow(path="t/chat")
+    def chat(messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {"role": "assistant", "content": "hi there", "refusal": None}
+
+    conversation = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
+    with capture_logs() as captured:
+        text()
+        chat(conversation)
+    assert only(captured, "t/text")["output"] == "hello"
+    record = only(captured, "t/chat")
+    assert record["output_message"] == {"role": "assistant", "content": "hi there"}
+    assert "output" not in record
+    assert record["messages"] == conversation
+    assert "messages" not in record.get("inputs", {})
+
+
+def test_redacting_and_disabling_capture() -> None:
+    def drop_key(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in inputs.items() if k != "api_key"}
+
+    @flow(path="t/redacted", capture_inputs=drop_key, capture_output=lambda out: out.upper())
+    def call(prompt: str, api_key: str) -> str:
+        return prompt
+
+    @flow(path="t/blind", capture_inputs=False, capture_output=False)
+    def blind(secret: str) -> str:
+        return secret
+
+    with capture_logs() as captured:
+        assert call("hi", api_key="sk-123") == "hi"
+        assert blind("s3cret") == "s3cret"
+    assert only(captured, "t/redacted")["inputs"] == {"prompt": "hi"}
+    assert only(captured, "t/redacted")["output"] == "HI"
+    blind_record = only(captured, "t/blind")
+    assert "inputs" not in blind_record and "output" not in blind_record
+    assert "s3cret" not in json.dumps(captured.records)
+
+
+def test_default_path_is_module_and_qualname() -> None:
+    class Agent:
+        @flow
+        def run(self) -> None:
+            pass
+
+    with capture_logs() as captured:
+        Agent().run()
+    assert (
+        captured.records[0]["path"]
+        == "tests/test_recorder/test_default_path_is_module_and_qualname.Agent.run"
+    )
+
+
+def test_with_block_fields_and_current_log() -> None:
+    assert current_log() is None
+    with capture_logs() as captured:
+        with flow("agents/support", inputs={"q": "hi"}, attributes={"model": "m1"}) as log:
+            assert current_log() is log
+            log.output = {"answer": 42}
+            log.metadata = {"tenant": "acme"}
+            log.provider_request = {"model": "m1"}
+            log.provider_response = {"id": "r1"}
+            log.messages = [{"role": "user", "content": "hi"}]
+            print("working")
+        assert current_log() is None
+    record = only(captured, "agents/support")
+    assert record["inputs"] == {"q": "hi"}
+    assert json.loads(record["output"]) == {"answer": 42}
+    assert record["flow"] == {"attributes": {"model": "m1"}}
+    assert record["metadata"] == {"tenant": "acme"}
+    assert record["provider_request"] == {"model": "m1"}
+    assert record["provider_response"] == {"id": "r1"}
+    assert record["messages"] == [{"role": "user", "content": "hi"}]
+    assert record["stdout"] == "working\n"
+    assert log.is_complete and log.log_id == record["log_id"]
+
+
+def test_values_set_on_a_log_are_frozen_at_its_end() -> None:
+    state = {"step": 1}
+    with capture_logs() as captured, flow("t/frozen") as log:
+        log.output = state
+    state["step"] = 2
+    assert json.loads(only(captured, "t/frozen")["output"]) == {"step": 1}
+
+
+def test_timings_come_from_the_injected_clocks() -> None:
+    wall = iter([1_700_000_000_000_000_000, 1_700_000_000_500_000_000])
+    mono = iter([10_000, 2_500_010_000])
+    set_clock(wall_ns=lambda: next(wall), mono_ns=lambda: next(mono))
+    try:
+        with capture_logs() as captured, flow("t/clock"):
+            pass
+    finally:
+        set_clock()
+    record = only(captured, "t/clock")
+    assert record["start_time"] == "2023-11-14T22:13:20.000000Z"
+    assert record["end_time"] == "2023-11-14T22:13:22.500000Z"
+    assert record["provider_latency"] == 2.5
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def test_sync_exception_is_the_same_object_with_its_traceback() -> None:
+    error = Boom("bad input")
+
+    @flow(path="t/fails")
+    def fails() -> None:
+        _raise(error)
+
+    with capture_logs() as captured, pytest.raises(Boom) as info:
+        fails()
+    assert info.value is error
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert frames[-2:] == ["fails", "_raise"]
+    record = only(captured, "t/fails")
+    assert record["error"] == "Boom: bad input"
+    assert "in _raise" in record["metadata"]["flowtrace"]["traceback"]
+    assert record["trace_status"] == "complete"
+
+
+def test_async_generator_and_async_generator_exceptions_propagate_unchanged() -> None:
+    error = Boom("async")
+
+    @flow(path="t/afails")
+    async def afails() -> None:
+        await asyncio.sleep(0)
+        _raise(error)
+
+    @flow(path="t/gfails")
+    def gfails() -> Iterator[int]:
+        yield 1
+        _raise(error)
+
+    @flow(path="t/agfails")
+    async def agfails() -> AsyncIterator[int]:
+        yield 1
+        _raise(error)
+
+    async def consume_async_gen() -> None:
+        async for _ in agfails():
+            pass
+
+    with capture_logs() as captured:
+        with pytest.raises(Boom) as info:
+            asyncio.run(afails())
+        assert info.value is error
+        with pytest.raises(Boom) as info:
+            list(gfails())
+        assert info.value is error
+        with pytest.raises(Boom) as info:
+            asyncio.run(consume_async_gen())
+        assert info.value is error
+    for path in ("t/afails", "t/gfails", "t/agfails"):
+        record = only(captured, path)
+        assert record["error"] == "Boom: async"
+        assert "_raise" in record["metadata"]["flowtrace"]["traceback"]
+
+
+def test_with_block_error_is_recorded_and_reraised() -> None:
+    error = Boom("in block")
+    with capture_logs() as captured, pytest.raises(Boom) as info, flow("t/block"):
+        raise error
+    assert info.value is error
+    assert only(captured, "t/block")["error"] == "Boom: in block"
+
+
+def test_async_with_block() -> None:
+    async def main() -> str:
+        async with flow("t/async-block", inputs={"n": 1}) as log:
+            await asyncio.sleep(0)
+            log.output = "done"
+            return log.log_id
+
+    with capture_logs() as captured:
+        log_id = asyncio.run(main())
+    assert only(captured, "t/async-block")["log_id"] == log_id
+
+
+@pytest.mark.parametrize(
+    ("error", "ended"),
+    [
+        (KeyboardInterrupt(), "interrupted: KeyboardInterrupt"),
+        (SystemExit(3), "interrupted: SystemExit"),
+        (GeneratorExit(), "interrupted: GeneratorExit"),
+    ],
+)
+def test_interruptions_propagate_untouched_and_are_not_failures(
+    error: BaseException, ended: str
+) -> None:
+    @flow(path="t/interrupted")
+    def interrupted() -> None:
+        raise error
+
+    with capture_logs() as captured, pytest.raises(type(error)) as info:
+        interrupted()
+    assert info.value is error
+    record = only(captured, "t/interrupted")
+    assert "error" not in record
+    assert record["metadata"]["flowtrace"] == {"ended": ended}
+    assert record["trace_status"] == "complete"
+
+
+def test_cancellation_is_recorded_as_cancelled() -> None:
+    started = asyncio.Event
+
+    @flow(path="t/cancelled")
+    async def slow(ready: asyncio.Event) -> None:
+        ready.set()
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        ready = started()
+        task = asyncio.create_task(slow(ready))
+        await ready.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with capture_logs() as captured:
+        asyncio.run(main())
+    record = only(captured, "t/cancelled")
+    assert "error" not in record
+    assert record["metadata"]["flowtrace"] == {"ended": "cancelled"}
+
+
+# --- transparency ---------------------------------------------------------------------------------
+
+
+def test_decorated_functions_are_transparent() -> None:
+    def plain(a: int, b: str = "x") -> str:
+        """Doc."""
+        return b * a
+
+    async def coro(a: int) -> int:
+        return a
+
+    def gen(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    async def agen(n: int) -> AsyncIterator[int]:
+        yield n
+
+    for original in (plain, coro, gen, agen):
+        wrapped = flow(original)
+        assert wrapped.__wrapped__ is original
+        assert inspect.signature(wrapped) == inspect.signature(original)
+        assert wrapped.__name__ == original.__name__
+        assert wrapped.__doc__ == original.__doc__
+        assert inspect.iscoroutinefunction(wrapped) == inspect.iscoroutinefunction(original)
+        assert inspect.isgeneratorfunction(wrapped) == inspect.isgeneratorfunction(original)
+        assert inspect.isasyncgenfunction(wrapped) == inspect.isasyncgenfunction(original)
+    sentinel = object()
+    assert flow(lambda: sentinel)() is sentinel
+
+
+def test_methods_bind_and_leave_out_self_and_cls_by_binding() -> None:
+    class Service:
+        factor = 3
+
+        @flow(path="t/method")
+        def method(this, x: int) -> int:
+            return x * this.factor
+
+        @flow(path="t/classmethod")
+        @classmethod
+        def build(klass, x: int) -> int:
+            return x * klass.factor
+
+        @classmethod
+        @flow(path="t/classmethod-inner")
+        def build_inner(cls, x: int) -> int:
+            return x + cls.factor
+
+        @flow(path="t/static")
+        @staticmethod
+        def static(self: int) -> int:  # a parameter named self that is NOT bound
+            return self
+
+    service = Service()
+    with capture_logs() as captured:
+        assert service.method(2) == 6
+        assert Service.method(service, 4) == 12
+        assert Service.build(2) == 6
+        assert service.build(1) == 3
+        assert Service.build_inner(1) == 4
+        assert Service.static(7) == 7
+    assert [r["inputs"] for r in captured.by_path("t/method")] == [{"x": 2}, {"x": 4}]
+    assert [r["inputs"] for r in captured.by_path("t/classmethod")] == [{"x": 2}, {"x": 1}]
+    assert only(captured, "t/classmethod-inner")["inputs"] == {"x": 1}
+    assert only(captured, "t/static")["inputs"] == {"self": 7}
+    assert inspect.signature(service.method) == inspect.signature(lambda x: None).replace(
+        parameters=[
+            inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="int")
+        ],
+        return_annotation="int",
+    )
+
+
+# --- generators ----------------------------------------------------------------------------------
+
+
+@flow(path="t/tokens")
+def tokens(n: int) -> Iterator[str]:
+    for i in range(n):
+        yield f"t{i} "
+
+
+def test_generator_exhausted_joins_strings() -> None:
+    with capture_logs() as captured:
+        assert list(tokens(3)) == ["t0 ", "t1 ", "t2 "]
+    record = only(captured, "t/tokens")
+    assert record["output"] == "t0 t1 t2 "
+    assert "metadata" not in record
+
+
+def test_generator_closed_early_is_complete_with_what_was_yielded() -> None:
+    with capture_logs() as captured:
+        for token in tokens(10):
+            if token == "t1 ":
+                break
+    record = only(captured, "t/tokens")
+    assert record["output"] == "t0 t1 "
+    assert record["metadata"]["flowtrace"] == {"ended": "closed early"}
+    assert record["trace_status"] == "complete"
+
+
+def test_generator_abandoned_unfinished_ends_when_collected() -> None:
+    with capture_logs() as captured:
+        gen = tokens(10)
+        next(gen)
+        del gen  # CPython finalizes it here, which closes it
+    assert only(captured, "t/tokens")["output"] == "t0 "
+
+
+def test_generator_never_started_records_nothing() -> None:
+    with capture_logs() as captured:
+        gen = tokens(3)
+        del gen
+    assert captured.records == []
+
+
+def test_generator_of_objects_is_a_list_and_send_and_throw_reach_the_body() -> None:
+    @flow(path="t/echo")
+    def echo() -> Iterator[dict[str, int]]:
+        received = 0
+        while True:
+            try:
+                received = yield {"got": received}
+            except Boom:
+                received = -1
+
+    with capture_logs() as captured:
+        gen = echo()
+        assert next(gen) == {"got": 0}
+        assert gen.send(5) == {"got": 5}
+        assert gen.throw(Boom()) == {"got": -1}
+        gen.close()
+    assert json.loads(only(captured, "t/echo")["output"]) == [{"got": 0}, {"got": 5}, {"got": -1}]
+
+
+def test_async_generator_streams_and_closes_early() -> None:
+    @flow(path="t/astream")
+    async def astream(n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield str(i)
+
+    async def main() -> list[str]:
+        full = [item async for item in astream(3)]
+        stream = astream(10)
+        async for item in stream:
+            if item == "1":
+                break
+        await stream.aclose()
+        return full
+
+    with capture_logs() as captured:
+        assert asyncio.run(main()) == ["0", "1", "2"]
+    full, early = captured.by_path("t/astream")
+    assert full["output"] == "012"
+    assert early["output"] == "01"
+    assert early["metadata"]["flowtrace"] == {"ended": "closed early"}
+
+
+def test_generator_nests_under_the_flow_that_iterates_it() -> None:
+    @flow(path="t/producer")
+    def producer() -> Iterator[str]:
+        return tokens(2)
+
+    with capture_logs() as captured, flow("t/consumer") as consumer:
+        stream = producer()
+        "".join(stream)
+    assert only(captured, "t/tokens")["trace_parent_id"] == consumer.log_id
+    assert only(captured, "t/producer")["trace_parent_id"] == consumer.log_id
+
+
+# --- nesting -------------------------------------------------------------------------------------
+
+
+def test_nested_flows_form_a_tree() -> None:
+    @flow(path="t/leaf")
+    def leaf(i: int) -> int:
+        return i
+
+    @flow(path="t/root")
+    def root() -> int:
+        return sum(leaf(i) for i in range(3))
+
+    with capture_logs() as captured:
+        root()
+    (tree,) = captured.trees()
+    assert tree["path"] == "t/root"
+    assert [child["inputs"] for child in tree["children"]] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    root_log = next(log for log in captured.logs if log.path == "t/root")
+    assert all(log.trace_id == root_log.log_id for log in captured.logs)
+
+
+def test_concurrent_tasks_nest_under_their_own_parent() -> None:
+    @flow(path="t/task-leaf")
+    async def task_leaf(task: int, step: int) -> str:
+        await asyncio.sleep(0)
+        return f"{task}:{step}"
+
+    @flow(path="t/task")
+    async def task(n: int) -> int:
+        for step in range(3):
+            await task_leaf(n, step)
+        return n
+
+    @flow(path="t/gather")
+    async def gather() -> list[int]:
+        return await asyncio.gather(*(task(n) for n in range(100)))
+
+    with capture_logs() as captured:
+        asyncio.run(gather())
+    (tree,) = captured.trees()
+    assert len(tree["children"]) == 100
+    for child in tree["children"]:
+        n = child["inputs"]["n"]
+        assert [leaf["output"] for leaf in child["children"]] == [f"{n}:{s}" for s in range(3)]
+
+
+def test_threads_start_their_own_trace_unless_propagated() -> None:
+    @flow(path="t/work")
+    def work(i: int) -> int:
+        return i
+
+    with capture_logs() as captured, flow("t/parent") as parent:
+        with flowtrace.TracedThreadPoolExecutor(max_workers=4) as pool:
+            assert list(pool.map(work, range(20))) == list(range(20))
+        with flowtrace.TracedThreadPoolExecutor(max_workers=2) as pool:
+            pool.submit(work, 99).result()
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as plain_pool:
+            plain_pool.submit(work, -1).result()
+            plain_pool.submit(flowtrace.propagate(work), -2).result()
+    by_input = {r["inputs"]["i"]: r for r in captured.by_path("t/work")}
+    for i in [*range(20), 99, -2]:
+        assert by_input[i]["trace_parent_id"] == parent.log_id
+    assert "trace_parent_id" not in by_input[-1]
+
+
+def test_asyncio_to_thread_carries_the_context() -> None:
+    @flow(path="t/in-thread")
+    def in_thread() -> None:
+        pass
+
+    async def main() -> str:
+        async with flow("t/async-parent") as parent:
+            await asyncio.to_thread(in_thread)
+            return parent.log_id
+
+    with capture_logs() as captured:
+        parent_id = asyncio.run(main())
+    assert only(captured, "t/in-thread")["trace_parent_id"] == parent_id
+
+
+def test_one_flow_object_entered_by_concurrent_tasks() -> None:
+    shared = flow("t/shared")
+
+    async def worker(i: int) -> str:
+        with shared as log:
+            await asyncio.sleep(0)
+            log.output = str(i)
+            return log.log_id
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(worker(i) for i in range(10)))
+
+    with capture_logs() as captured:
+        ids = asyncio.run(main())
+    records = {r["log_id"]: r for r in captured.by_path("t/shared")}
+    assert [records[log_id]["output"] for log_id in ids] == [str(i) for i in range(10)]
+
+
+# --- stdout -------------------------------------------------------------------------------------
+
+
+def test_stdout_is_captured_per_log_and_still_reaches_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    @flow(path="t/printer")
+    def printer() -> None:
+        print("outer before")
+        inner()
+        print("outer after")
+
+    @flow(path="t/inner")
+    def inner() -> None:
+        print("inner line")
+
+    with capture_logs() as captured:
+        printer()
+    assert only(captured, "t/printer")["stdout"] == "outer before\nouter after\n"
+    assert only(captured, "t/inner")["stdout"] == "inner line\n"
+    assert capsys.readouterr().out == "outer before\ninner line\nouter after\n"
+
+
+def test_stdout_isolation_across_threads_and_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    @flow(path="t/speaker")
+    async def speaker(thread: int, task: int) -> None:
+        for line in range(5):
+            print(f"thread {thread} task {task} line {line}")
+            await asyncio.sleep(0)
+
+    def run_thread(thread: int) -> None:
+        async def main() -> None:
+            await asyncio.gather(*(speaker(thread, task) for task in range(10)))
+
+        asyncio.run(main())
+
+    import concurrent.futures
+
+    with capture_logs() as captured, concurrent.futures.ThreadPoolExecutor(20) as pool:
+        list(pool.map(run_thread, range(20)))
+    records = captured.by_path("t/speaker")
+    assert len(records) == 200
+    for record in records:
+        thread, task = record["inputs"]["thread"], record["inputs"]["task"]
+        expected = "".join(f"thread {thread} task {task} line {i}\n" for i in range(5))
+        assert record["stdout"] == expected
+    terminal = capsys.readouterr().out.splitlines()
+    assert len(terminal) == 1000
+    assert sorted(terminal) == sorted(
+        f"thread {a} task {b} line {c}" for a in range(20) for b in range(10) for c in range(5)
+    )
+
+
+def test_a_stream_the_user_installs_still_gets_everything() -> None:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with capture_logs() as captured, contextlib.redirect_stdout(buffer), flow("t/redirected"):
+        print("to the buffer")
+    assert buffer.getvalue() == "to the buffer\n"
+    assert only(captured, "t/redirected")["stdout"] == "to the buffer\n"
+    with flow("t/after"):
+        pass
+    assert sys.stdout is not buffer
+
+
+def test_logging_records_are_captured_when_enabled() -> None:
+    flowtrace.configure(capture_logging=True)
+    logger = logging.getLogger("tests.app")
+    logger.setLevel(logging.INFO)
+    try:
+        with capture_logs() as captured, flow("t/logged"):
+            logger.info("step one")
+            logging.getLogger("flowtrace").warning("not into the log")
+    finally:
+        flowtrace.configure()
+    assert only(captured, "t/logged")["stdout"] == "INFO tests.app: step one\n"
+
+
+# --- settings and the guard ------------------------------------------------------------------
+
+
+def test_disabled_records_nothing_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    @flow(path="t/off")
+    def off(x: int) -> int:
+        return x + 1
+
+    monkeypatch.setenv("FLOWTRACE_DISABLED", "1")
+    flowtrace.configure()
+    try:
+        with capture_logs() as captured:
+            assert off(1) == 2
+            assert list(tokens(2)) == ["t0 ", "t1 "]
+        assert captured.records == []
+    finally:
+        monkeypatch.delenv("FLOWTRACE_DISABLED")
+        flowtrace.configure()
+    assert flowtrace._config.get_settings().enabled
+
+
+def test_configure_rejects_unknown_settings_and_reads_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(TypeError, match="nonsense"):
+        flowtrace.configure(nonsense=1)
+    monkeypatch.setenv("FLOWTRACE_MAX_ITEMS", "7")
+    monkeypatch.setenv("FLOWTRACE_STATUS_FIELD", "log_status")
+    try:
+        settings = flowtrace.configure(batch_size=3)
+        assert (settings.max_items, settings.status_field, settings.batch_size) == (
+            7,
+            "log_status",
+            3,
+        )
+    finally:
+        monkeypatch.delenv("FLOWTRACE_MAX_ITEMS")
+        monkeypatch.delenv("FLOWTRACE_STATUS_FIELD")
+        flowtrace.configure()
+
+
+def test_internal_failures_never_reach_user_code(
+    fail_on_internal_errors: list[tuple[str, BaseException | None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenSink:
+        def log_started(self, log: object) -> None:
+            raise RuntimeError("sink broke at start")
+
+        def log_ended(self, log: object) -> None:
+            raise RuntimeError("sink broke at end")
+
+    @flow(path="t/guarded")
+    def guarded(x: int) -> int:
+        return x * 2
+
+    sink = BrokenSink()
+    flowtrace._log.add_sink(sink)
+    try:
+        assert guarded(21) == 42
+        assert guarded(1) == 2
+    finally:
+        flowtrace._log.remove_sink(sink)
+    kinds = [kind for kind, _ in fail_on_internal_errors]
+    assert kinds == ["log-start", "log-end", "log-start", "log-end"]
+    # logged once per kind, on the flowtrace logger
+    logged = [r for r in caplog.records if r.name == "flowtrace"]
+    assert len(logged) == 2
+    fail_on_internal_errors.clear()
+
+
+def test_exception_whose_str_raises_is_still_recorded() -> None:
+    class Hostile(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    @flow(path="t/hostile")
+    def hostile() -> None:
+        raise Hostile()
+
+    with capture_logs() as captured, pytest.raises(Hostile):
+        hostile()
+    assert only(captured, "t/hostile")["error"].startswith("test_exception_whose_str_raises")
+
+
+def test_pytest_fixture_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from flowtrace import flow
+
+        @flow(path="user/fn")
+        def fn():
+            return "ok"
+
+        def test_user(flowtrace_logs):
+            fn()
+            assert flowtrace_logs.records[0]["output"] == "ok"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
