@@ -3,16 +3,39 @@
 Both the server (`flowtrace serve`) and the embedded default (no endpoint configured) go
 through `Store`, so a local run and a team server behave alike.
 
-API SKELETON: the store engineer implements this; the server, exporters, viewer and CLI code
-against exactly these signatures.
+Decisions the contract leaves open (see also each method):
+- A log names its Flow by `id` (must exist: 404) or `path` (created when new); both given must
+  agree (422). With neither, a `version_id` query names the flow; otherwise 422 (loc
+  body.path). A log without `flow` goes to the flow's version with attributes `{}`.
+- A `version_id` or `environment` query targets that version; `flow.attributes` sent too must
+  be that version's (422). `version_id` of another flow is 404.
+- Replay: a log_id that exists answers 200 with the original response when the canonical
+  request (body dumped with exclude_unset, keys sorted, plus the targeting query) is the same,
+  409 otherwise. It is checked before the parent rules, so a retried child is still accepted
+  after its parent closed.
+- Times default to the server clock: start_time to "now", end_time to "now" when the log is
+  (or is PATCHed) complete without one; created_at to "now". Ancestors widen on insert and
+  when a PATCH gives a log its end.
+- PATCH can close a log but never reopen one (409). save=false sticks: later PATCHes do not
+  store payloads either.
+- Deleting a log deletes the logs under it; unknown ids are ignored (retries succeed).
+- Search: substring, case-insensitive, in inputs (as JSON text) and output; an FTS5 trigram
+  index for 3+ characters when SQLite has it, a LIKE scan otherwise.
+- Lists: newest first by start_time (ties: newest insert first); start_date <= start_time
+  < end_date; an unknown file_id or version_id is 404.
+- Records carry the status as `trace_status` unless `status_field="log_status"` is passed;
+  responses to writes carry it under the name the request used. Dump records with
+  `exclude_unset=True` to send only the fields a log has (and only one status name).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
 
 from flowtrace.models import (
     BatchResult,
@@ -22,33 +45,45 @@ from flowtrace.models import (
     FlowLogUpdateRequest,
     FlowResponse,
     FlowUpsertRequest,
+    LogOperation,
     LogQuery,
     PaginatedLogs,
+    StatusField,
     VersionResponse,
 )
+from flowtrace.store._batch import parse_operation
+from flowtrace.store._codec import to_us
+from flowtrace.store._directory import Directory, FlowKey, VersionKey
+from flowtrace.store._errors import StoreError, StoreSchemaError
+from flowtrace.store._flows import deploy, upsert_flow
+from flowtrace.store._logs import create_log, delete_logs, update_log
+from flowtrace.store._prepare import PreparedLog, prepare_log
+from flowtrace.store._reads import LogFilter, get_log, get_log_by_seq, list_logs
+from flowtrace.store._records import FlowStats, flow_records, flow_stats, version_records
+from flowtrace.store._schema import MIGRATIONS
+from flowtrace.store._session import Session
+from flowtrace.store._sqlite import Database
 
-__all__ = ["FlowStats", "Store", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "FlowStats", "Store", "StoreError", "StoreSchemaError"]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_T = TypeVar("_T")
+_Update = tuple[str, FlowLogUpdateRequest]
 
 
-class StoreError(Exception):
-    """A request the contract refuses. `status_code` is the HTTP status the server answers;
-    `detail` is the body's "detail" (a message, or the 422 list of {loc, msg, type})."""
-
-    def __init__(self, status_code: int, detail: str | list[dict[str, Any]]) -> None:
-        super().__init__(detail if isinstance(detail, str) else str(detail))
-        self.status_code = status_code
-        self.detail = detail
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
-class FlowStats(FlowResponse):
-    """A flow with the viewer's counters."""
-
-    log_count: int = 0
-    error_count: int = 0
-    version_count: int = 0
+def _result(status: int, body: Any) -> BatchResult:
+    return BatchResult(status=status, body=body)
 
 
 class Store:
+    """Thread-safe: one Store serves every thread of a process (the server's threadpool);
+    several processes may open the same file."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -56,33 +91,141 @@ class Store:
         busy_timeout: float = 30.0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        raise NotImplementedError
+        self._clock = clock or _utc_now
+        self._directory = Directory()
+        self._db = Database(Path(path), busy_timeout)
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    @property
+    def search_mode(self) -> str:
+        """ "fts5" (trigram index) or "like" (scan), fixed when the file was created."""
+        return self._db.search_mode
 
     def close(self) -> None:
-        raise NotImplementedError
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _now_us(self) -> int:
+        return to_us(self._clock())
+
+    def _write(self, work: Callable[[Session], _T]) -> _T:
+        """Run `work` in one write transaction: all of it is committed, or none of it."""
+        session: Session | None = None
+        try:
+            with self._db.writing() as conn:
+                session = Session(conn, self._now_us())
+                result = work(session)
+                session.flush()
+        except BaseException:
+            if session is not None:
+                session.abandon()
+            raise
+        return result
 
     # --- writes: each call is atomic (a failing one changes nothing) ---------------------
     def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
-        raise NotImplementedError
+        """`POST /flows/log`. Raises StoreError 404/409/422 (see the module's rules)."""
+        prepared = prepare_log(request, query, self._now_us())
+        body = self._write(lambda session: create_log(self._directory, session, prepared))
+        return CreateFlowLogResponse.model_validate(body)
+
+    def _update(
+        self, session: Session, log_id: str, request: FlowLogUpdateRequest
+    ) -> FlowLogResponse:
+        with session.operation():
+            seq, trace_seq = update_log(session, log_id, request)
+        session.flush()  # the record shows up-to-date counters
+        return get_log_by_seq(session.conn, seq, trace_seq, request.status_field)
 
     def update(self, log_id: str, request: FlowLogUpdateRequest) -> FlowLogResponse:
-        raise NotImplementedError
+        """`PATCH /flows/logs/{log_id}`: the full record after the update, with its status
+        under the name the request used. 404 unknown log, 409 reopening a complete log."""
+        return self._write(lambda session: self._update(session, log_id, request))
 
     def batch(self, operations: Sequence[dict[str, Any]]) -> list[BatchResult]:
-        raise NotImplementedError
+        """The batch extension: operations apply in order, each on its own (a failing one is
+        undone alone), all in one transaction. Malformed operations get a 422 result."""
+        now_us = self._now_us()
+        prepared: list[PreparedLog | _Update | StoreError] = []
+        for raw in operations:  # validation and encoding happen before taking the lock
+            try:
+                operation = parse_operation(raw)
+            except StoreError as error:
+                prepared.append(error)
+                continue
+            if isinstance(operation, LogOperation):
+                prepared.append(prepare_log(operation.body, operation.query, now_us))
+            else:
+                prepared.append((operation.log_id, operation.body))
+        return self._write(lambda session: [self._apply(session, item) for item in prepared])
+
+    def _apply(self, session: Session, item: PreparedLog | _Update | StoreError) -> BatchResult:
+        try:
+            if isinstance(item, StoreError):
+                raise item
+            if isinstance(item, PreparedLog):
+                return _result(200, create_log(self._directory, session, item))
+            record = self._update(session, *item)
+            return _result(200, record.model_dump(mode="json", exclude_unset=True))
+        except StoreError as error:
+            return _result(error.status_code, {"detail": error.detail})
 
     def delete_logs(self, ids: Sequence[str]) -> None:
-        raise NotImplementedError
+        """`DELETE /logs?id=...`: the logs and every log under them. Unknown ids are ignored."""
+
+        def work(session: Session) -> None:
+            with session.operation():
+                delete_logs(session, list(ids))
+
+        self._write(work)
+
+    def _flow_record(self, session: Session, keys: tuple[FlowKey, VersionKey]) -> FlowResponse:
+        flow, version = keys
+        session.flush()
+        return flow_records(session.conn, [(flow.ref, version.ref)])[(flow.ref, version.ref)]
 
     def upsert_flow(self, request: FlowUpsertRequest) -> FlowResponse:
-        raise NotImplementedError
+        """`POST /flows`: the flow (created by path if new) with the version of these
+        attributes (created if new). 404 unknown id, 422 neither path nor id."""
+
+        def work(session: Session) -> FlowResponse:
+            with session.operation():
+                keys = upsert_flow(self._directory, session, request)
+            return self._flow_record(session, keys)
+
+        return self._write(work)
 
     def deploy(self, flow_id: str, environment: str, version_id: str) -> FlowResponse:
-        raise NotImplementedError
+        """Deploy a version to an environment; the flow record with that version.
+        404 unknown flow, or a version that is not the flow's."""
+
+        def work(session: Session) -> FlowResponse:
+            with session.operation():
+                keys = deploy(self._directory, session, flow_id, environment, version_id)
+            return self._flow_record(session, keys)
+
+        return self._write(work)
 
     # --- reads -----------------------------------------------------------------------------
-    def get_log(self, log_id: str) -> FlowLogResponse:
-        raise NotImplementedError
+    def get_log(
+        self, log_id: str, *, status_field: StatusField = "trace_status"
+    ) -> FlowLogResponse:
+        """`GET /logs/{id}`: the log with its nested trace_children (start order) and `flow`."""
+        with self._db.reading() as conn:
+            return get_log(conn, log_id, status_field)
 
     def list_logs(
         self,
@@ -98,14 +241,47 @@ class Store:
         errors_only: bool = False,
         status: str | None = None,
         roots_only: bool = False,
+        status_field: StatusField = "trace_status",
     ) -> PaginatedLogs:
-        raise NotImplementedError
+        """`GET /logs`: newest first by start_time. 404 unknown file_id/version_id, 422 a bad
+        page, size or status."""
+        filters = LogFilter(
+            file_id=file_id,
+            version_id=version_id,
+            search=search,
+            start_date=start_date,
+            end_date=end_date,
+            errors_only=errors_only,
+            status=status,
+            roots_only=roots_only,
+        )
+        with self._db.reading() as conn:
+            return list_logs(
+                conn,
+                self._directory,
+                filters,
+                self._db.search_mode,
+                page=page,
+                size=size,
+                include_trace_children=include_trace_children,
+                status_field=status_field,
+            )
 
     def list_flows(self) -> list[FlowStats]:
-        raise NotImplementedError
+        """Every flow by path, with counters (maintained on write: cheap at any size)."""
+        with self._db.reading() as conn:
+            return flow_stats(conn)
 
-    def get_flow(self, flow_id: str) -> FlowResponse:
-        raise NotImplementedError
+    def get_flow(self, flow_id: str) -> FlowStats:
+        """One flow with its latest version and counters; 404 unknown."""
+        with self._db.reading() as conn:
+            found = flow_stats(conn, "WHERE f.id = ?", (flow_id,))
+        if not found:
+            raise StoreError(404, f"Flow {flow_id!r} not found")
+        return found[0]
 
     def list_versions(self, flow_id: str) -> list[VersionResponse]:
-        raise NotImplementedError
+        """The flow's versions, oldest first, with their environments; 404 unknown flow."""
+        with self._db.reading() as conn:
+            flow = self._directory.require_flow(conn, flow_id)
+            return version_records(conn, flow.ref, flow.path, flow.id)

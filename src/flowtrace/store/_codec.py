@@ -1,0 +1,59 @@
+"""Small conversions shared by reads and writes: times, canonical JSON, digests, ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+__all__ = [
+    "canonical_json",
+    "compact_json",
+    "digest",
+    "from_us",
+    "new_id",
+    "to_us",
+    "us_to_wire",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(value: datetime) -> int:
+    """Microseconds since the epoch: exact (no float rounding) and cheap to compare and index."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def us_to_wire(value: int) -> str:
+    """The contract's datetime form (UTC, `Z`), built without a datetime round trip per field."""
+    return from_us(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def canonical_json(value: Any) -> str:
+    """One text per JSON value whatever the key order: the basis of identity and replay checks."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def compact_json(value: Any) -> str:
+    # ensure_ascii=False keeps non-ASCII text searchable as typed.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(text: str) -> bytes:
+    """128-bit fingerprint: small in an index, collisions beyond any practical concern."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def new_id(prefix: str) -> str:
+    """Server-side id: time-ordered prefix (index locality for inserts) plus 64 random bits."""
+    return f"{prefix}_{time.time_ns() // 1000:014x}{os.urandom(8).hex()}"

@@ -1,0 +1,322 @@
+"""The trace rules for writing logs: targeting, parents, replays, widening, updates, deletes.
+
+Every function runs inside a `Session` (one write transaction) and raises `StoreError` for a
+request the contract refuses; the caller's SAVEPOINT then undoes whatever it had written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, NamedTuple
+
+from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, LogQuery
+from flowtrace.store._codec import compact_json, new_id
+from flowtrace.store._directory import (
+    Directory,
+    FlowKey,
+    VersionKey,
+    attributes_digest,
+    normalize_path,
+)
+from flowtrace.store._errors import StoreError, conflict, invalid, not_found
+from flowtrace.store._prepare import PAYLOAD_FIELDS, PreparedLog
+from flowtrace.store._session import Session
+
+__all__ = ["create_log", "delete_logs", "update_log"]
+
+_DELETE_CHUNK = 500
+
+
+class _Node(NamedTuple):
+    seq: int
+    parent_seq: int | None
+    start_us: int
+    end_us: int | None
+
+
+# --- targeting: which flow and version a log goes to -----------------------------------------
+
+
+def _flow_of_request(directory: Directory, session: Session, request: FlowLogRequest) -> FlowKey:
+    """`id` names an existing flow; `path` finds or creates one. Both given must agree."""
+    path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
+    if request.id is not None:
+        flow = directory.flow_by_id(session.conn, request.id)
+        if flow is None:
+            raise not_found(f"Flow {request.id!r} not found")
+        if path is not None and path != flow.path:
+            raise invalid(["body", "path"], f"Flow {request.id!r} has path {flow.path!r}")
+        return flow
+    assert path is not None
+    return directory.flow_for_path(session, path)
+
+
+def _check_attributes(request: FlowLogRequest, version: VersionKey) -> None:
+    if request.flow is not None:
+        _, key = attributes_digest(request.flow.attributes)
+        if key != version.attributes_digest:
+            raise invalid(
+                ["body", "flow", "attributes"],
+                f"the attributes differ from those of the targeted version {version.id!r}",
+            )
+
+
+def _target(
+    directory: Directory, session: Session, request: FlowLogRequest, query: LogQuery | None
+) -> tuple[FlowKey, VersionKey]:
+    conn = session.conn
+    named_flow = request.id is not None or request.path is not None
+    flow = _flow_of_request(directory, session, request) if named_flow else None
+    if query is not None and query.version_id is not None:
+        version = directory.require_version(conn, query.version_id)
+        if flow is None:
+            flow = directory.flow_by_ref(conn, version.flow_ref)
+        elif version.flow_ref != flow.ref:
+            raise not_found(f"Flow {flow.path!r} has no version {query.version_id!r}")
+        _check_attributes(request, version)
+        return flow, version
+    if flow is None:
+        raise invalid(
+            ["body", "path"], "give the Flow's path or id (or a version_id query)", "missing"
+        )
+    if query is not None and query.environment is not None:
+        version = directory.deployed_version(conn, flow, query.environment)
+        _check_attributes(request, version)
+        return flow, version
+    attributes = request.flow.attributes if request.flow is not None else {}
+    version, _ = directory.version_for_attributes(session, flow, attributes)
+    return flow, version
+
+
+# --- creating a log ----------------------------------------------------------------------------
+
+
+def _response(log_id: str, flow_id: str, version_id: str, prepared: PreparedLog) -> dict[str, Any]:
+    return {
+        "id": log_id,
+        "flow_id": flow_id,
+        "version_id": version_id,
+        prepared.status_field: prepared.status,
+    }
+
+
+def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, _Node]:
+    """The parent's trace and node; it must exist (404) and still be open (409)."""
+    row = conn.execute(
+        "SELECT seq, parent_seq, start_us, end_us, trace_seq, complete FROM logs WHERE id = ?",
+        (parent_id,),
+    ).fetchone()
+    if row is None:
+        raise not_found(f"trace parent log {parent_id!r} not found")
+    if row[5]:
+        raise conflict(f"trace parent log {parent_id!r} is complete: no log can be added under it")
+    return row[4], _Node(row[0], row[1], row[2], row[3])
+
+
+def _widen(conn: sqlite3.Connection, node: _Node | None, start_us: int, end_us: int | None) -> None:
+    """Stretch each ancestor's [start, end] over a child's. Every log already covers its own
+    descendants, so the first ancestor that needs no change ends the walk."""
+    while node is not None:
+        new_start = min(node.start_us, start_us)
+        new_end = node.end_us
+        if end_us is not None and (new_end is None or end_us > new_end):
+            new_end = end_us
+        if new_start == node.start_us and new_end == node.end_us:
+            return
+        conn.execute(
+            "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?", (new_start, new_end, node.seq)
+        )
+        if node.parent_seq is None:
+            return
+        row = conn.execute(
+            "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (node.parent_seq,)
+        ).fetchone()
+        node = _Node(*row) if row is not None else None
+
+
+def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
+    request = prepared.request
+    conn = session.conn
+    flow, version = _target(directory, session, request, prepared.query)
+    parent: _Node | None = None
+    seq = session.next_seq()
+    trace_seq = seq
+    if request.trace_parent_id is not None:
+        trace_seq, parent = _open_parent(conn, request.trace_parent_id)
+    log_id = request.log_id if request.log_id is not None else new_id("log")
+    conn.execute(
+        "INSERT INTO logs (seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us,"
+        " end_us, complete, has_error, request_digest, inputs, output, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            seq,
+            log_id,
+            flow.ref,
+            version.ref,
+            trace_seq,
+            parent.seq if parent is not None else None,
+            prepared.start_us,
+            prepared.end_us,
+            prepared.complete,
+            prepared.has_error,
+            prepared.request_digest,
+            prepared.inputs,
+            prepared.output,
+            prepared.data,
+        ),
+    )
+    _widen(conn, parent, prepared.start_us, prepared.end_us)
+    session.count(flow.ref, version.ref, 1, parent is None, prepared.has_error)
+    return _response(log_id, flow.id, version.id, prepared)
+
+
+def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] | None:
+    """The stored answer when this log_id exists: same request -> same response, else 409."""
+    log_id = prepared.request.log_id
+    row = conn.execute(
+        "SELECT l.request_digest, f.id, v.id FROM logs l"
+        " JOIN flows f ON f.seq = l.flow_ref JOIN versions v ON v.seq = l.version_ref"
+        " WHERE l.id = ?",
+        (log_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0] != prepared.request_digest:
+        raise conflict(f"log {log_id!r} already exists with a different body")
+    assert log_id is not None
+    return _response(log_id, row[1], row[2], prepared)
+
+
+def create_log(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
+    """Store one log; the response body of `POST /flows/log`.
+
+    A known log_id is checked only when the insert cannot go ahead (duplicate id, or a rule
+    refusing it): the happy path pays nothing, and a replay is answered even after its parent
+    has closed or its environment been redeployed."""
+    try:
+        with session.operation():
+            return _insert(directory, session, prepared)
+    except sqlite3.IntegrityError:
+        replay = _replay(session.conn, prepared)
+        if replay is None:
+            raise
+        return replay
+    except StoreError:
+        if prepared.request.log_id is None:
+            raise
+        replay = _replay(session.conn, prepared)
+        if replay is None:
+            raise
+        return replay
+
+
+# --- updating a log ------------------------------------------------------------------------
+
+
+def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> tuple[int, int]:
+    """PATCH: fields sent are set (null unsets), `complete` closes the log for good.
+    Returns (seq, trace_seq) of the log."""
+    conn = session.conn
+    row = conn.execute(
+        "SELECT seq, parent_seq, start_us, end_us, complete, has_error, flow_ref, version_ref,"
+        " inputs, output, data, trace_seq FROM logs WHERE id = ?",
+        (log_id,),
+    ).fetchone()
+    if row is None:
+        raise not_found(f"log {log_id!r} not found")
+    seq, parent_seq, start_us, end_us, complete, had_error, flow_ref, version_ref = row[:8]
+    inputs, output, data_text, trace_seq = row[8:]
+    data: dict[str, Any] = json.loads(data_text)
+    sent = request.model_fields_set - {"trace_status", "log_status"}
+    if data.get("save") is False:
+        sent = sent - PAYLOAD_FIELDS  # save=false stays in force for later updates
+    values = request.model_dump(mode="json", include=sent)
+    new_inputs, new_output = inputs, output
+    for name in sent:
+        value = values[name]
+        if name == "inputs":
+            new_inputs = compact_json(value) if value is not None else None
+        elif name == "output":
+            new_output = value
+        elif value is None:
+            data.pop(name, None)
+        else:
+            data[name] = value
+
+    status = request.status
+    if status == "incomplete" and complete:
+        raise conflict(f"log {log_id!r} is complete: it cannot be reopened")
+    new_end = end_us
+    if status == "complete" and not complete:
+        complete = 1
+        if new_end is None:
+            new_end = max(session.now_us, start_us)
+    has_error = "error" in data
+    conn.execute(
+        "UPDATE logs SET data = ?, complete = ?, has_error = ?, end_us = ? WHERE seq = ?",
+        (compact_json(data), complete, has_error, new_end, seq),
+    )
+    if (new_inputs, new_output) != (inputs, output):
+        conn.execute(
+            "UPDATE logs SET inputs = ?, output = ? WHERE seq = ?", (new_inputs, new_output, seq)
+        )
+    if new_end != end_us and parent_seq is not None:
+        parent = conn.execute(
+            "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (parent_seq,)
+        ).fetchone()
+        _widen(conn, _Node(*parent), start_us, new_end)
+    if has_error != bool(had_error):
+        session.count(flow_ref, version_ref, 0, 0, 1 if has_error else -1)
+    return seq, trace_seq
+
+
+# --- deleting logs -----------------------------------------------------------------------------
+
+
+def _subtrees(conn: sqlite3.Connection, targets: list[tuple[int, int]]) -> set[int]:
+    """Every log under the targets, themselves included: no log is left with a missing parent."""
+    doomed: set[int] = set()
+    by_trace: dict[int, list[int]] = {}
+    for seq, trace_seq in targets:
+        by_trace.setdefault(trace_seq, []).append(seq)
+    for trace_seq, seqs in by_trace.items():
+        children: dict[int, list[int]] = {}
+        for child, parent in conn.execute(
+            "SELECT seq, parent_seq FROM logs WHERE trace_seq = ?", (trace_seq,)
+        ):
+            if parent is not None:
+                children.setdefault(parent, []).append(child)
+        stack = list(seqs)
+        while stack:
+            seq = stack.pop()
+            if seq not in doomed:
+                doomed.add(seq)
+                stack.extend(children.get(seq, ()))
+    return doomed
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + _DELETE_CHUNK] for i in range(0, len(items), _DELETE_CHUNK)]
+
+
+def delete_logs(session: Session, ids: list[str]) -> int:
+    """Delete the logs and everything under them; unknown ids are ignored (a retried delete
+    succeeds). Returns how many logs went."""
+    conn = session.conn
+    targets: list[tuple[int, int]] = []
+    for chunk in _chunks(sorted(set(ids))):
+        marks = ",".join("?" * len(chunk))
+        targets.extend(
+            conn.execute(f"SELECT seq, trace_seq FROM logs WHERE id IN ({marks})", chunk)
+        )
+    doomed = sorted(_subtrees(conn, targets))
+    for chunk in _chunks(doomed):
+        marks = ",".join("?" * len(chunk))
+        for flow_ref, version_ref, parent_seq, has_error in conn.execute(
+            f"SELECT flow_ref, version_ref, parent_seq, has_error FROM logs WHERE seq IN ({marks})",
+            chunk,
+        ).fetchall():
+            session.count(flow_ref, version_ref, -1, -(parent_seq is None), -has_error)
+        conn.execute(f"DELETE FROM logs WHERE seq IN ({marks})", chunk)
+    return len(doomed)

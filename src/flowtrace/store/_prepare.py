@@ -1,0 +1,91 @@
+"""Turn a request into what the store writes, before taking the write lock.
+
+All the per-log CPU work (model dumps, JSON encoding, the replay digest) happens here, outside
+the lock, so concurrent requests spend the lock only on SQLite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flowtrace.models import FlowLogRequest, LogQuery, StatusField, TraceStatus
+from flowtrace.store._codec import canonical_json, compact_json, digest, to_us, us_to_wire
+
+__all__ = ["PAYLOAD_FIELDS", "PreparedLog", "prepare_log"]
+
+# Dropped when the request says save=false: the request/response payloads.
+PAYLOAD_FIELDS = frozenset(
+    {
+        "inputs",
+        "output",
+        "messages",
+        "output_message",
+        "stdout",
+        "provider_request",
+        "provider_response",
+    }
+)
+# Request fields that are not data of the log itself: they route it (flow, version, id, parent
+# link kept as columns too) or become columns (times, status).
+_ROUTING_FIELDS = frozenset(
+    {"path", "id", "flow", "log_id", "trace_status", "log_status", "start_time", "end_time"}
+)
+
+
+@dataclass(slots=True)
+class PreparedLog:
+    request: FlowLogRequest
+    query: LogQuery | None
+    request_digest: bytes
+    start_us: int
+    end_us: int | None
+    complete: bool
+    has_error: bool
+    inputs: str | None
+    output: str | None
+    data: str
+    status: TraceStatus
+    status_field: StatusField
+
+
+def _replay_identity(body: dict[str, Any], query: LogQuery | None) -> bytes:
+    """Digest of the canonical request: the body and, when given, its targeting query (the
+    same log_id aimed at another version is a different request)."""
+    targeting = query.model_dump(exclude_none=True) if query is not None else {}
+    identity: dict[str, Any] = {"body": body, "query": targeting} if targeting else body
+    return digest(canonical_json(identity))
+
+
+def prepare_log(request: FlowLogRequest, query: LogQuery | None, now_us: int) -> PreparedLog:
+    body = request.model_dump(mode="json", exclude_unset=True)
+    stored = {
+        key: value
+        for key, value in body.items()
+        if value is not None and key not in _ROUTING_FIELDS
+    }
+    if request.save is False:
+        stored = {key: value for key, value in stored.items() if key not in PAYLOAD_FIELDS}
+    stored.setdefault("created_at", us_to_wire(now_us))
+    inputs = stored.pop("inputs", None)
+    output = stored.pop("output", None)
+    status: TraceStatus = request.status or "incomplete"
+    complete = status == "complete"
+    start_us = to_us(request.start_time) if request.start_time is not None else now_us
+    end_us = to_us(request.end_time) if request.end_time is not None else None
+    if complete and end_us is None:
+        end_us = max(now_us, start_us)  # a closed log has an end; the server's clock is all we have
+    return PreparedLog(
+        request=request,
+        query=query,
+        request_digest=_replay_identity(body, query),
+        start_us=start_us,
+        end_us=end_us,
+        complete=complete,
+        has_error="error" in stored,
+        inputs=compact_json(inputs) if inputs is not None else None,
+        output=output,
+        data=compact_json(stored),
+        status=status,
+        status_field=request.status_field,
+    )

@@ -1,0 +1,250 @@
+"""Rows to response models: flow records, version records and nested log records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from flowtrace.models import FlowLogResponse, FlowResponse, StatusField, VersionResponse
+from flowtrace.store._codec import us_to_wire
+
+__all__ = [
+    "LOG_COLUMNS",
+    "FlowStats",
+    "LogRow",
+    "build_logs",
+    "flow_records",
+    "flow_stats",
+    "version_records",
+]
+
+
+class FlowStats(FlowResponse):
+    """A flow with the viewer's counters."""
+
+    log_count: int = 0
+    error_count: int = 0
+    version_count: int = 0
+
+
+LOG_COLUMNS = (
+    "l.seq, l.id, l.flow_ref, l.version_ref, l.trace_seq, l.parent_seq, l.start_us, l.end_us,"
+    " l.complete, l.inputs, l.output, l.data"
+)
+
+
+class LogRow(NamedTuple):
+    seq: int
+    id: str
+    flow_ref: int
+    version_ref: int
+    trace_seq: int
+    parent_seq: int | None
+    start_us: int
+    end_us: int | None
+    complete: int
+    inputs: str | None
+    output: str | None
+    data: str
+
+
+class TraceRoot(NamedTuple):
+    id: str
+    flow_id: str
+
+
+def _marks(items: Iterable[Any]) -> tuple[str, list[Any]]:
+    values = list(items)
+    return ",".join("?" * len(values)), values
+
+
+# --- flows and versions ------------------------------------------------------------------------
+
+_FLOW_COLUMNS = "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us"
+_VERSION_COLUMNS = "v.seq, v.id, v.attributes, v.name, v.description, v.log_count, v.created_us"
+
+
+def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "path": flow[1],
+        "id": flow[2],
+        "name": flow[3],
+        "type": "flow",
+        "status": "committed",
+        "created_at": us_to_wire(flow[4]),
+        "updated_at": us_to_wire(flow[5]),
+        "last_used_at": us_to_wire(flow[6]) if flow[6] is not None else None,
+        "version_logs_count": 0,
+        "attributes": {},
+    }
+    if version is not None:
+        record.update(
+            version_id=version[1],
+            attributes=json.loads(version[2]),
+            version_logs_count=version[5],
+        )
+        if version[3] is not None:
+            record["version_name"] = version[3]
+        if version[4] is not None:
+            record["version_description"] = version[4]
+    return record
+
+
+def flow_records(
+    conn: sqlite3.Connection, pairs: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], FlowResponse]:
+    """The `flow` record of logs, one model per (flow, version) pair, shared by their logs."""
+    pairs = set(pairs)
+    marks, refs = _marks({flow for flow, _ in pairs})
+    flows = {
+        row[0]: row
+        for row in conn.execute(
+            f"SELECT {_FLOW_COLUMNS} FROM flows f WHERE f.seq IN ({marks})", refs
+        )
+    }
+    marks, refs = _marks({version for _, version in pairs})
+    versions = {
+        row[0]: row
+        for row in conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.seq IN ({marks})", refs
+        )
+    }
+    return {
+        (f, v): FlowResponse.model_validate(_flow_dict(flows[f], versions[v])) for f, v in pairs
+    }
+
+
+def flow_stats(
+    conn: sqlite3.Connection, where: str = "", params: tuple[Any, ...] = ()
+) -> list[FlowStats]:
+    """Flows with their counters and latest version: counters are maintained, nothing counted."""
+    rows = conn.execute(
+        f"SELECT {_FLOW_COLUMNS}, f.log_count, f.error_count,"
+        " (SELECT count(*) FROM versions c WHERE c.flow_ref = f.seq),"
+        " (SELECT max(c.seq) FROM versions c WHERE c.flow_ref = f.seq)"
+        f" FROM flows f {where} ORDER BY f.path",
+        params,
+    ).fetchall()
+    marks, refs = _marks(row[10] for row in rows if row[10] is not None)
+    versions = {
+        row[0]: row
+        for row in conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.seq IN ({marks})", refs
+        )
+    }
+    stats = []
+    for row in rows:
+        record = _flow_dict(row, versions.get(row[10]))
+        record.update(log_count=row[7], error_count=row[8], version_count=row[9])
+        stats.append(FlowStats.model_validate(record))
+    return stats
+
+
+def version_records(
+    conn: sqlite3.Connection, flow_ref: int, path: str, flow_id: str
+) -> list[VersionResponse]:
+    environments: dict[int, list[str]] = {}
+    for version_ref, name in conn.execute(
+        "SELECT version_ref, name FROM environments WHERE flow_ref = ? ORDER BY name", (flow_ref,)
+    ):
+        environments.setdefault(version_ref, []).append(name)
+    records = []
+    for row in conn.execute(
+        f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.flow_ref = ? ORDER BY v.seq",
+        (flow_ref,),
+    ):
+        record: dict[str, Any] = {
+            "version_id": row[1],
+            "flow_id": flow_id,
+            "path": path,
+            "attributes": json.loads(row[2]),
+            "created_at": us_to_wire(row[6]),
+            "environments": environments.get(row[0], []),
+            "version_logs_count": row[5],
+        }
+        if row[3] is not None:
+            record["version_name"] = row[3]
+        if row[4] is not None:
+            record["version_description"] = row[4]
+        records.append(VersionResponse.model_validate(record))
+    return records
+
+
+# --- logs --------------------------------------------------------------------------------------
+
+
+def trace_roots(conn: sqlite3.Connection, trace_seqs: Iterable[int]) -> dict[int, TraceRoot]:
+    marks, refs = _marks(set(trace_seqs))
+    return {
+        row[0]: TraceRoot(row[1], row[2])
+        for row in conn.execute(
+            f"SELECT l.seq, l.id, f.id FROM logs l JOIN flows f ON f.seq = l.flow_ref"
+            f" WHERE l.seq IN ({marks})",
+            refs,
+        )
+    }
+
+
+def _log_dict(
+    row: LogRow, root: TraceRoot, flow: FlowResponse, status_field: StatusField
+) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(row.data)
+    if row.inputs is not None:
+        record["inputs"] = json.loads(row.inputs)
+    if row.output is not None:
+        record["output"] = row.output
+    record["id"] = row.id
+    record["start_time"] = us_to_wire(row.start_us)
+    if row.end_us is not None:
+        record["end_time"] = us_to_wire(row.end_us)
+    record["trace_id"] = root.id
+    record["trace_flow_id"] = root.flow_id
+    record["evaluator_logs"] = []
+    record[status_field] = "complete" if row.complete else "incomplete"
+    record["flow"] = flow
+    return record
+
+
+def _descendants(children: dict[int, list[LogRow]], tops: Iterable[int]) -> set[int]:
+    wanted: set[int] = set()
+    stack = list(tops)
+    while stack:
+        seq = stack.pop()
+        if seq not in wanted:
+            wanted.add(seq)
+            stack.extend(child.seq for child in children.get(seq, ()))
+    return wanted
+
+
+def build_logs(
+    conn: sqlite3.Connection,
+    rows: list[LogRow],
+    tops: list[int],
+    status_field: StatusField,
+    nested: bool = True,
+) -> dict[int, FlowLogResponse]:
+    """Records for the `tops` logs (by seq) out of `rows` (their traces, in start order), each
+    with its subtree nested in trace_children when `nested`.
+
+    Built bottom-up without recursion (a child's seq is always above its parent's, since the
+    parent had to exist first), so a deep trace cannot hit the recursion limit and each record
+    is validated once, its children passed as finished models."""
+    children: dict[int, list[LogRow]] = {}
+    if nested:
+        for row in rows:
+            if row.parent_seq is not None:
+                children.setdefault(row.parent_seq, []).append(row)
+    wanted = _descendants(children, tops)
+    needed = [row for row in rows if row.seq in wanted]
+    roots = trace_roots(conn, {row.trace_seq for row in needed})
+    flows = flow_records(conn, {(row.flow_ref, row.version_ref) for row in needed})
+    built: dict[int, FlowLogResponse] = {}
+    for row in sorted(needed, key=lambda r: r.seq, reverse=True):
+        record = _log_dict(
+            row, roots[row.trace_seq], flows[(row.flow_ref, row.version_ref)], status_field
+        )
+        record["trace_children"] = [built[child.seq] for child in children.get(row.seq, ())]
+        built[row.seq] = FlowLogResponse.model_validate(record)
+    return {seq: built[seq] for seq in tops}

@@ -1,0 +1,187 @@
+"""The database schema: a version number (PRAGMA user_version) and forward migrations.
+
+`MIGRATIONS[i]` takes a database from version i to i+1; a fresh file runs them all. A file
+stamped with a version newer than this code knows is refused rather than misread. Migrations run
+inside one IMMEDIATE transaction, so processes opening a new file at once cannot race.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from flowtrace.store._errors import StoreSchemaError
+
+__all__ = ["MIGRATIONS", "migrate", "schema_version", "search_mode"]
+
+Migration = Callable[[sqlite3.Connection], None]
+
+# Refs between tables are integer row ids (flow_ref, version_ref, trace_seq, parent_seq):
+# a fraction of the size of text ids in every index, so 1M-log indexes stay in cache.
+# Times are integer microseconds since the epoch (exact, cheap to compare).
+_V1_TABLES = [
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE flows (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        updated_us INTEGER NOT NULL,
+        last_used_us INTEGER,
+        -- counters maintained by every write, so the viewer's flow list never counts logs
+        log_count INTEGER NOT NULL DEFAULT 0,
+        root_count INTEGER NOT NULL DEFAULT 0,
+        error_count INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE versions (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        flow_ref INTEGER NOT NULL,
+        attributes_digest BLOB NOT NULL,
+        attributes TEXT NOT NULL,
+        name TEXT,
+        description TEXT,
+        created_us INTEGER NOT NULL,
+        log_count INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (flow_ref, attributes_digest)
+    )""",
+    """CREATE TABLE environments (
+        flow_ref INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        version_ref INTEGER NOT NULL,
+        deployed_us INTEGER NOT NULL,
+        PRIMARY KEY (flow_ref, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE logs (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        flow_ref INTEGER NOT NULL,
+        version_ref INTEGER NOT NULL,
+        trace_seq INTEGER NOT NULL,
+        parent_seq INTEGER,
+        start_us INTEGER NOT NULL,
+        end_us INTEGER,
+        complete INTEGER NOT NULL,
+        has_error INTEGER NOT NULL,
+        request_digest BLOB NOT NULL,
+        inputs TEXT,
+        output TEXT,
+        data TEXT NOT NULL
+    )""",
+]
+
+# Each index serves one read; every one of them costs every insert, so there is no other.
+_V1_INDEXES = [
+    # one trace, in start order (get_log, trace_children, delete of a subtree)
+    "CREATE INDEX logs_trace ON logs (trace_seq, start_us)",
+    # a flow's logs, newest first (list_logs file_id=...)
+    "CREATE INDEX logs_flow ON logs (flow_ref, start_us)",
+    # a version's logs, newest first (list_logs version_id=...)
+    "CREATE INDEX logs_version ON logs (version_ref, start_us)",
+    # every log, newest first (list_logs without a flow)
+    "CREATE INDEX logs_start ON logs (start_us)",
+    # traces only (roots_only, the viewer's default list)
+    "CREATE INDEX logs_flow_roots ON logs (flow_ref, start_us) WHERE parent_seq IS NULL",
+    "CREATE INDEX logs_roots ON logs (start_us) WHERE parent_seq IS NULL",
+    "CREATE INDEX environments_version ON environments (version_ref)",
+]
+
+# Substring search in inputs/output: an FTS5 trigram index when this SQLite has one (any query
+# of 3+ characters uses the index), else a LIKE scan. Triggers keep it in step with `logs`.
+_V1_SEARCH = [
+    """CREATE VIRTUAL TABLE logs_search USING fts5 (
+        inputs, output, content='logs', content_rowid='seq', tokenize='trigram'
+    )""",
+    """CREATE TRIGGER logs_search_insert AFTER INSERT ON logs
+        WHEN new.inputs IS NOT NULL OR new.output IS NOT NULL BEGIN
+        INSERT INTO logs_search (rowid, inputs, output) VALUES (new.seq, new.inputs, new.output);
+    END""",
+    """CREATE TRIGGER logs_search_delete AFTER DELETE ON logs
+        WHEN old.inputs IS NOT NULL OR old.output IS NOT NULL BEGIN
+        INSERT INTO logs_search (logs_search, rowid, inputs, output)
+        VALUES ('delete', old.seq, old.inputs, old.output);
+    END""",
+    """CREATE TRIGGER logs_search_update AFTER UPDATE OF inputs, output ON logs BEGIN
+        INSERT INTO logs_search (logs_search, rowid, inputs, output)
+        SELECT 'delete', old.seq, old.inputs, old.output
+        WHERE old.inputs IS NOT NULL OR old.output IS NOT NULL;
+        INSERT INTO logs_search (rowid, inputs, output)
+        SELECT new.seq, new.inputs, new.output
+        WHERE new.inputs IS NOT NULL OR new.output IS NOT NULL;
+    END""",
+]
+
+
+def _has_trigram_fts(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.probe USING fts5 (x, tokenize='trigram')")
+    except sqlite3.OperationalError:
+        return False
+    conn.execute("DROP TABLE temp.probe")
+    return True
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1_TABLES + _V1_INDEXES:
+        conn.execute(statement)
+    mode = "fts5" if _has_trigram_fts(conn) else "like"
+    if mode == "fts5":
+        for statement in _V1_SEARCH:
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('search', ?)", (mode,))
+
+
+MIGRATIONS: list[Migration] = [_create_v1]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def search_mode(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'search'").fetchone()
+    return str(row[0]) if row else "like"
+
+
+def _refuse_newer(version: int, known: int, path: str) -> None:
+    if version > known:
+        raise StoreSchemaError(
+            f"{path}: schema version {version} was written by a newer flowtrace; "
+            f"this one knows up to version {known}. Upgrade flowtrace to open it."
+        )
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: str) -> None:
+    tables = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchone()[0]
+    if tables:
+        raise StoreSchemaError(f"{path}: not a flowtrace database (it has foreign tables)")
+
+
+def migrate(conn: sqlite3.Connection, path: str, begin: Callable[[], None]) -> None:
+    """Bring the file to the latest schema. `begin` opens an IMMEDIATE transaction (retrying
+    while another process holds the lock); opening an up-to-date file writes nothing."""
+    migrations = list(MIGRATIONS)
+    known = len(migrations)
+    version = schema_version(conn)
+    _refuse_newer(version, known, path)
+    if version == known:
+        return
+    begin()
+    try:
+        version = schema_version(conn)  # another process may have migrated meanwhile
+        _refuse_newer(version, known, path)
+        if version == 0:
+            _refuse_foreign(conn, path)
+        for step in migrations[version:]:
+            step(conn)
+        conn.execute(f"PRAGMA user_version = {known}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,149 @@
+"""SQLite connections and transactions for one database file.
+
+One writer connection behind a lock (SQLite runs one write transaction at a time anyway, and
+one connection keeps its page cache warm) and one reader connection per thread (WAL lets
+readers run beside the writer). Writes take the file's write lock up front (BEGIN IMMEDIATE)
+so they never fail half-way on a lock; while another process holds it they wait with backoff
+until the busy timeout. Connections are reopened after fork: SQLite handles must not cross it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from flowtrace.store._schema import migrate, search_mode
+
+__all__ = ["Database"]
+
+_T = TypeVar("_T")
+
+# 64 MiB page cache per connection: the hot parts of 1M-log indexes fit.
+_CACHE_KIB = 65536
+_MMAP_BYTES = 256 * 1024 * 1024
+_FIRST_BACKOFF_S = 0.001
+_MAX_BACKOFF_S = 0.1
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+class Database:
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._write_lock = threading.Lock()
+        self._registry_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect()
+        self._retry_busy(lambda: self._writer.execute("PRAGMA journal_mode=WAL"))
+        migrate(self._writer, str(path), lambda: self._begin_immediate(self._writer))
+        self.search_mode = search_mode(self._writer)
+
+    # --- connections -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE / SAVEPOINT).
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,  # close() runs on another thread than the user
+            timeout=self._busy_timeout,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        # In WAL mode NORMAL loses nothing committed on a process crash (only on power loss).
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        with self._registry_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _after_fork(self) -> None:
+        """The child must not use the parent's handles; they are dropped, not closed, since
+        closing could disturb the parent's locks on the file."""
+        self._pid = os.getpid()
+        self._write_lock = threading.Lock()
+        self._registry_lock = threading.Lock()
+        self._connections = []
+        self._local = threading.local()
+        self._writer = self._connect()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"store {self.path} is closed")
+        if os.getpid() != self._pid:
+            self._after_fork()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._write_lock, self._registry_lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    # --- transactions ----------------------------------------------------------------------
+    def _retry_busy(self, action: Callable[[], _T]) -> _T:
+        """Run `action`, retrying with jittered exponential backoff while the file is locked
+        (SQLite's own busy handler does not cover every case, e.g. WAL recovery)."""
+        deadline = time.monotonic() + self._busy_timeout
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or time.monotonic() + backoff > deadline:
+                    raise
+            time.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises.
+        A commit that returned is durable; nothing is acknowledged before it."""
+        self._check()
+        with self._write_lock:
+            conn = self._writer
+            self._begin_immediate(conn)
+            try:
+                yield conn
+                self._retry_busy(lambda: conn.execute("COMMIT"))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query in the block sees one snapshot of the file."""
+        self._check()
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")

@@ -1,0 +1,97 @@
+"""Schema version and forward migrations of the store's SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from flowtrace.store import SCHEMA_VERSION, Store, StoreSchemaError, _schema
+from tests.store_helpers import req
+
+
+def _user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_fresh_file_gets_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "logs.db"
+    with Store(path) as store:
+        store.log(req(path="f"))
+    assert _user_version(path) == SCHEMA_VERSION == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"flows", "versions", "environments", "logs", "logs_trace", "logs_flow"} <= names
+
+
+def test_reopening_keeps_data_and_migrates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "logs.db"
+    with Store(path) as store:
+        store.log(req(path="f", log_id="kept"))
+    with sqlite3.connect(path) as conn:
+        schema_before = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    with Store(path) as store:
+        assert store.get_log("kept").id == "kept"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == (
+            schema_before
+        )
+
+
+def test_a_new_migration_runs_once_on_an_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "logs.db"
+    with Store(path) as store:
+        store.log(req(path="f", log_id="old"))
+    runs: list[int] = []
+
+    def add_column(conn: sqlite3.Connection) -> None:
+        runs.append(1)
+        conn.execute("ALTER TABLE flows ADD COLUMN note TEXT")
+
+    monkeypatch.setattr(_schema, "MIGRATIONS", [*_schema.MIGRATIONS, add_column])
+    for _ in range(2):
+        with Store(path) as store:
+            assert store.get_log("old").id == "old"
+    assert runs == [1]
+    assert _user_version(path) == 2
+
+
+def test_a_failing_migration_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "logs.db"
+    Store(path).close()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE flows ADD COLUMN note TEXT")
+        raise RuntimeError("migration bug")
+
+    monkeypatch.setattr(_schema, "MIGRATIONS", [*_schema.MIGRATIONS, broken])
+    with pytest.raises(RuntimeError, match="migration bug"):
+        Store(path)
+    assert _user_version(path) == 1
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(flows)")]
+    assert "note" not in columns
+
+
+def test_a_file_from_a_newer_flowtrace_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "logs.db"
+    Store(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreSchemaError, match=r"schema version 99.*newer flowtrace"):
+        Store(path)
+
+
+def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER)")
+    with pytest.raises(StoreSchemaError, match="not a flowtrace database"):
+        Store(path)
