@@ -1,0 +1,66 @@
+"""The flowtrace log service as a FastAPI app: the contract's routes under `/v5`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.security import APIKeyHeader
+
+from flowtrace.models import StatusField
+from flowtrace.store import Store
+
+from ._auth import ApiKeyMiddleware
+from ._body_limit import BodyLimitMiddleware
+from ._errors import install_error_handlers
+from ._flow_routes import flow_router
+from ._health import HEALTH_PATHS, health_router
+from ._log_routes import log_router
+from ._viewer import mount_viewer
+
+__all__ = ["API_PREFIX", "DEFAULT_MAX_BODY_BYTES", "create_app"]
+
+API_PREFIX = "/v5"
+DEFAULT_MAX_BODY_BYTES = 5 * 2**20
+
+# Documents the header in the OpenAPI document; ApiKeyMiddleware does the checking, before
+# any body is read.
+_api_key_header = APIKeyHeader(name="X-API-KEY", auto_error=False)
+
+
+def create_app(
+    store: Store,
+    *,
+    api_keys: Sequence[str] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    status_field_default: StatusField = "trace_status",
+    batch: bool = True,
+) -> FastAPI:
+    """The app serving `store`. Without `api_keys` every request is let in (local use).
+
+    `status_field_default` names the status in answers to requests that did not name it;
+    `batch=False` withdraws the batch extension (its route answers 404).
+    """
+    app = FastAPI(
+        title="flowtrace log service",
+        description="The Humanloop v5 'Log to a Flow' contract, plus batch delivery.",
+        version="5",
+        # Parse a body sent without Content-Type as JSON, as FastAPI did before 0.132.
+        strict_content_type=False,
+    )
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(_api_key_header)])
+    api.include_router(log_router(store, status_field_default=status_field_default, batch=batch))
+    api.include_router(flow_router(store))
+    app.include_router(api)
+    app.include_router(health_router(batch=batch))
+    install_error_handlers(app)
+    mount_viewer(app, store)
+    # Last added runs first: authentication, then the body limit, then the app.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        ApiKeyMiddleware,
+        api_keys=tuple(api_keys),
+        protected_prefix=API_PREFIX,
+        public_paths=frozenset(HEALTH_PATHS),
+    )
+    return app

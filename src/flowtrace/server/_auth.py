@@ -1,0 +1,65 @@
+"""API-key authentication: the contract's `X-API-KEY` header, checked before anything else.
+
+Pure ASGI so a refused request costs no body read, no routing and no validation. Only the
+contract's routes are protected; the health endpoint stays public for probes.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["ApiKeyMiddleware"]
+
+API_KEY_HEADER = b"x-api-key"
+
+
+class ApiKeyMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Sequence[str],
+        protected_prefix: str,
+        public_paths: frozenset[str],
+    ) -> None:
+        self.app = app
+        # Bytes: hmac.compare_digest refuses str with non-ASCII characters, which a client
+        # could send (header values arrive as latin-1).
+        self._keys = tuple(key.encode("utf-8") for key in api_keys)
+        self._prefix = protected_prefix
+        self._public = public_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._is_protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        presented = _header(scope, API_KEY_HEADER)
+        if presented is not None and self._is_valid(presented):
+            await self.app(scope, receive, send)
+            return
+        reason = "missing X-API-KEY header" if presented is None else "invalid API key"
+        response = JSONResponse({"detail": reason}, status_code=401)
+        await response(scope, receive, send)
+
+    def _is_protected(self, path: str) -> bool:
+        if not self._keys or path in self._public:
+            return False
+        return path == self._prefix or path.startswith(self._prefix + "/")
+
+    def _is_valid(self, presented: bytes) -> bool:
+        # Compare with every key, never stopping early, so timing says nothing about which.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(key, presented)
+        return matched
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None

@@ -1,0 +1,99 @@
+"""413 for request bodies above a limit, whether declared (Content-Length) or streamed.
+
+Pure ASGI: the body is read here, counted as it arrives, and handed to the app in one piece
+(every route of this API reads its whole JSON body anyway, so buffering costs nothing extra).
+A body over the limit is drained and discarded before the 413 goes out, so the client is never
+cut off mid-upload and always gets to read the answer.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyLimitMiddleware"]
+
+_TOO_LARGE = object()
+_DISCONNECTED = object()
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            if not await _drain(receive):
+                await self._refuse(scope, receive, send)
+            return
+        body = await self._read_body(receive)
+        if body is _DISCONNECTED:  # the client went away mid-body: nobody to answer
+            return
+        if body is _TOO_LARGE:
+            await self._refuse(scope, receive, send)
+            return
+        assert isinstance(body, bytes)
+        await self.app(scope, _replaying(body, receive), send)
+
+    async def _read_body(self, receive: Receive) -> bytes | object:
+        """The whole body; `_TOO_LARGE` (the rest drained) past the limit; or `_DISCONNECTED`."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return _DISCONNECTED
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > self.max_body_bytes:
+                if more and await _drain(receive):
+                    return _DISCONNECTED
+                return _TOO_LARGE
+            chunks.append(chunk)
+            if not more:
+                return b"".join(chunks)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"request body larger than {self.max_body_bytes} bytes"
+        response = JSONResponse({"detail": detail}, status_code=413)
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _drain(receive: Receive) -> bool:
+    """Read and discard the rest of the body; True if the client disconnected instead."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return True
+        if not message.get("more_body", False):
+            return False
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive() that yields the buffered body once, then defers to the real one."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -1,0 +1,176 @@
+"""`flowtrace serve`: run the log service with uvicorn over a store file.
+
+fastapi and uvicorn (the `flowtrace[server]` extra) are imported only when the server runs,
+so the rest of the CLI works without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+__all__ = [
+    "API_KEYS_ENV",
+    "DB_ENV",
+    "add_serve_command",
+    "default_db_path",
+    "is_loopback",
+    "run_server",
+]
+
+API_KEYS_ENV = "FLOWTRACE_SERVER_API_KEYS"
+DB_ENV = "FLOWTRACE_DB"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8484
+DEFAULT_MAX_BODY_BYTES = 5 * 2**20
+# Bound on waiting for in-flight requests at shutdown, seconds.
+GRACEFUL_SHUTDOWN_TIMEOUT = 30
+EXIT_USAGE = 2
+
+
+def default_db_path() -> Path:
+    """`$FLOWTRACE_DB`, else the embedded default `.flowtrace/flowtrace.db` here."""
+    return Path(os.environ.get(DB_ENV) or Path(".flowtrace") / "flowtrace.db")
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `serve`; the parsed namespace's `func(args) -> int` runs it."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the flowtrace log service",
+        description="Serve the 'Log to a Flow' contract under /v5 over a flowtrace database.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"database file (default: ${DB_ENV} or .flowtrace/flowtrace.db)",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        default=[],
+        metavar="KEY",
+        help=f"accepted X-API-KEY (repeatable; also ${API_KEYS_ENV}, comma-separated)",
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies: 413"
+    )
+    parser.add_argument("--no-batch", action="store_true", help="do not offer the batch extension")
+    parser.set_defaults(func=serve_from_args)
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    api_keys = [*args.api_keys, *_keys_from_env()]
+    if not api_keys and not is_loopback(args.host):
+        print(
+            f"flowtrace serve: refusing to listen on {args.host} without an API key; "
+            f"pass --api-key or set {API_KEYS_ENV} (only loopback addresses may run "
+            "without one)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return run_server(
+        args.host,
+        args.port,
+        args.db if args.db is not None else default_db_path(),
+        api_keys,
+        max_body_bytes=args.max_body_bytes,
+        batch=not args.no_batch,
+    )
+
+
+def _keys_from_env() -> list[str]:
+    return [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost could resolve anywhere
+
+
+def run_server(
+    host: str,
+    port: int,
+    db_path: str | os.PathLike[str],
+    api_keys: Sequence[str],
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    batch: bool = True,
+    ready: Callable[[str], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish and close the database.
+
+    `ready(url)` is called once listening (default: print the "serving on" line); with port 0
+    the url carries the port actually bound. Returns the process exit code.
+    """
+    import uvicorn
+
+    from flowtrace.store import Store
+
+    from ._app import create_app
+    from ._uvicorn_server import AnnouncingServer
+
+    path = Path(db_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(path)
+    try:
+        app = create_app(store, api_keys=api_keys, max_body_bytes=max_body_bytes, batch=batch)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http="auto",  # httptools when installed, else h11
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
+        )
+        announce = ready or (lambda url: _print_serving(url, path))
+        server = AnnouncingServer(config, announce)
+        with _signals_end_quietly():
+            server.run()
+    finally:
+        store.close()
+    return 0 if server.started else 1
+
+
+def _print_serving(url: str, path: Path) -> None:
+    print(f"flowtrace serving on {url} (db: {path})", flush=True)
+
+
+@contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """After a graceful shutdown uvicorn re-raises the signal it caught, which would kill the
+    process (SIGTERM) or raise KeyboardInterrupt (SIGINT) before the database is closed; the
+    re-raised signal lands in these no-op handlers instead. Main thread only, as signals are."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        pass
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, ignore) for signum in handled}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,66 @@
+"""Strict JSON for request bodies: what the server accepts it can always send back.
+
+Python's `json` module accepts `NaN` and `Infinity` and lone UTF-16 surrogates; a log stored
+with them could never be answered as valid JSON (the read would fail with a 500). So bodies are
+parsed with pydantic-core, which refuses those, and any number that still overflows to infinity
+(`1e400`) is refused too. A refusal is a `json.JSONDecodeError`, which FastAPI reports as a
+`json_invalid` validation error and `_errors` answers as 400 Malformed JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from pydantic_core import from_json
+from starlette.requests import Request
+from starlette.responses import Response
+
+__all__ = ["StrictJsonRoute", "parse_json"]
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body, raising `json.JSONDecodeError` on anything not strictly JSON."""
+    try:
+        value = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc), _as_text(body), 0) from exc
+    if _has_non_finite(value):
+        raise json.JSONDecodeError("number out of range", _as_text(body), 0)
+    return value
+
+
+def _as_text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(item) for item in value)
+    return False
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """An APIRoute whose handler parses bodies with `parse_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(_StrictJsonRequest(request.scope, request.receive))
+
+        return strict_handler
