@@ -217,7 +217,18 @@ class Pipeline:
 
     def at_exit(self) -> None:
         """Interpreter exit: deliver what is waiting, bounded by `exit_flush_timeout_s`."""
-        self.shutdown(self._settings.exit_flush_timeout_s)
+        timeout = self._settings.exit_flush_timeout_s
+        self.shutdown(timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            with _guard.guarded("at-exit"):
+                logger.warning(
+                    "flowtrace: %d log(s) not delivered at exit: the destination did not answer "
+                    "within exit_flush_timeout_s=%s (last error: %s)",
+                    len(self._started) + self._counters.held,
+                    timeout,
+                    self._counters.last_error,
+                )
 
     def after_fork_in_child(self) -> None:
         """The child starts empty with its own (not yet started) worker; what the parent had
