@@ -11,6 +11,7 @@ Actions apply to one request each, in order; when the script is empty, requests 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -96,10 +97,9 @@ class FaultProxy:
         """Refuse connections (nothing listens) and drop the open ones."""
         listener, self._listener = self._listener, None
         if listener is not None:
-            try:  # shutdown wakes the thread blocked in accept(); close alone would not
+            # shutdown wakes the thread blocked in accept(); close alone would not
+            with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             listener.close()
         self._close_connections()
 

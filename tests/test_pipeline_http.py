@@ -18,7 +18,7 @@ import pytest
 import flowtrace
 from flowtrace import flow
 from flowtrace.store import Store
-from tests.faultproxy import FaultProxy, Hang, ResetAfterForward, Respond
+from tests.faultproxy import FaultProxy, Forward, Hang, ResetAfterForward, Respond
 from tests.pipelineutil import WAIT_S, fresh_pipeline
 from tests.serverutil import RunningServer, start_server
 
@@ -231,6 +231,10 @@ def test_hanging_server_flush_returns_false_within_bound(delivering: FaultProxy)
     started = time.monotonic()
     assert flowtrace.flush(0.5) is False
     assert time.monotonic() - started < 0.6
+    delivering.set_default(Forward())
+    delivering.down()  # the hung request fails; its retry goes through
+    delivering.up()
+    assert flowtrace.flush(WAIT_S)
 
 
 # --- whole processes: exit, fork -----------------------------------------------------------
