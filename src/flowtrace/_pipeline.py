@@ -72,6 +72,7 @@ class Pipeline:
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._drop_lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._idle = False  # the worker sleeps until a log arrives
         self._wake_requested = False  # a full batch already woke the worker
@@ -230,6 +231,12 @@ class Pipeline:
                     self._counters.last_error,
                 )
 
+    def before_fork(self) -> None:
+        self._build_lock.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        self._build_lock.release()
+
     def after_fork_in_child(self) -> None:
         """The child starts empty with its own (not yet started) worker; what the parent had
         queued is the parent's to deliver."""
@@ -259,6 +266,10 @@ class Pipeline:
 
     def _loop(self) -> None:
         next_send_at = self._clock() + self._settings.first_batch_after_s
+        # Warm up now (imports, connection, discovery; an empty export), while the program
+        # runs, rather than in the first batch, which may only come at exit.
+        with _guard.guarded("exporter-warm-up"):
+            self._current_exporter().export([])
         while True:
             self._collect()
             now = self._clock()
@@ -489,9 +500,13 @@ class Pipeline:
             self._retarget = False
             self._close_exporter()
             override = self._exporter_override
-            self._exporter = override if override is not None else self._exporter_factory(
-                self._settings
-            )
+            if override is not None:
+                self._exporter = override
+            else:
+                # Held while modules are imported: a fork waits for it (before_fork), so a
+                # child never inherits a half-imported module.
+                with self._build_lock:
+                    self._exporter = self._exporter_factory(self._settings)
         return self._exporter
 
     def _close_exporter(self) -> None:
@@ -554,6 +569,14 @@ def _at_exit() -> None:
     _pipeline.at_exit()
 
 
+def _before_fork() -> None:
+    _pipeline.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    _pipeline.after_fork_in_parent()
+
+
 def _after_fork_in_child() -> None:
     _pipeline.after_fork_in_child()
 
@@ -569,7 +592,11 @@ def _install() -> None:
     # ours runs after exit handlers the program registers later (which may still log).
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
     hide = _HideWorkerRecords()
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).addFilter(hide)

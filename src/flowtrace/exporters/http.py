@@ -76,7 +76,9 @@ class HttpExporter:
 
     # --- the Exporter protocol -------------------------------------------------------------
     def export(self, operations: Sequence[Operation]) -> list[Outcome]:
-        if not operations:
+        if not operations:  # a warm-up: connect and learn what the server offers
+            if not self._discovered:
+                self._discover()
             return []
         if not self._discovered:
             failure = self._discover()

@@ -7,6 +7,7 @@ The store is opened lazily, on the worker, at the first batch (creating the dire
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ class StoreExporter:
         self._store: Any = None
 
     def export(self, operations: Sequence[Operation]) -> list[Outcome]:
-        if not operations:
+        if not operations:  # a warm-up: open the store now rather than at the first batch
+            with contextlib.suppress(Exception):
+                self._open()
             return []
         try:
             store = self._open()
