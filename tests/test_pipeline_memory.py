@@ -6,9 +6,11 @@ import logging
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import flowtrace
-from flowtrace import flow
+from flowtrace import Log, flow
 from flowtrace.exporters import Outcome
 from flowtrace.exporters.memory import MemoryExporter
 from tests.pipelineutil import WAIT_S, Gate, fresh_pipeline, wait_until
@@ -212,3 +214,49 @@ def test_threads_children_and_many_traces_all_complete() -> None:
     assert stats["sent"] == len(logs)
     assert stats["dropped"] == {}
     assert stats["queued"] == 0
+
+
+# --- property: any tree shape, any flush points, any batch size: delivered in a valid order --
+
+def trees() -> st.SearchStrategy[list[object]]:
+    """A node is the list of its children."""
+    return st.recursive(
+        st.just([]), lambda children: st.lists(children, max_size=4), max_leaves=12
+    )
+
+
+def _run_tree(node: list[object], flush_at: set[int], counter: list[int], logs: list[Log]) -> None:
+    with flow("node") as log:
+        logs.append(log)
+        counter[0] += 1
+        if counter[0] in flush_at:
+            assert flowtrace.flush(WAIT_S)
+        for child in node:
+            assert isinstance(child, list)
+            _run_tree(child, flush_at, counter, logs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    forest=st.lists(trees(), min_size=1, max_size=4),
+    flush_at=st.sets(st.integers(1, 30), max_size=5),
+    batch_size=st.integers(1, 8),
+    live_after_s=st.sampled_from([0.0, 60.0]),
+)
+def test_any_tree_is_delivered_completely_in_a_valid_order(
+    forest: list[list[object]], flush_at: set[int], batch_size: int, live_after_s: float
+) -> None:
+    exporter = MemoryExporter()
+    logs: list[Log] = []
+    with fresh_pipeline(exporter, batch_size=batch_size, live_after_s=live_after_s):
+        for tree in forest:
+            _run_tree(tree, flush_at, [0], logs)
+        assert flowtrace.flush(WAIT_S)
+        stats = flowtrace.stats()
+    # the memory exporter refuses children of missing or complete parents: nothing was refused
+    assert stats["dropped"] == {}
+    assert stats["sent"] == len(logs)
+    assert _all_complete(exporter, [log.log_id for log in logs])
+    for log in logs:
+        expected_parent = log.parent.log_id if log.parent is not None else None
+        assert exporter.logs[log.log_id].get("trace_parent_id") == expected_parent
