@@ -368,3 +368,29 @@ def test_delete_removes_the_log_and_its_subtree(store: Store) -> None:
     assert store.list_logs().total == 0
     assert store.list_logs(search="needle").total == 0
     store.delete_logs(["root"])  # again: nothing to do, no error
+
+
+def test_a_rule_refusing_after_a_write_aborts_the_whole_batch(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operations fail alone because every check runs before any write; were a rule ever
+    to refuse after writing, the batch must fail whole rather than keep half an operation."""
+    from flowtrace.store import _logs
+
+    def refuse_late(*args: object) -> None:
+        raise StoreError(409, "late refusal")
+
+    store.log(req(path="f", log_id="p"))
+    monkeypatch.setattr(_logs, "_widen", refuse_late)
+    with pytest.raises(RuntimeError, match="refused after writing"):
+        store.batch(
+            [
+                {"op": "log", "body": {"path": "g", "log_id": "ok"}},
+                {"op": "log", "body": {"path": "f", "log_id": "c", "trace_parent_id": "p"}},
+            ]
+        )
+    assert [r.id for r in store.list_logs().records] == ["p"]
+    assert [f.path for f in store.list_flows()] == ["f"]
+    monkeypatch.undo()
+    created = store.log(req(path="g"))  # the rolled-back flow left no stale cache entry
+    assert store.get_flow(created.flow_id).path == "g"

@@ -102,9 +102,11 @@ def test_filter_dates(filled: Store) -> None:
     [
         ("t1", ["a1"]),  # in inputs, short query (LIKE fallback)
         ("answer 2-", ["a2.1", "a2.0"]),  # in output
-        ("ÜNÏ", ["a2.1", "a2.0", "a1.1", "a1.0", "a0.1", "a0.0"]),  # case-insensitive
+        ("ANSWER 2-", ["a2.1", "a2.0"]),  # case-insensitive (ASCII)
+        ("ünï", ["a2.1", "a2.0", "a1.1", "a1.0", "a0.1", "a0.0"]),  # non-ASCII as typed
         ('"topic"', ["a2", "a1", "a0"]),  # quotes are text, not query syntax
-        ("100%", []),
+        ("100%", []),  # LIKE wildcards are text too
+        ("_", []),
         ("zzz", []),
     ],
 )

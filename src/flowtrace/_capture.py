@@ -43,17 +43,6 @@ def capture_value(value: object) -> Any:
     return snapshot(value, _limits)
 
 
-def capture_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    for value in args:
-        if type(value) not in SCALARS:
-            return tuple([capture_value(v) for v in args])
-    return args
-
-
-def capture_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {name: capture_value(v) for name, v in kwargs.items()} if kwargs else kwargs
-
-
 class InputBinder:
     """Binds a call's arguments to parameter names; built once per decorated function."""
 
@@ -69,26 +58,23 @@ class InputBinder:
         self, skip_first: bool, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Names → values, defaults applied. `skip_first`: the call was bound to an instance or
-        class, so the first parameter (whatever its name) is not an input."""
+        class (the first argument), which is not an input, whatever its parameter's name."""
         if self._signature is None:
             return _unbound(args, kwargs)
         try:
-            bound = (
-                self._signature.bind(None, *args, **kwargs)
-                if skip_first
-                else self._signature.bind(*args, **kwargs)
-            )
+            bound = self._signature.bind(*args, **kwargs)
         except TypeError:
             return _unbound(args, kwargs)
         bound.apply_defaults()
         inputs: dict[str, Any] = {}
         params = self._signature.parameters
         for index, (name, value) in enumerate(bound.arguments.items()):
-            if skip_first and index == 0:
-                continue
             kind = params[name].kind
             if kind is inspect.Parameter.VAR_POSITIONAL:
-                inputs[name] = list(value)
+                # `def method(*args)`: the instance is the first of *args
+                inputs[name] = list(value[1:] if skip_first and index == 0 else value)
+            elif skip_first and index == 0:
+                continue
             elif kind is inspect.Parameter.VAR_KEYWORD:
                 # **kwargs are named arguments: record them by name, beside the others.
                 for key, item in value.items():

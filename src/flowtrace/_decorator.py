@@ -1,19 +1,27 @@
 """`flow`: a decorator and an (async) context manager that records each call as a Log.
 
 Work that depends only on the function (its path, signature, kind) is done once, at
-decoration. Per call: a Log (ids and two clock reads), a snapshot of non-scalar arguments, a
-context push and pop. Everything else (binding names, encoding) happens on the worker.
+decoration. Per call: a Log (an id and clock reads), a snapshot of non-scalar arguments, a
+context push and pop, two deque appends. Binding names and encoding happen on the worker.
+
+Python functions are wrapped in closures made transparent with `functools.wraps` (signature
+and `__wrapped__`), of the same kind as the function (so `inspect.iscoroutinefunction` and
+friends answer the same) and binding as methods exactly like the function would. wrapt's
+C-level proxy costs several times a closure's call overhead, so it is kept for the callables
+that are not plain functions (builtins, partials, callable objects), which it proxies
+transparently.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import traceback
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import Token
 from pathlib import Path
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import Any, TypeVar, overload
 
 import wrapt
@@ -21,7 +29,6 @@ import wrapt
 from flowtrace import _config, _guard, _log
 from flowtrace._capture import (
     SCALARS,
-    CallInputs,
     InputBinder,
     StdoutTee,
     capture_value,
@@ -31,18 +38,19 @@ from flowtrace._capture import (
 from flowtrace._context import current
 from flowtrace._log import UNSET, Log, LogOptions
 
-__all__ = ["flow"]
+__all__ = ["Flow", "default_path", "flow"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 Redactor = Callable[[Any], Any]
 
-_enabled = True
+
+class _State:
+    enabled = True
 
 
 def _apply_settings(settings: _config.Settings) -> None:
-    global _enabled
-    _enabled = settings.enabled
+    _State.enabled = settings.enabled
 
 
 # --- options -------------------------------------------------------------------------------
@@ -68,48 +76,101 @@ class _Options:
         self.capture_output = capture_output
 
 
-def _start(log: Log) -> None:
+def default_path(fn: Callable[..., Any]) -> str:
+    """`package/module/Qualified.name`; a script run as __main__ is named by its file."""
+    module = getattr(fn, "__module__", None) or "unknown"
+    if module == "__main__":
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        module = Path(main_file).stem if main_file else "__main__"
+    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "function"))
+    return f"{module.replace('.', '/')}/{qualname.replace('.<locals>', '')}"
+
+
+def _defined_in_class(fn: Callable[..., Any]) -> bool:
+    """A function written in a class body: called through an instance or the class, its
+    first argument is the instance (or class), which binding makes not an input."""
+    parts = str(getattr(fn, "__qualname__", "")).split(".")
+    return len(parts) >= 2 and parts[-2] != "<locals>"
+
+
+class _Spec:
+    """Per decorated function: what every call needs, worked out once."""
+
+    __slots__ = (
+        "binder",
+        "capture_all",
+        "capture_inputs",
+        "capture_output",
+        "log_options",
+        "path",
+        "skip_first",
+    )
+
+    def __init__(self, fn: Callable[..., Any], options: _Options, skip_first: bool) -> None:
+        self.path = options.path or default_path(fn)
+        self.log_options = options.log_options
+        self.binder = InputBinder(fn)
+        self.skip_first = skip_first
+        self.capture_inputs = options.capture_inputs
+        self.capture_all = options.capture_inputs is True
+        self.capture_output = options.capture_output
+
+
+# --- opening and closing logs (the call path) ------------------------------------------------
+
+
+def _open(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Log | None:
+    """A new log for this call, announced to the sinks; None if flowtrace itself failed."""
+    try:
+        log = Log(spec.path, current.get(), spec.log_options)
+        if spec.capture_all:
+            # Immutable scalars are kept by reference; anything else is snapshotted now, as
+            # the function (or its caller) may mutate it later.
+            for value in args:
+                if type(value) not in SCALARS:
+                    args = tuple([capture_value(v) for v in args])
+                    break
+            if kwargs:
+                kwargs = {name: capture_value(v) for name, v in kwargs.items()}
+            log.call_inputs = (spec.binder, spec.skip_first, args, kwargs)
+        elif spec.capture_inputs is not False:
+            log.inputs = _redacted_inputs(spec, args, kwargs)
+    except Exception as exc:
+        _guard.internal_error("log-open", exc)
+        return None
+    _announce(log)
+    return log
+
+
+def _redacted_inputs(spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    redact = spec.capture_inputs
+    assert callable(redact)
+    # A redactor sees the real arguments by name, at call time; its result is recorded.
+    return redact(spec.binder.bind(spec.skip_first, args, kwargs))
+
+
+def _announce(log: Log) -> None:
     try:
         if type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
-        for sink in _log._sinks:
-            sink.log_started(log)
+        for started in _log.on_start:
+            started(log)
     except Exception as exc:
         _guard.internal_error("log-start", exc)
 
 
-_USER_FIELDS = (
-    "inputs",
-    "output",
-    "output_message",
-    "messages",
-    "metadata",
-    "provider_request",
-    "provider_response",
-)
-
-
-def _freeze(log: Log) -> None:
-    """Snapshot what the user set on the log, as it is at the end of the call."""
-    own = log.__dict__
-    for name in _USER_FIELDS:
-        if name in own:
-            own[name] = capture_value(own[name])
-
-
-def _succeed(log: Log, options: _Options, result: Any, how: str | None = None) -> None:
+def _close(log: Log, spec_output: bool | Redactor, result: Any, how: str | None = None) -> None:
+    """End a log whose call returned `result`."""
     try:
         if log.touched:
-            _freeze(log)
-        capture = options.capture_output
-        if capture is not False and "output" not in log.__dict__:
-            if capture is not True:
-                result = capture(result)
-            log.__dict__["output"] = result if type(result) in SCALARS else capture_value(result)
-        log.close(how)
+            log.freeze()
+        if spec_output is True:
+            log.result = result if type(result) in SCALARS else capture_value(result)
+        elif spec_output is not False and result is not UNSET:
+            log.result = capture_value(spec_output(result))
     except Exception as exc:
         _guard.internal_error("log-end", exc)
-        log.close(how)
+    log.close(how)
 
 
 def _interruption(exc: BaseException) -> str | None:
@@ -123,18 +184,20 @@ def _interruption(exc: BaseException) -> str | None:
 
 
 def _fail(log: Log, exc: BaseException) -> None:
+    """End a log whose call raised `exc` (which the caller re-raises unchanged)."""
+    how = "error"
     try:
         if log.touched:
-            _freeze(log)
-        how = _interruption(exc)
-        if how is None:
-            log.__dict__["error"] = _describe(exc)
+            log.freeze()
+        interruption = _interruption(exc)
+        if interruption is None:
+            log.error = _describe(exc)
             log.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            how = "error"
-        log.close(how)
+        else:
+            how = interruption
     except Exception as internal:
         _guard.internal_error("log-error", internal)
-        log.close("error")
+    log.close(how)
 
 
 def _describe(exc: BaseException) -> str:
@@ -146,150 +209,56 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
-# --- decorator -----------------------------------------------------------------------------
+# --- one wrapper per kind of function --------------------------------------------------------
 
 
-def default_path(fn: Callable[..., Any]) -> str:
-    """`package/module/Qualified.name`; a script run as __main__ is named by its file."""
-    module = getattr(fn, "__module__", None) or "unknown"
-    if module == "__main__":
-        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        module = Path(main_file).stem if main_file else "__main__"
-    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "function"))
-    return f"{module.replace('.', '/')}/{qualname.replace('.<locals>', '')}"
+def _wrap_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    output = spec.capture_output
 
-
-class _Spec:
-    """Per decorated function: its options, path and input binder."""
-
-    __slots__ = ("binder", "capture_all", "options", "path", "static")
-
-    def __init__(self, fn: Callable[..., Any], options: _Options, static: bool) -> None:
-        self.options = options
-        self.path = options.path or default_path(fn)
-        self.binder = InputBinder(fn)
-        self.static = static
-        self.capture_all = options.capture_inputs is True
-
-
-#: A call's inputs as recorded at call time: (value set by a redactor, raw call snapshot).
-_Inputs = tuple[Any, "CallInputs | None"]
-
-
-def _inputs_of_call(
-    spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> _Inputs:
-    if spec.capture_all:
-        return UNSET, _snapshot_call(spec, instance, args, kwargs)
-    return _redacted_inputs(spec, instance, args, kwargs), None
-
-
-def _snapshot_call(
-    spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> CallInputs:
-    # Immutable scalars are kept by reference; anything else is snapshotted now, since the
-    # function (or its caller) may mutate it later. Binding to names waits for the worker.
-    for value in args:
-        if type(value) not in SCALARS:
-            args = tuple([capture_value(v) for v in args])
-            break
-    if kwargs:
-        kwargs = {name: capture_value(v) for name, v in kwargs.items()}
-    return (spec.binder, instance is not None and not spec.static, args, kwargs)
-
-
-def _redacted_inputs(
-    spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    capture = spec.options.capture_inputs
-    if not callable(capture):
-        return UNSET
-    # A redactor sees the real arguments by name, at call time; its result is recorded.
-    skip_first = instance is not None and not spec.static
-    return capture_value(capture(spec.binder.bind(skip_first, args, kwargs)))
-
-
-def _open_log(spec: _Spec, inputs: _Inputs) -> Log | None:
-    try:
-        log = Log(spec.path, current.get(), spec.options.log_options)
-        value, call_inputs = inputs
-        if value is not UNSET:
-            log.__dict__["inputs"] = value
-        log.call_inputs = call_inputs
-    except Exception as exc:
-        _guard.internal_error("log-open", exc)
-        return None
-    _start(log)
-    return log
-
-
-def _open_call(
-    spec: _Spec, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Log | None:
-    """The call path: one Log, its inputs, announced to the sinks."""
-    try:
-        log = Log(spec.path, current.get(), spec.options.log_options)
-        if spec.capture_all:
-            log.call_inputs = _snapshot_call(spec, instance, args, kwargs)
-        elif spec.options.capture_inputs is not False:
-            log.__dict__["inputs"] = _redacted_inputs(spec, instance, args, kwargs)
-    except Exception as exc:
-        _guard.internal_error("log-open", exc)
-        return None
-    try:
-        if type(sys.stdout) is not StdoutTee:
-            ensure_stdout_tee()
-        for sink in _log._sinks:
-            sink.log_started(log)
-    except Exception as exc:
-        _guard.internal_error("log-start", exc)
-    return log
-
-
-def _sync_wrapper(spec: _Spec) -> Callable[..., Any]:
-    def call(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if not _enabled:
-            return wrapped(*args, **kwargs)
-        log = _open_call(spec, instance, args, kwargs)
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        if not _State.enabled:
+            return fn(*args, **kwargs)
+        log = _open(spec, args, kwargs)
         if log is None:
-            return wrapped(*args, **kwargs)
+            return fn(*args, **kwargs)
         token = current.set(log)
         try:
-            result = wrapped(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
             _fail(log, exc)
             raise
         current.reset(token)
-        _succeed(log, spec.options, result)
+        _close(log, output, result)
         return result
 
-    return call
+    return traced
 
 
-def _async_wrapper(spec: _Spec) -> Callable[..., Any]:
-    async def call(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if not _enabled:
-            return await wrapped(*args, **kwargs)
-        log = _open_call(spec, instance, args, kwargs)
+def _wrap_coroutine_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    output = spec.capture_output
+
+    @functools.wraps(fn)
+    async def traced(*args: Any, **kwargs: Any) -> Any:
+        # The log opens when the coroutine starts running, in the task that awaits it.
+        if not _State.enabled:
+            return await fn(*args, **kwargs)
+        log = _open(spec, args, kwargs)
         if log is None:
-            return await wrapped(*args, **kwargs)
+            return await fn(*args, **kwargs)
         token = current.set(log)
         try:
-            result = await wrapped(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
             _fail(log, exc)
             raise
         current.reset(token)
-        _succeed(log, spec.options, result)
+        _close(log, output, result)
         return result
 
-    return call
+    return traced
 
 
 class _Items:
@@ -323,17 +292,25 @@ class _Items:
         return list(self.items)
 
 
-def _end_generator(log: Log, spec: _Spec, items: _Items, how: str | None = None) -> None:
-    _succeed(log, spec.options, items.output(), how)
+def _wrap_generator_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        # A generator function's wrapper is one too: the log opens when the body first runs,
+        # under the flow that iterates it (the flow that created it may be over by then).
+        gen = fn(*args, **kwargs)
+        if not _State.enabled:
+            return (yield from gen)
+        log = _open(spec, args, kwargs)
+        if log is None:
+            return (yield from gen)
+        return (yield from _traced_generator(log, spec, gen))
+
+    return traced
 
 
 def _traced_generator(
-    spec: _Spec, gen: Generator[Any, Any, Any], inputs: _Inputs
+    log: Log, spec: _Spec, gen: Generator[Any, Any, Any]
 ) -> Generator[Any, Any, Any]:
-    # The log opens when the body first runs, under the flow that is iterating it.
-    log = _open_log(spec, inputs)
-    if log is None:
-        return (yield from gen)
     items = _Items()
     method: Callable[[Any], Any] = gen.send
     arg: Any = None
@@ -343,7 +320,7 @@ def _traced_generator(
             item = method(arg)
         except StopIteration as stop:
             current.reset(token)
-            _end_generator(log, spec, items)
+            _close(log, spec.capture_output, items.output())
             return stop.value
         except BaseException as exc:
             current.reset(token)
@@ -363,7 +340,7 @@ def _traced_generator(
                 _fail(log, exc)
                 raise
             current.reset(token)
-            _end_generator(log, spec, items, "closed early")
+            _close(log, spec.capture_output, items.output(), "closed early")
             raise
         except BaseException as exc:
             method, arg = gen.throw, exc
@@ -371,103 +348,101 @@ def _traced_generator(
         method = gen.send
 
 
-async def _traced_async_generator(
-    spec: _Spec, agen: AsyncGenerator[Any, Any], inputs: _Inputs
-) -> AsyncGenerator[Any, Any]:
-    log = _open_log(spec, inputs)
-    if log is None:
-        async for item in agen:
-            yield item
-        return
-    items = _Items()
-    method: Callable[[Any], Any] = agen.asend
-    arg: Any = None
-    while True:
-        token = current.set(log)
-        try:
-            item = await method(arg)
-        except StopAsyncIteration:
-            current.reset(token)
-            _end_generator(log, spec, items)
+def _wrap_async_generator_function(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def traced(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        agen = fn(*args, **kwargs)
+        log = _open(spec, args, kwargs) if _State.enabled else None
+        if log is None:
+            async for item in agen:
+                yield item
             return
-        except BaseException as exc:
-            current.reset(token)
-            _fail(log, exc)
-            raise
-        current.reset(token)
-        items.add(item)
-        try:
-            arg = yield item
-        except GeneratorExit:
+        items = _Items()
+        method: Callable[[Any], Any] = agen.asend
+        arg: Any = None
+        while True:
             token = current.set(log)
             try:
-                await agen.aclose()
+                item = await method(arg)
+            except StopAsyncIteration:
+                current.reset(token)
+                _close(log, spec.capture_output, items.output())
+                return
             except BaseException as exc:
                 current.reset(token)
                 _fail(log, exc)
                 raise
             current.reset(token)
-            _end_generator(log, spec, items, "closed early")
-            raise
+            items.add(item)
+            try:
+                arg = yield item
+            except GeneratorExit:
+                token = current.set(log)
+                try:
+                    await agen.aclose()
+                except BaseException as exc:
+                    current.reset(token)
+                    _fail(log, exc)
+                    raise
+                current.reset(token)
+                _close(log, spec.capture_output, items.output(), "closed early")
+                raise
+            except BaseException as exc:
+                method, arg = agen.athrow, exc
+                continue
+            method = agen.asend
+
+    return traced
+
+
+def _wrap_other_callable(target: Any, spec: _Spec) -> Any:
+    """Builtins, partials, callable objects: wrapt proxies them transparently."""
+    output = spec.capture_output
+
+    def call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _State.enabled:
+            return wrapped(*args, **kwargs)
+        log = _open(spec, args, kwargs)
+        if log is None:
+            return wrapped(*args, **kwargs)
+        token = current.set(log)
+        try:
+            result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            method, arg = agen.athrow, exc
-            continue
-        method = agen.asend
+            current.reset(token)
+            _fail(log, exc)
+            raise
+        current.reset(token)
+        _close(log, output, result)
+        return result
 
-
-def _generator_wrapper(spec: _Spec) -> Callable[..., Any]:
-    def call(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        gen = wrapped(*args, **kwargs)  # creating a generator runs none of its body
-        if not _enabled:
-            return gen
-        try:
-            inputs = _inputs_of_call(spec, instance, args, kwargs)
-        except Exception as exc:
-            _guard.internal_error("log-inputs", exc)
-            inputs = (UNSET, None)
-        return _traced_generator(spec, gen, inputs)
-
-    return call
-
-
-def _async_generator_wrapper(spec: _Spec) -> Callable[..., Any]:
-    def call(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        agen = wrapped(*args, **kwargs)
-        if not _enabled:
-            return agen
-        try:
-            inputs = _inputs_of_call(spec, instance, args, kwargs)
-        except Exception as exc:
-            _guard.internal_error("log-inputs", exc)
-            inputs = (UNSET, None)
-        return _traced_async_generator(spec, agen, inputs)
-
-    return call
+    return wrapt.FunctionWrapper(target, call)
 
 
 def _decorate(target: Any, options: _Options) -> Any:
     if options.inputs is not None:
         raise TypeError(
-            "flow(inputs=...) is for with-blocks; a decorated function's inputs are its arguments"
+            "flow(inputs=...) is for with-blocks: a function's inputs are its arguments"
         )
-    static = isinstance(target, staticmethod)
-    fn = target.__func__ if isinstance(target, (staticmethod, classmethod)) else target
-    if not callable(fn):
+    if isinstance(target, (staticmethod, classmethod)):
+        fn = target.__func__
+        spec = _Spec(fn, options, skip_first=isinstance(target, classmethod))
+        return type(target)(_wrap(fn, spec))
+    if not callable(target):
         raise TypeError(f"flow() decorates functions, not {type(target).__name__}")
-    spec = _Spec(fn, options, static)
+    if not isinstance(target, FunctionType):
+        return _wrap_other_callable(target, _Spec(target, options, skip_first=False))
+    return _wrap(target, _Spec(target, options, skip_first=_defined_in_class(target)))
+
+
+def _wrap(fn: Callable[..., Any], spec: _Spec) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
-        wrapper = _async_generator_wrapper(spec)
-    elif inspect.iscoroutinefunction(fn):
-        wrapper = _async_wrapper(spec)
-    elif inspect.isgeneratorfunction(fn):
-        wrapper = _generator_wrapper(spec)
-    else:
-        wrapper = _sync_wrapper(spec)
-    return wrapt.FunctionWrapper(target, wrapper)
+        return _wrap_async_generator_function(fn, spec)
+    if inspect.iscoroutinefunction(fn):
+        return _wrap_coroutine_function(fn, spec)
+    if inspect.isgeneratorfunction(fn):
+        return _wrap_generator_function(fn, spec)
+    return _wrap_function(fn, spec)
 
 
 # --- with / async with ---------------------------------------------------------------------
@@ -488,8 +463,8 @@ class Flow:
         options = self._options
         log = Log(options.path or "flow", current.get(), options.log_options)
         if options.inputs is not None:
-            log.__dict__["inputs"] = capture_value(options.inputs)
-        _start(log)
+            log.inputs = capture_value(options.inputs)
+        _announce(log)
         self._open[log] = current.set(log)
         return log
 
@@ -503,7 +478,7 @@ class Flow:
         if log is None:
             return
         if exc is None:
-            _succeed(log, self._options, UNSET)
+            _close(log, False, UNSET)
         else:
             _fail(log, exc)
 

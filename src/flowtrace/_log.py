@@ -15,12 +15,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from flowtrace import _guard
+
 if TYPE_CHECKING:
     from flowtrace._capture import CallInputs
 
 __all__ = [
     "NO_OPTIONS",
     "UNSET",
+    "USER_FIELDS",
     "Log",
     "LogOptions",
     "Sink",
@@ -71,25 +74,35 @@ if hasattr(os, "register_at_fork"):
 
 
 class Sink(Protocol):
-    """Receives every log as it opens and as it closes, on the user's thread: must be O(1)."""
+    """Hears of every log as it opens and as it closes, on the user's thread, so both must be
+    O(1) and never block; bound C methods such as `deque.append` cost no Python frame."""
 
-    def log_started(self, log: Log) -> None: ...
+    @property
+    def log_started(self) -> Callable[[Log], object]: ...
 
-    def log_ended(self, log: Log) -> None: ...
+    @property
+    def log_ended(self) -> Callable[[Log], object]: ...
 
 
 _sinks: tuple[Sink, ...] = ()
+on_start: tuple[Callable[[Log], object], ...] = ()
+on_end: tuple[Callable[[Log], object], ...] = ()
+
+
+def _publish(sinks: tuple[Sink, ...]) -> None:
+    global _sinks, on_start, on_end
+    _sinks = sinks
+    on_start = tuple(s.log_started for s in sinks)
+    on_end = tuple(s.log_ended for s in sinks)
 
 
 def add_sink(sink: Sink) -> None:
-    global _sinks
     if sink not in _sinks:
-        _sinks = (*_sinks, sink)
+        _publish((*_sinks, sink))
 
 
 def remove_sink(sink: Sink) -> None:
-    global _sinks
-    _sinks = tuple(s for s in _sinks if s is not sink)
+    _publish(tuple(s for s in _sinks if s is not sink))
 
 
 class _Unset:
@@ -141,10 +154,9 @@ NO_OPTIONS = LogOptions()
 
 class _UserField:
     """A field the user may set on an open log. Setting it marks the log "touched", so the
-    recorder knows to snapshot user values at the end, and costs nothing when nobody does."""
+    recorder knows to snapshot user values when the log closes; unset, it costs nothing."""
 
-    def __init__(self, default: Any = UNSET, option: str | None = None) -> None:
-        self.default = default
+    def __init__(self, option: str | None = None) -> None:
         self.option = option  # the LogOptions field that gives the default
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -156,9 +168,7 @@ class _UserField:
         try:
             return log.__dict__[self.name]
         except KeyError:
-            if self.option is not None:
-                return getattr(log.options, self.option)
-            return self.default
+            return UNSET if self.option is None else getattr(log.options, self.option)
 
     def __set__(self, log: Log, value: Any) -> None:
         log.__dict__[self.name] = value
@@ -180,6 +190,18 @@ class _Metadata(_UserField):
             return own
 
 
+#: What a user may set on an open log; snapshotted when the log closes.
+USER_FIELDS = (
+    "inputs",
+    "output",
+    "output_message",
+    "messages",
+    "metadata",
+    "provider_request",
+    "provider_response",
+)
+
+
 class Log:
     """One call's record. Inside a flow, `flowtrace.current_log()` returns it.
 
@@ -189,7 +211,7 @@ class Log:
     """
 
     # Instances store only what differs from these class-level defaults: creating a log on
-    # the call path sets seven attributes.
+    # the call path sets eight attributes.
     inputs = _UserField()
     output = _UserField()
     output_message = _UserField()
@@ -198,9 +220,11 @@ class Log:
     provider_request = _UserField()
     provider_response = _UserField()
     user = _UserField(option="user")
-    error = _UserField(None)
 
-    touched = False
+    error: str | None = None
+    touched = False  # a user field was set
+    result: Any = UNSET  # what the call returned (snapshot), unless the user set `output`
+    call_inputs: CallInputs | None = None  # raw argument snapshot, bound to names on the worker
     traceback: str | None = None
     end_ns: int | None = None
     duration_ns: int | None = None
@@ -208,7 +232,6 @@ class Log:
     ended_how: str | None = None
     stdout_parts: list[str] | None = None
     delivery: Any = None  # the pipeline's per-log state
-    call_inputs: CallInputs | None = None  # raw argument snapshot, bound to names on the worker
 
     def __init__(self, path: str, parent: Log | None, options: LogOptions = NO_OPTIONS) -> None:
         self._number = next(_counter)
@@ -219,6 +242,15 @@ class Log:
         self.options = options
         self.start_ns = _wall_ns()
         self._start_mono_ns = _mono_ns()
+
+    def freeze(self) -> None:
+        """Snapshot what the user set, as it is now (the log is closing)."""
+        from flowtrace._capture import capture_value
+
+        own = self.__dict__
+        for name in USER_FIELDS:
+            if name in own:
+                own[name] = capture_value(own[name])
 
     # --- what the flow gave --------------------------------------------------------------
     @property
@@ -287,16 +319,14 @@ class Log:
         if how is not None:
             self.ended_how = how
         self.status = "complete"
-        for sink in _sinks:
-            sink.log_ended(self)
+        try:
+            for ended in on_end:
+                ended(self)
+        except Exception as exc:
+            _guard.internal_error("log-end", exc)
 
     def __repr__(self) -> str:
         return f"<Log {self.path!r} id={self.log_id} {self.status}>"
-
-
-def announce_start(log: Log) -> None:
-    for sink in _sinks:
-        sink.log_started(log)
 
 
 def _to_datetime(ns: int) -> datetime:

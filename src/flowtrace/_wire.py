@@ -86,6 +86,8 @@ def shape_output(log: Log) -> dict[str, Any]:
             fields["output_message"] = message
     value = log.output
     if value is UNSET:
+        value = log.result  # what the call returned; the user's `output` wins
+    if value is UNSET:
         return fields
     value = snapshot(value, limits())
     if isinstance(value, str):

@@ -55,7 +55,8 @@ def create_app(
     app.include_router(health_router(batch=batch))
     install_error_handlers(app)
     mount_viewer(app, store)
-    # Last added runs first: authentication, then the body limit, then the app.
+    # Last added runs first: authentication, the body limit, then (added by
+    # install_error_handlers) the catch-all for unexpected errors, then the app.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(
         ApiKeyMiddleware,

@@ -17,12 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowtrace import _guard
 from flowtrace.store import StoreError
 
 __all__ = [
     "ErrorResponse",
+    "UnexpectedErrorMiddleware",
     "ValidationErrorResponse",
     "error_responses",
     "install_error_handlers",
@@ -67,7 +69,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StoreError, _on_store_error)
-    app.add_exception_handler(Exception, _on_unexpected_error)
+    app.add_middleware(UnexpectedErrorMiddleware)
 
 
 def _on_validation_error(request: Request, exc: Exception) -> Response:
@@ -92,7 +94,34 @@ def _on_store_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 
-def _on_unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    _guard.internal_error("server.unhandled", exc, "unhandled error answering a request")
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+class UnexpectedErrorMiddleware:
+    """Answers 500 for an exception nothing else handled, and ends it there.
+
+    An `Exception` handler would do, except that Starlette re-raises after calling it, and
+    uvicorn then drops the keep-alive connection; a client's next request on it would fail.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            method, path = scope.get("method", ""), scope.get("path", "")
+            logger.error("unhandled error in %s %s", method, path, exc_info=exc)
+            _guard.internal_error("server.unhandled", exc, "unhandled error answering a request")
+            if started:  # too late for a clean answer: let the server drop the connection
+                raise
+            response = JSONResponse({"detail": "internal server error"}, status_code=500)
+            await response(scope, receive, send)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,6 +22,11 @@ from starlette.responses import Response
 
 __all__ = ["StrictJsonRoute", "parse_json"]
 
+# A JSON number can only overflow a float (to inf) with an exponent of 100 or more, or with a
+# long run of digits. Bodies without either (almost all) skip the walk over the parsed value;
+# a match (perhaps inside a string) only means the walk runs.
+_MAY_OVERFLOW = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}|[0-9]{200}")
+
 
 def parse_json(body: bytes) -> Any:
     """Parse a request body, raising `json.JSONDecodeError` on anything not strictly JSON."""
@@ -28,7 +34,7 @@ def parse_json(body: bytes) -> Any:
         value = from_json(body, allow_inf_nan=False)
     except ValueError as exc:
         raise json.JSONDecodeError(str(exc), _as_text(body), 0) from exc
-    if _has_non_finite(value):
+    if _MAY_OVERFLOW.search(body) and _has_non_finite(value):
         raise json.JSONDecodeError("number out of range", _as_text(body), 0)
     return value
 

@@ -11,6 +11,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic_core import to_json
+
 from flowtrace.store._codec import canonical_json, digest, new_id
 from flowtrace.store._errors import invalid, not_found
 from flowtrace.store._session import Session
@@ -44,10 +46,23 @@ def normalize_path(path: str, loc: list[str | int]) -> str:
     return "/".join(parts)
 
 
+_ATTRIBUTE_MEMO_SIZE = 4096
+_attribute_memo: dict[bytes, tuple[str, bytes]] = {}
+
+
 def attributes_digest(attributes: dict[str, Any]) -> tuple[str, bytes]:
-    """Equal attributes (as JSON, key order ignored) are one version."""
+    """Equal attributes (as JSON, key order ignored) are one version: (canonical text, digest).
+    Memoized on the fast unsorted encoding, since every log of a version repeats them."""
+    fast = to_json(attributes)
+    known = _attribute_memo.get(fast)
+    if known is not None:
+        return known
     text = canonical_json(attributes)
-    return text, digest(text)
+    known = text, digest(text)
+    if len(_attribute_memo) >= _ATTRIBUTE_MEMO_SIZE:
+        _attribute_memo.clear()
+    _attribute_memo[fast] = known
+    return known
 
 
 class Directory:
@@ -92,25 +107,28 @@ class Directory:
             raise not_found(f"Flow {flow_id!r} not found")
         return flow
 
-    def flow_for_path(self, session: Session, path: str) -> FlowKey:
-        """The flow at `path` (already normalized), created if new."""
+    def find_flow_by_path(self, conn: sqlite3.Connection, path: str) -> FlowKey | None:
         cached = self._flows_by_path.get(path)
         if cached is not None:
             return cached
-        conn = session.conn
         row = conn.execute("SELECT seq, id, path FROM flows WHERE path = ?", (path,)).fetchone()
-        if row is not None:
-            flow = self._flow_from_row(row)
-            assert flow is not None
-            return flow
+        return self._flow_from_row(row)
+
+    def create_flow(self, session: Session, path: str) -> FlowKey:
+        """A new flow at `path` (normalized, known to be free)."""
         flow_id = new_id("fl")
         name = path.rsplit("/", 1)[-1]
-        cursor = conn.execute(
+        cursor = session.conn.execute(
             "INSERT INTO flows (id, path, name, created_us, updated_us) VALUES (?, ?, ?, ?, ?)",
             (flow_id, path, name, session.now_us, session.now_us),
         )
         assert cursor.lastrowid is not None
         return self._remember_flow(FlowKey(cursor.lastrowid, flow_id, path), session)
+
+    def flow_for_path(self, session: Session, path: str) -> FlowKey:
+        """The flow at `path` (normalized), created if new."""
+        found = self.find_flow_by_path(session.conn, path)
+        return found if found is not None else self.create_flow(session, path)
 
     # --- versions --------------------------------------------------------------------------
     def _remember_version(self, version: VersionKey, session: Session | None) -> VersionKey:
@@ -137,31 +155,43 @@ class Directory:
             raise not_found(f"Flow version {version_id!r} not found")
         return version
 
-    def version_for_attributes(
-        self, session: Session, flow: FlowKey, attributes: dict[str, Any]
-    ) -> tuple[VersionKey, bool]:
-        """The flow's version with these attributes, created if new; True when created."""
-        text, key = attributes_digest(attributes)
-        cached = self._versions_by_attrs.get((flow.ref, key))
+    def find_version(
+        self, conn: sqlite3.Connection, flow_ref: int, key: bytes
+    ) -> VersionKey | None:
+        cached = self._versions_by_attrs.get((flow_ref, key))
         if cached is not None:
-            return cached, False
-        conn = session.conn
+            return cached
         row = conn.execute(
             "SELECT seq, id FROM versions WHERE flow_ref = ? AND attributes_digest = ?",
-            (flow.ref, key),
+            (flow_ref, key),
         ).fetchone()
-        if row is not None:
-            return self._remember_version(VersionKey(row[0], row[1], flow.ref, key), None), False
+        if row is None:
+            return None
+        return self._remember_version(VersionKey(row[0], row[1], flow_ref, key), None)
+
+    def create_version(
+        self, session: Session, flow: FlowKey, attributes_text: str, key: bytes
+    ) -> VersionKey:
+        """A new version of `flow` with these (canonical) attributes, known to be new."""
         version_id = new_id("flv")
+        conn = session.conn
         cursor = conn.execute(
             "INSERT INTO versions (id, flow_ref, attributes_digest, attributes, created_us)"
             " VALUES (?, ?, ?, ?, ?)",
-            (version_id, flow.ref, key, text, session.now_us),
+            (version_id, flow.ref, key, attributes_text, session.now_us),
         )
         conn.execute("UPDATE flows SET updated_us = ? WHERE seq = ?", (session.now_us, flow.ref))
         assert cursor.lastrowid is not None
         version = VersionKey(cursor.lastrowid, version_id, flow.ref, key)
-        return self._remember_version(version, session), True
+        return self._remember_version(version, session)
+
+    def version_for_attributes(
+        self, session: Session, flow: FlowKey, attributes: dict[str, Any]
+    ) -> VersionKey:
+        """The flow's version with these attributes, created if new."""
+        text, key = attributes_digest(attributes)
+        found = self.find_version(session.conn, flow.ref, key)
+        return found if found is not None else self.create_version(session, flow, text, key)
 
     def deployed_version(
         self, conn: sqlite3.Connection, flow: FlowKey, environment: str

@@ -25,7 +25,7 @@ def upsert_flow(
         flow = directory.flow_for_path(session, path)
     else:
         raise invalid(["body", "path"], "give the Flow's path or id", "missing")
-    version, _ = directory.version_for_attributes(session, flow, request.attributes)
+    version = directory.version_for_attributes(session, flow, request.attributes)
     named = {"version_name", "version_description"} & request.model_fields_set
     if named:
         conn.execute(

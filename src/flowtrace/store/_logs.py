@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, LogQuery
@@ -19,7 +20,7 @@ from flowtrace.store._directory import (
     attributes_digest,
     normalize_path,
 )
-from flowtrace.store._errors import StoreError, conflict, invalid, not_found
+from flowtrace.store._errors import conflict, invalid, not_found
 from flowtrace.store._prepare import PAYLOAD_FIELDS, PreparedLog
 from flowtrace.store._session import Session
 
@@ -38,18 +39,44 @@ class _Node(NamedTuple):
 # --- targeting: which flow and version a log goes to -----------------------------------------
 
 
-def _flow_of_request(directory: Directory, session: Session, request: FlowLogRequest) -> FlowKey:
-    """`id` names an existing flow; `path` finds or creates one. Both given must agree."""
+@dataclass(slots=True)
+class _Target:
+    """Where a log goes, found without writing: a flow or the path of a new one, and a
+    version or the attributes of a new one."""
+
+    flow: FlowKey | None
+    path: str | None
+    version: VersionKey | None
+    attributes: tuple[str, bytes] | None
+
+    def materialize(self, directory: Directory, session: Session) -> tuple[FlowKey, VersionKey]:
+        """Create what is new (call once every check has passed)."""
+        flow = self.flow
+        if flow is None:
+            assert self.path is not None
+            flow = directory.create_flow(session, self.path)
+        version = self.version
+        if version is None:
+            assert self.attributes is not None
+            version = directory.create_version(session, flow, *self.attributes)
+        return flow, version
+
+
+def _flow_of_request(
+    directory: Directory, conn: sqlite3.Connection, request: FlowLogRequest
+) -> tuple[FlowKey | None, str | None]:
+    """`id` names an existing flow; `path` finds one or names a new one; both must agree."""
     path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
     if request.id is not None:
-        flow = directory.flow_by_id(session.conn, request.id)
+        flow = directory.flow_by_id(conn, request.id)
         if flow is None:
             raise not_found(f"Flow {request.id!r} not found")
         if path is not None and path != flow.path:
             raise invalid(["body", "path"], f"Flow {request.id!r} has path {flow.path!r}")
-        return flow
-    assert path is not None
-    return directory.flow_for_path(session, path)
+        return flow, path
+    if path is None:
+        return None, None
+    return directory.find_flow_by_path(conn, path), path
 
 
 def _check_attributes(request: FlowLogRequest, version: VersionKey) -> None:
@@ -63,30 +90,30 @@ def _check_attributes(request: FlowLogRequest, version: VersionKey) -> None:
 
 
 def _target(
-    directory: Directory, session: Session, request: FlowLogRequest, query: LogQuery | None
-) -> tuple[FlowKey, VersionKey]:
-    conn = session.conn
-    named_flow = request.id is not None or request.path is not None
-    flow = _flow_of_request(directory, session, request) if named_flow else None
+    directory: Directory, conn: sqlite3.Connection, request: FlowLogRequest, query: LogQuery | None
+) -> _Target:
+    flow, path = _flow_of_request(directory, conn, request)
     if query is not None and query.version_id is not None:
         version = directory.require_version(conn, query.version_id)
-        if flow is None:
+        if flow is None and path is None:
             flow = directory.flow_by_ref(conn, version.flow_ref)
-        elif version.flow_ref != flow.ref:
-            raise not_found(f"Flow {flow.path!r} has no version {query.version_id!r}")
+        elif flow is None or version.flow_ref != flow.ref:
+            raise not_found(f"Flow {path!r} has no version {query.version_id!r}")
         _check_attributes(request, version)
-        return flow, version
-    if flow is None:
+        return _Target(flow, None, version, None)
+    if path is None and flow is None:
         raise invalid(
             ["body", "path"], "give the Flow's path or id (or a version_id query)", "missing"
         )
     if query is not None and query.environment is not None:
+        if flow is None:  # a new flow has nothing deployed
+            raise not_found(f"no version of Flow {path!r} is deployed to {query.environment!r}")
         version = directory.deployed_version(conn, flow, query.environment)
         _check_attributes(request, version)
-        return flow, version
-    attributes = request.flow.attributes if request.flow is not None else {}
-    version, _ = directory.version_for_attributes(session, flow, attributes)
-    return flow, version
+        return _Target(flow, None, version, None)
+    text, key = attributes_digest(request.flow.attributes if request.flow is not None else {})
+    found = directory.find_version(conn, flow.ref, key) if flow is not None else None
+    return _Target(flow, path, found, (text, key))
 
 
 # --- creating a log ----------------------------------------------------------------------------
@@ -135,15 +162,42 @@ def _widen(conn: sqlite3.Connection, node: _Node | None, start_us: int, end_us: 
         node = _Node(*row) if row is not None else None
 
 
+def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] | None:
+    """The stored answer when this log_id exists: same request -> same response, else 409."""
+    log_id = prepared.request.log_id
+    if log_id is None:
+        return None
+    row = conn.execute(
+        "SELECT request_digest, flow_ref, version_ref FROM logs WHERE id = ?", (log_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0] != prepared.request_digest:
+        raise conflict(f"log {log_id!r} already exists with a different body")
+    flow_id, version_id = conn.execute(
+        "SELECT f.id, v.id FROM flows f, versions v WHERE f.seq = ? AND v.seq = ?", row[1:]
+    ).fetchone()
+    return _response(log_id, flow_id, version_id, prepared)
+
+
 def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
+    """Check everything, then write: a refused log writes nothing.
+
+    A known log_id is answered first (a replay), so a retried child is accepted even after
+    its parent closed or its environment was redeployed."""
     request = prepared.request
     conn = session.conn
-    flow, version = _target(directory, session, request, prepared.query)
+    replay = _replay(conn, prepared)
+    if replay is not None:
+        return replay
+    target = _target(directory, conn, request, prepared.query)
     parent: _Node | None = None
-    seq = session.next_seq()
-    trace_seq = seq
+    trace_seq: int | None = None
     if request.trace_parent_id is not None:
         trace_seq, parent = _open_parent(conn, request.trace_parent_id)
+    # --- every check passed: write
+    flow, version = target.materialize(directory, session)
+    seq = session.next_seq()
     log_id = request.log_id if request.log_id is not None else new_id("log")
     conn.execute(
         "INSERT INTO logs (seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us,"
@@ -154,7 +208,7 @@ def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> di
             log_id,
             flow.ref,
             version.ref,
-            trace_seq,
+            trace_seq if trace_seq is not None else seq,
             parent.seq if parent is not None else None,
             prepared.start_us,
             prepared.end_us,
@@ -171,44 +225,10 @@ def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> di
     return _response(log_id, flow.id, version.id, prepared)
 
 
-def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] | None:
-    """The stored answer when this log_id exists: same request -> same response, else 409."""
-    log_id = prepared.request.log_id
-    row = conn.execute(
-        "SELECT l.request_digest, f.id, v.id FROM logs l"
-        " JOIN flows f ON f.seq = l.flow_ref JOIN versions v ON v.seq = l.version_ref"
-        " WHERE l.id = ?",
-        (log_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    if row[0] != prepared.request_digest:
-        raise conflict(f"log {log_id!r} already exists with a different body")
-    assert log_id is not None
-    return _response(log_id, row[1], row[2], prepared)
-
-
 def create_log(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
-    """Store one log; the response body of `POST /flows/log`.
-
-    A known log_id is checked only when the insert cannot go ahead (duplicate id, or a rule
-    refusing it): the happy path pays nothing, and a replay is answered even after its parent
-    has closed or its environment been redeployed."""
-    try:
-        with session.operation():
-            return _insert(directory, session, prepared)
-    except sqlite3.IntegrityError:
-        replay = _replay(session.conn, prepared)
-        if replay is None:
-            raise
-        return replay
-    except StoreError:
-        if prepared.request.log_id is None:
-            raise
-        replay = _replay(session.conn, prepared)
-        if replay is None:
-            raise
-        return replay
+    """Store one log; the response body of `POST /flows/log`."""
+    with session.operation():
+        return _insert(directory, session, prepared)
 
 
 # --- updating a log ------------------------------------------------------------------------

@@ -57,7 +57,10 @@ def _replay_identity(body: dict[str, Any], query: LogQuery | None) -> bytes:
     return digest(canonical_json(identity))
 
 
-def prepare_log(request: FlowLogRequest, query: LogQuery | None, now_us: int) -> PreparedLog:
+def prepare_log(
+    request: FlowLogRequest, query: LogQuery | None, now_us: int, now_wire: str | None = None
+) -> PreparedLog:
+    """`now_wire` is `now_us` in wire form, passed by a batch that formats it once."""
     body = request.model_dump(mode="json", exclude_unset=True)
     stored = {
         key: value
@@ -66,7 +69,8 @@ def prepare_log(request: FlowLogRequest, query: LogQuery | None, now_us: int) ->
     }
     if request.save is False:
         stored = {key: value for key, value in stored.items() if key not in PAYLOAD_FIELDS}
-    stored.setdefault("created_at", us_to_wire(now_us))
+    if "created_at" not in stored:
+        stored["created_at"] = now_wire or us_to_wire(now_us)
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
     status: TraceStatus = request.status or "incomplete"

@@ -15,9 +15,6 @@ from flowtrace.store._records import LOG_COLUMNS, LogRow, build_logs
 
 __all__ = ["LogFilter", "get_log", "list_logs", "trace_rows"]
 
-# Trigram search needs 3 characters; shorter queries fall back to a LIKE scan.
-_TRIGRAM = 3
-
 
 def trace_rows(conn: sqlite3.Connection, trace_seqs: set[int]) -> list[LogRow]:
     """Every log of these traces in start order (the (trace_seq, start_us) index's order)."""
@@ -71,14 +68,12 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _add_search(filters: LogFilter, search_mode: str) -> None:
+def _add_search(filters: LogFilter) -> None:
+    """Substring of inputs (as JSON text) or output; LIKE is case-insensitive for ASCII only.
+    A scan, newest first: a page of a common word stops early, a rare one reads every row
+    the other filters leave (an FTS5 trigram index made ingest 5x slower; not worth it)."""
     text = filters.search
-    if not text:
-        return
-    if search_mode == "fts5" and len(text) >= _TRIGRAM:
-        phrase = '"' + text.replace('"', '""') + '"'
-        filters.add("l.seq IN (SELECT rowid FROM logs_search WHERE logs_search MATCH ?)", phrase)
-    else:
+    if text:
         pattern = _like_pattern(text)
         filters.add(
             "(l.inputs LIKE ? ESCAPE '\\' OR l.output LIKE ? ESCAPE '\\')", pattern, pattern
@@ -86,7 +81,7 @@ def _add_search(filters: LogFilter, search_mode: str) -> None:
 
 
 def _compile(
-    conn: sqlite3.Connection, directory: Directory, filters: LogFilter, search_mode: str
+    conn: sqlite3.Connection, directory: Directory, filters: LogFilter
 ) -> tuple[int | None, int | None]:
     """Turn the filters into SQL conditions; returns the flow and version refs filtered on."""
     flow_ref = version_ref = None
@@ -94,7 +89,10 @@ def _compile(
         flow_ref = directory.require_flow(conn, filters.file_id).ref
         filters.add("l.flow_ref = ?", flow_ref)
     if filters.version_id is not None:
-        version_ref = directory.require_version(conn, filters.version_id).ref
+        version = directory.require_version(conn, filters.version_id)
+        version_ref = version.ref
+        if flow_ref is None:  # the flow's index serves the version's logs
+            filters.add("l.flow_ref = ?", version.flow_ref)
         filters.add("l.version_ref = ?", version_ref)
     if filters.status is not None:
         if filters.status not in ("complete", "incomplete"):
@@ -108,7 +106,7 @@ def _compile(
         filters.add("l.start_us >= ?", to_us(filters.start_date))
     if filters.end_date is not None:
         filters.add("l.start_us < ?", to_us(filters.end_date))
-    _add_search(filters, search_mode)
+    _add_search(filters)
     return flow_ref, version_ref
 
 
@@ -145,7 +143,6 @@ def list_logs(
     conn: sqlite3.Connection,
     directory: Directory,
     filters: LogFilter,
-    search_mode: str,
     *,
     page: int,
     size: int,
@@ -156,7 +153,7 @@ def list_logs(
         raise invalid(["query", "page"], "page starts at 1")
     if size < 1:
         raise invalid(["query", "size"], "size is at least 1")
-    flow_ref, version_ref = _compile(conn, directory, filters, search_mode)
+    flow_ref, version_ref = _compile(conn, directory, filters)
     where = " AND ".join(filters.where) or "1"
     rows = [
         LogRow(*row)

@@ -7,8 +7,10 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from pydantic_core import from_json
+
 from flowtrace.models import FlowLogResponse, FlowResponse, StatusField, VersionResponse
-from flowtrace.store._codec import us_to_wire
+from flowtrace.store._codec import from_us, us_to_wire
 
 __all__ = [
     "LOG_COLUMNS",
@@ -190,15 +192,17 @@ def trace_roots(conn: sqlite3.Connection, trace_seqs: Iterable[int]) -> dict[int
 def _log_dict(
     row: LogRow, root: TraceRoot, flow: FlowResponse, status_field: StatusField
 ) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(row.data)
+    # pydantic-core's parser and datetime objects (not text to re-parse): a 1,000-log trace
+    # is read in a fraction of the time json.loads and ISO strings took.
+    record: dict[str, Any] = from_json(row.data)
     if row.inputs is not None:
-        record["inputs"] = json.loads(row.inputs)
+        record["inputs"] = from_json(row.inputs)
     if row.output is not None:
         record["output"] = row.output
     record["id"] = row.id
-    record["start_time"] = us_to_wire(row.start_us)
+    record["start_time"] = from_us(row.start_us)
     if row.end_us is not None:
-        record["end_time"] = us_to_wire(row.end_us)
+        record["end_time"] = from_us(row.end_us)
     record["trace_id"] = root.id
     record["trace_flow_id"] = root.flow_id
     record["evaluator_logs"] = []

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from flowtrace.store._schema import migrate, search_mode
+from flowtrace.store._schema import migrate
 
 __all__ = ["Database"]
 
@@ -51,7 +51,6 @@ class Database:
         self._writer = self._connect()
         self._retry_busy(lambda: self._writer.execute("PRAGMA journal_mode=WAL"))
         migrate(self._writer, str(path), lambda: self._begin_immediate(self._writer))
-        self.search_mode = search_mode(self._writer)
 
     # --- connections -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

@@ -1,0 +1,184 @@
+"""Store benchmark (run by hand): ingest rate through Store.batch, and read times with a
+large database. Usage: PYTHONPATH=src python bench/store_bench.py [--logs 1000000] [--dir D]
+
+Prints medians of several runs; results go to bench/RESULTS_store.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from flowtrace.store import Store
+
+BATCH = 512  # the pipeline's batch size
+TRACE = 10  # logs per trace in the bulk data: a root and 9 children
+FLOWS = 20
+BIG_TRACE = 1000
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def _stamp(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def _operations(prefix: str, count: int) -> Iterator[dict[str, Any]]:
+    """Realistic pipeline traffic: traces of a root and children, each sent complete with
+    inputs, output and times (the short-log path), children before their parent completes."""
+    for n in range(count):
+        trace, position = divmod(n, TRACE)
+        root = f"{prefix}-{trace}"
+        start = trace * 0.01 + position * 0.001
+        body: dict[str, Any] = {
+            "path": f"bench/flow{trace % FLOWS}",
+            "log_id": root if position == 0 else f"{root}.{position}",
+            "flow": {"attributes": {"model": "gpt-x", "temperature": 0.2}},
+            "inputs": {"question": f"question number {n}", "k": position},
+            "output": f"the answer to {n} is {n * 7}",
+            "start_time": _stamp(start),
+            "end_time": _stamp(start + 0.0005),
+            "trace_status": "complete" if position else "incomplete",
+        }
+        if position:
+            body["trace_parent_id"] = root
+        if n % 97 == 0:
+            body["error"] = "RuntimeError: flaky"
+        yield {"op": "log", "body": body}
+
+
+def _batches(prefix: str, count: int) -> Iterator[list[dict[str, Any]]]:
+    ops: list[dict[str, Any]] = []
+    for op in _operations(prefix, count):
+        ops.append(op)
+        if len(ops) == BATCH:
+            yield ops
+            ops = []
+    if ops:
+        yield ops
+
+
+def _ingest(store: Store, prefix: str, count: int) -> tuple[float, float]:
+    """Logs per second through Store.batch (validation included), all results checked: by
+    the wall clock, and per CPU second of this process (the figure other load cannot move)."""
+    batches = list(_batches(prefix, count))
+    began, cpu = time.perf_counter(), time.process_time()
+    for ops in batches:
+        results = store.batch(ops)
+        assert all(r.status == 200 for r in results), results[0]
+    return count / (time.perf_counter() - began), count / (time.process_time() - cpu)
+
+
+def _median_ms(action: Callable[[], object], runs: int = 15) -> float:
+    action()  # warm the cache once: the figure is the steady state
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+
+
+def _big_trace(store: Store) -> str:
+    root = "big-trace"
+    ops = [{"op": "log", "body": {"path": "bench/big", "log_id": root, "start_time": _stamp(9e6)}}]
+    for n in range(1, BIG_TRACE):
+        parent = root if n < 10 else f"{root}.{n % 9 + 1}"  # two levels
+        ops.append(
+            {
+                "op": "log",
+                "body": {
+                    "path": "bench/big",
+                    "log_id": f"{root}.{n}",
+                    "trace_parent_id": parent,
+                    "inputs": {"step": n},
+                    "output": f"step {n} done",
+                    "start_time": _stamp(9e6 + n),
+                    "end_time": _stamp(9e6 + n + 0.5),
+                    "trace_status": "complete" if n >= 10 else "incomplete",
+                },
+            }
+        )
+    for start in range(0, len(ops), BATCH):
+        assert all(r.status == 200 for r in store.batch(ops[start : start + BATCH]))
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--logs", type=int, default=1_000_000)
+    parser.add_argument("--ingest", type=int, default=100_000, help="logs per ingest run")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--reads-only", action="store_true", help="reuse DIR/big.db from an earlier run"
+    )
+    args = parser.parse_args()
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="flowtrace-bench-"))
+
+    path = folder / "big.db"
+    if not args.reads_only:
+        _write_figures(folder, path, args)
+    _read_figures(path)
+
+
+def _write_figures(folder: Path, path: Path, args: argparse.Namespace) -> None:
+    rates, cpu_rates = [], []
+    for run in range(args.runs):
+        with Store(folder / f"ingest{run}.db") as store:
+            rate, cpu_rate = _ingest(store, "r", args.ingest)
+        rates.append(rate)
+        cpu_rates.append(cpu_rate)
+        print(f"ingest run {run}: {rate:,.0f} logs/s, {cpu_rate:,.0f} logs/CPU-s", flush=True)
+    print(
+        f"ingest median: {statistics.median(rates):,.0f} logs/s,"
+        f" {statistics.median(cpu_rates):,.0f} logs/CPU-s ({args.ingest:,} logs/run)"
+    )
+    print(f"load average: {os.getloadavg()}")
+
+    with Store(path) as store:
+        began = time.perf_counter()
+        rate, _ = _ingest(store, "bulk", args.logs - BIG_TRACE)
+        _big_trace(store)
+        print(f"filled {args.logs:,} logs in {time.perf_counter() - began:.0f} s ({rate:,.0f}/s)")
+    size_mb = sum(p.stat().st_size for p in folder.glob("big.db*")) / 1e6
+    print(f"database size: {size_mb:,.0f} MB")
+
+
+def _read_figures(path: Path) -> None:
+    root = "big-trace"
+    with Store(path) as store:  # a fresh process-like open: cold connection caches
+        flow_id = next(f.id for f in store.list_flows() if f.path == "bench/flow3")
+        trace = store.get_log(root)
+        assert len(trace.trace_children) == 9
+        assert sum(len(c.trace_children) for c in trace.trace_children) == BIG_TRACE - 10
+        reads: dict[str, Callable[[], object]] = {
+            f"get_log: one {BIG_TRACE}-log trace": lambda: store.get_log(root),
+            "list_logs page 1 (all logs)": lambda: store.list_logs(),
+            "list_logs page 1 (file_id)": lambda: store.list_logs(file_id=flow_id),
+            "list_logs page 1 (roots_only)": lambda: store.list_logs(roots_only=True),
+            "list_logs page 100 (file_id)": lambda: store.list_logs(file_id=flow_id, page=100),
+            "list_logs errors_only (file_id)": lambda: store.list_logs(
+                file_id=flow_id, errors_only=True
+            ),
+            "list_logs search, rare word (LIKE scan)": lambda: store.list_logs(
+                search="answer to 123457 "
+            ),
+            "list_logs search, common word (LIKE scan)": lambda: store.list_logs(search="answer"),
+            "list_logs search, rare word in one flow": lambda: store.list_logs(
+                file_id=flow_id, search="answer to 123457 "
+            ),
+            "list_flows": store.list_flows,
+        }
+        for name, action in reads.items():
+            print(f"{name}: {_median_ms(action):.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()

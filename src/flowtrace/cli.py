@@ -1,0 +1,237 @@
+"""The `flowtrace` command: a thin dispatcher over the store, the terminal renderer and the
+server.
+
+  flowtrace logs [--db PATH] [--flow PATH] [--errors] [--limit N]   recent logs as a table
+  flowtrace show LOG_ID [--db PATH]                                 one trace as a tree
+  flowtrace serve ...                                               the log server + viewer
+  flowtrace ui [--db PATH] [--host H] [--port P]                    the viewer over a local db
+
+Reading commands never create a database: a missing file is an error, not an empty result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from flowtrace._render import render_logs_table, render_trace_tree, sanitize
+from flowtrace.models import FlowLogResponse
+
+# Light: the server command imports fastapi and uvicorn only when a server runs.
+from flowtrace.server._command import (
+    DB_ENV,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    add_serve_command,
+    default_db_path,
+    is_loopback,
+    run_server,
+)
+from flowtrace.store import Store, StoreError
+
+__all__ = ["build_parser", "main"]
+
+SERVER_MODULES = ("fastapi", "uvicorn")
+DEFAULT_LIMIT = 20
+_PAGE_SIZE = 100
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line on stderr, exit status 1."""
+
+
+def _existing_db(given: str | None) -> Path:
+    path = Path(given) if given else default_db_path()
+    if not path.is_file():
+        hint = "" if given else f" (set --db or ${DB_ENV})"
+        raise CliError(f"no flowtrace database at {path}{hint}")
+    return path
+
+
+@contextmanager
+def _reading(given: str | None) -> Iterator[Store]:
+    path = _existing_db(given)
+    try:
+        store = Store(path)
+    except sqlite3.Error as error:
+        raise CliError(f"cannot open the database {path}: {error}") from error
+    try:
+        yield store
+    except sqlite3.Error as error:
+        raise CliError(f"cannot read the database {path}: {error}") from error
+    finally:
+        store.close()
+
+
+# --- logs ----------------------------------------------------------------------------------
+
+
+def _flow_id(store: Store, path: str) -> str:
+    for flow in store.list_flows():
+        if flow.path == path:
+            return flow.id
+    raise CliError(f"no flow with path {path!r}")
+
+
+def _recent_logs(store: Store, args: argparse.Namespace) -> list[FlowLogResponse]:
+    file_id = _flow_id(store, args.flow) if args.flow else None
+    logs: list[FlowLogResponse] = []
+    page = 1
+    while len(logs) < args.limit:
+        result = store.list_logs(
+            file_id=file_id,
+            page=page,
+            size=min(args.limit, _PAGE_SIZE),
+            errors_only=args.errors,
+            # Across all flows a row is a trace (as in the viewer); within a flow, every log.
+            roots_only=file_id is None,
+        )
+        logs.extend(result.records)
+        if len(result.records) < result.size:
+            break
+        page += 1
+    return logs[: args.limit]
+
+
+def _logs(args: argparse.Namespace) -> int:
+    with _reading(args.db) as store:
+        logs = _recent_logs(store, args)
+    if not logs:
+        print("No logs found.")
+        return 0
+    sys.stdout.write(render_logs_table(logs))
+    return 0
+
+
+# --- show ----------------------------------------------------------------------------------
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _reading(args.db) as store:
+        try:
+            log = store.get_log(args.log_id)
+            root = log if log.id == log.trace_id else store.get_log(log.trace_id)
+        except StoreError as error:
+            if error.status_code == 404:
+                raise CliError(f"no log with id {args.log_id!r}") from error
+            raise
+    sys.stdout.write(render_trace_tree(root, marked=log.id if log is not root else None))
+    return 0
+
+
+# --- ui --------------------------------------------------------------------------------------
+
+
+def _ui(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host):
+        raise CliError(
+            "flowtrace ui runs without an API key, so it listens on loopback only; "
+            "for a shared viewer use: flowtrace serve --host HOST --api-key KEY"
+        )
+    path = _existing_db(args.db)
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(
+            f"flowtrace ui needs {' and '.join(missing)}: pip install 'flowtrace[server]'"
+        )
+
+    def announce(url: str) -> None:
+        print(f"flowtrace viewer on {url}/ (db: {path}); Ctrl-C stops it", flush=True)
+
+    # The viewer only reads, but the server is the one writer of its database: a local
+    # program logging meanwhile shows up live. Loopback by default and without keys.
+    return run_server(args.host, args.port, path, (), ready=announce)
+
+
+# --- the parser ------------------------------------------------------------------------------
+
+
+def _add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        help=f"the SQLite database (default: ${DB_ENV}, else .flowtrace/flowtrace.db)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowtrace", description="Look at what your flows did: logs, traces, a viewer."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    logs = subparsers.add_parser("logs", help="recent logs as a table, newest first")
+    _add_db_option(logs)
+    logs.add_argument("--flow", metavar="PATH", help="only this flow's logs (default: all traces)")
+    logs.add_argument("--errors", action="store_true", help="only logs that failed")
+    logs.add_argument(
+        "--limit",
+        type=_positive,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"at most N logs (default: {DEFAULT_LIMIT})",
+    )
+    logs.set_defaults(func=_logs)
+
+    show = subparsers.add_parser("show", help="one trace as a tree, with errors and stdout")
+    show.add_argument("log_id", metavar="LOG_ID", help="the id of any log of the trace")
+    _add_db_option(show)
+    show.set_defaults(func=_show)
+
+    add_serve_command(subparsers)
+
+    ui = subparsers.add_parser("ui", help="the web viewer over the local database")
+    _add_db_option(ui)
+    ui.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})"
+    )
+    ui.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"0 picks a free port (default: {DEFAULT_PORT})",
+    )
+    ui.set_defaults(func=_ui)
+    return parser
+
+
+def _tolerant_output() -> None:
+    """A terminal that cannot show box-drawing characters gets replacements, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse already explained
+        return exit_.code if isinstance(exit_.code, int) else 2
+    handler: Handler | None = getattr(args, "func", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    _tolerant_output()
+    try:
+        return handler(args)
+    except CliError as error:
+        print(f"flowtrace: {sanitize(str(error))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,210 @@
+"""The viewer's pages over HTTP (no browser): content, escaping, headers, auth, not-found."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from flowtrace.models import FlowLogRequest
+from flowtrace.server._app import create_app
+from flowtrace.server._viewer import mount_viewer
+from flowtrace.store import Store
+from tests.viewerdata import (
+    HOSTILE_INPUT,
+    HOSTILE_OUTPUT,
+    HOSTILE_USER,
+    Sample,
+    at,
+    populate,
+)
+
+API_KEY = "ft-secret-key-0123456789"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "viewer.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sample(store: Store) -> Sample:
+    return populate(store)
+
+
+@pytest.fixture
+def client(store: Store, sample: Sample) -> TestClient:
+    app = FastAPI()
+    mount_viewer(app, store)
+    return TestClient(app)
+
+
+def basic_auth(password: str) -> dict[str, str]:
+    token = base64.b64encode(f"viewer:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def test_flow_list_shows_counts_and_links(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "support/answer" in page.text
+    assert "tools/search" in page.text
+    assert "/logs?flow=" in page.text
+    assert "Last used" in page.text
+
+
+def test_log_list_shows_traces_newest_first(client: TestClient, sample: Sample) -> None:
+    page = client.get("/logs")
+    assert page.status_code == 200
+    assert page.text.index(sample.hostile) < page.text.index(sample.root)
+    # Across all flows a row is a trace: children are reached through their trace.
+    assert f"/traces/{sample.search}" not in page.text
+
+
+def test_log_list_of_one_flow_filters_and_searches(client: TestClient, sample: Sample) -> None:
+    by_path = client.get("/logs", params={"flow": "llm/call"})
+    assert by_path.status_code == 200
+    assert sample.failing in by_path.text
+    assert sample.root not in by_path.text
+    errors = client.get("/logs", params={"errors": "1"})
+    assert sample.hostile in errors.text
+    assert sample.root not in errors.text
+    found = client.get("/logs", params={"search": "reset password", "flow": "tools/search"})
+    assert sample.search in found.text
+    missing = client.get("/logs", params={"search": "nothing like this"})
+    assert "No logs match." in missing.text
+
+
+def test_log_list_pages(store: Store, client: TestClient) -> None:
+
+    for index in range(55):
+        store.log(
+            FlowLogRequest(
+                path="bulk/job",
+                start_time=at(100 + index),
+                end_time=at(101 + index),
+                trace_status="complete",
+            )
+        )
+    first = client.get("/logs", params={"flow": "bulk/job"})
+    assert "page 1" in first.text
+    assert "page=2" in first.text
+    second = client.get("/logs", params={"flow": "bulk/job", "page": "2"})
+    assert "page 2" in second.text
+    assert second.text.count('class="log-id"') == 5
+    assert "page=3" not in second.text
+
+
+def test_unknown_trace_and_flow_are_404(client: TestClient) -> None:
+    assert client.get("/traces/no-such-log").status_code == 404
+    assert client.get("/ui/api/traces/no-such-log").status_code == 404
+    assert client.get("/logs", params={"flow": "no/such/flow"}).status_code == 404
+
+
+def test_trace_page_frames_the_script(client: TestClient, sample: Sample) -> None:
+    page = client.get(f"/traces/{sample.failing}")
+    assert page.status_code == 200
+    assert f'data-api="/ui/api/traces/{sample.root}"' in page.text
+    assert f'data-selected="{sample.failing}"' in page.text
+    assert '<script src="/ui/static/trace.js" defer></script>' in page.text
+    assert client.get("/ui/static/trace.js").status_code == 200
+    assert client.get("/ui/static/viewer.css").status_code == 200
+
+
+def test_trace_json_has_the_tree_timing_and_details(client: TestClient, sample: Sample) -> None:
+    trace = client.get(f"/ui/api/traces/{sample.search}").json()
+    assert trace["root_id"] == sample.root
+    assert trace["selected"] == sample.search
+    assert trace["live"] is False
+    by_id = {log["id"]: log for log in trace["logs"]}
+    assert [log["id"] for log in trace["logs"]] == [sample.root, sample.search, sample.failing]
+    assert [log["depth"] for log in trace["logs"]] == [0, 1, 1]
+    failing = by_id[sample.failing]
+    assert failing["status"] == "error"
+    assert failing["traceback"].startswith("Traceback")
+    assert failing["flowtrace"] == {"truncated": True}
+    assert failing["metadata"] == {"team": "support"}
+    assert failing["offset_ms"] == pytest.approx(500)
+    assert failing["end_ms"] == pytest.approx(1200)
+    assert trace["span_ms"] == pytest.approx(1200)
+    assert by_id[sample.search]["provider_response"]["hits"][0]["title"] == "Resetting"
+    assert by_id[sample.root]["attributes"] == {"model": "gpt-test", "prompt": "Answer kindly."}
+
+
+def test_untrusted_text_is_escaped(client: TestClient, sample: Sample) -> None:
+    pages = [
+        client.get("/logs").text,
+        client.get("/logs", params={"errors": "1"}).text,
+        client.get(f"/traces/{sample.hostile}").text,
+        client.get("/").text,
+    ]
+    for text in pages:
+        assert "<script>window" not in text
+        assert "<img src=x" not in text
+    logs = pages[0]
+    assert "&quot;&gt;&lt;script&gt;window.__pwned=4&lt;/script&gt;" in logs
+    assert "&lt;img src=x onerror=&quot;window.__pwned=1&quot;&gt;" in pages[1]
+    trace = client.get(f"/ui/api/traces/{sample.hostile}").json()
+    assert trace["logs"][0]["output"] == HOSTILE_OUTPUT
+    assert trace["logs"][0]["inputs"] == {"q": HOSTILE_INPUT}
+    assert trace["logs"][0]["user"] == HOSTILE_USER
+
+
+@pytest.mark.parametrize("path", ["/", "/logs", "/traces/log_root", "/ui/api/traces/log_root"])
+def test_every_viewer_response_has_a_strict_csp(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "script-src 'self'" in policy
+    assert "object-src 'none'" in policy
+    assert "base-uri 'none'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_with_api_keys_the_viewer_asks_for_basic_auth(store: Store, sample: Sample) -> None:
+    app = FastAPI()
+    mount_viewer(app, store, api_keys=[API_KEY])
+    client = TestClient(app)
+    paths = ["/", "/logs", f"/traces/{sample.root}", f"/ui/api/traces/{sample.root}"]
+    for path in paths:
+        refused = client.get(path)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Basic")
+        assert client.get(path, headers=basic_auth("wrong")).status_code == 401
+        allowed = client.get(path, headers=basic_auth(API_KEY))
+        assert allowed.status_code == 200
+        assert API_KEY not in allowed.text
+    assert client.get("/ui/static/trace.js").status_code == 200
+
+
+def test_keys_can_come_from_the_app_state(store: Store, sample: Sample) -> None:
+    app = FastAPI()
+    mount_viewer(app, store)
+    app.state.api_keys = (API_KEY,)
+    client = TestClient(app)
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers=basic_auth(API_KEY)).status_code == 200
+
+
+def test_the_server_guards_its_viewer_with_its_keys(store: Store, sample: Sample) -> None:
+    client = TestClient(create_app(store, api_keys=[API_KEY]))
+    assert client.get("/").status_code == 401
+    assert client.get(f"/ui/api/traces/{sample.root}").status_code == 401
+    page = client.get(f"/traces/{sample.root}", headers=basic_auth(API_KEY))
+    assert page.status_code == 200
+    assert API_KEY not in page.text
+    # The contract's API keeps taking the key in its own header.
+    api = client.get(f"/v5/logs/{sample.root}", headers={"X-API-KEY": API_KEY})
+    assert api.status_code == 200
+
+
+def test_the_server_without_keys_serves_its_viewer(store: Store, sample: Sample) -> None:
+    client = TestClient(create_app(store))
+    assert client.get("/").status_code == 200
+    assert client.get(f"/traces/{sample.failing}").status_code == 200
