@@ -8,6 +8,10 @@ the batch route answers 404/405 anyway, the exporter falls back to per-log and r
 
 from __future__ import annotations
 
+# socket.getaddrinfo imports this codec lazily, on the worker's first connection; a fork at
+# that moment would leave the child a half-imported codec. Importing it here puts it under the
+# pipeline's fork-safe build lock (see Pipeline.before_fork).
+import encodings.idna  # noqa: F401
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone

@@ -11,9 +11,12 @@ import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from flowtrace.exporters import Operation, Outcome, not_delivered
+
+# Imported with this module (which the pipeline imports under its fork-safe build lock), never
+# later on the worker: a fork must not catch the store's modules half-imported.
+from flowtrace.store import Store
 
 __all__ = ["StoreExporter"]
 
@@ -21,7 +24,7 @@ __all__ = ["StoreExporter"]
 class StoreExporter:
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
-        self._store: Any = None
+        self._store: Store | None = None
 
     def export(self, operations: Sequence[Operation]) -> list[Outcome]:
         if not operations:  # a warm-up: open the store now rather than at the first batch
@@ -36,10 +39,8 @@ class StoreExporter:
                                  len(operations))
         return [Outcome(result.status, result.body) for result in results]
 
-    def _open(self) -> Any:
+    def _open(self) -> Store:
         if self._store is None:
-            from flowtrace.store import Store  # imported here: only the embedded default needs it
-
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._store = Store(self.db_path)
         return self._store
