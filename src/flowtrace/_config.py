@@ -41,6 +41,7 @@ class Settings:
     timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
     retry_deadline_s: float = 60.0
+    retry_backoff_s: float = 1.0  # first retry waits about this long, doubling each time
     exit_flush_timeout_s: float = 5.0
 
     @classmethod

@@ -1,0 +1,69 @@
+"""Where the pipeline's wire operations go: the small protocol every exporter implements.
+
+The pipeline decides *what* to send and in which order (`Operation`s: a create or an update of
+one log); an exporter only carries them to a destination and reports, per operation, what
+happened (`Outcome`). Exporters never raise for delivery failures: a connection error is an
+Outcome with status `NOT_DELIVERED` (0), which the pipeline retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from flowtrace._retry import NOT_DELIVERED
+
+__all__ = ["NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
+
+OperationKind = Literal["log", "update"]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One wire operation: `log` = `POST /flows/log` (with `query`), `update` =
+    `PATCH /flows/logs/{log_id}`. Built once and reused unchanged by every retry, so a replay
+    is byte-for-byte the same request and the store treats it as idempotent."""
+
+    kind: OperationKind
+    log_id: str
+    body: dict[str, Any]
+    query: dict[str, str] = field(default_factory=dict)
+
+    def to_batch_item(self) -> dict[str, Any]:
+        """The operation as one item of the batch extension's `operations` list."""
+        if self.kind == "log":
+            item: dict[str, Any] = {"op": "log", "body": self.body}
+            if self.query:
+                item["query"] = self.query
+            return item
+        return {"op": "update", "log_id": self.log_id, "body": self.body}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one operation: the HTTP status it had (0 = no answer), the response or
+    error body, and how long the server asked us to wait (`Retry-After`), if it did."""
+
+    status: int
+    body: Any = None
+    retry_after_s: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def not_delivered(error: str, count: int, retry_after_s: float | None = None) -> list[Outcome]:
+    """`count` outcomes for operations that got no answer (or were not attempted)."""
+    outcome = Outcome(NOT_DELIVERED, None, retry_after_s, error)
+    return [outcome] * count
+
+
+class Exporter(Protocol):
+    """Carries operations to a destination, in order; one Outcome per operation, in order."""
+
+    def export(self, operations: Sequence[Operation]) -> list[Outcome]: ...
+
+    def close(self) -> None: ...

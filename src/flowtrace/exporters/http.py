@@ -1,0 +1,193 @@
+"""HttpExporter: the wire contract over HTTP, with one pooled httpx client.
+
+On first use it asks the server what it offers (`GET {base}/health`): a flowtrace server
+answers `{"batch": true|false, ...}`, and then takes flowtrace's end-of-log fields on update;
+any other server of the contract gets the per-log routes and contract-only update bodies. If
+the batch route answers 404/405 anyway, the exporter falls back to per-log and remembers.
+"""
+
+from __future__ import annotations
+
+# socket.getaddrinfo imports this codec lazily, on the worker's first connection; a fork at
+# that moment would leave the child a half-imported codec. Importing it here puts it under the
+# pipeline's fork-safe build lock (see Pipeline.before_fork).
+import encodings.idna  # noqa: F401
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import pydantic_core
+
+from flowtrace._config import Settings
+from flowtrace._retry import is_retryable, parse_retry_after
+from flowtrace.exporters import Operation, Outcome, not_delivered
+from flowtrace.models import UPDATE_EXTENSION_FIELDS
+
+__all__ = ["HttpExporter"]
+
+BATCH_PATH = "/flows/logs/batch"
+HEALTH_PATH = "/health"
+_NO_BATCH = frozenset({404, 405})
+
+WallClock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class HttpExporter:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 3.0,
+        transport: httpx.BaseTransport | None = None,
+        wall_clock: WallClock = _utc_now,
+    ) -> None:
+        headers = {"Content-Type": "application/json", "User-Agent": "flowtrace"}
+        if api_key:
+            headers["X-API-KEY"] = api_key
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._wall_clock = wall_clock
+        self._discovered = False
+        self.batch = False  # the server offers POST /flows/logs/batch
+        self.update_extension = False  # the server takes end-of-log fields on update
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpExporter:
+        assert settings.base_url is not None
+        return cls(
+            settings.base_url,
+            settings.api_key,
+            timeout_s=settings.timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- the Exporter protocol -------------------------------------------------------------
+    def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+        if not operations:  # a warm-up: connect and learn what the server offers
+            if not self._discovered:
+                self._discover()
+            return []
+        if not self._discovered:
+            failure = self._discover()
+            if failure is not None:
+                return not_delivered(failure, len(operations))
+        if self.batch:
+            outcomes = self._export_batch(operations)
+            if outcomes is not None:
+                return outcomes
+            self.batch = False  # the route is not there after all: per-log from now on
+        return self._export_each(operations)
+
+    # --- discovery ---------------------------------------------------------------------------
+    def _discover(self) -> str | None:
+        """Learn what the server offers; an error text if it could not be reached."""
+        try:
+            response = self._client.get(HEALTH_PATH)
+        except httpx.HTTPError as exc:
+            return _transport_error(exc)
+        if is_retryable(response.status_code):
+            return f"health check answered {response.status_code}"
+        info = _json_or_none(response) if response.status_code == 200 else None
+        if isinstance(info, dict) and isinstance(info.get("batch"), bool):
+            self.batch = info["batch"]
+            self.update_extension = bool(info.get("update_extension", True))
+        self._discovered = True
+        return None
+
+    # --- the batch extension ---------------------------------------------------------------
+    def _export_batch(self, operations: Sequence[Operation]) -> list[Outcome] | None:
+        """Outcomes of one batch request; None if the server has no batch route."""
+        content = _encode({"operations": [op.to_batch_item() for op in operations]})
+        try:
+            response = self._client.post(BATCH_PATH, content=content)
+        except httpx.HTTPError as exc:
+            return not_delivered(_transport_error(exc), len(operations))
+        if response.status_code in _NO_BATCH:
+            return None
+        if not 200 <= response.status_code < 300:
+            outcome = self._outcome(response)
+            return [outcome] * len(operations)
+        return _batch_outcomes(_json_or_none(response), len(operations))
+
+    # --- the per-log contract --------------------------------------------------------------
+    def _export_each(self, operations: Sequence[Operation]) -> list[Outcome]:
+        """One request per operation, in order. After a failure worth retrying the rest is not
+        attempted: later operations may depend on it (a child on its parent)."""
+        outcomes: list[Outcome] = []
+        for index, op in enumerate(operations):
+            outcome = self._send_one(op)
+            outcomes.append(outcome)
+            if is_retryable(outcome.status):
+                rest = len(operations) - index - 1
+                outcomes.extend(not_delivered("not attempted", rest, outcome.retry_after_s))
+                break
+        return outcomes
+
+    def _send_one(self, op: Operation) -> Outcome:
+        try:
+            if op.kind == "log":
+                response = self._client.post(
+                    "/flows/log", params=op.query or None, content=_encode(op.body)
+                )
+            else:
+                body = op.body
+                if not self.update_extension:
+                    body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
+                response = self._client.patch(f"/flows/logs/{op.log_id}", content=_encode(body))
+        except httpx.HTTPError as exc:
+            return Outcome(0, None, None, _transport_error(exc))
+        return self._outcome(response)
+
+    def _outcome(self, response: httpx.Response) -> Outcome:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
+        return Outcome(response.status_code, _json_or_none(response), retry_after)
+
+
+def _batch_outcomes(payload: Any, count: int) -> list[Outcome]:
+    """Per-operation outcomes from a batch answer; garbage counts as no answer (retried)."""
+    results = payload.get("results") if isinstance(payload, dict) else None
+    if not isinstance(results, list) or len(results) != count:
+        return not_delivered("the batch answer was not understood", count)
+    outcomes: list[Outcome] = []
+    for result in results:
+        status = result.get("status") if isinstance(result, dict) else None
+        if not isinstance(status, int):
+            return not_delivered("the batch answer was not understood", count)
+        outcomes.append(Outcome(status, result.get("body")))
+    return outcomes
+
+
+def _encode(payload: Any) -> bytes:
+    """Compact JSON. Bodies are JSON-safe snapshots already; pydantic-core encodes fast."""
+    try:
+        return pydantic_core.to_json(payload)
+    except Exception:
+        return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _transport_error(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,100 @@
+"""The retry policy and the embedded default, without a server."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+
+from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable, parse_retry_after
+from flowtrace.store import Store
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("status", [0, 408, 429, 502, 503, 504])
+def test_retryable_statuses(status: int) -> None:
+    assert is_retryable(status)
+
+
+@pytest.mark.parametrize("status", [200, 400, 401, 404, 409, 413, 422, 500])
+def test_not_retryable_statuses(status: int) -> None:
+    assert not is_retryable(status)
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    rng = random.Random(7)
+    for attempt in range(6):
+        delay = backoff_delay_s(attempt, 1.0, rng)
+        assert 0.8 * 2**attempt <= delay <= 1.2 * 2**attempt
+    assert backoff_delay_s(50, 1.0, rng) <= 30.0 * 1.2
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("2", NOW) == 2.0
+    assert parse_retry_after(" 0 ", NOW) == 0.0
+    later = format_datetime(NOW + timedelta(seconds=7), usegmt=True)
+    assert parse_retry_after(later, NOW) == 7.0
+    earlier = format_datetime(NOW - timedelta(seconds=7), usegmt=True)
+    assert parse_retry_after(earlier, NOW) == 0.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+
+
+def test_rejection_names_the_field_or_the_reason() -> None:
+    detail = {"detail": [{"loc": ["body", "path"], "msg": "bad path", "type": "value_error"}]}
+    key, message = describe_rejection(422, detail)
+    assert "body.path" in key
+    assert message == "422 body.path: bad path"
+    assert describe_rejection(401, {"detail": "invalid API key"})[1] == "401 invalid API key"
+    assert "api_key" in describe_rejection(401, "garbage")[1]
+
+
+def _run(code: str, cwd: Path, env: dict[str, str]) -> None:
+    full = {**os.environ, "PYTHONPATH": str(SRC), **env}
+    for name in ("FLOWTRACE_BASE_URL", "FLOWTRACE_DB_PATH"):
+        if name not in env:
+            full.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=full,
+        capture_output=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+SCRIPT = """
+    from flowtrace import flow
+    with flow("quick/start", inputs={"q": "hi"}) as root:
+        with flow("quick/step") as step:
+            step.output = "ok"
+"""
+
+
+def _roots(db: Path) -> list[object]:
+    store = Store(db)
+    try:
+        return list(store.list_logs(roots_only=True, include_trace_children=True).records)
+    finally:
+        store.close()
+
+
+def test_embedded_default_writes_the_local_store(tmp_path: Path) -> None:
+    _run(SCRIPT, tmp_path, {})
+    [root] = _roots(tmp_path / ".flowtrace" / "flowtrace.db")
+    assert root.trace_status == "complete"  # type: ignore[attr-defined]
+    assert root.trace_children[0].output == "ok"  # type: ignore[attr-defined]
+
+
+def test_embedded_default_db_path_from_environment(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "traces.db"
+    _run(SCRIPT, tmp_path, {"FLOWTRACE_DB_PATH": str(db)})
+    assert len(_roots(db)) == 1
+    assert not (tmp_path / ".flowtrace").exists()
