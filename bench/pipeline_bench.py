@@ -52,7 +52,9 @@ def per_call_ns(fn, n):
     return best
 """
 
-OVERHEAD = COMMON + """
+OVERHEAD = (
+    COMMON
+    + """
 n = int(os.environ["BENCH_N"])
 mode = os.environ["BENCH_MODE"]
 bare_ns = per_call_ns(bare, n)
@@ -62,8 +64,11 @@ ns = per_call_ns(call, n)
 flowtrace.flush(float(os.environ.get("BENCH_FLUSH_S", "30")))
 print(json.dumps({"bare_ns": bare_ns, "call_ns": ns, "stats": flowtrace.stats()}))
 """
+)
 
-SUSTAINED = COMMON + """
+SUSTAINED = (
+    COMMON
+    + """
 seconds = float(os.environ["BENCH_SECONDS"])
 produced = 0
 start = time.perf_counter()
@@ -82,8 +87,11 @@ call_ns.sort()
 print(json.dumps({"produced": produced, "producing_s": producing, "total_s": total,
                   "median_call_ns": call_ns[len(call_ns) // 2], "stats": stats}))
 """
+)
 
-BURST = COMMON + """
+BURST = (
+    COMMON
+    + """
 n = int(os.environ["BENCH_N"])
 call(0); flowtrace.flush(30)          # warm: connection open, server discovered
 before = rss_mib()
@@ -97,6 +105,7 @@ stats = flowtrace.stats()
 print(json.dumps({"n": n, "produce_s": produced_s, "deliver_s": took, "flushed": ok,
                   "rss_growth_mib": rss_mib() - before, "stats": stats}))
 """
+)
 
 EXIT_FLUSH = """
 from flowtrace import flow
@@ -110,7 +119,10 @@ def run(code: str, env: dict[str, str], timeout: float = 600) -> dict[str, objec
     full = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}", **env}
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=full, capture_output=True, timeout=timeout, check=True,
+        env=full,
+        capture_output=True,
+        timeout=timeout,
+        check=True,
     )
     return json.loads(done.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -135,22 +147,30 @@ def main() -> None:
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp, start_server(Path(tmp) / "bench.db") as server:
         live = {"FLOWTRACE_BASE_URL": server.base_url, "FLOWTRACE_API_KEY": server.api_key or ""}
-        dead = {"FLOWTRACE_BASE_URL": "http://127.0.0.1:9/v5", "FLOWTRACE_EXIT_FLUSH_TIMEOUT_S": "0"}
+        dead = {
+            "FLOWTRACE_BASE_URL": "http://127.0.0.1:9/v5",
+            "FLOWTRACE_EXIT_FLUSH_TIMEOUT_S": "0",
+        }
         base = {"BENCH_N": str(n_calls)}
         results["recorder"] = run(OVERHEAD, {**live, **base, "BENCH_MODE": "recorder"})
         results["delivering"] = run(OVERHEAD, {**live, **base, "BENCH_MODE": "pipeline"})
         results["server_down"] = run(
             OVERHEAD, {**dead, **base, "BENCH_MODE": "pipeline", "BENCH_FLUSH_S": "0"}
         )
-        results["sustained"] = run(SUSTAINED, {**live, "BENCH_SECONDS": "3" if args.quick else "10"})
+        results["sustained"] = run(
+            SUSTAINED, {**live, "BENCH_SECONDS": "3" if args.quick else "10"}
+        )
         results["burst_default"] = run(BURST, {**live, "BENCH_N": str(args.burst)})
         results["burst_queue_100k"] = run(
             BURST, {**live, "BENCH_N": str(args.burst), "FLOWTRACE_QUEUE_SIZE": "100000"}
         )
         bare_exit = timed_exit("import flowtrace", live)
         exit_1000 = timed_exit(EXIT_FLUSH, live)
-        results["exit_flush"] = {"bare_s": bare_exit, "with_1000_s": exit_1000,
-                                 "extra_ms": (exit_1000 - bare_exit) * 1000}
+        results["exit_flush"] = {
+            "bare_s": bare_exit,
+            "with_1000_s": exit_1000,
+            "extra_ms": (exit_1000 - bare_exit) * 1000,
+        }
     print(json.dumps(results, indent=2))
 
 

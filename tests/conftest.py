@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +11,11 @@ import pytest
 from flowtrace import _guard
 
 pytest_plugins = ["pytester"]
+
+# Logs recorded by tests go to a throwaway embedded store, never into the working directory.
+os.environ.setdefault(
+    "FLOWTRACE_DB_PATH", os.path.join(tempfile.mkdtemp(prefix="flowtrace-tests-"), "tests.db")
+)
 
 
 @pytest.fixture(autouse=True)
