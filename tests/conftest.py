@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import flowtrace
 from flowtrace import _guard
 
 pytest_plugins = ["pytester"]
@@ -16,6 +17,7 @@ pytest_plugins = ["pytester"]
 os.environ.setdefault(
     "FLOWTRACE_DB_PATH", os.path.join(tempfile.mkdtemp(prefix="flowtrace-tests-"), "tests.db")
 )
+flowtrace.configure()  # the pytest plugin imported flowtrace before this file set the path
 
 
 @pytest.fixture(autouse=True)
