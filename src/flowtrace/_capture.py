@@ -61,19 +61,48 @@ def capture_value(value: object) -> Any:
 class InputBinder:
     """Binds a call's arguments to parameter names; built once per decorated function."""
 
-    __slots__ = ("_signature",)
+    __slots__ = ("_defaults", "_names", "_signature")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         try:
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
             self._signature = None
+        # The common signature (plain named parameters) binds without inspect's machinery.
+        self._names: tuple[str, ...] | None = None
+        self._defaults: dict[str, Any] = {}
+        if self._signature is not None and all(
+            p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            for p in self._signature.parameters.values()
+        ):
+            self._names = tuple(self._signature.parameters)
+            self._defaults = {
+                name: p.default
+                for name, p in self._signature.parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
 
     def bind(
         self, skip_first: bool, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Names → values, defaults applied. `skip_first`: the call was bound to an instance or
         class (the first argument), which is not an input, whatever its parameter's name."""
+        names = self._names
+        if names is not None and len(args) <= len(names) and not kwargs:
+            inputs = dict(zip(names, args, strict=False))  # fewer args: defaults below
+            if len(args) < len(names):
+                for name in names[len(args) :]:
+                    if name not in self._defaults:
+                        return self._bind_slowly(skip_first, args, kwargs)  # a TypeError call
+                    inputs[name] = self._defaults[name]
+            if skip_first and names:
+                del inputs[names[0]]
+            return inputs
+        return self._bind_slowly(skip_first, args, kwargs)
+
+    def _bind_slowly(
+        self, skip_first: bool, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
         if self._signature is None:
             return _unbound(args, kwargs)
         try:

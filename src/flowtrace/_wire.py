@@ -7,6 +7,7 @@ early, incomplete, for a log that something needs to exist); `complete_body` is 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,7 +17,7 @@ from flowtrace._capture import limits
 from flowtrace._config import get_settings
 from flowtrace._log import UNSET, Log
 from flowtrace._serialize import snapshot, to_json
-from flowtrace.models import UPDATE_EXTENSION_FIELDS, ChatMessage, StatusField, format_datetime
+from flowtrace.models import UPDATE_EXTENSION_FIELDS, ChatMessage, StatusField
 
 __all__ = ["complete_body", "create_body", "log_query", "resolve_inputs", "shape_output"]
 
@@ -32,6 +33,13 @@ _PAYLOAD_FIELDS = (
 )
 _CHAT_ROLES = frozenset({"user", "assistant", "system", "tool", "developer"})
 _MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
+
+
+def format_ns(ns: int) -> str:
+    """Nanoseconds since the epoch as the contract's ISO-8601 UTC text, at microseconds
+    (what `models.format_datetime` writes, without building a datetime)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
 
 
 def _chat_message(value: Any) -> dict[str, Any] | None:
@@ -122,8 +130,9 @@ def _metadata(log: Log) -> dict[str, Any] | None:
 def _ending_fields(log: Log) -> dict[str, Any]:
     """The fields a log only has once it has ended."""
     fields: dict[str, Any] = {}
-    if log.end_ns is not None:
-        fields["end_time"] = format_datetime(log.end_time)  # type: ignore[arg-type]
+    end_ns = log.end_ns
+    if end_ns is not None:
+        fields["end_time"] = format_ns(end_ns)
     if log.duration_ns is not None:
         fields["provider_latency"] = log.duration_ns / 1e9
     fields.update(shape_output(log))
@@ -154,7 +163,7 @@ def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
     body: dict[str, Any] = {
         "log_id": log.log_id,
         "path": log.path,
-        "start_time": format_datetime(log.start_time),
+        "start_time": format_ns(log.start_ns),
     }
     if log.parent is not None:
         body["trace_parent_id"] = log.parent.log_id
