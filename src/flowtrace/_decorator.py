@@ -164,12 +164,21 @@ def _fail(log: Log, exc: BaseException) -> None:
         interruption = _interruption(exc)
         if interruption is None:
             log.error = _describe(exc)
-            log.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.traceback = _format_traceback(exc)
         else:
             how = interruption
     except Exception as internal:
         _guard.internal_error("log-error", internal)
     log.close(how)
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback as the user's code raised it: flowtrace's wrapper frames left out (the
+    exception object itself is re-raised untouched)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _describe(exc: BaseException) -> str:
