@@ -732,7 +732,7 @@ def test_internal_failures_never_reach_user_code(
     finally:
         flowtrace._log.remove_sink(sink)
     kinds = [kind for kind, _ in fail_on_internal_errors]
-    assert kinds == ["log-start", "log-end", "log-start", "log-end"]
+    assert kinds == ["log-open", "log-end", "log-open", "log-end"]
     # logged once per kind, on the flowtrace logger
     logged = [r for r in caplog.records if r.name == "flowtrace"]
     assert len(logged) == 2

@@ -28,7 +28,6 @@ import wrapt
 
 from flowtrace import _config, _guard, _log
 from flowtrace._capture import (
-    SCALARS,
     InputBinder,
     StdoutTee,
     capture_value,
@@ -36,7 +35,7 @@ from flowtrace._capture import (
     limits,
 )
 from flowtrace._context import current
-from flowtrace._log import UNSET, Log, LogOptions
+from flowtrace._log import Log, LogOptions
 
 __all__ = ["Flow", "default_path", "flow"]
 
@@ -88,42 +87,19 @@ def _defined_in_class(fn: Callable[..., Any]) -> bool:
 
 
 def _open(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Log | None:
-    """A new log for this call, announced to the sinks; None if flowtrace itself failed."""
+    """A new log for this call, announced to the sinks; None if flowtrace itself failed.
+    (The plain-function wrapper has this inlined: it is the hot path.)"""
+    log = None
     try:
-        parent = current.get()
-        log = Log(options, parent)
-        if options.capture_all:
-            # Immutable scalars are kept by reference; anything else is snapshotted now, as
-            # the function (or its caller) may mutate it later.
-            for value in args:
-                if type(value) not in SCALARS:
-                    args = tuple([capture_value(v) for v in args])
-                    break
-            log.args = args
-            if kwargs:
-                log.kwargs = {name: capture_value(v) for name, v in kwargs.items()}
-        elif options.capture_inputs is not False:
-            log.inputs = _redacted_inputs(options, args, kwargs)
-    except Exception as exc:
-        _guard.internal_error("log-open", exc)
-        return None
-    try:
+        log = Log(options, current.get(), args, kwargs)
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
-        if parent is None and type(sys.stdout) is not StdoutTee:
+        if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
         for started in _log.on_start:
             started(log)
     except Exception as exc:
-        _guard.internal_error("log-start", exc)
+        _guard.internal_error("log-open", exc)
     return log
-
-
-def _redacted_inputs(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    redact = options.capture_inputs
-    if not callable(redact) or options.binder is None:
-        return UNSET
-    # A redactor sees the real arguments by name, at call time; its result is recorded.
-    return redact(options.binder.bind(options.skip_first, args, kwargs))
 
 
 def _announce(log: Log) -> None:
@@ -198,9 +174,17 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
     def traced(*args: Any, **kwargs: Any) -> Any:
         if not _enabled:
             return fn(*args, **kwargs)
-        log = _open(options, args, kwargs)
-        if log is None:
-            return fn(*args, **kwargs)
+        log = None
+        try:  # _open(), inlined
+            log = Log(options, current.get(), args, kwargs)
+            if log.parent is None and type(sys.stdout) is not StdoutTee:
+                ensure_stdout_tee()
+            for started in _log.on_start:
+                started(log)
+        except Exception as exc:
+            _guard.internal_error("log-open", exc)
+            if log is None:
+                return fn(*args, **kwargs)
         token = current.set(log)
         try:
             result = fn(*args, **kwargs)

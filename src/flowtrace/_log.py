@@ -291,11 +291,31 @@ class Log:
     stdout_parts: list[str] | None = None
     delivery: Any = None  # the pipeline's per-log state
 
-    def __init__(self, options: LogOptions, parent: Log | None) -> None:
+    def __init__(
+        self,
+        options: LogOptions,
+        parent: Log | None,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Open a log; `args`/`kwargs`: the decorated call's arguments, recorded as inputs."""
         self._number = next(_counter)
         self._prefix = _prefix
         self.options = options
         self.parent = parent
+        if args is not None:
+            if options.capture_all:
+                # Immutable scalars are kept by reference; anything else is copied now, as the
+                # function (or its caller) may mutate it later. Names are bound on the worker.
+                for value in args:
+                    if type(value) not in SCALARS:
+                        args = tuple([capture_value(v) for v in args])
+                        break
+                self.args = args
+                if kwargs:
+                    self.kwargs = {name: capture_value(v) for name, v in kwargs.items()}
+            elif options.capture_inputs is not False:
+                self.inputs = _redacted(options, args, kwargs or {})
         self._start_mono_ns = start = _mono_ns()
         self.start_ns = start + _wall_offset_ns  # wall clock, nanoseconds since the epoch
 
@@ -419,6 +439,14 @@ class Log:
 
     def __repr__(self) -> str:
         return f"<Log {self.path!r} id={self.log_id} {self.status}>"
+
+
+def _redacted(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A redactor sees the real arguments by name, at call time; its result is recorded."""
+    redact = options.capture_inputs
+    if not callable(redact) or options.binder is None:
+        return UNSET
+    return capture_value(redact(options.binder.bind(options.skip_first, args, kwargs)))
 
 
 def _to_datetime(ns: int) -> datetime:
