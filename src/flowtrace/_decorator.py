@@ -114,7 +114,7 @@ def _announce(log: Log) -> None:
 
 def _close_block(log: Log) -> None:
     try:
-        if log.touched:
+        if log.user_fields is not None:
             log.freeze()
     except Exception as exc:
         _guard.internal_error("log-end", exc)
@@ -135,7 +135,7 @@ def _fail(log: Log, exc: BaseException) -> None:
     """End a log whose call raised `exc` (which the caller re-raises unchanged)."""
     how = "error"
     try:
-        if log.touched:
+        if log.user_fields is not None:
             log.freeze()
         interruption = _interruption(exc)
         if interruption is None:

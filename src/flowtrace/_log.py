@@ -210,8 +210,9 @@ NO_OPTIONS = LogOptions()
 
 
 class _UserField:
-    """A field the user may set on an open log. Setting it marks the log "touched", so the
-    recorder knows to snapshot user values when the log closes; unset, it costs nothing."""
+    """A field the user may set on an open log. What users set lives in one small dict made on
+    first use (`log.user_fields`), so an untouched log carries none, and the recorder knows to
+    snapshot user values when the log closes."""
 
     def __init__(self, option: str | None = None) -> None:
         self.option = option  # the LogOptions field that gives the default
@@ -222,14 +223,15 @@ class _UserField:
     def __get__(self, log: Log | None, owner: type | None = None) -> Any:
         if log is None:
             return self
-        try:
-            return log.__dict__[self.name]
-        except KeyError:
-            return UNSET if self.option is None else getattr(log.options, self.option)
+        fields = log.user_fields
+        if fields is not None and self.name in fields:
+            return fields[self.name]
+        return UNSET if self.option is None else getattr(log.options, self.option)
 
     def __set__(self, log: Log, value: Any) -> None:
-        log.__dict__[self.name] = value
-        log.touched = True
+        if log.user_fields is None:
+            log.user_fields = {}
+        log.user_fields[self.name] = value
 
 
 class _Metadata(_UserField):
@@ -239,12 +241,12 @@ class _Metadata(_UserField):
     def __get__(self, log: Log | None, owner: type | None = None) -> Any:
         if log is None:
             return self
-        try:
-            return log.__dict__["metadata"]
-        except KeyError:
-            own = dict(log.options.metadata or {})
-            self.__set__(log, own)
-            return own
+        fields = log.user_fields
+        if fields is not None and "metadata" in fields:
+            return fields["metadata"]
+        own = dict(log.options.metadata or {})
+        self.__set__(log, own)
+        return own
 
 
 #: What a user may set on an open log; snapshotted when the log closes.
@@ -279,7 +281,7 @@ class Log:
     user = _UserField(option="user")
 
     error: str | None = None
-    touched = False  # a user field was set
+    user_fields: dict[str, Any] | None = None  # what the user set on the open log
     result: Any = UNSET  # what the call returned (snapshot), unless the user set `output`
     # A decorated call's arguments (non-scalars snapshotted), bound to names on the worker.
     args: tuple[Any, ...] | None = None
@@ -321,10 +323,10 @@ class Log:
 
     def freeze(self) -> None:
         """Snapshot what the user set, as it is now (the log is closing)."""
-        own = self.__dict__
-        for name in USER_FIELDS:
-            if name in own:
-                own[name] = capture_value(own[name])
+        fields = self.user_fields
+        if fields:
+            for name, value in fields.items():
+                fields[name] = capture_value(value)
 
     # --- what the flow gave --------------------------------------------------------------
     @property
@@ -404,7 +406,7 @@ class Log:
     def finish(self, result: Any, how: str | None = None) -> None:
         """The call returned `result`: record it and close (the call path, one frame)."""
         try:
-            if self.touched:
+            if self.user_fields is not None:
                 self.freeze()
             capture = self.options.capture_output
             if capture is True:
