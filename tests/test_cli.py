@@ -137,6 +137,18 @@ def test_show_keeps_hostile_text_inert(database: tuple[Path, Sample]) -> None:
     assert HOSTILE_STDOUT in result.stdout  # plain text is shown as it is
 
 
+def test_show_last_draws_the_newest_trace(database: tuple[Path, Sample], tmp_path: Path) -> None:
+    path, sample = database
+    with Store(path) as store:
+        newest = store.list_logs(roots_only=True, size=1).records[0].id
+    result = run_cli("show", "last", "--db", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"[{newest}]" in result.stdout.splitlines()[0]
+    Store(tmp_path / "empty.db").close()
+    empty = run_cli("show", "last", "--db", str(tmp_path / "empty.db"))
+    assert (empty.returncode, empty.stderr) == (1, "flowtrace: the database holds no logs yet\n")
+
+
 def test_show_an_unknown_id_is_an_error(database: tuple[Path, Sample]) -> None:
     path, _ = database
     result = run_cli("show", "no-such-log", "--db", str(path))

@@ -2,7 +2,7 @@
 server.
 
   flowtrace logs [--db PATH] [--flow PATH] [--errors] [--limit N]   recent logs as a table
-  flowtrace show LOG_ID [--db PATH]                                 one trace as a tree
+  flowtrace show LOG_ID|last [--db PATH]                            one trace as a tree
   flowtrace serve ...                                               the log server + viewer
   flowtrace ui [--db PATH] [--host H] [--port P]                    the viewer over a local db
 
@@ -114,10 +114,22 @@ def _logs(args: argparse.Namespace) -> int:
 # --- show ----------------------------------------------------------------------------------
 
 
+#: `flowtrace show last`: the newest trace.
+LAST = "last"
+
+
+def _newest_trace_id(store: Store) -> str:
+    newest = store.list_logs(roots_only=True, size=1).records
+    if not newest:
+        raise CliError("the database holds no logs yet")
+    return newest[0].id
+
+
 def _show(args: argparse.Namespace) -> int:
     with _reading(args.db) as store:
+        log_id = _newest_trace_id(store) if args.log_id == LAST else args.log_id
         try:
-            log = store.get_log(args.log_id)
+            log = store.get_log(log_id)
             root = log if log.id == log.trace_id else store.get_log(log.trace_id)
         except StoreError as error:
             if error.status_code == 404:
@@ -189,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.set_defaults(func=_logs)
 
     show = subparsers.add_parser("show", help="one trace as a tree, with errors and stdout")
-    show.add_argument("log_id", metavar="LOG_ID", help="the id of any log of the trace")
+    show.add_argument(
+        "log_id", metavar="LOG_ID", help="the id of any log of the trace, or 'last' (the newest)"
+    )
     _add_db_option(show)
     show.set_defaults(func=_show)
 
