@@ -9,9 +9,10 @@ interleaved, and medians over repeats of the overheads and ratios are reported (
 repeat, for comparison). The garbage collector is disabled while
 timing (collected before each loop) unless `--gc` is given.
 
-By default flowtrace's logs go to a trivial sink that appends ended logs to a bounded deque
-(the pipeline's hot-path cost: an append). `--pipeline` registers no such sink, so
-`flowtrace.configure(...)` decides delivery (the real pipeline, once it lands).
+By default flowtrace's logs go to a trivial sink that appends each log to a bounded deque as it
+opens and as it closes (the floor's delivery cost), in place of the delivery pipeline: this
+measures the recorder. `--pipeline` keeps the real pipeline (delivering to a temporary
+embedded store, or to `FLOWTRACE_BASE_URL`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import flowtrace
+import flowtrace._pipeline
 from flowtrace import flow
-from flowtrace._log import Log, add_sink
+from flowtrace._log import Log, add_sink, remove_sink
 
 perf_ns = time.perf_counter_ns
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -558,6 +560,8 @@ def main() -> None:
             overrides["db_path"] = str(Path(tempfile.mkdtemp()) / "bench.db")
         flowtrace.configure(**overrides)
     else:
+        # The recorder alone: the delivery pipeline's sink is swapped for deque appends.
+        remove_sink(flowtrace._pipeline.pipeline())
         add_sink(DequeSink())
 
     rows = []
