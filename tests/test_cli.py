@@ -138,7 +138,7 @@ def test_show_keeps_hostile_text_inert(database: tuple[Path, Sample]) -> None:
 
 
 def test_show_last_draws_the_newest_trace(database: tuple[Path, Sample], tmp_path: Path) -> None:
-    path, sample = database
+    path, _ = database
     with Store(path) as store:
         newest = store.list_logs(roots_only=True, size=1).records[0].id
     result = run_cli("show", "last", "--db", str(path))
