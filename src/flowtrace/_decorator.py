@@ -112,15 +112,6 @@ def _announce(log: Log) -> None:
         _guard.internal_error("log-start", exc)
 
 
-def _close_block(log: Log) -> None:
-    try:
-        if log.user_fields is not None:
-            log.freeze()
-    except Exception as exc:
-        _guard.internal_error("log-end", exc)
-    log.close()
-
-
 def _interruption(exc: BaseException) -> str | None:
     """How an interruption (not a failure of the function) is recorded, else None."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
@@ -135,8 +126,6 @@ def _fail(log: Log, exc: BaseException) -> None:
     """End a log whose call raised `exc` (which the caller re-raises unchanged)."""
     how = "error"
     try:
-        if log.user_fields is not None:
-            log.freeze()
         interruption = _interruption(exc)
         if interruption is None:
             log.error = _describe(exc)
@@ -193,7 +182,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             _fail(log, exc)
             raise
         current.reset(token)
-        log.finish(result)
+        log.close(None, result)
         return result
 
     return traced
@@ -216,7 +205,7 @@ def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Cal
             _fail(log, exc)
             raise
         current.reset(token)
-        log.finish(result)
+        log.close(None, result)
         return result
 
     return traced
@@ -279,7 +268,7 @@ def _traced_generator(log: Log, gen: Generator[Any, Any, Any]) -> Generator[Any,
             item = method(arg)
         except StopIteration as stop:
             current.reset(token)
-            log.finish(items.output())
+            log.close(None, items.output())
             return stop.value
         except BaseException as exc:
             current.reset(token)
@@ -299,7 +288,7 @@ def _traced_generator(log: Log, gen: Generator[Any, Any, Any]) -> Generator[Any,
                 _fail(log, exc)
                 raise
             current.reset(token)
-            log.finish(items.output(), "closed early")
+            log.close("closed early", items.output())
             raise
         except BaseException as exc:
             method, arg = gen.throw, exc
@@ -327,7 +316,7 @@ def _wrap_async_generator_function(
                 item = await method(arg)
             except StopAsyncIteration:
                 current.reset(token)
-                log.finish(items.output())
+                log.close(None, items.output())
                 return
             except BaseException as exc:
                 current.reset(token)
@@ -346,7 +335,7 @@ def _wrap_async_generator_function(
                     _fail(log, exc)
                     raise
                 current.reset(token)
-                log.finish(items.output(), "closed early")
+                log.close("closed early", items.output())
                 raise
             except BaseException as exc:
                 method, arg = agen.athrow, exc
@@ -373,7 +362,7 @@ def _wrap_other_callable(target: Any, options: LogOptions) -> Any:
             _fail(log, exc)
             raise
         current.reset(token)
-        log.finish(result)
+        log.close(None, result)
         return result
 
     return wrapt.FunctionWrapper(target, call)
@@ -441,7 +430,7 @@ class Flow:
         if log is None:
             return
         if exc is None:
-            _close_block(log)
+            log.close()
         else:
             _fail(log, exc)
 

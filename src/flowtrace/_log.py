@@ -288,7 +288,6 @@ class Log:
     kwargs: dict[str, Any] | None = None
     traceback: str | None = None
     duration_ns: int | None = None
-    status: Status = "incomplete"
     ended_how: str | None = None
     stdout_parts: list[str] | None = None
     delivery: Any = None  # the pipeline's per-log state
@@ -400,39 +399,33 @@ class Log:
         return "".join(self.stdout_parts) if self.stdout_parts else ""
 
     @property
-    def is_complete(self) -> bool:
-        return self.status == "complete"
+    def status(self) -> Status:
+        """`incomplete` while the call runs, `complete` once it has returned or raised."""
+        return "incomplete" if self.duration_ns is None else "complete"
 
-    def finish(self, result: Any, how: str | None = None) -> None:
-        """The call returned `result`: record it and close (the call path, one frame)."""
+    @property
+    def is_complete(self) -> bool:
+        return self.duration_ns is not None
+
+    def close(self, how: str | None = None, result: Any = UNSET) -> None:
+        """End the log, once: record what the call returned (`result`; a block returns
+        nothing), snapshot what the user set, stamp the end, and hand it to the sinks."""
+        if self.duration_ns is not None:
+            return
         try:
             if self.user_fields is not None:
                 self.freeze()
-            capture = self.options.capture_output
-            if capture is True:
-                self.result = result if type(result) in SCALARS else capture_value(result)
-            elif capture is not False:
-                self.result = capture_value(capture(result))
+            if result is not UNSET:
+                capture = self.options.capture_output
+                if capture is True:
+                    self.result = result if type(result) in SCALARS else capture_value(result)
+                elif capture is not False:
+                    self.result = capture_value(capture(result))
         except Exception as exc:
             _guard.internal_error("log-end", exc)
-        self.duration_ns = _mono_ns() - self._start_mono_ns
         if how is not None:
             self.ended_how = how
-        self.status = "complete"
-        try:
-            for ended in on_end:
-                ended(self)
-        except Exception as exc:
-            _guard.internal_error("log-end", exc)
-
-    def close(self, how: str | None = None) -> None:
-        """Stamp the end (once) and hand the log to the sinks."""
-        if self.status == "complete":
-            return
-        self.duration_ns = _mono_ns() - self._start_mono_ns
-        if how is not None:
-            self.ended_how = how
-        self.status = "complete"
+        self.duration_ns = _mono_ns() - self._start_mono_ns  # from here on, complete
         try:
             for ended in on_end:
                 ended(self)
