@@ -215,12 +215,25 @@ def test_unknown_field_is_422_naming_it(client: httpx.Client) -> None:
         ({"trace_status": "done"}, ["body", "trace_status"], "literal_error"),
         ({"flow": {}}, ["body", "flow", "attributes"], "missing"),
         ({"provider_latency": "fast"}, ["body", "provider_latency"], "float_parsing"),
+        ({"log_id": ""}, ["body", "log_id"], "string_too_short"),
     ],
 )
 def test_invalid_field_is_422_naming_field_and_reason(
     client: httpx.Client, body: dict[str, Any], loc: list[Any], error_type: str
 ) -> None:
     assert_field_error(client.post("/flows/log", json=body), loc, error_type)
+
+
+def test_an_empty_log_id_is_422_and_nothing_is_stored(client: httpx.Client) -> None:
+    response = client.post("/flows/log", json={"path": "empty/id", "log_id": ""})
+    assert_field_error(response, ["body", "log_id"], "string_too_short")
+    assert client.get("/logs").json()["total"] == 0
+    batch = client.post(
+        "/flows/logs/batch",
+        json={"operations": [{"op": "log", "body": {"path": "empty/id", "log_id": ""}}]},
+    )
+    assert batch.json()["results"][0]["status"] == 422
+    assert client.get("/logs").json()["total"] == 0
 
 
 def test_body_that_is_not_an_object_is_422(client: httpx.Client) -> None:
