@@ -823,3 +823,28 @@ def test_out_of_range_datetimes_are_422(tmp_path: Path, start_time: float | str)
     with start_server(tmp_path / "db") as running, running.client() as client:
         response = client.post("/flows/log", json={"path": "t", "start_time": start_time})
         assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/flows", "GET, POST"),  # two routes share the path
+        ("PUT", "/logs", "GET, DELETE"),
+        ("PUT", "/flows/some-id", "GET"),
+        ("DELETE", "/flows/logs/some-id", "PATCH"),
+    ],
+)
+def test_405_allow_names_every_method_of_the_path(
+    client: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_405_allow_prefers_a_concrete_path_over_a_template(client: httpx.Client) -> None:
+    # /flows/log is POST only, although the GET /flows/{flow_id} template would take it
+    response = client.request("DELETE", "/flows/log")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
