@@ -263,3 +263,9 @@ def test_a_bounded_search_scans_only_the_newest_logs(filled: Store) -> None:
     assert [r.id for r in in_flow.records] == ["a0"]
     assert in_flow.searched is None
     assert filled.list_logs(search="answer", size=1, search_window=4).has_more
+
+
+def test_traces_with_errors_below_the_root(filled: Store) -> None:
+    # every "a" trace has a failed child; b0/b1 have no children; children are not roots
+    assert filled.traces_with_errors(["a0", "a2", "b0", "b1", "a0.1", "nope"]) == {"a0", "a2"}
+    assert filled.traces_with_errors([]) == set()

@@ -284,3 +284,18 @@ def test_a_search_reads_a_bounded_window_and_says_so(
     third = client.get(html.unescape(more.group(1)))
     assert "/traces/w1" in third.text
     assert "Searched the" not in third.text  # that window reached the oldest log
+
+
+def test_a_trace_with_a_failed_child_is_flagged_in_the_list(
+    store: Store, client: TestClient, sample: Sample
+) -> None:
+    assert store.get_log(sample.root).error is None  # the root itself did not fail
+    assert store.traces_with_errors([sample.root, sample.hostile, sample.failing]) == {
+        sample.root
+    }
+    rows = client.get("/logs").text.split("<tr>")
+    flagged = [row for row in rows if "child error" in row]
+    assert len(flagged) == 1
+    assert f"/traces/{sample.root}" in flagged[0]
+    # within one flow's logs a child row is not a trace: nothing to flag there
+    assert "child error" not in client.get("/logs", params={"flow": "llm/call"}).text

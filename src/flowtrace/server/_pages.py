@@ -3,6 +3,7 @@ script fills the tree, timeline and details from the trace JSON)."""
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import asdict, dataclass
 from urllib.parse import quote
 
@@ -88,11 +89,16 @@ class LogFilters:
         return params
 
 
-def _log_row(log: FlowLogResponse) -> list[str]:
+def _log_row(log: FlowLogResponse, failed_below: bool) -> list[str]:
+    status = _status_badge(view_status(log))
+    if failed_below:
+        status += (
+            ' <span class="child-errors" title="a log in this trace failed">child error</span>'
+        )
     return [
         link(trace_path(log.id), log.id, css_class="log-id"),
         esc(log.flow.path),
-        _status_badge(view_status(log)),
+        status,
         esc(format_duration(duration_seconds(log))),
         esc(format_time(log.start_time)),
         esc(log.user or ""),
@@ -155,9 +161,15 @@ def _search_note(result: LogPage, filters: LogFilters) -> str:
     )
 
 
-def logs_page(result: LogPage, filters: LogFilters, flow: FlowResponse | None) -> str:
+def logs_page(
+    result: LogPage,
+    filters: LogFilters,
+    flow: FlowResponse | None,
+    failed_below: Set[str] = frozenset(),
+) -> str:
+    """`failed_below`: ids of the rows (trace roots) with a failed log under them."""
     title = f"Logs of {flow.path}" if flow else "Traces of all flows"
-    rows = [_log_row(log) for log in result.records]
+    rows = [_log_row(log, log.id in failed_below) for log in result.records]
     body = (
         f"<h1>{esc(title)}</h1>"
         + _filter_form(filters)

@@ -185,7 +185,9 @@ class _Viewer:
             filters = replace(filters, page=1, before="", after="")
             result = self._list(filters, flow)
         assert result is not None
-        return self._html(logs_page(result, filters, flow))
+        roots = [log.id for log in result.records if log.id == log.trace_id]
+        failed_below = self._store.traces_with_errors(roots)
+        return self._html(logs_page(result, filters, flow, failed_below))
 
     def _list(self, filters: LogFilters, flow: FlowResponse | None) -> LogPage | None:
         """A page without totals (the viewer never shows them), by cursor when it has one;

@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+# traces_with_errors answers for a page of rows; bounded so a query never takes more marks.
+_MAX_ERROR_CHECKS = 1000
 
 _T = TypeVar("_T")
 _Update = tuple[str, FlowLogUpdateRequest]
@@ -287,6 +289,22 @@ class Store:
                 after=after,
                 search_window=search_window,
             )
+
+    def traces_with_errors(self, root_ids: Sequence[str]) -> set[str]:
+        """Which of these trace roots have a failed log below them (the root's own error
+        aside): one EXISTS per root along the trace index, for a page of rows, not a scan."""
+        ids = list(dict.fromkeys(root_ids))[:_MAX_ERROR_CHECKS]
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT r.id FROM logs r WHERE r.id IN ({marks}) AND r.seq = r.trace_seq"
+                " AND EXISTS (SELECT 1 FROM logs c WHERE c.trace_seq = r.seq"
+                " AND c.seq != r.seq AND c.has_error = 1)",
+                ids,
+            ).fetchall()
+        return {str(row[0]) for row in rows}
 
     def list_flows(self) -> list[FlowStats]:
         """Every flow by path, with counters (maintained on write: cheap at any size)."""
