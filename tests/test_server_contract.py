@@ -215,12 +215,25 @@ def test_unknown_field_is_422_naming_it(client: httpx.Client) -> None:
         ({"trace_status": "done"}, ["body", "trace_status"], "literal_error"),
         ({"flow": {}}, ["body", "flow", "attributes"], "missing"),
         ({"provider_latency": "fast"}, ["body", "provider_latency"], "float_parsing"),
+        ({"log_id": ""}, ["body", "log_id"], "string_too_short"),
     ],
 )
 def test_invalid_field_is_422_naming_field_and_reason(
     client: httpx.Client, body: dict[str, Any], loc: list[Any], error_type: str
 ) -> None:
     assert_field_error(client.post("/flows/log", json=body), loc, error_type)
+
+
+def test_an_empty_log_id_is_422_and_nothing_is_stored(client: httpx.Client) -> None:
+    response = client.post("/flows/log", json={"path": "empty/id", "log_id": ""})
+    assert_field_error(response, ["body", "log_id"], "string_too_short")
+    assert client.get("/logs").json()["total"] == 0
+    batch = client.post(
+        "/flows/logs/batch",
+        json={"operations": [{"op": "log", "body": {"path": "empty/id", "log_id": ""}}]},
+    )
+    assert batch.json()["results"][0]["status"] == 422
+    assert client.get("/logs").json()["total"] == 0
 
 
 def test_body_that_is_not_an_object_is_422(client: httpx.Client) -> None:
@@ -810,3 +823,28 @@ def test_out_of_range_datetimes_are_422(tmp_path: Path, start_time: float | str)
     with start_server(tmp_path / "db") as running, running.client() as client:
         response = client.post("/flows/log", json={"path": "t", "start_time": start_time})
         assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/flows", "GET, POST"),  # two routes share the path
+        ("PUT", "/logs", "GET, DELETE"),
+        ("PUT", "/flows/some-id", "GET"),
+        ("DELETE", "/flows/logs/some-id", "PATCH"),
+    ],
+)
+def test_405_allow_names_every_method_of_the_path(
+    client: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_405_allow_prefers_a_concrete_path_over_a_template(client: httpx.Client) -> None:
+    # /flows/log is POST only, although the GET /flows/{flow_id} template would take it
+    response = client.request("DELETE", "/flows/log")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"

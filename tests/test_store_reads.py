@@ -189,3 +189,83 @@ def test_record_carries_every_field_it_was_logged_with(store: Store) -> None:
     assert dumped["evaluator_logs"] == []
     assert dumped["trace_children"] == []
     assert "log_status" not in dumped
+
+
+# --- for browsers: no totals, keyset cursors, a bounded search ---------------------------------
+
+ALL_IDS = ["b1", "b0", "a2.1", "a2.0", "a2", "a1.1", "a1.0", "a1", "a0.1", "a0.0", "a0"]
+
+
+def test_without_totals_a_page_says_whether_more_follow(filled: Store) -> None:
+    first = filled.list_logs(size=4, count_total=False)
+    assert [r.id for r in first.records] == ALL_IDS[:4]
+    assert first.has_more
+    assert first.total == 5  # a lower bound: this page and one more
+    last = filled.list_logs(page=3, size=4, count_total=False)
+    assert [r.id for r in last.records] == ALL_IDS[8:]
+    assert not last.has_more
+    assert last.total == 11
+    assert filled.list_logs(errors_only=True, size=3, count_total=False).has_more is False
+    assert filled.list_logs(size=4).has_more  # with totals too
+
+
+def test_before_and_after_walk_the_list_by_cursor(filled: Store) -> None:
+    seen: list[str] = []
+    before = None
+    while True:
+        page = filled.list_logs(size=4, count_total=False, before=before)
+        seen.extend(r.id for r in page.records)
+        if not page.has_more:
+            break
+        before = page.records[-1].id
+    assert seen == ALL_IDS
+    newer = filled.list_logs(size=4, count_total=False, after="a1.1")
+    assert [r.id for r in newer.records] == ["b0", "a2.1", "a2.0", "a2"]
+    assert newer.has_more  # b1 is newer still
+    a = _flow_id(filled, "a")
+    assert _ids(filled, file_id=a, errors_only=True, before="a2.1") == ["a1.1", "a0.1"]
+    assert _ids(filled, roots_only=True, after="a0") == ["b1", "b0", "a2", "a1"]
+
+
+def test_cursors_break_start_time_ties_by_insert_order(store: Store) -> None:
+    for n in range(5):
+        store.log(req(path="f", log_id=f"t{n}", start_time=at(1)))
+    assert _ids(store, before="t3") == ["t2", "t1", "t0"]
+    assert _ids(store, after="t1") == ["t4", "t3", "t2"]
+
+
+def test_a_cursor_must_name_a_log(filled: Store) -> None:
+    with pytest.raises(StoreError) as excinfo:
+        filled.list_logs(before="gone")
+    assert excinfo.value.status_code == 404
+    with pytest.raises(StoreError) as excinfo:
+        filled.list_logs(before="a0", after="a1")
+    assert excinfo.value.status_code == 422
+
+
+def test_a_bounded_search_scans_only_the_newest_logs(filled: Store) -> None:
+    # "answer" is in every child's output; a window of 4 logs holds a2.1, a2.0 (and b1, b0)
+    page = filled.list_logs(search="answer", search_window=4, count_total=False)
+    assert [r.id for r in page.records] == ["a2.1", "a2.0"]
+    assert page.searched == 4
+    assert page.searched_through == "a2.0"  # the 4th newest log: go on from there
+    more = filled.list_logs(
+        search="answer", search_window=4, count_total=False, before=page.searched_through
+    )
+    assert [r.id for r in more.records] == ["a1.1", "a1.0"]
+    assert more.searched_through == "a1"
+    # a window past the oldest log searched everything: nothing to say
+    whole = filled.list_logs(search="answer", search_window=11, count_total=False)
+    assert len(whole.records) == 6
+    assert whole.searched is None
+    a = _flow_id(filled, "a")
+    in_flow = filled.list_logs(file_id=a, search="t0", search_window=9, count_total=False)
+    assert [r.id for r in in_flow.records] == ["a0"]
+    assert in_flow.searched is None
+    assert filled.list_logs(search="answer", size=1, search_window=4).has_more
+
+
+def test_traces_with_errors_below_the_root(filled: Store) -> None:
+    # every "a" trace has a failed child; b0/b1 have no children; children are not roots
+    assert filled.traces_with_errors(["a0", "a2", "b0", "b1", "a0.1", "nope"]) == {"a0", "a2"}
+    assert filled.traces_with_errors([]) == set()

@@ -20,7 +20,7 @@ def test_fresh_file_gets_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "logs.db"
     with Store(path) as store:
         store.log(req(path="f"))
-    assert _user_version(path) == SCHEMA_VERSION == 1
+    assert _user_version(path) == SCHEMA_VERSION == 2
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -58,7 +58,7 @@ def test_a_new_migration_runs_once_on_an_old_file(
         with Store(path) as store:
             assert store.get_log("old").id == "old"
     assert runs == [1]
-    assert _user_version(path) == 2
+    assert _user_version(path) == SCHEMA_VERSION + 1
 
 
 def test_a_failing_migration_leaves_the_file_as_it_was(
@@ -74,7 +74,7 @@ def test_a_failing_migration_leaves_the_file_as_it_was(
     monkeypatch.setattr(_schema, "MIGRATIONS", [*_schema.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         Store(path)
-    assert _user_version(path) == 1
+    assert _user_version(path) == SCHEMA_VERSION
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(flows)")]
     assert "note" not in columns
@@ -95,3 +95,38 @@ def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE accounts (id INTEGER)")
     with pytest.raises(StoreSchemaError, match="not a flowtrace database"):
         Store(path)
+
+
+def _plan(path: Path, sql: str) -> str:
+    with sqlite3.connect(path) as conn:
+        return " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+
+
+def test_a_version_1_file_gets_the_filter_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "logs.db"
+    with monkeypatch.context() as patched:  # a file as flowtrace with schema 1 wrote it
+        patched.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
+        with Store(path) as store:
+            store.log(req(path="f", log_id="fine", trace_status="complete"))
+            store.log(req(path="f", log_id="failed", error="boom", trace_status="complete"))
+            store.log(req(path="f", log_id="running"))
+    assert _user_version(path) == 1
+    with Store(path) as store:
+        flow_id = store.list_flows()[0].id
+        assert [r.id for r in store.list_logs(errors_only=True).records] == ["failed"]
+        assert [r.id for r in store.list_logs(status="incomplete").records] == ["running"]
+        assert [r.id for r in store.list_logs(file_id=flow_id, errors_only=True).records] == [
+            "failed"
+        ]
+    assert _user_version(path) == SCHEMA_VERSION == 2
+    newest = "ORDER BY start_us DESC, seq DESC LIMIT 50"
+    assert "logs_flow_errors" in _plan(
+        path, f"SELECT * FROM logs WHERE flow_ref = 1 AND has_error = 1 {newest}"
+    )
+    assert "logs_errors" in _plan(path, f"SELECT * FROM logs WHERE has_error = 1 {newest}")
+    assert "logs_incomplete" in _plan(path, f"SELECT * FROM logs WHERE complete = 0 {newest}")
+    assert "logs_flow_incomplete" in _plan(
+        path, f"SELECT * FROM logs WHERE flow_ref = 1 AND complete = 0 {newest}"
+    )

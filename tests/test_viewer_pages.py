@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +210,92 @@ def test_the_server_without_keys_serves_its_viewer(store: Store, sample: Sample)
     client = TestClient(create_app(store))
     assert client.get("/").status_code == 200
     assert client.get(f"/traces/{sample.failing}").status_code == 200
+
+
+def _older_link(page: str) -> str | None:
+    found = re.search(r'<a href="([^"]*)" class="next">', page)
+    return html.unescape(found.group(1)) if found else None
+
+
+def _newer_link(page: str) -> str | None:
+    found = re.search(r'<a href="([^"]*)" class="prev">', page)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_older_and_newer_links_walk_by_cursor(store: Store, client: TestClient) -> None:
+    ids = [f"bulk-{index:03}" for index in range(120)]
+    for index, log_id in enumerate(ids):
+        store.log(FlowLogRequest(path="bulk/job", log_id=log_id, start_time=at(100 + index)))
+    newest_first = ids[::-1]
+    shown: list[str] = []
+    pages = []
+    href: str | None = "/logs?flow=bulk/job"
+    while href is not None:
+        page = client.get(href)
+        assert page.status_code == 200
+        pages.append(page.text)
+        shown.extend(log_id for log_id in newest_first if f"/traces/{log_id}" in page.text)
+        href = _older_link(page.text)
+    assert shown == newest_first  # every log once, in order, over three pages
+    assert len(pages) == 3
+    assert "page 3" in pages[2]
+    assert "before=bulk-070" in (_older_link(pages[0]) or "")
+    # back from page 3: the 50 logs just newer than its first one, i.e. page 2
+    third = _older_link(pages[1])
+    assert third is not None
+    back = client.get(_newer_link(client.get(third).text) or "")
+    assert "page 2" in back.text
+    assert back.text.count('class="log-id"') == 50
+    assert "/traces/bulk-069" in back.text and "/traces/bulk-020" in back.text
+
+
+def test_a_cursor_whose_log_is_gone_shows_the_newest(store: Store, client: TestClient) -> None:
+    page = client.get("/logs", params={"before": "no-such-log"})
+    assert page.status_code == 200
+    assert "page 1" in page.text
+    assert "log_root" in page.text
+
+
+def test_a_search_reads_a_bounded_window_and_says_so(
+    store: Store, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowtrace.server import _viewer
+
+    for index in range(10):
+        store.log(
+            FlowLogRequest(
+                path="bulk/job",
+                log_id=f"w{index}",
+                start_time=at(100 + index),
+                output="needle" if index in (1, 8) else "hay",
+            )
+        )
+    monkeypatch.setattr(_viewer, "SEARCH_WINDOW", 4)
+    first = client.get("/logs", params={"flow": "bulk/job", "search": "needle"})
+    assert "/traces/w8" in first.text and "/traces/w1" not in first.text
+    assert "Searched the newest 4 logs of this flow only." in first.text
+    more = re.search(r'<a href="([^"]*)" class="search-older">', first.text)
+    assert more is not None
+    second = client.get(html.unescape(more.group(1)))
+    assert "/traces/w1" not in second.text  # w5..w2: no needle
+    assert "Searched the next 4 logs" in second.text
+    more = re.search(r'<a href="([^"]*)" class="search-older">', second.text)
+    assert more is not None
+    third = client.get(html.unescape(more.group(1)))
+    assert "/traces/w1" in third.text
+    assert "Searched the" not in third.text  # that window reached the oldest log
+
+
+def test_a_trace_with_a_failed_child_is_flagged_in_the_list(
+    store: Store, client: TestClient, sample: Sample
+) -> None:
+    assert store.get_log(sample.root).error is None  # the root itself did not fail
+    assert store.traces_with_errors([sample.root, sample.hostile, sample.failing]) == {
+        sample.root
+    }
+    rows = client.get("/logs").text.split("<tr>")
+    flagged = [row for row in rows if "child error" in row]
+    assert len(flagged) == 1
+    assert f"/traces/{sample.root}" in flagged[0]
+    # within one flow's logs a child row is not a trace: nothing to flag there
+    assert "child error" not in client.get("/logs", params={"flow": "llm/call"}).text

@@ -208,7 +208,7 @@ class FlowLogRequest(_StatusMixin, _Request):
     user: str | None = None
     environment: str | None = None
     save: bool | None = None
-    log_id: str | None = None
+    log_id: str | None = Field(default=None, min_length=1)  # "" could not be fetched
     flow: FlowKernel | None = None
 
 

@@ -54,7 +54,7 @@ def create_app(
     app.include_router(api)
     app.include_router(health_router(batch=batch))
     install_error_handlers(app)
-    mount_viewer(app, store)
+    mount_viewer(app, store, api_keys=tuple(api_keys))
     # Last added runs first: authentication, the body limit, then (added by
     # install_error_handlers) the catch-all for unexpected errors, then the app.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)

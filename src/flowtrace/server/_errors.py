@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowtrace import _guard
@@ -68,6 +71,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(StoreError, _on_store_error)
     app.add_middleware(UnexpectedErrorMiddleware)
 
@@ -87,6 +91,32 @@ def _field_error(error: Any) -> dict[str, Any]:
     # Only loc/msg/type: echoing `input` back could return megabytes of the client's body.
     loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
     return {"loc": loc, "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+
+
+_METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the app's OpenAPI document gives the resource at `path` (empty when it
+    documents none). Starlette's 405 names only the first route whose path matched, though two
+    routes may share a path (GET and POST /flows). As OpenAPI says, a concrete path outranks a
+    template: /flows/log is POST only, though /flows/{flow_id} would match it too."""
+    paths: dict[str, Any] = app.openapi().get("paths", {})  # built once, then cached
+    matching = [template for template in paths if compile_path(template)[0].fullmatch(path)]
+    concrete = [template for template in matching if "{" not in template]
+    methods: set[str] = set()
+    for template in concrete or matching:
+        methods.update(key for key in paths[template] if key in _METHODS)
+    return [method.upper() for method in _METHODS if method in methods]
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        methods = allowed_methods(request.app, request.url.path)
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
+    return await http_exception_handler(request, exc)
 
 
 def _on_store_error(request: Request, exc: Exception) -> Response:

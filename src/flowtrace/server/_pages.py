@@ -3,6 +3,7 @@ script fills the tree, timeline and details from the trace JSON)."""
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import asdict, dataclass
 from urllib.parse import quote
 
@@ -13,9 +14,9 @@ from flowtrace._logfacts import (
     format_time,
     view_status,
 )
-from flowtrace.models import FlowLogResponse, FlowResponse, PaginatedLogs
+from flowtrace.models import FlowLogResponse, FlowResponse
 from flowtrace.server._html import esc, layout, link, table, url
-from flowtrace.store import FlowStats
+from flowtrace.store import FlowStats, LogPage
 
 __all__ = [
     "LogFilters",
@@ -67,13 +68,18 @@ def flows_page(flows: list[FlowStats]) -> str:
 
 @dataclass(frozen=True)
 class LogFilters:
-    """The log list's query: which flow, which page, what to search and filter on."""
+    """The log list's query: which flow, which page, what to search and filter on.
+
+    `before` / `after`: the log id the page continues from (older / newer), so a deep page
+    is found by an index seek; `page` is then only the number shown."""
 
     flow: str = ""
     page: int = 1
     search: str = ""
     errors: bool = False
     status: str = ""
+    before: str = ""
+    after: str = ""
 
     def query(self, **changes: str | int | bool) -> dict[str, str | int | None]:
         """These filters as URL parameters, with `changes` applied (e.g. another page)."""
@@ -83,11 +89,16 @@ class LogFilters:
         return params
 
 
-def _log_row(log: FlowLogResponse) -> list[str]:
+def _log_row(log: FlowLogResponse, failed_below: bool) -> list[str]:
+    status = _status_badge(view_status(log))
+    if failed_below:
+        status += (
+            ' <span class="child-errors" title="a log in this trace failed">child error</span>'
+        )
     return [
         link(trace_path(log.id), log.id, css_class="log-id"),
         esc(log.flow.path),
-        _status_badge(view_status(log)),
+        status,
         esc(format_duration(duration_seconds(log))),
         esc(format_time(log.start_time)),
         esc(log.user or ""),
@@ -116,27 +127,49 @@ def _filter_form(filters: LogFilters) -> str:
     )
 
 
-def _pager(result: PaginatedLogs, filters: LogFilters) -> str:
-    has_next = len(result.records) == result.size and result.page * result.size < result.total
-    previous = (
-        link(url("/logs", filters.query(page=filters.page - 1)), "← newer", css_class="prev")
-        if filters.page > 1
-        else ""
-    )
-    following = (
-        link(url("/logs", filters.query(page=filters.page + 1)), "older →", css_class="next")
-        if has_next
-        else ""
-    )
+def _pager(result: LogPage, filters: LogFilters) -> str:
+    """Older and newer pages by cursor (the last or first log shown): no OFFSET walk."""
+    records = result.records
+    previous = ""
+    if filters.page > 1:
+        newer = (
+            filters.query(page=filters.page - 1, before="", after=records[0].id)
+            if records and filters.page > 2
+            else filters.query(page=1, before="", after="")
+        )
+        previous = link(url("/logs", newer), "← newer", css_class="prev")
+    following = ""
+    if result.has_more and records:
+        older = filters.query(page=filters.page + 1, before=records[-1].id, after="")
+        following = link(url("/logs", older), "older →", css_class="next")
     return (
-        f'<div class="pager">{previous}<span class="page">page {result.page}</span>'
+        f'<div class="pager">{previous}<span class="page">page {filters.page}</span>'
         f"{following}</div>"
     )
 
 
-def logs_page(result: PaginatedLogs, filters: LogFilters, flow: FlowResponse | None) -> str:
+def _search_note(result: LogPage, filters: LogFilters) -> str:
+    """Say where a bounded search stopped, and offer to go on from there."""
+    if result.searched is None or result.has_more or not result.searched_through:
+        return ""
+    scope = "of this flow " if filters.flow else ""
+    where = "newest" if not (filters.before or filters.after) else "next"
+    go_on = filters.query(page=filters.page + 1, before=result.searched_through, after="")
+    return (
+        f'<p class="search-note">Searched the {where} {result.searched:,} logs {scope}only. '
+        f"{link(url('/logs', go_on), 'Search older logs →', css_class='search-older')}</p>"
+    )
+
+
+def logs_page(
+    result: LogPage,
+    filters: LogFilters,
+    flow: FlowResponse | None,
+    failed_below: Set[str] = frozenset(),
+) -> str:
+    """`failed_below`: ids of the rows (trace roots) with a failed log under them."""
     title = f"Logs of {flow.path}" if flow else "Traces of all flows"
-    rows = [_log_row(log) for log in result.records]
+    rows = [_log_row(log, log.id in failed_below) for log in result.records]
     body = (
         f"<h1>{esc(title)}</h1>"
         + _filter_form(filters)
@@ -145,6 +178,7 @@ def logs_page(result: PaginatedLogs, filters: LogFilters, flow: FlowResponse | N
             rows,
             empty="No logs match.",
         )
+        + _search_note(result, filters)
         + _pager(result, filters)
     )
     return layout(title, body)

@@ -3,6 +3,7 @@
 Routes:
   GET /                      flows: path, versions, log and error counts, last used
   GET /logs                  logs newest first; ?flow=<id or path>&page=&search=&errors=1&status=
+                             &before=<log id>|after=<log id> (the cursor of the older/newer links)
   GET /traces/{log_id}       one trace (a child's id opens its trace with that log selected)
   GET /ui/api/traces/{id}    the trace as JSON for the page's script (polled while live)
   GET /ui/static/...         the script and stylesheet shipped in the package
@@ -22,6 +23,7 @@ import base64
 import binascii
 import hmac
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,12 +43,16 @@ from flowtrace.server._pages import (
     trace_page,
 )
 from flowtrace.server._trace_json import trace_view
-from flowtrace.store import Store, StoreError
+from flowtrace.store import LogPage, Store, StoreError
 
-__all__ = ["API_PREFIX", "PAGE_SIZE", "SECURITY_HEADERS", "mount_viewer"]
+__all__ = ["API_PREFIX", "PAGE_SIZE", "SEARCH_WINDOW", "SECURITY_HEADERS", "mount_viewer"]
 
 API_PREFIX = "/ui/api"
 PAGE_SIZE = 50
+# A search reads at most this many logs per page (the newest of the list, past its cursor):
+# a LIKE scan costs ~1 us a log, so a page answers in ~0.1 s however large the database;
+# the page says where it stopped and links to search on from there.
+SEARCH_WINDOW = 100_000
 STATIC_DIR = Path(__file__).parent / "static"
 
 SECURITY_HEADERS = {
@@ -171,17 +177,41 @@ class _Viewer:
         flow = self._find_flow(filters.flow) if filters.flow else None
         if filters.flow and flow is None:
             return self._not_found(f"There is no flow {filters.flow!r}.")
-        result = self._store.list_logs(
-            file_id=flow.id if flow else None,
-            page=filters.page,
-            size=PAGE_SIZE,
-            search=filters.search or None,
-            errors_only=filters.errors,
-            status=filters.status or None,
-            # Across all flows a row is a trace; within one flow, every log of that flow.
-            roots_only=flow is None,
-        )
-        return self._html(logs_page(result, filters, flow))
+        result = self._list(filters, flow)
+        if (filters.before or filters.after) and (
+            result is None or (filters.after and len(result.records) < PAGE_SIZE)
+        ):
+            # the cursor's log is gone, or fewer than a page are newer: show the newest
+            filters = replace(filters, page=1, before="", after="")
+            result = self._list(filters, flow)
+        assert result is not None
+        roots = [log.id for log in result.records if log.id == log.trace_id]
+        failed_below = self._store.traces_with_errors(roots)
+        return self._html(logs_page(result, filters, flow, failed_below))
+
+    def _list(self, filters: LogFilters, flow: FlowResponse | None) -> LogPage | None:
+        """A page without totals (the viewer never shows them), by cursor when it has one;
+        a search scans a bounded window. None: the cursor's log is gone."""
+        cursor = bool(filters.before or filters.after)
+        try:
+            return self._store.list_logs(
+                file_id=flow.id if flow else None,
+                page=1 if cursor else filters.page,
+                size=PAGE_SIZE,
+                search=filters.search or None,
+                errors_only=filters.errors,
+                status=filters.status or None,
+                # Across all flows a row is a trace; within one flow, every log of that flow.
+                roots_only=flow is None,
+                count_total=False,
+                before=filters.before or None,
+                after=filters.after or None,
+                search_window=SEARCH_WINDOW,
+            )
+        except StoreError as error:
+            if error.status_code == 404 and cursor:
+                return None
+            raise
 
     def trace(self, request: Request, log_id: str) -> Response:
         denied = self._denied(request)
@@ -217,6 +247,8 @@ def _filters_from(request: Request) -> LogFilters:
         search=params.get("search", "").strip(),
         errors=params.get("errors", "") not in ("", "0", "false"),
         status=status if status in STATUS_CHOICES else "",
+        before=params.get("before", ""),
+        after=params.get("after", "") if "before" not in params else "",
     )
 
 

@@ -47,7 +47,6 @@ from flowtrace.models import (
     FlowUpsertRequest,
     LogOperation,
     LogQuery,
-    PaginatedLogs,
     StatusField,
     VersionResponse,
 )
@@ -58,15 +57,24 @@ from flowtrace.store._errors import StoreError, StoreSchemaError
 from flowtrace.store._flows import deploy, upsert_flow
 from flowtrace.store._logs import create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
-from flowtrace.store._reads import LogFilter, get_log, get_log_by_seq, list_logs
+from flowtrace.store._reads import LogFilter, LogPage, get_log, get_log_by_seq, list_logs
 from flowtrace.store._records import FlowStats, flow_records, flow_stats, version_records
 from flowtrace.store._schema import MIGRATIONS
 from flowtrace.store._session import Session
 from flowtrace.store._sqlite import Database
 
-__all__ = ["SCHEMA_VERSION", "FlowStats", "Store", "StoreError", "StoreSchemaError"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "FlowStats",
+    "LogPage",
+    "Store",
+    "StoreError",
+    "StoreSchemaError",
+]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+# traces_with_errors answers for a page of rows; bounded so a query never takes more marks.
+_MAX_ERROR_CHECKS = 1000
 
 _T = TypeVar("_T")
 _Update = tuple[str, FlowLogUpdateRequest]
@@ -239,9 +247,24 @@ class Store:
         status: str | None = None,
         roots_only: bool = False,
         status_field: StatusField = "trace_status",
-    ) -> PaginatedLogs:
+        count_total: bool = True,
+        before: str | None = None,
+        after: str | None = None,
+        search_window: int | None = None,
+    ) -> LogPage:
         """`GET /logs`: newest first by start_time. 404 unknown file_id/version_id, 422 a bad
-        page, size or status."""
+        page, size or status.
+
+        For a browser (the viewer), cheap at any depth and size:
+        - `count_total=False`: no COUNT; `total` is then a lower bound (the logs up to this
+          page, plus one when `has_more`), and `has_more` says whether a next page exists.
+        - `before` / `after`: a log id; the page starts just past that log in list order
+          (older / newer), found by index seek instead of an OFFSET walk (`page` then counts
+          from there). 404 when the log is gone.
+        - `search_window`: a search scans at most the newest `search_window` logs of the
+          flow and dates (past the cursor); when it stopped there, `searched` and
+          `searched_through` (the oldest log scanned: pass it as `before` to go on) say so.
+        """
         filters = LogFilter(
             file_id=file_id,
             version_id=version_id,
@@ -261,7 +284,27 @@ class Store:
                 size=size,
                 include_trace_children=include_trace_children,
                 status_field=status_field,
+                count_total=count_total,
+                before=before,
+                after=after,
+                search_window=search_window,
             )
+
+    def traces_with_errors(self, root_ids: Sequence[str]) -> set[str]:
+        """Which of these trace roots have a failed log below them (the root's own error
+        aside): one EXISTS per root along the trace index, for a page of rows, not a scan."""
+        ids = list(dict.fromkeys(root_ids))[:_MAX_ERROR_CHECKS]
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT r.id FROM logs r WHERE r.id IN ({marks}) AND r.seq = r.trace_seq"
+                " AND EXISTS (SELECT 1 FROM logs c WHERE c.trace_seq = r.seq"
+                " AND c.seq != r.seq AND c.has_error = 1)",
+                ids,
+            ).fetchall()
+        return {str(row[0]) for row in rows}
 
     def list_flows(self) -> list[FlowStats]:
         """Every flow by path, with counters (maintained on write: cheap at any size)."""

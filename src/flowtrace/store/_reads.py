@@ -13,7 +13,18 @@ from flowtrace.store._directory import Directory
 from flowtrace.store._errors import invalid, not_found
 from flowtrace.store._records import LOG_COLUMNS, LogRow, build_logs
 
-__all__ = ["LogFilter", "get_log", "list_logs", "trace_rows"]
+__all__ = ["LogFilter", "LogPage", "get_log", "list_logs", "trace_rows"]
+
+
+class LogPage(PaginatedLogs):
+    """A page of logs, with what the viewer needs beyond the contract's fields.
+
+    `has_more`: a next page exists. `searched`: set when a bounded search stopped at its
+    window: it scanned that many logs, the oldest of them `searched_through`."""
+
+    has_more: bool = False
+    searched: int | None = None
+    searched_through: str | None = None
 
 
 def trace_rows(conn: sqlite3.Connection, trace_seqs: set[int]) -> list[LogRow]:
@@ -57,6 +68,8 @@ class LogFilter:
     roots_only: bool = False
     where: list[str] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
+    cursor_terms: int = 0  # the last conditions added: the keyset cursor's
+    cursor_params: int = 0
 
     def add(self, condition: str, *params: Any) -> None:
         self.where.append(condition)
@@ -80,34 +93,60 @@ def _add_search(filters: LogFilter) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The newest `size` logs (of the flow, dates and cursor) that a bounded search scans."""
+
+    size: int
+    oldest: tuple[int, int] | None = None  # (start_us, seq) of its oldest log, when bounded
+    oldest_id: str | None = None
+
+
 def _compile(
     conn: sqlite3.Connection, directory: Directory, filters: LogFilter
 ) -> tuple[int | None, int | None]:
-    """Turn the filters into SQL conditions; returns the flow and version refs filtered on."""
+    """Turn the filters into SQL conditions; returns the flow and version refs filtered on.
+    The flow and date conditions come first: a search window is bounded on them alone."""
     flow_ref = version_ref = None
+    version = None
     if filters.file_id is not None:
         flow_ref = directory.require_flow(conn, filters.file_id).ref
-        filters.add("l.flow_ref = ?", flow_ref)
     if filters.version_id is not None:
         version = directory.require_version(conn, filters.version_id)
         version_ref = version.ref
-        if flow_ref is None:  # the flow's index serves the version's logs
-            filters.add("l.flow_ref = ?", version.flow_ref)
-        filters.add("l.version_ref = ?", version_ref)
-    if filters.status is not None:
-        if filters.status not in ("complete", "incomplete"):
-            raise invalid(["query", "status"], "status is 'complete' or 'incomplete'")
-        filters.add("l.complete = ?", filters.status == "complete")
-    if filters.errors_only:
-        filters.add("l.has_error = 1")
-    if filters.roots_only:
-        filters.add("l.parent_seq IS NULL")  # literal form: matches the partial indexes
+    if flow_ref is not None:
+        filters.add("l.flow_ref = ?", flow_ref)
+    elif version is not None:  # the flow's index serves the version's logs
+        filters.add("l.flow_ref = ?", version.flow_ref)
     if filters.start_date is not None:
         filters.add("l.start_us >= ?", to_us(filters.start_date))
     if filters.end_date is not None:
         filters.add("l.start_us < ?", to_us(filters.end_date))
-    _add_search(filters)
+    if version_ref is not None:
+        filters.add("l.version_ref = ?", version_ref)
+    if filters.status is not None:
+        if filters.status not in ("complete", "incomplete"):
+            raise invalid(["query", "status"], "status is 'complete' or 'incomplete'")
+        # literal forms: they match the partial indexes' conditions
+        filters.add("l.complete = 1" if filters.status == "complete" else "l.complete = 0")
+    if filters.errors_only:
+        filters.add("l.has_error = 1")
+    if filters.roots_only:
+        filters.add("l.parent_seq IS NULL")
     return flow_ref, version_ref
+
+
+def _base_conditions(filters: LogFilter, flow_ref: int | None) -> tuple[list[str], list[Any]]:
+    """The conditions an index walk answers alone (flow, dates): a search window's scope."""
+    where, params = [], []
+    if flow_ref is not None or filters.version_id is not None:
+        where.append(filters.where[0])
+        params.append(filters.params[0])
+    for condition, value in ((">=", filters.start_date), ("<", filters.end_date)):
+        if value is not None:
+            where.append(f"l.start_us {condition} ?")
+            params.append(to_us(value))
+    return where, params
 
 
 def _counted_total(
@@ -139,6 +178,42 @@ def _counted_total(
     return int(row[0])
 
 
+def _cursor(conn: sqlite3.Connection, log_id: str, name: str) -> tuple[int, int]:
+    row = conn.execute("SELECT start_us, seq FROM logs WHERE id = ?", (log_id,)).fetchone()
+    if row is None:
+        raise not_found(f"log {log_id!r} ({name}) not found")
+    return int(row[0]), int(row[1])
+
+
+def _keyset(older: bool, start_us: int, seq: int) -> tuple[str, list[Any]]:
+    """Logs strictly older (or newer) than (start_us, seq) in list order. The first term is a
+    plain range on start_us, so the (…, start_us) indexes seek straight to the cursor."""
+    if older:
+        return "l.start_us <= ? AND (l.start_us < ? OR l.seq < ?)", [start_us, start_us, seq]
+    return "l.start_us >= ? AND (l.start_us > ? OR l.seq > ?)", [start_us, start_us, seq]
+
+
+def _bound_window(
+    conn: sqlite3.Connection, filters: LogFilter, flow_ref: int | None, size: int, older: bool
+) -> _Window:
+    """Find the oldest log of the newest `size` (flow, dates, cursor): along the flow or start
+    index alone, so finding it reads index entries, not rows. Unbounded when no log is older."""
+    where, params = _base_conditions(filters, flow_ref)
+    where.extend(filters.where[len(filters.where) - filters.cursor_terms :])
+    params.extend(filters.params[len(filters.params) - filters.cursor_params :])
+    order = "DESC" if older else "ASC"
+    found = conn.execute(
+        f"SELECT l.start_us, l.seq FROM logs l WHERE {' AND '.join(where) or '1'}"
+        f" ORDER BY l.start_us {order}, l.seq {order} LIMIT 2 OFFSET ?",
+        [*params, size - 1],
+    ).fetchall()
+    if len(found) < 2:  # the window holds every log there is: nothing is left out
+        return _Window(size)
+    row = found[0]
+    log_id = conn.execute("SELECT id FROM logs WHERE seq = ?", (row[1],)).fetchone()[0]
+    return _Window(size, (int(row[0]), int(row[1])), str(log_id))
+
+
 def list_logs(
     conn: sqlite3.Connection,
     directory: Directory,
@@ -148,30 +223,72 @@ def list_logs(
     size: int,
     include_trace_children: bool,
     status_field: StatusField,
-) -> PaginatedLogs:
+    count_total: bool = True,
+    before: str | None = None,
+    after: str | None = None,
+    search_window: int | None = None,
+) -> LogPage:
     if page < 1:
         raise invalid(["query", "page"], "page starts at 1")
     if size < 1:
         raise invalid(["query", "size"], "size is at least 1")
+    if before is not None and after is not None:
+        raise invalid(["query", "after"], "give before or after, not both")
+    if search_window is not None and search_window < 1:
+        raise invalid(["query", "search_window"], "search_window is at least 1")
     flow_ref, version_ref = _compile(conn, directory, filters)
+    older = after is None
+    cursor = before if before is not None else after
+    if cursor is not None:
+        condition, values = _keyset(older, *_cursor(conn, cursor, "before" if older else "after"))
+        filters.add(condition, *values)
+        filters.cursor_terms, filters.cursor_params = 1, len(values)
+    window: _Window | None = None
+    if filters.search and search_window is not None:
+        window = _bound_window(conn, filters, flow_ref, search_window, older)
+        if window.oldest is not None:
+            condition, values = _keyset(not older, *window.oldest)
+            # the window's own oldest log is in it: widen the strict bound by one seq
+            values[-1] += -1 if older else 1
+            filters.add(condition, *values)
+    _add_search(filters)
     where = " AND ".join(filters.where) or "1"
+    order = "DESC" if older else "ASC"
+    fetch = size if count_total else size + 1  # one more row tells whether a next page exists
     rows = [
         LogRow(*row)
         for row in conn.execute(
             f"SELECT {LOG_COLUMNS} FROM logs l WHERE {where}"
-            " ORDER BY l.start_us DESC, l.seq DESC LIMIT ? OFFSET ?",
-            [*filters.params, size, (page - 1) * size],
+            f" ORDER BY l.start_us {order}, l.seq {order} LIMIT ? OFFSET ?",
+            [*filters.params, fetch, (page - 1) * size],
         )
     ]
-    total = _counted_total(conn, filters, flow_ref, version_ref)
-    if total is None:
-        total = conn.execute(
-            f"SELECT count(*) FROM logs l WHERE {where}", filters.params
-        ).fetchone()[0]
+    has_more = len(rows) > size
+    rows = rows[:size]
+    if not older:
+        rows.reverse()
+    if count_total:
+        total = _counted_total(conn, filters, flow_ref, version_ref) if cursor is None else None
+        if total is None:
+            total = conn.execute(
+                f"SELECT count(*) FROM logs l WHERE {where}", filters.params
+            ).fetchone()[0]
+        has_more = page * size < total
+    else:
+        total = (page - 1) * size + len(rows) + has_more
     tops = [row.seq for row in rows]
     if include_trace_children and rows:
         trace = trace_rows(conn, {row.trace_seq for row in rows})
         built = build_logs(conn, trace, tops, status_field)
     else:
         built = build_logs(conn, rows, tops, status_field, nested=False)
-    return PaginatedLogs(records=[built[seq] for seq in tops], page=page, size=size, total=total)
+    bounded = window is not None and window.oldest is not None
+    return LogPage(
+        records=[built[seq] for seq in tops],
+        page=page,
+        size=size,
+        total=total,
+        has_more=has_more,
+        searched=window.size if bounded and window is not None else None,
+        searched_through=window.oldest_id if window is not None else None,
+    )

@@ -98,7 +98,24 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta (key, value) VALUES ('search', 'like')")
 
 
-MIGRATIONS: list[Migration] = [_create_v1]
+# Version 2: the viewer's error and status filters seek instead of scanning. Partial indexes
+# hold only the rows they match (errors, logs still running: few), so ingest barely pays.
+# Their conditions are written as the reads write them (`has_error = 1`, `complete = 0`):
+# SQLite uses a partial index only for a query whose WHERE implies the index's.
+_V2_INDEXES = [
+    "CREATE INDEX logs_flow_errors ON logs (flow_ref, start_us) WHERE has_error = 1",
+    "CREATE INDEX logs_errors ON logs (start_us) WHERE has_error = 1",
+    "CREATE INDEX logs_flow_incomplete ON logs (flow_ref, start_us) WHERE complete = 0",
+    "CREATE INDEX logs_incomplete ON logs (start_us) WHERE complete = 0",
+]
+
+
+def _add_filter_indexes(conn: sqlite3.Connection) -> None:
+    for statement in _V2_INDEXES:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_create_v1, _add_filter_indexes]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
