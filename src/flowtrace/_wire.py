@@ -8,16 +8,19 @@ early, incomplete, for a log that something needs to exist); `complete_body` is 
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from flowtrace import _guard
 from flowtrace._capture import limits
 from flowtrace._config import get_settings
 from flowtrace._log import UNSET, Log
 from flowtrace._serialize import snapshot, to_json
-from flowtrace.models import UPDATE_EXTENSION_FIELDS, ChatMessage, StatusField
+
+if TYPE_CHECKING:
+    from flowtrace.models import StatusField
+
+# The wire models (pydantic) are imported on the worker, when a chat message or an early-sent
+# log first needs them: `import flowtrace` stays light, and most logs never need them.
 
 __all__ = ["complete_body", "create_body", "log_query", "resolve_inputs", "shape_output"]
 
@@ -48,6 +51,10 @@ def _chat_message(value: Any) -> dict[str, Any] | None:
         return None
     if "content" not in value and "tool_calls" not in value:
         return None
+    from pydantic import ValidationError
+
+    from flowtrace.models import ChatMessage
+
     candidate = {k: value[k] for k in _MESSAGE_KEYS if value.get(k) is not None}
     try:
         return ChatMessage.model_validate(candidate).model_dump(mode="json", exclude_none=True)
@@ -198,6 +205,8 @@ def complete_body(log: Log, status_field: StatusField, extension: bool) -> dict[
     if log.messages is not UNSET and messages is not None:
         body["messages"] = messages
     if not extension:
+        from flowtrace.models import UPDATE_EXTENSION_FIELDS
+
         body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
     body[status_field] = "complete"
     return _without_payloads(body) if log.save is False else body

@@ -23,7 +23,6 @@ import pydantic_core
 from flowtrace._config import Settings
 from flowtrace._retry import is_retryable, parse_retry_after
 from flowtrace.exporters import Operation, Outcome, not_delivered
-from flowtrace.models import UPDATE_EXTENSION_FIELDS
 
 __all__ = ["HttpExporter"]
 
@@ -59,6 +58,9 @@ class HttpExporter:
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
             transport=transport,
             follow_redirects=False,
+            # Certificates matter only for https; loading them costs ~70 ms, which a plain
+            # http endpoint (a local or in-cluster server) would pay at exit for nothing.
+            verify=base_url.lower().startswith("https://"),
         )
         self._wall_clock = wall_clock
         self._discovered = False
@@ -149,6 +151,9 @@ class HttpExporter:
             else:
                 body = op.body
                 if not self.update_extension:
+                    # (imported here: a flowtrace server never needs the pydantic models)
+                    from flowtrace.models import UPDATE_EXTENSION_FIELDS
+
                     body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
                 response = self._client.patch(f"/flows/logs/{op.log_id}", content=_encode(body))
         except httpx.HTTPError as exc:
