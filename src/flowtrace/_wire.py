@@ -38,11 +38,18 @@ _CHAT_ROLES = frozenset({"user", "assistant", "system", "tool", "developer"})
 _MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
 
 
+_last_second: list[Any] = [None, ""]  # (epoch second, its text): a batch shares a few seconds
+
+
 def format_ns(ns: int) -> str:
     """Nanoseconds since the epoch as the contract's ISO-8601 UTC text, at microseconds
     (what `models.format_datetime` writes, without building a datetime)."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+    second, text = _last_second
+    if seconds != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second[:] = [seconds, text]
+    return f"{text}.{rest // 1000:06d}Z"
 
 
 def _chat_message(value: Any) -> dict[str, Any] | None:
@@ -109,6 +116,8 @@ def shape_output(log: Log) -> dict[str, Any]:
         fields["output"] = value
     elif "output_message" not in fields and (message := _chat_message(value)) is not None:
         fields["output_message"] = message
+    elif type(value) is int:
+        fields["output"] = str(value)  # its JSON text, without json's overhead
     elif value is not None:
         fields["output"] = to_json(value)
     return fields
