@@ -769,3 +769,24 @@ def test_pytest_fixture_is_registered(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_callables_that_are_not_functions_are_proxied_transparently() -> None:
+    import functools
+
+    class Scorer:
+        """Scores."""
+
+        def __call__(self, text: str) -> int:
+            return len(text)
+
+    scorer = Scorer()
+    traced_scorer = flow(path="t/scorer")(scorer)
+    traced_pow = flow(path="t/pow")(functools.partial(pow, 2))
+    with capture_logs() as captured:
+        assert traced_scorer("abc") == 3
+        assert traced_pow(10) == 1024
+    assert traced_scorer.__wrapped__ is scorer
+    assert isinstance(traced_scorer, Scorer)  # wrapt's proxy passes isinstance checks
+    assert only(captured, "t/scorer")["output"] == "3"
+    assert only(captured, "t/pow")["output"] == "1024"

@@ -346,24 +346,12 @@ def _wrap_async_generator_function(
 
 
 def _wrap_other_callable(target: Any, options: LogOptions) -> Any:
-    """Builtins, partials, callable objects: wrapt proxies them transparently."""
+    """Builtins, partials, callable objects: wrapt proxies them transparently (they bind to no
+    instance, so the plain-function path records them as they are)."""
+    traced = _wrap_function(target, options)
 
     def call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not _enabled:
-            return wrapped(*args, **kwargs)
-        log = _open(options, args, kwargs)
-        if log is None:
-            return wrapped(*args, **kwargs)
-        token = current.set(log)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            current.reset(token)
-            _fail(log, exc)
-            raise
-        current.reset(token)
-        log.close(None, result)
-        return result
+        return traced(*args, **kwargs)
 
     return wrapt.FunctionWrapper(target, call)
 

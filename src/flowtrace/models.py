@@ -183,14 +183,12 @@ class _StatusMixin(BaseModel):
         return "log_status" if "log_status" in self.model_fields_set else "trace_status"
 
 
-class FlowLogRequest(_StatusMixin, _Request):
-    """Body of `POST /flows/log`: every field optional."""
+class _LogFields(BaseModel):
+    """What a log records: the fields a `POST /flows/log` sends and `GET /logs/{id}` returns."""
 
     messages: list[ChatMessage] | None = None
     output_message: ChatMessage | None = None
     run_id: str | None = None
-    path: str | None = None
-    id: str | None = None
     start_time: WireDatetime | None = None
     end_time: WireDatetime | None = None
     output: str | None = None
@@ -208,6 +206,13 @@ class FlowLogRequest(_StatusMixin, _Request):
     user: str | None = None
     environment: str | None = None
     save: bool | None = None
+
+
+class FlowLogRequest(_StatusMixin, _LogFields, _Request):
+    """Body of `POST /flows/log`: every field optional."""
+
+    path: str | None = None
+    id: str | None = None
     log_id: str | None = Field(default=None, min_length=1)  # "" could not be fetched
     flow: FlowKernel | None = None
 
@@ -322,30 +327,10 @@ class VersionResponse(_Response):
     version_logs_count: int = 0
 
 
-class FlowLogResponse(_Response):
+class FlowLogResponse(_LogFields, _Response):
     """One stored log as `GET /logs/{id}` returns it."""
 
     id: str
-    messages: list[ChatMessage] | None = None
-    output_message: ChatMessage | None = None
-    run_id: str | None = None
-    start_time: WireDatetime | None = None
-    end_time: WireDatetime | None = None
-    output: str | None = None
-    created_at: WireDatetime | None = None
-    error: str | None = None
-    provider_latency: float | None = None
-    stdout: str | None = None
-    provider_request: dict[str, Any] | None = None
-    provider_response: dict[str, Any] | None = None
-    inputs: dict[str, Any] | None = None
-    source: str | None = None
-    metadata: dict[str, Any] | None = None
-    source_datapoint_id: str | None = None
-    trace_parent_id: str | None = None
-    user: str | None = None
-    environment: str | None = None
-    save: bool | None = None
     trace_id: str
     trace_flow_id: str
     trace_children: list[FlowLogResponse] = Field(default_factory=list)
