@@ -28,6 +28,7 @@ import wrapt
 
 from flowtrace import _config, _guard, _log
 from flowtrace._capture import (
+    SCALARS,
     InputBinder,
     StdoutTee,
     capture_value,
@@ -159,6 +160,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
+    capture_output = options.capture_output
+
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
         if not _enabled:
@@ -182,7 +185,17 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             _fail(log, exc)
             raise
         current.reset(token)
-        log.close(None, result)
+        if type(result) in SCALARS and log.user_fields is None and capture_output is True:
+            # Log.close(None, result) for the commonest end, inlined: the call path.
+            log.result = result
+            log.duration_ns = _log._mono_ns() - log._start_mono_ns
+            try:
+                for ended in _log.on_end:
+                    ended(log)
+            except Exception as exc:
+                _guard.internal_error("log-end", exc)
+        else:
+            log.close(None, result)
         return result
 
     return traced
