@@ -790,3 +790,20 @@ def test_callables_that_are_not_functions_are_proxied_transparently() -> None:
     assert isinstance(traced_scorer, Scorer)  # wrapt's proxy passes isinstance checks
     assert only(captured, "t/scorer")["output"] == "3"
     assert only(captured, "t/pow")["output"] == "1024"
+
+
+def test_testing_helpers_work_without_pytest_installed() -> None:
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"  # makes `import pytest` fail
+        "from flowtrace import flow\n"
+        "from flowtrace.testing import capture_logs\n"
+        "with capture_logs() as captured:\n"
+        "    flow(path='t/no-pytest')(lambda: 1)()\n"
+        "print(captured.records[0]['path'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "t/no-pytest\n"), result.stderr

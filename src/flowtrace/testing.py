@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
-
 from flowtrace._config import get_settings
 from flowtrace._log import Log, add_sink, remove_sink
 from flowtrace._wire import create_body
 
-__all__ = ["CapturedLogs", "capture_logs", "flowtrace_logs"]
+__all__ = ["CapturedLogs", "capture_logs"]
 
 
 class CapturedLogs:
@@ -79,8 +77,15 @@ def capture_logs() -> Iterator[CapturedLogs]:
         remove_sink(captured)
 
 
-@pytest.fixture
-def flowtrace_logs() -> Iterator[CapturedLogs]:
+def _logs_of_one_test() -> Iterator[CapturedLogs]:
     """The logs produced during the test."""
     with capture_logs() as captured:
         yield captured
+
+
+try:  # the fixture exists where pytest does; capture_logs() needs nothing but flowtrace
+    import pytest
+except ImportError:  # pragma: no cover - pytest is not a dependency of flowtrace
+    pass
+else:
+    flowtrace_logs = pytest.fixture(name="flowtrace_logs")(_logs_of_one_test)
