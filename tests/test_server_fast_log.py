@@ -2,18 +2,24 @@
 
 Two servers, one with the fast path and one without (`fast_log=False`), get the same requests
 in the same order; every answer must match: status, Content-Type, and the body (ids the servers
-generate excepted: those must only be present in both).
+generate excepted: those must only be present in both). Then its group commit: logs that
+arrive while the store is writing are written together, each answered as if alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, LogQuery
+from flowtrace.store import Store, StoreError
 from tests.serverutil import InProcessServer, serve_in_thread
 
 # Each case: requests sent in order (json body or raw content, headers, query params).
@@ -156,3 +162,60 @@ def test_fast_path_answers_every_status(servers: list[InProcessServer]) -> None:
         for requests in CASES.values():
             seen.update(_send(client, request).status_code for request in requests)
     assert {200, 400, 404, 405, 409, 422} <= seen
+
+
+# --- group commit ---------------------------------------------------------------------------
+
+
+class _SlowStore(Store):
+    """A store whose single-log write takes a while, so that other requests arrive meanwhile;
+    records the size of every group written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.groups: list[int] = []
+
+    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
+        time.sleep(0.8)
+        return super().log(request, query)
+
+    def log_many(
+        self, logs: Sequence[tuple[FlowLogRequest, LogQuery | None]]
+    ) -> list[CreateFlowLogResponse | StoreError]:
+        self.groups.append(len(logs))
+        return super().log_many(logs)
+
+
+def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> None:
+    store = _SlowStore(tmp_path / "slow.db")
+    bodies: list[dict[str, Any]] = [
+        {"path": "group/a", "log_id": "first", "trace_status": "incomplete"},
+        {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"},
+        {"path": "group/a", "trace_parent_id": "missing"},
+        {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"},
+        {"path": "group/a", "log_id": "g1", "output": "different"},
+        {"path": "group/b", "log_status": "complete"},
+    ]
+    expected = [200, 200, 404, 200, 409, 200]
+    with (
+        serve_in_thread(tmp_path / "slow.db", store=store) as running,
+        running.client() as client,
+    ):
+        first = threading.Thread(
+            target=client.post, args=("/flows/log",), kwargs={"json": bodies[0]}
+        )
+        first.start()
+        time.sleep(0.2)  # the first write is under way; the rest arrive during it
+        with ThreadPoolExecutor(len(bodies) - 1) as pool:
+            # In order: each request starts once the one before is waiting for the store.
+            answers = []
+            for body in bodies[1:]:
+                answers.append(pool.submit(client.post, "/flows/log", json=body))
+                time.sleep(0.05)
+            responses = [answer.result() for answer in answers]
+        first.join()
+        assert [r.status_code for r in responses] == expected[1:], [r.text for r in responses]
+        assert responses[2].json() == responses[0].json()  # the replay
+        assert "log_status" in responses[4].json()
+        assert client.get("/logs/first").json()["trace_children"][0]["id"] == "g1"
+    assert store.groups == [len(bodies) - 1]

@@ -14,6 +14,7 @@ whatever this handler passes on (other methods, other paths).
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import json
 from typing import Any
@@ -25,7 +26,7 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from flowtrace.models import FlowLogRequest, LogQuery, StatusField
+from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, LogQuery, StatusField
 from flowtrace.store import Store, StoreError
 
 from ._errors import store_error_response, validation_error_response
@@ -45,7 +46,7 @@ class FastLogMiddleware:
         self, app: ASGIApp, *, store: Store, path: str, status_field_default: StatusField
     ) -> None:
         self.app = app
-        self._store = store
+        self._writer = _GroupWriter(store)
         self._path = path
         self._default = status_field_default
 
@@ -70,13 +71,74 @@ class FastLogMiddleware:
         if version_id is not None or environment is not None:
             query = LogQuery(version_id=version_id, environment=environment)
         try:
-            # The store is synchronous: it runs in the threadpool FastAPI's plain-`def`
-            # endpoints use, never on the event loop.
-            created = await anyio.to_thread.run_sync(self._store.log, request, query)
+            created = await self._writer.log(request, query)
         except StoreError as refusal:
             return store_error_response(refusal)
         answer = render_created(created, status_field_of(request, self._default))
         return Response(to_json(answer), media_type=_JSON)
+
+
+_Waiting = tuple[FlowLogRequest, LogQuery | None, "asyncio.Future[CreateFlowLogResponse]"]
+
+
+class _GroupWriter:
+    """Group commit: logs that arrive while the store is writing wait, then go in together.
+
+    The store is synchronous: it runs in the threadpool FastAPI's plain-`def` endpoints use,
+    never on the event loop. A log that finds the store idle is written at once (one request
+    at a time: nothing changes). Logs that arrive during a write are written in the next
+    transaction, all of them, with one thread hop and one commit (`Store.log_many`); each is
+    stored or refused on its own and answered only once its commit returned.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._busy = False
+        self._waiting: list[_Waiting] = []
+        self._group_task: asyncio.Task[None] | None = None
+
+    async def log(self, request: FlowLogRequest, query: LogQuery | None) -> CreateFlowLogResponse:
+        if self._busy:
+            answer: asyncio.Future[CreateFlowLogResponse] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._waiting.append((request, query, answer))
+            return await answer
+        self._busy = True
+        try:
+            return await anyio.to_thread.run_sync(self._store.log, request, query)
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """The store is free: write the logs that waited, or mark it idle."""
+        if self._waiting:
+            group, self._waiting = self._waiting, []
+            self._group_task = asyncio.get_running_loop().create_task(self._write(group))
+        else:
+            self._busy = False
+            self._group_task = None
+
+    async def _write(self, group: list[_Waiting]) -> None:
+        try:
+            logs = [(request, query) for request, query, _ in group]
+            results = await anyio.to_thread.run_sync(self._store.log_many, logs)
+        except BaseException as failure:
+            for _, _, answer in group:
+                if not answer.done():
+                    answer.set_exception(failure)
+            if not isinstance(failure, Exception):
+                raise
+        else:
+            for (_, _, answer), result in zip(group, results, strict=True):
+                if answer.done():  # its request was cancelled
+                    continue
+                if isinstance(result, StoreError):
+                    answer.set_exception(result)
+                else:
+                    answer.set_result(result)
+        finally:
+            self._next()
 
 
 class _RequestInvalid(Exception):
