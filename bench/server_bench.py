@@ -1,18 +1,29 @@
 """Ingest throughput of `flowtrace serve` through HTTP, by hand (not part of the test suite).
 
-    PYTHONPATH=src python bench/server_bench.py [--runs 5] [--logs 3000] [--batches 100]
+    PYTHONPATH=src python bench/server_bench.py [--runs 5] [--logs 3000] [--batches 40]
+        [--connections 4]
 
 Starts a real server process on a free loopback port over a fresh database, then one client
-process (httpx, keep-alive) sends logs: one request per log, and 512-log batches. Prints the
-median logs/s of several runs of each.
+process (httpx, keep-alive) sends logs three ways:
+
+- per-log, 1 connection: the contract's one request per log, each sent when the previous one
+  was answered (what one `httpx.Client` used from one thread does);
+- per-log, N connections: the same requests from N threads of the same process, each with its
+  own `httpx.Client` (one keep-alive connection), so N requests are in flight at once;
+- batches of 512 logs through the batch extension, one connection.
+
+Prints the median logs/s of several runs of each, and the load average before and after (the
+figures mean little on a busy machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +61,32 @@ def per_log(client: httpx.Client, run: str, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def per_log_concurrent(clients: list[httpx.Client], run: str, count: int) -> float:
+    """`count` logs, one request each, from one thread per client (logs dealt round-robin)."""
+    failures: list[BaseException] = []
+    start = threading.Barrier(len(clients) + 1)
+
+    def send(k: int) -> None:
+        start.wait()
+        try:
+            for n in range(k, count, len(clients)):
+                clients[k].post("/flows/log", json=log_body(run, n)).raise_for_status()
+        except BaseException as exc:  # reported below, from the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise failures[0]
+    return count / elapsed
+
+
 def batched(client: httpx.Client, run: str, batches: int) -> float:
     started = time.perf_counter()
     for b in range(batches):
@@ -74,20 +111,40 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--logs", type=int, default=3_000, help="logs per per-log run")
     parser.add_argument("--batches", type=int, default=40, help="batches per batch run")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="concurrent connections (per-log, N)"
+    )
     args = parser.parse_args()
 
+    print(f"load average before: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         server: RunningServer = start_server(Path(tmp) / "bench.db")
         with server, server.client() as client:
             one, one_runs = median_rate(args.runs, lambda r: per_log(client, "p" + r, args.logs))
+            clients = [server.client() for _ in range(args.connections)]
+            try:
+                par, par_runs = median_rate(
+                    args.runs, lambda r: per_log_concurrent(clients, "c" + r, args.logs)
+                )
+            finally:
+                for each in clients:
+                    each.close()
             many, many_runs = median_rate(
                 args.runs, lambda r: batched(client, "b" + r, args.batches)
             )
-    print(f"per-log: median {one:,.0f} logs/s (target {PER_LOG_TARGET:,}); runs {_fmt(one_runs)}")
-    print(
-        f"batch {BATCH_SIZE}: median {many:,.0f} logs/s (target {BATCH_TARGET:,}); "
-        f"runs {_fmt(many_runs)}"
-    )
+    print(f"load average after: {_load()}")
+    _report("per-log, 1 connection", one, PER_LOG_TARGET, one_runs)
+    _report(f"per-log, {args.connections} connections", par, PER_LOG_TARGET, par_runs)
+    _report(f"batch {BATCH_SIZE}", many, BATCH_TARGET, many_runs)
+
+
+def _report(name: str, median: float, target: int, runs: list[float]) -> None:
+    met = "met" if median >= target else "NOT met"
+    print(f"{name}: median {median:,.0f} logs/s (target {target:,}: {met}); runs {_fmt(runs)}")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _fmt(rates: list[float]) -> str:

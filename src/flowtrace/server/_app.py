@@ -13,6 +13,7 @@ from flowtrace.store import Store
 from ._auth import ApiKeyMiddleware
 from ._body_limit import BodyLimitMiddleware
 from ._errors import install_error_handlers
+from ._fast_log import FastLogMiddleware
 from ._flow_routes import flow_router
 from ._health import HEALTH_PATHS, health_router
 from ._log_routes import log_router
@@ -35,11 +36,13 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     status_field_default: StatusField = "trace_status",
     batch: bool = True,
+    fast_log: bool = True,
 ) -> FastAPI:
     """The app serving `store`. Without `api_keys` every request is let in (local use).
 
     `status_field_default` names the status in answers to requests that did not name it;
-    `batch=False` withdraws the batch extension (its route answers 404).
+    `batch=False` withdraws the batch extension (its route answers 404). `fast_log=False`
+    leaves `POST /flows/log` to its FastAPI route (same answers, slower: see `_fast_log`).
     """
     app = FastAPI(
         title="flowtrace log service",
@@ -53,10 +56,18 @@ def create_app(
     api.include_router(flow_router(store))
     app.include_router(api)
     app.include_router(health_router(batch=batch))
+    if fast_log:
+        app.add_middleware(
+            FastLogMiddleware,
+            store=store,
+            path=f"{API_PREFIX}/flows/log",
+            status_field_default=status_field_default,
+        )
     install_error_handlers(app)
     mount_viewer(app, store, api_keys=tuple(api_keys))
     # Last added runs first: authentication, the body limit, then (added by
-    # install_error_handlers) the catch-all for unexpected errors, then the app.
+    # install_error_handlers) the catch-all for unexpected errors, then POST /flows/log's
+    # fast path, then the app.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(
         ApiKeyMiddleware,

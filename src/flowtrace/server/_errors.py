@@ -31,6 +31,8 @@ __all__ = [
     "ValidationErrorResponse",
     "error_responses",
     "install_error_handlers",
+    "store_error_response",
+    "validation_error_response",
 ]
 
 logger = logging.getLogger("flowtrace.server")
@@ -78,7 +80,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors: Sequence[Any] = exc.errors()
+    return validation_error_response(exc.errors())
+
+
+def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
+    """400 for malformed JSON, else 422 naming each field: from FastAPI-shaped errors."""
     malformed = next((e for e in errors if e.get("type") == "json_invalid"), None)
     if malformed is not None:
         reason = (malformed.get("ctx") or {}).get("error") or malformed.get("msg", "")
@@ -121,6 +127,10 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 def _on_store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
+    return store_error_response(exc)
+
+
+def store_error_response(exc: StoreError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 

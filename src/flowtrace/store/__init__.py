@@ -146,6 +146,29 @@ class Store:
         body = self._write(lambda session: create_log(self._directory, session, prepared))
         return CreateFlowLogResponse.model_validate(body)
 
+    def log_many(
+        self, logs: Sequence[tuple[FlowLogRequest, LogQuery | None]]
+    ) -> list[CreateFlowLogResponse | StoreError]:
+        """Several `POST /flows/log` in one transaction (the server's group commit): each is
+        stored or refused on its own, exactly as `log` would, its refusal returned in its
+        place. Any other failure fails them all (nothing is stored)."""
+        now_us = self._now_us()
+        now_wire = us_to_wire(now_us)
+        prepared = [prepare_log(request, query, now_us, now_wire) for request, query in logs]
+
+        def work(session: Session) -> list[CreateFlowLogResponse | StoreError]:
+            results: list[CreateFlowLogResponse | StoreError] = []
+            for item in prepared:
+                try:
+                    body = create_log(self._directory, session, item)
+                except StoreError as refusal:
+                    results.append(refusal)
+                    continue
+                results.append(CreateFlowLogResponse.model_validate(body))
+            return results
+
+        return self._write(work)
+
     def _update(
         self, session: Session, log_id: str, request: FlowLogUpdateRequest
     ) -> FlowLogResponse:

@@ -1,0 +1,221 @@
+"""`POST /flows/log`'s fast path answers exactly as its FastAPI route does.
+
+Two servers, one with the fast path and one without (`fast_log=False`), get the same requests
+in the same order; every answer must match: status, Content-Type, and the body (ids the servers
+generate excepted: those must only be present in both). Then its group commit: logs that
+arrive while the store is writing are written together, each answered as if alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, LogQuery
+from flowtrace.store import Store, StoreError
+from tests.serverutil import InProcessServer, serve_in_thread
+
+# Each case: requests sent in order (json body or raw content, headers, query params).
+Request = dict[str, Any]
+CASES: dict[str, list[Request]] = {
+    "minimal": [{"json": {"path": "fast/minimal"}}],
+    "complete": [
+        {
+            "json": {
+                "path": "fast/complete",
+                "flow": {"attributes": {"model": "m", "t": 0.5}},
+                "inputs": {"q": "é"},
+                "output": "a",
+                "start_time": "2025-01-01T00:00:00Z",
+                "end_time": 1735689601.5,
+                "trace_status": "complete",
+            }
+        }
+    ],
+    "log-status-dialect": [{"json": {"path": "fast/dialect", "log_status": "complete"}}],
+    "both-status-names": [
+        {"json": {"path": "fast/both", "log_status": "complete", "trace_status": "complete"}}
+    ],
+    "replay-and-conflict": [
+        {"json": {"path": "fast/replay", "log_id": "fast-replay-1", "output": "a"}},
+        {"json": {"path": "fast/replay", "log_id": "fast-replay-1", "output": "a"}},
+        {"json": {"path": "fast/replay", "log_id": "fast-replay-1", "output": "b"}},
+    ],
+    "parent-rules": [
+        {"json": {"path": "fast/parent", "trace_parent_id": "nobody"}},
+        {"json": {"path": "fast/parent", "log_id": "fast-p", "trace_status": "complete"}},
+        {"json": {"path": "fast/parent", "trace_parent_id": "fast-p"}},
+    ],
+    "no-path": [{"json": {"output": "x"}}],
+    "id-and-path-disagree": [
+        {"json": {"path": "fast/agree"}},
+        {"json": {"id": "fl_unknown", "path": "fast/agree"}},
+    ],
+    "unknown-field": [{"json": {"path": "fast/u", "bogus": 1}}],
+    "invalid-fields": [
+        {
+            "json": {
+                "messages": [{"role": "robot"}],
+                "inputs": [1],
+                "start_time": "yesterday",
+                "flow": {},
+                "provider_latency": "fast",
+            }
+        }
+    ],
+    "not-an-object": [{"json": [1, 2]}, {"json": None}, {"json": "text"}, {"json": 5}],
+    "malformed": [
+        {"content": raw, "headers": {"Content-Type": "application/json"}}
+        for raw in (b"{", b'{"path": "a",}', b"not json", b'{"x": NaN}', b'{"x": 1e400}')
+    ]
+    + [
+        {"content": b'{"output": "\\ud800"}', "headers": {"Content-Type": "application/json"}},
+        {"content": b"\xff\xfe", "headers": {"Content-Type": "application/json"}},
+    ],
+    "empty-body": [
+        {"content": b""},
+        {"content": b"", "headers": {"Content-Type": "application/json"}},
+    ],
+    "content-types": [
+        {"content": b'{"path": "fast/ct"}'},
+        {"content": b'{"path": "fast/ct"}', "headers": {"Content-Type": "text/plain"}},
+        {"content": b'{"path": "fast/ct"}', "headers": {"Content-Type": "application/x-json"}},
+        {"content": b'{"path": "fast/ct"}', "headers": {"Content-Type": "application/ld+json"}},
+        {
+            "content": b'{"path": "fast/ct"}',
+            "headers": {"Content-Type": "Application/JSON; charset=utf-8"},
+        },
+        {"content": b"{", "headers": {"Content-Type": "text/plain"}},
+    ],
+    "query-targeting": [
+        {"json": {"path": "fast/q"}, "params": {"version_id": "ver_unknown"}},
+        {"json": {"path": "fast/q-new"}, "params": {"environment": "production"}},
+        {"json": {"path": "fast/q"}, "params": {"environment": ""}},
+        {"json": {}, "params": {"version_id": "ver_unknown"}},
+        {"json": {"path": "fast/q"}, "params": [("version_id", "a"), ("version_id", "b")]},
+        {"json": {"path": "fast/q"}, "params": {"unrelated": "1"}},
+    ],
+    "other-methods-and-paths": [
+        {"method": "GET"},
+        {"method": "PUT", "json": {"path": "fast/m"}},
+        {"url": "/flows/log/", "json": {"path": "fast/m"}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[InProcessServer]]:
+    root = Path(tmp_path_factory.mktemp("fastlog"))
+    with (
+        serve_in_thread(root / "fast.db", fast_log=True) as fast,
+        serve_in_thread(root / "slow.db", fast_log=False) as slow,
+    ):
+        yield [fast, slow]
+
+
+def _send(client: httpx.Client, request: Request) -> httpx.Response:
+    return client.request(
+        request.get("method", "POST"),
+        request.get("url", "/flows/log"),
+        json=request.get("json"),
+        content=request.get("content"),
+        headers=request.get("headers"),
+        params=request.get("params"),
+    )
+
+
+def _comparable(response: httpx.Response) -> tuple[int, str | None, Any]:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.content
+    if response.status_code == 200 and isinstance(body, dict):
+        for key in ("flow_id", "version_id"):
+            body[key] = "<generated>" if body.get(key) else body.get(key)
+        if str(body.get("id")).startswith("log_"):  # no log_id was sent
+            body["id"] = "<generated>"
+    return response.status_code, response.headers.get("content-type"), body
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fast_path_answers_as_the_fastapi_route(servers: list[InProcessServer], case: str) -> None:
+    fast, slow = servers
+    with fast.client() as fast_client, slow.client() as slow_client:
+        for request in CASES[case]:
+            got = _comparable(_send(fast_client, request))
+            expected = _comparable(_send(slow_client, request))
+            assert got == expected, request
+
+
+def test_fast_path_answers_every_status(servers: list[InProcessServer]) -> None:
+    """The cases above reach each answer the route can give."""
+    fast, _ = servers
+    seen: set[int] = set()
+    with fast.client() as client:
+        for requests in CASES.values():
+            seen.update(_send(client, request).status_code for request in requests)
+    assert {200, 400, 404, 405, 409, 422} <= seen
+
+
+# --- group commit ---------------------------------------------------------------------------
+
+
+class _SlowStore(Store):
+    """A store whose single-log write takes a while, so that other requests arrive meanwhile;
+    records the size of every group written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.groups: list[int] = []
+
+    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
+        time.sleep(0.8)
+        return super().log(request, query)
+
+    def log_many(
+        self, logs: Sequence[tuple[FlowLogRequest, LogQuery | None]]
+    ) -> list[CreateFlowLogResponse | StoreError]:
+        self.groups.append(len(logs))
+        return super().log_many(logs)
+
+
+def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> None:
+    store = _SlowStore(tmp_path / "slow.db")
+    bodies: list[dict[str, Any]] = [
+        {"path": "group/a", "log_id": "first", "trace_status": "incomplete"},
+        {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"},
+        {"path": "group/a", "trace_parent_id": "missing"},
+        {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"},
+        {"path": "group/a", "log_id": "g1", "output": "different"},
+        {"path": "group/b", "log_status": "complete"},
+    ]
+    expected = [200, 200, 404, 200, 409, 200]
+    with (
+        serve_in_thread(tmp_path / "slow.db", store=store) as running,
+        running.client() as client,
+    ):
+        first = threading.Thread(
+            target=client.post, args=("/flows/log",), kwargs={"json": bodies[0]}
+        )
+        first.start()
+        time.sleep(0.2)  # the first write is under way; the rest arrive during it
+        with ThreadPoolExecutor(len(bodies) - 1) as pool:
+            # In order: each request starts once the one before is waiting for the store.
+            answers = []
+            for body in bodies[1:]:
+                answers.append(pool.submit(client.post, "/flows/log", json=body))
+                time.sleep(0.05)
+            responses = [answer.result() for answer in answers]
+        first.join()
+        assert [r.status_code for r in responses] == expected[1:], [r.text for r in responses]
+        assert responses[2].json() == responses[0].json()  # the replay
+        assert "log_status" in responses[4].json()
+        assert client.get("/logs/first").json()["trace_children"][0]["id"] == "g1"
+    assert store.groups == [len(bodies) - 1]
