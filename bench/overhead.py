@@ -511,10 +511,9 @@ def notes(args: argparse.Namespace) -> list[str]:
         "flatters OTel.",
         f"- flowtrace: `@flow` with defaults; delivery: {delivery}.",
         f"- Payload case: a {PAYLOAD_BYTES:,}-byte (JSON) dict argument and a same-size dict "
-        "result. The floor keeps references; `@flow` snapshots argument and result (it must: "
-        "they may be mutated after the call), and today's snapshot is the placeholder "
-        "`_serialize.snapshot` (`json.loads(json.dumps(v))`), so that row's flowtrace/floor "
-        "ratio compares unlike work and has no target.",
+        "result. The floor keeps references; `@flow` copies argument and result (it must: "
+        "they may be mutated after the call; plain containers are deep-copied with `marshal`), "
+        "so that row's flowtrace/floor ratio compares unlike work and has no target.",
     ]
 
 
