@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Iterator
@@ -177,9 +178,9 @@ def test_timings_come_from_the_injected_clocks() -> None:
     try:
         with capture_logs() as captured, flow("t/clock"):
             pass
+        record = only(captured, "t/clock")  # encoded under the same clocks
     finally:
         set_clock()
-    record = only(captured, "t/clock")
     assert record["start_time"] == "2023-11-14T22:13:20.000000Z"
     assert record["end_time"] == "2023-11-14T22:13:22.500000Z"
     assert record["provider_latency"] == 2.5
@@ -807,3 +808,26 @@ def test_testing_helpers_work_without_pytest_installed() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
     assert (result.returncode, result.stdout) == (0, "t/no-pytest\n"), result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_keeps_inherited_ids_and_makes_new_ones_of_its_own() -> None:
+    with flow("t/open-across-fork") as parent:
+        before = flow("t/before")
+        with before as earlier:
+            pass
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report ids through the pipe, then leave at once
+            with flow("t/in-child") as child:
+                pass
+            os.write(write, f"{parent.log_id} {child.log_id}".encode())
+            os._exit(0)
+        os.close(write)
+        inherited, made_in_child = os.read(read, 200).decode().split()
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert inherited == parent.log_id
+    prefix = earlier.log_id.rsplit("_", 1)[0]
+    assert not made_in_child.startswith(prefix)
+    assert made_in_child != earlier.log_id

@@ -63,21 +63,30 @@ def set_clock(
 calibrate()
 
 
-# --- ids: a random per-process prefix and a counter, re-seeded after fork ------------------
+# --- ids: a random prefix and a counter. A forked child takes a new prefix for the numbers it
+# hands out from then on, while logs it inherited open keep the ids the parent gave them. ----
 
 
 def _new_prefix() -> str:
     return "log_" + secrets.token_hex(8) + "_"
 
 
-_prefix = _new_prefix()
 _counter = itertools.count(1)
+_generations: list[tuple[int, str]] = [(0, _new_prefix())]  # (first number, its prefix)
 
 
 def _reseed_ids() -> None:
-    global _prefix, _counter
-    _prefix = _new_prefix()
-    _counter = itertools.count(1)
+    global _counter
+    first = next(_counter)
+    _counter = itertools.count(first)
+    _generations.append((first, _new_prefix()))
+
+
+def _prefix_of(number: int) -> str:
+    for first, prefix in reversed(_generations):
+        if number >= first:
+            return prefix
+    return _generations[0][1]
 
 
 if hasattr(os, "register_at_fork"):
@@ -291,6 +300,7 @@ class Log:
     ended_how: str | None = None
     stdout_parts: list[str] | None = None
     delivery: Any = None  # the pipeline's per-log state
+    _log_id: str | None = None
 
     def __init__(
         self,
@@ -301,7 +311,6 @@ class Log:
     ) -> None:
         """Open a log; `args`/`kwargs`: the decorated call's arguments, recorded as inputs."""
         self._number = next(_counter)
-        self._prefix = _prefix
         self.options = options
         self.parent = parent
         if args is not None:
@@ -317,8 +326,7 @@ class Log:
                     self.kwargs = {name: capture_value(v) for name, v in kwargs.items()}
             elif options.capture_inputs is not False:
                 self.inputs = _redacted(options, args, kwargs or {})
-        self._start_mono_ns = start = _mono_ns()
-        self.start_ns = start + _wall_offset_ns  # wall clock, nanoseconds since the epoch
+        self._start_mono_ns = _mono_ns()
 
     def freeze(self) -> None:
         """Snapshot what the user set, as it is now (the log is closing)."""
@@ -364,7 +372,10 @@ class Log:
     @property
     def log_id(self) -> str:
         """This log's id, chosen on the client so children never wait for a server."""
-        return f"{self._prefix}{self._number:x}"
+        log_id = self._log_id
+        if log_id is None:  # formatted once, off the call path
+            log_id = self._log_id = f"{_prefix_of(self._number)}{self._number:x}"
+        return log_id
 
     @property
     def trace_id(self) -> str:
@@ -376,6 +387,12 @@ class Log:
         return None if self.parent is None else self.parent.log_id
 
     # --- times -----------------------------------------------------------------------------
+    @property
+    def start_ns(self) -> int:
+        """Wall-clock start, nanoseconds since the epoch: the monotonic reading plus the
+        process's offset to the wall clock (measured once; so one clock read per end)."""
+        return self._start_mono_ns + _wall_offset_ns
+
     @property
     def end_ns(self) -> int | None:
         duration = self.duration_ns
