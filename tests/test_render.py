@@ -42,3 +42,10 @@ def test_control_characters_are_shown_not_sent() -> None:
     assert sanitize("red\x1b[31m\x07bell\u009b") == "red\\x1b[31m\\x07bell\\x9b"
     root = make_log("log_a", "p", stdout="\x1b]0;pwned\x07")
     assert "\x1b" not in render_trace_tree(root)
+
+
+def test_a_chat_message_output_is_shown_when_there_is_no_output() -> None:
+    log = make_log(
+        "log_chat", "agents/support", output_message={"role": "assistant", "content": "hi\nthere"}
+    )
+    assert "output message: assistant: hi there" in render_trace_tree(log)

@@ -98,6 +98,11 @@ def _detail_lines(log: FlowLogResponse) -> list[str]:
         lines.extend(f"  │ {line}" for line in sanitize(log.stdout).rstrip("\n").splitlines())
     if log.output:
         lines.append(f"output: {_one_line(log.output, _OUTPUT_EXCERPT_WIDTH)}")
+    elif log.output_message is not None:
+        message = log.output_message
+        content = message.content if isinstance(message.content, str) else "[content parts]"
+        text = f"{message.role}: {content or ''}"
+        lines.append(f"output message: {_one_line(text, _OUTPUT_EXCERPT_WIDTH)}")
     return lines
 
 
