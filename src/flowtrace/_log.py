@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ __all__ = [
     "LogOptions",
     "Sink",
     "add_sink",
+    "refresh_sinks",
     "remove_sink",
     "set_clock",
 ]
@@ -119,13 +121,35 @@ def _publish(sinks: tuple[Sink, ...]) -> None:
     on_end = tuple(s.log_ended for s in sinks)
 
 
+#: Serializes changes to the sinks (a sink may swap its callables from any thread).
+_sinks_lock = threading.Lock()
+
+
 def add_sink(sink: Sink) -> None:
-    if sink not in _sinks:
-        _publish((*_sinks, sink))
+    with _sinks_lock:
+        if sink not in _sinks:
+            _publish((*_sinks, sink))
 
 
 def remove_sink(sink: Sink) -> None:
-    _publish(tuple(s for s in _sinks if s is not sink))
+    with _sinks_lock:
+        _publish(tuple(s for s in _sinks if s is not sink))
+
+
+def refresh_sinks() -> None:
+    """Re-read every sink's `log_started`/`log_ended`: a sink swapped its callables (the
+    pipeline publishes plain `deque.append`s while busy and small Python methods while idle)."""
+    with _sinks_lock:
+        _publish(_sinks)
+
+
+def _sinks_lock_after_fork() -> None:
+    global _sinks_lock
+    _sinks_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_sinks_lock_after_fork)
 
 
 class _Unset:

@@ -1,10 +1,28 @@
 """The delivery pipeline: a bounded queue, one worker thread, batching, retries, flush,
 shutdown, exit and fork handling, and the counters behind `flowtrace.stats()`.
 
-The user's thread only appends logs to two lock-free deques (`log_started`, `log_ended`); the
-worker does all the thinking: it learns of logs, asks the Planner (`_ordering.py`) what to send
-in which order, hands batches to the exporter, and retries what failed, in order, reusing the
-same operations (same `log_id`), so replays are idempotent at the store.
+While logs keep coming, the sink's `log_started` and `log_ended` *are* two deques' bound
+`append` methods (C calls, no Python frame on the user's thread). The worker does all the
+thinking at intake (`_collect`): it accepts or refuses each log (parent dropped, shutdown,
+queue bound), learns of logs, asks the Planner (`_ordering.py`) what to send in which order,
+hands batches to the exporter, and retries what failed, in order, reusing the same operations
+(same `log_id`), so replays are idempotent at the store.
+
+Nobody wakes a busy worker: it polls every `first_batch_after_s` while its last intake found
+new logs. When an intake finds nothing, the worker publishes small Python methods as the sink
+instead (`_idle_started`/`_idle_ended`: append, wake the worker, republish the plain appends)
+and sleeps; so the first log after a quiet spell wakes it, and a quiet process costs (almost)
+no CPU. The very first log starts the worker the same way.
+
+The queue bound is enforced at intake: the newest logs beyond `queue_size` are refused there
+(`queue_full`). Between two intakes the deques may hold more than the bound: at most what the
+program produces in one polling interval (`first_batch_after_s`): a small guard thread
+(`_guard_queue`) looks at the deque's length every interval while the plain appends are
+published, and switches to checking callables (`_guarded_started`: the bound and the parent
+check on the user's thread, as before) once the bound is reached, since the worker may be stuck
+in a connect or a long export. The worker refuses any excess at its next intake, in one pass
+(it also takes logs in after every export and while backing off), keeps the checking callables
+while the queue is at least half full, and returns to the plain appends below half.
 
 Nothing here raises into user code or blocks it: a full queue drops the newest logs (counted,
 warned once), and at exit delivery is bounded by `exit_flush_timeout_s`.
@@ -24,8 +42,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowtrace import _config, _guard
-from flowtrace._log import Log, add_sink
-from flowtrace._ordering import Counters, FlushMarker, LogState, PlannedOp, Planner
+from flowtrace._log import Log, add_sink, refresh_sinks
+from flowtrace._ordering import Counters, FlushMarker, PlannedOp, Planner
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable
 from flowtrace.exporters import Exporter, Outcome, not_delivered
 
@@ -42,8 +60,12 @@ DEEP_BATCH_FACTOR = 8
 
 #: The worker's thread name; records that other libraries (httpx) log on it are not shown.
 WORKER_NAME = "flowtrace-worker"
+GUARD_NAME = "flowtrace-queue-guard"
 
 Clock = Callable[[], float]
+
+#: The sink's modes while the worker is busy: plain appends, or checks once the queue fills.
+_LOAD_MODES = ("busy", "guarded")
 
 
 class Pipeline:
@@ -71,18 +93,22 @@ class Pipeline:
         self._ended: deque[Log | FlushMarker] = deque()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
+        self._mode_lock = threading.Lock()
+        self._mode = "idle"  # published callables: "idle", "busy", "guarded" or "closed"
+        self._busy = threading.Event()  # set while the plain appends are published
+        self.log_started: Callable[[Log], object] = self._idle_started
+        self.log_ended: Callable[[Log], object] = self._idle_ended
         self._drop_lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._idle = False  # the worker sleeps until a log arrives
-        self._wake_requested = False  # a full batch already woke the worker
+        self._intake = 0  # logs the last intake found
         self._closed = False  # shutdown began: new logs are dropped
         self._stopping = False
         self._stop_deadline: float | None = None
         self._flush_requests = 0  # each flush may cut one backoff sleep short
         self._counters = Counters()
         self._planner = Planner(self._token, self._counters)
-        self._early_drops: dict[str, int] = {}  # drops decided on the user's thread
+        self._early_drops: dict[str, int] = {}  # drops decided at intake (or after shutdown)
         self._warned: set[str] = set()
         self._markers: list[FlushMarker] = []  # reached, waiting for their operations
         self._settled_seq = 0
@@ -106,36 +132,72 @@ class Pipeline:
         self._retarget = True
 
     # --- the sink: called on the user's thread, O(1), never raises -----------------------
-    def log_started(self, log: Log) -> None:
+    # Busy: `log_started`/`log_ended` are `self._started.append`/`self._ended.append`.
+    def _idle_started(self, log: Log) -> None:
+        """The sink while the worker is idle or not started: queue, wake, go busy."""
+        self._started.append(log)
+        self._wake_up()
+
+    def _idle_ended(self, log: Log) -> None:
+        self._ended.append(log)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._thread is None:
+            self._start_worker()
+            if self._thread is None:
+                return  # could not start (shutting down): stay on the idle callables
+        self._set_mode("busy")
+        self._wake.set()
+
+    def _guarded_started(self, log: Log) -> None:
+        """The sink while the queue is (at least half) full: refuse here, as the intake would,
+        so that a backlog does not also keep refused logs alive in the deque."""
         parent = log.parent
         if parent is not None and parent.delivery is DROPPED:
             self._refuse(log, "parent_dropped")
-        elif self._closed:
-            self._refuse(log, "shutdown")
         elif len(self._started) + self._counters.held >= self._queue_limit:
             self._refuse(log, "queue_full")
         else:
-            log.delivery = self._token
             self._started.append(log)
-            if self._thread is None:
-                self._start_worker()
-            elif self._idle:
-                self._idle = False
-                self._wake.set()
 
-    def log_ended(self, log: Log) -> None:
-        state = log.delivery
-        if state is not self._token and (
-            state.__class__ is not LogState or state.token is not self._token
-        ):
-            return  # dropped, or accepted before a fork by the parent process
-        self._ended.append(log)
-        if self._idle:
-            self._idle = False
-            self._wake.set()
-        elif len(self._ended) >= self._batch_size and not self._wake_requested:
-            self._wake_requested = True
-            self._wake.set()
+    def _guarded_ended(self, log: Log) -> None:
+        if log.delivery is not DROPPED:
+            self._ended.append(log)
+
+    def _closed_started(self, log: Log) -> None:
+        """The sink after shutdown: new logs are refused."""
+        self._refuse(log, "shutdown")
+
+    def _closed_ended(self, log: Log) -> None:
+        pass
+
+    def _set_mode(self, mode: str, *, only_from: tuple[str, ...] | None = None) -> None:
+        """Publish the callables for `mode` (a closed pipeline stays closed)."""
+        with self._mode_lock:
+            if self._mode == mode or self._mode == "closed":
+                return
+            if only_from is not None and self._mode not in only_from:
+                return
+            self._mode = mode
+            if mode == "busy":
+                self._busy.set()
+                self.log_started = self._started.append
+                self.log_ended = self._ended.append
+            else:
+                self._busy.clear()
+            if mode == "busy":
+                pass  # set above
+            elif mode == "idle":
+                self.log_started = self._idle_started
+                self.log_ended = self._idle_ended
+            elif mode == "guarded":
+                self.log_started = self._guarded_started
+                self.log_ended = self._guarded_ended
+            else:
+                self.log_started = self._closed_started
+                self.log_ended = self._closed_ended
+            refresh_sinks()
 
     def _refuse(self, log: Log, reason: str) -> None:
         log.delivery = DROPPED
@@ -147,12 +209,31 @@ class Pipeline:
             if self._thread is not None or self._closed or sys.is_finalizing():
                 return
             thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
+            guard = threading.Thread(target=self._guard_queue, name=GUARD_NAME, daemon=True)
             try:
                 thread.start()
+                guard.start()
             except RuntimeError as exc:  # e.g. the interpreter is shutting down
                 _guard.internal_error("pipeline-start", exc)
                 return
             self._thread = thread
+
+    def _guard_queue(self) -> None:
+        """While the plain appends are published, look at the queue every polling interval:
+        once it reaches the bound (the worker is stuck in an export, a connect, a long
+        encoding), publish the checking callables, which refuse beyond the bound on the user's
+        thread. Sleeps on an event otherwise (no CPU while idle or guarded)."""
+        try:
+            busy = self._busy
+            while True:
+                busy.wait()
+                time.sleep(self._settings.first_batch_after_s)
+                if self._mode == "busy" and (
+                    len(self._started) + self._counters.held >= self._queue_limit
+                ):
+                    self._set_mode("guarded", only_from=("busy",))
+        except BaseException as exc:  # a bug: report it, never take the process down
+            _guard.internal_error("pipeline-guard", exc)
 
     # --- the public operations -----------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -186,6 +267,7 @@ class Pipeline:
         with self._start_lock:
             first = not self._closed
             self._closed = True
+        self._set_mode("closed")
         thread = self._thread
         if thread is None or threading.current_thread() is thread:
             return
@@ -241,6 +323,7 @@ class Pipeline:
         """The child starts empty with its own (not yet started) worker; what the parent had
         queued is the parent's to deliver."""
         self._reset()
+        refresh_sinks()  # the inherited callables append to the parent's deques
 
     # --- the worker ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -292,17 +375,53 @@ class Pipeline:
         planner.now = self._clock()
         ended_count = len(self._ended)
         started = self._started
-        while started:
-            planner.started(started.popleft())
+        found = ended_count
+        if started:
+            found += self._take_started(started)
         ended = self._ended
         for _ in range(ended_count):
             item = ended.popleft()
             if isinstance(item, FlushMarker):
                 planner.add_marker(item)
             else:
-                planner.ended(item)
-        self._wake_requested = False
+                planner.ended(item)  # ignores logs that are not ours (refused, pre-fork)
+        self._intake = found
         self._warn_early_drops()
+        # Plain appends while the queue has room; the checking callables once it is half full.
+        load = "guarded" if 2 * self._counters.held >= self._queue_limit else "busy"
+        if self._mode != load and self._mode in _LOAD_MODES:
+            self._set_mode(load, only_from=_LOAD_MODES)
+
+    def _take_started(self, started: deque[Log]) -> int:
+        """Accept or refuse the logs that started, in order; returns how many there were. (Logs
+        after shutdown are refused by the closed callables; what was queued before is ours.)"""
+        planner = self._planner
+        counters = self._counters
+        token = self._token
+        limit = self._queue_limit
+        count = 0
+        refused: dict[str, int] = {}
+        popleft = started.popleft
+        while started:
+            log = popleft()
+            count += 1
+            parent = log.parent
+            if parent is not None and parent.delivery is DROPPED:
+                reason = "parent_dropped"
+            elif counters.held >= limit:
+                reason = "queue_full"
+            else:
+                log.delivery = token
+                planner.started(log)
+                continue
+            log.delivery = DROPPED
+            refused[reason] = refused.get(reason, 0) + 1
+        if refused:
+            with self._drop_lock:
+                drops = self._early_drops
+                for reason, n in refused.items():
+                    drops[reason] = drops.get(reason, 0) + n
+        return count
 
     def _due(self, now: float, next_send_at: float) -> bool:
         planner = self._planner
@@ -344,19 +463,29 @@ class Pipeline:
             deadlines.append(live_at)
         if self._stopping and self._stop_deadline is not None:
             deadlines.append(self._stop_deadline)
+        settings = self._settings
         self._wake.clear()
-        if deadlines or planner.open_logs():
-            timeout = min(deadlines) - now if deadlines else self._settings.batch_interval_s
-            self._wake.wait(max(0.0, min(timeout, self._settings.batch_interval_s)))
+        if self._intake:
+            # Logs are arriving and nobody wakes us: look again soon (this bounds how far the
+            # deques can grow past the queue bound between intakes).
+            timeout = min(deadlines) - now if deadlines else settings.batch_interval_s
+            poll = min(settings.first_batch_after_s, settings.batch_interval_s)
+            self._wake.wait(max(0.0, min(timeout, poll)))
             return next_send_at
-        # Nothing at all to do: sleep until a log arrives (log_started wakes us).
-        self._idle = True
+        # The last intake found nothing: let the next log wake us (the idle callables), then
+        # check again, since a log may have come meanwhile.
+        self._set_mode("idle")
         if self._started or self._ended:
-            self._idle = False
+            self._set_mode("busy")
             return next_send_at
-        self._wake.wait()
-        self._idle = False
-        return self._clock() + self._settings.first_batch_after_s
+        waiting = bool(deadlines or planner.open_logs())
+        timeout = min(deadlines) - now if deadlines else settings.batch_interval_s
+        # Bounded even when nothing is open: a thread that read the busy callables just before
+        # we published the idle ones may still append without waking us.
+        self._wake.wait(max(0.0, min(timeout, settings.batch_interval_s)))
+        if waiting:
+            return next_send_at
+        return self._clock() + settings.first_batch_after_s
 
     def _release_markers(self) -> None:
         still: list[FlushMarker] = []
@@ -427,10 +556,13 @@ class Pipeline:
             outcomes = exporter.export(operations)
             if len(outcomes) != len(operations):
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(operations)} operations")
-            return outcomes
         except Exception as exc:
             _guard.internal_error("exporter", exc)
-            return not_delivered(f"exporter failed: {exc!r}", len(operations))
+            outcomes = not_delivered(f"exporter failed: {exc!r}", len(operations))
+        # Take in what arrived during the call, judged against the queue as it was meanwhile
+        # (these operations still held): the deques never grow past one export's production.
+        self._collect()
+        return outcomes
 
     def _settle(
         self, ops: list[PlannedOp], outcomes: list[Outcome]
@@ -493,7 +625,9 @@ class Pipeline:
             if self._stopping and self._stop_deadline is not None:
                 resume_at = min(resume_at, max(not_before, self._stop_deadline))
             self._wake.clear()
-            self._wake.wait(resume_at - now)
+            # Keep taking logs in while backing off (the queue bound is enforced at intake).
+            self._wake.wait(min(resume_at - now, self._settings.first_batch_after_s))
+            self._collect()
 
     def _current_exporter(self) -> Exporter:
         if self._retarget or self._exporter is None:
