@@ -23,9 +23,7 @@ if TYPE_CHECKING:
     from flowtrace._capture import InputBinder
 
 __all__ = [
-    "NO_OPTIONS",
     "UNSET",
-    "USER_FIELDS",
     "Log",
     "LogOptions",
     "Sink",
@@ -239,9 +237,6 @@ class LogOptions:
         )
 
 
-NO_OPTIONS = LogOptions()
-
-
 class _UserField:
     """A field the user may set on an open log. What users set lives in one small dict made on
     first use (`log.user_fields`), so an untouched log carries none, and the recorder knows to
@@ -280,18 +275,6 @@ class _Metadata(_UserField):
         own = dict(log.options.metadata or {})
         self.__set__(log, own)
         return own
-
-
-#: What a user may set on an open log; snapshotted when the log closes.
-USER_FIELDS = (
-    "inputs",
-    "output",
-    "output_message",
-    "messages",
-    "metadata",
-    "provider_request",
-    "provider_response",
-)
 
 
 class Log:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from flowtrace import _guard
 from flowtrace._capture import limits
 from flowtrace._config import get_settings
 from flowtrace._log import UNSET, Log
@@ -228,12 +227,3 @@ def _without_payloads(body: dict[str, Any]) -> dict[str, Any]:
 def log_query(log: Log) -> dict[str, str]:
     """Query parameters of `POST /flows/log`: log against a given version."""
     return {"version_id": log.version_id} if log.version_id else {}
-
-
-def safe_create_body(log: Log, status_field: StatusField) -> dict[str, Any] | None:
-    """create_body, or None (reported once) if this log cannot be encoded."""
-    try:
-        return create_body(log, status_field)
-    except Exception as exc:
-        _guard.internal_error("encode-log", exc)
-        return None
