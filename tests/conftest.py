@@ -7,11 +7,18 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 import flowtrace
 from flowtrace import _guard
 
 pytest_plugins = ["pytester"]
+
+# The suite is deterministic: hypothesis draws the same examples on every run (explore more
+# with `--hypothesis-profile=explore`, which draws new ones, many more).
+settings.register_profile("deterministic", derandomize=True, deadline=None)
+settings.register_profile("explore", max_examples=2000, deadline=None)
+settings.load_profile("deterministic")
 
 # Logs recorded by tests go to a throwaway embedded store, never into the working directory.
 os.environ.setdefault(

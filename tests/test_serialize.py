@@ -739,3 +739,11 @@ def test_property_cyclic_structures(value: object, limits: Limits) -> None:
         or "truncated" in dumps(result)
         or ("<max depth" in dumps(result))
     )
+
+
+def test_nan_and_infinity_text_obeys_the_string_budget_so_snapshots_are_idempotent() -> None:
+    tiny = Limits(max_string=3)
+    for value in (float("inf"), [float("-inf")], {"nan": float("nan")}):
+        once = snapshot(value, tiny)
+        assert snapshot(once, tiny) == once
+    assert snapshot(float("inf"), tiny) == "Inf...[truncated, 8 chars]"

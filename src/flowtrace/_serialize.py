@@ -271,7 +271,13 @@ class _Walker:
         return self.text(str.__str__(value))  # plain str, also for subclasses
 
     def _float(self, value: Any, depth: int) -> JsonValue:
-        return _float(float.__float__(value))
+        return self.number(float.__float__(value))
+
+    def number(self, value: float) -> JsonValue:
+        """A float, or its NaN/Infinity text within the string budget (so a snapshot of the
+        snapshot is the same)."""
+        result = _float(value)
+        return self.text(result) if isinstance(result, str) else result
 
     def _bytes(self, value: Any, depth: int) -> JsonValue:
         if isinstance(value, memoryview):
@@ -287,7 +293,7 @@ class _Walker:
         return self.text(str.__str__(value.isoformat()))
 
     def _timedelta(self, value: Any, depth: int) -> JsonValue:
-        return _float(_dt.timedelta.total_seconds(value))
+        return self.number(_dt.timedelta.total_seconds(value))
 
     def _as_str(self, value: Any, depth: int) -> JsonValue:
         return self.text(str.__str__(str(value)))
