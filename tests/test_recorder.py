@@ -831,3 +831,43 @@ def test_a_forked_child_keeps_inherited_ids_and_makes_new_ones_of_its_own() -> N
     prefix = earlier.log_id.rsplit("_", 1)[0]
     assert not made_in_child.startswith(prefix)
     assert made_in_child != earlier.log_id
+
+
+def test_flow_options_reach_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    @flow(
+        path="t/options",
+        attributes={"model": "m", "temperature": 0},
+        metadata={"team": "support"},
+        user="ada",
+        environment="staging",
+        source="cli",
+        version_id="fv_1",
+    )
+    def options() -> str:
+        return "ok"
+
+    @flow(path="t/default-environment")
+    def default_environment() -> None:
+        pass
+
+    monkeypatch.setenv("FLOWTRACE_ENVIRONMENT", "production")
+    flowtrace.configure()
+    try:
+        with capture_logs() as captured:
+            options()
+            default_environment()
+        defaulted = only(captured, "t/default-environment")  # encoded under these settings
+    finally:
+        monkeypatch.delenv("FLOWTRACE_ENVIRONMENT")
+        flowtrace.configure()
+    record = only(captured, "t/options")
+    assert record["flow"] == {"attributes": {"model": "m", "temperature": 0}}
+    assert (record["metadata"], record["user"], record["environment"], record["source"]) == (
+        {"team": "support"},
+        "ada",
+        "staging",
+        "cli",
+    )
+    assert defaulted["environment"] == "production"
+    (log,) = [log for log in captured.logs if log.path == "t/options"]
+    assert flowtrace._wire.log_query(log) == {"version_id": "fv_1"}
