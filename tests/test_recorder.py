@@ -841,7 +841,6 @@ def test_flow_options_reach_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
         user="ada",
         environment="staging",
         source="cli",
-        version_id="fv_1",
     )
     def options() -> str:
         return "ok"
@@ -869,5 +868,4 @@ def test_flow_options_reach_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
         "cli",
     )
     assert defaulted["environment"] == "production"
-    (log,) = [log for log in captured.logs if log.path == "t/options"]
-    assert flowtrace._wire.log_query(log) == {"version_id": "fv_1"}
+    # version_id goes to the query: tests/test_pipeline_http.py::test_version_id_reaches_the_request

@@ -592,11 +592,20 @@ class Pipeline:
         self._planner.give_up(op, "rejected")
         self._warn_once(
             f"reject:{key}",
-            "flowtrace: the server refused log %s (%s); it was dropped. Further refusals like "
+            "flowtrace: %s refused log %s (%s); it was dropped. Further refusals like "
             "this one are only counted in flowtrace.stats().",
+            self._destination(),
             op.operation.log_id,
             message,
         )
+
+    def _destination(self) -> str:
+        """Where logs go, as a warning names it."""
+        if self._exporter_override is not None:
+            return "the exporter"
+        if self._settings.base_url:
+            return f"the server at {self._settings.base_url}"
+        return f"the embedded store at {self._settings.db_path}"
 
     def _give_up(self, ops: Sequence[PlannedOp], reason: str) -> None:
         for op in ops:
