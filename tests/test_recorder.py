@@ -830,7 +830,6 @@ def test_a_forked_child_keeps_inherited_ids_and_makes_new_ones_of_its_own() -> N
     assert inherited == parent.log_id
     prefix = earlier.log_id.rsplit("_", 1)[0]
     assert not made_in_child.startswith(prefix)
-    assert made_in_child != earlier.log_id
 
 
 def test_flow_options_reach_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -869,3 +868,34 @@ def test_flow_options_reach_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert defaulted["environment"] == "production"
     # version_id goes to the query: tests/test_pipeline_http.py::test_version_id_reaches_the_request
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_async_generator_receives_what_is_sent_and_thrown(enabled: bool) -> None:
+    @flow(path="t/aecho")
+    async def aecho() -> AsyncIterator[dict[str, int]]:
+        received = 0
+        while True:
+            try:
+                received = yield {"got": received}
+            except Boom:
+                received = -1
+
+    async def main() -> list[dict[str, int]]:
+        gen = aecho()
+        seen = [await gen.asend(None), await gen.asend(5), await gen.athrow(Boom())]
+        await gen.aclose()
+        return seen
+
+    flowtrace.configure(enabled=enabled)
+    try:
+        with capture_logs() as captured:
+            assert asyncio.run(main()) == [{"got": 0}, {"got": 5}, {"got": -1}]
+    finally:
+        flowtrace.configure()
+    if enabled:
+        record = only(captured, "t/aecho")
+        assert json.loads(record["output"]) == [{"got": 0}, {"got": 5}, {"got": -1}]
+        assert record["metadata"]["flowtrace"] == {"ended": "closed early"}
+    else:
+        assert captured.records == []

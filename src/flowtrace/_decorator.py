@@ -90,9 +90,17 @@ def _defined_in_class(fn: Callable[..., Any]) -> bool:
 def _open(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Log | None:
     """A new log for this call, announced to the sinks; None if flowtrace itself failed.
     (The plain-function wrapper has this inlined: it is the hot path.)"""
-    log = None
     try:
         log = Log(options, current.get(), args, kwargs)
+    except Exception as exc:
+        _guard.internal_error("log-open", exc)
+        return None
+    _announce(log)
+    return log
+
+
+def _announce(log: Log) -> None:
+    try:
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
         if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
@@ -100,17 +108,6 @@ def _open(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             started(log)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
-    return log
-
-
-def _announce(log: Log) -> None:
-    try:
-        if type(sys.stdout) is not StdoutTee:
-            ensure_stdout_tee()
-        for started in _log.on_start:
-            started(log)
-    except Exception as exc:
-        _guard.internal_error("log-start", exc)
 
 
 def _interruption(exc: BaseException) -> str | None:
@@ -314,41 +311,44 @@ def _wrap_async_generator_function(
 ) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def traced(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        # There is no `yield from` for async generators: this loop forwards `asend`, `athrow`
+        # and `aclose` itself, and does so untraced too (log None: disabled, or flowtrace failed).
         agen = fn(*args, **kwargs)
         log = _open(options, args, kwargs) if _enabled else None
-        if log is None:
-            async for item in agen:
-                yield item
-            return
         items = _Items()
         method: Callable[[Any], Any] = agen.asend
         arg: Any = None
         while True:
-            token = current.set(log)
+            token = _enter(log)
             try:
                 item = await method(arg)
             except StopAsyncIteration:
-                current.reset(token)
-                log.close(None, items.output())
+                _leave(token)
+                if log is not None:
+                    log.close(None, items.output())
                 return
             except BaseException as exc:
-                current.reset(token)
-                _fail(log, exc)
+                _leave(token)
+                if log is not None:
+                    _fail(log, exc)
                 raise
-            current.reset(token)
-            items.add(item)
+            _leave(token)
+            if log is not None:
+                items.add(item)
             try:
                 arg = yield item
             except GeneratorExit:
-                token = current.set(log)
+                token = _enter(log)
                 try:
                     await agen.aclose()
                 except BaseException as exc:
-                    current.reset(token)
-                    _fail(log, exc)
+                    _leave(token)
+                    if log is not None:
+                        _fail(log, exc)
                     raise
-                current.reset(token)
-                log.close("closed early", items.output())
+                _leave(token)
+                if log is not None:
+                    log.close("closed early", items.output())
                 raise
             except BaseException as exc:
                 method, arg = agen.athrow, exc
@@ -356,6 +356,15 @@ def _wrap_async_generator_function(
             method = agen.asend
 
     return traced
+
+
+def _enter(log: Log | None) -> Token[Log | None] | None:
+    return None if log is None else current.set(log)
+
+
+def _leave(token: Token[Log | None] | None) -> None:
+    if token is not None:
+        current.reset(token)
 
 
 def _wrap_other_callable(target: Any, options: LogOptions) -> Any:

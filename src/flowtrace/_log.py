@@ -286,7 +286,7 @@ class Log:
     """
 
     # Instances store only what differs from these class-level defaults: creating a log on
-    # the call path sets eight attributes.
+    # the call path sets four or five attributes.
     inputs = _UserField()
     output = _UserField()
     output_message = _UserField()

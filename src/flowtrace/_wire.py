@@ -207,11 +207,12 @@ def complete_body(log: Log, status_field: StatusField, extension: bool) -> dict[
     """`PATCH /flows/logs/{id}` body closing a log sent early. `extension`: the server takes
     flowtrace's end-of-log fields (stdout, end_time, ...); a plain contract server does not."""
     body = _ending_fields(log)
-    inputs, messages = resolve_inputs(log)
-    if log.inputs is not UNSET and inputs is not None:
-        body["inputs"] = inputs  # set by the user after the log went out
-    if log.messages is not UNSET and messages is not None:
-        body["messages"] = messages
+    if log.inputs is not UNSET or log.messages is not UNSET:  # the user may have set them late
+        inputs, messages = resolve_inputs(log)
+        if log.inputs is not UNSET and inputs is not None:
+            body["inputs"] = inputs
+        if log.messages is not UNSET and messages is not None:
+            body["messages"] = messages
     if not extension:
         from flowtrace.models import UPDATE_EXTENSION_FIELDS
 
