@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import flowtrace.store
-from flowtrace.server._viewer import PAGE_SIZE, mount_viewer
+from flowtrace.server.viewer._routes import PAGE_SIZE, mount_viewer
 from flowtrace.store import Store
 
 RARE = "answer to 123457 "  # in one child's output: every root is scanned, none matches

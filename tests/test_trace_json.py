@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from flowtrace.server._trace_json import STALE_AFTER, trace_view
+from flowtrace.server.viewer._trace_json import STALE_AFTER, trace_view
 from tests.viewerdata import T0, make_log
 
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from flowtrace.models import FlowLogRequest
 from flowtrace.server._app import create_app
-from flowtrace.server._viewer import mount_viewer
+from flowtrace.server.viewer._routes import mount_viewer
 from flowtrace.store import Store
 from tests.viewerdata import (
     HOSTILE_INPUT,
@@ -259,7 +259,7 @@ def test_a_cursor_whose_log_is_gone_shows_the_newest(store: Store, client: TestC
 def test_a_search_reads_a_bounded_window_and_says_so(
     store: Store, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flowtrace.server import _viewer
+    from flowtrace.server.viewer import _routes as _viewer
 
     for index in range(10):
         store.log(

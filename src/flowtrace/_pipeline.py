@@ -4,7 +4,7 @@ shutdown, exit and fork handling, and the counters behind `flowtrace.stats()`.
 While logs keep coming, the sink's `log_started` and `log_ended` *are* two deques' bound
 `append` methods (C calls, no Python frame on the user's thread). The worker does all the
 thinking at intake (`_collect`): it accepts or refuses each log (parent dropped, shutdown,
-queue bound), learns of logs, asks the Planner (`_ordering.py`) what to send in which order,
+queue bound), learns of logs, asks the Planner (`_planner.py`) what to send in which order,
 hands batches to the exporter, and retries what failed, in order, reusing the same operations
 (same `log_id`), so replays are idempotent at the store.
 
@@ -43,7 +43,7 @@ from typing import Any
 
 from flowtrace import _config, _guard
 from flowtrace._log import Log, add_sink, refresh_sinks
-from flowtrace._ordering import Counters, FlushMarker, PlannedOp, Planner
+from flowtrace._planner import Counters, FlushMarker, PlannedOp, Planner
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable
 from flowtrace.exporters import Exporter, Outcome, not_delivered
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from flowtrace._render import render_logs_table, render_trace_tree, sanitize
+from flowtrace._terminal import render_logs_table, render_trace_tree, sanitize
 from flowtrace.models import FlowLogResponse
 
 # Light: the server command imports fastapi and uvicorn only when a server runs.

@@ -20,7 +20,7 @@ from typing import Any
 
 from flowtrace._config import get_settings
 from flowtrace._log import Log, add_sink, remove_sink
-from flowtrace._wire import create_body
+from flowtrace._request_bodies import create_body
 
 __all__ = ["CapturedLogs", "capture_logs"]
 

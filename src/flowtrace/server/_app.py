@@ -17,7 +17,7 @@ from ._fast_log import FastLogMiddleware
 from ._flow_routes import flow_router
 from ._health import HEALTH_PATHS, health_router
 from ._log_routes import log_router
-from ._viewer import mount_viewer
+from .viewer import mount_viewer
 
 __all__ = ["API_PREFIX", "DEFAULT_MAX_BODY_BYTES", "create_app"]
 

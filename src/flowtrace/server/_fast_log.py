@@ -31,7 +31,7 @@ from flowtrace.store import Store, StoreError
 
 from ._errors import store_error_response, validation_error_response
 from ._json import parse_json
-from ._render import render_created, status_field_of
+from ._responses import render_created, status_field_of
 
 __all__ = ["FastLogMiddleware", "parse_log_request"]
 

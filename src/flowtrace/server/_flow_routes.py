@@ -14,7 +14,7 @@ from flowtrace.store import FlowStats, Store
 
 from ._errors import error_responses
 from ._json import StrictJsonRoute
-from ._render import render_flow, render_version
+from ._responses import render_flow, render_version
 
 __all__ = ["flow_router"]
 

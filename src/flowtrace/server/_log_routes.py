@@ -27,7 +27,7 @@ from flowtrace.store import Store
 
 from ._errors import error_responses
 from ._json import StrictJsonRoute
-from ._render import render_created, render_log, render_page, status_field_of
+from ._responses import render_created, render_log, render_page, status_field_of
 
 __all__ = ["log_router"]
 

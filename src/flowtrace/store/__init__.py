@@ -52,8 +52,8 @@ from flowtrace.models import (
 )
 from flowtrace.store._batch import parse_operation
 from flowtrace.store._codec import to_us, us_to_wire
-from flowtrace.store._directory import Directory, FlowKey, VersionKey
 from flowtrace.store._errors import StoreError, StoreSchemaError
+from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
 from flowtrace.store._logs import create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
@@ -101,7 +101,7 @@ class Store:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._clock = clock or _utc_now
-        self._directory = Directory()
+        self._flow_cache = FlowCache()
         self._db = Database(Path(path), busy_timeout)
 
     @property
@@ -143,7 +143,7 @@ class Store:
     def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
         """`POST /flows/log`. Raises StoreError 404/409/422 (see the module's rules)."""
         prepared = prepare_log(request, query, self._now_us())
-        body = self._write(lambda session: create_log(self._directory, session, prepared))
+        body = self._write(lambda session: create_log(self._flow_cache, session, prepared))
         return CreateFlowLogResponse.model_validate(body)
 
     def log_many(
@@ -160,7 +160,7 @@ class Store:
             results: list[CreateFlowLogResponse | StoreError] = []
             for item in prepared:
                 try:
-                    body = create_log(self._directory, session, item)
+                    body = create_log(self._flow_cache, session, item)
                 except StoreError as refusal:
                     results.append(refusal)
                     continue
@@ -205,7 +205,7 @@ class Store:
             if isinstance(item, StoreError):
                 raise item
             if isinstance(item, PreparedLog):
-                return _result(200, create_log(self._directory, session, item))
+                return _result(200, create_log(self._flow_cache, session, item))
             record = self._update(session, *item)
             return _result(200, record.model_dump(mode="json", exclude_unset=True))
         except StoreError as error:
@@ -231,7 +231,7 @@ class Store:
 
         def work(session: Session) -> FlowResponse:
             with session.operation():
-                keys = upsert_flow(self._directory, session, request)
+                keys = upsert_flow(self._flow_cache, session, request)
             return self._flow_record(session, keys)
 
         return self._write(work)
@@ -242,7 +242,7 @@ class Store:
 
         def work(session: Session) -> FlowResponse:
             with session.operation():
-                keys = deploy(self._directory, session, flow_id, environment, version_id)
+                keys = deploy(self._flow_cache, session, flow_id, environment, version_id)
             return self._flow_record(session, keys)
 
         return self._write(work)
@@ -301,7 +301,7 @@ class Store:
         with self._db.reading() as conn:
             return list_logs(
                 conn,
-                self._directory,
+                self._flow_cache,
                 filters,
                 page=page,
                 size=size,
@@ -345,5 +345,5 @@ class Store:
     def list_versions(self, flow_id: str) -> list[VersionResponse]:
         """The flow's versions, oldest first, with their environments; 404 unknown flow."""
         with self._db.reading() as conn:
-            flow = self._directory.require_flow(conn, flow_id)
+            flow = self._flow_cache.require_flow(conn, flow_id)
             return version_records(conn, flow.ref, flow.path, flow.id)

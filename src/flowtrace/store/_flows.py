@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 from flowtrace.models import FlowUpsertRequest
-from flowtrace.store._directory import Directory, FlowKey, VersionKey, normalize_path
 from flowtrace.store._errors import invalid, not_found
+from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey, normalize_path
 from flowtrace.store._session import Session
 
 __all__ = ["deploy", "upsert_flow"]
 
 
 def upsert_flow(
-    directory: Directory, session: Session, request: FlowUpsertRequest
+    flow_cache: FlowCache, session: Session, request: FlowUpsertRequest
 ) -> tuple[FlowKey, VersionKey]:
     """`POST /flows`: the flow (by id, or by path: created if new) and its version with these
     attributes (created if new; a name or description given replaces the stored one)."""
     conn = session.conn
     path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
     if request.id is not None:
-        flow = directory.require_flow(conn, request.id)
+        flow = flow_cache.require_flow(conn, request.id)
         if path is not None and path != flow.path:
             raise invalid(["body", "path"], f"Flow {request.id!r} has path {flow.path!r}")
     elif path is not None:
-        flow = directory.flow_for_path(session, path)
+        flow = flow_cache.flow_for_path(session, path)
     else:
         raise invalid(["body", "path"], "give the Flow's path or id", "missing")
-    version = directory.version_for_attributes(session, flow, request.attributes)
+    version = flow_cache.version_for_attributes(session, flow, request.attributes)
     named = {"version_name", "version_description"} & request.model_fields_set
     if named:
         conn.execute(
@@ -38,12 +38,12 @@ def upsert_flow(
 
 
 def deploy(
-    directory: Directory, session: Session, flow_id: str, environment: str, version_id: str
+    flow_cache: FlowCache, session: Session, flow_id: str, environment: str, version_id: str
 ) -> tuple[FlowKey, VersionKey]:
     """Point the flow's `environment` at one of its versions (replacing what was deployed)."""
     conn = session.conn
-    flow = directory.require_flow(conn, flow_id)
-    version = directory.require_version(conn, version_id)
+    flow = flow_cache.require_flow(conn, flow_id)
+    version = flow_cache.require_version(conn, version_id)
     if version.flow_ref != flow.ref:
         raise not_found(f"Flow {flow.path!r} has no version {version_id!r}")
     if not environment.strip():

@@ -13,14 +13,14 @@ from typing import Any, NamedTuple
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, LogQuery
 from flowtrace.store._codec import compact_json, new_id, to_us
-from flowtrace.store._directory import (
-    Directory,
+from flowtrace.store._errors import conflict, invalid, not_found
+from flowtrace.store._flow_cache import (
+    FlowCache,
     FlowKey,
     VersionKey,
     attributes_digest,
     normalize_path,
 )
-from flowtrace.store._errors import conflict, invalid, not_found
 from flowtrace.store._prepare import PAYLOAD_FIELDS, PreparedLog
 from flowtrace.store._session import Session
 
@@ -49,26 +49,26 @@ class _Target:
     version: VersionKey | None
     attributes: tuple[str, bytes] | None
 
-    def materialize(self, directory: Directory, session: Session) -> tuple[FlowKey, VersionKey]:
+    def materialize(self, flow_cache: FlowCache, session: Session) -> tuple[FlowKey, VersionKey]:
         """Create what is new (call once every check has passed)."""
         flow = self.flow
         if flow is None:
             assert self.path is not None
-            flow = directory.create_flow(session, self.path)
+            flow = flow_cache.create_flow(session, self.path)
         version = self.version
         if version is None:
             assert self.attributes is not None
-            version = directory.create_version(session, flow, *self.attributes)
+            version = flow_cache.create_version(session, flow, *self.attributes)
         return flow, version
 
 
 def _flow_of_request(
-    directory: Directory, conn: sqlite3.Connection, request: FlowLogRequest
+    flow_cache: FlowCache, conn: sqlite3.Connection, request: FlowLogRequest
 ) -> tuple[FlowKey | None, str | None]:
     """`id` names an existing flow; `path` finds one or names a new one; both must agree."""
     path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
     if request.id is not None:
-        flow = directory.flow_by_id(conn, request.id)
+        flow = flow_cache.flow_by_id(conn, request.id)
         if flow is None:
             raise not_found(f"Flow {request.id!r} not found")
         if path is not None and path != flow.path:
@@ -76,7 +76,7 @@ def _flow_of_request(
         return flow, path
     if path is None:
         return None, None
-    return directory.find_flow_by_path(conn, path), path
+    return flow_cache.find_flow_by_path(conn, path), path
 
 
 def _check_attributes(request: FlowLogRequest, version: VersionKey) -> None:
@@ -90,13 +90,13 @@ def _check_attributes(request: FlowLogRequest, version: VersionKey) -> None:
 
 
 def _target(
-    directory: Directory, conn: sqlite3.Connection, request: FlowLogRequest, query: LogQuery | None
+    flow_cache: FlowCache, conn: sqlite3.Connection, request: FlowLogRequest, query: LogQuery | None
 ) -> _Target:
-    flow, path = _flow_of_request(directory, conn, request)
+    flow, path = _flow_of_request(flow_cache, conn, request)
     if query is not None and query.version_id is not None:
-        version = directory.require_version(conn, query.version_id)
+        version = flow_cache.require_version(conn, query.version_id)
         if flow is None and path is None:
-            flow = directory.flow_by_ref(conn, version.flow_ref)
+            flow = flow_cache.flow_by_ref(conn, version.flow_ref)
         elif flow is None or version.flow_ref != flow.ref:
             raise not_found(f"Flow {path!r} has no version {query.version_id!r}")
         _check_attributes(request, version)
@@ -108,11 +108,11 @@ def _target(
     if query is not None and query.environment is not None:
         if flow is None:  # a new flow has nothing deployed
             raise not_found(f"no version of Flow {path!r} is deployed to {query.environment!r}")
-        version = directory.deployed_version(conn, flow, query.environment)
+        version = flow_cache.deployed_version(conn, flow, query.environment)
         _check_attributes(request, version)
         return _Target(flow, None, version, None)
     text, key = attributes_digest(request.flow.attributes if request.flow is not None else {})
-    found = directory.find_version(conn, flow.ref, key) if flow is not None else None
+    found = flow_cache.find_version(conn, flow.ref, key) if flow is not None else None
     return _Target(flow, path, found, (text, key))
 
 
@@ -180,7 +180,7 @@ def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] |
     return _response(log_id, flow_id, version_id, prepared)
 
 
-def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
+def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> dict[str, Any]:
     """Check everything, then write: a refused log writes nothing.
 
     A known log_id is answered first (a replay), so a retried child is accepted even after
@@ -190,13 +190,13 @@ def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> di
     replay = _replay(conn, prepared)
     if replay is not None:
         return replay
-    target = _target(directory, conn, request, prepared.query)
+    target = _target(flow_cache, conn, request, prepared.query)
     parent: _Node | None = None
     trace_seq: int | None = None
     if request.trace_parent_id is not None:
         trace_seq, parent = _open_parent(conn, request.trace_parent_id)
     # --- every check passed: write
-    flow, version = target.materialize(directory, session)
+    flow, version = target.materialize(flow_cache, session)
     seq = session.next_seq()
     log_id = request.log_id if request.log_id is not None else new_id("log")
     conn.execute(
@@ -225,10 +225,10 @@ def _insert(directory: Directory, session: Session, prepared: PreparedLog) -> di
     return _response(log_id, flow.id, version.id, prepared)
 
 
-def create_log(directory: Directory, session: Session, prepared: PreparedLog) -> dict[str, Any]:
+def create_log(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> dict[str, Any]:
     """Store one log; the response body of `POST /flows/log`."""
     with session.operation():
-        return _insert(directory, session, prepared)
+        return _insert(flow_cache, session, prepared)
 
 
 # --- updating a log ------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typing import Any
 
 from flowtrace.models import FlowLogResponse, PaginatedLogs, StatusField
 from flowtrace.store._codec import to_us
-from flowtrace.store._directory import Directory
 from flowtrace.store._errors import invalid, not_found
+from flowtrace.store._flow_cache import FlowCache
 from flowtrace.store._records import LOG_COLUMNS, LogRow, build_logs
 
 __all__ = ["LogFilter", "LogPage", "get_log", "list_logs", "trace_rows"]
@@ -103,16 +103,16 @@ class _Window:
 
 
 def _compile(
-    conn: sqlite3.Connection, directory: Directory, filters: LogFilter
+    conn: sqlite3.Connection, flow_cache: FlowCache, filters: LogFilter
 ) -> tuple[int | None, int | None]:
     """Turn the filters into SQL conditions; returns the flow and version refs filtered on.
     The flow and date conditions come first: a search window is bounded on them alone."""
     flow_ref = version_ref = None
     version = None
     if filters.file_id is not None:
-        flow_ref = directory.require_flow(conn, filters.file_id).ref
+        flow_ref = flow_cache.require_flow(conn, filters.file_id).ref
     if filters.version_id is not None:
-        version = directory.require_version(conn, filters.version_id)
+        version = flow_cache.require_version(conn, filters.version_id)
         version_ref = version.ref
     if flow_ref is not None:
         filters.add("l.flow_ref = ?", flow_ref)
@@ -216,7 +216,7 @@ def _bound_window(
 
 def list_logs(
     conn: sqlite3.Connection,
-    directory: Directory,
+    flow_cache: FlowCache,
     filters: LogFilter,
     *,
     page: int,
@@ -236,7 +236,7 @@ def list_logs(
         raise invalid(["query", "after"], "give before or after, not both")
     if search_window is not None and search_window < 1:
         raise invalid(["query", "search_window"], "search_window is at least 1")
-    flow_ref, version_ref = _compile(conn, directory, filters)
+    flow_ref, version_ref = _compile(conn, flow_cache, filters)
     older = after is None
     cursor = before if before is not None else after
     if cursor is not None:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from flowtrace import _guard
 from flowtrace._log import Log
-from flowtrace._wire import complete_body, create_body, log_query
+from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.exporters import Operation
 
 __all__ = ["Counters", "FlushMarker", "LogState", "PlannedOp", "Planner"]

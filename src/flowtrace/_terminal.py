@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from flowtrace._logfacts import (
+from flowtrace._log_display import (
     duration_seconds,
     error_excerpt,
     format_duration,

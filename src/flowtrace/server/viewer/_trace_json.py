@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowtrace._logfacts import (
+from flowtrace._log_display import (
     RECORDER_METADATA_KEY,
     duration_seconds,
     flowtrace_flags,

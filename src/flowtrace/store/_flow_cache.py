@@ -17,7 +17,7 @@ from flowtrace.store._codec import canonical_json, digest, new_id
 from flowtrace.store._errors import invalid, not_found
 from flowtrace.store._session import Session
 
-__all__ = ["Directory", "FlowKey", "VersionKey", "attributes_digest", "normalize_path"]
+__all__ = ["FlowCache", "FlowKey", "VersionKey", "attributes_digest", "normalize_path"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -65,7 +65,7 @@ def attributes_digest(attributes: dict[str, Any]) -> tuple[str, bytes]:
     return known
 
 
-class Directory:
+class FlowCache:
     def __init__(self) -> None:
         self._flows_by_path: dict[str, FlowKey] = {}
         self._flows_by_id: dict[str, FlowKey] = {}

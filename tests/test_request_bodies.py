@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowtrace._wire import format_ns
+from flowtrace._request_bodies import format_ns
 from flowtrace.models import FlowLogRequest, format_datetime
 
 

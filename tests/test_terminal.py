@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowtrace._render import render_logs_table, render_trace_tree, sanitize
+from flowtrace._terminal import render_logs_table, render_trace_tree, sanitize
 from tests.viewerdata import make_log
 
 

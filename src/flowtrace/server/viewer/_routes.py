@@ -33,8 +33,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from flowtrace.models import FlowLogResponse, FlowResponse
-from flowtrace.server._html import STATIC_PREFIX
-from flowtrace.server._pages import (
+from flowtrace.server.viewer._html import STATIC_PREFIX
+from flowtrace.server.viewer._pages import (
     STATUS_CHOICES,
     LogFilters,
     flows_page,
@@ -42,7 +42,7 @@ from flowtrace.server._pages import (
     message_page,
     trace_page,
 )
-from flowtrace.server._trace_json import trace_view
+from flowtrace.server.viewer._trace_json import trace_view
 from flowtrace.store import LogPage, Store, StoreError
 
 __all__ = ["API_PREFIX", "PAGE_SIZE", "SEARCH_WINDOW", "SECURITY_HEADERS", "mount_viewer"]

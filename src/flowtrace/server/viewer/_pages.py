@@ -7,7 +7,7 @@ from collections.abc import Set
 from dataclasses import asdict, dataclass
 from urllib.parse import quote
 
-from flowtrace._logfacts import (
+from flowtrace._log_display import (
     duration_seconds,
     error_excerpt,
     format_duration,
@@ -15,7 +15,7 @@ from flowtrace._logfacts import (
     view_status,
 )
 from flowtrace.models import FlowLogResponse, FlowResponse
-from flowtrace.server._html import esc, layout, link, table, url
+from flowtrace.server.viewer._html import esc, layout, link, table, url
 from flowtrace.store import FlowStats, LogPage
 
 __all__ = [
