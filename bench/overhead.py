@@ -434,8 +434,7 @@ def summarize(samples: dict[str, list[float]], how: str) -> dict[str, float]:
         out["otel_attrs/flow"] = out["otel_attrs"] / out["flow"]
         return out
     ovh = {
-        impl: [v - b for v, b in zip(values, bare, strict=True)]
-        for impl, values in samples.items()
+        impl: [v - b for v, b in zip(values, bare, strict=True)] for impl, values in samples.items()
     }
     out = {impl: statistics.median(values) for impl, values in ovh.items()}
     out["bare"] = statistics.median(bare)

@@ -55,8 +55,15 @@ class ResetAfterForward:
 
 Action = Forward | Respond | Hang | ResetAfterForward
 
-_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 422: "Unprocessable Entity",
-            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class FaultProxy:
@@ -250,8 +257,11 @@ class _Reader:
 
 
 def _response(action: Respond) -> bytes:
-    headers = {"Content-Type": "application/json", **action.headers,
-               "Content-Length": str(len(action.body))}
+    headers = {
+        "Content-Type": "application/json",
+        **action.headers,
+        "Content-Length": str(len(action.body)),
+    }
     lines = [f"HTTP/1.1 {action.status} {_REASONS.get(action.status, 'Status')}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + action.body
@@ -264,4 +274,3 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
-

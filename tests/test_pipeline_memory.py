@@ -218,11 +218,10 @@ def test_threads_children_and_many_traces_all_complete() -> None:
 
 # --- property: any tree shape, any flush points, any batch size: delivered in a valid order --
 
+
 def trees() -> st.SearchStrategy[list[object]]:
     """A node is the list of its children."""
-    return st.recursive(
-        st.just([]), lambda children: st.lists(children, max_size=4), max_leaves=12
-    )
+    return st.recursive(st.just([]), lambda children: st.lists(children, max_size=4), max_leaves=12)
 
 
 def _run_tree(node: list[object], flush_at: set[int], counter: list[int], logs: list[Log]) -> None:

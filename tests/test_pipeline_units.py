@@ -64,8 +64,12 @@ def _run(code: str, cwd: Path, env: dict[str, str]) -> None:
         if name not in env:
             full.pop(name, None)
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=full,
-        capture_output=True, timeout=60, check=False,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
 

@@ -290,9 +290,7 @@ def test_a_trace_with_a_failed_child_is_flagged_in_the_list(
     store: Store, client: TestClient, sample: Sample
 ) -> None:
     assert store.get_log(sample.root).error is None  # the root itself did not fail
-    assert store.traces_with_errors([sample.root, sample.hostile, sample.failing]) == {
-        sample.root
-    }
+    assert store.traces_with_errors([sample.root, sample.hostile, sample.failing]) == {sample.root}
     rows = client.get("/logs").text.split("<tr>")
     flagged = [row for row in rows if "child error" in row]
     assert len(flagged) == 1

@@ -533,14 +533,18 @@ class Pipeline:
             if resume_at > deadline:
                 self._give_up(pending, "retry_deadline")
                 return
-            if self._stopping and self._stop_deadline is not None and (
-                not_before >= self._stop_deadline
+            if (
+                self._stopping
+                and self._stop_deadline is not None
+                and (not_before >= self._stop_deadline)
             ):
                 self._give_up(pending, "shutdown")
                 return
             self._backoff(resume_at, not_before)
-            if self._stopping and self._stop_deadline is not None and (
-                self._clock() >= self._stop_deadline
+            if (
+                self._stopping
+                and self._stop_deadline is not None
+                and (self._clock() >= self._stop_deadline)
             ):
                 self._give_up(pending, "shutdown")
                 return

@@ -35,8 +35,9 @@ class MemoryExporter:
         with self._lock:
             self._scripts.append(script)
 
-    def fail_next(self, status: int, times: int = 1, retry_after_s: float | None = None,
-                  body: Any = None) -> None:
+    def fail_next(
+        self, status: int, times: int = 1, retry_after_s: float | None = None, body: Any = None
+    ) -> None:
         """The next `times` export calls answer `status` for every operation."""
         for _ in range(times):
             self.script(lambda ops: [Outcome(status, body, retry_after_s)] * len(ops))

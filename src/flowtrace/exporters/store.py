@@ -35,8 +35,9 @@ class StoreExporter:
             store = self._open()
             results = store.batch([op.to_batch_item() for op in operations])
         except Exception as exc:  # e.g. the disk is full or the file is locked: retried
-            return not_delivered(f"store {self.db_path}: {type(exc).__name__}: {exc}",
-                                 len(operations))
+            return not_delivered(
+                f"store {self.db_path}: {type(exc).__name__}: {exc}", len(operations)
+            )
         return [Outcome(result.status, result.body) for result in results]
 
     def _open(self) -> Store:
