@@ -21,9 +21,9 @@ HARNESS = textwrap.dedent(
     import collections, contextvars, sys, time
     import flowtrace._pipeline
     from flowtrace import flow
-    from flowtrace._log import add_sink, remove_sink
+    from flowtrace._sinks import add_sink, remove_sink
 
-    remove_sink(flowtrace._pipeline.pipeline())
+    remove_sink(flowtrace._pipeline._pipeline)
     opened, closed = collections.deque(maxlen=5000), collections.deque(maxlen=5000)
 
     class DequeSink:

@@ -41,7 +41,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 import flowtrace
 import flowtrace._pipeline
 from flowtrace import flow
-from flowtrace._log import Log, add_sink, remove_sink
+from flowtrace._log import Log
+from flowtrace._sinks import add_sink, remove_sink
 
 perf_ns = time.perf_counter_ns
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -559,7 +560,7 @@ def main() -> None:
         flowtrace.configure(**overrides)
     else:
         # The recorder alone: the delivery pipeline's sink is swapped for deque appends.
-        remove_sink(flowtrace._pipeline.pipeline())
+        remove_sink(flowtrace._pipeline._pipeline)
         add_sink(DequeSink())
 
     rows = []

@@ -29,7 +29,7 @@ COMMON = """
 import json, os, resource, sys, time
 import flowtrace
 from flowtrace import flow
-from flowtrace import _log, _pipeline
+from flowtrace import _pipeline, _sinks
 
 @flow(path="bench/call")
 def call(x):
@@ -59,7 +59,7 @@ n = int(os.environ["BENCH_N"])
 mode = os.environ["BENCH_MODE"]
 bare_ns = per_call_ns(bare, n)
 if mode == "recorder":          # the recorder alone: no delivery pipeline listening
-    _log.remove_sink(_pipeline.pipeline())
+    _sinks.remove_sink(_pipeline._pipeline)
 ns = per_call_ns(call, n)
 flowtrace.flush(float(os.environ.get("BENCH_FLUSH_S", "30")))
 print(json.dumps({"bare_ns": bare_ns, "call_ns": ns, "stats": flowtrace.stats()}))

@@ -690,6 +690,103 @@ def test_disabled_records_nothing_and_changes_nothing(monkeypatch: pytest.Monkey
     assert flowtrace._config.get_settings().enabled
 
 
+class _EntryKind:
+    """One way into the recorder, run once: its result, what current_log() was inside, and
+    whether the user's exception came out unchanged."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.inside: list[object] = []
+
+    def run(self) -> object:
+        inside = self.inside
+        error = Boom("user error")
+
+        def body(value: int) -> int:
+            inside.append(current_log())
+            return value * 2
+
+        if self.name == "function":
+            return flow(path="t/kind")(body)(21)
+        if self.name == "async":
+
+            async def coroutine(value: int) -> int:
+                return body(value)
+
+            return asyncio.run(flow(path="t/kind")(coroutine)(21))
+        if self.name == "generator":
+
+            def generator(value: int) -> Iterator[int]:
+                yield body(value)
+                yield body(value + 1)
+
+            return list(flow(path="t/kind")(generator)(21))
+        if self.name == "async generator":
+
+            async def agen(value: int) -> AsyncIterator[int]:
+                yield body(value)
+
+            async def drain() -> list[int]:
+                return [item async for item in flow(path="t/kind")(agen)(21)]
+
+            return asyncio.run(drain())
+        if self.name == "with":
+            with flow("t/kind", inputs={"v": 21}) as log:
+                log.output = "set"
+                result = body(21)
+            with pytest.raises(Boom) as raised, flow("t/kind"):
+                raise error
+            assert raised.value is error
+            return result
+
+        async def block() -> int:
+            async with flow("t/kind") as log:
+                log.metadata["k"] = "v"
+                return body(21)
+
+        return asyncio.run(block())
+
+
+class _CountingSink:
+    def __init__(self) -> None:
+        self.started: list[object] = []
+        self.ended: list[object] = []
+
+    def log_started(self, log: object) -> None:
+        self.started.append(log)
+
+    def log_ended(self, log: object) -> None:
+        self.ended.append(log)
+
+
+_ENTRY_KINDS = ["function", "async", "generator", "async generator", "with", "async with"]
+_EXPECTED_RESULTS = {"generator": [42, 44], "async generator": [42]}
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["enabled", "disabled"])
+@pytest.mark.parametrize("kind", _ENTRY_KINDS)
+def test_every_entry_kind_goes_through_the_one_opener(kind: str, enabled: bool) -> None:
+    """Disabled records nothing and changes nothing, for every way into the recorder."""
+    sink = _CountingSink()
+    entry = _EntryKind(kind)
+    flowtrace.configure(enabled=enabled)
+    flowtrace._sinks.add_sink(sink)
+    try:
+        result = entry.run()
+    finally:
+        flowtrace._sinks.remove_sink(sink)
+        flowtrace.configure()
+    assert result == _EXPECTED_RESULTS.get(kind, 42)
+    assert current_log() is None
+    if not enabled:
+        assert sink.started == sink.ended == []
+        assert all(log is None for log in entry.inside)
+        return
+    logs = 2 if kind == "with" else 1  # the with-block kind also runs a failing block
+    assert len(sink.started) == len(sink.ended) == logs
+    assert all(log is sink.started[0] for log in entry.inside)
+
+
 def test_configure_rejects_unknown_settings_and_reads_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -726,12 +823,12 @@ def test_internal_failures_never_reach_user_code(
         return x * 2
 
     sink = BrokenSink()
-    flowtrace._log.add_sink(sink)
+    flowtrace._sinks.add_sink(sink)
     try:
         assert guarded(21) == 42
         assert guarded(1) == 2
     finally:
-        flowtrace._log.remove_sink(sink)
+        flowtrace._sinks.remove_sink(sink)
     kinds = [kind for kind, _ in fail_on_internal_errors]
     assert kinds == ["log-open", "log-end", "log-open", "log-end"]
     # logged once per kind, on the flowtrace logger

@@ -1,61 +1,20 @@
-"""What a call gives a log: its arguments (snapshotted now, bound to names later), its output,
-and what it printed (a tee on sys.stdout that routes each write to the current log)."""
+"""What a call gives a log besides its copied arguments (`_serialize.capture_value`): the
+binding of arguments to parameter names (done on the worker), and what it printed (a tee on
+sys.stdout that routes each write to the current log; optionally `logging` records)."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import marshal
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from flowtrace import _config, _guard
 from flowtrace._context import current
-from flowtrace._serialize import DEFAULT_LIMITS, Limits, snapshot
+from flowtrace._serialize import Limits, set_limits
 
-__all__ = [
-    "InputBinder",
-    "capture_value",
-    "ensure_stdout_tee",
-    "set_limits",
-]
-
-# Immutable scalars: safe to keep by reference, so the common call snapshots nothing.
-SCALARS = frozenset({int, str, float, bool, type(None)})
-
-_limits: Limits = DEFAULT_LIMITS
-
-
-def set_limits(limits: Limits) -> None:
-    global _limits
-    _limits = limits
-
-
-def limits() -> Limits:
-    return _limits
-
-
-# Builtin containers that `marshal` copies in C, several times faster than a careful walk.
-_MARSHALABLE = frozenset({dict, list, tuple, set, frozenset})
-
-
-def capture_value(value: object) -> Any:
-    """A copy of `value` as it is now (the caller may mutate it later), detached from it.
-
-    Scalars are immutable: kept. Plain containers of builtin values are deep-copied by
-    `marshal` (the worker applies the budgets when it encodes the log); anything else, or
-    anything marshal refuses (user objects inside, too deep), takes the careful snapshot.
-    """
-    kind = type(value)
-    if kind in SCALARS:
-        return value
-    if kind in _MARSHALABLE and len(value) <= _limits.max_items:  # type: ignore[arg-type]
-        try:
-            return marshal.loads(marshal.dumps(value))  # type: ignore[arg-type]
-        except (ValueError, TypeError, OverflowError):
-            pass
-    return snapshot(value, _limits)
+__all__ = ["InputBinder", "StdoutTee", "ensure_stdout_tee"]
 
 
 class InputBinder:
@@ -149,7 +108,7 @@ class StdoutTee:
 
     def write(self, text: str) -> int:
         log = current.get()
-        if log is not None and log.status == "incomplete" and _capture_stdout:
+        if log is not None and log.duration_ns is None and _capture_stdout:  # open
             try:
                 if isinstance(text, str):
                     parts = log.stdout_parts
@@ -200,7 +159,7 @@ class LogRecordCapture(logging.Handler):
         if record.name == "flowtrace" or record.name.startswith("flowtrace."):
             return
         log = current.get()
-        if log is None or log.status != "incomplete":
+        if log is None or log.is_complete:
             return
         try:
             line = self.format(record) + "\n"

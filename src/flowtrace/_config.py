@@ -6,7 +6,9 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
+
+from flowtrace._contract import DEFAULT_STATUS_FIELD, STATUS_FIELDS, StatusField
 
 __all__ = ["Settings", "configure", "get_settings", "on_change"]
 
@@ -23,7 +25,7 @@ class Settings:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     db_path: str = DEFAULT_DB_PATH
-    status_field: Literal["trace_status", "log_status"] = "trace_status"
+    status_field: StatusField = DEFAULT_STATUS_FIELD
     # what each log captures
     capture_stdout: bool = True
     capture_logging: bool = False
@@ -80,8 +82,8 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             values[f.name] = _parse(f.name, kind, text)
     if environ.get("FLOWTRACE_DISABLED", "").strip().lower() in _TRUE:
         values["enabled"] = False
-    if values.get("status_field", "trace_status") not in ("trace_status", "log_status"):
-        raise ValueError("FLOWTRACE_STATUS_FIELD must be trace_status or log_status")
+    if values.get("status_field", DEFAULT_STATUS_FIELD) not in STATUS_FIELDS:
+        raise ValueError(f"FLOWTRACE_STATUS_FIELD must be one of {', '.join(STATUS_FIELDS)}")
     return values
 
 
@@ -109,8 +111,8 @@ def configure(**overrides: Any) -> Settings:
     if unknown:
         raise TypeError(f"configure() got unknown setting(s): {', '.join(unknown)}")
     settings = dataclasses.replace(Settings.from_environment(), **overrides)
-    if settings.status_field not in ("trace_status", "log_status"):
-        raise ValueError("status_field must be 'trace_status' or 'log_status'")
+    if settings.status_field not in STATUS_FIELDS:
+        raise ValueError(f"status_field must be one of {', '.join(STATUS_FIELDS)}")
     _settings = settings
     for listener in list(_listeners):
         listener(settings)

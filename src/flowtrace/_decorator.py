@@ -22,28 +22,30 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import Token
 from pathlib import Path
 from types import FunctionType, TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
-from flowtrace import _config, _guard, _log
-from flowtrace._capture import (
-    SCALARS,
-    InputBinder,
-    StdoutTee,
-    capture_value,
-    ensure_stdout_tee,
-    limits,
-)
+from flowtrace import _config, _guard, _log, _sinks
+from flowtrace._capture import InputBinder, StdoutTee, ensure_stdout_tee
 from flowtrace._context import current
-from flowtrace._log import Log, LogOptions
+from flowtrace._contract import (
+    ENDED_CANCELLED,
+    ENDED_CLOSED_EARLY,
+    ENDED_ERROR,
+    ended_interrupted,
+    truncated_items,
+)
+from flowtrace._log import Log
+from flowtrace._options import FlowKeywords, FlowOptions, LogOptions
+from flowtrace._serialize import SCALARS, capture_value, limits
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Flow", "default_path", "flow"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-Redactor = Callable[[Any], Any]
-
 
 _enabled = True
 
@@ -53,18 +55,7 @@ def _apply_settings(settings: _config.Settings) -> None:
     _enabled = settings.enabled
 
 
-# --- options -------------------------------------------------------------------------------
-
-
-class _Options:
-    """What a `flow(...)` call was given: a template of its logs' options, and `inputs` for
-    a block."""
-
-    __slots__ = ("inputs", "template")
-
-    def __init__(self, template: LogOptions, inputs: Any) -> None:
-        self.template = template
-        self.inputs = inputs
+# --- paths -----------------------------------------------------------------------------------
 
 
 def default_path(fn: Callable[..., Any]) -> str:
@@ -87,9 +78,16 @@ def _defined_in_class(fn: Callable[..., Any]) -> bool:
 # --- opening and closing logs (the call path) ------------------------------------------------
 
 
-def _open(options: LogOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Log | None:
-    """A new log for this call, announced to the sinks; None if flowtrace itself failed.
-    (The plain-function wrapper has this inlined: it is the hot path.)"""
+def _open(
+    options: LogOptions,
+    args: tuple[Any, ...] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> Log | None:
+    """The one way a log opens, for every entry kind: a new log under the current one,
+    announced to the sinks. None when flowtrace is disabled (nothing is recorded) or failed.
+    (The plain-function wrapper has this inlined, as its hot path; the same tests cover it.)"""
+    if not _enabled:
+        return None
     try:
         log = Log(options, current.get(), args, kwargs)
     except Exception as exc:
@@ -104,7 +102,7 @@ def _announce(log: Log) -> None:
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
         if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
-        for started in _log.on_start:
+        for started in _sinks.on_start:
             started(log)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
@@ -113,16 +111,16 @@ def _announce(log: Log) -> None:
 def _interruption(exc: BaseException) -> str | None:
     """How an interruption (not a failure of the function) is recorded, else None."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-        return f"interrupted: {type(exc).__name__}"
+        return ended_interrupted(type(exc).__name__)
     asyncio = sys.modules.get("asyncio")  # no asyncio loaded: no CancelledError possible
     if asyncio is not None and isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
+        return ENDED_CANCELLED
     return None
 
 
 def _fail(log: Log, exc: BaseException) -> None:
     """End a log whose call raised `exc` (which the caller re-raises unchanged)."""
-    how = "error"
+    how = ENDED_ERROR
     try:
         interruption = _interruption(exc)
         if interruption is None:
@@ -164,11 +162,11 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
         if not _enabled:
             return fn(*args, **kwargs)
         log = None
-        try:  # _open(), inlined
+        try:  # _open(), inlined: the hot path
             log = Log(options, current.get(), args, kwargs)
             if log.parent is None and type(sys.stdout) is not StdoutTee:
                 ensure_stdout_tee()
-            for started in _log.on_start:
+            for started in _sinks.on_start:
                 started(log)
         except Exception as exc:
             _guard.internal_error("log-open", exc)
@@ -187,7 +185,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             log.result = result
             log.duration_ns = _log._mono_ns() - log._start_mono_ns
             try:
-                for ended in _log.on_end:
+                for ended in _sinks.on_end:
                     ended(log)
             except Exception as exc:
                 _guard.internal_error("log-end", exc)
@@ -202,8 +200,6 @@ def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Cal
     @functools.wraps(fn)
     async def traced(*args: Any, **kwargs: Any) -> Any:
         # The log opens when the coroutine starts running, in the task that awaits it.
-        if not _enabled:
-            return await fn(*args, **kwargs)
         log = _open(options, args, kwargs)
         if log is None:
             return await fn(*args, **kwargs)
@@ -248,7 +244,7 @@ class _Items:
         if self.strings:
             return "".join(self.items)
         if self.count > len(self.items):
-            return [*self.items, f"...[truncated, {self.count} items]"]
+            return [*self.items, truncated_items(self.count)]
         return list(self.items)
 
 
@@ -258,8 +254,6 @@ def _wrap_generator_function(fn: Callable[..., Any], options: LogOptions) -> Cal
         # A generator function's wrapper is one too: the log opens when the body first runs,
         # under the flow that iterates it (the flow that created it may be over by then).
         gen = fn(*args, **kwargs)
-        if not _enabled:
-            return (yield from gen)
         log = _open(options, args, kwargs)
         if log is None:
             return (yield from gen)
@@ -298,7 +292,7 @@ def _traced_generator(log: Log, gen: Generator[Any, Any, Any]) -> Generator[Any,
                 _fail(log, exc)
                 raise
             current.reset(token)
-            log.close("closed early", items.output())
+            log.close(ENDED_CLOSED_EARLY, items.output())
             raise
         except BaseException as exc:
             method, arg = gen.throw, exc
@@ -314,7 +308,7 @@ def _wrap_async_generator_function(
         # There is no `yield from` for async generators: this loop forwards `asend`, `athrow`
         # and `aclose` itself, and does so untraced too (log None: disabled, or flowtrace failed).
         agen = fn(*args, **kwargs)
-        log = _open(options, args, kwargs) if _enabled else None
+        log = _open(options, args, kwargs)
         items = _Items()
         method: Callable[[Any], Any] = agen.asend
         arg: Any = None
@@ -348,7 +342,7 @@ def _wrap_async_generator_function(
                     raise
                 _leave(token)
                 if log is not None:
-                    log.close("closed early", items.output())
+                    log.close(ENDED_CLOSED_EARLY, items.output())
                 raise
             except BaseException as exc:
                 method, arg = agen.athrow, exc
@@ -378,7 +372,7 @@ def _wrap_other_callable(target: Any, options: LogOptions) -> Any:
     return wrapt.FunctionWrapper(target, call)
 
 
-def _decorate(target: Any, options: _Options) -> Any:
+def _decorate(target: Any, options: FlowOptions) -> Any:
     if options.inputs is not None:
         raise TypeError("flow(inputs=...) is for with-blocks: a function's inputs are its args")
     if isinstance(target, (staticmethod, classmethod)):
@@ -391,10 +385,8 @@ def _decorate(target: Any, options: _Options) -> Any:
     return _wrap(target, _options_for(target, options, _defined_in_class(target)))
 
 
-def _options_for(fn: Callable[..., Any], options: _Options, skip_first: bool) -> LogOptions:
-    template = options.template
-    path = template.path if template.path != "flow" else default_path(fn)
-    return template.for_function(path, InputBinder(fn), skip_first)
+def _options_for(fn: Callable[..., Any], options: FlowOptions, skip_first: bool) -> LogOptions:
+    return LogOptions(options, options.path or default_path(fn), InputBinder(fn), skip_first)
 
 
 def _wrap(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
@@ -409,24 +401,28 @@ def _wrap(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
 
 # --- with / async with ---------------------------------------------------------------------
 
+#: The path of a block given none.
+BLOCK_PATH = "flow"
+
 
 class Flow:
     """What `flow(...)` returns when not given a function: a decorator, and a context manager
     whose block is one log (`with flow("agents/support", inputs={...}) as log:`)."""
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: FlowOptions) -> None:
         self._options = options
+        self._block_options = LogOptions(options, options.path or BLOCK_PATH)
         self._open: dict[Log, Token[Log | None]] = {}
 
     def __call__(self, fn: _F) -> _F:
         return _decorate(fn, self._options)  # type: ignore[no-any-return]
 
     def __enter__(self) -> Log:
-        options = self._options
-        log = Log(options.template, current.get())
-        if options.inputs is not None:
-            log.inputs = capture_value(options.inputs)
-        _announce(log)
+        log = _open(self._block_options)
+        if log is None:
+            # Disabled (or flowtrace failed): the block runs unrecorded, and `as log` is a log
+            # nobody hears of, so the block's own code works the same.
+            return Log(self._block_options, None)
         self._open[log] = current.set(log)
         return log
 
@@ -436,7 +432,7 @@ class Flow:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        log = self._pop_open()
+        log = self._leave()
         if log is None:
             return
         if exc is None:
@@ -455,21 +451,42 @@ class Flow:
     ) -> None:
         self.__exit__(exc_type, exc, tb)
 
-    def _pop_open(self) -> Log | None:
-        # The block being left is the innermost open log of this context; one Flow object
-        # may be entered by several tasks at once, so find it by the context, not by order.
-        log = current.get()
-        token = self._open.pop(log, None) if log is not None else None
-        if token is None:
-            if not self._open:
-                return None
-            log, token = self._open.popitem()
-            _guard.internal_error("flow-exit", None, "flow block exited out of order")
-        try:
-            current.reset(token)
-        except ValueError:
-            current.set(log.parent if log is not None else None)  # exited in another context
+    def _leave(self) -> Log | None:
+        """The block's log, no longer current; None if no block of this object is open."""
+        log = self._innermost_open()
+        if log is None:
+            return None
+        token = self._open.pop(log)
+        if current.get() is log:
+            try:
+                current.reset(token)
+            except ValueError:  # entered in another context (a task or a copied context)
+                current.set(log.parent)
+        # else: left out of order (generators advanced in turn): a log inside it is current.
+        outer = current.get()
+        if outer is not None and (outer is log or outer.is_complete):
+            # What was current when the block began may have ended meanwhile (it belonged to
+            # another generator): the current log becomes the nearest one still open.
+            current.set(_nearest_open(outer))
         return log
+
+    def _innermost_open(self) -> Log | None:
+        """This object's open block in this context: the current log or its nearest ancestor
+        that this object opened (one object may be entered by several tasks at once)."""
+        if not self._open:
+            return None
+        log = current.get()
+        while log is not None:
+            if log in self._open:
+                return log
+            log = log.parent
+        return next(reversed(self._open))  # its context was lost: the latest entered
+
+
+def _nearest_open(log: Log | None) -> Log | None:
+    while log is not None and log.is_complete:
+        log = log.parent
+    return log
 
 
 @overload
@@ -477,40 +494,10 @@ def flow(target: _F, /) -> _F: ...
 
 
 @overload
-def flow(
-    target: str | None = None,
-    /,
-    *,
-    path: str | None = None,
-    inputs: Any = None,
-    attributes: dict[str, Any] | None = None,
-    metadata: dict[str, Any] | None = None,
-    user: str | None = None,
-    environment: str | None = None,
-    source: str | None = None,
-    save: bool | None = None,
-    version_id: str | None = None,
-    capture_inputs: bool | Redactor = True,
-    capture_output: bool | Redactor = True,
-) -> Flow: ...
+def flow(target: str | None = None, /, **options: Unpack[FlowKeywords]) -> Flow: ...
 
 
-def flow(
-    target: Any = None,
-    /,
-    *,
-    path: str | None = None,
-    inputs: Any = None,
-    attributes: dict[str, Any] | None = None,
-    metadata: dict[str, Any] | None = None,
-    user: str | None = None,
-    environment: str | None = None,
-    source: str | None = None,
-    save: bool | None = None,
-    version_id: str | None = None,
-    capture_inputs: bool | Redactor = True,
-    capture_output: bool | Redactor = True,
-) -> Any:
+def flow(target: Any = None, /, **options: Unpack[FlowKeywords]) -> Any:
     """Record calls as logs of a trace.
 
     - `@flow` / `@flow(path=..., attributes=...)` on a function, method, generator or their
@@ -518,31 +505,23 @@ def flow(
     - `with flow("agents/support", inputs={...}) as log:` (or `async with`): the block is one
       log; set `log.output`, `log.metadata`... inside.
 
-    A flow opened while another is open in the same context is its child. The default path of a
-    decorated function is `package/module/Qualified.name`.
+    Options: `path` (default: `package/module/Qualified.name` of the function), `attributes`
+    (the Flow version: same attributes, same version), `metadata`, `user`, `environment`,
+    `source`, `save` (False: the server keeps the log without its payloads), `version_id`,
+    `capture_inputs` and `capture_output` (False, or a function that returns what to record),
+    and for blocks `inputs`.
+
+    A flow opened while another is open in the same context is its child.
     """
     if isinstance(target, str):
-        if path is not None:
+        if "path" in options:
             raise TypeError("give the path once: flow('a/b') or flow(path='a/b')")
-        path = target
+        options["path"] = target
         target = None
-    template = LogOptions(
-        path or "flow",
-        # Snapshot now: the same attributes must mean the same version on every call.
-        attributes=None if attributes is None else capture_value(attributes),
-        metadata=metadata,
-        user=user,
-        environment=environment,
-        source=source,
-        save=save,
-        version_id=version_id,
-        capture_inputs=capture_inputs,
-        capture_output=capture_output,
-    )
-    options = _Options(template, inputs)
+    flow_options = FlowOptions(**options)
     if target is None:
-        return Flow(options)
-    return _decorate(target, options)
+        return Flow(flow_options)
+    return _decorate(target, flow_options)
 
 
 _config.on_change(_apply_settings)

@@ -10,30 +10,19 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
-from flowtrace import _guard
-from flowtrace._capture import SCALARS, capture_value
+from flowtrace import _guard, _sinks
+from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus
+from flowtrace._serialize import SCALARS, capture_value
 
 if TYPE_CHECKING:
-    from flowtrace._capture import InputBinder
+    from flowtrace._options import LogOptions
 
-__all__ = [
-    "UNSET",
-    "Log",
-    "LogOptions",
-    "Sink",
-    "add_sink",
-    "refresh_sinks",
-    "remove_sink",
-    "set_clock",
-]
-
-Status = Literal["incomplete", "complete"]
+__all__ = ["UNSET", "Log", "set_clock"]
 
 # --- clocks (injectable so tests are exact) --------------------------------------------------
 # A log reads the monotonic clock once at each end; its wall-clock start is that reading plus
@@ -93,63 +82,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_ids)
 
 
-# --- sinks: who hears about logs (the delivery pipeline, capture_logs) -----------------------
-
-
-class Sink(Protocol):
-    """Hears of every log as it opens and as it closes, on the user's thread, so both must be
-    O(1) and never block; bound C methods such as `deque.append` cost no Python frame."""
-
-    @property
-    def log_started(self) -> Callable[[Log], object]: ...
-
-    @property
-    def log_ended(self) -> Callable[[Log], object]: ...
-
-
-_sinks: tuple[Sink, ...] = ()
-on_start: tuple[Callable[[Log], object], ...] = ()
-on_end: tuple[Callable[[Log], object], ...] = ()
-
-
-def _publish(sinks: tuple[Sink, ...]) -> None:
-    global _sinks, on_start, on_end
-    _sinks = sinks
-    on_start = tuple(s.log_started for s in sinks)
-    on_end = tuple(s.log_ended for s in sinks)
-
-
-#: Serializes changes to the sinks (a sink may swap its callables from any thread).
-_sinks_lock = threading.Lock()
-
-
-def add_sink(sink: Sink) -> None:
-    with _sinks_lock:
-        if sink not in _sinks:
-            _publish((*_sinks, sink))
-
-
-def remove_sink(sink: Sink) -> None:
-    with _sinks_lock:
-        _publish(tuple(s for s in _sinks if s is not sink))
-
-
-def refresh_sinks() -> None:
-    """Re-read every sink's `log_started`/`log_ended`: a sink swapped its callables (the
-    pipeline publishes plain `deque.append`s while busy and small Python methods while idle)."""
-    with _sinks_lock:
-        _publish(_sinks)
-
-
-def _sinks_lock_after_fork() -> None:
-    global _sinks_lock
-    _sinks_lock = threading.Lock()  # another thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_sinks_lock_after_fork)
-
-
 class _Unset:
     """Marks a field nobody set (None is a value a user may set)."""
 
@@ -170,80 +102,13 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-class LogOptions:
-    """Everything a log shares with the other logs of its function (or block): worked out
-    once, at decoration, and referenced by every log, never copied."""
-
-    __slots__ = (
-        "attributes",
-        "binder",
-        "capture_all",
-        "capture_inputs",
-        "capture_output",
-        "environment",
-        "metadata",
-        "path",
-        "save",
-        "skip_first",
-        "source",
-        "user",
-        "version_id",
-    )
-
-    def __init__(
-        self,
-        path: str = "flow",
-        *,
-        attributes: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        user: str | None = None,
-        environment: str | None = None,
-        source: str | None = None,
-        save: bool | None = None,
-        version_id: str | None = None,
-        capture_inputs: bool | Callable[[Any], Any] = True,
-        capture_output: bool | Callable[[Any], Any] = True,
-        binder: InputBinder | None = None,
-        skip_first: bool = False,
-    ) -> None:
-        self.path = path
-        self.attributes = attributes
-        self.metadata = metadata
-        self.user = user
-        self.environment = environment
-        self.source = source
-        self.save = save
-        self.version_id = version_id
-        self.capture_inputs = capture_inputs
-        self.capture_all = capture_inputs is True and binder is not None
-        self.capture_output = capture_output
-        self.binder = binder  # binds a call's arguments to names, on the worker
-        self.skip_first = skip_first  # the first argument is the bound instance or class
-
-    def for_function(self, path: str, binder: InputBinder, skip_first: bool) -> LogOptions:
-        return LogOptions(
-            path,
-            attributes=self.attributes,
-            metadata=self.metadata,
-            user=self.user,
-            environment=self.environment,
-            source=self.source,
-            save=self.save,
-            version_id=self.version_id,
-            capture_inputs=self.capture_inputs,
-            capture_output=self.capture_output,
-            binder=binder,
-            skip_first=skip_first,
-        )
-
-
 class _UserField:
     """A field the user may set on an open log. What users set lives in one small dict made on
     first use (`log.user_fields`), so an untouched log carries none, and the recorder knows to
     snapshot user values when the log closes."""
 
     def __init__(self, option: str | None = None) -> None:
-        self.option = option  # the LogOptions field that gives the default
+        self.option = option  # the FlowOptions field that gives the default
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -254,7 +119,7 @@ class _UserField:
         fields = log.user_fields
         if fields is not None and self.name in fields:
             return fields[self.name]
-        return UNSET if self.option is None else getattr(log.options, self.option)
+        return UNSET if self.option is None else getattr(log.options.flow, self.option)
 
     def __set__(self, log: Log, value: Any) -> None:
         if log.user_fields is None:
@@ -272,7 +137,7 @@ class _Metadata(_UserField):
         fields = log.user_fields
         if fields is not None and "metadata" in fields:
             return fields["metadata"]
-        own = dict(log.options.metadata or {})
+        own = dict(log.options.flow.metadata or {})
         self.__set__(log, own)
         return own
 
@@ -316,7 +181,8 @@ class Log:
         args: tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
-        """Open a log; `args`/`kwargs`: the decorated call's arguments, recorded as inputs."""
+        """Open a log; `args`/`kwargs`: the decorated call's arguments, recorded as inputs (a
+        block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
         self.parent = parent
@@ -333,6 +199,8 @@ class Log:
                     self.kwargs = {name: capture_value(v) for name, v in kwargs.items()}
             elif options.capture_inputs is not False:
                 self.inputs = _redacted(options, args, kwargs or {})
+        elif options.flow.inputs is not None:
+            self.inputs = capture_value(options.flow.inputs)
         self._start_mono_ns = _mono_ns()
 
     def freeze(self) -> None:
@@ -357,23 +225,23 @@ class Log:
 
     @property
     def attributes(self) -> dict[str, Any] | None:
-        return self.options.attributes
+        return self.options.flow.attributes
 
     @property
     def version_id(self) -> str | None:
-        return self.options.version_id
+        return self.options.flow.version_id
 
     @property
     def environment(self) -> str | None:
-        return self.options.environment
+        return self.options.flow.environment
 
     @property
     def source(self) -> str | None:
-        return self.options.source
+        return self.options.flow.source
 
     @property
     def save(self) -> bool | None:
-        return self.options.save
+        return self.options.flow.save
 
     # --- ids -------------------------------------------------------------------------------
     @property
@@ -423,9 +291,9 @@ class Log:
         return "".join(self.stdout_parts) if self.stdout_parts else ""
 
     @property
-    def status(self) -> Status:
+    def status(self) -> TraceStatus:
         """`incomplete` while the call runs, `complete` once it has returned or raised."""
-        return "incomplete" if self.duration_ns is None else "complete"
+        return INCOMPLETE if self.duration_ns is None else COMPLETE
 
     @property
     def is_complete(self) -> bool:
@@ -451,7 +319,7 @@ class Log:
             self.ended_how = how
         self.duration_ns = _mono_ns() - self._start_mono_ns  # from here on, complete
         try:
-            for ended in on_end:
+            for ended in _sinks.on_end:
                 ended(self)
         except Exception as exc:
             _guard.internal_error("log-end", exc)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+from flowtrace._contract import INCOMPLETE, RECORDER_METADATA_KEY, RECORDER_TRACEBACK
 from flowtrace.models import FlowLogResponse
 
 __all__ = [
-    "RECORDER_METADATA_KEY",
+    "VIEW_ERROR",
     "ViewStatus",
     "duration_seconds",
     "error_excerpt",
@@ -25,17 +26,16 @@ __all__ = [
     "walk",
 ]
 
+#: A log's status as a reader sees it: a failed log shows as an error, whatever its trace status.
 ViewStatus = Literal["complete", "incomplete", "error"]
-
-# The recorder keeps its own facts (traceback, flags) under this metadata key.
-RECORDER_METADATA_KEY = "flowtrace"
+VIEW_ERROR: Final = "error"
 
 
 def view_status(log: FlowLogResponse) -> ViewStatus:
     """ "error" wins over the trace status: a failed call is what a reader looks for first."""
     if log.error:
-        return "error"
-    return log.trace_status or log.log_status or "incomplete"
+        return VIEW_ERROR
+    return log.trace_status or log.log_status or INCOMPLETE
 
 
 def duration_seconds(log: FlowLogResponse) -> float | None:
@@ -73,14 +73,14 @@ def _recorder_metadata(log: FlowLogResponse) -> dict[str, Any]:
 
 
 def traceback_text(log: FlowLogResponse) -> str | None:
-    text = _recorder_metadata(log).get("traceback")
+    text = _recorder_metadata(log).get(RECORDER_TRACEBACK)
     return text if isinstance(text, str) and text else None
 
 
 def flowtrace_flags(log: FlowLogResponse) -> dict[str, Any]:
     """The recorder's other facts (truncation markers, dropped counts...), without the
     traceback, which is shown on its own."""
-    return {k: v for k, v in _recorder_metadata(log).items() if k != "traceback"}
+    return {k: v for k, v in _recorder_metadata(log).items() if k != RECORDER_TRACEBACK}
 
 
 def error_excerpt(log: FlowLogResponse, width: int = 60) -> str:

@@ -42,9 +42,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowtrace import _config, _guard
-from flowtrace._log import Log, add_sink, refresh_sinks
+from flowtrace._log import Log
 from flowtrace._planner import Counters, FlushMarker, PlannedOp, Planner
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable
+from flowtrace._sinks import add_sink, refresh_sinks, remove_sink
 from flowtrace.exporters import Exporter, Outcome, not_delivered
 
 __all__ = ["Pipeline", "flush", "shutdown", "stats", "use_exporter"]
@@ -772,15 +773,9 @@ def use_exporter(exporter: Exporter | None) -> None:
     _pipeline.use_exporter(exporter)
 
 
-def pipeline() -> Pipeline:
-    return _pipeline
-
-
 def replace_pipeline(new: Pipeline) -> Pipeline:
     """Swap the process's pipeline (tests): the old one is shut down; returns the new one."""
     global _pipeline
-    from flowtrace._log import remove_sink
-
     old, _pipeline = _pipeline, new
     old.shutdown(0)
     remove_sink(old)

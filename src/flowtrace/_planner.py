@@ -20,16 +20,20 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from flowtrace import _guard
+from flowtrace._contract import (
+    INCOMPLETE,
+    RECORDER_FORKED_FROM,
+    RECORDER_METADATA_KEY,
+    StatusField,
+)
 from flowtrace._log import Log
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.exporters import Operation
 
 __all__ = ["Counters", "FlushMarker", "LogState", "PlannedOp", "Planner"]
-
-StatusField = Literal["trace_status", "log_status"]
 
 
 class FlushMarker:
@@ -120,7 +124,7 @@ class Planner:
                 if parent_state.unsent_children is None:
                     parent_state.unsent_children = set()
                 parent_state.unsent_children.add(log)
-        if log.status != "complete":
+        if not log.is_complete:
             self._open.append(log)
         return state
 
@@ -161,7 +165,7 @@ class Planner:
             log = self._open[0]
             state = log.delivery
             if state.__class__ is LogState and not (
-                state.created or state.finished or log.status == "complete"
+                state.created or state.finished or log.is_complete
             ):
                 return
             self._open.popleft()
@@ -209,7 +213,7 @@ class Planner:
             self._drop(log, state, "parent_dropped")
             return
         for child in list(state.unsent_children or ()):
-            if child.status == "complete":
+            if child.is_complete:
                 self._finish(child, ops, status_field)
             else:
                 self._create_early(child, ops, status_field)
@@ -239,7 +243,7 @@ class Planner:
             return
         # Even a log that has ended meanwhile goes as incomplete here: a child follows it, and
         # a complete parent would refuse the child. Its fields ride along; the update closes it.
-        body[status_field] = "incomplete"
+        body[status_field] = INCOMPLETE
         self._emit(Operation("log", log.log_id, body, log_query(log)), log, False, ops)
         state.created = True
         self._child_created(log)
@@ -258,9 +262,9 @@ class Planner:
             # process's part of the trace becomes a trace of its own, noting where it came from.
             parent_id = body.pop("trace_parent_id", None)
             metadata = dict(body.get("metadata") or {})
-            note = dict(metadata.get("flowtrace") or {})
-            note["forked_from"] = parent_id
-            metadata["flowtrace"] = note
+            note = dict(metadata.get(RECORDER_METADATA_KEY) or {})
+            note[RECORDER_FORKED_FROM] = parent_id
+            metadata[RECORDER_METADATA_KEY] = note
             body["metadata"] = metadata
         return body
 

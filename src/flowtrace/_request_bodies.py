@@ -7,53 +7,34 @@ early, incomplete, for a log that something needs to exist); `complete_body` is 
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flowtrace._capture import limits
 from flowtrace._config import get_settings
+from flowtrace._contract import (
+    CHAT_MESSAGE_KEYS,
+    CHAT_ROLES,
+    COMPLETE,
+    PAYLOAD_FIELDS,
+    RECORDER_ENDED,
+    RECORDER_METADATA_KEY,
+    RECORDER_TRACEBACK,
+    UPDATE_EXTENSION_FIELDS,
+    StatusField,
+    truncated_chars,
+    wire_time_ns,
+)
 from flowtrace._log import UNSET, Log
-from flowtrace._serialize import snapshot, to_json
-
-if TYPE_CHECKING:
-    from flowtrace.models import StatusField
+from flowtrace._serialize import limits, snapshot, to_json
 
 # The wire models (pydantic) are imported on the worker, when a chat message or an early-sent
 # log first needs them: `import flowtrace` stays light, and most logs never need them.
 
 __all__ = ["complete_body", "create_body", "log_query", "resolve_inputs", "shape_output"]
 
-# What `save=False` keeps off the wire (the server drops it too; not sending it is safer).
-_PAYLOAD_FIELDS = (
-    "inputs",
-    "messages",
-    "output",
-    "output_message",
-    "stdout",
-    "provider_request",
-    "provider_response",
-)
-_CHAT_ROLES = frozenset({"user", "assistant", "system", "tool", "developer"})
-_MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
-
-
-_last_second: list[Any] = [None, ""]  # (epoch second, its text): a batch shares a few seconds
-
-
-def format_ns(ns: int) -> str:
-    """Nanoseconds since the epoch as the contract's ISO-8601 UTC text, at microseconds
-    (what `models.format_datetime` writes, without building a datetime)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    second, text = _last_second
-    if seconds != second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _last_second[:] = [seconds, text]
-    return f"{text}.{rest // 1000:06d}Z"
-
 
 def _chat_message(value: Any) -> dict[str, Any] | None:
     """`value` as a contract ChatMessage dict if it is one (extra keys dropped), else None."""
-    if not isinstance(value, dict) or value.get("role") not in _CHAT_ROLES:
+    if not isinstance(value, dict) or value.get("role") not in CHAT_ROLES:
         return None
     if "content" not in value and "tool_calls" not in value:
         return None
@@ -61,7 +42,7 @@ def _chat_message(value: Any) -> dict[str, Any] | None:
 
     from flowtrace.models import ChatMessage
 
-    candidate = {k: value[k] for k in _MESSAGE_KEYS if value.get(k) is not None}
+    candidate = {k: value[k] for k in CHAT_MESSAGE_KEYS if value.get(k) is not None}
     try:
         return ChatMessage.model_validate(candidate).model_dump(mode="json", exclude_none=True)
     except ValidationError:
@@ -126,9 +107,9 @@ def _flowtrace_metadata(log: Log) -> dict[str, Any]:
     """What flowtrace knows about how the call ended, kept under metadata["flowtrace"]."""
     extra: dict[str, Any] = {}
     if log.traceback:
-        extra["traceback"] = log.traceback
+        extra[RECORDER_TRACEBACK] = log.traceback
     if log.ended_how:
-        extra["ended"] = log.ended_how
+        extra[RECORDER_ENDED] = log.ended_how
     return extra
 
 
@@ -138,7 +119,7 @@ def _metadata(log: Log) -> dict[str, Any] | None:
     if not extra:
         return user if isinstance(user, dict) else None
     merged = dict(user) if isinstance(user, dict) else {}
-    merged["flowtrace"] = extra
+    merged[RECORDER_METADATA_KEY] = extra
     return merged
 
 
@@ -147,7 +128,7 @@ def _ending_fields(log: Log) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     end_ns = log.end_ns
     if end_ns is not None:
-        fields["end_time"] = format_ns(end_ns)
+        fields["end_time"] = wire_time_ns(end_ns)
     if log.duration_ns is not None:
         fields["provider_latency"] = log.duration_ns / 1e9
     fields.update(shape_output(log))
@@ -170,7 +151,7 @@ def _truncate(text: str) -> str:
     budget = limits().max_string
     if len(text) <= budget:
         return text
-    return text[:budget] + f"...[truncated, {len(text)} chars]"
+    return text[:budget] + truncated_chars(len(text))
 
 
 def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
@@ -178,7 +159,7 @@ def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
     body: dict[str, Any] = {
         "log_id": log.log_id,
         "path": log.path,
-        "start_time": format_ns(log.start_ns),
+        "start_time": wire_time_ns(log.start_ns),
     }
     if log.parent is not None:
         body["trace_parent_id"] = log.parent.log_id
@@ -195,7 +176,7 @@ def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
         body["inputs"] = inputs
     if messages is not None:
         body["messages"] = messages
-    if log.status == "complete":
+    if log.status == COMPLETE:
         body.update(_ending_fields(log))
     elif log.metadata:
         body["metadata"] = snapshot(log.metadata, limits())
@@ -214,15 +195,13 @@ def complete_body(log: Log, status_field: StatusField, extension: bool) -> dict[
         if log.messages is not UNSET and messages is not None:
             body["messages"] = messages
     if not extension:
-        from flowtrace.models import UPDATE_EXTENSION_FIELDS
-
         body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
-    body[status_field] = "complete"
+    body[status_field] = COMPLETE
     return _without_payloads(body) if log.save is False else body
 
 
 def _without_payloads(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in _PAYLOAD_FIELDS}
+    return {k: v for k, v in body.items() if k not in PAYLOAD_FIELDS}
 
 
 def log_query(log: Log) -> dict[str, str]:

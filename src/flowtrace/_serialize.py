@@ -62,6 +62,7 @@ import dataclasses
 import datetime as _dt
 import enum
 import json
+import marshal
 import uuid
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -73,7 +74,25 @@ from typing import Any, TypeAlias
 
 from pydantic_core import to_jsonable_python
 
-__all__ = ["DEFAULT_LIMITS", "JsonValue", "Limits", "snapshot", "to_json"]
+from flowtrace._contract import (
+    TRUNCATED_CHARS_SUFFIX,
+    TRUNCATED_ITEMS_SUFFIX,
+    TRUNCATED_PREFIX,
+    truncated_chars,
+    truncated_items,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "SCALARS",
+    "JsonValue",
+    "Limits",
+    "capture_value",
+    "limits",
+    "set_limits",
+    "snapshot",
+    "to_json",
+]
 
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
@@ -96,9 +115,6 @@ _DEPTH_CAP = 128
 # json.dumps refuses ints with more digits than sys.get_int_max_str_digits() (>= 640).
 _INT_LIMIT = 1 << 1024
 _INT_FLOOR = -_INT_LIMIT  # precomputed: negating a 1024-bit int per check is not free
-_TRUNCATED = "...[truncated, "
-_ITEMS = " items]"
-_CHARS = " chars]"
 # Returned unchanged without any check; int/str/float need one cheap bounds check each.
 _NONE = type(None)
 _SCALARS = frozenset({_NONE, bool})
@@ -161,9 +177,9 @@ def _marker_count(text: str, suffix: str, minimum: int) -> int | None:
         if not (tilde and number.isascii() and number.isdigit()):
             return None
         text = head
-    if not (text.startswith(_TRUNCATED) and text.endswith(suffix)):
+    if not (text.startswith(TRUNCATED_PREFIX) and text.endswith(suffix)):
         return None
-    number = text[len(_TRUNCATED) : -len(suffix)]
+    number = text[len(TRUNCATED_PREFIX) : -len(suffix)]
     if not (number.isascii() and number.isdigit() and len(number) < 20):
         return None
     count = int(number)
@@ -182,9 +198,9 @@ def _text(text: str, max_string: int) -> str:
     if len(text) <= max_string:
         return text
     # Idempotence: an already truncated snapshot string is prefix + our marker: keep it.
-    if _marker_count(text[max_string:], _CHARS, max_string) is not None:
+    if _marker_count(text[max_string:], TRUNCATED_CHARS_SUFFIX, max_string) is not None:
         return text
-    return f"{text[:max_string]}{_TRUNCATED}{len(text)}{_CHARS}"
+    return text[:max_string] + truncated_chars(len(text))
 
 
 def _float(value: float) -> float | str:
@@ -355,7 +371,7 @@ class _Walker:
         if total is None:
             total = length
         if len(out) < total:
-            out.append(f"{_TRUNCATED}{total}{_ITEMS}")
+            out.append(truncated_items(total))
         return out
 
     def _list(self, value: Any, depth: int) -> JsonValue:
@@ -364,7 +380,7 @@ class _Walker:
             # Idempotence: a truncated snapshot list ends with our marker item; walk the rest
             # and keep the original length it states.
             if length and length <= self.max_items + 1 and type(last := value[-1]) is str:
-                total = _marker_count(last, _ITEMS, length - 1)
+                total = _marker_count(last, TRUNCATED_ITEMS_SUFFIX, length - 1)
                 if total is not None:
                     return self._sequence(value, length - 1, iter(value), depth, total)
             return self._sequence(value, length, iter(value), depth)
@@ -393,7 +409,7 @@ class _Walker:
             if length and length <= self.max_items + 1:
                 last = next(reversed(value))
                 if type(last) is str and value[last] is None:
-                    total = _marker_count(last, _ITEMS, length - 1)
+                    total = _marker_count(last, TRUNCATED_ITEMS_SUFFIX, length - 1)
                     if total is not None:
                         items = iter(value.items())
                         return self._mapping(value, length - 1, items, depth, total)
@@ -446,7 +462,7 @@ class _Walker:
         if total is None:
             total = length
         if len(out) < total:
-            out[_unique(f"{_TRUNCATED}{total}{_ITEMS}", out)] = None
+            out[_unique(truncated_items(total), out)] = None
         return out
 
     def _key(self, key: object, out: dict[str, JsonValue], depth: int) -> str:
@@ -559,3 +575,44 @@ _SUBCLASS_HANDLERS: tuple[tuple[type | tuple[type, ...], _Handler], ...] = (
     (_dt.timedelta, _Walker._timedelta),
     ((uuid.UUID, Decimal, PurePath), _Walker._as_str),  # PosixPath, WindowsPath...
 )
+
+
+# --- call-time copies ------------------------------------------------------------------------
+# Arguments and results are copied on the user's call path (the caller may mutate them after
+# the call), and snapshotted within the budgets on the worker.
+
+#: Immutable scalars: safe to keep by reference, so the common call copies nothing.
+SCALARS = frozenset({int, str, float, bool, type(None)})
+
+# Builtin containers that `marshal` copies in C, several times faster than a careful walk.
+_MARSHALABLE = frozenset({dict, list, tuple, set, frozenset})
+
+_limits: Limits = DEFAULT_LIMITS
+
+
+def set_limits(new: Limits) -> None:
+    """The budgets in force (the settings' max_depth, max_string_chars, max_items)."""
+    global _limits
+    _limits = new
+
+
+def limits() -> Limits:
+    return _limits
+
+
+def capture_value(value: object) -> Any:
+    """A copy of `value` as it is now (the caller may mutate it later), detached from it.
+
+    Scalars are immutable: kept. Plain containers of builtin values are deep-copied by
+    `marshal` (the worker applies the budgets when it encodes the log); anything else, or
+    anything marshal refuses (user objects inside, too deep), takes the careful snapshot.
+    """
+    kind = type(value)
+    if kind in SCALARS:
+        return value
+    if kind in _MARSHALABLE and len(value) <= _limits.max_items:  # type: ignore[arg-type]
+        try:
+            return marshal.loads(marshal.dumps(value))  # type: ignore[arg-type]
+        except (ValueError, TypeError, OverflowError):
+            pass
+    return snapshot(value, _limits)

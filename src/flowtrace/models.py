@@ -1,4 +1,4 @@
-"""Pydantic models of the "Log to a Flow" wire contract (see CONTRACT.md).
+"""Pydantic models of the "Log to a Flow" wire contract (docs/contract.md).
 
 Client and server share these: the HTTP exporter builds request bodies that validate against
 them, and the server validates what it receives with them. Request models forbid unknown fields
@@ -21,8 +21,16 @@ from pydantic import (
     model_validator,
 )
 
+from flowtrace._contract import (
+    DEFAULT_STATUS_FIELD,
+    STATUS_FIELDS,
+    ChatRole,
+    StatusField,
+    TraceStatus,
+    wire_time,
+)
+
 __all__ = [
-    "UPDATE_EXTENSION_FIELDS",
     "BatchRequest",
     "BatchResponse",
     "BatchResult",
@@ -49,12 +57,7 @@ __all__ = [
     "UpdateOperation",
     "VersionResponse",
     "WireDatetime",
-    "format_datetime",
 ]
-
-TraceStatus = Literal["complete", "incomplete"]
-StatusField = Literal["trace_status", "log_status"]
-ChatRole = Literal["user", "assistant", "system", "tool", "developer"]
 
 
 def _coerce_datetime(value: object) -> object:
@@ -84,19 +87,11 @@ def _as_utc(value: datetime) -> datetime:
         raise ValueError("datetime is out of range in UTC") from None
 
 
-def format_datetime(value: datetime) -> str:
-    """ISO-8601 in UTC with a `Z`, microsecond precision: the contract's wire form."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    text = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
-    return text.replace("+00:00", "Z")
-
-
 WireDatetime = Annotated[
     datetime,
     BeforeValidator(_coerce_datetime),
     AfterValidator(_as_utc),
-    PlainSerializer(format_datetime, return_type=str, when_used="json"),
+    PlainSerializer(wire_time, return_type=str, when_used="json"),
 ]
 
 
@@ -158,7 +153,7 @@ class FlowKernel(_Request):
 
 
 def _one_status_field(data: Any) -> Any:
-    if isinstance(data, dict) and "trace_status" in data and "log_status" in data:
+    if isinstance(data, dict) and all(name in data for name in STATUS_FIELDS):
         raise ValueError("send either trace_status or log_status, not both")
     return data
 
@@ -180,7 +175,8 @@ class _StatusMixin(BaseModel):
     @property
     def status_field(self) -> StatusField:
         """The name the request used (the answer uses the same one)."""
-        return "log_status" if "log_status" in self.model_fields_set else "trace_status"
+        sent = self.model_fields_set
+        return next((name for name in STATUS_FIELDS if name in sent), DEFAULT_STATUS_FIELD)
 
 
 class _LogFields(BaseModel):
@@ -238,12 +234,6 @@ class FlowLogUpdateRequest(_StatusMixin, _Request):
     metadata: dict[str, Any] | None = None
     provider_request: dict[str, Any] | None = None
     provider_response: dict[str, Any] | None = None
-
-
-#: Fields of FlowLogUpdateRequest that only a flowtrace server accepts.
-UPDATE_EXTENSION_FIELDS = frozenset(
-    {"end_time", "provider_latency", "stdout", "metadata", "provider_request", "provider_response"}
-)
 
 
 class FlowUpsertRequest(_Request):

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from flowtrace._config import get_settings
-from flowtrace._log import Log, add_sink, remove_sink
+from flowtrace._log import Log
 from flowtrace._request_bodies import create_body
+from flowtrace._sinks import add_sink, remove_sink
 
 __all__ = ["CapturedLogs", "capture_logs"]
 

@@ -21,6 +21,7 @@ import httpx
 import pydantic_core
 
 from flowtrace._config import Settings
+from flowtrace._contract import UPDATE_EXTENSION_FIELDS
 from flowtrace._retry import is_retryable, parse_retry_after
 from flowtrace.exporters import Operation, Outcome, not_delivered
 
@@ -151,9 +152,6 @@ class HttpExporter:
             else:
                 body = op.body
                 if not self.update_extension:
-                    # (imported here: a flowtrace server never needs the pydantic models)
-                    from flowtrace.models import UPDATE_EXTENSION_FIELDS
-
                     body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
                 response = self._client.patch(f"/flows/logs/{op.log_id}", content=_encode(body))
         except httpx.HTTPError as exc:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flowtrace._contract import COMPLETE, DEFAULT_STATUS_FIELD, StatusField
 from flowtrace.exporters import Operation, Outcome
 
 __all__ = ["MemoryExporter", "Script"]
@@ -20,7 +21,7 @@ Script = Callable[[Sequence[Operation]], "list[Outcome] | None"]
 
 
 class MemoryExporter:
-    def __init__(self, status_field: str = "trace_status") -> None:
+    def __init__(self, status_field: StatusField = DEFAULT_STATUS_FIELD) -> None:
         self.status_field = status_field
         self.calls: list[list[Operation]] = []  # every export call, as attempted
         self.logs: dict[str, dict[str, Any]] = {}  # log_id -> merged stored body
@@ -73,7 +74,7 @@ class MemoryExporter:
             parent = self.logs.get(parent_id)
             if parent is None:
                 return Outcome(404, {"detail": f"trace parent {parent_id} not found"})
-            if parent.get(self.status_field) == "complete":
+            if parent.get(self.status_field) == COMPLETE:
                 return Outcome(409, {"detail": f"trace parent {parent_id} is complete"})
         self.creates[op.log_id] = op.body
         self.logs[op.log_id] = dict(op.body)

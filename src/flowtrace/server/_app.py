@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.security import APIKeyHeader
 
-from flowtrace.models import StatusField
+from flowtrace._contract import DEFAULT_STATUS_FIELD, StatusField
 from flowtrace.store import Store
 
 from ._auth import ApiKeyMiddleware
@@ -34,7 +34,7 @@ def create_app(
     *,
     api_keys: Sequence[str] = (),
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    status_field_default: StatusField = "trace_status",
+    status_field_default: StatusField = DEFAULT_STATUS_FIELD,
     batch: bool = True,
     fast_log: bool = True,
 ) -> FastAPI:

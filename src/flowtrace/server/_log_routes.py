@@ -6,11 +6,12 @@ never blocks the event loop.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from starlette.responses import JSONResponse, Response
 
+from flowtrace._contract import TraceStatus
 from flowtrace.models import (
     BatchRequest,
     BatchResponse,
@@ -116,7 +117,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         end_date: Annotated[WireDatetime | None, Query()] = None,
         include_trace_children: Annotated[bool, Query()] = False,
         errors_only: Annotated[bool, Query(description="Only logs with an error")] = False,
-        status: Annotated[Literal["complete", "incomplete"] | None, Query()] = None,
+        status: Annotated[TraceStatus | None, Query()] = None,
         roots_only: Annotated[bool, Query(description="Only trace roots")] = False,
     ) -> JSONResponse:
         found = store.list_logs(

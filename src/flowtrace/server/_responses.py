@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowtrace._contract import INCOMPLETE, STATUS_FIELDS
 from flowtrace.models import (
     CreateFlowLogResponse,
     FlowLogRequest,
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 # The contract's default status: a log is incomplete until something says otherwise.
-DEFAULT_STATUS = "incomplete"
+DEFAULT_STATUS = INCOMPLETE
 
 
 def status_field_of(
@@ -37,11 +38,7 @@ def status_field_of(
 ) -> StatusField:
     """The status name the request used; `default` when it sent neither."""
     sent = request.model_fields_set
-    if "log_status" in sent:
-        return "log_status"
-    if "trace_status" in sent:
-        return "trace_status"
-    return default
+    return next((name for name in STATUS_FIELDS if name in sent), default)
 
 
 def render_created(created: CreateFlowLogResponse, field: StatusField) -> dict[str, Any]:
@@ -60,9 +57,8 @@ def render_log(log: FlowLogResponse, field: StatusField) -> dict[str, Any]:
 
 
 def _shape_log(data: dict[str, Any], field: StatusField) -> None:
-    status = data.pop("trace_status", None) or data.pop("log_status", None)
-    data.pop("log_status", None)
-    data[field] = status or DEFAULT_STATUS
+    statuses = [data.pop(name, None) for name in STATUS_FIELDS]
+    data[field] = next((status for status in statuses if status), DEFAULT_STATUS)
     _keep_required_flow_fields(data["flow"])
     for child in data.get("trace_children", ()):
         _shape_log(child, field)

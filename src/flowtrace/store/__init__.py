@@ -37,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from flowtrace._contract import DEFAULT_STATUS_FIELD, StatusField, wire_time_us
 from flowtrace.models import (
     BatchResult,
     CreateFlowLogResponse,
@@ -47,11 +48,10 @@ from flowtrace.models import (
     FlowUpsertRequest,
     LogOperation,
     LogQuery,
-    StatusField,
     VersionResponse,
 )
 from flowtrace.store._batch import parse_operation
-from flowtrace.store._codec import to_us, us_to_wire
+from flowtrace.store._codec import to_us
 from flowtrace.store._errors import StoreError, StoreSchemaError
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
@@ -153,7 +153,7 @@ class Store:
         stored or refused on its own, exactly as `log` would, its refusal returned in its
         place. Any other failure fails them all (nothing is stored)."""
         now_us = self._now_us()
-        now_wire = us_to_wire(now_us)
+        now_wire = wire_time_us(now_us)
         prepared = [prepare_log(request, query, now_us, now_wire) for request, query in logs]
 
         def work(session: Session) -> list[CreateFlowLogResponse | StoreError]:
@@ -186,7 +186,7 @@ class Store:
         """The batch extension: operations apply in order, each on its own (a failing one is
         undone alone), all in one transaction. Malformed operations get a 422 result."""
         now_us = self._now_us()
-        now_wire = us_to_wire(now_us)
+        now_wire = wire_time_us(now_us)
         prepared: list[PreparedLog | _Update | StoreError] = []
         for raw in operations:  # validation and encoding happen before taking the lock
             try:
@@ -249,7 +249,7 @@ class Store:
 
     # --- reads -----------------------------------------------------------------------------
     def get_log(
-        self, log_id: str, *, status_field: StatusField = "trace_status"
+        self, log_id: str, *, status_field: StatusField = DEFAULT_STATUS_FIELD
     ) -> FlowLogResponse:
         """`GET /logs/{id}`: the log with its nested trace_children (start order) and `flow`."""
         with self._db.reading() as conn:
@@ -269,7 +269,7 @@ class Store:
         errors_only: bool = False,
         status: str | None = None,
         roots_only: bool = False,
-        status_field: StatusField = "trace_status",
+        status_field: StatusField = DEFAULT_STATUS_FIELD,
         count_total: bool = True,
         before: str | None = None,
         after: str | None = None,

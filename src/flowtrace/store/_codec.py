@@ -18,7 +18,6 @@ __all__ = [
     "from_us",
     "new_id",
     "to_us",
-    "us_to_wire",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -34,11 +33,6 @@ def to_us(value: datetime) -> int:
 
 def from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
-
-
-def us_to_wire(value: int) -> str:
-    """The contract's datetime form (UTC, `Z`), built without a datetime round trip per field."""
-    return from_us(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # Built once: json.dumps with options builds a new encoder per call. ensure_ascii=False keeps

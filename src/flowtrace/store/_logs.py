@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from flowtrace._contract import COMPLETE, INCOMPLETE, PAYLOAD_FIELDS, STATUS_FIELDS
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, LogQuery
 from flowtrace.store._codec import compact_json, new_id, to_us
 from flowtrace.store._errors import conflict, invalid, not_found
@@ -21,7 +22,7 @@ from flowtrace.store._flow_cache import (
     attributes_digest,
     normalize_path,
 )
-from flowtrace.store._prepare import PAYLOAD_FIELDS, PreparedLog
+from flowtrace.store._prepare import PreparedLog
 from flowtrace.store._session import Session
 
 __all__ = ["create_log", "delete_logs", "update_log"]
@@ -248,7 +249,7 @@ def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> 
     seq, parent_seq, start_us, end_us, complete, had_error, flow_ref, version_ref = row[:8]
     inputs, output, data_text, trace_seq = row[8:]
     data: dict[str, Any] = json.loads(data_text)
-    sent = request.model_fields_set - {"trace_status", "log_status"}
+    sent = request.model_fields_set - set(STATUS_FIELDS)
     if data.get("save") is False:
         sent = sent - PAYLOAD_FIELDS  # save=false stays in force for later updates
     new_end = end_us
@@ -273,9 +274,9 @@ def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> 
             data[name] = value
 
     status = request.status
-    if status == "incomplete" and complete:
+    if status == INCOMPLETE and complete:
         raise conflict(f"log {log_id!r} is complete: it cannot be reopened")
-    if status == "complete" and not complete:
+    if status == COMPLETE and not complete:
         complete = 1
         if new_end is None:
             new_end = max(session.now_us, start_us)

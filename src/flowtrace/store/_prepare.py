@@ -9,27 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flowtrace.models import FlowLogRequest, LogQuery, StatusField, TraceStatus
-from flowtrace.store._codec import canonical_json, compact_json, digest, to_us, us_to_wire
-
-__all__ = ["PAYLOAD_FIELDS", "PreparedLog", "prepare_log"]
-
-# Dropped when the request says save=false: the request/response payloads.
-PAYLOAD_FIELDS = frozenset(
-    {
-        "inputs",
-        "output",
-        "messages",
-        "output_message",
-        "stdout",
-        "provider_request",
-        "provider_response",
-    }
+from flowtrace._contract import (
+    COMPLETE,
+    INCOMPLETE,
+    PAYLOAD_FIELDS,
+    STATUS_FIELDS,
+    StatusField,
+    TraceStatus,
+    wire_time_us,
 )
-# Request fields that are not data of the log itself: they route it (flow, version, id, parent
-# link kept as columns too) or become columns (times, status).
-_ROUTING_FIELDS = frozenset(
-    {"path", "id", "flow", "log_id", "trace_status", "log_status", "start_time", "end_time"}
+from flowtrace.models import FlowLogRequest, LogQuery
+from flowtrace.store._codec import canonical_json, compact_json, digest, to_us
+
+__all__ = ["PreparedLog", "prepare_log"]
+
+# Request fields that are not data of the log itself: they route it (flow, version, id) or
+# become columns (times, status).
+_COLUMN_FIELDS = frozenset(
+    {"path", "id", "flow", "log_id", "start_time", "end_time", *STATUS_FIELDS}
 )
 
 
@@ -63,18 +60,16 @@ def prepare_log(
     """`now_wire` is `now_us` in wire form, passed by a batch that formats it once."""
     body = request.model_dump(mode="json", exclude_unset=True)
     stored = {
-        key: value
-        for key, value in body.items()
-        if value is not None and key not in _ROUTING_FIELDS
+        key: value for key, value in body.items() if value is not None and key not in _COLUMN_FIELDS
     }
     if request.save is False:
         stored = {key: value for key, value in stored.items() if key not in PAYLOAD_FIELDS}
     if "created_at" not in stored:
-        stored["created_at"] = now_wire or us_to_wire(now_us)
+        stored["created_at"] = now_wire or wire_time_us(now_us)
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
-    status: TraceStatus = request.status or "incomplete"
-    complete = status == "complete"
+    status: TraceStatus = request.status or INCOMPLETE
+    complete = status == COMPLETE
     start_us = to_us(request.start_time) if request.start_time is not None else now_us
     end_us = to_us(request.end_time) if request.end_time is not None else None
     if complete and end_us is None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flowtrace.models import FlowLogResponse, PaginatedLogs, StatusField
+from flowtrace._contract import COMPLETE, INCOMPLETE, StatusField
+from flowtrace.models import FlowLogResponse, PaginatedLogs
 from flowtrace.store._codec import to_us
 from flowtrace.store._errors import invalid, not_found
 from flowtrace.store._flow_cache import FlowCache
@@ -125,10 +126,10 @@ def _compile(
     if version_ref is not None:
         filters.add("l.version_ref = ?", version_ref)
     if filters.status is not None:
-        if filters.status not in ("complete", "incomplete"):
+        if filters.status not in (COMPLETE, INCOMPLETE):
             raise invalid(["query", "status"], "status is 'complete' or 'incomplete'")
         # literal forms: they match the partial indexes' conditions
-        filters.add("l.complete = 1" if filters.status == "complete" else "l.complete = 0")
+        filters.add("l.complete = 1" if filters.status == COMPLETE else "l.complete = 0")
     if filters.errors_only:
         filters.add("l.has_error = 1")
     if filters.roots_only:

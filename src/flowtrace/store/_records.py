@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 
 from pydantic_core import from_json
 
-from flowtrace.models import FlowLogResponse, FlowResponse, StatusField, VersionResponse
-from flowtrace.store._codec import from_us, us_to_wire
+from flowtrace._contract import COMPLETE, INCOMPLETE, StatusField, wire_time_us
+from flowtrace.models import FlowLogResponse, FlowResponse, VersionResponse
+from flowtrace.store._codec import from_us
 
 __all__ = [
     "LOG_COLUMNS",
@@ -75,9 +76,9 @@ def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
         "name": flow[3],
         "type": "flow",
         "status": "committed",
-        "created_at": us_to_wire(flow[4]),
-        "updated_at": us_to_wire(flow[5]),
-        "last_used_at": us_to_wire(flow[6]) if flow[6] is not None else None,
+        "created_at": wire_time_us(flow[4]),
+        "updated_at": wire_time_us(flow[5]),
+        "last_used_at": wire_time_us(flow[6]) if flow[6] is not None else None,
         "version_logs_count": 0,
         "attributes": {},
     }
@@ -162,7 +163,7 @@ def version_records(
             "flow_id": flow_id,
             "path": path,
             "attributes": json.loads(row[2]),
-            "created_at": us_to_wire(row[6]),
+            "created_at": wire_time_us(row[6]),
             "environments": environments.get(row[0], []),
             "version_logs_count": row[5],
         }
@@ -206,7 +207,7 @@ def _log_dict(
     record["trace_id"] = root.id
     record["trace_flow_id"] = root.flow_id
     record["evaluator_logs"] = []
-    record[status_field] = "complete" if row.complete else "incomplete"
+    record[status_field] = COMPLETE if row.complete else INCOMPLETE
     record["flow"] = flow
     return record
 

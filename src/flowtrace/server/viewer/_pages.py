@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import asdict, dataclass
+from typing import get_args
 from urllib.parse import quote
 
+from flowtrace._contract import TraceStatus
 from flowtrace._log_display import (
     duration_seconds,
     error_excerpt,
@@ -27,7 +29,7 @@ __all__ = [
     "trace_path",
 ]
 
-STATUS_CHOICES = ("", "complete", "incomplete")
+STATUS_CHOICES = ("", *get_args(TraceStatus))
 
 
 def trace_path(log_id: str) -> str:

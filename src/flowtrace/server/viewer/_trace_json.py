@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from flowtrace._contract import COMPLETE, RECORDER_METADATA_KEY
 from flowtrace._log_display import (
-    RECORDER_METADATA_KEY,
     duration_seconds,
     flowtrace_flags,
     traceback_text,
@@ -20,12 +20,15 @@ from flowtrace._log_display import (
 )
 from flowtrace.models import FlowLogResponse
 
-__all__ = ["STALE_AFTER", "trace_view"]
+__all__ = ["NOT_SHOWN", "SHOWN_AS_LOGGED", "SHOWN_DERIVED", "STALE_AFTER", "trace_view"]
 
 STALE_AFTER = timedelta(minutes=10)
 
-# Fields shown as they were logged (the rest are derived below).
-_PLAIN_FIELDS = (
+# Every field of a stored log is in one of the three below (tests/test_contract.py checks it
+# against the models, and that the page's script renders each field shown as logged).
+
+#: Fields the page shows as they were logged.
+SHOWN_AS_LOGGED = (
     "inputs",
     "output",
     "output_message",
@@ -46,6 +49,26 @@ _PLAIN_FIELDS = (
     "created_at",
 )
 
+#: Fields the page shows in another form, worked out below.
+SHOWN_DERIVED = frozenset(
+    {
+        "id",
+        "metadata",  # without the recorder's own facts, which are shown apart
+        "trace_status",  # as the view status (error wins), under either name
+        "log_status",
+        "flow",  # its path, id, version id and attributes
+        "trace_children",  # the tree and the timeline
+    }
+)
+
+#: Fields the page does not show, and why.
+NOT_SHOWN = {
+    "save": "a log stored with save=false simply has no payloads to show",
+    "trace_id": "the page is the trace: its root is the first row",
+    "trace_flow_id": "the root's flow is shown with the root",
+    "evaluator_logs": "always empty: flowtrace runs no evaluators",
+}
+
 
 def _milliseconds(later: datetime, earlier: datetime) -> float:
     return (later - earlier).total_seconds() * 1000.0
@@ -54,9 +77,9 @@ def _milliseconds(later: datetime, earlier: datetime) -> float:
 def _log_view(
     log: FlowLogResponse, depth: int, trace_start: datetime | None, open_end: datetime
 ) -> dict[str, Any]:
-    data = log.model_dump(mode="json", include=set(_PLAIN_FIELDS), exclude_none=True)
+    data = log.model_dump(mode="json", include=set(SHOWN_AS_LOGGED), exclude_none=True)
     status = view_status(log)
-    running = (log.trace_status or log.log_status) != "complete"
+    running = (log.trace_status or log.log_status) != COMPLETE
     # A running log without an end is drawn up to `open_end`; a finished one as an instant.
     end = log.end_time or (open_end if running else log.start_time)
     offset_ms = end_ms = None
@@ -101,7 +124,7 @@ def trace_view(
         "root_id": root.id,
         "selected": selected or root.id,
         "status": view_status(root),
-        "live": (root.trace_status or root.log_status) != "complete",
+        "live": (root.trace_status or root.log_status) != COMPLETE,
         "span_ms": span_ms,
         "logs": logs,
     }

@@ -185,6 +185,7 @@
     const rows = [
       ["log id", log.id], ["status", log.status], ["start", formatTime(log.start_time)],
       ["end", formatTime(log.end_time)], ["duration", durationText(log)],
+      ["created", log.created_at ? formatTime(log.created_at) : null],
       ["provider latency", log.provider_latency !== undefined ? log.provider_latency + " s" : null],
       ["user", log.user], ["source", log.source], ["environment", log.environment],
       ["run", log.run_id], ["datapoint", log.source_datapoint_id],

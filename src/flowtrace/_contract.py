@@ -1,0 +1,182 @@
+"""The contract's vocabulary, defined once (docs/contract.md).
+
+Every name of the wire contract that more than one part of flowtrace needs lives here: the log
+fields and which of them are payloads, the update extension, the status field names and values,
+chat roles, the recorder's metadata keys, the truncation marker and the wire datetime text. The
+recorder, the request bodies, the models, the store, the server and the viewer import them, so
+a field added to a log is added in one place and every other place is checked against it
+(tests/test_contract.py).
+
+Light on purpose: the recorder imports it on `import flowtrace` (no pydantic here).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Final, Literal, get_args
+
+__all__ = [
+    "CHAT_MESSAGE_KEYS",
+    "CHAT_ROLES",
+    "COMPLETE",
+    "CONTRACT_UPDATE_FIELDS",
+    "DEFAULT_STATUS_FIELD",
+    "ENDED_CANCELLED",
+    "ENDED_CLOSED_EARLY",
+    "ENDED_ERROR",
+    "INCOMPLETE",
+    "LOG_FIELDS",
+    "PAYLOAD_FIELDS",
+    "RECORDER_ENDED",
+    "RECORDER_FORKED_FROM",
+    "RECORDER_METADATA_KEY",
+    "RECORDER_TRACEBACK",
+    "STATUS_FIELDS",
+    "TRUNCATED_PREFIX",
+    "UPDATE_EXTENSION_FIELDS",
+    "ChatRole",
+    "StatusField",
+    "TraceStatus",
+    "ended_interrupted",
+    "truncated_chars",
+    "truncated_items",
+    "wire_time",
+    "wire_time_ns",
+    "wire_time_us",
+]
+
+# --- status ----------------------------------------------------------------------------------
+
+TraceStatus = Literal["complete", "incomplete"]
+COMPLETE: Final = "complete"
+INCOMPLETE: Final = "incomplete"
+
+#: The API renamed `trace_status` to `log_status` in March 2025 (same values): a request carries
+#: one of the two names, and its answer uses the same one.
+StatusField = Literal["trace_status", "log_status"]
+STATUS_FIELDS: Final[tuple[StatusField, ...]] = get_args(StatusField)
+DEFAULT_STATUS_FIELD: Final[StatusField] = "trace_status"
+
+# --- chat messages ---------------------------------------------------------------------------
+
+ChatRole = Literal["user", "assistant", "system", "tool", "developer"]
+CHAT_ROLES: Final = frozenset(get_args(ChatRole))
+CHAT_MESSAGE_KEYS: Final = ("role", "content", "name", "tool_call_id", "tool_calls")
+
+# --- log fields ------------------------------------------------------------------------------
+
+#: What a log records: the fields a `POST /flows/log` body sends and `GET /logs/{id}` returns
+#: (besides the routing fields of a request and the ids of a response).
+LOG_FIELDS: Final = (
+    "messages",
+    "output_message",
+    "run_id",
+    "start_time",
+    "end_time",
+    "output",
+    "created_at",
+    "error",
+    "provider_latency",
+    "stdout",
+    "provider_request",
+    "provider_response",
+    "inputs",
+    "source",
+    "metadata",
+    "source_datapoint_id",
+    "trace_parent_id",
+    "user",
+    "environment",
+    "save",
+)
+
+#: What `save=false` keeps out of the store: the request and response payloads.
+PAYLOAD_FIELDS: Final = frozenset(
+    {
+        "inputs",
+        "messages",
+        "output",
+        "output_message",
+        "stdout",
+        "provider_request",
+        "provider_response",
+    }
+)
+
+#: What the contract's `PATCH /flows/logs/{id}` may set (besides the status).
+CONTRACT_UPDATE_FIELDS: Final = ("inputs", "output", "error", "messages", "output_message")
+
+#: flowtrace's extension of PATCH: the fields a log only has once it ends, so a log sent early
+#: loses nothing when it completes. Sent only to a server whose health endpoint offers it.
+UPDATE_EXTENSION_FIELDS: Final = frozenset(
+    {"end_time", "provider_latency", "stdout", "metadata", "provider_request", "provider_response"}
+)
+
+# --- the recorder's own facts, under metadata["flowtrace"] -----------------------------------
+
+RECORDER_METADATA_KEY: Final = "flowtrace"
+RECORDER_TRACEBACK: Final = "traceback"
+RECORDER_ENDED: Final = "ended"  # how a call ended when not by a plain return
+RECORDER_FORKED_FROM: Final = "forked_from"  # the parent log id in the process forked from
+
+ENDED_ERROR: Final = "error"
+ENDED_CLOSED_EARLY: Final = "closed early"  # a generator left before its end
+ENDED_CANCELLED: Final = "cancelled"  # asyncio
+
+
+def ended_interrupted(exception_name: str) -> str:
+    """An interruption (KeyboardInterrupt, SystemExit, GeneratorExit): not a failure."""
+    return f"interrupted: {exception_name}"
+
+
+# --- truncation ------------------------------------------------------------------------------
+
+#: Starts the marker that replaces what a budget cut: `...[truncated, N chars]` after a string's
+#: prefix, `...[truncated, N items]` as the last item of a list (or key of a dict).
+TRUNCATED_PREFIX: Final = "...[truncated, "
+TRUNCATED_CHARS_SUFFIX: Final = " chars]"
+TRUNCATED_ITEMS_SUFFIX: Final = " items]"
+
+
+def truncated_chars(original_length: int) -> str:
+    return f"{TRUNCATED_PREFIX}{original_length}{TRUNCATED_CHARS_SUFFIX}"
+
+
+def truncated_items(original_count: int) -> str:
+    return f"{TRUNCATED_PREFIX}{original_count}{TRUNCATED_ITEMS_SUFFIX}"
+
+
+# --- datetimes on the wire -------------------------------------------------------------------
+# ISO-8601 in UTC with a `Z`, at microseconds. One formatter for every datetime flowtrace writes,
+# from nanoseconds (the recorder's clocks), microseconds (the store's columns) or a datetime.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # a batch shares a few seconds
+
+
+def _second_text(seconds: int) -> str:
+    global _last_second
+    cached_second, text = _last_second
+    if seconds != cached_second:
+        # isoformat, not strftime: years before 1000 keep their four digits
+        text = (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19]
+        _last_second = (seconds, text)
+    return text
+
+
+def wire_time_us(us: int) -> str:
+    """Microseconds since the epoch as the contract's datetime text."""
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_second_text(seconds)}.{micros:06d}Z"
+
+
+def wire_time_ns(ns: int) -> str:
+    """Nanoseconds since the epoch as the contract's datetime text (microseconds kept)."""
+    return wire_time_us(ns // 1000)
+
+
+def wire_time(value: datetime) -> str:
+    """A datetime as the contract's text; a naive one is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return wire_time_us((value - _EPOCH) // timedelta(microseconds=1))

@@ -1,0 +1,78 @@
+"""The contract's vocabulary is defined once (flowtrace._contract) and every part agrees with it:
+the models, the request bodies, the store, the viewer and the flow options."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import get_args
+
+import flowtrace
+from flowtrace import _contract
+from flowtrace._options import FlowKeywords, FlowOptions
+from flowtrace._serialize import Limits, snapshot
+from flowtrace.models import (
+    ChatMessage,
+    FlowLogRequest,
+    FlowLogResponse,
+    FlowLogUpdateRequest,
+    _LogFields,
+)
+from flowtrace.server.viewer import _trace_json
+
+TRACE_SCRIPT = Path(_trace_json.__file__).with_name("static") / "trace.js"
+
+
+def test_the_log_fields_are_the_models_fields() -> None:
+    assert list(_LogFields.model_fields) == list(_contract.LOG_FIELDS)
+    assert set(_contract.LOG_FIELDS) <= set(FlowLogRequest.model_fields)
+    assert set(_contract.LOG_FIELDS) <= set(FlowLogResponse.model_fields)
+
+
+def test_payload_and_update_fields_are_log_fields() -> None:
+    log_fields = set(_contract.LOG_FIELDS)
+    assert _contract.PAYLOAD_FIELDS <= log_fields
+    assert _contract.UPDATE_EXTENSION_FIELDS <= log_fields
+    update_fields = set(FlowLogUpdateRequest.model_fields)
+    assert update_fields == (
+        set(_contract.CONTRACT_UPDATE_FIELDS)
+        | _contract.UPDATE_EXTENSION_FIELDS
+        | set(_contract.STATUS_FIELDS)
+    )
+    assert not set(_contract.CONTRACT_UPDATE_FIELDS) & _contract.UPDATE_EXTENSION_FIELDS
+
+
+def test_status_names_and_chat_roles_are_the_models() -> None:
+    assert set(_contract.STATUS_FIELDS) <= set(FlowLogRequest.model_fields)
+    assert set(_contract.STATUS_FIELDS) <= set(FlowLogResponse.model_fields)
+    assert _contract.DEFAULT_STATUS_FIELD in _contract.STATUS_FIELDS
+    assert set(get_args(_contract.TraceStatus)) == {_contract.COMPLETE, _contract.INCOMPLETE}
+    role = ChatMessage.model_fields["role"].annotation
+    assert set(get_args(role)) == _contract.CHAT_ROLES
+    assert tuple(ChatMessage.model_fields) == _contract.CHAT_MESSAGE_KEYS
+
+
+def test_every_field_of_a_log_is_shown_by_the_viewer_or_excluded_on_purpose() -> None:
+    shown = set(_trace_json.SHOWN_AS_LOGGED)
+    derived = set(_trace_json.SHOWN_DERIVED)
+    excluded = set(_trace_json.NOT_SHOWN)
+    assert not (shown & derived or shown & excluded or derived & excluded)
+    assert set(FlowLogResponse.model_fields) == shown | derived | excluded
+    script = TRACE_SCRIPT.read_text()
+    unrendered = [name for name in shown if not re.search(rf"\blog\.{name}\b", script)]
+    assert unrendered == [], "the trace page's script does not render these fields"
+
+
+def test_the_flow_options_are_spelled_once() -> None:
+    fields = [field.name for field in FlowOptions.__dataclass_fields__.values()]
+    assert list(FlowKeywords.__annotations__) == fields
+    documentation = inspect.getdoc(flowtrace.flow) or ""
+    assert [name for name in fields if f"`{name}`" not in documentation] == []
+
+
+def test_the_truncation_marker_is_the_contracts() -> None:
+    limits = Limits(max_string=4, max_items=2)
+    assert snapshot("abcdefgh", limits) == "abcd" + _contract.truncated_chars(8)
+    assert snapshot([1, 2, 3], limits) == [1, 2, _contract.truncated_items(3)]
+    assert _contract.truncated_items(3).startswith(_contract.TRUNCATED_PREFIX)
