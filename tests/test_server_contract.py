@@ -544,8 +544,12 @@ def test_both_status_names_in_one_body_are_422(client: httpx.Client) -> None:
     assert client.patch(f"/flows/logs/{created['id']}", json=both).status_code == 422
 
 
-def test_server_default_dialect_applies_to_reads(tmp_path: Path) -> None:
-    running = serve_in_thread(tmp_path / "db", status_field_default="log_status")
+@pytest.mark.parametrize("started", ["in a thread", "by flowtrace serve --status-field"])
+def test_server_default_dialect_applies_to_reads(tmp_path: Path, started: str) -> None:
+    if started == "in a thread":
+        running: Any = serve_in_thread(tmp_path / "db", status_field_default="log_status")
+    else:
+        running = start_server(tmp_path / "db", extra_args=["--status-field", "log_status"])
     with running, running.client() as client:
         created = log(client, {"path": "x"})
         assert created["log_status"] == "incomplete"

@@ -34,11 +34,11 @@ class Settings:
     max_string_chars: int = 65536
     max_items: int = 1000
     max_depth: int = 20
-    # delivery (see DESIGN.md "Defaults")
+    # delivery (docs/architecture.md, "Defaults")
     live_after_s: float = 1.0
-    # Logs accepted and not yet delivered (open ones included). 100,000 rather than DESIGN's
-    # 10,000: a burst of 100k short logs is delivered in full, and a waiting log costs about
-    # 0.5 KiB (so ~50 MiB at the bound, measured in bench/RESULTS.md).
+    # Logs accepted and not yet delivered (open ones included). 100,000 rather than the first
+    # design's 10,000: a burst of 100k short logs is delivered in full, and a waiting log costs
+    # about 0.5 KiB (so ~50 MiB at the bound, measured in bench/RESULTS.md).
     queue_size: int = 100_000
     first_batch_after_s: float = 0.1
     batch_interval_s: float = 1.0

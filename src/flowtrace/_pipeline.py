@@ -72,16 +72,9 @@ _LOAD_MODES = ("busy", "guarded")
 class Pipeline:
     """One per process (a forked child resets its copy). Is the recorder's sink."""
 
-    def __init__(
-        self,
-        *,
-        clock: Clock = time.monotonic,
-        rng: random.Random | None = None,
-        exporter_factory: Callable[[_config.Settings], Exporter] | None = None,
-    ) -> None:
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self._exporter_factory = exporter_factory or _default_exporter
+    def __init__(self) -> None:
+        self._clock: Clock = time.monotonic
+        self._rng = random.Random()
         self._exporter_override: Exporter | None = None
         self._reset()
         self._apply_settings(_config.get_settings())
@@ -654,7 +647,7 @@ class Pipeline:
                 # Held while modules are imported: a fork waits for it (before_fork), so a
                 # child never inherits a half-imported module.
                 with self._build_lock:
-                    self._exporter = self._exporter_factory(self._settings)
+                    self._exporter = _default_exporter(self._settings)
         return self._exporter
 
     def _close_exporter(self) -> None:

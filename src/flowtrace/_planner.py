@@ -1,4 +1,5 @@
-"""The delivery order of DESIGN.md: which wire operations to send for which logs, and when.
+"""The delivery order (docs/architecture.md): which wire operations to send for which logs,
+and when.
 
 Runs on the pipeline's worker only (no locks). The rules:
 

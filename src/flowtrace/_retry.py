@@ -23,7 +23,7 @@ __all__ = [
 #: timeout, garbage, or the operation was not attempted because an earlier one failed).
 NOT_DELIVERED = 0
 
-#: Answers that a later attempt may turn into a success (DESIGN.md "Defaults").
+#: Answers that a later attempt may turn into a success (docs/architecture.md, "Defaults").
 RETRYABLE_STATUSES = frozenset({NOT_DELIVERED, 408, 429, 502, 503, 504})
 
 #: One backoff sleep never exceeds this, however many attempts came before (seconds).

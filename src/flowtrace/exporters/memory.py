@@ -26,7 +26,6 @@ class MemoryExporter:
         self.calls: list[list[Operation]] = []  # every export call, as attempted
         self.logs: dict[str, dict[str, Any]] = {}  # log_id -> merged stored body
         self.creates: dict[str, dict[str, Any]] = {}  # log_id -> body as first created
-        self.closed = False
         self._scripts: list[Script] = []
         self._lock = threading.Lock()
 
@@ -56,7 +55,7 @@ class MemoryExporter:
             return [self._apply(op) for op in operations]
 
     def close(self) -> None:
-        self.closed = True
+        pass
 
     # --- the trace rules -------------------------------------------------------------------
     def _apply(self, op: Operation) -> Outcome:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from flowtrace._config import get_settings
+from flowtrace._contract import DEFAULT_STATUS_FIELD, STATUS_FIELDS, StatusField
 
 __all__ = [
     "API_KEYS_ENV",
@@ -70,6 +71,13 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies: 413"
     )
     parser.add_argument("--no-batch", action="store_true", help="do not offer the batch extension")
+    parser.add_argument(
+        "--status-field",
+        choices=STATUS_FIELDS,
+        default=DEFAULT_STATUS_FIELD,
+        help="the status name in answers to requests that name none, such as reads "
+        f"(default: {DEFAULT_STATUS_FIELD}; log_status for clients of the March 2025 API)",
+    )
     parser.set_defaults(func=serve_from_args)
 
 
@@ -90,6 +98,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         api_keys,
         max_body_bytes=args.max_body_bytes,
         batch=not args.no_batch,
+        status_field=args.status_field,
     )
 
 
@@ -114,6 +123,7 @@ def run_server(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch: bool = True,
+    status_field: StatusField = DEFAULT_STATUS_FIELD,
     ready: Callable[[str], None] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish and close the database.
@@ -132,7 +142,13 @@ def run_server(
     path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(path)
     try:
-        app = create_app(store, api_keys=api_keys, max_body_bytes=max_body_bytes, batch=batch)
+        app = create_app(
+            store,
+            api_keys=api_keys,
+            max_body_bytes=max_body_bytes,
+            batch=batch,
+            status_field_default=status_field,
+        )
         config = uvicorn.Config(
             app,
             host=host,

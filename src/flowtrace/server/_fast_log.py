@@ -99,6 +99,7 @@ class _GroupWriter:
         self._store = store
         self._busy = False
         self._waiting: list[_Waiting] = []
+        # The running group's task: the event loop keeps only a weak reference to tasks.
         self._group_task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="flowtrace-log-writer")
 

@@ -97,12 +97,11 @@ class Store:
         self,
         path: str | os.PathLike[str],
         *,
-        busy_timeout: float = 30.0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._clock = clock or _utc_now
         self._flow_cache = FlowCache()
-        self._db = Database(Path(path), busy_timeout)
+        self._db = Database(Path(path))
 
     @property
     def path(self) -> Path:

@@ -1,7 +1,8 @@
 """The trace rules for writing logs: targeting, parents, replays, widening, updates, deletes.
 
 Every function runs inside a `Session` (one write transaction) and raises `StoreError` for a
-request the contract refuses; the caller's SAVEPOINT then undoes whatever it had written.
+request the contract refuses. Each checks everything that can refuse a request before it writes
+anything, so a refused operation leaves nothing to undo (`Session.operation` enforces it).
 """
 
 from __future__ import annotations

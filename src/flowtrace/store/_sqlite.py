@@ -28,6 +28,8 @@ _T = TypeVar("_T")
 # 64 MiB page cache per connection: the hot parts of 1M-log indexes fit.
 _CACHE_KIB = 65536
 _MMAP_BYTES = 256 * 1024 * 1024
+# How long a write waits for another process's write lock before it fails (retried by clients).
+BUSY_TIMEOUT_S = 30.0
 _FIRST_BACKOFF_S = 0.001
 _MAX_BACKOFF_S = 0.1
 
@@ -38,9 +40,9 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 
 class Database:
-    def __init__(self, path: Path, busy_timeout: float) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._busy_timeout = busy_timeout
+        self._busy_timeout = BUSY_TIMEOUT_S
         self._write_lock = threading.Lock()
         self._registry_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -54,7 +56,7 @@ class Database:
 
     # --- connections -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE / SAVEPOINT).
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
