@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from flowtrace._contract import UPDATE_EXTENSION_FIELDS
 from flowtrace.exporters import NOT_DELIVERED, Operation, Outcome
 from flowtrace.exporters.http import HttpExporter
-from flowtrace.models import UPDATE_EXTENSION_FIELDS
 
 BASE = "http://flows.test/v5"
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)

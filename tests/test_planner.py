@@ -18,20 +18,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowtrace._log import Log, LogOptions
-from flowtrace._planner import Counters, FlushMarker, PlannedOp, Planner, StatusField
+from flowtrace._contract import StatusField
+from flowtrace._log import Log
+from flowtrace._options import FlowOptions, LogOptions
+from flowtrace._planner import Counters, FlushMarker, PlannedOp, Planner
 
 # --- making logs: the one place that knows how Log and LogOptions are built ------------------
 
 
 def open_log(path: str, parent: Log | None = None, metadata: dict[str, Any] | None = None) -> Log:
     """An open log, as the recorder opens one (without announcing it to any sink)."""
-    return Log(LogOptions(path, metadata=metadata), parent)
+    return Log(LogOptions(FlowOptions(metadata=metadata), path), parent)
 
 
 def end(log: Log, duration_ns: int = 1_000) -> None:
     """End `log` the way `Log.close` marks it ended. Not `close()` itself: that also hands the
-    log to the process's global sinks (`flowtrace._log.on_end`), i.e. to the real delivery
+    log to the process's global sinks (`flowtrace._sinks.on_end`), i.e. to the real delivery
     pipeline of the test process. A log is complete iff `duration_ns` is set (`Log.status`),
     and that, with the ending fields left unset, is all the planner and the bodies read."""
     log.duration_ns = duration_ns
@@ -354,7 +356,7 @@ def test_operations_carry_parent_ids_queries_and_increasing_seqs() -> None:
 
 def test_version_id_goes_as_the_create_query() -> None:
     run = Run()
-    log = Log(LogOptions("a", version_id="v1"), None)
+    log = Log(LogOptions(FlowOptions(version_id="v1"), "a"), None)
     accept(run.planner, run.token, log)
     end(log)
     run.planner.ended(log)
