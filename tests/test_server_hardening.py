@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
+from flowtrace.server._command import run_server
 from flowtrace.server._content_type import OTLP_INGEST_PATHS, JsonContentTypeMiddleware
 from flowtrace.server._keyless_guard import host_name
 from tests.serverutil import (
@@ -363,3 +364,20 @@ def test_a_blank_api_key_is_refused(tmp_path: Path, key: str) -> None:
 def test_an_empty_x_api_key_header_is_refused(tmp_path: Path) -> None:
     with serve_in_thread(tmp_path / "db", api_keys=(DEFAULT_API_KEY,)) as running:
         assert httpx.get(running.base_url + "/flows", headers={"X-API-KEY": ""}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "reason"),
+    [
+        ("0.0.0.0", (), "without an API key"),
+        ("box.lan", (), "without an API key"),
+        ("0.0.0.0", ("",), "must not be empty"),
+    ],
+)
+def test_run_server_refuses_what_serve_refuses(
+    tmp_path: Path, host: str, keys: tuple[str, ...], reason: str
+) -> None:
+    """The Python API keeps the command's promise too: keyless means loopback only."""
+    with pytest.raises(ValueError, match=reason):
+        run_server(host, 0, tmp_path / "db", keys)
+    assert not (tmp_path / "db").exists()

@@ -115,7 +115,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 def serve_from_args(args: argparse.Namespace) -> int:
     api_keys = [*args.api_keys, *_keys_from_env()]
-    refusal = _refusal(args, api_keys)
+    refusal = _refusal(args.host, api_keys, args.http)
     if refusal is not None:
         print(f"flowtrace serve: {refusal}", file=sys.stderr)
         return EXIT_USAGE
@@ -133,17 +133,19 @@ def serve_from_args(args: argparse.Namespace) -> int:
     )
 
 
-def _refusal(args: argparse.Namespace, api_keys: Sequence[str]) -> str | None:
+def _refusal(host: str, api_keys: Sequence[str], http: str) -> str | None:
     """Why the server must not start as asked, or None."""
     if any(not key.strip() for key in api_keys):
         # An empty key would let in anyone who sends an empty X-API-KEY header.
         return "an API key must not be empty or blank"
-    if not api_keys and not is_loopback(args.host):
+    if not api_keys and not is_loopback(host):
         return (
-            f"refusing to listen on {args.host} without an API key; pass --api-key or set "
+            f"refusing to listen on {host} without an API key; pass --api-key or set "
             f"{API_KEYS_ENV} (only loopback addresses may run without one)"
         )
-    if args.http == "httptools" and not _httptools_installed():
+    if http not in HTTP_IMPLEMENTATIONS:
+        return f"unknown HTTP implementation {http!r} (one of {', '.join(HTTP_IMPLEMENTATIONS)})"
+    if http == "httptools" and not _httptools_installed():
         return "--http httptools needs httptools: pip install 'flowtrace[server-fast]'"
     return None
 
@@ -186,9 +188,16 @@ def run_server(
 ) -> int:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish and close the database.
 
-    `ready(url)` is called once listening (default: print the "serving on" line); with port 0
-    the url carries the port actually bound. Returns the process exit code.
+    Without `api_keys` only a loopback `host` is allowed (ValueError otherwise, as for a blank
+    key), and only loopback Host names and `host` are served (`_keyless_guard`).
+    `header_timeout`, `max_connections`: see `_http_protocols`; `http`: "auto" (httptools when
+    installed), "h11" or "httptools". `ready(url)` is called once listening (default: print
+    the "serving on" line); with port 0 the url carries the port actually bound. Returns the
+    process exit code.
     """
+    refusal = _refusal(host, api_keys, http)
+    if refusal is not None:
+        raise ValueError(refusal)
     import uvicorn
 
     from flowtrace.store import Store
