@@ -47,7 +47,7 @@ class JsonContentTypeMiddleware:
             return
         declared = first_header(scope, b"content-type")
         content_type = declared.decode("latin-1") if declared is not None else None
-        if content_type is not None and is_json_media_type(content_type):
+        if (content_type is not None and is_json_media_type(content_type)) or not _has_body(scope):
             await self.app(scope, receive, send)
             return
         got = "none was sent" if content_type is None else f"got {content_type!r}"
@@ -62,7 +62,6 @@ class JsonContentTypeMiddleware:
             scope["method"] in WRITE_METHODS
             and (path == self._prefix or path.startswith(self._prefix + "/"))
             and path not in self._exempt
-            and _has_body(scope)
         )
 
 

@@ -21,6 +21,7 @@ per origin, so neither reaches a rebound or foreign page.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -40,6 +41,9 @@ class KeylessGuardMiddleware:
     def __init__(self, app: ASGIApp, *, listen_hosts: Iterable[str] = ()) -> None:
         self.app = app
         self._listen_hosts = frozenset(host.strip("[]").lower() for host in listen_hosts)
+        # Parsing an address costs ~5 us, and a server hears the same few Host values: the
+        # verdicts are kept (bounded, so a client sending new names costs only time).
+        self._is_local = functools.lru_cache(maxsize=64)(self._judge_host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,7 +58,7 @@ class KeylessGuardMiddleware:
     def _refusal(self, scope: Scope) -> str | None:
         """Why the request is refused, or None to serve it."""
         host = first_header(scope, b"host")
-        if host is not None and not self._is_local(host.decode("latin-1")):
+        if host is not None and not self._is_local(host):
             return (
                 f"Host {host.decode('latin-1')!r} is not served: without an API key this "
                 "server answers only to localhost, 127.0.0.1 or [::1] (start it with "
@@ -68,8 +72,8 @@ class KeylessGuardMiddleware:
             )
         return None
 
-    def _is_local(self, host: str) -> bool:
-        name = host_name(host)
+    def _judge_host(self, host: bytes) -> bool:
+        name = host_name(host.decode("latin-1"))
         return name is not None and (is_loopback(name) or name in self._listen_hosts)
 
 
