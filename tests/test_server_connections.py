@@ -38,28 +38,30 @@ def _require(implementation: str) -> None:
         pytest.skip(f"{implementation} is not installed (pip install -e '.[dev]')")
 
 
+def serve(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, *args: str
+) -> Iterator[RunningServer]:
+    """A keyless `flowtrace serve` under the fixture's HTTP implementation, with `args`."""
+    _require(request.param)
+    db = tmp_path_factory.mktemp(request.param) / "flowtrace.db"
+    with start_server(db, api_keys=(), extra_args=["--http", request.param, *args]) as running:
+        yield running
+
+
 @pytest.fixture(scope="module", params=HTTP_IMPLEMENTATIONS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A keyless server with a short header timeout and the default connection bound."""
-    _require(request.param)
-    db = tmp_path_factory.mktemp(f"conn-{request.param}") / "flowtrace.db"
-    args = ["--http", request.param, "--header-timeout", str(HEADER_TIMEOUT_S)]
-    with start_server(db, api_keys=(), extra_args=args) as running:
-        yield running
+    """A short header timeout and the default connection bound."""
+    yield from serve(request, tmp_path_factory, "--header-timeout", str(HEADER_TIMEOUT_S))
 
 
 @pytest.fixture(scope="module", params=HTTP_IMPLEMENTATIONS)
 def bounded_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A keyless server serving at most MAX_CONNECTIONS connections at once."""
-    _require(request.param)
-    db = tmp_path_factory.mktemp(f"bound-{request.param}") / "flowtrace.db"
-    args = ["--http", request.param, "--max-connections", str(MAX_CONNECTIONS)]
-    with start_server(db, api_keys=(), extra_args=args) as running:
-        yield running
+    """At most MAX_CONNECTIONS connections served at once."""
+    yield from serve(request, tmp_path_factory, "--max-connections", str(MAX_CONNECTIONS))
 
 
 def connect(server: RunningServer) -> socket.socket:

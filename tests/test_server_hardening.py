@@ -367,17 +367,18 @@ def test_an_empty_x_api_key_header_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("host", "keys", "reason"),
+    ("host", "keys", "http", "reason"),
     [
-        ("0.0.0.0", (), "without an API key"),
-        ("box.lan", (), "without an API key"),
-        ("0.0.0.0", ("",), "must not be empty"),
+        ("0.0.0.0", (), "auto", "without an API key"),
+        ("box.lan", (), "auto", "without an API key"),
+        ("0.0.0.0", ("",), "auto", "must not be empty"),
+        ("127.0.0.1", (), "zttp", "unknown HTTP implementation 'zttp'"),
     ],
 )
 def test_run_server_refuses_what_serve_refuses(
-    tmp_path: Path, host: str, keys: tuple[str, ...], reason: str
+    tmp_path: Path, host: str, keys: tuple[str, ...], http: str, reason: str
 ) -> None:
     """The Python API keeps the command's promise too: keyless means loopback only."""
     with pytest.raises(ValueError, match=reason):
-        run_server(host, 0, tmp_path / "db", keys)
+        run_server(host, 0, tmp_path / "db", keys, http=http)
     assert not (tmp_path / "db").exists()

@@ -41,7 +41,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-__all__ = ["ConnectionLimits", "HeadDeadline", "guarded_protocol"]
+__all__ = ["ConnectionLimits", "HeadDeadline", "guarded_protocol", "open_connection", "time_out"]
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,24 @@ def time_out(transport: asyncio.Transport, limits: ConnectionLimits) -> None:
         transport.close()
 
 
-class _CountedProtocol(Protocol):
+class _UvicornProtocol(Protocol):
+    loop: asyncio.AbstractEventLoop
     connections: set[Any]  # the server's open connections, this one included
     limit_concurrency: int | None
 
 
-def refuse_unless_admitted(protocol: _CountedProtocol, limits: ConnectionLimits) -> None:
-    """Beyond the bound, have uvicorn answer this connection's request 503 and close it: it
-    does so when `len(connections) >= limit_concurrency`, which 0 always is."""
+def open_connection(
+    protocol: _UvicornProtocol, limits: ConnectionLimits, overdue: Callable[[], None]
+) -> HeadDeadline:
+    """At `connection_made`: admit the connection or not, and start the clock for its first
+    request's head (`overdue` runs when it passes)."""
     if not limits.admits(len(protocol.connections)):
+        # uvicorn answers a request 503 and closes its connection when
+        # `len(connections) >= limit_concurrency`, which 0 always is.
         protocol.limit_concurrency = 0
+    deadline = HeadDeadline(protocol.loop, limits.header_timeout, overdue)
+    deadline.start()
+    return deadline
 
 
 class _StrictFramingConnection(h11.Connection):
@@ -122,6 +130,7 @@ class _StrictFramingConnection(h11.Connection):
 
 class GuardedH11Protocol(H11Protocol):
     limits: ClassVar[ConnectionLimits]
+    _deadline: HeadDeadline
 
     def __init__(
         self,
@@ -137,14 +146,12 @@ class GuardedH11Protocol(H11Protocol):
             if size is None
             else _StrictFramingConnection(h11.SERVER, max_incomplete_event_size=size)
         )
-        self._deadline = HeadDeadline(self.loop, self.limits.header_timeout, self._head_overdue)
 
     def connection_made(  # type: ignore[override]
         self, transport: asyncio.Transport
     ) -> None:
         super().connection_made(transport)
-        refuse_unless_admitted(self, self.limits)
-        self._deadline.start()
+        self._deadline = open_connection(self, self.limits, self._head_overdue)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -4,37 +4,25 @@ httptools is installed: the `server-fast` extra)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState
 
-from ._http_protocols import ConnectionLimits, HeadDeadline, refuse_unless_admitted, time_out
+from ._http_protocols import ConnectionLimits, HeadDeadline, open_connection, time_out
 
 __all__ = ["GuardedHttpToolsProtocol"]
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._deadline = HeadDeadline(self.loop, self.limits.header_timeout, self._head_overdue)
-        self._head_pending = False  # a request's first byte came, its head is not complete
+    _deadline: HeadDeadline
+    _head_pending = False  # a request's first byte came, its head is not complete
 
     def connection_made(  # type: ignore[override]
         self, transport: asyncio.Transport
     ) -> None:
         super().connection_made(transport)
-        refuse_unless_admitted(self, self.limits)
-        self._deadline.start()
+        self._deadline = open_connection(self, self.limits, self._head_overdue)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
