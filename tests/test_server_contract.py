@@ -260,9 +260,11 @@ def test_malformed_json_is_400(client: httpx.Client, raw: bytes) -> None:
     assert response.json()["detail"].startswith("Malformed JSON")
 
 
-def test_body_without_content_type_is_read_as_json(client: httpx.Client) -> None:
+def test_body_without_content_type_is_415(client: httpx.Client) -> None:
+    # A page on any site could send it (no preflight): only a body declared JSON is read.
     response = client.post("/flows/log", content=b'{"path": "no-ct"}')
-    assert response.status_code == 200, response.text
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"] == "Content-Type must be application/json (none was sent)"
 
 
 def test_failed_request_changes_nothing(client: httpx.Client) -> None:

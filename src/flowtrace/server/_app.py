@@ -12,10 +12,12 @@ from flowtrace.store import Store
 
 from ._auth import ApiKeyMiddleware
 from ._body_limit import BodyLimitMiddleware
+from ._content_type import OTLP_INGEST_PATHS, JsonContentTypeMiddleware
 from ._errors import install_error_handlers
 from ._fast_log import FastLogMiddleware
 from ._flow_routes import flow_router
 from ._health import HEALTH_PATHS, health_router
+from ._keyless_guard import KeylessGuardMiddleware
 from ._log_routes import log_router
 from .viewer import mount_viewer
 
@@ -37,12 +39,15 @@ def create_app(
     status_field_default: StatusField = DEFAULT_STATUS_FIELD,
     batch: bool = True,
     fast_log: bool = True,
+    listen_hosts: Sequence[str] = (),
 ) -> FastAPI:
-    """The app serving `store`. Without `api_keys` every request is let in (local use).
+    """The app serving `store`. Without `api_keys` no key is asked for (local use).
 
     `status_field_default` names the status in answers to requests that did not name it;
     `batch=False` withdraws the batch extension (its route answers 404). `fast_log=False`
     leaves `POST /flows/log` to its FastAPI route (same answers, slower: see `_fast_log`).
+    Without keys only loopback Host names and `listen_hosts` (the address the server listens
+    on) are served, and foreign origins are refused (see `_keyless_guard`).
     """
     app = FastAPI(
         title="flowtrace log service",
@@ -65,14 +70,17 @@ def create_app(
         )
     install_error_handlers(app)
     mount_viewer(app, store, api_keys=tuple(api_keys))
-    # Last added runs first: authentication, the body limit, then (added by
-    # install_error_handlers) the catch-all for unexpected errors, then POST /flows/log's
-    # fast path, then the app.
+    # Last added runs first: without keys the Host and Origin checks, authentication, the
+    # JSON Content-Type of writes, the body limit, then (added by install_error_handlers) the
+    # catch-all for unexpected errors, then POST /flows/log's fast path, then the app.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(JsonContentTypeMiddleware, prefix=API_PREFIX, exempt_paths=OTLP_INGEST_PATHS)
     app.add_middleware(
         ApiKeyMiddleware,
         api_keys=tuple(api_keys),
         protected_prefix=API_PREFIX,
         public_paths=frozenset(HEALTH_PATHS),
     )
+    if not api_keys:
+        app.add_middleware(KeylessGuardMiddleware, listen_hosts=listen_hosts)
     return app

@@ -7,7 +7,7 @@ so the rest of the CLI works without them.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import importlib.util
 import os
 import signal
 import sys
@@ -18,6 +18,8 @@ from types import FrameType
 
 from flowtrace._config import get_settings
 from flowtrace._contract import DEFAULT_STATUS_FIELD, STATUS_FIELDS, StatusField
+
+from ._loopback import is_loopback
 
 __all__ = [
     "API_KEYS_ENV",
@@ -33,6 +35,14 @@ DB_ENV = "FLOWTRACE_DB_PATH"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8484
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20
+# A request's head (request line and headers) must arrive within this many seconds of its
+# first byte, or of the connection opening: slow clients are closed, not waited for (slowloris).
+DEFAULT_HEADER_TIMEOUT = 10.0
+# Connections served at once; a request on one more is answered 503 (`_http_protocols`). Each
+# takes a file descriptor: the process's limit (`ulimit -n`) must be higher.
+DEFAULT_MAX_CONNECTIONS = 1000
+# uvicorn's HTTP implementations: "auto" is httptools when installed (extra `server-fast`).
+HTTP_IMPLEMENTATIONS = ("auto", "h11", "httptools")
 # Bound on waiting for in-flight requests at shutdown, seconds.
 GRACEFUL_SHUTDOWN_TIMEOUT = 30
 EXIT_USAGE = 2
@@ -70,6 +80,28 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument(
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies: 413"
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose request headers take longer than this, with 408 "
+        f"(default: {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once; a request on one more is answered 503 "
+        f"(default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--http",
+        choices=HTTP_IMPLEMENTATIONS,
+        default="auto",
+        help="uvicorn's HTTP parser (default: auto, httptools when installed, else h11)",
+    )
     parser.add_argument("--no-batch", action="store_true", help="do not offer the batch extension")
     parser.add_argument(
         "--status-field",
@@ -83,13 +115,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 def serve_from_args(args: argparse.Namespace) -> int:
     api_keys = [*args.api_keys, *_keys_from_env()]
-    if not api_keys and not is_loopback(args.host):
-        print(
-            f"flowtrace serve: refusing to listen on {args.host} without an API key; "
-            f"pass --api-key or set {API_KEYS_ENV} (only loopback addresses may run "
-            "without one)",
-            file=sys.stderr,
-        )
+    refusal = _refusal(args.host, api_keys, args.http)
+    if refusal is not None:
+        print(f"flowtrace serve: {refusal}", file=sys.stderr)
         return EXIT_USAGE
     return run_server(
         args.host,
@@ -99,20 +127,49 @@ def serve_from_args(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         batch=not args.no_batch,
         status_field=args.status_field,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
+        http=args.http,
     )
+
+
+def _refusal(host: str, api_keys: Sequence[str], http: str) -> str | None:
+    """Why the server must not start as asked, or None."""
+    if any(not key.strip() for key in api_keys):
+        # An empty key would let in anyone who sends an empty X-API-KEY header.
+        return "an API key must not be empty or blank"
+    if not api_keys and not is_loopback(host):
+        return (
+            f"refusing to listen on {host} without an API key; pass --api-key or set "
+            f"{API_KEYS_ENV} (only loopback addresses may run without one)"
+        )
+    if http not in HTTP_IMPLEMENTATIONS:
+        return f"unknown HTTP implementation {http!r} (one of {', '.join(HTTP_IMPLEMENTATIONS)})"
+    if http == "httptools" and not _httptools_installed():
+        return "--http httptools needs httptools: pip install 'flowtrace[server-fast]'"
+    return None
+
+
+def _httptools_installed() -> bool:
+    return importlib.util.find_spec("httptools") is not None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0")
+    return value
 
 
 def _keys_from_env() -> list[str]:
     return [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost could resolve anywhere
 
 
 def run_server(
@@ -124,18 +181,29 @@ def run_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch: bool = True,
     status_field: StatusField = DEFAULT_STATUS_FIELD,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    http: str = "auto",
     ready: Callable[[str], None] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish and close the database.
 
-    `ready(url)` is called once listening (default: print the "serving on" line); with port 0
-    the url carries the port actually bound. Returns the process exit code.
+    Without `api_keys` only a loopback `host` is allowed (ValueError otherwise, as for a blank
+    key), and only loopback Host names and `host` are served (`_keyless_guard`).
+    `header_timeout`, `max_connections`: see `_http_protocols`; `http`: "auto" (httptools when
+    installed), "h11" or "httptools". `ready(url)` is called once listening (default: print
+    the "serving on" line); with port 0 the url carries the port actually bound. Returns the
+    process exit code.
     """
+    refusal = _refusal(host, api_keys, http)
+    if refusal is not None:
+        raise ValueError(refusal)
     import uvicorn
 
     from flowtrace.store import Store
 
     from ._app import create_app
+    from ._http_protocols import guarded_protocol
     from ._uvicorn_server import AnnouncingServer
 
     path = Path(db_path)
@@ -148,12 +216,18 @@ def run_server(
             max_body_bytes=max_body_bytes,
             batch=batch,
             status_field_default=status_field,
+            listen_hosts=(host,),
+        )
+        protocol = guarded_protocol(
+            httptools=http == "httptools" or (http == "auto" and _httptools_installed()),
+            header_timeout=header_timeout,
+            max_connections=max_connections,
         )
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
-            http="auto",  # httptools when installed, else h11
+            http=protocol,
             lifespan="on",
             log_level="warning",
             access_log=False,

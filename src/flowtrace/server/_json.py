@@ -5,10 +5,14 @@ with them could never be answered as valid JSON (the read would fail with a 500)
 parsed with pydantic-core, which refuses those, and any number that still overflows to infinity
 (`1e400`) is refused too. A refusal is a `json.JSONDecodeError`, which FastAPI reports as a
 `json_invalid` validation error and `_errors` answers as 400 Malformed JSON.
+
+What counts as a JSON body is said here once too (`is_json_media_type`): `_content_type`
+refuses writes declared otherwise, and `_fast_log` reads bodies as FastAPI does.
 """
 
 from __future__ import annotations
 
+import email.message
 import json
 import math
 import re
@@ -20,7 +24,7 @@ from pydantic_core import from_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["StrictJsonRoute", "parse_json"]
+__all__ = ["StrictJsonRoute", "is_json_media_type", "parse_json"]
 
 # A JSON number can only overflow a float (to inf) with an exponent of 100 or more, or with a
 # long run of digits. Bodies without either (almost all) skip the walk over the parsed value;
@@ -37,6 +41,19 @@ def parse_json(body: bytes) -> Any:
     if _MAY_OVERFLOW.search(body) and _has_non_finite(value):
         raise json.JSONDecodeError("number out of range", _as_text(body), 0)
     return value
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<anything>+json`, with any parameters (charset...):
+    FastAPI's own test, so every route agrees on what a JSON body is."""
+    if content_type == "application/json":  # what every client sends: skip the parse
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
 
 
 def _as_text(body: bytes) -> str:

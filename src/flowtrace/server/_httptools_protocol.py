@@ -1,0 +1,52 @@
+"""uvicorn's httptools protocol with the guards of `_http_protocols` (imported only when
+httptools is installed: the `server-fast` extra)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ._http_protocols import ConnectionLimits, HeadDeadline, open_connection, time_out
+
+__all__ = ["GuardedHttpToolsProtocol"]
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    limits: ClassVar[ConnectionLimits]
+    _deadline: HeadDeadline
+    _head_pending = False  # a request's first byte came, its head is not complete
+
+    def connection_made(  # type: ignore[override]
+        self, transport: asyncio.Transport
+    ) -> None:
+        super().connection_made(transport)
+        self._deadline = open_connection(self, self.limits, self._head_overdue)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A head pipelined behind a request being answered waits (reading is paused); its
+        # clock starts once that answer is out and more of it arrives.
+        if self._head_pending and not self._answering():
+            self._deadline.start()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_pending = True
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        self._deadline.stop()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.stop()
+        super().connection_lost(exc)
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _head_overdue(self) -> None:
+        if not self._answering():  # never write into the middle of an answer
+            time_out(self.transport, self.limits)
