@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from flowtrace._contract import DEFAULT_STATUS_FIELD, StatusField, wire_time_us
+from flowtrace._contract import DEFAULT_STATUS_FIELD, FLOW, LogKind, StatusField, wire_time_us
 from flowtrace.models import (
     BatchResult,
     CreateFlowLogResponse,
@@ -48,6 +48,8 @@ from flowtrace.models import (
     FlowUpsertRequest,
     LogOperation,
     LogQuery,
+    PromptLogRequest,
+    ToolLogRequest,
     VersionResponse,
 )
 from flowtrace.store._batch import parse_operation
@@ -55,10 +57,16 @@ from flowtrace.store._codec import to_us
 from flowtrace.store._errors import StoreError, StoreSchemaError
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
-from flowtrace.store._logs import create_log, delete_logs, update_log
+from flowtrace.store._logs import LogUpdate, create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
 from flowtrace.store._reads import LogFilter, LogPage, get_log, get_log_by_seq, list_logs
-from flowtrace.store._records import FlowStats, flow_records, flow_stats, version_records
+from flowtrace.store._records import (
+    FlowStats,
+    flow_records,
+    flow_stats,
+    record_json,
+    version_records,
+)
 from flowtrace.store._schema import MIGRATIONS
 from flowtrace.store._session import Session
 from flowtrace.store._sqlite import Database
@@ -168,18 +176,41 @@ class Store:
 
         return self._write(work)
 
+    def log_file(
+        self, request: PromptLogRequest | ToolLogRequest, query: LogQuery | None = None
+    ) -> dict[str, Any]:
+        """`POST /prompts/log` or `POST /tools/log`: the answer's body (`id`, `prompt_id` or
+        `tool_id`, `version_id`, the status). The kernel sent (`prompt` or `tool`) is the
+        version; without a status the log is complete (one call, logged once done)."""
+        prepared = prepare_log(request, query, self._now_us())
+        return self._write(lambda session: create_log(self._flow_cache, session, prepared))
+
     def _update(
-        self, session: Session, log_id: str, request: FlowLogUpdateRequest
+        self,
+        session: Session,
+        log_id: str,
+        request: LogUpdate,
+        file_id: str | None = None,
+        kind: LogKind = FLOW,
     ) -> FlowLogResponse:
         with session.operation():
-            seq, trace_seq = update_log(session, log_id, request)
+            seq, trace_seq = update_log(session, log_id, request, file_id, kind)
         session.flush()  # the record shows up-to-date counters
         return get_log_by_seq(session.conn, seq, trace_seq, request.status_field)
 
-    def update(self, log_id: str, request: FlowLogUpdateRequest) -> FlowLogResponse:
-        """`PATCH /flows/logs/{log_id}`: the full record after the update, with its status
-        under the name the request used. 404 unknown log, 409 reopening a complete log."""
-        return self._write(lambda session: self._update(session, log_id, request))
+    def update(
+        self,
+        log_id: str,
+        request: LogUpdate,
+        *,
+        file_id: str | None = None,
+        kind: LogKind = FLOW,
+    ) -> FlowLogResponse:
+        """`PATCH /flows/logs/{log_id}` (and, with the prompt's or tool's `file_id` and
+        `kind`, `PATCH /prompts/{id}/log/{log_id}`, `/tools/{id}/log/{log_id}`): the full
+        record after the update, with its status under the name the request used. 404
+        unknown log (or not of that file), 409 reopening a complete log."""
+        return self._write(lambda session: self._update(session, log_id, request, file_id, kind))
 
     def batch(self, operations: Sequence[dict[str, Any]]) -> list[BatchResult]:
         """The batch extension: operations apply in order, each on its own (a failing one is
@@ -206,7 +237,7 @@ class Store:
             if isinstance(item, PreparedLog):
                 return _result(200, create_log(self._flow_cache, session, item))
             record = self._update(session, *item)
-            return _result(200, record.model_dump(mode="json", exclude_unset=True))
+            return _result(200, record_json(record, exclude_unset=True))
         except StoreError as error:
             return _result(error.status_code, {"detail": error.detail})
 

@@ -11,28 +11,37 @@ from typing import Any
 
 from flowtrace._contract import (
     COMPLETE,
+    FLOW,
     INCOMPLETE,
     PAYLOAD_FIELDS,
+    PROMPT,
     STATUS_FIELDS,
+    TOOL,
+    LogKind,
     StatusField,
     TraceStatus,
     wire_time_us,
 )
-from flowtrace.models import FlowLogRequest, LogQuery
+from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
 from flowtrace.store._codec import canonical_json, compact_json, digest, to_us
 
-__all__ = ["PreparedLog", "prepare_log"]
+__all__ = ["LogRequest", "PreparedLog", "kernel_of", "prepare_log"]
 
-# Request fields that are not data of the log itself: they route it (flow, version, id) or
+#: A request that creates a log, of any kind.
+LogRequest = FlowLogRequest | PromptLogRequest | ToolLogRequest
+
+# Request fields that are not data of the log itself: they route it (file, version, id) or
 # become columns (times, status).
 _COLUMN_FIELDS = frozenset(
-    {"path", "id", "flow", "log_id", "start_time", "end_time", *STATUS_FIELDS}
+    {"path", "id", "flow", "prompt", "tool", "log_id", "start_time", "end_time", *STATUS_FIELDS}
 )
+# A prompt sent as the text of a serialized prompt file is kept as that text.
+PROMPT_FILE_KEY = "prompt_file"
 
 
 @dataclass(slots=True)
 class PreparedLog:
-    request: FlowLogRequest
+    request: LogRequest
     query: LogQuery | None
     request_digest: bytes
     start_us: int
@@ -44,6 +53,10 @@ class PreparedLog:
     data: str
     status: TraceStatus
     status_field: StatusField
+    # the kind of file the log goes to, and the version's kernel for prompts and tools (a
+    # flow's version is its request's `flow.attributes`)
+    kind: LogKind = FLOW
+    kernel: dict[str, Any] | None = None
 
 
 def _replay_identity(body: dict[str, Any], query: LogQuery | None) -> bytes:
@@ -54,8 +67,21 @@ def _replay_identity(body: dict[str, Any], query: LogQuery | None) -> bytes:
     return digest(canonical_json(identity))
 
 
+def kernel_of(request: LogRequest) -> tuple[LogKind, dict[str, Any] | None]:
+    """The log's kind, and the kernel that identifies a prompt's or a tool's version."""
+    if isinstance(request, PromptLogRequest):
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return PROMPT, {PROMPT_FILE_KEY: prompt}
+        return PROMPT, prompt.model_dump(mode="json", exclude_none=True) if prompt else {}
+    if isinstance(request, ToolLogRequest):
+        tool = request.tool
+        return TOOL, tool.model_dump(mode="json", exclude_none=True) if tool else {}
+    return FLOW, None
+
+
 def prepare_log(
-    request: FlowLogRequest, query: LogQuery | None, now_us: int, now_wire: str | None = None
+    request: LogRequest, query: LogQuery | None, now_us: int, now_wire: str | None = None
 ) -> PreparedLog:
     """`now_wire` is `now_us` in wire form, passed by a batch that formats it once."""
     body = request.model_dump(mode="json", exclude_unset=True)
@@ -68,7 +94,10 @@ def prepare_log(
         stored["created_at"] = now_wire or wire_time_us(now_us)
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
-    status: TraceStatus = request.status or INCOMPLETE
+    kind, kernel = kernel_of(request)
+    # A flow log stays open until completed; a prompt or tool call is logged once it is done
+    # (the original API's prompts.log and tools.log name no status).
+    status: TraceStatus = request.status or (INCOMPLETE if kind == FLOW else COMPLETE)
     complete = status == COMPLETE
     start_us = to_us(request.start_time) if request.start_time is not None else now_us
     end_us = to_us(request.end_time) if request.end_time is not None else None
@@ -87,4 +116,6 @@ def prepare_log(
         data=compact_json(stored),
         status=status,
         status_field=request.status_field,
+        kind=kind,
+        kernel=kernel,
     )

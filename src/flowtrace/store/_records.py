@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from pydantic_core import from_json
 
-from flowtrace._contract import COMPLETE, INCOMPLETE, StatusField, wire_time_us
+from flowtrace._contract import COMPLETE, INCOMPLETE, PLACEHOLDER_FIELD, StatusField, wire_time_us
 from flowtrace.models import FlowLogResponse, FlowResponse, VersionResponse
 from flowtrace.store._codec import from_us
 
@@ -20,6 +20,7 @@ __all__ = [
     "build_logs",
     "flow_records",
     "flow_stats",
+    "record_json",
     "version_records",
 ]
 
@@ -34,7 +35,7 @@ class FlowStats(FlowResponse):
 
 LOG_COLUMNS = (
     "l.seq, l.id, l.flow_ref, l.version_ref, l.trace_seq, l.parent_seq, l.start_us, l.end_us,"
-    " l.complete, l.inputs, l.output, l.data"
+    " l.complete, l.inputs, l.output, l.data, l.placeholder"
 )
 
 
@@ -51,6 +52,7 @@ class LogRow(NamedTuple):
     inputs: str | None
     output: str | None
     data: str
+    placeholder: int = 0
 
 
 class TraceRoot(NamedTuple):
@@ -65,7 +67,7 @@ def _marks(items: Iterable[Any]) -> tuple[str, list[Any]]:
 
 # --- flows and versions ------------------------------------------------------------------------
 
-_FLOW_COLUMNS = "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us"
+_FLOW_COLUMNS = "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us, f.kind"
 _VERSION_COLUMNS = "v.seq, v.id, v.attributes, v.name, v.description, v.log_count, v.created_us"
 
 
@@ -74,7 +76,7 @@ def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
         "path": flow[1],
         "id": flow[2],
         "name": flow[3],
-        "type": "flow",
+        "type": flow[7],
         "status": "committed",
         "created_at": wire_time_us(flow[4]),
         "updated_at": wire_time_us(flow[5]),
@@ -130,7 +132,7 @@ def flow_stats(
         f" FROM flows f {where} ORDER BY f.path",
         params,
     ).fetchall()
-    marks, refs = _marks(row[10] for row in rows if row[10] is not None)
+    marks, refs = _marks(row[11] for row in rows if row[11] is not None)
     versions = {
         row[0]: row
         for row in conn.execute(
@@ -139,8 +141,8 @@ def flow_stats(
     }
     stats = []
     for row in rows:
-        record = _flow_dict(row, versions.get(row[10]))
-        record.update(log_count=row[7], error_count=row[8], version_count=row[9])
+        record = _flow_dict(row, versions.get(row[11]))
+        record.update(log_count=row[8], error_count=row[9], version_count=row[10])
         stats.append(FlowStats.model_validate(record))
     return stats
 
@@ -209,6 +211,8 @@ def _log_dict(
     record["evaluator_logs"] = []
     record[status_field] = COMPLETE if row.complete else INCOMPLETE
     record["flow"] = flow
+    if row.placeholder:
+        record[PLACEHOLDER_FIELD] = True
     return record
 
 
@@ -253,3 +257,31 @@ def build_logs(
         record["trace_children"] = [built[child.seq] for child in children.get(row.seq, ())]
         built[row.seq] = FlowLogResponse.model_validate(record)
     return {seq: built[seq] for seq in tops}
+
+
+def record_json(
+    log: FlowLogResponse, *, exclude_unset: bool = False, exclude_none: bool = False
+) -> dict[str, Any]:
+    """A record with its subtree as plain JSON values (datetimes as wire text), built without
+    recursion: pydantic's serializer refuses a tree nested ~250 levels deep, and a deep trace
+    is legitimate data. Each log is dumped alone and the tree is assembled here."""
+
+    def one(model: FlowLogResponse) -> dict[str, Any]:
+        return model.model_dump(
+            mode="json",
+            exclude={"trace_children"},
+            exclude_unset=exclude_unset,
+            exclude_none=exclude_none,
+        )
+
+    root = one(log)
+    stack = [(log, root)]
+    while stack:
+        model, data = stack.pop()
+        children = []
+        for child in model.trace_children:
+            child_data = one(child)
+            children.append(child_data)
+            stack.append((child, child_data))
+        data["trace_children"] = children
+    return root
