@@ -122,7 +122,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         errors_only: Annotated[bool, Query(description="Only logs with an error")] = False,
         status: Annotated[TraceStatus | None, Query()] = None,
         roots_only: Annotated[bool, Query(description="Only trace roots")] = False,
-    ) -> JSONResponse:
+    ) -> Response:
         found = store.list_logs(
             file_id=file_id,
             page=page,
