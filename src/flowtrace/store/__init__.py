@@ -69,12 +69,14 @@ from flowtrace.store._records import (
 )
 from flowtrace.store._schema import MIGRATIONS
 from flowtrace.store._session import Session
+from flowtrace.store._spans import SpanWrite, ingest_span
 from flowtrace.store._sqlite import Database
 
 __all__ = [
     "SCHEMA_VERSION",
     "FlowStats",
     "LogPage",
+    "SpanWrite",
     "Store",
     "StoreError",
     "StoreSchemaError",
@@ -131,6 +133,11 @@ class Store:
 
     def _now_us(self) -> int:
         return to_us(self._clock())
+
+    def now_us(self) -> int:
+        """The store's clock (microseconds since the epoch): what a write prepared outside
+        the store (`prepare_log`) takes as "now"."""
+        return self._now_us()
 
     def _write(self, work: Callable[[Session], _T]) -> _T:
         """Run `work` in one write transaction: all of it is committed, or none of it."""
@@ -240,6 +247,22 @@ class Store:
             return _result(200, record_json(record, exclude_unset=True))
         except StoreError as error:
             return _result(error.status_code, {"detail": error.detail})
+
+    def ingest_spans(self, writes: Sequence[SpanWrite]) -> list[str | StoreError]:
+        """Logs made from OpenTelemetry spans (see `_spans` for their rules: placeholders for
+        parents not seen yet, filled when they arrive), in one transaction: each span is
+        stored or refused on its own, its log id or its refusal returned in its place."""
+
+        def work(session: Session) -> list[str | StoreError]:
+            results: list[str | StoreError] = []
+            for write in writes:
+                try:
+                    results.append(ingest_span(self._flow_cache, session, write))
+                except StoreError as refusal:
+                    results.append(refusal)
+            return results
+
+        return self._write(work)
 
     def delete_logs(self, ids: Sequence[str]) -> None:
         """`DELETE /logs?id=...`: the logs and every log under them. Unknown ids are ignored."""

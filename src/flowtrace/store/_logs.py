@@ -38,12 +38,23 @@ from flowtrace.store._flow_cache import (
 from flowtrace.store._prepare import LogRequest, PreparedLog
 from flowtrace.store._session import Session
 
-__all__ = ["create_log", "delete_logs", "update_log"]
+__all__ = [
+    "LogUpdate",
+    "Node",
+    "Target",
+    "create_log",
+    "delete_logs",
+    "find_target",
+    "node_at",
+    "update_log",
+    "widen",
+    "write_log",
+]
 
 _DELETE_CHUNK = 500
 
 
-class _Node(NamedTuple):
+class Node(NamedTuple):
     seq: int
     parent_seq: int | None
     start_us: int
@@ -54,7 +65,7 @@ class _Node(NamedTuple):
 
 
 @dataclass(slots=True)
-class _Target:
+class Target:
     """Where a log goes, found without writing: a flow or the path of a new one, and a
     version or the attributes of a new one."""
 
@@ -123,7 +134,7 @@ def _check_attributes(prepared: PreparedLog, version: VersionKey) -> None:
             )
 
 
-def _target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: PreparedLog) -> _Target:
+def find_target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: PreparedLog) -> Target:
     request, query, kind = prepared.request, prepared.query, prepared.kind
     flow, path = _flow_of_request(flow_cache, conn, request, kind)
     if query is not None and query.version_id is not None:
@@ -134,7 +145,7 @@ def _target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: PreparedL
         elif flow is None or version.flow_ref != flow.ref:
             raise not_found(f"{kind.capitalize()} {path!r} has no version {query.version_id!r}")
         _check_attributes(prepared, version)
-        return _Target(flow, None, version, None, kind)
+        return Target(flow, None, version, None, kind)
     if path is None and flow is None:
         raise invalid(
             ["body", "path"], "give the Flow's path or id (or a version_id query)", "missing"
@@ -144,10 +155,10 @@ def _target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: PreparedL
             raise not_found(f"no version of Flow {path!r} is deployed to {query.environment!r}")
         version = flow_cache.deployed_version(conn, flow, query.environment)
         _check_attributes(prepared, version)
-        return _Target(flow, None, version, None, kind)
+        return Target(flow, None, version, None, kind)
     text, key = attributes_digest(_version_attributes(prepared) or {})
     found = flow_cache.find_version(conn, flow.ref, key) if flow is not None else None
-    return _Target(flow, path, found, (text, key), kind)
+    return Target(flow, path, found, (text, key), kind)
 
 
 # --- creating a log ----------------------------------------------------------------------------
@@ -162,7 +173,7 @@ def _response(log_id: str, flow_id: str, version_id: str, prepared: PreparedLog)
     }
 
 
-def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, _Node]:
+def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, Node]:
     """The parent's trace and node; it must exist (404) and still be open (409)."""
     row = conn.execute(
         "SELECT seq, parent_seq, start_us, end_us, trace_seq, complete FROM logs WHERE id = ?",
@@ -172,10 +183,10 @@ def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, _Node]:
         raise not_found(f"trace parent log {parent_id!r} not found")
     if row[5]:
         raise conflict(f"trace parent log {parent_id!r} is complete: no log can be added under it")
-    return row[4], _Node(row[0], row[1], row[2], row[3])
+    return row[4], Node(row[0], row[1], row[2], row[3])
 
 
-def _widen(conn: sqlite3.Connection, node: _Node | None, start_us: int, end_us: int | None) -> None:
+def widen(conn: sqlite3.Connection, node: Node | None, start_us: int, end_us: int | None) -> None:
     """Stretch each ancestor's [start, end] over a child's. Every log already covers its own
     descendants, so the first ancestor that needs no change ends the walk."""
     while node is not None:
@@ -193,7 +204,7 @@ def _widen(conn: sqlite3.Connection, node: _Node | None, start_us: int, end_us: 
         row = conn.execute(
             "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (node.parent_seq,)
         ).fetchone()
-        node = _Node(*row) if row is not None else None
+        node = Node(*row) if row is not None else None
 
 
 def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] | None:
@@ -224,12 +235,27 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
     replay = _replay(conn, prepared)
     if replay is not None:
         return replay
-    target = _target(flow_cache, conn, prepared)
-    parent: _Node | None = None
+    target = find_target(flow_cache, conn, prepared)
+    parent: Node | None = None
     trace_seq: int | None = None
     if request.trace_parent_id is not None:
         trace_seq, parent = _open_parent(conn, request.trace_parent_id)
     # --- every check passed: write
+    return write_log(flow_cache, session, prepared, target, trace_seq, parent)
+
+
+def write_log(
+    flow_cache: FlowCache,
+    session: Session,
+    prepared: PreparedLog,
+    target: Target,
+    trace_seq: int | None,
+    parent: Node | None,
+) -> dict[str, Any]:
+    """Insert a log whose checks have passed, under `parent` (in trace `trace_seq`) or as a
+    root; widen its ancestors; count it. The answer of `POST /flows/log`."""
+    request = prepared.request
+    conn = session.conn
     flow, version = target.materialize(flow_cache, session)
     seq = session.next_seq()
     log_id = request.log_id if request.log_id is not None else new_id("log")
@@ -254,7 +280,7 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
             prepared.data,
         ),
     )
-    _widen(conn, parent, prepared.start_us, prepared.end_us)
+    widen(conn, parent, prepared.start_us, prepared.end_us)
     session.count(flow.ref, version.ref, 1, parent is None, prepared.has_error)
     return _response(log_id, flow.id, version.id, prepared)
 
@@ -345,17 +371,17 @@ def update_log(
             "UPDATE logs SET inputs = ?, output = ? WHERE seq = ?", (new_inputs, new_output, seq)
         )
     if (new_start, new_end) != (start_us, end_us) and parent_seq is not None:
-        _widen(conn, _node(conn, parent_seq), new_start, new_end)
+        widen(conn, node_at(conn, parent_seq), new_start, new_end)
     if has_error != bool(had_error):
         session.count(flow_ref, version_ref, 0, 0, 1 if has_error else -1)
     return seq, trace_seq
 
 
-def _node(conn: sqlite3.Connection, seq: int) -> _Node:
+def node_at(conn: sqlite3.Connection, seq: int) -> Node:
     row = conn.execute(
         "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (seq,)
     ).fetchone()
-    return _Node(*row)
+    return Node(*row)
 
 
 # --- deleting logs -----------------------------------------------------------------------------
