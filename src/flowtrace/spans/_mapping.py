@@ -67,6 +67,7 @@ MAX_STRING_CHARS: Final = 65536
 MAX_METADATA_KEYS: Final = 256
 MAX_METADATA_STRING: Final = 4096
 MAX_MESSAGES: Final = 1000
+MAX_DEPTH: Final = 20
 MAX_INDEX: Final = 10_000  # an indexed attribute (`llm.input_messages.N...`) beyond is ignored
 # Times a datetime can hold (0001..9999): absurd span times are clamped into this range.
 _MIN_NS: Final = 0
@@ -101,7 +102,7 @@ def _json_or_text(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return value
     return value
 
@@ -649,7 +650,8 @@ def _inputs(kind: LogKind, attributes: Mapping[str, Any]) -> dict[str, Any] | No
         value = _json_or_text(value)
     if value is None:
         return None
-    return value if isinstance(value, dict) else {"input": value}
+    bounded = _bounded(value, MAX_STRING_CHARS, MAX_MESSAGES)
+    return bounded if isinstance(bounded, dict) else {"input": bounded}
 
 
 def _output(kind: LogKind, attributes: Mapping[str, Any]) -> str | None:
@@ -672,7 +674,7 @@ def _prompt_kernel(attributes: Mapping[str, Any]) -> dict[str, Any]:
     kernel: dict[str, Any] = {}
     hl_prompt = _unflatten(attributes, f"{_HL_FILE}.prompt")
     if isinstance(hl_prompt, dict):
-        kernel.update(hl_prompt)
+        kernel.update(_bounded(hl_prompt, MAX_STRING_CHARS))
     model = _first(attributes, _MODEL_KEYS)
     provider = _first(attributes, _PROVIDER_KEYS)
     if model is not None:
@@ -738,14 +740,21 @@ def _finish_reason(attributes: Mapping[str, Any], output_message: Any) -> str | 
     return None if value is None else _text(value, MAX_NAME_CHARS)
 
 
-def _bounded(value: Any) -> Any:
+def _bounded(value: Any, limit: int = MAX_METADATA_STRING, items: int = 100, depth: int = 0) -> Any:
+    """A value within budgets: strings cut with the truncation marker, containers to `items`
+    entries, nesting to MAX_DEPTH levels."""
     if isinstance(value, str):
-        return _text(value, MAX_METADATA_STRING)
+        return _text(value, limit)
+    if not isinstance(value, (list, dict)):
+        return value
+    if depth >= MAX_DEPTH:
+        return f"<max depth: {type(value).__name__}>"
     if isinstance(value, list):
-        return [_bounded(item) for item in value[:100]]
-    if isinstance(value, dict):
-        return {str(k)[:MAX_NAME_CHARS]: _bounded(v) for k, v in list(value.items())[:100]}
-    return value
+        return [_bounded(item, limit, items, depth + 1) for item in value[:items]]
+    return {
+        str(k)[:MAX_NAME_CHARS]: _bounded(v, limit, items, depth + 1)
+        for k, v in list(value.items())[:items]
+    }
 
 
 def _metadata(span: Span, kind: LogKind, attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -794,7 +803,7 @@ def _tool_kernel(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
     kernel = {}
     function = _unflatten(attributes, f"{_HL_FILE}.function")
     if isinstance(function, dict):
-        kernel["function"] = function
+        kernel["function"] = _bounded(function, MAX_STRING_CHARS)
     else:
         description = attributes.get("gen_ai.tool.description")
         kernel["function"] = {"name": name} | (
@@ -803,7 +812,7 @@ def _tool_kernel(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
     for extra in ("source_code", "setup_values"):
         value = _unflatten(attributes, f"{_HL_FILE}.{extra}")
         if value is not None:
-            kernel[extra] = value
+            kernel[extra] = _bounded(value, MAX_STRING_CHARS)
     return kernel
 
 

@@ -216,15 +216,18 @@ def _log_dict(
     return record
 
 
-def _descendants(children: dict[int, list[LogRow]], tops: Iterable[int]) -> set[int]:
-    wanted: set[int] = set()
+def _preorder(children: dict[int, list[LogRow]], tops: Iterable[int]) -> list[int]:
+    """The seqs of `tops` and everything under them, each parent before its children."""
+    order: list[int] = []
+    seen: set[int] = set()
     stack = list(tops)
     while stack:
         seq = stack.pop()
-        if seq not in wanted:
-            wanted.add(seq)
+        if seq not in seen:
+            seen.add(seq)
+            order.append(seq)
             stack.extend(child.seq for child in children.get(seq, ()))
-    return wanted
+    return order
 
 
 def build_logs(
@@ -237,20 +240,22 @@ def build_logs(
     """Records for the `tops` logs (by seq) out of `rows` (their traces, in start order), each
     with its subtree nested in trace_children when `nested`.
 
-    Built bottom-up without recursion (a child's seq is always above its parent's, since the
-    parent had to exist first), so a deep trace cannot hit the recursion limit and each record
-    is validated once, its children passed as finished models."""
+    Built bottom-up without recursion (children before their parents: a parent's seq may be
+    above its children's, since a placeholder's subtree can move under a later parent), so a
+    deep trace cannot hit the recursion limit and each record is validated once, its children
+    passed as finished models."""
     children: dict[int, list[LogRow]] = {}
     if nested:
         for row in rows:
             if row.parent_seq is not None:
                 children.setdefault(row.parent_seq, []).append(row)
-    wanted = _descendants(children, tops)
-    needed = [row for row in rows if row.seq in wanted]
+    order = _preorder(children, tops)
+    by_seq = {row.seq: row for row in rows}
+    needed = [by_seq[seq] for seq in order]
     roots = trace_roots(conn, {row.trace_seq for row in needed})
     flows = flow_records(conn, {(row.flow_ref, row.version_ref) for row in needed})
     built: dict[int, FlowLogResponse] = {}
-    for row in sorted(needed, key=lambda r: r.seq, reverse=True):
+    for row in reversed(needed):
         record = _log_dict(
             row, roots[row.trace_seq], flows[(row.flow_ref, row.version_ref)], status_field
         )
