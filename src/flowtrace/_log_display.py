@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
-from flowtrace._contract import INCOMPLETE, RECORDER_METADATA_KEY, RECORDER_TRACEBACK
+from flowtrace._contract import INCOMPLETE, PENDING, RECORDER_METADATA_KEY, RECORDER_TRACEBACK
 from flowtrace.models import FlowLogResponse
 
 __all__ = [
@@ -26,13 +26,16 @@ __all__ = [
     "walk",
 ]
 
-#: A log's status as a reader sees it: a failed log shows as an error, whatever its trace status.
-ViewStatus = Literal["complete", "incomplete", "error"]
+#: A log's status as a reader sees it: a failed log shows as an error, whatever its trace status;
+#: a placeholder (a parent span not received) as pending.
+ViewStatus = Literal["complete", "incomplete", "error", "pending"]
 VIEW_ERROR: Final = "error"
 
 
 def view_status(log: FlowLogResponse) -> ViewStatus:
     """ "error" wins over the trace status: a failed call is what a reader looks for first."""
+    if log.placeholder:
+        return PENDING
     if log.error:
         return VIEW_ERROR
     return log.trace_status or log.log_status or INCOMPLETE

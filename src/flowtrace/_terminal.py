@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from flowtrace._contract import COMPLETE, INCOMPLETE
+from flowtrace._contract import COMPLETE, INCOMPLETE, PENDING
 from flowtrace._log_display import (
     VIEW_ERROR,
     ViewStatus,
@@ -27,7 +27,12 @@ __all__ = ["render_logs_table", "render_trace_tree", "sanitize"]
 
 # C0 controls except tab and newline, DEL, and C1 controls (which include the 8-bit CSI).
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_STATUS_MARKS: dict[ViewStatus, str] = {COMPLETE: "✓", INCOMPLETE: "…", VIEW_ERROR: "✗"}
+_STATUS_MARKS: dict[ViewStatus, str] = {
+    COMPLETE: "✓",
+    INCOMPLETE: "…",
+    VIEW_ERROR: "✗",
+    PENDING: "?",
+}
 _OUTPUT_EXCERPT_WIDTH = 80
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from starlette.responses import JSONResponse, Response
 
-from flowtrace._contract import TraceStatus
+from flowtrace._contract import LogKind, TraceStatus
 from flowtrace.models import (
     BatchRequest,
     BatchResponse,
@@ -122,6 +122,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         errors_only: Annotated[bool, Query(description="Only logs with an error")] = False,
         status: Annotated[TraceStatus | None, Query()] = None,
         roots_only: Annotated[bool, Query(description="Only trace roots")] = False,
+        kind: Annotated[LogKind | None, Query(description="Only logs of this kind")] = None,
     ) -> Response:
         found = store.list_logs(
             file_id=file_id,
@@ -135,6 +136,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
             errors_only=errors_only,
             status=status,
             roots_only=roots_only,
+            kind=kind,
         )
         return json_response(render_page(found, default))
 

@@ -322,6 +322,7 @@ class Store:
         errors_only: bool = False,
         status: str | None = None,
         roots_only: bool = False,
+        kind: str | None = None,
         status_field: StatusField = DEFAULT_STATUS_FIELD,
         count_total: bool = True,
         before: str | None = None,
@@ -329,7 +330,7 @@ class Store:
         search_window: int | None = None,
     ) -> LogPage:
         """`GET /logs`: newest first by start_time. 404 unknown file_id/version_id, 422 a bad
-        page, size or status.
+        page, size, status or kind (`kind`: only logs of that kind: flow, prompt, tool).
 
         For a browser (the viewer), cheap at any depth and size:
         - `count_total=False`: no COUNT; `total` is then a lower bound (the logs up to this
@@ -350,6 +351,7 @@ class Store:
             errors_only=errors_only,
             status=status,
             roots_only=roots_only,
+            kind=kind,
         )
         with self._db.reading() as conn:
             return list_logs(
