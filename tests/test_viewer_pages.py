@@ -298,3 +298,37 @@ def test_a_trace_with_a_failed_child_is_flagged_in_the_list(
     assert f"/traces/{sample.root}" in flagged[0]
     # within one flow's logs a child row is not a trace: nothing to flag there
     assert "child error" not in client.get("/logs", params={"flow": "llm/call"}).text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"page": "99999999999999999999"},
+        {"page": "-5"},
+        {"page": "1e9"},
+        {"flow": "x" * 20_000},
+        {"search": "%_" * 3_000},
+        {"before": "b" * 20_000},
+        {"status": "nope", "kind": "nope", "errors": "1"},
+    ],
+)
+def test_every_viewer_parameter_is_bounded(client: TestClient, params: dict[str, str]) -> None:
+    """Issue 9 item 13: `/logs?page=99999999999999999999` answered 500 (a row offset SQLite
+    cannot hold); every parameter is bounded as the API bounds its own."""
+    page = client.get("/logs", params=params)
+    assert page.status_code in (200, 404), page.text[:200]
+    if "page" in params and params["page"].isdigit():
+        assert "page 1000000000" in page.text
+
+
+def test_the_log_list_filters_by_kind(store: Store, client: TestClient) -> None:
+    from tests.viewerdata import populate_llm
+
+    llm = populate_llm(store)
+    prompts = client.get("/logs", params={"kind": "prompt"}).text
+    assert f"/traces/{llm.prompt}" in prompts and f"/traces/{llm.tool}" not in prompts
+    assert "1200 → 80" in prompts  # the tokens column
+    tools = client.get("/logs", params={"kind": "tool"}).text
+    assert f"/traces/{llm.tool}" in tools and "kind-tool" in tools
+    flows = client.get("/").text
+    assert "prompts/forecaster" in flows and 'class="kind kind-prompt"' in flows

@@ -208,7 +208,7 @@ class _Viewer:
                 status=filters.status or None,
                 kind=filters.kind or None,
                 # Across all flows a row is a trace; within one flow, every log of that flow.
-                roots_only=flow is None,
+                roots_only=flow is None and not filters.kind,
                 count_total=False,
                 before=filters.before or None,
                 after=filters.after or None,
