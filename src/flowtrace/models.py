@@ -433,6 +433,7 @@ class FlowResponse(_Response):
     updated_at: WireDatetime
     last_used_at: WireDatetime | None = None
     version_logs_count: int = 0
+    total_logs_count: int | None = None  # the file's logs, all versions
     version_name: str | None = None
     version_description: str | None = None
 

@@ -6,6 +6,7 @@ or the server's default name where the request named neither (reads, for instanc
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.responses import Response
@@ -99,7 +100,24 @@ def _shape_log(data: dict[str, Any], field: StatusField) -> None:
         kernel_fields = _KERNELS.get(kind, TOOL_KERNEL_FIELDS)
         file.update({key: kernel[key] for key in kernel_fields if key in kernel})
         file["attributes"] = kernel.get("attributes") or {}
+        # what clients of the original API parse as required for these kinds
+        file.setdefault("total_logs_count", file.get("version_logs_count", 0))
+        file["inputs"] = [{"name": name} for name in _template_inputs(kernel.get("template"))]
         data[kind] = file
+
+
+_TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _template_inputs(template: Any) -> list[str]:
+    """The `{{name}}` variables of a prompt's template (text, or chat messages), in order."""
+    texts: list[str] = []
+    if isinstance(template, str):
+        texts.append(template)
+    elif isinstance(template, list):
+        texts.extend(str(m.get("content", "")) for m in template if isinstance(m, dict))
+    found = [match.group(1) for text in texts for match in _TEMPLATE_VARIABLE.finditer(text)]
+    return list(dict.fromkeys(found))
 
 
 def render_flow(flow: FlowResponse) -> dict[str, Any]:

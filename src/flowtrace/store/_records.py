@@ -67,7 +67,9 @@ def _marks(items: Iterable[Any]) -> tuple[str, list[Any]]:
 
 # --- flows and versions ------------------------------------------------------------------------
 
-_FLOW_COLUMNS = "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us, f.kind"
+_FLOW_COLUMNS = (
+    "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us, f.kind, f.log_count"
+)
 _VERSION_COLUMNS = "v.seq, v.id, v.attributes, v.name, v.description, v.log_count, v.created_us"
 
 
@@ -82,6 +84,7 @@ def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
         "updated_at": wire_time_us(flow[5]),
         "last_used_at": wire_time_us(flow[6]) if flow[6] is not None else None,
         "version_logs_count": 0,
+        "total_logs_count": flow[8],
         "attributes": {},
     }
     if version is not None:
@@ -126,13 +129,13 @@ def flow_stats(
 ) -> list[FlowStats]:
     """Flows with their counters and latest version: counters are maintained, nothing counted."""
     rows = conn.execute(
-        f"SELECT {_FLOW_COLUMNS}, f.log_count, f.error_count,"
+        f"SELECT {_FLOW_COLUMNS}, f.error_count,"
         " (SELECT count(*) FROM versions c WHERE c.flow_ref = f.seq),"
         " (SELECT max(c.seq) FROM versions c WHERE c.flow_ref = f.seq)"
         f" FROM flows f {where} ORDER BY f.path",
         params,
     ).fetchall()
-    marks, refs = _marks(row[11] for row in rows if row[11] is not None)
+    marks, refs = _marks(row[11] for row in rows if row[11] is not None)  # latest version
     versions = {
         row[0]: row
         for row in conn.execute(
@@ -143,6 +146,7 @@ def flow_stats(
     for row in rows:
         record = _flow_dict(row, versions.get(row[11]))
         record.update(log_count=row[8], error_count=row[9], version_count=row[10])
+        record.pop("total_logs_count")
         stats.append(FlowStats.model_validate(record))
     return stats
 
