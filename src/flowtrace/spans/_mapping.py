@@ -25,6 +25,7 @@ counts, string lengths, path names, and the number of distinct paths (`PathCap`)
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +51,7 @@ from flowtrace._contract import (
     wire_time_ns,
 )
 from flowtrace.spans._model import Span
+from flowtrace.spans._prices import llm_cost
 
 __all__ = [
     "MAX_PATHS",
@@ -70,6 +72,7 @@ MAX_MESSAGES: Final = 1000
 MAX_DEPTH: Final = 20
 MAX_INDEX: Final = 10_000  # an indexed attribute (`llm.input_messages.N...`) beyond is ignored
 # Times a datetime can hold (0001..9999): absurd span times are clamped into this range.
+_INF: Final = float("inf")
 _MIN_NS: Final = 0
 _MAX_NS: Final = 253_402_300_799_999_999_000
 
@@ -87,12 +90,16 @@ class MappedLog:
     fields: dict[str, Any]
     kernel: dict[str, Any] = field(default_factory=dict)
     completes: bool = False
+    start_ns: int = 0  # the span's times, clamped (fields hold them at microseconds)
+    end_ns: int = 0
 
 
 # --- small readers -----------------------------------------------------------------------------
 
 
 def _text(value: Any, limit: int = MAX_STRING_CHARS) -> str:
+    if type(value) is str and len(value) <= limit:
+        return value  # the common case, first
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
     return text if len(text) <= limit else text[:limit] + truncated_chars(len(text))
 
@@ -142,11 +149,38 @@ def _first(attributes: Mapping[str, Any], keys: Iterable[str]) -> Any:
     return None
 
 
+class _Attributes(dict[str, Any]):
+    """A span's attributes with the dotted prefixes they use (`a`, `a.b` of `a.b.c`), so the
+    readers below skip a convention the span does not speak without scanning every key."""
+
+    def __init__(self, attributes: Mapping[str, Any]) -> None:
+        super().__init__(attributes)
+        roots: set[str] = set()
+        for key in attributes:
+            roots.update(_roots(key))
+        self.roots = roots
+
+
+@functools.lru_cache(maxsize=8192)  # attribute names repeat from span to span
+def _roots(key: str) -> tuple[str, ...]:
+    parts = key.split(".", 2)
+    return (parts[0], f"{parts[0]}.{parts[1]}") if len(parts) > 1 else ()
+
+
+def _speaks(attributes: Mapping[str, Any], prefix: str) -> bool:
+    """Whether some key starts with `prefix.` (prefix: one or two dotted segments)."""
+    if isinstance(attributes, _Attributes):
+        return prefix in attributes.roots
+    return any(key.startswith(prefix + ".") for key in attributes)
+
+
 def _unflatten(attributes: Mapping[str, Any], prefix: str) -> Any:
     """Dotted keys under `prefix` (`p.a.0.b = 1`) back into a value (`{"a": [{"b": 1}]}`),
     as the Humanloop SDK and OpenInference flatten them. A bare `prefix` key is the value."""
     if prefix in attributes:
         return attributes[prefix]
+    if not _speaks(attributes, prefix.rsplit(".", 1)[0] if prefix.count(".") > 1 else prefix):
+        return None
     start = prefix + "."
     root: dict[str, Any] = {}
     for key, value in attributes.items():
@@ -188,6 +222,8 @@ def _lists(value: Any) -> Any:
 
 def _indexed(attributes: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
     """`prefix.N.rest = v` groups as [{rest: v}, ...] by N (OpenInference, OpenLLMetry)."""
+    if prefix.count(".") <= 1 and not _speaks(attributes, prefix):
+        return []
     start = prefix + "."
     groups: dict[int, dict[str, Any]] = {}
     for key, value in attributes.items():
@@ -572,6 +608,7 @@ _LONG_HEX = re.compile(r"\b[0-9a-fA-F]{16,}\b")
 _NUMBER_SEGMENT = re.compile(r"(?<=[/=:\s])\d+(?=$|[/?&\s.])")
 
 
+@functools.lru_cache(maxsize=4096)  # span names repeat: the regexes run once per name
 def _path_name(name: str) -> str:
     """A span name made a bounded path part: ids and numbers in it (`GET /users/123`) become
     placeholders, so one route is one path; `/` would make folders, so it is replaced."""
@@ -714,23 +751,8 @@ def _price(model: Any, provider: Any, fields: Mapping[str, Any]) -> tuple[float,
     """The optional `genai-prices` table, when installed and it knows the model."""
     if not isinstance(model, str) or "prompt_tokens" not in fields:
         return None
-    try:
-        from genai_prices import Usage, calc_price
-    except ImportError:
-        return None
-    try:
-        usage = Usage(
-            input_tokens=fields.get("prompt_tokens"),
-            output_tokens=fields.get("output_tokens"),
-            cache_read_tokens=fields.get("cache_read_tokens"),
-            cache_write_tokens=fields.get("cache_write_tokens"),
-        )
-        price = calc_price(
-            usage, model, provider_id=provider if isinstance(provider, str) else None
-        )
-        return float(price.input_price), float(price.output_price)
-    except Exception:  # an unknown model (LookupError) or any other failure: no cost
-        return None
+    usage = {name: fields[name] for name, _ in _TOKENS if name in fields}
+    return llm_cost(model, provider if isinstance(provider, str) else None, usage)
 
 
 def _finish_reason(attributes: Mapping[str, Any], output_message: Any) -> str | None:
@@ -743,8 +765,13 @@ def _finish_reason(attributes: Mapping[str, Any], output_message: Any) -> str | 
 def _bounded(value: Any, limit: int = MAX_METADATA_STRING, items: int = 100, depth: int = 0) -> Any:
     """A value within budgets: strings cut with the truncation marker, containers to `items`
     entries, nesting to MAX_DEPTH levels."""
-    if isinstance(value, str):
-        return _text(value, limit)
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= limit else _text(value, limit)
+    if kind is int or kind is bool:
+        return value
+    if isinstance(value, float) and (value != value or value in (_INF, -_INF)):
+        return str(value)  # JSON has no NaN or infinity
     if not isinstance(value, (list, dict)):
         return value
     if depth >= MAX_DEPTH:
@@ -757,21 +784,29 @@ def _bounded(value: Any, limit: int = MAX_METADATA_STRING, items: int = 100, dep
     }
 
 
+@functools.lru_cache(maxsize=8192)  # attribute names repeat from span to span
+def _metadata_key(key: str, prompt: bool) -> str | None:
+    """The metadata name of an attribute, None for one read into fields. A prompt's usage is in
+    its token fields; any other span's (an agent's totals over the calls under it) stays in
+    metadata, so a trace's sum counts each call once."""
+    if key.startswith(_CONSUMED_PREFIXES) or (prompt and key.startswith(_USAGE_PREFIXES)):
+        return None
+    return key[:MAX_NAME_CHARS]
+
+
 def _metadata(span: Span, kind: LogKind, attributes: Mapping[str, Any]) -> dict[str, Any]:
     """The attributes not read into fields, bounded, and the span's own facts."""
     rest: dict[str, Any] = {}
     dropped = 0
+    prompt = kind == PROMPT
     for key, value in attributes.items():
-        if key.startswith(_CONSUMED_PREFIXES):
-            continue
-        # A prompt's usage is in its token fields; any other span's (an agent's totals over
-        # the calls under it) stays here, so a trace's sum counts each call once.
-        if kind == PROMPT and key.startswith(_USAGE_PREFIXES):
+        kept = _metadata_key(key, prompt)
+        if kept is None:
             continue
         if len(rest) >= MAX_METADATA_KEYS:
             dropped += 1
             continue
-        rest[key[:MAX_NAME_CHARS]] = _bounded(value)
+        rest[kept] = _bounded(value)
     facts: dict[str, Any] = {
         "trace_id": span.trace_id,
         "span_id": span.span_id,
@@ -832,7 +867,7 @@ def _path(span: Span, kind: LogKind, attributes: Mapping[str, Any], cap: PathCap
 
 def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
     """The log a span becomes (see the module's docstring). Never raises on span data."""
-    attributes = span.attributes
+    attributes = _Attributes(span.attributes)
     kind = _kind(attributes)
     start_ns = _clamp_ns(span.start_ns)
     end_ns = max(_clamp_ns(span.end_ns), start_ns)
@@ -896,6 +931,8 @@ def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
         fields=fields,
         kernel=kernel,
         completes=named is not None,
+        start_ns=start_ns,
+        end_ns=end_ns,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from flowtrace._contract import (
     COMPLETE,
+    DEFAULT_STATUS_FIELD,
     FLOW,
     INCOMPLETE,
     PAYLOAD_FIELDS,
@@ -25,7 +26,7 @@ from flowtrace._contract import (
 from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
 from flowtrace.store._codec import canonical_json, compact_json, digest, to_us
 
-__all__ = ["LogRequest", "PreparedLog", "kernel_of", "prepare_log"]
+__all__ = ["LogRequest", "PreparedLog", "kernel_of", "prepare_built", "prepare_log"]
 
 #: A request that creates a log, of any kind.
 LogRequest = FlowLogRequest | PromptLogRequest | ToolLogRequest
@@ -85,22 +86,56 @@ def prepare_log(
 ) -> PreparedLog:
     """`now_wire` is `now_us` in wire form, passed by a batch that formats it once."""
     body = request.model_dump(mode="json", exclude_unset=True)
+    kind, kernel = kernel_of(request)
+    start_us = to_us(request.start_time) if request.start_time is not None else None
+    end_us = to_us(request.end_time) if request.end_time is not None else None
+    return _prepare(request, body, query, kind, kernel, start_us, end_us, now_us, now_wire)
+
+
+def prepare_built(
+    request: LogRequest,
+    body: dict[str, Any],
+    kind: LogKind,
+    kernel: dict[str, Any] | None,
+    start_us: int | None,
+    end_us: int | None,
+    now_us: int,
+    now_wire: str | None = None,
+) -> PreparedLog:
+    """A log whose JSON `body` flowtrace built itself, valid by construction (the span
+    mapping's: tests/test_span_mapping.py checks that what it builds validates), so pydantic's
+    validation and dump are skipped. `request` needs only the routing fields (path, id,
+    log_id, trace_parent_id, and a flow's `flow`), e.g. made with `model_construct`."""
+    return _prepare(request, body, None, kind, kernel, start_us, end_us, now_us, now_wire)
+
+
+def _prepare(
+    request: LogRequest,
+    body: dict[str, Any],
+    query: LogQuery | None,
+    kind: LogKind,
+    kernel: dict[str, Any] | None,
+    start: int | None,
+    end: int | None,
+    now_us: int,
+    now_wire: str | None,
+) -> PreparedLog:
     stored = {
         key: value for key, value in body.items() if value is not None and key not in _COLUMN_FIELDS
     }
-    if request.save is False:
+    if body.get("save") is False:
         stored = {key: value for key, value in stored.items() if key not in PAYLOAD_FIELDS}
     if "created_at" not in stored:
         stored["created_at"] = now_wire or wire_time_us(now_us)
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
-    kind, kernel = kernel_of(request)
+    status_field = next((name for name in STATUS_FIELDS if name in body), DEFAULT_STATUS_FIELD)
     # A flow log stays open until completed; a prompt or tool call is logged once it is done
     # (the original API's prompts.log and tools.log name no status).
-    status: TraceStatus = request.status or (INCOMPLETE if kind == FLOW else COMPLETE)
+    status: TraceStatus = body.get(status_field) or (INCOMPLETE if kind == FLOW else COMPLETE)
     complete = status == COMPLETE
-    start_us = to_us(request.start_time) if request.start_time is not None else now_us
-    end_us = to_us(request.end_time) if request.end_time is not None else None
+    start_us = start if start is not None else now_us
+    end_us = end
     if complete and end_us is None:
         end_us = max(now_us, start_us)  # a closed log has an end; the server's clock is all we have
     return PreparedLog(
@@ -115,7 +150,7 @@ def prepare_log(
         output=output,
         data=compact_json(stored),
         status=status,
-        status_field=request.status_field,
+        status_field=status_field,
         kind=kind,
         kernel=kernel,
     )
