@@ -707,11 +707,88 @@ def _usage(attributes: Mapping[str, Any]) -> dict[str, int]:
     return usage
 
 
+def _short_text(value: Any) -> str | None:
+    return (
+        None if value is None or isinstance(value, (dict, list)) else _text(value, MAX_NAME_CHARS)
+    )
+
+
+def _dict_of(value: Any) -> dict[str, Any] | None:
+    return _bounded(value, MAX_STRING_CHARS) if isinstance(value, dict) else None
+
+
+def _texts(value: Any) -> list[str] | None:
+    if isinstance(value, list):
+        return [_text(item, MAX_NAME_CHARS) for item in value[:MAX_MESSAGES] if item is not None]
+    return None
+
+
+def _dicts(value: Any) -> list[dict[str, Any]] | None:
+    if isinstance(value, list):
+        return [
+            _bounded(item, MAX_STRING_CHARS)
+            for item in value[:MAX_MESSAGES]
+            if isinstance(item, dict)
+        ]
+    return None
+
+
+def _template(value: Any) -> str | list[dict[str, Any]] | None:
+    if isinstance(value, list):
+        return _dicts(value)
+    return None if value is None or isinstance(value, dict) else _text(value)
+
+
+def _stop(value: Any) -> str | list[str] | None:
+    return _texts(value) if isinstance(value, list) else _short_text(value)
+
+
+#: How each prompt kernel field is read from a span's values (which are often text).
+_KERNEL_READERS: Final[dict[str, Callable[[Any], Any]]] = {
+    "model": _short_text,
+    "endpoint": _short_text,
+    "template": _template,
+    "template_language": _short_text,
+    "provider": _short_text,
+    "max_tokens": _int,
+    "temperature": _float,
+    "top_p": _float,
+    "stop": _stop,
+    "presence_penalty": _float,
+    "frequency_penalty": _float,
+    "other": _dict_of,
+    "seed": _int,
+    "response_format": _dict_of,
+    "reasoning_effort": _short_text,
+    "tools": _dicts,
+    "linked_tools": _texts,
+    "attributes": _dict_of,
+}
+
+
+def _typed_kernel(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A prompt kernel from a span's (Humanloop's flattened) values: each field as its type,
+    what cannot be read as such dropped, unknown fields kept under `attributes`."""
+    kernel: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in list(raw.items())[:MAX_METADATA_KEYS]:
+        reader = _KERNEL_READERS.get(key)
+        if reader is None:
+            extra[str(key)[:MAX_NAME_CHARS]] = _bounded(value)
+            continue
+        typed = reader(value)
+        if typed is not None:
+            kernel[key] = typed
+    if extra:
+        kernel["attributes"] = {**extra, **kernel.get("attributes", {})}
+    return kernel
+
+
 def _prompt_kernel(attributes: Mapping[str, Any]) -> dict[str, Any]:
     kernel: dict[str, Any] = {}
     hl_prompt = _unflatten(attributes, f"{_HL_FILE}.prompt")
     if isinstance(hl_prompt, dict):
-        kernel.update(_bounded(hl_prompt, MAX_STRING_CHARS))
+        kernel.update(_typed_kernel(hl_prompt))
     model = _first(attributes, _MODEL_KEYS)
     provider = _first(attributes, _PROVIDER_KEYS)
     if model is not None:
@@ -834,21 +911,37 @@ def _metadata(span: Span, kind: LogKind, attributes: Mapping[str, Any]) -> dict[
     return rest
 
 
+def _bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # the Humanloop SDK sends every value as text
+    return None
+
+
 def _tool_kernel(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
-    kernel = {}
-    function = _unflatten(attributes, f"{_HL_FILE}.function")
-    if isinstance(function, dict):
-        kernel["function"] = _bounded(function, MAX_STRING_CHARS)
-    else:
-        description = attributes.get("gen_ai.tool.description")
-        kernel["function"] = {"name": name} | (
-            {"description": _text(description)} if description else {}
-        )
-    for extra in ("source_code", "setup_values"):
-        value = _unflatten(attributes, f"{_HL_FILE}.{extra}")
-        if value is not None:
-            kernel[extra] = _bounded(value, MAX_STRING_CHARS)
+    """A tool's kernel: its function's schema (Humanloop's flattened `humanloop.file.*`, or
+    the GenAI tool name and description), each field as its type."""
+    raw = _unflatten(attributes, f"{_HL_FILE}.function")
+    raw = raw if isinstance(raw, dict) else {}
+    function: dict[str, Any] = {"name": _short_text(raw.get("name")) or name}
+    description = raw.get("description", attributes.get("gen_ai.tool.description"))
+    if _short_text(description) is not None:
+        function["description"] = _text(description)
+    for key, reader in (("strict", _bool), ("parameters", _dict_of)):
+        typed = reader(raw.get(key))
+        if typed is not None:
+            function[key] = typed
+    kernel: dict[str, Any] = {"function": function}
+    for key, reader in (("source_code", _template_text), ("setup_values", _dict_of)):
+        typed = reader(_unflatten(attributes, f"{_HL_FILE}.{key}"))
+        if typed is not None:
+            kernel[key] = typed
     return kernel
+
+
+def _template_text(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else _text(value)
 
 
 def _path(span: Span, kind: LogKind, attributes: Mapping[str, Any], cap: PathCap | None) -> str:
