@@ -540,6 +540,7 @@ _TOKENS: Final = (
     (
         "cache_write_tokens",
         (
+            "gen_ai.usage.cache_write.input_tokens",
             "gen_ai.usage.cache_creation.input_tokens",
             "gen_ai.usage.cache_creation_input_tokens",
             "llm.token_count.prompt_details.cache_write",
@@ -555,6 +556,7 @@ _FINISH_KEYS: Final = (
     "gen_ai.response.finish_reasons",
     "gen_ai.completion.0.finish_reason",
     "llm.response.finish_reason",
+    "anthropic.message.stop_reason",
 )
 _USER_KEYS: Final = ("user.id", "enduser.id", "gen_ai.user.id", "humanloop.log.user")
 _SESSION_KEYS: Final = ("session.id", "gen_ai.conversation.id")
@@ -928,15 +930,18 @@ def _tool_kernel(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
     description = raw.get("description", attributes.get("gen_ai.tool.description"))
     if _short_text(description) is not None:
         function["description"] = _text(description)
-    for key, reader in (("strict", _bool), ("parameters", _dict_of)):
-        typed = reader(raw.get(key))
-        if typed is not None:
-            function[key] = typed
+    strict, parameters = _bool(raw.get("strict")), _dict_of(raw.get("parameters"))
+    if strict is not None:
+        function["strict"] = strict
+    if parameters is not None:
+        function["parameters"] = parameters
     kernel: dict[str, Any] = {"function": function}
-    for key, reader in (("source_code", _template_text), ("setup_values", _dict_of)):
-        typed = reader(_unflatten(attributes, f"{_HL_FILE}.{key}"))
-        if typed is not None:
-            kernel[key] = typed
+    source_code = _template_text(_unflatten(attributes, f"{_HL_FILE}.source_code"))
+    setup_values = _dict_of(_unflatten(attributes, f"{_HL_FILE}.setup_values"))
+    if source_code is not None:
+        kernel["source_code"] = source_code
+    if setup_values is not None:
+        kernel["setup_values"] = setup_values
     return kernel
 
 
