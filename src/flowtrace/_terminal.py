@@ -18,6 +18,7 @@ from flowtrace._log_display import (
     error_excerpt,
     format_duration,
     format_time,
+    llm_summary,
     traceback_text,
     view_status,
 )
@@ -78,8 +79,9 @@ def render_logs_table(logs: Sequence[FlowLogResponse]) -> str:
 
 def _head_line(log: FlowLogResponse, marked: bool) -> str:
     status = view_status(log)
+    kind = f" ({log.flow.type})" if log.flow.type != "flow" else ""
     parts = [
-        sanitize(log.flow.path),
+        sanitize(log.flow.path) + kind,
         f"{_STATUS_MARKS[status]} {status}",
         format_duration(duration_seconds(log)),
         format_time(log.start_time),
@@ -94,6 +96,9 @@ def _detail_lines(log: FlowLogResponse) -> list[str]:
     """What a reader of a trace looks for under each log: the error, its traceback, stdout,
     and a one-line taste of the output."""
     lines: list[str] = []
+    summary = llm_summary(log)
+    if summary is not None:
+        lines.append(f"llm: {sanitize(summary)}")
     if log.error:
         error_lines = sanitize(log.error).splitlines() or [""]
         lines.append(f"error: {error_lines[0]}")
@@ -108,8 +113,11 @@ def _detail_lines(log: FlowLogResponse) -> list[str]:
         lines.append(f"output: {_one_line(log.output, _OUTPUT_EXCERPT_WIDTH)}")
     elif log.output_message is not None:
         message = log.output_message
-        content = message.content if isinstance(message.content, str) else "[content parts]"
-        text = f"{message.role}: {content or ''}"
+        content = message.content
+        if content is not None and not isinstance(content, str):
+            content = "[content parts]"
+        calls = ", ".join(f"{call.function.name}()" for call in message.tool_calls or ())
+        text = f"{message.role}: {content or ''}" + (f" → {calls}" if calls else "")
         lines.append(f"output message: {_one_line(text, _OUTPUT_EXCERPT_WIDTH)}")
     return lines
 
