@@ -35,6 +35,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.server_bench import log_body  # the same logs as the server benchmark's
 from tests.serverutil import start_server
 
 BATCH = 512
@@ -42,20 +43,6 @@ ATTRIBUTES = 20
 TRACE_SIZE = 8
 TARGET_RATIO = 0.70
 _T0 = 1_735_689_600_000_000_000  # 2025-01-01 in ns
-
-
-def log_body(run: str, n: int) -> dict[str, Any]:
-    """A typical completed log (as bench/server_bench.py)."""
-    return {
-        "path": "bench/agent",
-        "log_id": f"{run}-{n}",
-        "flow": {"attributes": {"model": "m-1", "temperature": 0.2}},
-        "inputs": {"question": f"question number {n}", "k": n % 7},
-        "output": f"answer to question {n}",
-        "start_time": "2025-01-01T00:00:00Z",
-        "end_time": "2025-01-01T00:00:01Z",
-        "trace_status": "complete",
-    }
 
 
 def contract_bodies(run: str, batches: int) -> list[bytes]:

@@ -402,20 +402,19 @@ class CreateFlowLogResponse(_Response):
     log_status: TraceStatus | None = None
 
 
-class CreatePromptLogResponse(_Response):
+class _CreatedFileLog(_Response):
     id: str
+    version_id: str
+    trace_status: TraceStatus | None = None
+    log_status: TraceStatus | None = None
+
+
+class CreatePromptLogResponse(_CreatedFileLog):
     prompt_id: str
-    version_id: str
-    trace_status: TraceStatus | None = None
-    log_status: TraceStatus | None = None
 
 
-class CreateToolLogResponse(_Response):
-    id: str
+class CreateToolLogResponse(_CreatedFileLog):
     tool_id: str
-    version_id: str
-    trace_status: TraceStatus | None = None
-    log_status: TraceStatus | None = None
 
 
 class FlowResponse(_Response):

@@ -295,17 +295,15 @@ def _export_response(outcome: _Outcome, protobuf: bool) -> Response:
                 )
             )
         return Response(answer.SerializeToString(), media_type=_PROTOBUF)
-    body: dict[str, Any] = {}
-    if outcome.rejected:
-        body["partialSuccess"] = {
-            "rejectedSpans": len(outcome.rejected),
-            "errorMessage": _message(outcome.rejected),
-        }
-    return Response(dump_json(body), media_type=_JSON)
+    return _json_answer({}, outcome)
 
 
 def _humanloop_response(outcome: _Outcome) -> Response:
-    body: dict[str, Any] = {"records": outcome.log_ids}
+    return _json_answer({"records": outcome.log_ids}, outcome)
+
+
+def _json_answer(body: dict[str, Any], outcome: _Outcome) -> Response:
+    """`body`, with OTLP-JSON's `partialSuccess` when some span was not stored."""
     if outcome.rejected:
         body["partialSuccess"] = {
             "rejectedSpans": len(outcome.rejected),
