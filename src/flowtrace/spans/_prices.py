@@ -9,14 +9,16 @@ model whose prices are tiered (by prompt size) goes through `calc_price` each ti
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 __all__ = ["llm_cost"]
 
 _PER_TOKEN = Decimal(1_000_000)
+_DAY_S = 86_400
 
 
 class _Units(NamedTuple):
@@ -37,8 +39,9 @@ def _unit(value: Any) -> Decimal | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _units(model: str, provider: str | None, day: date) -> _Units | str | None:
-    """The model's unit prices, "tiered" when they depend on the call, None when unknown."""
+def _units(model: str, provider: str | None, day: int) -> _Units | str | None:
+    """The model's unit prices on `day` (days since the epoch), "tiered" when they depend on the
+    call, None when unknown."""
     try:
         from genai_prices import data_snapshot
     except ImportError:
@@ -83,7 +86,7 @@ def llm_cost(
     """(input cost, output cost) in dollars of a call with this usage (`prompt_tokens`, which
     include the cache tokens, `output_tokens`, `cache_read_tokens`, `cache_write_tokens`), or
     None when the table is not installed or does not know the model."""
-    units = _units(model, provider, datetime.now(timezone.utc).date())
+    units = _units(model, provider, int(time.time()) // _DAY_S)
     if units is None:
         return None
     if isinstance(units, str):
