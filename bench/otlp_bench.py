@@ -199,8 +199,13 @@ def main() -> None:
             + ("" if rates is contract else f"; ratio to the contract {median / base:.2f}")
         )
     ratio = statistics.median(otlp) / base
-    met = "met" if ratio >= TARGET_RATIO else "NOT met"
-    print(f"OTLP spans/s over contract logs/s: {ratio:.2f} (target {TARGET_RATIO:.2f}: {met})")
+    # each run measures the two back to back: the ratio within a run is what load drifts least
+    paired = statistics.median(o / c for o, c in zip(otlp, contract, strict=True))
+    met = "met" if min(ratio, paired) >= TARGET_RATIO else "NOT met"
+    print(
+        f"OTLP spans/s over contract logs/s: {ratio:.2f} (medians), {paired:.2f} (median of the"
+        f" runs' ratios); target {TARGET_RATIO:.2f}: {met}"
+    )
 
 
 def _load() -> str:

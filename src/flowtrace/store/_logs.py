@@ -196,9 +196,15 @@ def widen(conn: sqlite3.Connection, node: Node | None, start_us: int, end_us: in
             new_end = end_us
         if new_start == node.start_us and new_end == node.end_us:
             return
-        conn.execute(
-            "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?", (new_start, new_end, node.seq)
-        )
+        if new_start == node.start_us:
+            # SQLite rewrites the index entries of every column a statement sets, changed or
+            # not: start_us is in most indexes, end_us in none, so an end alone is cheap.
+            conn.execute("UPDATE logs SET end_us = ? WHERE seq = ?", (new_end, node.seq))
+        else:
+            conn.execute(
+                "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?",
+                (new_start, new_end, node.seq),
+            )
         if node.parent_seq is None:
             return
         row = conn.execute(
@@ -362,10 +368,11 @@ def update_log(
             new_end = max(session.now_us, new_start)
     has_error = "error" in data
     conn.execute(
-        "UPDATE logs SET data = ?, complete = ?, has_error = ?, start_us = ?, end_us = ?"
-        " WHERE seq = ?",
-        (compact_json(data), complete, has_error, new_start, new_end, seq),
+        "UPDATE logs SET data = ?, complete = ?, has_error = ?, end_us = ? WHERE seq = ?",
+        (compact_json(data), complete, has_error, new_end, seq),
     )
+    if new_start != start_us:  # set apart: start_us is indexed, and setting it costs (see widen)
+        conn.execute("UPDATE logs SET start_us = ? WHERE seq = ?", (new_start, seq))
     if (new_inputs, new_output) != (inputs, output):
         conn.execute(
             "UPDATE logs SET inputs = ?, output = ? WHERE seq = ?", (new_inputs, new_output, seq)
