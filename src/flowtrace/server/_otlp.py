@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from flowtrace._contract import FLOW, PROMPT, wire_time_us
+from flowtrace._contract import FLOW, PROMPT, TOOL, wire_time_us
 from flowtrace.models import (
     FlowKernel,
     FlowLogRequest,
@@ -70,23 +70,18 @@ _INFLATE_STEP: Final = 1 << 20
 _INVALID_ARGUMENT: Final = 3  # google.rpc.Code
 _MAX_ERROR_REASONS: Final = 5
 
-_REQUESTS: Final[dict[str, type[BaseModel]]] = {
-    FLOW: FlowLogRequest,
-    PROMPT: PromptLogRequest,
-    "tool": ToolLogRequest,
-}
 _UPDATES: Final[dict[str, type[BaseModel]]] = {
     FLOW: FlowLogUpdateRequest,
     PROMPT: PromptLogUpdateRequest,
-    "tool": ToolLogUpdateRequest,
+    TOOL: ToolLogUpdateRequest,
 }
-_KERNEL_FIELDS: Final = {FLOW: "flow", PROMPT: "prompt", "tool": "tool"}
+_KERNEL_FIELDS: Final = {FLOW: "flow", PROMPT: "prompt", TOOL: "tool"}
 # Requests holding only a span log's routing fields, copied per span (model_construct resolves
 # every default each time: ten times the cost).
 _ROUTING_TEMPLATES: Final[dict[str, FlowLogRequest | PromptLogRequest | ToolLogRequest]] = {
     FLOW: FlowLogRequest.model_construct(),
     PROMPT: PromptLogRequest.model_construct(),
-    "tool": ToolLogRequest.model_construct(),
+    TOOL: ToolLogRequest.model_construct(),
 }
 
 
@@ -197,10 +192,8 @@ def _update(mapped: MappedLog) -> Any:
     return model.model_validate({k: v for k, v in mapped.fields.items() if k in allowed})
 
 
-def _writes(
-    spans: Sequence[Span | BadSpan], paths: PathCap, now_us: int
-) -> tuple[list[SpanWrite | str], int]:
-    """Each span as a store write, or the reason it cannot be one; and the spans read."""
+def _writes(spans: Sequence[Span | BadSpan], paths: PathCap, now_us: int) -> list[SpanWrite | str]:
+    """Each span as a store write, or the reason it cannot be one."""
     now_wire = wire_time_us(now_us)
     writes: list[SpanWrite | str] = []
     for span in spans:
@@ -217,7 +210,7 @@ def _writes(
             writes.append(f"span {span.span_id}: {where}: {first['msg']}")
             continue
         writes.append(SpanWrite(prepared, update))
-    return writes, len(spans)
+    return writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +220,7 @@ class _Outcome:
 
 
 def _ingest(store: Store, decoded: _Decoded, paths: PathCap, now_us: int) -> _Outcome:
-    writes, _ = _writes(decoded.spans, paths, now_us)
+    writes = _writes(decoded.spans, paths, now_us)
     valid = [write for write in writes if isinstance(write, SpanWrite)]
     results = iter(store.ingest_spans(valid) if valid else [])
     log_ids: list[str] = []
