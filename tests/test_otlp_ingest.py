@@ -387,6 +387,12 @@ def test_absurd_spans_are_bounded_never_a_5xx(client: httpx.Client) -> None:
             ],
         ),
         _proto_span(
+            trace_id=b"\xfc" * 16,
+            span_id=b"\xfc" * 8,
+            parent_span_id=b"\xfc" * 8,
+            name="own parent",
+        ),
+        _proto_span(
             trace_id=b"\xfd" * 16,
             span_id=b"\xfd" * 8,
             name="big value",
@@ -400,7 +406,9 @@ def test_absurd_spans_are_bounded_never_a_5xx(client: httpx.Client) -> None:
     assert answer.status_code == 200
     parsed = ExportTraceServiceResponse()
     parsed.ParseFromString(answer.content)
-    assert parsed.partial_success.rejected_spans == 2  # the two spans without usable ids
+    # the two spans without usable ids, and the one that is its own parent
+    assert parsed.partial_success.rejected_spans == 3
+    assert "cannot be its own parent" in parsed.partial_success.error_message
     future = read(client, "span_" + "ff" * 16 + "_" + "ff" * 8)
     assert future["start_time"].startswith("2554-07-21")  # 2**64 - 1 ns
     assert future["end_time"] == future["start_time"]

@@ -199,6 +199,8 @@ def ingest_span(flow_cache: FlowCache, session: Session, write: SpanWrite) -> st
     assert log_id is not None, "a span's log always has its id"
     conn = session.conn
     with session.operation():
+        if prepared.request.trace_parent_id == log_id:
+            raise conflict(f"log {log_id!r} cannot be its own parent")
         row = _existing(conn, log_id)
         if row is not None and row.placeholder:
             _fill(flow_cache, session, row, prepared)
