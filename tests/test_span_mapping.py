@@ -278,7 +278,7 @@ _UPDATES = {
 }
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(
     attributes=st.dictionaries(_KEYS, _JSONISH, max_size=12),
     name=st.text(max_size=40),

@@ -834,7 +834,7 @@ def _price(model: Any, provider: Any, fields: Mapping[str, Any]) -> tuple[float,
     return llm_cost(model, provider if isinstance(provider, str) else None, usage)
 
 
-def _finish_reason(attributes: Mapping[str, Any], output_message: Any) -> str | None:
+def _finish_reason(attributes: Mapping[str, Any]) -> str | None:
     value = _first(attributes, _FINISH_KEYS)
     if isinstance(value, list):
         value = value[0] if value else None
@@ -1010,7 +1010,7 @@ def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
         kernel = _prompt_kernel(attributes)
         fields.update(_usage(attributes))
         _cost(fields, kernel, attributes)
-        finish = _finish_reason(attributes, output_message)
+        finish = _finish_reason(attributes)
         if finish is not None:
             fields["finish_reason"] = finish
     elif kind == TOOL:
