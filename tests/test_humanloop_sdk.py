@@ -20,7 +20,8 @@ import pytest
 from tests.sdkvenv import sdk_python
 from tests.serverutil import RunningServer, start_server
 
-pytestmark = pytest.mark.e2e
+# Building an SDK's venv on first use (pip, from PyPI) may take minutes on a fresh machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 PROGRAMS = Path(__file__).with_name("humanloop_sdk")
 CALLS = 100
