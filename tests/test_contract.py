@@ -76,3 +76,60 @@ def test_the_truncation_marker_is_the_contracts() -> None:
     assert snapshot("abcdefgh", limits) == "abcd" + _contract.truncated_chars(8)
     assert snapshot([1, 2, 3], limits) == [1, 2, _contract.truncated_items(3)]
     assert _contract.truncated_items(3).startswith(_contract.TRUNCATED_PREFIX)
+
+
+def test_the_prompt_and_tool_vocabulary_is_the_models() -> None:
+    from flowtrace.models import (
+        PromptKernel,
+        PromptLogRequest,
+        PromptLogUpdateRequest,
+        ToolKernel,
+        ToolLogRequest,
+        _PromptFields,
+    )
+
+    assert tuple(_PromptFields.model_fields) == _contract.PROMPT_LOG_FIELDS
+    assert set(_contract.TOKEN_FIELDS) | set(_contract.COST_FIELDS) < set(
+        _contract.PROMPT_LOG_FIELDS
+    )
+    assert tuple(PromptKernel.model_fields) == _contract.PROMPT_KERNEL_FIELDS
+    assert tuple(ToolKernel.model_fields) == _contract.TOOL_KERNEL_FIELDS
+    for model in (PromptLogRequest, PromptLogUpdateRequest, FlowLogResponse):
+        assert set(_contract.PROMPT_LOG_FIELDS) <= set(model.model_fields), model
+    assert set(_contract.LOG_FIELDS) <= set(PromptLogRequest.model_fields)
+    assert set(_contract.LOG_FIELDS) <= set(ToolLogRequest.model_fields)
+    assert _contract.PLACEHOLDER_FIELD in FlowLogResponse.model_fields
+    kinds = FlowLogResponse.model_fields["flow"].annotation
+    assert kinds is not None
+    assert set(get_args(kinds.model_fields["type"].annotation)) == set(_contract.LOG_KINDS)
+
+
+def test_span_log_ids_and_the_pending_status_are_the_contracts() -> None:
+    from flowtrace._log_display import view_status
+    from flowtrace.spans import Span, map_span
+
+    span = Span(trace_id="ab" * 16, span_id="cd" * 8, name="step", start_ns=1, end_ns=2)
+    assert map_span(span).log_id == _contract.span_log_id("ab" * 16, "cd" * 8)
+    assert map_span(span).log_id.startswith(_contract.SPAN_LOG_ID_PREFIX)
+    named = Span(
+        trace_id="ab" * 16,
+        span_id="cd" * 8,
+        name="humanloop.flow",
+        start_ns=1,
+        end_ns=2,
+        attributes={_contract.HUMANLOOP_LOG_ID_ATTRIBUTE: "log_123"},
+    )
+    assert (map_span(named).log_id, map_span(named).completes) == ("log_123", True)
+    from tests.viewerdata import make_log
+
+    pending = make_log("p", _contract.PLACEHOLDER_PATH, placeholder=True)
+    assert view_status(pending) == _contract.PENDING
+
+
+def test_the_viewer_shows_every_prompt_field_and_every_file_kind() -> None:
+    shown = set(_trace_json.SHOWN_AS_LOGGED)
+    assert set(_contract.PROMPT_LOG_FIELDS) <= shown
+    assert _contract.PLACEHOLDER_FIELD in _trace_json.SHOWN_DERIVED
+    script = TRACE_SCRIPT.read_text()
+    for kernel_field in ("model", "provider", "temperature", "max_tokens"):
+        assert f"log.kernel.{kernel_field}" in script

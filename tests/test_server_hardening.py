@@ -23,8 +23,9 @@ from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
 from flowtrace.server._command import run_server
-from flowtrace.server._content_type import OTLP_INGEST_PATHS, JsonContentTypeMiddleware
+from flowtrace.server._content_type import JsonContentTypeMiddleware
 from flowtrace.server._keyless_guard import host_name
+from flowtrace.server._otlp import OTLP_PATHS
 from tests.serverutil import (
     DEFAULT_API_KEY,
     InProcessServer,
@@ -35,6 +36,7 @@ from tests.serverutil import (
 from tests.test_cli import read_viewer_url
 from tests.test_server_process import child_env, serve_command
 
+OTLP_INGEST_PATHS = frozenset(OTLP_PATHS)
 FOREIGN_HOST = "rebound.example"
 FOREIGN_ORIGIN = "http://attacker.example"
 

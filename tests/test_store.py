@@ -381,7 +381,7 @@ def test_a_rule_refusing_after_a_write_aborts_the_whole_batch(
         raise StoreError(409, "late refusal")
 
     store.log(req(path="f", log_id="p"))
-    monkeypatch.setattr(_logs, "_widen", refuse_late)
+    monkeypatch.setattr(_logs, "widen", refuse_late)
     with pytest.raises(RuntimeError, match="refused after writing"):
         store.batch(
             [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flowtrace.models import PromptKernel, PromptLogRequest
 from flowtrace.store import SCHEMA_VERSION, Store, StoreSchemaError, _schema
 from tests.store_helpers import req
 
@@ -20,7 +21,7 @@ def test_fresh_file_gets_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "logs.db"
     with Store(path) as store:
         store.log(req(path="f"))
-    assert _user_version(path) == SCHEMA_VERSION == 2
+    assert _user_version(path) == SCHEMA_VERSION == 3
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -102,16 +103,44 @@ def _plan(path: Path, sql: str) -> str:
         return " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
 
 
-def test_a_version_1_file_gets_the_filter_indexes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _downgrade(path: Path, version: int) -> None:
+    """Make a file written now look as flowtrace with schema `version` wrote it."""
+    with sqlite3.connect(path) as conn:
+        if version < 3:
+            conn.execute("DROP INDEX logs_placeholders")
+            conn.execute("ALTER TABLE logs DROP COLUMN placeholder")
+            conn.execute("ALTER TABLE flows DROP COLUMN kind")
+        if version < 2:
+            for name in (
+                "logs_flow_errors",
+                "logs_errors",
+                "logs_flow_incomplete",
+                "logs_incomplete",
+            ):
+                conn.execute(f"DROP INDEX {name}")
+        conn.execute(f"PRAGMA user_version = {version}")
+
+
+def test_a_version_2_file_gets_file_kinds_and_placeholders(tmp_path: Path) -> None:
     path = tmp_path / "logs.db"
-    with monkeypatch.context() as patched:  # a file as flowtrace with schema 1 wrote it
-        patched.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
-        with Store(path) as store:
-            store.log(req(path="f", log_id="fine", trace_status="complete"))
-            store.log(req(path="f", log_id="failed", error="boom", trace_status="complete"))
-            store.log(req(path="f", log_id="running"))
+    with Store(path) as store:
+        store.log(req(path="f", log_id="old", trace_status="complete"))
+    _downgrade(path, 2)
+    with Store(path) as store:
+        old = store.get_log("old")
+        assert (old.flow.type, old.placeholder) == ("flow", None)
+        created = store.log_file(PromptLogRequest(path="p", prompt=PromptKernel(model="m")))
+        assert store.get_log(created["id"]).flow.type == "prompt"
+    assert _user_version(path) == SCHEMA_VERSION == 3
+
+
+def test_a_version_1_file_gets_the_filter_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "logs.db"
+    with Store(path) as store:
+        store.log(req(path="f", log_id="fine", trace_status="complete"))
+        store.log(req(path="f", log_id="failed", error="boom", trace_status="complete"))
+        store.log(req(path="f", log_id="running"))
+    _downgrade(path, 1)  # a file as flowtrace with schema 1 wrote it
     assert _user_version(path) == 1
     with Store(path) as store:
         flow_id = store.list_flows()[0].id
@@ -120,7 +149,7 @@ def test_a_version_1_file_gets_the_filter_indexes(
         assert [r.id for r in store.list_logs(file_id=flow_id, errors_only=True).records] == [
             "failed"
         ]
-    assert _user_version(path) == SCHEMA_VERSION == 2
+    assert _user_version(path) == SCHEMA_VERSION == 3
     newest = "ORDER BY start_us DESC, seq DESC LIMIT 50"
     assert "logs_flow_errors" in _plan(
         path, f"SELECT * FROM logs WHERE flow_ref = 1 AND has_error = 1 {newest}"

@@ -49,3 +49,36 @@ def test_a_chat_message_output_is_shown_when_there_is_no_output() -> None:
         "log_chat", "agents/support", output_message={"role": "assistant", "content": "hi\nthere"}
     )
     assert "output message: assistant: hi there" in render_trace_tree(log)
+
+
+def test_a_prompt_log_shows_its_llm_call() -> None:
+    call = make_log(
+        "log_llm",
+        "prompts/forecaster",
+        flow={
+            "path": "prompts/forecaster",
+            "id": "pr_1",
+            "name": "forecaster",
+            "type": "prompt",
+            "attributes": {"model": "gpt-4o", "provider": "openai"},
+            "created_at": "2026-01-02T09:00:00Z",
+            "updated_at": "2026-01-02T09:00:00Z",
+        },
+        prompt_tokens=1200,
+        output_tokens=80,
+        prompt_cost=0.003,
+        output_cost=0.0008,
+        finish_reason="tool_calls",
+        output_message={
+            "role": "assistant",
+            "tool_calls": [{"id": "c1", "function": {"name": "get_weather", "arguments": "{}"}}],
+        },
+    )
+    pending = make_log(
+        "never_arrived", "flowtrace/pending", placeholder=True, trace_children=[call]
+    )
+    text = render_trace_tree(pending)
+    assert text.startswith("flowtrace/pending  ? pending")
+    assert "└── prompts/forecaster (prompt)  ✓ complete" in text
+    assert "llm: gpt-4o · openai · 1200 in · 80 out tokens · $0.0038 · finish: tool_calls" in text
+    assert "output message: assistant: → get_weather()" in text

@@ -60,3 +60,47 @@ def test_recorder_facts_are_split_from_user_metadata() -> None:
     assert shown["traceback"] == "Traceback..."
     assert shown["flowtrace"] == {"dropped": 2}
     assert shown["metadata"] == {"k": 1}
+
+
+def _prompt(log_id: str, **fields: object) -> object:
+    flow = {
+        "path": "prompts/p",
+        "id": "pr_p",
+        "name": "p",
+        "type": "prompt",
+        "attributes": {"model": "gpt-4o", "provider": "openai", "attributes": {"x": 1}},
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return make_log(log_id, "prompts/p", flow=flow, **fields)
+
+
+def test_trace_totals_count_prompt_logs_only_and_pending_placeholders() -> None:
+    calls = [
+        _prompt("p1", prompt_tokens=100, output_tokens=10, prompt_cost=0.001, output_cost=0.002),
+        _prompt("p2", prompt_tokens=50, output_tokens=5, cache_read_tokens=20),
+    ]
+    # an agent's own usage is in its metadata, never a token field: nothing to add twice
+    agent = make_log(
+        "agent", "agents/a", metadata={"gen_ai.usage.input_tokens": 150}, trace_children=calls
+    )
+    root = make_log("root", "flowtrace/pending", placeholder=True, trace_children=[agent])
+    view = trace_view(root)
+    assert view["totals"] == {
+        "prompt_tokens": 150,
+        "output_tokens": 15,
+        "cache_read_tokens": 20,
+        "prompt_cost": 0.001,
+        "output_cost": 0.002,
+        "prompt_logs": 2,
+        "pending": 1,
+    }
+    by_id = {log["id"]: log for log in view["logs"]}
+    assert by_id["root"]["status"] == "pending"
+    assert by_id["p1"]["kind"] == "prompt"
+    assert by_id["p1"]["kernel"] == {
+        "model": "gpt-4o",
+        "provider": "openai",
+        "attributes": {"x": 1},
+    }
+    assert by_id["agent"]["kernel"] == {}

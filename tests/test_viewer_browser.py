@@ -24,9 +24,11 @@ from tests.viewerdata import (
     HOSTILE_STDOUT,
     HOSTILE_USER,
     TRACEBACK,
+    LlmSample,
     Sample,
     at,
     populate,
+    populate_llm,
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -181,3 +183,51 @@ def test_running_trace_gains_a_child_while_open(
     expect(page.locator("#details .output")).to_have_text("trip planned")
     tree_row(page, "agent/step").click()
     expect(page.locator("#details .terminal")).to_have_text("step one done\n")
+
+
+@pytest.fixture(scope="module")
+def llm(viewer: tuple[str, Store, Sample]) -> LlmSample:
+    return populate_llm(viewer[1])
+
+
+def test_a_prompt_log_shows_the_llm_call_as_a_chat(
+    page: Page, viewer: tuple[str, Store, Sample], llm: LlmSample
+) -> None:
+    base_url, _, _ = viewer
+    page.goto(f"{base_url}/traces/{llm.root}")
+    expect(page.locator(".tree-row")).to_have_count(3)
+    expect(page.locator("#trace-totals")).to_have_text("· 1200 in · 80 out tokens · $0.0038")
+    expect(tree_row(page, "prompts/forecaster").locator(".kind-prompt")).to_have_text("prompt")
+    tree_row(page, "prompts/forecaster").click()
+    details = page.locator("#details")
+    llm_call = details.locator(".llm-section")
+    expect(llm_call).to_contain_text("gpt-4o")
+    expect(llm_call).to_contain_text("openai")
+    expect(llm_call).to_contain_text("1200 in · 80 out")
+    expect(llm_call).to_contain_text("1000")  # cache read
+    expect(llm_call).to_contain_text("$0.0038")
+    expect(llm_call).to_contain_text("1.20 s")
+    expect(llm_call).to_contain_text("stop")
+    expect(details.locator(".tool-call")).to_have_text('→ get_weather({"city":"Paris"})')
+    expect(details.locator(".role-tool")).to_contain_text("answers tool call call_1")
+    expect(details.locator(".role-tool")).to_contain_text("sunny, 21C")
+    expect(details.locator(".role-assistant").last).to_contain_text("Sunny and 21C in Paris.")
+    tree_row(page, "tools/get_weather").click()
+    expect(details.locator(".kind-tool")).to_have_text("tool")
+    expect(details.locator(".output")).to_have_text("sunny, 21C")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer-llm.png"), full_page=True)
+
+
+def test_a_parent_that_never_arrived_is_marked_pending(
+    page: Page, viewer: tuple[str, Store, Sample], llm: LlmSample
+) -> None:
+    base_url, _, _ = viewer
+    page.goto(f"{base_url}/traces/{llm.pending_child}")
+    expect(page.locator("#trace-status")).to_have_text("pending")
+    expect(page.locator("#trace-totals")).to_have_text("· 1 pending")
+    expect(page.locator(".tree-row .status-pending")).to_have_count(1)
+    tree_row(page, "flowtrace/pending").click()
+    expect(page.locator("#details .pending-note")).to_be_visible()
+    page.goto(f"{base_url}/logs?kind=prompt")
+    expect(page.locator(".log-id")).to_have_text([llm.prompt])

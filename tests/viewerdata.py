@@ -6,8 +6,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowtrace.models import FlowLogRequest, FlowLogResponse, FlowLogUpdateRequest
-from flowtrace.store import Store
+from flowtrace.models import (
+    FlowLogRequest,
+    FlowLogResponse,
+    FlowLogUpdateRequest,
+    PromptLogRequest,
+    ToolLogRequest,
+)
+from flowtrace.store import SpanWrite, Store
+from flowtrace.store._prepare import prepare_log
 
 T0 = datetime(2026, 1, 2, 9, 0, 0, tzinfo=timezone.utc)
 HOSTILE_OUTPUT = '<img src=x onerror="window.__pwned=1">'
@@ -137,3 +144,99 @@ def make_log(log_id: str, path: str, *, seconds: float = 1.0, **fields: Any) -> 
         "trace_status": "complete",
     }
     return FlowLogResponse.model_validate({**record, **fields})
+
+
+@dataclass(frozen=True)
+class LlmSample:
+    root: str
+    prompt: str
+    tool: str
+    pending: str
+    pending_child: str
+
+
+def populate_llm(store: Store) -> LlmSample:
+    """An agent trace with an LLM call (a chat with a tool call and its result, tokens and
+    cost) and a tool call; and a child span whose parent never arrived (a pending root)."""
+    root = _log(
+        store,
+        path="agents/weather",
+        log_id="llm_root",
+        inputs={"question": "Weather in Paris?"},
+        start_time=at(30),
+        trace_status="incomplete",
+    )
+    prompt = store.log_file(
+        PromptLogRequest.model_validate(
+            {
+                "path": "prompts/forecaster",
+                "log_id": "llm_prompt",
+                "trace_parent_id": root,
+                "prompt": {"model": "gpt-4o", "provider": "openai", "temperature": 0.2},
+                "messages": [
+                    {"role": "system", "content": "You forecast weather."},
+                    {"role": "user", "content": "Weather in Paris?"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {
+                                    "name": "get_weather",
+                                    "arguments": '{"city":"Paris"}',
+                                },
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21C"},
+                ],
+                "output_message": {"role": "assistant", "content": "Sunny and 21C in Paris."},
+                "prompt_tokens": 1200,
+                "output_tokens": 80,
+                "cache_read_tokens": 1000,
+                "prompt_cost": 0.003,
+                "output_cost": 0.0008,
+                "finish_reason": "stop",
+                "start_time": at(30.1),
+                "end_time": at(31.3),
+                "provider_latency": 1.2,
+            }
+        )
+    )["id"]
+    tool = store.log_file(
+        ToolLogRequest.model_validate(
+            {
+                "path": "tools/get_weather",
+                "log_id": "llm_tool",
+                "trace_parent_id": root,
+                "tool": {"function": {"name": "get_weather", "parameters": {"type": "object"}}},
+                "inputs": {"city": "Paris"},
+                "output": "sunny, 21C",
+                "start_time": at(31.4),
+                "end_time": at(31.5),
+            }
+        )
+    )["id"]
+    store.update(root, FlowLogUpdateRequest(output="Sunny and 21C.", trace_status="complete"))
+    child = prepare_log(
+        FlowLogRequest(
+            path="jobs/child",
+            log_id="orphan_child",
+            trace_parent_id="never_arrives",
+            start_time=at(40),
+            end_time=at(41),
+            trace_status="complete",
+        ),
+        None,
+        store.now_us(),
+    )
+    (stored,) = store.ingest_spans([SpanWrite(child)])
+    assert stored == "orphan_child"
+    return LlmSample(
+        root=root,
+        prompt=str(prompt),
+        tool=str(tool),
+        pending="never_arrives",
+        pending_child="orphan_child",
+    )

@@ -20,24 +20,41 @@ __all__ = [
     "CHAT_ROLES",
     "COMPLETE",
     "CONTRACT_UPDATE_FIELDS",
+    "COST_FIELDS",
     "DEFAULT_STATUS_FIELD",
     "ENDED_CANCELLED",
     "ENDED_CLOSED_EARLY",
     "ENDED_ERROR",
+    "FLOW",
+    "FLOWTRACE_LOG_ID_ATTRIBUTE",
+    "HUMANLOOP_LOG_ID_ATTRIBUTE",
     "INCOMPLETE",
     "LOG_FIELDS",
+    "LOG_KINDS",
     "PAYLOAD_FIELDS",
+    "PENDING",
+    "PLACEHOLDER_FIELD",
+    "PLACEHOLDER_PATH",
+    "PROMPT",
+    "PROMPT_KERNEL_FIELDS",
+    "PROMPT_LOG_FIELDS",
     "RECORDER_ENDED",
     "RECORDER_FORKED_FROM",
     "RECORDER_METADATA_KEY",
     "RECORDER_TRACEBACK",
+    "SPAN_LOG_ID_PREFIX",
     "STATUS_FIELDS",
+    "TOKEN_FIELDS",
+    "TOOL",
+    "TOOL_KERNEL_FIELDS",
     "TRUNCATED_PREFIX",
     "UPDATE_EXTENSION_FIELDS",
     "ChatRole",
+    "LogKind",
     "StatusField",
     "TraceStatus",
     "ended_interrupted",
+    "span_log_id",
     "truncated_chars",
     "truncated_items",
     "wire_time",
@@ -111,6 +128,78 @@ CONTRACT_UPDATE_FIELDS: Final = ("inputs", "output", "error", "messages", "outpu
 UPDATE_EXTENSION_FIELDS: Final = frozenset(
     {"end_time", "provider_latency", "stdout", "metadata", "provider_request", "provider_response"}
 )
+
+# --- log kinds: the contract's three kinds of file, each with its kind of log ----------------
+
+#: A flow log is a run of code (the recorder's logs); a prompt log is one LLM call; a tool log
+#: one tool call. A file (found by its path) has one kind, and so do its logs.
+LogKind = Literal["flow", "prompt", "tool"]
+FLOW: Final = "flow"
+PROMPT: Final = "prompt"
+TOOL: Final = "tool"
+LOG_KINDS: Final[tuple[LogKind, ...]] = get_args(LogKind)
+
+#: Token counts of a prompt log. `prompt_tokens`, `output_tokens` and `reasoning_tokens` are the
+#: contract's; the cache counts are flowtrace's (part of `prompt_tokens`, as providers count).
+TOKEN_FIELDS: Final = (
+    "prompt_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
+#: Costs of a prompt log, in US dollars.
+COST_FIELDS: Final = ("prompt_cost", "output_cost")
+
+#: What a prompt log records beyond LOG_FIELDS (in its body and in its record).
+PROMPT_LOG_FIELDS: Final = (*TOKEN_FIELDS, *COST_FIELDS, "finish_reason", "tool_choice")
+
+#: A prompt version's kernel: the fields of the `prompt` object of a prompt log request. The
+#: same kernel is the same version (stored as the version's attributes).
+PROMPT_KERNEL_FIELDS: Final = (
+    "model",
+    "endpoint",
+    "template",
+    "template_language",
+    "provider",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "other",
+    "seed",
+    "response_format",
+    "reasoning_effort",
+    "tools",
+    "linked_tools",
+    "attributes",
+)
+#: A tool version's kernel: the `tool` object of a tool log request.
+TOOL_KERNEL_FIELDS: Final = ("function", "source_code", "setup_values", "attributes")
+
+# --- logs made from OpenTelemetry spans ------------------------------------------------------
+
+SPAN_LOG_ID_PREFIX: Final = "span_"
+
+
+def span_log_id(trace_id_hex: str, span_id_hex: str) -> str:
+    """The log a span becomes: deterministic, so a batch sent again replays idempotently."""
+    return f"{SPAN_LOG_ID_PREFIX}{trace_id_hex}_{span_id_hex}"
+
+
+#: A span carrying one of these names the log it completes instead of being a log of its own
+#: (the Humanloop SDK's flow span completes the flow log it created over REST).
+HUMANLOOP_LOG_ID_ATTRIBUTE: Final = "humanloop.log.id"
+FLOWTRACE_LOG_ID_ATTRIBUTE: Final = "flowtrace.log.id"
+
+#: A parent span that has not arrived yet is kept as a placeholder log: a root whose record
+#: says `"placeholder": true`, shown as "pending", in the file at PLACEHOLDER_PATH. The parent's
+#: span fills it in when it arrives; one that never does stays visible as a pending root.
+PLACEHOLDER_FIELD: Final = "placeholder"
+PENDING: Final = "pending"
+PLACEHOLDER_PATH: Final = "flowtrace/pending"
 
 # --- the recorder's own facts, under metadata["flowtrace"] -----------------------------------
 

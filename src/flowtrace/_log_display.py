@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
-from flowtrace._contract import INCOMPLETE, RECORDER_METADATA_KEY, RECORDER_TRACEBACK
+from flowtrace._contract import INCOMPLETE, PENDING, RECORDER_METADATA_KEY, RECORDER_TRACEBACK
 from flowtrace.models import FlowLogResponse
 
 __all__ = [
@@ -19,20 +19,25 @@ __all__ = [
     "duration_seconds",
     "error_excerpt",
     "flowtrace_flags",
+    "format_cost",
     "format_duration",
     "format_time",
+    "llm_summary",
     "traceback_text",
     "view_status",
     "walk",
 ]
 
-#: A log's status as a reader sees it: a failed log shows as an error, whatever its trace status.
-ViewStatus = Literal["complete", "incomplete", "error"]
+#: A log's status as a reader sees it: a failed log shows as an error, whatever its trace status;
+#: a placeholder (a parent span not received) as pending.
+ViewStatus = Literal["complete", "incomplete", "error", "pending"]
 VIEW_ERROR: Final = "error"
 
 
 def view_status(log: FlowLogResponse) -> ViewStatus:
     """ "error" wins over the trace status: a failed call is what a reader looks for first."""
+    if log.placeholder:
+        return PENDING
     if log.error:
         return VIEW_ERROR
     return log.trace_status or log.log_status or INCOMPLETE
@@ -99,3 +104,26 @@ def walk(log: FlowLogResponse, depth: int = 0) -> Iterator[tuple[FlowLogResponse
         current, level = stack.pop()
         yield current, level
         stack.extend((child, level + 1) for child in reversed(current.trace_children))
+
+
+def format_cost(dollars: float) -> str:
+    """Cents and up to the tenth of a cent; below, two significant digits ($0.0038)."""
+    if dollars == 0:
+        return "$0"
+    return f"${dollars:.3f}" if dollars >= 0.01 else f"${dollars:.2g}"
+
+
+def llm_summary(log: FlowLogResponse) -> str | None:
+    """One line on an LLM call: model, provider, tokens in and out, cost, finish reason; None
+    for a log that is not a prompt log."""
+    if log.flow.type != "prompt":
+        return None
+    kernel = log.flow.attributes
+    parts = [str(kernel[name]) for name in ("model", "provider") if kernel.get(name)]
+    if log.prompt_tokens is not None or log.output_tokens is not None:
+        parts.append(f"{log.prompt_tokens or 0} in · {log.output_tokens or 0} out tokens")
+    if log.prompt_cost is not None or log.output_cost is not None:
+        parts.append(format_cost((log.prompt_cost or 0.0) + (log.output_cost or 0.0)))
+    if log.finish_reason:
+        parts.append(f"finish: {log.finish_reason}")
+    return " · ".join(parts) if parts else "LLM call"

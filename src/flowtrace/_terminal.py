@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from flowtrace._contract import COMPLETE, INCOMPLETE
+from flowtrace._contract import COMPLETE, INCOMPLETE, PENDING
 from flowtrace._log_display import (
     VIEW_ERROR,
     ViewStatus,
@@ -18,6 +18,7 @@ from flowtrace._log_display import (
     error_excerpt,
     format_duration,
     format_time,
+    llm_summary,
     traceback_text,
     view_status,
 )
@@ -27,7 +28,12 @@ __all__ = ["render_logs_table", "render_trace_tree", "sanitize"]
 
 # C0 controls except tab and newline, DEL, and C1 controls (which include the 8-bit CSI).
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_STATUS_MARKS: dict[ViewStatus, str] = {COMPLETE: "✓", INCOMPLETE: "…", VIEW_ERROR: "✗"}
+_STATUS_MARKS: dict[ViewStatus, str] = {
+    COMPLETE: "✓",
+    INCOMPLETE: "…",
+    VIEW_ERROR: "✗",
+    PENDING: "?",
+}
 _OUTPUT_EXCERPT_WIDTH = 80
 
 
@@ -73,8 +79,9 @@ def render_logs_table(logs: Sequence[FlowLogResponse]) -> str:
 
 def _head_line(log: FlowLogResponse, marked: bool) -> str:
     status = view_status(log)
+    kind = f" ({log.flow.type})" if log.flow.type != "flow" else ""
     parts = [
-        sanitize(log.flow.path),
+        sanitize(log.flow.path) + kind,
         f"{_STATUS_MARKS[status]} {status}",
         format_duration(duration_seconds(log)),
         format_time(log.start_time),
@@ -89,6 +96,9 @@ def _detail_lines(log: FlowLogResponse) -> list[str]:
     """What a reader of a trace looks for under each log: the error, its traceback, stdout,
     and a one-line taste of the output."""
     lines: list[str] = []
+    summary = llm_summary(log)
+    if summary is not None:
+        lines.append(f"llm: {sanitize(summary)}")
     if log.error:
         error_lines = sanitize(log.error).splitlines() or [""]
         lines.append(f"error: {error_lines[0]}")
@@ -103,8 +113,11 @@ def _detail_lines(log: FlowLogResponse) -> list[str]:
         lines.append(f"output: {_one_line(log.output, _OUTPUT_EXCERPT_WIDTH)}")
     elif log.output_message is not None:
         message = log.output_message
-        content = message.content if isinstance(message.content, str) else "[content parts]"
-        text = f"{message.role}: {content or ''}"
+        content = message.content
+        if content is not None and not isinstance(content, str):
+            content = "[content parts]"
+        calls = ", ".join(f"{call.function.name}()" for call in message.tool_calls or ())
+        text = f"{message.role}: {content or ''}" + (f" → {calls}" if calls else "")
         lines.append(f"output message: {_one_line(text, _OUTPUT_EXCERPT_WIDTH)}")
     return lines
 

@@ -23,8 +23,10 @@ from pydantic import (
 
 from flowtrace._contract import (
     DEFAULT_STATUS_FIELD,
+    FLOW,
     STATUS_FIELDS,
     ChatRole,
+    LogKind,
     StatusField,
     TraceStatus,
     wire_time,
@@ -37,6 +39,8 @@ __all__ = [
     "ChatMessage",
     "ChatRole",
     "CreateFlowLogResponse",
+    "CreatePromptLogResponse",
+    "CreateToolLogResponse",
     "DeployRequest",
     "FlowKernel",
     "FlowLogRequest",
@@ -47,12 +51,20 @@ __all__ = [
     "FunctionCall",
     "ImageUrl",
     "ImageUrlContent",
+    "LogKind",
     "LogOperation",
     "LogQuery",
     "PaginatedLogs",
+    "PromptKernel",
+    "PromptLogRequest",
+    "PromptLogUpdateRequest",
     "StatusField",
     "TextContent",
     "ToolCall",
+    "ToolFunction",
+    "ToolKernel",
+    "ToolLogRequest",
+    "ToolLogUpdateRequest",
     "TraceStatus",
     "UpdateOperation",
     "VersionResponse",
@@ -236,6 +248,107 @@ class FlowLogUpdateRequest(_StatusMixin, _Request):
     provider_response: dict[str, Any] | None = None
 
 
+class _PromptFields(BaseModel):
+    """What a prompt log records beyond a flow log's fields (`_contract.PROMPT_LOG_FIELDS`)."""
+
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cache_read_tokens: int | None = None  # flowtrace: part of prompt_tokens
+    cache_write_tokens: int | None = None  # flowtrace: part of prompt_tokens
+    prompt_cost: float | None = None
+    output_cost: float | None = None
+    finish_reason: str | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class PromptKernel(_Request):
+    """A prompt version (`_contract.PROMPT_KERNEL_FIELDS`): the same kernel, the same version.
+    `model` is required by the original API; flowtrace also takes a log whose model is unknown."""
+
+    model: str | None = None
+    endpoint: str | None = None
+    template: str | list[dict[str, Any]] | None = None
+    template_language: str | None = None
+    provider: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    other: dict[str, Any] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | int | None = None
+    tools: list[dict[str, Any]] | None = None
+    linked_tools: list[str] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class ToolFunction(_Request):
+    """A tool's function schema, as an LLM API takes it."""
+
+    name: str
+    description: str | None = None
+    strict: bool | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolKernel(_Request):
+    """A tool version (`_contract.TOOL_KERNEL_FIELDS`)."""
+
+    function: ToolFunction | None = None
+    source_code: str | None = None
+    setup_values: dict[str, Any] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class PromptLogRequest(_StatusMixin, _PromptFields, _LogFields, _Request):
+    """Body of `POST /prompts/log`: one LLM call. `prompt` is the version's kernel (or the
+    text of a serialized prompt file, kept as it came)."""
+
+    path: str | None = None
+    id: str | None = None
+    log_id: str | None = Field(default=None, min_length=1)
+    prompt: PromptKernel | str | None = None
+
+
+class ToolLogRequest(_StatusMixin, _LogFields, _Request):
+    """Body of `POST /tools/log`: one tool call; `tool` is the version's kernel."""
+
+    path: str | None = None
+    id: str | None = None
+    log_id: str | None = Field(default=None, min_length=1)
+    tool: ToolKernel | None = None
+
+
+class _LogUpdateFields(BaseModel):
+    """What `PATCH /prompts/{id}/log/{log_id}` and `PATCH /tools/{id}/log/{log_id}` may set."""
+
+    output: str | None = None
+    created_at: WireDatetime | None = None
+    error: str | None = None
+    provider_latency: float | None = None
+    stdout: str | None = None
+    provider_request: dict[str, Any] | None = None
+    provider_response: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    source: str | None = None
+    metadata: dict[str, Any] | None = None
+    start_time: WireDatetime | None = None
+    end_time: WireDatetime | None = None
+
+
+class PromptLogUpdateRequest(_StatusMixin, _PromptFields, _LogUpdateFields, _Request):
+    output_message: ChatMessage | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class ToolLogUpdateRequest(_StatusMixin, _LogUpdateFields, _Request):
+    pass
+
+
 class FlowUpsertRequest(_Request):
     """Body of `POST /flows`: upsert a Flow by path (or id) and its version by attributes."""
 
@@ -289,18 +402,37 @@ class CreateFlowLogResponse(_Response):
     log_status: TraceStatus | None = None
 
 
+class _CreatedFileLog(_Response):
+    id: str
+    version_id: str
+    trace_status: TraceStatus | None = None
+    log_status: TraceStatus | None = None
+
+
+class CreatePromptLogResponse(_CreatedFileLog):
+    prompt_id: str
+
+
+class CreateToolLogResponse(_CreatedFileLog):
+    tool_id: str
+
+
 class FlowResponse(_Response):
+    """A file record: a flow, or (`type`) a prompt or a tool, whose `attributes` are then its
+    version's kernel."""
+
     path: str
     id: str
     name: str
     version_id: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
-    type: Literal["flow"] = "flow"
+    type: LogKind = FLOW
     status: str = "committed"
     created_at: WireDatetime
     updated_at: WireDatetime
     last_used_at: WireDatetime | None = None
     version_logs_count: int = 0
+    total_logs_count: int | None = None  # the file's logs, all versions
     version_name: str | None = None
     version_description: str | None = None
 
@@ -317,8 +449,10 @@ class VersionResponse(_Response):
     version_logs_count: int = 0
 
 
-class FlowLogResponse(_LogFields, _Response):
-    """One stored log as `GET /logs/{id}` returns it."""
+class FlowLogResponse(_PromptFields, _LogFields, _Response):
+    """One stored log as `GET /logs/{id}` returns it, of any kind: `flow.type` says which (the
+    wire names the file `prompt` or `tool` for those kinds, see server/_responses.py). The
+    prompt fields are set on prompt logs only; `placeholder` on a parent not yet received."""
 
     id: str
     trace_id: str
@@ -328,6 +462,7 @@ class FlowLogResponse(_LogFields, _Response):
     trace_status: TraceStatus | None = None
     log_status: TraceStatus | None = None
     flow: FlowResponse
+    placeholder: bool | None = None
 
 
 class PaginatedLogs(_Response):

@@ -12,13 +12,15 @@ from flowtrace.store import Store
 
 from ._auth import ApiKeyMiddleware
 from ._body_limit import BodyLimitMiddleware
-from ._content_type import OTLP_INGEST_PATHS, JsonContentTypeMiddleware
+from ._content_type import JsonContentTypeMiddleware
 from ._errors import install_error_handlers
 from ._fast_log import FastLogMiddleware
+from ._file_log_routes import file_log_router
 from ._flow_routes import flow_router
 from ._health import HEALTH_PATHS, health_router
 from ._keyless_guard import KeylessGuardMiddleware
 from ._log_routes import log_router
+from ._otlp import MAX_OTLP_BYTES, OTLP_PATHS, otlp_router
 from .viewer import mount_viewer
 
 __all__ = ["API_PREFIX", "DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -59,7 +61,9 @@ def create_app(
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(_api_key_header)])
     api.include_router(log_router(store, status_field_default=status_field_default, batch=batch))
     api.include_router(flow_router(store))
+    api.include_router(file_log_router(store, status_field_default=status_field_default))
     app.include_router(api)
+    app.include_router(otlp_router(store))
     app.include_router(health_router(batch=batch))
     if fast_log:
         app.add_middleware(
@@ -73,13 +77,20 @@ def create_app(
     # Last added runs first: without keys the Host and Origin checks, authentication, the
     # JSON Content-Type of writes, the body limit, then (added by install_error_handlers) the
     # catch-all for unexpected errors, then POST /flows/log's fast path, then the app.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
-    app.add_middleware(JsonContentTypeMiddleware, prefix=API_PREFIX, exempt_paths=OTLP_INGEST_PATHS)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=max_body_bytes,
+        path_limits=dict.fromkeys(OTLP_PATHS, max(MAX_OTLP_BYTES, max_body_bytes)),
+    )
+    app.add_middleware(
+        JsonContentTypeMiddleware, prefix=API_PREFIX, exempt_paths=frozenset(OTLP_PATHS)
+    )
     app.add_middleware(
         ApiKeyMiddleware,
         api_keys=tuple(api_keys),
         protected_prefix=API_PREFIX,
         public_paths=frozenset(HEALTH_PATHS),
+        protected_paths=frozenset(OTLP_PATHS),
     )
     if not api_keys:
         app.add_middleware(KeylessGuardMiddleware, listen_hosts=listen_hosts)

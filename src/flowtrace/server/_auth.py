@@ -1,7 +1,9 @@
-"""API-key authentication: the contract's `X-API-KEY` header, checked before anything else.
+"""API-key authentication: the contract's `X-API-KEY` header (or `Authorization: Bearer <key>`,
+as OTLP exporters are often configured), checked before anything else.
 
 Pure ASGI so a refused request costs no body read, no routing and no validation. Only the
-contract's routes are protected; the health endpoint stays public for probes.
+contract's routes (and the OTLP paths outside `/v5`) are protected; the health endpoint stays
+public for probes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 __all__ = ["ApiKeyMiddleware"]
 
 API_KEY_HEADER = b"x-api-key"
+AUTHORIZATION_HEADER = b"authorization"
+_BEARER = b"bearer "
 
 
 class ApiKeyMiddleware:
@@ -25,6 +29,7 @@ class ApiKeyMiddleware:
         api_keys: Sequence[str],
         protected_prefix: str,
         public_paths: frozenset[str],
+        protected_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         # Bytes: hmac.compare_digest refuses str with non-ASCII characters, which a client
@@ -32,12 +37,17 @@ class ApiKeyMiddleware:
         self._keys = tuple(key.encode("utf-8") for key in api_keys)
         self._prefix = protected_prefix
         self._public = public_paths
+        self._protected_paths = protected_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._is_protected(scope["path"]):
             await self.app(scope, receive, send)
             return
         presented = _header(scope, API_KEY_HEADER)
+        if presented is None:
+            authorization = _header(scope, AUTHORIZATION_HEADER)
+            if authorization is not None and authorization[:7].lower() == _BEARER:
+                presented = authorization[7:].strip()
         if presented is not None and self._is_valid(presented):
             await self.app(scope, receive, send)
             return
@@ -48,6 +58,8 @@ class ApiKeyMiddleware:
     def _is_protected(self, path: str) -> bool:
         if not self._keys or path in self._public:
             return False
+        if path in self._protected_paths:
+            return True
         return path == self._prefix or path.startswith(self._prefix + "/")
 
     def _is_valid(self, presented: bytes) -> bool:

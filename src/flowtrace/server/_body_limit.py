@@ -8,6 +8,8 @@ cut off mid-upload and always gets to read the answer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,29 +20,35 @@ _DISCONNECTED = object()
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    """`path_limits`: paths with a limit of their own (OTLP's is larger than the API's)."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._path_limits.get(scope["path"], self.max_body_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
+        if declared is not None and declared > limit:
             if not await _drain(receive):
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, limit)
             return
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, limit)
         if body is _DISCONNECTED:  # the client went away mid-body: nobody to answer
             return
         if body is _TOO_LARGE:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
             return
         assert isinstance(body, bytes)
         await self.app(scope, _replaying(body, receive), send)
 
-    async def _read_body(self, receive: Receive) -> bytes | object:
+    async def _read_body(self, receive: Receive, limit: int) -> bytes | object:
         """The whole body; `_TOO_LARGE` (the rest drained) past the limit; or `_DISCONNECTED`."""
         chunks: list[bytes] = []
         size = 0
@@ -51,7 +59,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             more = message.get("more_body", False)
-            if size > self.max_body_bytes:
+            if size > limit:
                 if more and await _drain(receive):
                     return _DISCONNECTED
                 return _TOO_LARGE
@@ -59,8 +67,8 @@ class BodyLimitMiddleware:
             if not more:
                 return b"".join(chunks)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"request body larger than {self.max_body_bytes} bytes"
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        detail = f"request body larger than {limit} bytes"
         response = JSONResponse({"detail": detail}, status_code=413)
         await response(scope, receive, send)
 

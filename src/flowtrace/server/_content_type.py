@@ -13,7 +13,7 @@ DELETE `/logs?id=...` and its deploy (`?version_id=`) without a body or a Conten
 `_keyless_guard` turns foreign origins away as well; this rule holds with keys too.
 
 The OTLP ingest routes own their content types (protobuf or JSON, and the Humanloop SDK's
-OTLP export sends none at all), so they are exempt by path: `OTLP_INGEST_PATHS`.
+OTLP export sends none at all), so they are exempt by path (`_otlp.OTLP_PATHS`, passed in).
 """
 
 from __future__ import annotations
@@ -24,14 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._headers import first_header
 from ._json import is_json_media_type
 
-__all__ = ["OTLP_INGEST_PATHS", "JsonContentTypeMiddleware"]
+__all__ = ["JsonContentTypeMiddleware"]
 
-# The OTLP ingest routes: they read protobuf or JSON themselves, by their own rules. (The
-# /v1 paths are outside /v5, where this rule applies anyway; they are named so that this set
-# is the one list of OTLP routes the rule must leave alone.)
-OTLP_INGEST_PATHS = frozenset(
-    {"/v1/traces", "/v1/metrics", "/v1/logs", "/v5/import/otel/v1/traces"}
-)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

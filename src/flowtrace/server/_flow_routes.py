@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
+from flowtrace._contract import FLOW
 from flowtrace.models import DeployRequest, FlowResponse, FlowUpsertRequest, VersionResponse
 from flowtrace.store import FlowStats, Store
 
@@ -60,7 +61,7 @@ def flow_router(store: Store) -> APIRouter:
         size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
         name: Annotated[str | None, Query(description="Text in the Flow's path")] = None,
     ) -> JSONResponse:
-        flows = store.list_flows()
+        flows = [flow for flow in store.list_flows() if flow.type == FLOW]  # not prompts, tools
         if name:
             flows = [flow for flow in flows if name.lower() in flow.path.lower()]
         start = (page - 1) * size

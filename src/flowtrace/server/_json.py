@@ -20,11 +20,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi.routing import APIRoute
-from pydantic_core import from_json
+from pydantic_core import PydanticSerializationError, from_json, to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["StrictJsonRoute", "is_json_media_type", "parse_json"]
+__all__ = ["StrictJsonRoute", "dump_json", "is_json_media_type", "parse_json"]
 
 # A JSON number can only overflow a float (to inf) with an exponent of 100 or more, or with a
 # long run of digits. Bodies without either (almost all) skip the walk over the parsed value;
@@ -87,3 +87,47 @@ class StrictJsonRoute(APIRoute):
             return await handler(_StrictJsonRequest(request.scope, request.receive))
 
         return strict_handler
+
+
+def dump_json(value: Any) -> bytes:
+    """JSON for an answer, at any depth: pydantic-core's fast encoder, or where a value is
+    nested deeper than it goes (a deep trace's records), an encoder without recursion."""
+    try:
+        return to_json(value)
+    except PydanticSerializationError:
+        return _dump_iteratively(value).encode("utf-8")
+
+
+class _Text(str):
+    """JSON text already written (punctuation), as opposed to a string value to encode."""
+
+
+def _dump_iteratively(value: Any) -> str:
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            out.append(item)
+        elif isinstance(item, dict):
+            if not item:
+                out.append("{}")
+                continue
+            stack.append(_Text("}"))
+            entries = list(item.items())
+            for index in range(len(entries) - 1, -1, -1):
+                key, child = entries[index]
+                stack.append(child)
+                separator = "," if index else "{"
+                stack.append(_Text(separator + to_json(str(key)).decode("utf-8") + ":"))
+        elif isinstance(item, (list, tuple)):
+            if not item:
+                out.append("[]")
+                continue
+            stack.append(_Text("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                stack.append(_Text("," if index else "["))
+        else:
+            out.append(to_json(item).decode("utf-8"))
+    return "".join(out)

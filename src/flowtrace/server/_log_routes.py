@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from starlette.responses import JSONResponse, Response
 
-from flowtrace._contract import TraceStatus
+from flowtrace._contract import LogKind, TraceStatus
 from flowtrace.models import (
     BatchRequest,
     BatchResponse,
@@ -28,7 +28,7 @@ from flowtrace.store import Store
 
 from ._errors import error_responses
 from ._json import StrictJsonRoute
-from ._responses import render_created, render_log, render_page, status_field_of
+from ._responses import json_response, render_created, render_log, render_page, status_field_of
 
 __all__ = ["log_router"]
 
@@ -68,9 +68,9 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         responses=error_responses(400, 401, 404, 409, 413),
         summary="Update a Flow log",
     )
-    def update_log(log_id: LogId, body: FlowLogUpdateRequest) -> JSONResponse:
+    def update_log(log_id: LogId, body: FlowLogUpdateRequest) -> Response:
         updated = store.update(log_id, body)
-        return JSONResponse(render_log(updated, status_field_of(body, default)))
+        return json_response(render_log(updated, status_field_of(body, default)))
 
     if batch:
 
@@ -80,9 +80,12 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
             responses=error_responses(400, 401, 413),
             summary="Apply many log and update operations (flowtrace extension)",
         )
-        def apply_batch(body: BatchRequest) -> JSONResponse:
+        def apply_batch(body: BatchRequest) -> Response:
             results = store.batch(body.operations)
-            return JSONResponse({"results": [r.model_dump(mode="json") for r in results]})
+            # bodies are plain JSON values; an update's record may be nested deep
+            return json_response(
+                {"results": [{"status": r.status, "body": r.body} for r in results]}
+            )
 
     else:
 
@@ -98,8 +101,8 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         responses=error_responses(401, 404),
         summary="Get a log with its trace children",
     )
-    def get_log(log_id: LogId) -> JSONResponse:
-        return JSONResponse(render_log(store.get_log(log_id), default))
+    def get_log(log_id: LogId) -> Response:
+        return json_response(render_log(store.get_log(log_id), default))
 
     @router.get(
         "/logs",
@@ -119,7 +122,8 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         errors_only: Annotated[bool, Query(description="Only logs with an error")] = False,
         status: Annotated[TraceStatus | None, Query()] = None,
         roots_only: Annotated[bool, Query(description="Only trace roots")] = False,
-    ) -> JSONResponse:
+        kind: Annotated[LogKind | None, Query(description="Only logs of this kind")] = None,
+    ) -> Response:
         found = store.list_logs(
             file_id=file_id,
             page=page,
@@ -132,8 +136,9 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
             errors_only=errors_only,
             status=status,
             roots_only=roots_only,
+            kind=kind,
         )
-        return JSONResponse(render_page(found, default))
+        return json_response(render_page(found, default))
 
     @router.delete(
         "/logs",

@@ -6,21 +6,33 @@ or the server's default name where the request named neither (reads, for instanc
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flowtrace._contract import INCOMPLETE, STATUS_FIELDS
+from starlette.responses import Response
+
+from flowtrace._contract import (
+    FLOW,
+    INCOMPLETE,
+    PROMPT,
+    PROMPT_KERNEL_FIELDS,
+    STATUS_FIELDS,
+    TOOL_KERNEL_FIELDS,
+)
 from flowtrace.models import (
     CreateFlowLogResponse,
-    FlowLogRequest,
     FlowLogResponse,
-    FlowLogUpdateRequest,
     FlowResponse,
     PaginatedLogs,
     StatusField,
     VersionResponse,
 )
+from flowtrace.store._records import record_json
+
+from ._json import dump_json
 
 __all__ = [
+    "json_response",
     "render_created",
     "render_flow",
     "render_log",
@@ -33,9 +45,12 @@ __all__ = [
 DEFAULT_STATUS = INCOMPLETE
 
 
-def status_field_of(
-    request: FlowLogRequest | FlowLogUpdateRequest, default: StatusField
-) -> StatusField:
+def json_response(data: Any, status_code: int = 200) -> Response:
+    """A JSON answer encoded at any depth (see `dump_json`)."""
+    return Response(dump_json(data), status_code=status_code, media_type="application/json")
+
+
+def status_field_of(request: Any, default: StatusField) -> StatusField:
     """The status name the request used; `default` when it sent neither."""
     sent = request.model_fields_set
     return next((name for name in STATUS_FIELDS if name in sent), default)
@@ -50,18 +65,59 @@ def render_created(created: CreateFlowLogResponse, field: StatusField) -> dict[s
     }
 
 
+def render_created_file_log(body: dict[str, Any], field: StatusField) -> dict[str, Any]:
+    """The answer to `POST /prompts/log` or `/tools/log`: the store's body, status named."""
+    statuses = [body.pop(name, None) for name in STATUS_FIELDS]
+    body[field] = next((status for status in statuses if status), DEFAULT_STATUS)
+    return body
+
+
 def render_log(log: FlowLogResponse, field: StatusField) -> dict[str, Any]:
-    data = log.model_dump(mode="json", exclude_none=True)
-    _shape_log(data, field)
+    """The record and its subtree as the contract's JSON; shaped without recursion, so a
+    trace of any depth is answered (encode it with `json_response`)."""
+    data = record_json(log, exclude_none=True)
+    stack = [data]
+    while stack:
+        record = stack.pop()
+        _shape_log(record, field)
+        stack.extend(record.get("trace_children", ()))
     return data
+
+
+_KERNELS = {PROMPT: PROMPT_KERNEL_FIELDS}
 
 
 def _shape_log(data: dict[str, Any], field: StatusField) -> None:
     statuses = [data.pop(name, None) for name in STATUS_FIELDS]
     data[field] = next((status for status in statuses if status), DEFAULT_STATUS)
     _keep_required_flow_fields(data["flow"])
-    for child in data.get("trace_children", ()):
-        _shape_log(child, field)
+    kind = data["flow"].get("type", FLOW)
+    if kind != FLOW:
+        # The original API names a log's file by its kind (`prompt`, `tool`), with the
+        # version's kernel spread in it and the kernel's own `attributes` as its attributes.
+        file = data.pop("flow")
+        kernel = file.get("attributes") or {}
+        kernel_fields = _KERNELS.get(kind, TOOL_KERNEL_FIELDS)
+        file.update({key: kernel[key] for key in kernel_fields if key in kernel})
+        file["attributes"] = kernel.get("attributes") or {}
+        # what clients of the original API parse as required for these kinds
+        file.setdefault("total_logs_count", file.get("version_logs_count", 0))
+        file["inputs"] = [{"name": name} for name in _template_inputs(kernel.get("template"))]
+        data[kind] = file
+
+
+_TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _template_inputs(template: Any) -> list[str]:
+    """The `{{name}}` variables of a prompt's template (text, or chat messages), in order."""
+    texts: list[str] = []
+    if isinstance(template, str):
+        texts.append(template)
+    elif isinstance(template, list):
+        texts.extend(str(m.get("content", "")) for m in template if isinstance(m, dict))
+    found = [match.group(1) for text in texts for match in _TEMPLATE_VARIABLE.finditer(text)]
+    return list(dict.fromkeys(found))
 
 
 def render_flow(flow: FlowResponse) -> dict[str, Any]:

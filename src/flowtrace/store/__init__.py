@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from flowtrace._contract import DEFAULT_STATUS_FIELD, StatusField, wire_time_us
+from flowtrace._contract import DEFAULT_STATUS_FIELD, FLOW, LogKind, StatusField, wire_time_us
 from flowtrace.models import (
     BatchResult,
     CreateFlowLogResponse,
@@ -48,6 +48,8 @@ from flowtrace.models import (
     FlowUpsertRequest,
     LogOperation,
     LogQuery,
+    PromptLogRequest,
+    ToolLogRequest,
     VersionResponse,
 )
 from flowtrace.store._batch import parse_operation
@@ -55,18 +57,26 @@ from flowtrace.store._codec import to_us
 from flowtrace.store._errors import StoreError, StoreSchemaError
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
-from flowtrace.store._logs import create_log, delete_logs, update_log
+from flowtrace.store._logs import LogUpdate, create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
 from flowtrace.store._reads import LogFilter, LogPage, get_log, get_log_by_seq, list_logs
-from flowtrace.store._records import FlowStats, flow_records, flow_stats, version_records
+from flowtrace.store._records import (
+    FlowStats,
+    flow_records,
+    flow_stats,
+    record_json,
+    version_records,
+)
 from flowtrace.store._schema import MIGRATIONS
 from flowtrace.store._session import Session
+from flowtrace.store._spans import SpanWrite, ingest_span
 from flowtrace.store._sqlite import Database
 
 __all__ = [
     "SCHEMA_VERSION",
     "FlowStats",
     "LogPage",
+    "SpanWrite",
     "Store",
     "StoreError",
     "StoreSchemaError",
@@ -124,6 +134,11 @@ class Store:
     def _now_us(self) -> int:
         return to_us(self._clock())
 
+    def now_us(self) -> int:
+        """The store's clock (microseconds since the epoch): what a write prepared outside
+        the store (`prepare_log`) takes as "now"."""
+        return self._now_us()
+
     def _write(self, work: Callable[[Session], _T]) -> _T:
         """Run `work` in one write transaction: all of it is committed, or none of it."""
         session: Session | None = None
@@ -168,18 +183,41 @@ class Store:
 
         return self._write(work)
 
+    def log_file(
+        self, request: PromptLogRequest | ToolLogRequest, query: LogQuery | None = None
+    ) -> dict[str, Any]:
+        """`POST /prompts/log` or `POST /tools/log`: the answer's body (`id`, `prompt_id` or
+        `tool_id`, `version_id`, the status). The kernel sent (`prompt` or `tool`) is the
+        version; without a status the log is complete (one call, logged once done)."""
+        prepared = prepare_log(request, query, self._now_us())
+        return self._write(lambda session: create_log(self._flow_cache, session, prepared))
+
     def _update(
-        self, session: Session, log_id: str, request: FlowLogUpdateRequest
+        self,
+        session: Session,
+        log_id: str,
+        request: LogUpdate,
+        file_id: str | None = None,
+        kind: LogKind = FLOW,
     ) -> FlowLogResponse:
         with session.operation():
-            seq, trace_seq = update_log(session, log_id, request)
+            seq, trace_seq = update_log(session, log_id, request, file_id, kind)
         session.flush()  # the record shows up-to-date counters
         return get_log_by_seq(session.conn, seq, trace_seq, request.status_field)
 
-    def update(self, log_id: str, request: FlowLogUpdateRequest) -> FlowLogResponse:
-        """`PATCH /flows/logs/{log_id}`: the full record after the update, with its status
-        under the name the request used. 404 unknown log, 409 reopening a complete log."""
-        return self._write(lambda session: self._update(session, log_id, request))
+    def update(
+        self,
+        log_id: str,
+        request: LogUpdate,
+        *,
+        file_id: str | None = None,
+        kind: LogKind = FLOW,
+    ) -> FlowLogResponse:
+        """`PATCH /flows/logs/{log_id}` (and, with the prompt's or tool's `file_id` and
+        `kind`, `PATCH /prompts/{id}/log/{log_id}`, `/tools/{id}/log/{log_id}`): the full
+        record after the update, with its status under the name the request used. 404
+        unknown log (or not of that file), 409 reopening a complete log."""
+        return self._write(lambda session: self._update(session, log_id, request, file_id, kind))
 
     def batch(self, operations: Sequence[dict[str, Any]]) -> list[BatchResult]:
         """The batch extension: operations apply in order, each on its own (a failing one is
@@ -206,9 +244,25 @@ class Store:
             if isinstance(item, PreparedLog):
                 return _result(200, create_log(self._flow_cache, session, item))
             record = self._update(session, *item)
-            return _result(200, record.model_dump(mode="json", exclude_unset=True))
+            return _result(200, record_json(record, exclude_unset=True))
         except StoreError as error:
             return _result(error.status_code, {"detail": error.detail})
+
+    def ingest_spans(self, writes: Sequence[SpanWrite]) -> list[str | StoreError]:
+        """Logs made from OpenTelemetry spans (see `_spans` for their rules: placeholders for
+        parents not seen yet, filled when they arrive), in one transaction: each span is
+        stored or refused on its own, its log id or its refusal returned in its place."""
+
+        def work(session: Session) -> list[str | StoreError]:
+            results: list[str | StoreError] = []
+            for write in writes:
+                try:
+                    results.append(ingest_span(self._flow_cache, session, write))
+                except StoreError as refusal:
+                    results.append(refusal)
+            return results
+
+        return self._write(work)
 
     def delete_logs(self, ids: Sequence[str]) -> None:
         """`DELETE /logs?id=...`: the logs and every log under them. Unknown ids are ignored."""
@@ -268,6 +322,7 @@ class Store:
         errors_only: bool = False,
         status: str | None = None,
         roots_only: bool = False,
+        kind: str | None = None,
         status_field: StatusField = DEFAULT_STATUS_FIELD,
         count_total: bool = True,
         before: str | None = None,
@@ -275,7 +330,7 @@ class Store:
         search_window: int | None = None,
     ) -> LogPage:
         """`GET /logs`: newest first by start_time. 404 unknown file_id/version_id, 422 a bad
-        page, size or status.
+        page, size, status or kind (`kind`: only logs of that kind: flow, prompt, tool).
 
         For a browser (the viewer), cheap at any depth and size:
         - `count_total=False`: no COUNT; `total` is then a lower bound (the logs up to this
@@ -296,6 +351,7 @@ class Store:
             errors_only=errors_only,
             status=status,
             roots_only=roots_only,
+            kind=kind,
         )
         with self._db.reading() as conn:
             return list_logs(

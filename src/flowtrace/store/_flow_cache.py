@@ -13,11 +13,15 @@ from typing import Any, TypeVar
 
 from pydantic_core import to_json
 
+from flowtrace._contract import FLOW, LogKind
 from flowtrace.store._codec import canonical_json, digest, new_id
-from flowtrace.store._errors import invalid, not_found
+from flowtrace.store._errors import conflict, invalid, not_found
 from flowtrace.store._session import Session
 
 __all__ = ["FlowCache", "FlowKey", "VersionKey", "attributes_digest", "normalize_path"]
+
+# Server-side file ids, as the original API spelled them per kind of file.
+_ID_PREFIXES: dict[str, str] = {"flow": "fl", "prompt": "pr", "tool": "tl"}
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -25,9 +29,17 @@ _V = TypeVar("_V")
 
 @dataclass(frozen=True, slots=True)
 class FlowKey:
+    """A file: a flow, a prompt or a tool (`kind`)."""
+
     ref: int
     id: str
     path: str
+    kind: str = FLOW
+
+    def require_kind(self, kind: LogKind) -> None:
+        """A path names one file of one kind: a prompt log to a flow's path is a 409."""
+        if self.kind != kind:
+            raise conflict(f"{self.path!r} is a {self.kind}, not a {kind}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +95,22 @@ class FlowCache:
     def _flow_from_row(self, row: Any, session: Session | None = None) -> FlowKey | None:
         if row is None:
             return None
-        return self._remember_flow(FlowKey(row[0], row[1], row[2]), session)
+        return self._remember_flow(FlowKey(row[0], row[1], row[2], row[3]), session)
 
     def flow_by_id(self, conn: sqlite3.Connection, flow_id: str) -> FlowKey | None:
         cached = self._flows_by_id.get(flow_id)
         if cached is not None:
             return cached
-        row = conn.execute("SELECT seq, id, path FROM flows WHERE id = ?", (flow_id,)).fetchone()
+        row = conn.execute(
+            "SELECT seq, id, path, kind FROM flows WHERE id = ?", (flow_id,)
+        ).fetchone()
         return self._flow_from_row(row)
 
     def flow_by_ref(self, conn: sqlite3.Connection, ref: int) -> FlowKey:
         cached = self._flows_by_ref.get(ref)
         if cached is not None:
             return cached
-        row = conn.execute("SELECT seq, id, path FROM flows WHERE seq = ?", (ref,)).fetchone()
+        row = conn.execute("SELECT seq, id, path, kind FROM flows WHERE seq = ?", (ref,)).fetchone()
         flow = self._flow_from_row(row)
         assert flow is not None, "a version's flow always exists"
         return flow
@@ -111,24 +125,30 @@ class FlowCache:
         cached = self._flows_by_path.get(path)
         if cached is not None:
             return cached
-        row = conn.execute("SELECT seq, id, path FROM flows WHERE path = ?", (path,)).fetchone()
+        row = conn.execute(
+            "SELECT seq, id, path, kind FROM flows WHERE path = ?", (path,)
+        ).fetchone()
         return self._flow_from_row(row)
 
-    def create_flow(self, session: Session, path: str) -> FlowKey:
-        """A new flow at `path` (normalized, known to be free)."""
-        flow_id = new_id("fl")
+    def create_flow(self, session: Session, path: str, kind: LogKind = FLOW) -> FlowKey:
+        """A new file at `path` (normalized, known to be free): a flow unless `kind` says."""
+        flow_id = new_id(_ID_PREFIXES[kind])
         name = path.rsplit("/", 1)[-1]
         cursor = session.conn.execute(
-            "INSERT INTO flows (id, path, name, created_us, updated_us) VALUES (?, ?, ?, ?, ?)",
-            (flow_id, path, name, session.now_us, session.now_us),
+            "INSERT INTO flows (id, path, name, created_us, updated_us, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (flow_id, path, name, session.now_us, session.now_us, kind),
         )
         assert cursor.lastrowid is not None
-        return self._remember_flow(FlowKey(cursor.lastrowid, flow_id, path), session)
+        return self._remember_flow(FlowKey(cursor.lastrowid, flow_id, path, kind), session)
 
-    def flow_for_path(self, session: Session, path: str) -> FlowKey:
-        """The flow at `path` (normalized), created if new."""
+    def flow_for_path(self, session: Session, path: str, kind: LogKind = FLOW) -> FlowKey:
+        """The file at `path` (normalized), created if new; 409 if it is of another kind."""
         found = self.find_flow_by_path(session.conn, path)
-        return found if found is not None else self.create_flow(session, path)
+        if found is None:
+            return self.create_flow(session, path, kind)
+        found.require_kind(kind)
+        return found
 
     # --- versions --------------------------------------------------------------------------
     def _remember_version(self, version: VersionKey, session: Session | None) -> VersionKey:

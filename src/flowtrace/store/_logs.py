@@ -12,8 +12,20 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from flowtrace._contract import COMPLETE, INCOMPLETE, PAYLOAD_FIELDS, STATUS_FIELDS
-from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, LogQuery
+from flowtrace._contract import (
+    COMPLETE,
+    FLOW,
+    INCOMPLETE,
+    PAYLOAD_FIELDS,
+    STATUS_FIELDS,
+    LogKind,
+)
+from flowtrace.models import (
+    FlowLogRequest,
+    FlowLogUpdateRequest,
+    PromptLogUpdateRequest,
+    ToolLogUpdateRequest,
+)
 from flowtrace.store._codec import compact_json, new_id, to_us
 from flowtrace.store._errors import conflict, invalid, not_found
 from flowtrace.store._flow_cache import (
@@ -23,15 +35,26 @@ from flowtrace.store._flow_cache import (
     attributes_digest,
     normalize_path,
 )
-from flowtrace.store._prepare import PreparedLog
+from flowtrace.store._prepare import LogRequest, PreparedLog
 from flowtrace.store._session import Session
 
-__all__ = ["create_log", "delete_logs", "update_log"]
+__all__ = [
+    "LogUpdate",
+    "Node",
+    "Target",
+    "create_log",
+    "delete_logs",
+    "find_target",
+    "node_at",
+    "update_log",
+    "widen",
+    "write_log",
+]
 
 _DELETE_CHUNK = 500
 
 
-class _Node(NamedTuple):
+class Node(NamedTuple):
     seq: int
     parent_seq: int | None
     start_us: int
@@ -42,7 +65,7 @@ class _Node(NamedTuple):
 
 
 @dataclass(slots=True)
-class _Target:
+class Target:
     """Where a log goes, found without writing: a flow or the path of a new one, and a
     version or the attributes of a new one."""
 
@@ -50,13 +73,14 @@ class _Target:
     path: str | None
     version: VersionKey | None
     attributes: tuple[str, bytes] | None
+    kind: LogKind = FLOW
 
     def materialize(self, flow_cache: FlowCache, session: Session) -> tuple[FlowKey, VersionKey]:
         """Create what is new (call once every check has passed)."""
         flow = self.flow
         if flow is None:
             assert self.path is not None
-            flow = flow_cache.create_flow(session, self.path)
+            flow = flow_cache.create_flow(session, self.path, self.kind)
         version = self.version
         if version is None:
             assert self.attributes is not None
@@ -65,44 +89,63 @@ class _Target:
 
 
 def _flow_of_request(
-    flow_cache: FlowCache, conn: sqlite3.Connection, request: FlowLogRequest
+    flow_cache: FlowCache, conn: sqlite3.Connection, request: LogRequest, kind: LogKind
 ) -> tuple[FlowKey | None, str | None]:
-    """`id` names an existing flow; `path` finds one or names a new one; both must agree."""
+    """`id` names an existing file; `path` finds one or names a new one; both must agree, and
+    the file must be of the log's kind (409)."""
     path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
     if request.id is not None:
         flow = flow_cache.flow_by_id(conn, request.id)
         if flow is None:
-            raise not_found(f"Flow {request.id!r} not found")
+            raise not_found(f"{kind.capitalize()} {request.id!r} not found")
         if path is not None and path != flow.path:
-            raise invalid(["body", "path"], f"Flow {request.id!r} has path {flow.path!r}")
+            raise invalid(["body", "path"], f"{flow.kind} {request.id!r} has path {flow.path!r}")
+        flow.require_kind(kind)
         return flow, path
     if path is None:
         return None, None
-    return flow_cache.find_flow_by_path(conn, path), path
+    found = flow_cache.find_flow_by_path(conn, path)
+    if found is not None:
+        found.require_kind(kind)
+    return found, path
 
 
-def _check_attributes(request: FlowLogRequest, version: VersionKey) -> None:
-    if request.flow is not None:
-        _, key = attributes_digest(request.flow.attributes)
+def _version_attributes(prepared: PreparedLog) -> dict[str, Any] | None:
+    """What identifies the log's version, when the request gave it: a flow's `flow.attributes`,
+    a prompt's or a tool's kernel."""
+    if prepared.kind != FLOW:
+        return prepared.kernel
+    request = prepared.request
+    assert isinstance(request, FlowLogRequest)
+    return request.flow.attributes if request.flow is not None else None
+
+
+def _check_attributes(prepared: PreparedLog, version: VersionKey) -> None:
+    attributes = _version_attributes(prepared)
+    if attributes is not None and (prepared.kind == FLOW or attributes):
+        _, key = attributes_digest(attributes)
         if key != version.attributes_digest:
+            field: list[str | int] = (
+                ["body", "flow", "attributes"] if prepared.kind == FLOW else ["body", prepared.kind]
+            )
             raise invalid(
-                ["body", "flow", "attributes"],
+                field,
                 f"the attributes differ from those of the targeted version {version.id!r}",
             )
 
 
-def _target(
-    flow_cache: FlowCache, conn: sqlite3.Connection, request: FlowLogRequest, query: LogQuery | None
-) -> _Target:
-    flow, path = _flow_of_request(flow_cache, conn, request)
+def find_target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: PreparedLog) -> Target:
+    request, query, kind = prepared.request, prepared.query, prepared.kind
+    flow, path = _flow_of_request(flow_cache, conn, request, kind)
     if query is not None and query.version_id is not None:
         version = flow_cache.require_version(conn, query.version_id)
         if flow is None and path is None:
             flow = flow_cache.flow_by_ref(conn, version.flow_ref)
+            flow.require_kind(kind)
         elif flow is None or version.flow_ref != flow.ref:
-            raise not_found(f"Flow {path!r} has no version {query.version_id!r}")
-        _check_attributes(request, version)
-        return _Target(flow, None, version, None)
+            raise not_found(f"{kind.capitalize()} {path!r} has no version {query.version_id!r}")
+        _check_attributes(prepared, version)
+        return Target(flow, None, version, None, kind)
     if path is None and flow is None:
         raise invalid(
             ["body", "path"], "give the Flow's path or id (or a version_id query)", "missing"
@@ -111,11 +154,11 @@ def _target(
         if flow is None:  # a new flow has nothing deployed
             raise not_found(f"no version of Flow {path!r} is deployed to {query.environment!r}")
         version = flow_cache.deployed_version(conn, flow, query.environment)
-        _check_attributes(request, version)
-        return _Target(flow, None, version, None)
-    text, key = attributes_digest(request.flow.attributes if request.flow is not None else {})
+        _check_attributes(prepared, version)
+        return Target(flow, None, version, None, kind)
+    text, key = attributes_digest(_version_attributes(prepared) or {})
     found = flow_cache.find_version(conn, flow.ref, key) if flow is not None else None
-    return _Target(flow, path, found, (text, key))
+    return Target(flow, path, found, (text, key), kind)
 
 
 # --- creating a log ----------------------------------------------------------------------------
@@ -124,13 +167,13 @@ def _target(
 def _response(log_id: str, flow_id: str, version_id: str, prepared: PreparedLog) -> dict[str, Any]:
     return {
         "id": log_id,
-        "flow_id": flow_id,
+        f"{prepared.kind}_id": flow_id,  # flow_id, prompt_id or tool_id
         "version_id": version_id,
         prepared.status_field: prepared.status,
     }
 
 
-def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, _Node]:
+def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, Node]:
     """The parent's trace and node; it must exist (404) and still be open (409)."""
     row = conn.execute(
         "SELECT seq, parent_seq, start_us, end_us, trace_seq, complete FROM logs WHERE id = ?",
@@ -140,10 +183,10 @@ def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, _Node]:
         raise not_found(f"trace parent log {parent_id!r} not found")
     if row[5]:
         raise conflict(f"trace parent log {parent_id!r} is complete: no log can be added under it")
-    return row[4], _Node(row[0], row[1], row[2], row[3])
+    return row[4], Node(row[0], row[1], row[2], row[3])
 
 
-def _widen(conn: sqlite3.Connection, node: _Node | None, start_us: int, end_us: int | None) -> None:
+def widen(conn: sqlite3.Connection, node: Node | None, start_us: int, end_us: int | None) -> None:
     """Stretch each ancestor's [start, end] over a child's. Every log already covers its own
     descendants, so the first ancestor that needs no change ends the walk."""
     while node is not None:
@@ -153,15 +196,21 @@ def _widen(conn: sqlite3.Connection, node: _Node | None, start_us: int, end_us: 
             new_end = end_us
         if new_start == node.start_us and new_end == node.end_us:
             return
-        conn.execute(
-            "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?", (new_start, new_end, node.seq)
-        )
+        if new_start == node.start_us:
+            # SQLite rewrites the index entries of every column a statement sets, changed or
+            # not: start_us is in most indexes, end_us in none, so an end alone is cheap.
+            conn.execute("UPDATE logs SET end_us = ? WHERE seq = ?", (new_end, node.seq))
+        else:
+            conn.execute(
+                "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?",
+                (new_start, new_end, node.seq),
+            )
         if node.parent_seq is None:
             return
         row = conn.execute(
             "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (node.parent_seq,)
         ).fetchone()
-        node = _Node(*row) if row is not None else None
+        node = Node(*row) if row is not None else None
 
 
 def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] | None:
@@ -192,12 +241,27 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
     replay = _replay(conn, prepared)
     if replay is not None:
         return replay
-    target = _target(flow_cache, conn, request, prepared.query)
-    parent: _Node | None = None
+    target = find_target(flow_cache, conn, prepared)
+    parent: Node | None = None
     trace_seq: int | None = None
     if request.trace_parent_id is not None:
         trace_seq, parent = _open_parent(conn, request.trace_parent_id)
     # --- every check passed: write
+    return write_log(flow_cache, session, prepared, target, trace_seq, parent)
+
+
+def write_log(
+    flow_cache: FlowCache,
+    session: Session,
+    prepared: PreparedLog,
+    target: Target,
+    trace_seq: int | None,
+    parent: Node | None,
+) -> dict[str, Any]:
+    """Insert a log whose checks have passed, under `parent` (in trace `trace_seq`) or as a
+    root; widen its ancestors; count it. The answer of `POST /flows/log`."""
+    request = prepared.request
+    conn = session.conn
     flow, version = target.materialize(flow_cache, session)
     seq = session.next_seq()
     log_id = request.log_id if request.log_id is not None else new_id("log")
@@ -222,7 +286,7 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
             prepared.data,
         ),
     )
-    _widen(conn, parent, prepared.start_us, prepared.end_us)
+    widen(conn, parent, prepared.start_us, prepared.end_us)
     session.count(flow.ref, version.ref, 1, parent is None, prepared.has_error)
     return _response(log_id, flow.id, version.id, prepared)
 
@@ -236,30 +300,51 @@ def create_log(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -
 # --- updating a log ------------------------------------------------------------------------
 
 
-def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> tuple[int, int]:
+#: A PATCH of a log of any kind.
+LogUpdate = FlowLogUpdateRequest | PromptLogUpdateRequest | ToolLogUpdateRequest
+
+
+def update_log(
+    session: Session,
+    log_id: str,
+    request: LogUpdate,
+    file_id: str | None = None,
+    kind: LogKind = FLOW,
+) -> tuple[int, int]:
     """PATCH: fields sent are set (null unsets), `complete` closes the log for good.
+    `file_id`: the prompt or tool the route named, which the log must belong to (404).
     Returns (seq, trace_seq) of the log."""
     conn = session.conn
     row = conn.execute(
-        "SELECT seq, parent_seq, start_us, end_us, complete, has_error, flow_ref, version_ref,"
-        " inputs, output, data, trace_seq FROM logs WHERE id = ?",
+        "SELECT l.seq, l.parent_seq, l.start_us, l.end_us, l.complete, l.has_error, l.flow_ref,"
+        " l.version_ref, l.inputs, l.output, l.data, l.trace_seq, f.id, f.kind"
+        " FROM logs l JOIN flows f ON f.seq = l.flow_ref WHERE l.id = ?",
         (log_id,),
     ).fetchone()
-    if row is None:
+    if row is None or (file_id is not None and row[12] != file_id):
         raise not_found(f"log {log_id!r} not found")
+    if kind != FLOW and row[13] != kind:
+        raise not_found(f"log {log_id!r} is not a {kind} log")
     seq, parent_seq, start_us, end_us, complete, had_error, flow_ref, version_ref = row[:8]
-    inputs, output, data_text, trace_seq = row[8:]
+    inputs, output, data_text, trace_seq = row[8:12]
     data: dict[str, Any] = json.loads(data_text)
     sent = request.model_fields_set - set(STATUS_FIELDS)
     if data.get("save") is False:
         sent = sent - PAYLOAD_FIELDS  # save=false stays in force for later updates
-    new_end = end_us
+    new_start, new_end = start_us, end_us
+    start_time = getattr(request, "start_time", None)
+    if "start_time" in sent:
+        # prompt and tool updates may give an earlier start (never a later one: the log
+        # already covers its children)
+        sent = sent - {"start_time"}
+        if start_time is not None:
+            new_start = min(to_us(start_time), start_us)
     if "end_time" in sent:
         # flowtrace extension: a log sent early reports its real end when it completes
         # (never narrower than what its children already widened it to).
         sent = sent - {"end_time"}
         if request.end_time is not None:
-            requested = max(to_us(request.end_time), start_us)
+            requested = max(to_us(request.end_time), new_start)
             new_end = requested if end_us is None else max(end_us, requested)
     values = request.model_dump(mode="json", include=sent)
     new_inputs, new_output = inputs, output
@@ -280,24 +365,30 @@ def update_log(session: Session, log_id: str, request: FlowLogUpdateRequest) -> 
     if status == COMPLETE and not complete:
         complete = 1
         if new_end is None:
-            new_end = max(session.now_us, start_us)
+            new_end = max(session.now_us, new_start)
     has_error = "error" in data
     conn.execute(
         "UPDATE logs SET data = ?, complete = ?, has_error = ?, end_us = ? WHERE seq = ?",
         (compact_json(data), complete, has_error, new_end, seq),
     )
+    if new_start != start_us:  # set apart: start_us is indexed, and setting it costs (see widen)
+        conn.execute("UPDATE logs SET start_us = ? WHERE seq = ?", (new_start, seq))
     if (new_inputs, new_output) != (inputs, output):
         conn.execute(
             "UPDATE logs SET inputs = ?, output = ? WHERE seq = ?", (new_inputs, new_output, seq)
         )
-    if new_end != end_us and parent_seq is not None:
-        parent = conn.execute(
-            "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (parent_seq,)
-        ).fetchone()
-        _widen(conn, _Node(*parent), start_us, new_end)
+    if (new_start, new_end) != (start_us, end_us) and parent_seq is not None:
+        widen(conn, node_at(conn, parent_seq), new_start, new_end)
     if has_error != bool(had_error):
         session.count(flow_ref, version_ref, 0, 0, 1 if has_error else -1)
     return seq, trace_seq
+
+
+def node_at(conn: sqlite3.Connection, seq: int) -> Node:
+    row = conn.execute(
+        "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (seq,)
+    ).fetchone()
+    return Node(*row)
 
 
 # --- deleting logs -----------------------------------------------------------------------------

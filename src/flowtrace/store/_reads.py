@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flowtrace._contract import COMPLETE, INCOMPLETE, StatusField
+from flowtrace._contract import COMPLETE, INCOMPLETE, LOG_KINDS, StatusField
 from flowtrace.models import FlowLogResponse, PaginatedLogs
 from flowtrace.store._codec import to_us
 from flowtrace.store._errors import invalid, not_found
@@ -67,6 +67,7 @@ class LogFilter:
     errors_only: bool = False
     status: str | None = None
     roots_only: bool = False
+    kind: str | None = None
     where: list[str] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
     cursor_terms: int = 0  # the last conditions added: the keyset cursor's
@@ -132,6 +133,10 @@ def _compile(
         filters.add("l.complete = 1" if filters.status == COMPLETE else "l.complete = 0")
     if filters.errors_only:
         filters.add("l.has_error = 1")
+    if filters.kind is not None:
+        if filters.kind not in LOG_KINDS:
+            raise invalid(["query", "kind"], f"kind is one of {', '.join(LOG_KINDS)}")
+        filters.add("l.flow_ref IN (SELECT f.seq FROM flows f WHERE f.kind = ?)", filters.kind)
     if filters.roots_only:
         filters.add("l.parent_seq IS NULL")
     return flow_ref, version_ref
@@ -154,7 +159,7 @@ def _counted_total(
     conn: sqlite3.Connection, filters: LogFilter, flow_ref: int | None, version_ref: int | None
 ) -> int | None:
     """The total from maintained counters when the filters allow it (no COUNT over 1M rows)."""
-    if filters.search or filters.start_date or filters.end_date or filters.status:
+    if filters.search or filters.start_date or filters.end_date or filters.status or filters.kind:
         return None
     if version_ref is not None:
         if filters.errors_only or filters.roots_only:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from pydantic_core import from_json
 
-from flowtrace._contract import COMPLETE, INCOMPLETE, StatusField, wire_time_us
+from flowtrace._contract import COMPLETE, INCOMPLETE, PLACEHOLDER_FIELD, StatusField, wire_time_us
 from flowtrace.models import FlowLogResponse, FlowResponse, VersionResponse
 from flowtrace.store._codec import from_us
 
@@ -20,6 +20,7 @@ __all__ = [
     "build_logs",
     "flow_records",
     "flow_stats",
+    "record_json",
     "version_records",
 ]
 
@@ -34,7 +35,7 @@ class FlowStats(FlowResponse):
 
 LOG_COLUMNS = (
     "l.seq, l.id, l.flow_ref, l.version_ref, l.trace_seq, l.parent_seq, l.start_us, l.end_us,"
-    " l.complete, l.inputs, l.output, l.data"
+    " l.complete, l.inputs, l.output, l.data, l.placeholder"
 )
 
 
@@ -51,6 +52,7 @@ class LogRow(NamedTuple):
     inputs: str | None
     output: str | None
     data: str
+    placeholder: int = 0
 
 
 class TraceRoot(NamedTuple):
@@ -65,7 +67,9 @@ def _marks(items: Iterable[Any]) -> tuple[str, list[Any]]:
 
 # --- flows and versions ------------------------------------------------------------------------
 
-_FLOW_COLUMNS = "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us"
+_FLOW_COLUMNS = (
+    "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us, f.kind, f.log_count"
+)
 _VERSION_COLUMNS = "v.seq, v.id, v.attributes, v.name, v.description, v.log_count, v.created_us"
 
 
@@ -74,12 +78,13 @@ def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
         "path": flow[1],
         "id": flow[2],
         "name": flow[3],
-        "type": "flow",
+        "type": flow[7],
         "status": "committed",
         "created_at": wire_time_us(flow[4]),
         "updated_at": wire_time_us(flow[5]),
         "last_used_at": wire_time_us(flow[6]) if flow[6] is not None else None,
         "version_logs_count": 0,
+        "total_logs_count": flow[8],
         "attributes": {},
     }
     if version is not None:
@@ -124,13 +129,13 @@ def flow_stats(
 ) -> list[FlowStats]:
     """Flows with their counters and latest version: counters are maintained, nothing counted."""
     rows = conn.execute(
-        f"SELECT {_FLOW_COLUMNS}, f.log_count, f.error_count,"
+        f"SELECT {_FLOW_COLUMNS}, f.error_count,"
         " (SELECT count(*) FROM versions c WHERE c.flow_ref = f.seq),"
         " (SELECT max(c.seq) FROM versions c WHERE c.flow_ref = f.seq)"
         f" FROM flows f {where} ORDER BY f.path",
         params,
     ).fetchall()
-    marks, refs = _marks(row[10] for row in rows if row[10] is not None)
+    marks, refs = _marks(row[11] for row in rows if row[11] is not None)  # latest version
     versions = {
         row[0]: row
         for row in conn.execute(
@@ -139,8 +144,9 @@ def flow_stats(
     }
     stats = []
     for row in rows:
-        record = _flow_dict(row, versions.get(row[10]))
-        record.update(log_count=row[7], error_count=row[8], version_count=row[9])
+        record = _flow_dict(row, versions.get(row[11]))
+        record.update(log_count=row[8], error_count=row[9], version_count=row[10])
+        record.pop("total_logs_count")
         stats.append(FlowStats.model_validate(record))
     return stats
 
@@ -209,18 +215,23 @@ def _log_dict(
     record["evaluator_logs"] = []
     record[status_field] = COMPLETE if row.complete else INCOMPLETE
     record["flow"] = flow
+    if row.placeholder:
+        record[PLACEHOLDER_FIELD] = True
     return record
 
 
-def _descendants(children: dict[int, list[LogRow]], tops: Iterable[int]) -> set[int]:
-    wanted: set[int] = set()
+def _preorder(children: dict[int, list[LogRow]], tops: Iterable[int]) -> list[int]:
+    """The seqs of `tops` and everything under them, each parent before its children."""
+    order: list[int] = []
+    seen: set[int] = set()
     stack = list(tops)
     while stack:
         seq = stack.pop()
-        if seq not in wanted:
-            wanted.add(seq)
+        if seq not in seen:
+            seen.add(seq)
+            order.append(seq)
             stack.extend(child.seq for child in children.get(seq, ()))
-    return wanted
+    return order
 
 
 def build_logs(
@@ -233,23 +244,53 @@ def build_logs(
     """Records for the `tops` logs (by seq) out of `rows` (their traces, in start order), each
     with its subtree nested in trace_children when `nested`.
 
-    Built bottom-up without recursion (a child's seq is always above its parent's, since the
-    parent had to exist first), so a deep trace cannot hit the recursion limit and each record
-    is validated once, its children passed as finished models."""
+    Built bottom-up without recursion (children before their parents: a parent's seq may be
+    above its children's, since a placeholder's subtree can move under a later parent), so a
+    deep trace cannot hit the recursion limit and each record is validated once, its children
+    passed as finished models."""
     children: dict[int, list[LogRow]] = {}
     if nested:
         for row in rows:
             if row.parent_seq is not None:
                 children.setdefault(row.parent_seq, []).append(row)
-    wanted = _descendants(children, tops)
-    needed = [row for row in rows if row.seq in wanted]
+    order = _preorder(children, tops)
+    by_seq = {row.seq: row for row in rows}
+    needed = [by_seq[seq] for seq in order]
     roots = trace_roots(conn, {row.trace_seq for row in needed})
     flows = flow_records(conn, {(row.flow_ref, row.version_ref) for row in needed})
     built: dict[int, FlowLogResponse] = {}
-    for row in sorted(needed, key=lambda r: r.seq, reverse=True):
+    for row in reversed(needed):
         record = _log_dict(
             row, roots[row.trace_seq], flows[(row.flow_ref, row.version_ref)], status_field
         )
         record["trace_children"] = [built[child.seq] for child in children.get(row.seq, ())]
         built[row.seq] = FlowLogResponse.model_validate(record)
     return {seq: built[seq] for seq in tops}
+
+
+def record_json(
+    log: FlowLogResponse, *, exclude_unset: bool = False, exclude_none: bool = False
+) -> dict[str, Any]:
+    """A record with its subtree as plain JSON values (datetimes as wire text), built without
+    recursion: pydantic's serializer refuses a tree nested ~250 levels deep, and a deep trace
+    is legitimate data. Each log is dumped alone and the tree is assembled here."""
+
+    def one(model: FlowLogResponse) -> dict[str, Any]:
+        return model.model_dump(
+            mode="json",
+            exclude={"trace_children"},
+            exclude_unset=exclude_unset,
+            exclude_none=exclude_none,
+        )
+
+    root = one(log)
+    stack = [(log, root)]
+    while stack:
+        model, data = stack.pop()
+        children = []
+        for child in model.trace_children:
+            child_data = one(child)
+            children.append(child_data)
+            stack.append((child, child_data))
+        data["trace_children"] = children
+    return root

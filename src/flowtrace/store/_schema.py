@@ -115,7 +115,23 @@ def _add_filter_indexes(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: list[Migration] = [_create_v1, _add_filter_indexes]
+# Version 3: prompt and tool files beside flows, and placeholder logs. A file's kind is a
+# column of its row (paths stay unique across kinds, as in the original API); a log's kind is
+# its file's. A placeholder is a parent span not yet received (see _spans): few, and found by a
+# partial index when the viewer lists pending traces.
+_V3_STATEMENTS = [
+    "ALTER TABLE flows ADD COLUMN kind TEXT NOT NULL DEFAULT 'flow'",
+    "ALTER TABLE logs ADD COLUMN placeholder INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX logs_placeholders ON logs (start_us) WHERE placeholder = 1",
+]
+
+
+def _add_kinds_and_placeholders(conn: sqlite3.Connection) -> None:
+    for statement in _V3_STATEMENTS:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Migration] = [_create_v1, _add_filter_indexes, _add_kinds_and_placeholders]
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -1,8 +1,8 @@
 """The web viewer: read-only pages over the store, mounted on the log server's app.
 
-`mount_viewer` adds the pages (`_pages`, built from the HTML helpers in `_html`), the trace JSON
-their script draws (`_trace_json`) and the static files (`static/`). The API routes live apart,
-in `flowtrace.server`.
+`mount_viewer` adds the pages (`_pages`, rendered by the Jinja2 templates in `templates/`), the
+trace JSON their script draws (`_trace_json`) and the static files (`static/`). The API routes
+live apart, in `flowtrace.server`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,23 @@
-"""The viewer's pages as HTML: the flow list, the log list, and the trace page's frame (its
-script fills the tree, timeline and details from the trace JSON)."""
+"""The viewer's pages: the flow list, the log list, and the trace page's frame (its script fills
+the tree, timeline and details from the trace JSON).
+
+Rendered by Jinja2 templates (`templates/`) with autoescape on: every value is escaped unless
+a template says `|safe`, which none does. The layout carries no inline script or style, so the
+pages' strict Content-Security-Policy holds and even an escaping bug could not run a script.
+This module only turns store results into the plain values the templates show.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass
-from typing import get_args
-from urllib.parse import quote
+from pathlib import Path
+from typing import Any, Final, get_args
+from urllib.parse import quote, urlencode
 
-from flowtrace._contract import TraceStatus
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from flowtrace._contract import LOG_KINDS, TraceStatus
 from flowtrace._log_display import (
     duration_seconds,
     error_excerpt,
@@ -17,52 +26,74 @@ from flowtrace._log_display import (
     view_status,
 )
 from flowtrace.models import FlowLogResponse, FlowResponse
-from flowtrace.server.viewer._html import esc, layout, link, table, url
 from flowtrace.store import FlowStats, LogPage
 
 __all__ = [
+    "KIND_CHOICES",
+    "STATIC_PREFIX",
+    "STATUS_CHOICES",
     "LogFilters",
     "flows_page",
     "logs_page",
     "message_page",
     "trace_page",
     "trace_path",
+    "url",
 ]
 
-STATUS_CHOICES = ("", *get_args(TraceStatus))
+STATIC_PREFIX: Final = "/ui/static"
+STATUS_CHOICES: Final = ("", *get_args(TraceStatus))
+KIND_CHOICES: Final = ("", *LOG_KINDS)
+
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,  # a misspelt value is an error in the tests, not a blank
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _render(
+    template: str,
+    title: str,
+    *,
+    script: str | None = None,
+    data: Mapping[str, str] | None = None,
+    **values: Any,
+) -> str:
+    return _TEMPLATES.get_template(template).render(
+        title=title, static=STATIC_PREFIX, script=script, data=data or {}, **values
+    )
+
+
+def url(path: str, params: Mapping[str, str | int | None] | None = None) -> str:
+    """A viewer URL with its query string; empty parameters are left out."""
+    kept = {key: str(value) for key, value in (params or {}).items() if value not in (None, "")}
+    return f"{path}?{urlencode(kept)}" if kept else path
 
 
 def trace_path(log_id: str) -> str:
     return f"/traces/{quote(log_id, safe='')}"
 
 
-def _status_badge(status: str, *, element_id: str = "") -> str:
-    id_attr = f' id="{esc(element_id)}"' if element_id else ""
-    return f'<span{id_attr} class="status status-{esc(status)}">{esc(status)}</span>'
-
-
 # --- flows ---------------------------------------------------------------------------------
 
 
-def _flow_row(flow: FlowStats) -> list[str]:
-    errors = f'<span class="errors">{flow.error_count}</span>' if flow.error_count else "0"
-    return [
-        link(url("/logs", {"flow": flow.id}), flow.path),
-        str(flow.version_count),
-        str(flow.log_count),
-        errors,
-        esc(format_time(flow.last_used_at)),
-    ]
-
-
 def flows_page(flows: list[FlowStats]) -> str:
-    rows = [_flow_row(flow) for flow in sorted(flows, key=lambda flow: flow.path)]
-    body = "<h1>Flows</h1>" + table(
-        ["Flow", "Versions", "Logs", "Errors", "Last used"],
-        rows,
-        empty="No flows yet: run code decorated with @flow to record some.",
-    )
-    return layout("Flows", body)
+    rows = [
+        {
+            "href": url("/logs", {"flow": flow.id}),
+            "path": flow.path,
+            "kind": flow.type,
+            "versions": flow.version_count,
+            "logs": flow.log_count,
+            "errors": flow.error_count,
+            "last_used": format_time(flow.last_used_at),
+        }
+        for flow in sorted(flows, key=lambda flow: flow.path)
+    ]
+    return _render("flows.html", "Flows", flows=rows)
 
 
 # --- logs ----------------------------------------------------------------------------------
@@ -80,6 +111,7 @@ class LogFilters:
     search: str = ""
     errors: bool = False
     status: str = ""
+    kind: str = ""
     before: str = ""
     after: str = ""
 
@@ -91,76 +123,55 @@ class LogFilters:
         return params
 
 
-def _log_row(log: FlowLogResponse, failed_below: bool) -> list[str]:
-    status = _status_badge(view_status(log))
-    if failed_below:
-        status += (
-            ' <span class="child-errors" title="a log in this trace failed">child error</span>'
-        )
-    return [
-        link(trace_path(log.id), log.id, css_class="log-id"),
-        esc(log.flow.path),
-        status,
-        esc(format_duration(duration_seconds(log))),
-        esc(format_time(log.start_time)),
-        esc(log.user or ""),
-        f'<span class="error-text">{esc(error_excerpt(log))}</span>',
-    ]
+def _tokens(log: FlowLogResponse) -> str:
+    if log.prompt_tokens is None and log.output_tokens is None:
+        return ""
+    return f"{log.prompt_tokens or 0} → {log.output_tokens or 0}"
 
 
-def _filter_form(filters: LogFilters) -> str:
-    options = "".join(
-        f'<option value="{esc(choice)}"{" selected" if choice == filters.status else ""}>'
-        f"{esc(choice or 'any status')}</option>"
-        for choice in STATUS_CHOICES
-    )
-    checked = " checked" if filters.errors else ""
-    flow_field = (
-        f'<input type="hidden" name="flow" value="{esc(filters.flow)}">' if filters.flow else ""
-    )
-    return (
-        '<form class="filters" method="get" action="/logs">'
-        f"{flow_field}"
-        f'<input type="search" name="search" value="{esc(filters.search)}"'
-        ' placeholder="Search inputs and output" aria-label="Search inputs and output">'
-        f'<label><input type="checkbox" name="errors" value="1"{checked}> errors only</label>'
-        f'<select name="status" aria-label="Status">{options}</select>'
-        '<button type="submit">Filter</button></form>'
-    )
+def _log_row(log: FlowLogResponse, failed_below: bool) -> dict[str, Any]:
+    return {
+        "href": trace_path(log.id),
+        "id": log.id,
+        "path": log.flow.path,
+        "kind": log.flow.type,
+        "status": view_status(log),
+        "failed_below": failed_below,
+        "duration": format_duration(duration_seconds(log)),
+        "start": format_time(log.start_time),
+        "user": log.user or "",
+        "tokens": _tokens(log),
+        "error": error_excerpt(log),
+    }
 
 
-def _pager(result: LogPage, filters: LogFilters) -> str:
+def _pager(result: LogPage, filters: LogFilters) -> dict[str, Any]:
     """Older and newer pages by cursor (the last or first log shown): no OFFSET walk."""
     records = result.records
-    previous = ""
+    newer = older = None
     if filters.page > 1:
-        newer = (
+        query = (
             filters.query(page=filters.page - 1, before="", after=records[0].id)
             if records and filters.page > 2
             else filters.query(page=1, before="", after="")
         )
-        previous = link(url("/logs", newer), "← newer", css_class="prev")
-    following = ""
+        newer = url("/logs", query)
     if result.has_more and records:
-        older = filters.query(page=filters.page + 1, before=records[-1].id, after="")
-        following = link(url("/logs", older), "older →", css_class="next")
-    return (
-        f'<div class="pager">{previous}<span class="page">page {filters.page}</span>'
-        f"{following}</div>"
-    )
+        older = url("/logs", filters.query(page=filters.page + 1, before=records[-1].id, after=""))
+    return {"page": filters.page, "newer": newer, "older": older}
 
 
-def _search_note(result: LogPage, filters: LogFilters) -> str:
-    """Say where a bounded search stopped, and offer to go on from there."""
+def _search_note(result: LogPage, filters: LogFilters) -> dict[str, Any] | None:
+    """Where a bounded search stopped, and the link to go on from there."""
     if result.searched is None or result.has_more or not result.searched_through:
-        return ""
-    scope = "of this flow " if filters.flow else ""
-    where = "newest" if not (filters.before or filters.after) else "next"
+        return None
     go_on = filters.query(page=filters.page + 1, before=result.searched_through, after="")
-    return (
-        f'<p class="search-note">Searched the {where} {result.searched:,} logs {scope}only. '
-        f"{link(url('/logs', go_on), 'Search older logs →', css_class='search-older')}</p>"
-    )
+    return {
+        "where": "newest" if not (filters.before or filters.after) else "next",
+        "count": result.searched,
+        "scope": "of this flow " if filters.flow else "",
+        "href": url("/logs", go_on),
+    }
 
 
 def logs_page(
@@ -171,19 +182,16 @@ def logs_page(
 ) -> str:
     """`failed_below`: ids of the rows (trace roots) with a failed log under them."""
     title = f"Logs of {flow.path}" if flow else "Traces of all flows"
-    rows = [_log_row(log, log.id in failed_below) for log in result.records]
-    body = (
-        f"<h1>{esc(title)}</h1>"
-        + _filter_form(filters)
-        + table(
-            ["Log", "Flow", "Status", "Duration", "Start", "User", "Error"],
-            rows,
-            empty="No logs match.",
-        )
-        + _search_note(result, filters)
-        + _pager(result, filters)
+    return _render(
+        "logs.html",
+        title,
+        filters=filters,
+        status_choices=STATUS_CHOICES,
+        kind_choices=KIND_CHOICES,
+        rows=[_log_row(log, log.id in failed_below) for log in result.records],
+        search_note=_search_note(result, filters),
+        pager=_pager(result, filters),
     )
-    return layout(title, body)
 
 
 # --- one trace -----------------------------------------------------------------------------
@@ -191,29 +199,21 @@ def logs_page(
 
 def trace_page(root: FlowLogResponse, *, selected: str, api_path: str) -> str:
     """The frame of the trace page: a header from the server, and the places the script
-    fills (timeline, tree, details) from `api_path`."""
-    status = view_status(root)
-    header = (
-        f'<h1><span class="flow-path">{esc(root.flow.path)}</span> '
-        f"{_status_badge(status, element_id='trace-status')}</h1>"
-        f'<p class="trace-facts">trace <code>{esc(root.id)}</code> · started '
-        f"{esc(format_time(root.start_time))} · {esc(format_duration(duration_seconds(root)))}"
-        f' <span id="live-note" class="live-note"></span></p>'
+    fills (timeline, tree, details, totals) from `api_path`."""
+    return _render(
+        "trace.html",
+        f"Trace {root.flow.path}",
+        script="trace.js",
+        data={"api": api_path, "selected": selected},
+        root_path=root.flow.path,
+        root_id=root.id,
+        status=view_status(root),
+        started=format_time(root.start_time),
+        duration=format_duration(duration_seconds(root)),
+        api_path=api_path,
     )
-    body = (
-        header + '<section class="panel waterfall-panel"><h2>Timeline</h2>'
-        '<div id="waterfall" class="waterfall"></div></section>'
-        '<div class="trace-grid">'
-        '<section class="panel"><h2>Tree</h2><div id="tree" class="tree"></div></section>'
-        '<section class="panel"><div id="details" class="details"></div></section>'
-        "</div>"
-        "<noscript>The trace view needs JavaScript; the same data is at "
-        f"{link(api_path, api_path)}.</noscript>"
-    )
-    data = f' data-api="{esc(api_path)}" data-selected="{esc(selected)}"'
-    return layout(f"Trace {root.flow.path}", body, script="trace.js", data=data)
 
 
 def message_page(title: str, message: str) -> str:
     """A plain page for 'not found' and similar answers."""
-    return layout(title, f"<h1>{esc(title)}</h1><p>{esc(message)}</p>")
+    return _render("message.html", title, message=message)

@@ -33,8 +33,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from flowtrace.models import FlowLogResponse, FlowResponse
-from flowtrace.server.viewer._html import STATIC_PREFIX
 from flowtrace.server.viewer._pages import (
+    KIND_CHOICES,
+    STATIC_PREFIX,
     STATUS_CHOICES,
     LogFilters,
     flows_page,
@@ -53,6 +54,10 @@ PAGE_SIZE = 50
 # a LIKE scan costs ~1 us a log, so a page answers in ~0.1 s however large the database;
 # the page says where it stopped and links to search on from there.
 SEARCH_WINDOW = 100_000
+# Every query parameter is bounded as the API bounds its own: a page past MAX_PAGE (a row
+# offset SQLite cannot hold) is shown as that page; longer texts are cut.
+MAX_PAGE = 1_000_000_000
+MAX_PARAM_CHARS = 1000
 STATIC_DIR = Path(__file__).parent / "static"
 
 SECURITY_HEADERS = {
@@ -201,8 +206,9 @@ class _Viewer:
                 search=filters.search or None,
                 errors_only=filters.errors,
                 status=filters.status or None,
+                kind=filters.kind or None,
                 # Across all flows a row is a trace; within one flow, every log of that flow.
-                roots_only=flow is None,
+                roots_only=flow is None and not filters.kind,
                 count_total=False,
                 before=filters.before or None,
                 after=filters.after or None,
@@ -234,21 +240,27 @@ class _Viewer:
 
 
 def _filters_from(request: Request) -> LogFilters:
-    """Lenient parsing: a hand-edited URL gets the nearest sensible page, not a 422."""
+    """Lenient parsing: a hand-edited URL gets the nearest sensible page, not a 422 (nor a
+    500: every value is bounded, as the API bounds its own)."""
     params = request.query_params
+
+    def text(name: str) -> str:
+        return params.get(name, "")[:MAX_PARAM_CHARS]
+
     try:
-        page = max(1, int(params.get("page", "1")))
+        page = min(max(1, int(text("page") or "1")), MAX_PAGE)
     except ValueError:
         page = 1
-    status = params.get("status", "")
+    status, kind = text("status"), text("kind")
     return LogFilters(
-        flow=params.get("flow", ""),
+        flow=text("flow"),
         page=page,
-        search=params.get("search", "").strip(),
-        errors=params.get("errors", "") not in ("", "0", "false"),
+        search=text("search").strip(),
+        errors=text("errors") not in ("", "0", "false"),
         status=status if status in STATUS_CHOICES else "",
-        before=params.get("before", ""),
-        after=params.get("after", "") if "before" not in params else "",
+        kind=kind if kind in KIND_CHOICES else "",
+        before=text("before"),
+        after=text("after") if "before" not in params else "",
     )
 
 

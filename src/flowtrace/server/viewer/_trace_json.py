@@ -10,7 +10,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flowtrace._contract import COMPLETE, RECORDER_METADATA_KEY
+from flowtrace._contract import (
+    COMPLETE,
+    COST_FIELDS,
+    PROMPT_KERNEL_FIELDS,
+    PROMPT_LOG_FIELDS,
+    RECORDER_METADATA_KEY,
+    TOKEN_FIELDS,
+)
 from flowtrace._log_display import (
     duration_seconds,
     flowtrace_flags,
@@ -47,6 +54,7 @@ SHOWN_AS_LOGGED = (
     "start_time",
     "end_time",
     "created_at",
+    *PROMPT_LOG_FIELDS,  # an LLM call's tokens, cost, finish reason and tool choice
 )
 
 #: Fields the page shows in another form, worked out below.
@@ -56,8 +64,9 @@ SHOWN_DERIVED = frozenset(
         "metadata",  # without the recorder's own facts, which are shown apart
         "trace_status",  # as the view status (error wins), under either name
         "log_status",
-        "flow",  # its path, id, version id and attributes
+        "flow",  # its path, kind, id, version id and attributes (a prompt's model, provider)
         "trace_children",  # the tree and the timeline
+        "placeholder",  # as the view status "pending"
     }
 )
 
@@ -103,8 +112,31 @@ def _log_view(
         metadata=metadata,
         flowtrace=flowtrace_flags(log),
         traceback=traceback_text(log),
+        kind=log.flow.type,
+        kernel=_kernel(log),
     )
     return data
+
+
+def _kernel(log: FlowLogResponse) -> dict[str, Any]:
+    """A prompt's model, provider and settings, from its version's kernel."""
+    if log.flow.type != "prompt":
+        return {}
+    kernel = log.flow.attributes
+    return {name: kernel[name] for name in PROMPT_KERNEL_FIELDS if name in kernel}
+
+
+def _totals(logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tokens and cost of the trace: the sums over its prompt logs (the only logs that count
+    usage, so an agent's own totals are not counted twice)."""
+    totals: dict[str, Any] = {}
+    for name in (*TOKEN_FIELDS, *COST_FIELDS):
+        values = [log[name] for log in logs if log.get(name) is not None]
+        if values:
+            totals[name] = sum(values)
+    totals["prompt_logs"] = sum(1 for log in logs if log["kind"] == "prompt")
+    totals["pending"] = sum(1 for log in logs if log["status"] == "pending")
+    return totals
 
 
 def trace_view(
@@ -126,5 +158,6 @@ def trace_view(
         "status": view_status(root),
         "live": (root.trace_status or root.log_status) != COMPLETE,
         "span_ms": span_ms,
+        "totals": _totals(logs),
         "logs": logs,
     }

@@ -139,6 +139,24 @@
 
   // --- the three views -------------------------------------------------------------------
 
+  function kindBadge(log) {
+    return log.kind && log.kind !== "flow" ? el("span", "kind kind-" + log.kind, log.kind) : null;
+  }
+
+  function formatCost(dollars) {
+    if (dollars === null || dollars === undefined) return null;
+    if (dollars === 0) return "$0";
+    // cents and up to the tenth of a cent; below, two significant digits ($0.0038)
+    return "$" + (dollars >= 0.01 ? dollars.toFixed(3) : String(Number(dollars.toPrecision(2))));
+  }
+
+  function tokensText(input, output) {
+    if ((input === null || input === undefined) && (output === null || output === undefined)) {
+      return null;
+    }
+    return (input || 0) + " in · " + (output || 0) + " out";
+  }
+
   function renderTree() {
     const rows = trace.logs.map((log) => {
       const row = el("button", "tree-row");
@@ -146,8 +164,10 @@
       row.dataset.logId = log.id;
       row.style.paddingLeft = 0.5 + log.depth * 1.25 + "em";
       row.classList.toggle("selected", log.id === selectedId);
-      row.append(el("span", "tree-name", log.path), badge(log.status),
-        el("span", "tree-duration", durationText(log)));
+      row.append(el("span", "tree-name", log.path));
+      const kind = kindBadge(log);
+      if (kind) row.append(kind);
+      row.append(badge(log.status), el("span", "tree-duration", durationText(log)));
       row.addEventListener("click", () => select(log.id));
       return row;
     });
@@ -198,6 +218,42 @@
     return list;
   }
 
+  // An LLM call: model, provider, tokens, cost, latency, finish reason.
+  function llmFacts(log) {
+    const list = el("dl", "facts llm-facts");
+    const cost = (log.prompt_cost || 0) + (log.output_cost || 0);
+    const known = log.prompt_cost !== undefined || log.output_cost !== undefined;
+    const rows = [
+      ["model", log.kernel.model], ["provider", log.kernel.provider],
+      ["temperature", log.kernel.temperature], ["max tokens", log.kernel.max_tokens],
+      ["tokens", tokensText(log.prompt_tokens, log.output_tokens)],
+      ["cache read", log.cache_read_tokens], ["cache write", log.cache_write_tokens],
+      ["reasoning", log.reasoning_tokens],
+      ["cost", known ? formatCost(cost) : null],
+      ["latency", log.provider_latency !== undefined ? formatMs(log.provider_latency * 1000) : null],
+      ["finish reason", log.finish_reason],
+      ["tool choice", log.tool_choice !== undefined ? JSON.stringify(log.tool_choice) : null],
+    ];
+    for (const [name, value] of rows) {
+      if (value === null || value === undefined) continue;
+      list.append(el("dt", null, name), el("dd", null, value));
+    }
+    return list;
+  }
+
+  function renderTotals() {
+    const totals = trace.totals || {};
+    const parts = [];
+    const tokens = tokensText(totals.prompt_tokens, totals.output_tokens);
+    if (tokens) parts.push(tokens + " tokens");
+    const cost = (totals.prompt_cost || 0) + (totals.output_cost || 0);
+    if (totals.prompt_cost !== undefined || totals.output_cost !== undefined) {
+      parts.push(formatCost(cost));
+    }
+    if (totals.pending) parts.push(totals.pending + " pending");
+    document.getElementById("trace-totals").textContent = parts.length ? "· " + parts.join(" · ") : "";
+  }
+
   function isEmpty(value) {
     return value === null || value === undefined
       || (typeof value === "object" && Object.keys(value).length === 0);
@@ -206,8 +262,17 @@
   function renderDetails(log) {
     const parts = [];
     const heading = el("h2", "detail-title");
-    heading.append(el("span", "flow-path", log.path), badge(log.status));
-    parts.push(heading, facts(log));
+    heading.append(el("span", "flow-path", log.path));
+    const kind = kindBadge(log);
+    if (kind) heading.append(kind);
+    heading.append(badge(log.status));
+    parts.push(heading);
+    if (log.status === "pending") {
+      parts.push(el("p", "pending-note",
+        "Pending: logs under it arrived, but this parent span has not (yet)."));
+    }
+    if (log.kind === "prompt") parts.push(section("LLM call", llmFacts(log), "llm-section"));
+    parts.push(facts(log));
     if (log.error !== undefined) {
       const box = el("div", "error-box");
       box.append(el("pre", "error-message", log.error));
@@ -247,6 +312,7 @@
     selectedId = log.id;
     renderWaterfall();
     renderTree();
+    renderTotals();
     const key = detailsKey(log);
     if (key !== shownDetailsKey) {
       renderDetails(log);
