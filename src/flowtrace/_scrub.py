@@ -101,7 +101,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Final, Union
+from typing import Any, Final, Union, cast
 
 from flowtrace._contract import LOG_FIELDS, SCRUBBED_PREFIX, STATUS_FIELDS, scrubbed
 from flowtrace._guard import internal_error, logger
@@ -220,22 +220,25 @@ VALUE_RULES: Final = {
     "url password": "scheme://user:password@host",
 }
 
-# Python's regex engine scans fast only for a literal prefix: a regex that may start at many
-# different characters is ~15x slower. So the text rules are grouped by a character they
-# all contain (checked first with `in`, a memchr), and each group's regex starts with a
-# literal, looking behind it for the rest of the prefix: `-(?<=sk-)` finds `sk-` at the speed
-# of finding `-`. Each branch is (group, rule, characters of the secret before the group).
+# Python's regex engine scans fast for a literal prefix, ~15x slower for a pattern that may
+# start at several characters. So the text rules are grouped by a character they all contain,
+# checked first with `in` (a memchr: nothing else runs on text without it), and each group's
+# regex starts with that literal, looking behind it for the rest of the prefix: `-(?<=sk-)`
+# finds `sk-` at the speed of finding `-`. A branch is (group, rule, characters of the secret
+# before the group's start).
 _Branch = tuple[str, str, int]
 
 _DASH = (
     "-",
     r"-(?:"
-    rf"(?<![{_T}]sk-)(?<=sk-)(?P<anthropic>ant-[{_T}]{{20,}})"
-    rf"|(?<![{_T}]sk-)(?<=sk-)(?P<openai>(?=[A-Za-z_-]*[0-9])[{_T}]{{20,}})"
-    r"|(?<![A-Za-z0-9_-]xox[abposre]-)(?<=xox[abposre]-)(?P<slack>[A-Za-z0-9-]{10,})"
-    r"|(?<![A-Za-z0-9_-]xapp-)(?<=xapp-)(?P<slack_app>[0-9]-[A-Za-z0-9-]{10,})"
+    rf"(?<=sk-)(?<![{_T}]sk-)(?:(?P<anthropic>ant-[{_T}]{{20,}})"
+    rf"|(?P<openai>(?=[A-Za-z_-]*[0-9])[{_T}]{{20,}}))"
+    r"|(?<=xox[abposre]-)(?<![A-Za-z0-9_-]xox[abposre]-)(?P<slack>[A-Za-z0-9-]{10,})"
+    r"|(?<=xapp-)(?<![A-Za-z0-9_-]xapp-)(?P<slack_app>[0-9]-[A-Za-z0-9-]{10,})"
+    # to the END line, or (cut short by a budget) as far as the base64 goes; never across a
+    # quote, so JSON text stays JSON
     r"|(?P<pem>----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
-    r"(?:[\s\S]*?-----END[A-Z0-9 ]*PRIVATE KEY-----|[A-Za-z0-9+/=\s\\]*))"
+    r"(?:[^\"'<>]*?-----END[A-Z0-9 ]*PRIVATE KEY-----|(?:[A-Za-z0-9+/=\s]|\\[nrt])*))"
     r")",
     (
         ("anthropic", "anthropic key", 3),
@@ -248,10 +251,10 @@ _DASH = (
 _UNDERSCORE = (
     "_",
     r"_(?:"
-    r"(?<![A-Za-z0-9_]gh[pousr]_)(?<=gh[pousr]_)(?P<github>[A-Za-z0-9]{30,})"
-    r"|(?<![A-Za-z0-9_]github_)(?<=github_)(?P<github_pat>pat_[A-Za-z0-9_]{22,})"
-    r"|(?<![A-Za-z0-9_]hf_)(?<=hf_)(?P<hf>[A-Za-z0-9]{30,})"
-    r"|(?<![A-Za-z0-9_][rs]k_)(?<=[rs]k_)(?P<stripe>(?:live|test)_[A-Za-z0-9]{16,})"
+    r"(?<=gh[pousr]_)(?<![A-Za-z0-9_]gh[pousr]_)(?P<github>[A-Za-z0-9]{30,})"
+    r"|(?<=github_)(?<![A-Za-z0-9_]github_)(?P<github_pat>pat_[A-Za-z0-9_]{22,})"
+    r"|(?<=hf_)(?<![A-Za-z0-9_]hf_)(?P<hf>[A-Za-z0-9]{30,})"
+    r"|(?<=[rs]k_)(?<![A-Za-z0-9_][rs]k_)(?P<stripe>(?:live|test)_[A-Za-z0-9]{16,})"
     r")",
     (
         ("github", "github token", 4),
@@ -262,7 +265,7 @@ _UNDERSCORE = (
 )
 _CAPITAL_A = (
     "A",
-    r"A(?<![A-Za-z0-9]A)(?:"
+    r"A(?=[KSI])(?<![A-Za-z0-9]A)(?:"
     r"(?P<aws>(?:KIA|SIA)[A-Z0-9]{16})(?![A-Za-z0-9])"
     rf"|(?P<google>Iza[{_T}]{{35}})(?![{_T}])"
     r")",
@@ -299,31 +302,39 @@ _TEXT_RULES: Final = (
     _SLACK_WEBHOOK,
 )
 
-# A value after `name=` or `name:` in text: quoted (the inside is the secret), or unquoted up
-# to a delimiter (not `==`, not an opening bracket: `password == x` and `secret: {` are code).
-_ASSIGNED_VALUE = (
-    r"[ \t]*(?P<value>\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
-    r"|(?![\[{(=])[^\s\"',;&)}\]]+)"
+# `name=value` in text: the name is found from the separator backwards. A lookbehind per
+# ending would cost ~1 µs at every `=` and `:` of a log line, so the scan runs forwards over
+# the text lowercased and reversed: the separator is the regex's literal prefix, the endings
+# (reversed, as a trie) follow it. A prefilter: the key rules decide on the whole name.
+_ASSIGNMENT_INFIX: Final = {"=": "(?: )?", ":": "[\"']?"}
+
+# A value after `name=` or `name:`: quoted (the inside is the secret), or unquoted up to a
+# delimiter (not `==`, not an opening bracket: `password == x` and `secret: {` are code).
+_ASSIGNED_VALUE = re.compile(
+    r"[ \t]*(?:\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|(?![\[{(=])[^\s\"',;&)}\]]+)"
 )
 _KEY_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _NOTHING: Final = frozenset(
     {"null", "None", "none", "NULL", "nil", "true", "false", "True", "False", "undefined"}
 )
 _LINE_PREFIX_CHARS: Final = " \t>*#-<|"
+_ASCII_LOWER: Final = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}
 
 
-def _key_endings_lookbehind(separator: str, endings: Iterable[str], between: Sequence[str]) -> str:
-    """`separator` right after one of `endings` (any case), with one of `between` in between.
-    A lookbehind must have a fixed width, so one per ending length and `between`."""
-    by_length: dict[int, set[str]] = {}
-    for ending in endings:
-        by_length.setdefault(len(ending), set()).add(re.escape(ending))
-    alternatives = [
-        f"(?<=(?i:{'|'.join(sorted(group))}){infix}{re.escape(separator)})"
-        for infix in between
-        for _, group in sorted(by_length.items())
-    ]
-    return f"{re.escape(separator)}(?:{'|'.join(alternatives)})"
+def _trie(words: Iterable[str]) -> str:
+    """A regex matching any of `words`, as a trie: the engine tries a few branches, not all."""
+    by_first: dict[str, list[str]] = {}
+    for word in words:
+        by_first.setdefault(word[0], []).append(word[1:])
+    branches = []
+    for first, rests in sorted(by_first.items()):
+        longer = [rest for rest in rests if rest]
+        if not longer:
+            branches.append(re.escape(first))
+        else:
+            optional = "?" if len(longer) < len(rests) else ""
+            branches.append(f"{re.escape(first)}(?:{_trie(set(longer))}){optional}")
+    return "|".join(branches)
 
 
 @dataclass(frozen=True)
@@ -386,6 +397,10 @@ _KEEP: Final = _Keep()
 _Decision = Union[str, _Keep, None]  # noqa: UP007 (a rule name, keep, or an ordinary key)
 _NOT_JSON: Final = object()
 _DECISIONS_KEPT: Final = 4096  # distinct keys remembered per scrubber
+# Strings found clean are remembered (prompts, roles and model names come in log after log):
+# at most this many, of at most this length (so at most ~2 MiB).
+_CLEAN_KEPT: Final = 4096
+_CLEAN_CHARS: Final = 512
 
 
 class _Scanner:
@@ -393,15 +408,16 @@ class _Scanner:
 
     __slots__ = ("branches", "regex", "trigger")
 
-    def __init__(self, trigger: str | None, regex: re.Pattern[str], branches: dict[str, _Branch]):
+    def __init__(self, trigger: str, regex: re.Pattern[str], branches: dict[str, _Branch]):
         self.trigger = trigger
         self.regex = regex
         self.branches = branches
 
-    def find(self, text: str, spans: list[_Span], scrubber: Scrubber) -> None:
+    def find(self, text: str, spans: list[_Span]) -> None:
         for match in self.regex.finditer(text):
-            _, rule, back = self.branches[match.lastgroup or ""]
-            start, end = match.span(match.lastgroup or 0)
+            group = match.lastgroup or ""
+            _, rule, back = self.branches[group]
+            start, end = match.span(group or 0)
             spans.append((start - back, end, rule, None))
 
 
@@ -410,7 +426,7 @@ class _UserScanner(_Scanner):
 
     __slots__ = ()
 
-    def find(self, text: str, spans: list[_Span], scrubber: Scrubber) -> None:
+    def find(self, text: str, spans: list[_Span]) -> None:
         rule = self.branches[""][1]
         secret = "secret" if "secret" in self.regex.groupindex else 0
         for match in self.regex.finditer(text):
@@ -419,49 +435,71 @@ class _UserScanner(_Scanner):
                 spans.append((start, end, rule, None))
 
 
-class _AssignmentScanner(_Scanner):
+class _Assignments:
     """`name=value`, `"name": "value"` and header lines `Name: value` with a secret name."""
 
-    __slots__ = ("separator",)
+    __slots__ = ("reversed_regexes",)
 
-    def __init__(self, separator: str, endings: Iterable[str], between: Sequence[str]) -> None:
-        regex = re.compile(_key_endings_lookbehind(separator, endings, between) + _ASSIGNED_VALUE)
-        super().__init__(separator, regex, {})
-        self.separator = separator
+    def __init__(self, endings: Iterable[str]) -> None:
+        trie = _trie({ending.lower()[::-1] for ending in endings})
+        self.reversed_regexes = tuple(
+            (separator, re.compile(f"{re.escape(separator)}{infix}(?:{trie})"))
+            for separator, infix in _ASSIGNMENT_INFIX.items()
+        )
 
     def find(self, text: str, spans: list[_Span], scrubber: Scrubber) -> None:
-        for match in self.regex.finditer(text):
-            span = self._value_span(text, match, scrubber)
-            if span is not None:
-                spans.append(span)
+        backwards: str | None = None
+        for separator, regex in self.reversed_regexes:
+            if separator not in text:
+                continue
+            if backwards is None:
+                backwards = _lowered(text)[::-1]
+            last = len(text) - 1
+            for match in regex.finditer(backwards):
+                span = _assigned(text, last - match.start(), separator, scrubber)
+                if span is not None:
+                    spans.append(span)
 
-    def _value_span(self, text: str, match: re.Match[str], scrubber: Scrubber) -> _Span | None:
-        key_end = match.start()
-        while key_end > 0 and text[key_end - 1] in " \t":
-            key_end -= 1
-        quote = text[key_end - 1] if key_end > 0 and text[key_end - 1] in "\"'" else ""
-        key_end -= len(quote)
-        key_start = key_end
-        while key_start > max(0, key_end - 128) and text[key_start - 1] in _KEY_CHARS:
-            key_start -= 1
-        if key_start == key_end or (quote and text[key_start - 1 : key_start] != quote):
-            return None
-        key = text[key_start:key_end]
-        rule = scrubber._decision(key)
-        if not isinstance(rule, str):
-            return None
-        start, end = match.span("value")
-        if text[start] in "\"'":
-            start, end = start + 1, end - 1
-        elif text[start:end] in _NOTHING:
-            return None
-        elif self.separator == ":" and not quote:
-            if not _starts_line(text, key_start):
-                return None  # `word: value` in a sentence is prose, not a header
-            end = _line_end(text, start)
-        if end <= start or text.startswith(SCRUBBED_PREFIX, start):
-            return None
-        return (start, end, rule, key)
+
+def _lowered(text: str) -> str:
+    """`text` in lower case, each character where it was (some lowercase to two characters)."""
+    lowered = text.lower()
+    return lowered if len(lowered) == len(text) else text.translate(_ASCII_LOWER)
+
+
+def _assigned(text: str, separator_at: int, separator: str, scrubber: Scrubber) -> _Span | None:
+    """The value's span if the name before `separator_at` is a secret-looking key."""
+    key_end = separator_at
+    while key_end > 0 and text[key_end - 1] in " \t":
+        key_end -= 1
+    quote = text[key_end - 1] if key_end > 0 and text[key_end - 1] in "\"'" else ""
+    key_end -= len(quote)
+    key_start = key_end
+    while key_start > max(0, key_end - 128) and text[key_start - 1] in _KEY_CHARS:
+        key_start -= 1
+    if key_start == key_end or (quote and text[key_start - 1 : key_start] != quote):
+        return None
+    key = text[key_start:key_end]
+    rule = scrubber._decision(key)
+    if not isinstance(rule, str):
+        return None
+    value = _ASSIGNED_VALUE.match(text, separator_at + 1)
+    if value is None:
+        return None
+    start, end = value.span()
+    while text[start] in " \t":
+        start += 1
+    if text[start] in "\"'":
+        start, end = start + 1, end - 1
+    elif text[start:end] in _NOTHING:
+        return None
+    elif separator == ":" and not quote:
+        if not _starts_line(text, key_start):
+            return None  # `word: value` in a sentence is prose, not a header
+        end = _line_end(text, start)
+    if end <= start or text.startswith(SCRUBBED_PREFIX, start):
+        return None
+    return (start, end, rule, key)
 
 
 def _starts_line(text: str, position: int) -> bool:
@@ -477,15 +515,16 @@ def _line_end(text: str, start: int) -> int:
     return end
 
 
-def _builtin_scanners(extra_endings: Iterable[str]) -> list[_Scanner]:
+def _builtin_scanners() -> list[_Scanner]:
     scanners: list[_Scanner] = []
     for trigger, pattern, branches in _TEXT_RULES:
         table = {group: (group, rule, back) for group, rule, back in branches}
         scanners.append(_Scanner(trigger, re.compile(pattern), table))
-    endings = (*_KEY_ENDINGS, *extra_endings)
-    scanners.append(_AssignmentScanner("=", endings, ("", " ")))
-    scanners.append(_AssignmentScanner(":", endings, ("", "[\"']")))
     return scanners
+
+
+_ORDINARY: Final[tuple[None, bool]] = (None, False)
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
 
 
 class Scrubber:
@@ -497,10 +536,13 @@ class Scrubber:
 
     __slots__ = (
         "_allow",
+        "_assignments",
         "_callback",
+        "_clean",
         "_decisions",
         "_key_rules",
         "_min_chars",
+        "_parse_all_json",
         "_scanners",
         "options",
     )
@@ -517,12 +559,15 @@ class Scrubber:
         if options.callback is not None and not callable(options.callback):
             raise TypeError("callback must be a function (match) -> bool, or None")
         self._callback = options.callback
-        self._scanners = _builtin_scanners(_plain_words(extra_keys))
+        self._scanners = _builtin_scanners()
         for rule, regex in extra_values:
-            self._scanners.append(_UserScanner(None, regex, {"": ("", rule, 0)}))
-        # the shortest text any rule can find: `jwt=x`; a user's rule may find less
+            self._scanners.append(_UserScanner("", regex, {"": ("", rule, 0)}))
+        self._assignments = _Assignments((*_KEY_ENDINGS, *_plain_words(extra_keys)))
+        # the shortest text a rule finds: `jwt=x`; a user's rule may find less
         self._min_chars = 1 if extra_keys or extra_values else 5
+        self._parse_all_json = bool(extra_keys)  # a user's key rule has no words to look for
         self._decisions: dict[str, tuple[_Decision, bool]] = {}
+        self._clean: dict[str, None] = {}  # short strings with nothing in them
         self.options = options
 
     # --- the record ----------------------------------------------------------------------
@@ -568,46 +613,67 @@ class Scrubber:
         if kind is dict:
             return self._mapping(value, path, run, depth)  # type: ignore[arg-type]
         if kind is list:
-            return self._sequence(value, path, run, depth)  # type: ignore[arg-type]
-        if kind is int or kind is float or kind is bool or value is None:
+            return self._sequence(value, value, path, run, depth)  # type: ignore[arg-type]
+        if kind in _SCALARS:
             return value
         return self._other(value, path, run, depth)
 
     def _other(self, value: object, path: _Path, run: _Run, depth: int) -> object:
-        """Subclasses of str, dict and list (read without calling their methods), tuples;
-        anything else is left as it is."""
-        if isinstance(value, str):
-            text = str.__str__(value)
+        """Subclasses of str, dict and list, and tuples, read without calling their methods;
+        anything else (not JSON) is left as it is."""
+        kind = type(value)  # not isinstance: that may ask the object (a proxy) its __class__
+        if issubclass(kind, str):
+            text = str.__str__(cast(str, value))
             new = self._text(text, path, run, depth)
             return value if new is text else new
-        if isinstance(value, dict):
-            return self._mapping(value, path, run, depth)
-        if isinstance(value, (list, tuple)):
-            return self._sequence(value, path, run, depth)
+        if issubclass(kind, dict):
+            return self._mapping(cast("dict[Any, Any]", value), path, run, depth)
+        if issubclass(kind, list):
+            items = list(list.__iter__(cast("list[Any]", value)))
+            return self._sequence(value, items, path, run, depth)
+        if issubclass(kind, tuple):
+            items = list(tuple.__iter__(cast("tuple[Any, ...]", value)))
+            return self._sequence(value, items, path, run, depth)
         return value
 
     def _mapping(self, value: dict[Any, Any], path: _Path, run: _Run, depth: int) -> object:
         if depth >= MAX_DEPTH:
             return run.too_deep()
-        pair_rule = self._pair_rule(value)
-        changes: list[tuple[object, object, object]] = []
+        decisions = self._decisions
+        pair_rule = self._pair_rule(value) if dict.__contains__(value, "value") else None
+        changes: list[tuple[object, object, object]] | None = None
         renamed = False
         for key, item in dict.items(value):
-            here = (path, key)
-            if type(key) is str or isinstance(key, str):
-                name = key if type(key) is str else str.__str__(key)
+            if type(key) is str:
+                name = key
+                decision, secret_inside = decisions.get(key) or self._key_info(key)
+            elif issubclass(type(key), str):
+                name = str.__str__(key)
                 decision, secret_inside = self._key_info(name)
-                if pair_rule is not None and name == "value":
-                    decision = pair_rule
-                new_key: object = self._text_only(name, here, run) if secret_inside else key
-                renamed = renamed or new_key is not key
-                new = self._keyed(item, here, name, decision, run, depth)
             else:  # a number, None, a tuple...: no name to judge by
-                new_key = key
-                new = self._value(item, here, run, depth + 1)
+                name = ""
+                decision, secret_inside = _ORDINARY
+            if pair_rule is not None and name == "value":
+                decision = pair_rule
+            if decision is None:
+                kind = type(item)
+                if kind in _SCALARS or (kind is str and len(item) < self._min_chars):
+                    new = item
+                else:
+                    new = self._value(item, (path, key), run, depth + 1)
+            elif isinstance(decision, str):
+                new = self._secret(item, (path, key), decision, name, run)
+            else:
+                new = item  # allow-listed: kept whole
+            new_key: object = key
+            if secret_inside:
+                new_key = self._text_only(name, (path, key), run)
+                renamed = renamed or new_key is not name
             if new is not item or new_key is not key:
+                if changes is None:
+                    changes = []
                 changes.append((key, new_key, new))
-        if not changes:
+        if changes is None:
             return value
         if renamed:
             return _renamed(value, changes)
@@ -616,55 +682,52 @@ class Scrubber:
             out[key] = new
         return out
 
-    def _keyed(
-        self, item: object, path: _Path, key: str, decision: _Decision, run: _Run, depth: int
+    def _sequence(
+        self, value: object, items: list[Any], path: _Path, run: _Run, depth: int
     ) -> object:
-        if decision is None:
-            return self._value(item, path, run, depth + 1)
-        if isinstance(decision, str):
-            return self._secret(item, path, decision, key, run)
-        return item  # allow-listed: kept whole
-
-    def _sequence(self, value: Sequence[Any], path: _Path, run: _Run, depth: int) -> object:
+        """A list or tuple (`value`) given as its items."""
         if depth >= MAX_DEPTH:
             return run.too_deep()
-        # the builtin iterators: a subclass's own __iter__ is not called
-        items = list(list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value))  # type: ignore[arg-type]
         out: list[object] | None = None
+        min_chars = self._min_chars
         for index, item in enumerate(items):
-            here = (path, index)
-            new = self._pair(item, here, run, depth + 1)
-            if new is item:
-                new = self._value(item, here, run, depth + 1)
+            kind = type(item)
+            if kind is str:
+                if len(item) < min_chars:
+                    continue
+                new = self._text(item, (path, index), run, depth + 1)
+            elif kind in _SCALARS:
+                continue
+            elif (kind is list or kind is tuple) and len(item) == 2 and type(item[0]) is str:
+                new = self._pair(item, (path, index), run, depth + 1)
+            else:
+                new = self._value(item, (path, index), run, depth + 1)
             if new is not item:
                 if out is None:
                     out = list(items)
                 out[index] = new
         if out is None:
             return value
-        return tuple(out) if isinstance(value, tuple) else out
+        return tuple(out) if issubclass(type(value), tuple) else out
 
-    def _pair(self, item: object, path: _Path, run: _Run, depth: int) -> object:
+    def _pair(
+        self, item: list[Any] | tuple[Any, ...], path: _Path, run: _Run, depth: int
+    ) -> object:
         """`[name, value]` in a list (headers as pairs): the value is scrubbed by the name."""
-        if type(item) is not list and type(item) is not tuple:
-            return item
-        pair: Sequence[object] = item
-        name = pair[0] if len(pair) == 2 else None
-        if type(name) is not str:
-            return item
+        name: str = item[0]
         decision = self._decision(name)
         if not isinstance(decision, str):
-            return item
+            return self._value(item, path, run, depth)
         if depth >= MAX_DEPTH:
             return run.too_deep()
-        new = self._secret(pair[1], (path, 1), decision, name, run)
-        if new is pair[1]:
+        new = self._secret(item[1], (path, 1), decision, name, run)
+        if new is item[1]:
             return item
         return [name, new] if type(item) is list else (name, new)
 
     def _pair_rule(self, value: dict[Any, Any]) -> str | None:
         """`{"name": "Authorization", "value": ...}` (HAR headers): the rule of the name."""
-        if dict.__len__(value) > 3 or not dict.__contains__(value, "value"):
+        if dict.__len__(value) > 3:
             return None
         for name_field in ("name", "key"):
             name = dict.get(value, name_field)
@@ -689,21 +752,29 @@ class Scrubber:
     # --- text ----------------------------------------------------------------------------
 
     def _text(self, text: str, path: _Path, run: _Run, depth: int) -> object:
-        if len(text) < self._min_chars:
+        length = len(text)
+        if length < self._min_chars or (length <= _CLEAN_CHARS and text in self._clean):
             return text
         first = text[0]
         if (first == "{" or first == "[") and (text[-1] == "}" or text[-1] == "]"):
-            parsed = _json_container(text)
-            if parsed is not _NOT_JSON:
-                new = self._value(parsed, path, run, depth)
-                return text if new is parsed else _json_text(new)
-        if first == "d" and text.startswith("data:") and ";base64," in text[:256]:
+            if self._parse_all_json or _may_hold_secret_keys(text):
+                parsed = _json_container(text)
+                if parsed is not _NOT_JSON:
+                    new = self._value(parsed, path, run, depth)
+                    return text if new is parsed else _json_text(new)
+            # Not JSON, or JSON without a key a secret could be under: text rules, and the
+            # result stays valid JSON (markers replace parts of strings, never quotes)
+        elif first == "d" and text.startswith("data:") and ";base64," in text[:256]:
             return text  # an image or file: base64, nothing to read
         return self._text_only(text, path, run)
 
     def _text_only(self, text: str, path: _Path, run: _Run) -> str:
         spans = self._spans(text)
         if not spans:
+            if len(text) <= _CLEAN_CHARS:
+                if len(self._clean) >= _CLEAN_KEPT:
+                    self._clean.clear()
+                self._clean[text] = None
             return text
         if run.callback is not None:
             owner = _owning_key(path)
@@ -717,15 +788,15 @@ class Scrubber:
     def _spans(self, text: str) -> list[_Span]:
         spans: list[_Span] = []
         for scanner in self._scanners:
-            trigger = scanner.trigger
-            if trigger is None or trigger in text:
-                scanner.find(text, spans, self)
+            if scanner.trigger in text:
+                scanner.find(text, spans)
+        self._assignments.find(text, spans, self)
         return spans
 
     # --- key decisions -------------------------------------------------------------------
 
     def _decision(self, key: str) -> _Decision:
-        return self._key_info(key)[0]
+        return (self._decisions.get(key) or self._key_info(key))[0]
 
     def _key_info(self, key: str) -> tuple[_Decision, bool]:
         """What the key is (a rule name, keep, or ordinary) and whether text rules match in
@@ -740,13 +811,15 @@ class Scrubber:
         return info
 
     def _decide(self, key: str) -> _Decision:
-        name = normalize_key(key)
-        if name in self._allow:
+        # camelCase split (`apiKey`), and not (`AuThOrIzAtIoN`: a header name in any case)
+        names = {normalize_key(key), normalize_key(key.lower())}
+        if names & self._allow:
             return _KEEP
-        descriptor = name.rsplit("_", 1)[-1] in DESCRIPTOR_WORDS
-        for rule, regex, builtin in self._key_rules:
-            if (not builtin or not descriptor) and regex.search(name):
-                return rule
+        for name in names:
+            descriptor = name.rsplit("_", 1)[-1] in DESCRIPTOR_WORDS
+            for rule, regex, builtin in self._key_rules:
+                if (not builtin or not descriptor) and regex.search(name):
+                    return rule
         return None
 
 
@@ -832,6 +905,27 @@ def _flattened(path: _Path) -> tuple[object, ...]:
         keys.append(key)
     keys.reverse()
     return tuple(keys)
+
+
+# Every key rule's match holds one of these (any case, as written in the JSON text): a JSON
+# text without them has no key a secret could be under, and needs no parsing.
+_KEY_WORDS: Final = (
+    "pass",
+    "secret",
+    "token",
+    "jwt",
+    "key",
+    "cred",
+    "auth",
+    "bearer",
+    "cookie",
+    "srf",
+)
+
+
+def _may_hold_secret_keys(text: str) -> bool:
+    lowered = _lowered(text)
+    return any(word in lowered for word in _KEY_WORDS)
 
 
 def _reject_constant(name: str) -> object:
