@@ -524,7 +524,12 @@ def _builtin_scanners() -> list[_Scanner]:
 
 
 _ORDINARY: Final[tuple[None, bool]] = (None, False)
-_SCALARS: Final = frozenset({int, float, bool, type(None)})
+_NONE_TYPE: Final = type(None)
+
+
+def _is_scalar(kind: type) -> bool:
+    # identity, not a set lookup: hashing a type runs its metaclass's __hash__
+    return kind is int or kind is float or kind is bool or kind is _NONE_TYPE
 
 
 class Scrubber:
@@ -614,7 +619,7 @@ class Scrubber:
             return self._mapping(value, path, run, depth)  # type: ignore[arg-type]
         if kind is list:
             return self._sequence(value, value, path, run, depth)  # type: ignore[arg-type]
-        if kind in _SCALARS:
+        if kind is int or kind is float or kind is bool or value is None:
             return value
         return self._other(value, path, run, depth)
 
@@ -657,7 +662,7 @@ class Scrubber:
                 decision = pair_rule
             if decision is None:
                 kind = type(item)
-                if kind in _SCALARS or (kind is str and len(item) < self._min_chars):
+                if _is_scalar(kind) or (kind is str and len(item) < self._min_chars):
                     new = item
                 else:
                     new = self._value(item, (path, key), run, depth + 1)
@@ -696,7 +701,7 @@ class Scrubber:
                 if len(item) < min_chars:
                     continue
                 new = self._text(item, (path, index), run, depth + 1)
-            elif kind in _SCALARS:
+            elif _is_scalar(kind):
                 continue
             elif (kind is list or kind is tuple) and len(item) == 2 and type(item[0]) is str:
                 new = self._pair(item, (path, index), run, depth + 1)
@@ -983,12 +988,19 @@ def _compiled_rules(value: object, name: str, flags: int) -> list[tuple[str, re.
     return compiled
 
 
-_PLAIN_WORD = re.compile(r"[A-Za-z0-9_]+")
+_PLAIN_ALTERNATIVES = re.compile(r"[A-Za-z0-9_]+(?:\|[A-Za-z0-9_]+)*")
 
 
 def _plain_words(rules: list[tuple[str, re.Pattern[str]]]) -> list[str]:
-    """Extra key rules that are plain words (`ssn`) are looked for in `name=value` text too."""
-    return [rx.pattern[-9:] for _, rx in rules if _PLAIN_WORD.fullmatch(rx.pattern)]
+    """The endings of extra key rules made of plain words (`ssn|social_security`): what the
+    text scanner looks for before `=` or `:` (a rule that is an expression is not found there)."""
+    endings = []
+    for _, regex in rules:
+        if _PLAIN_ALTERNATIVES.fullmatch(regex.pattern):
+            for word in regex.pattern.split("|"):
+                last = word.rstrip("_").rsplit("_", 1)[-1]
+                endings.append(last[-9:] if last else word[-9:])
+    return endings
 
 
 _OPTION_NAMES: Final = tuple(f.name for f in fields(ScrubOptions))
