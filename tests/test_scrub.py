@@ -733,6 +733,19 @@ def test_allow_keys_keep_their_values_whole() -> None:
     )
 
 
+def test_allow_keys_apply_to_the_records_own_fields_and_to_header_entries() -> None:
+    scrubber = Scrubber(ScrubOptions(allow_keys=["stdout", "value"]))
+    record = {
+        "stdout": "password=x",
+        "error": "password=y",
+        "inputs": {"har": [{"name": "Cookie", "value": "c"}], "other": {"value": "v"}},
+    }
+    result = scrubber.scrub(record).record
+    assert result["stdout"] is record["stdout"]
+    assert result["error"] == "password=[scrubbed: password]"
+    assert result["inputs"] is record["inputs"]
+
+
 def test_the_callback_sees_each_match_and_may_keep_it() -> None:
     seen: list[ScrubMatch] = []
 
@@ -1325,15 +1338,15 @@ def inject(data: st.DataObject, index: int) -> tuple[str, Any, Any, str, str]:
     return f"t{index}", value, becomes, rule, text
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(records, st.data())
-def test_injected_secrets_are_scrubbed_and_everything_else_is_unchanged(
+def with_secrets(
     record: dict[str, Any], data: st.DataObject
-) -> None:
+) -> tuple[dict[str, Any], Counter[str], list[str], list[str]]:
+    """Secrets injected into `record` at random places: (what scrubbing must make of it, the
+    counts by rule, the secret texts, the secret-looking keys used)."""
     record.setdefault("provider_request", {})
     expected = copy.deepcopy(record)
     counts: Counter[str] = Counter()
-    secrets = []
+    secrets, keys = [], []
     # the record's own dicts and lists (not the injected ones), in the record and its copy
     places = [
         pair
@@ -1343,6 +1356,7 @@ def test_injected_secrets_are_scrubbed_and_everything_else_is_unchanged(
     ]
     for index in range(data.draw(st.integers(1, 5))):
         actual_container, expected_container = data.draw(st.sampled_from(places))
+        assert actual_container is not expected_container, places
         key, value, becomes, rule, secret = inject(data, index)
         if isinstance(actual_container, dict):
             actual_container[key], expected_container[key] = value, becomes
@@ -1354,18 +1368,65 @@ def test_injected_secrets_are_scrubbed_and_everything_else_is_unchanged(
             expected_container.append(becomes)
         counts[rule] += 1
         secrets.append(secret)
+        keys.append(key)
     if data.draw(st.booleans()):
         text, replaced, rule = data.draw(text_secrets)
         record["stdout"] = f"{record.get('stdout', '')}\n{text}\n"
         expected["stdout"] = f"{expected.get('stdout', '')}\n{replaced}\n"
         counts[rule] += 1
         secrets.append(text)
+    return expected, counts, secrets, keys
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(records, st.data())
+def test_injected_secrets_are_scrubbed_and_everything_else_is_unchanged(
+    record: dict[str, Any], data: st.DataObject
+) -> None:
+    expected, counts, secrets, _ = with_secrets(record, data)
     before = copy.deepcopy(record)
     result = SCRUBBER.scrub(record)
     assert result.record == expected
     assert result.counts == counts
     assert record == before
     assert_nothing_survives(result.record, secrets)
+
+
+@settings(
+    max_examples=50, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
+@given(records, st.data())
+def test_a_callback_that_keeps_everything_and_an_allow_list_of_every_key_change_nothing(
+    record: dict[str, Any], data: st.DataObject
+) -> None:
+    with_secrets(record, data)
+    seen: list[ScrubMatch] = []
+
+    def keep(match: ScrubMatch) -> bool:
+        seen.append(match)
+        return True
+
+    kept = Scrubber(ScrubOptions(callback=keep)).scrub(record)
+    assert kept.record is record and kept.counts == {}
+    assert kept.kept == len(seen) > 0
+    assert all(SCRUBBED_PREFIX not in json.dumps(m.value, default=str) for m in seen)
+    every_key = list({key for text in strings_in(record) for key in [text] if len(key) < 40})
+    allowed = Scrubber(ScrubOptions(allow_keys=every_key))
+    result = allowed.scrub(record)
+    # only text rules remain: each secret-looking key's value is kept whole
+    for key, value in _items_with_keys(result.record):
+        if key in every_key and not isinstance(value, str):
+            assert SCRUBBED_PREFIX not in json.dumps(value, default=str)
+
+
+def _items_with_keys(value: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key, item
+            yield from _items_with_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _items_with_keys(item)
 
 
 def hostile() -> Hostile:

@@ -524,6 +524,8 @@ def _builtin_scanners() -> list[_Scanner]:
 
 
 _ORDINARY: Final[tuple[None, bool]] = (None, False)
+# What a header name looks like (RFC 9110 token characters, mostly): the name of a pair
+_NAME_LIKE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NONE_TYPE: Final = type(None)
 
 
@@ -594,6 +596,8 @@ class Scrubber:
         for name, value in dict.items(record):
             if name in IDENTITY_FIELDS:
                 continue
+            if self._allow and type(name) is str and self._decision(name) is _KEEP:
+                continue  # a field the user keeps as it is (`allow_keys=["stdout"]`)
             try:
                 new = self._value(value, (None, name), run, 0)
             except Exception as exc:  # left out rather than sent unscrubbed
@@ -658,7 +662,7 @@ class Scrubber:
             else:  # a number, None, a tuple...: no name to judge by
                 name = ""
                 decision, secret_inside = _ORDINARY
-            if pair_rule is not None and name == "value":
+            if pair_rule is not None and name == "value" and decision is not _KEEP:
                 decision = pair_rule
             if decision is None:
                 kind = type(item)
@@ -720,15 +724,16 @@ class Scrubber:
     ) -> object:
         """`[name, value]` in a list (headers as pairs): the value is scrubbed by the name."""
         name: str = item[0]
-        decision = self._decision(name)
+        decision = self._decision(name) if _NAME_LIKE.fullmatch(name) else None
         if not isinstance(decision, str):
             return self._value(item, path, run, depth)
         if depth >= MAX_DEPTH:
             return run.too_deep()
+        new_name = self._text_only(name, (path, 0), run)  # `api_key_sk-...`: a name, and more
         new = self._secret(item[1], (path, 1), decision, name, run)
-        if new is item[1]:
+        if new is item[1] and new_name is name:
             return item
-        return [name, new] if type(item) is list else (name, new)
+        return [new_name, new] if type(item) is list else (new_name, new)
 
     def _pair_rule(self, value: dict[Any, Any]) -> str | None:
         """`{"name": "Authorization", "value": ...}` (HAR headers): the rule of the name."""
@@ -737,7 +742,7 @@ class Scrubber:
         for name_field in ("name", "key"):
             name = dict.get(value, name_field)
             if type(name) is str:
-                decision = self._decision(name)
+                decision = self._decision(name) if _NAME_LIKE.fullmatch(name) else None
                 return decision if isinstance(decision, str) else None
         return None
 
@@ -816,13 +821,17 @@ class Scrubber:
         return info
 
     def _decide(self, key: str) -> _Decision:
-        # camelCase split (`apiKey`), and not (`AuThOrIzAtIoN`: a header name in any case)
-        names = {normalize_key(key), normalize_key(key.lower())}
-        if names & self._allow:
+        # as written, and with camelCase split (`apiKey`, `basicAuth`); not split, a header
+        # name in any case (`AuThOrIzAtIoN`) is still itself
+        names = [normalize_key(key.lower())]
+        split = normalize_key(key)
+        if split != names[0]:
+            names.append(split)
+        if self._allow.intersection(names):
             return _KEEP
-        for name in names:
-            descriptor = name.rsplit("_", 1)[-1] in DESCRIPTOR_WORDS
-            for rule, regex, builtin in self._key_rules:
+        descriptors = [name.rsplit("_", 1)[-1] in DESCRIPTOR_WORDS for name in names]
+        for rule, regex, builtin in self._key_rules:
+            for name, descriptor in zip(names, descriptors, strict=True):
                 if (not builtin or not descriptor) and regex.search(name):
                     return rule
         return None
