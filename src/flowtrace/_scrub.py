@@ -13,11 +13,13 @@ inputs, messages, output, output_message, stdout, error, metadata, provider_requ
 provider_response, user, flow (its attributes), environment, source.
 
 1. Secret-looking keys. In mappings at any depth (lists included; header mappings;
-   `[name, value]` pairs; `{"name" or "key": ..., "value": ...}` entries) the value under a
-   key that matches a rule becomes the marker `[scrubbed: <rule>]` (`_contract.scrubbed`).
-   A key is normalized first (camelCase split, lowercased, every run of other characters
-   such as `_`, `-`, `.` or spaces made one `_`: `X-Api-Key` and `apiKey` are `x_api_key` and
-   `api_key`), then searched with these rules, in this order:
+   `[name, value]` pairs and `{"name" or "key": ..., "value": ...}` entries whose name looks
+   like a header name) the value under a key that matches a rule becomes the marker
+   `[scrubbed: <rule>]` (`_contract.scrubbed`). A key is normalized (lowercased, every run of
+   other characters such as `_`, `-`, `.` or spaces made one `_`), both as written and with
+   camelCase split: `X-Api-Key`, `apiKey` and `api key` are `x_api_key` / `api_key`, and
+   `AuThOrIzAtIoN` is still `authorization`. The rules are tried in this order, each on both
+   spellings; the first that matches names the marker:
 
    =============  ===================================================================
    rule           the normalized key contains
@@ -80,17 +82,27 @@ provider_response, user, flow (its attributes), environment, source.
    Basic ...`. A prompt that merely mentions a password ("reset my password") is kept.
 
 3. JSON text. A string that is a JSON object or array (the `output` of a function that
-   returned a dict, tool-call arguments) is parsed and scrubbed as a structure; when
-   something was scrubbed it is encoded again (compact), else kept as it was.
+   returned a dict, tool-call arguments) and holds a word a secret key is made of is parsed
+   and scrubbed as a structure; when something was scrubbed it is encoded again (compact),
+   else kept as it was. Without such a word only the text rules apply, and they never
+   replace a quote, so JSON stays JSON.
 
 `ScrubOptions` adds key rules (`extra_patterns`: regular expressions searched in normalized
-key names), text rules (`extra_value_patterns`), keys to keep as they are (`allow_keys`:
-normalized names; the value under such a key is kept whole), and a `callback(match) -> bool`
-that sees each match (`ScrubMatch`: path, key, rule, value) and keeps the value when it
-returns True. A `redact(record) -> record` hook runs after scrubbing (`sanitize`).
+key names, no exception for descriptor words; plain words among them are also looked for
+before `=` in text), text rules (`extra_value_patterns`), keys to keep as they are
+(`allow_keys`: normalized names, the record's own fields included; the value under such a
+key is kept whole), and a `callback(match) -> bool` that sees each match (`ScrubMatch`:
+path, key, rule, value) and keeps the value when it returns True. A `redact(record) ->
+record` hook runs after scrubbing (`sanitize`).
 
-Data URLs (`data:...;base64,`) are not scanned, and structures nested deeper than
+Anything that is not JSON (bytes, sets, objects) is left as it is, unless it is under a
+secret-looking key; subclasses of str, dict, list and tuple are read without calling their
+methods. Data URLs (`data:...;base64,`) are not scanned. Structures nested deeper than
 `MAX_DEPTH` are replaced by `[scrubbed: depth limit]`.
+
+Cost: the worker's, per log (bench/scrub_bench.py, bench/RESULTS.md). A string shorter than
+any rule can match, or found clean before, is not scanned again; each text rule runs only if
+the text contains its trigger character; containers with nothing to scrub are not copied.
 """
 
 from __future__ import annotations
