@@ -355,8 +355,8 @@ class ScrubMatch:
 
     #: where: the record's field, then the keys and list indexes down to the value
     path: tuple[object, ...]
-    #: the secret-looking key (or the name of `name=value` in text); for a secret found in
-    #: text, the key the string is under (None in a list of strings)
+    #: the secret-looking key (or the name of `name=value` in text); for a secret found by a
+    #: text rule, the nearest key above the string (at least the record's field)
     key: str | None
     rule: str
     #: the value under the key, or the matching part of the text
@@ -408,6 +408,7 @@ class _Keep:
 _KEEP: Final = _Keep()
 _Decision = Union[str, _Keep, None]  # noqa: UP007 (a rule name, keep, or an ordinary key)
 _NOT_JSON: Final = object()
+_DROPPED: Final = object()  # a field that could not be scrubbed
 _DECISIONS_KEPT: Final = 4096  # distinct keys remembered per scrubber
 # Strings found clean are remembered (prompts, roles and model names come in log after log):
 # at most this many, of at most this length (so at most ~2 MiB).
@@ -615,11 +616,11 @@ class Scrubber:
             except Exception as exc:  # left out rather than sent unscrubbed
                 internal_error("scrub-field", exc)
                 dropped.append(name)
-                new = _NOT_JSON
+                new = _DROPPED
             if new is not value:
                 if out is None:
                     out = dict(dict.items(record))
-                if new is _NOT_JSON:
+                if new is _DROPPED:
                     del out[name]
                 else:
                     out[name] = new
