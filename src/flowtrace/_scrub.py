@@ -240,13 +240,20 @@ VALUE_RULES: Final = {
 # before the group's start).
 _Branch = tuple[str, str, int]
 
+
+def _after(prefix: str, word: str = _T) -> str:
+    """Just after `prefix` (a regex of fixed width), which starts a word: `sk-` but not `task-`.
+    The positive lookbehind first: it fails at once almost everywhere."""
+    return f"(?<={prefix})(?<![{word}]{prefix})"
+
+
 _DASH = (
     "-",
     r"-(?:"
-    rf"(?<=sk-)(?<![{_T}]sk-)(?:(?P<anthropic>ant-[{_T}]{{20,}})"
+    rf"{_after('sk-')}(?:(?P<anthropic>ant-[{_T}]{{20,}})"
     rf"|(?P<openai>(?=[A-Za-z_-]*[0-9])[{_T}]{{20,}}))"
-    r"|(?<=xox[abposre]-)(?<![A-Za-z0-9_-]xox[abposre]-)(?P<slack>[A-Za-z0-9-]{10,})"
-    r"|(?<=xapp-)(?<![A-Za-z0-9_-]xapp-)(?P<slack_app>[0-9]-[A-Za-z0-9-]{10,})"
+    rf"|{_after('xox[abposre]-')}(?P<slack>[A-Za-z0-9-]{{10,}})"
+    rf"|{_after('xapp-')}(?P<slack_app>[0-9]-[A-Za-z0-9-]{{10,}})"
     # to the END line, or (cut short by a budget) as far as the base64 goes; never across a
     # quote, so JSON text stays JSON
     r"|(?P<pem>----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
@@ -260,13 +267,14 @@ _DASH = (
         ("pem", "pem private key", 1),
     ),
 )
+_ALNUM_ = "A-Za-z0-9_"
 _UNDERSCORE = (
     "_",
     r"_(?:"
-    r"(?<=gh[pousr]_)(?<![A-Za-z0-9_]gh[pousr]_)(?P<github>[A-Za-z0-9]{30,})"
-    r"|(?<=github_)(?<![A-Za-z0-9_]github_)(?P<github_pat>pat_[A-Za-z0-9_]{22,})"
-    r"|(?<=hf_)(?<![A-Za-z0-9_]hf_)(?P<hf>[A-Za-z0-9]{30,})"
-    r"|(?<=[rs]k_)(?<![A-Za-z0-9_][rs]k_)(?P<stripe>(?:live|test)_[A-Za-z0-9]{16,})"
+    rf"{_after('gh[pousr]_', _ALNUM_)}(?P<github>[A-Za-z0-9]{{30,}})"
+    rf"|{_after('github_', _ALNUM_)}(?P<github_pat>pat_[A-Za-z0-9_]{{22,}})"
+    rf"|{_after('hf_', _ALNUM_)}(?P<hf>[A-Za-z0-9]{{30,}})"
+    rf"|{_after('[rs]k_', _ALNUM_)}(?P<stripe>(?:live|test)_[A-Za-z0-9]{{16,}})"
     r")",
     (
         ("github", "github token", 4),
