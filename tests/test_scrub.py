@@ -571,6 +571,30 @@ def test_json_text_with_a_secret_only_inside_a_string_stays_valid_json() -> None
     assert json.loads(result) == {"answer": "use [scrubbed: openai key] now", "n": [1, 2.5]}
 
 
+def test_json_lines_in_stdout_get_the_text_rules_and_each_line_stays_json() -> None:
+    rows = [
+        {"step": 1, "password": "hunter2", "note": "called with Bearer abc123def456"},
+        {"step": 2, "key": PEM, "url": "https://u:pw@h/x", "tokens": 12},
+        {"step": 3, "headers": {"Authorization": "Basic dXNlcjpwYXNz"}, "token": JWT},
+    ]
+    stdout = "\n".join(json.dumps(row) for row in rows)
+    lines = scrubbed_text(stdout).split("\n")
+    assert [json.loads(line) for line in lines] == [
+        {
+            "step": 1,
+            "password": scrubbed("password"),
+            "note": "called with Bearer [scrubbed: bearer token]",
+        },
+        {
+            "step": 2,
+            "key": scrubbed("pem private key"),
+            "url": "https://u:[scrubbed: url password]@h/x",
+            "tokens": 12,
+        },
+        {"step": 3, "headers": {"Authorization": scrubbed("auth")}, "token": scrubbed("jwt")},
+    ]
+
+
 def test_tool_call_arguments_are_json_text_too() -> None:
     message = {
         "role": "assistant",
@@ -1489,13 +1513,6 @@ def test_the_trie_matches_exactly_its_words(words: set[str], other: str) -> None
     regex = re.compile(f"(?:{_scrub._trie(words)})")
     assert all(regex.fullmatch(word) for word in words)
     assert (regex.fullmatch(other) is not None) == (other in words)
-
-
-@pytest.mark.parametrize(("key", "rule"), SECRET_KEYS)
-def test_every_secret_key_holds_a_word_the_json_text_prefilter_looks_for(
-    key: str, rule: str
-) -> None:
-    assert _scrub._may_hold_secret_keys(compact({key: 1}))
 
 
 @pytest.mark.parametrize(("key", "rule"), [(k, r) for k, r in SECRET_KEYS if " " not in k])

@@ -82,10 +82,9 @@ provider_response, user, flow (its attributes), environment, source.
    Basic ...`. A prompt that merely mentions a password ("reset my password") is kept.
 
 3. JSON text. A string that is a JSON object or array (the `output` of a function that
-   returned a dict, tool-call arguments) and holds a word a secret key is made of is parsed
-   and scrubbed as a structure; when something was scrubbed it is encoded again (compact),
-   else kept as it was. Without such a word only the text rules apply, and they never
-   replace a quote, so JSON stays JSON.
+   returned a dict, tool-call arguments) is parsed and scrubbed as a structure; when
+   something was scrubbed it is encoded again (compact), else kept as it was. Text that only
+   looks like JSON gets the text rules, which never replace a quote.
 
 `ScrubOptions` adds key rules (`extra_patterns`: regular expressions searched in normalized
 key names, no exception for descriptor words; plain words among them are also looked for
@@ -570,7 +569,6 @@ class Scrubber:
         "_decisions",
         "_key_rules",
         "_min_chars",
-        "_parse_all_json",
         "_scanners",
         "options",
     )
@@ -593,7 +591,6 @@ class Scrubber:
         self._assignments = _Assignments((*_KEY_ENDINGS, *_plain_words(extra_keys)))
         # the shortest text a rule finds: `jwt=x`; a user's rule may find less
         self._min_chars = 1 if extra_keys or extra_values else 5
-        self._parse_all_json = bool(extra_keys)  # a user's key rule has no words to look for
         self._decisions: dict[str, tuple[_Decision, bool]] = {}
         self._clean: dict[str, None] = {}  # short strings with nothing in them
         self.options = options
@@ -670,6 +667,7 @@ class Scrubber:
         if depth >= MAX_DEPTH:
             return run.too_deep()
         decisions = self._decisions
+        min_chars = self._min_chars
         pair_rule = self._pair_rule(value) if dict.__contains__(value, "value") else None
         changes: list[tuple[object, object, object]] | None = None
         renamed = False
@@ -677,6 +675,26 @@ class Scrubber:
             if type(key) is str:
                 name = key
                 decision, secret_inside = decisions.get(key) or self._key_info(key)
+                if decision is None and not secret_inside and pair_rule is None:
+                    # the common case, inlined: an ordinary key
+                    kind = type(item)
+                    if kind is str:
+                        if len(item) < min_chars:
+                            continue
+                        new = self._text(item, (path, key), run, depth + 1)
+                    elif kind is dict:
+                        new = self._mapping(item, (path, key), run, depth + 1)
+                    elif kind is list:
+                        new = self._sequence(item, item, (path, key), run, depth + 1)
+                    elif _is_scalar(kind):
+                        continue
+                    else:
+                        new = self._other(item, (path, key), run, depth + 1)
+                    if new is not item:
+                        if changes is None:
+                            changes = []
+                        changes.append((key, key, new))
+                    continue
             elif issubclass(type(key), str):
                 name = str.__str__(key)
                 decision, secret_inside = self._key_info(name)
@@ -788,13 +806,11 @@ class Scrubber:
             return text
         first = text[0]
         if (first == "{" or first == "[") and (text[-1] == "}" or text[-1] == "]"):
-            if self._parse_all_json or _may_hold_secret_keys(text):
-                parsed = _json_container(text)
-                if parsed is not _NOT_JSON:
-                    new = self._value(parsed, path, run, depth)
-                    return text if new is parsed else _json_text(new)
-            # Not JSON, or JSON without a key a secret could be under: text rules, and the
-            # result stays valid JSON (markers replace parts of strings, never quotes)
+            # parsed and walked: cheaper than the text rules on it, and it sees the structure
+            parsed = _json_container(text)
+            if parsed is not _NOT_JSON:
+                new = self._value(parsed, path, run, depth)
+                return text if new is parsed else _json_text(new)
         elif first == "d" and text.startswith("data:") and ";base64," in text[:256]:
             return text  # an image or file: base64, nothing to read
         return self._text_only(text, path, run)
@@ -940,27 +956,6 @@ def _flattened(path: _Path) -> tuple[object, ...]:
         keys.append(key)
     keys.reverse()
     return tuple(keys)
-
-
-# Every key rule's match holds one of these (any case, as written in the JSON text): a JSON
-# text without them has no key a secret could be under, and needs no parsing.
-_KEY_WORDS: Final = (
-    "pass",
-    "secret",
-    "token",
-    "jwt",
-    "key",
-    "cred",
-    "auth",
-    "bearer",
-    "cookie",
-    "srf",
-)
-
-
-def _may_hold_secret_keys(text: str) -> bool:
-    lowered = _lowered(text)
-    return any(word in lowered for word in _KEY_WORDS)
 
 
 def _reject_constant(name: str) -> object:
