@@ -3,10 +3,9 @@
 Every name of the wire contract that more than one part of flowtrace needs lives here: the log
 fields and which of them are payloads, the update extension, the status field names and values,
 chat roles, the recorder's metadata keys, the truncation and scrubbing markers and the wire
-datetime text. The
-recorder, the request bodies, the models, the store, the server and the viewer import them, so
-a field added to a log is added in one place and every other place is checked against it
-(tests/test_contract.py).
+datetime text. The recorder, the request bodies, the models, the store, the server and the
+viewer import them, so a field added to a log is added in one place and every other place is
+checked against it (tests/test_contract.py).
 
 Light on purpose: the recorder imports it on `import flowtrace` (no pydantic here).
 """

@@ -418,7 +418,7 @@ _NOT_JSON: Final = object()
 _DROPPED: Final = object()  # a field that could not be scrubbed
 _DECISIONS_KEPT: Final = 4096  # distinct keys remembered per scrubber
 # Strings found clean are remembered (prompts, roles and model names come in log after log):
-# at most this many, of at most this length (so at most ~2 MiB).
+# at most this many, of at most this length (2 M characters at most).
 _CLEAN_KEPT: Final = 4096
 _CLEAN_CHARS: Final = 512
 
@@ -672,51 +672,26 @@ class Scrubber:
         changes: list[tuple[object, object, object]] | None = None
         renamed = False
         for key, item in dict.items(value):
-            if type(key) is str:
-                name = key
-                decision, secret_inside = decisions.get(key) or self._key_info(key)
-                if decision is None and not secret_inside and pair_rule is None:
-                    # the common case, inlined: an ordinary key
-                    kind = type(item)
-                    if kind is str:
-                        if len(item) < min_chars:
-                            continue
-                        new = self._text(item, (path, key), run, depth + 1)
-                    elif kind is dict:
-                        new = self._mapping(item, (path, key), run, depth + 1)
-                    elif kind is list:
-                        new = self._sequence(item, item, (path, key), run, depth + 1)
-                    elif _is_scalar(kind):
-                        continue
-                    else:
-                        new = self._other(item, (path, key), run, depth + 1)
-                    if new is not item:
-                        if changes is None:
-                            changes = []
-                        changes.append((key, key, new))
-                    continue
-            elif issubclass(type(key), str):
-                name = str.__str__(key)
-                decision, secret_inside = self._key_info(name)
-            else:  # a number, None, a tuple...: no name to judge by
-                name = ""
-                decision, secret_inside = _ORDINARY
-            if pair_rule is not None and name == "value" and decision is not _KEEP:
-                decision = pair_rule
-            if decision is None:
+            info = decisions.get(key) if type(key) is str else None
+            if info is _ORDINARY and pair_rule is None:
+                # the common case, inlined: an ordinary key seen before
                 kind = type(item)
-                if _is_scalar(kind) or (kind is str and len(item) < self._min_chars):
-                    new = item
+                if kind is str:
+                    if len(item) < min_chars:
+                        continue
+                    new = self._text(item, (path, key), run, depth + 1)
+                elif kind is dict:
+                    new = self._mapping(item, (path, key), run, depth + 1)
+                elif kind is list:
+                    new = self._sequence(item, item, (path, key), run, depth + 1)
+                elif _is_scalar(kind):
+                    continue
                 else:
-                    new = self._value(item, (path, key), run, depth + 1)
-            elif isinstance(decision, str):
-                new = self._secret(item, (path, key), decision, name, run)
+                    new = self._other(item, (path, key), run, depth + 1)
+                new_key: object = key
             else:
-                new = item  # allow-listed: kept whole
-            new_key: object = key
-            if secret_inside:
-                new_key = self._text_only(name, (path, key), run)
-                renamed = renamed or new_key is not name
+                new_key, new = self._entry(key, item, pair_rule, path, run, depth)
+                renamed = renamed or new_key is not key
             if new is not item or new_key is not key:
                 if changes is None:
                     changes = []
@@ -729,6 +704,31 @@ class Scrubber:
         for key, _, new in changes:
             out[key] = new
         return out
+
+    def _entry(
+        self, key: object, item: object, pair_rule: str | None, path: _Path, run: _Run, depth: int
+    ) -> tuple[object, object]:
+        """(key, value) of one entry of a mapping, scrubbed: a key met for the first time, a
+        secret-looking or allow-listed one, one with a secret in it, a key that is not a str,
+        the value of a header entry."""
+        here = (path, key)
+        if type(key) is str or issubclass(type(key), str):
+            name = key if type(key) is str else str.__str__(cast(str, key))
+            decision, secret_inside = self._key_info(name)
+        else:  # a number, None, a tuple...: no name to judge by
+            return key, self._value(item, here, run, depth + 1)
+        if pair_rule is not None and name == "value" and decision is not _KEEP:
+            decision = pair_rule
+        if decision is None:
+            new = self._value(item, here, run, depth + 1)
+        elif isinstance(decision, str):
+            new = self._secret(item, here, decision, name, run)
+        else:
+            new = item  # allow-listed: kept whole
+        if not secret_inside:
+            return key, new
+        new_name = self._text_only(name, here, run)
+        return (key if new_name is name else new_name), new
 
     def _sequence(
         self, value: object, items: list[Any], path: _Path, run: _Run, depth: int
@@ -851,7 +851,11 @@ class Scrubber:
         info = self._decisions.get(key)
         if info is None:
             secret_inside = len(key) >= self._min_chars and bool(self._spans(key))
-            info = (self._decide(key), secret_inside)
+            decision = self._decide(key)
+            # the one _ORDINARY tuple for ordinary keys: _mapping's fast path tests identity
+            info = (
+                _ORDINARY if decision is None and not secret_inside else (decision, secret_inside)
+            )
             if len(self._decisions) >= _DECISIONS_KEPT:
                 self._decisions.clear()
             self._decisions[key] = info
