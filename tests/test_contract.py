@@ -11,6 +11,7 @@ from typing import get_args
 import flowtrace
 from flowtrace import _contract
 from flowtrace._options import FlowKeywords, FlowOptions
+from flowtrace._scrub import IDENTITY_FIELDS, Scrubber
 from flowtrace._serialize import Limits, snapshot
 from flowtrace.models import (
     ChatMessage,
@@ -133,3 +134,19 @@ def test_the_viewer_shows_every_prompt_field_and_every_file_kind() -> None:
     script = TRACE_SCRIPT.read_text()
     for kernel_field in ("model", "provider", "temperature", "max_tokens"):
         assert f"log.kernel.{kernel_field}" in script
+
+
+def test_the_scrubbing_marker_is_the_contracts() -> None:
+    record = Scrubber().scrub({"inputs": {"password": "x"}, "stdout": "password=y"}).record
+    assert record["inputs"]["password"] == _contract.scrubbed("password")
+    assert record["stdout"] == "password=" + _contract.scrubbed("password")
+    marker = _contract.scrubbed("rule")
+    assert marker == _contract.SCRUBBED_PREFIX + "rule" + _contract.SCRUBBED_SUFFIX
+    assert not marker.startswith(_contract.TRUNCATED_PREFIX)
+
+
+def test_scrubbing_leaves_alone_only_fields_of_the_contract_that_hold_no_content() -> None:
+    assert set(FlowLogRequest.model_fields) >= IDENTITY_FIELDS
+    assert set(_contract.STATUS_FIELDS) <= IDENTITY_FIELDS
+    assert not IDENTITY_FIELDS & _contract.PAYLOAD_FIELDS
+    assert not IDENTITY_FIELDS & {"metadata", "error", "user", "flow", "environment", "source"}

@@ -2,10 +2,10 @@
 
 Every name of the wire contract that more than one part of flowtrace needs lives here: the log
 fields and which of them are payloads, the update extension, the status field names and values,
-chat roles, the recorder's metadata keys, the truncation marker and the wire datetime text. The
-recorder, the request bodies, the models, the store, the server and the viewer import them, so
-a field added to a log is added in one place and every other place is checked against it
-(tests/test_contract.py).
+chat roles, the recorder's metadata keys, the truncation and scrubbing markers and the wire
+datetime text. The recorder, the request bodies, the models, the store, the server and the
+viewer import them, so a field added to a log is added in one place and every other place is
+checked against it (tests/test_contract.py).
 
 Light on purpose: the recorder imports it on `import flowtrace` (no pydantic here).
 """
@@ -42,6 +42,8 @@ __all__ = [
     "RECORDER_FORKED_FROM",
     "RECORDER_METADATA_KEY",
     "RECORDER_TRACEBACK",
+    "SCRUBBED_PREFIX",
+    "SCRUBBED_SUFFIX",
     "SPAN_LOG_ID_PREFIX",
     "STATUS_FIELDS",
     "TOKEN_FIELDS",
@@ -54,6 +56,7 @@ __all__ = [
     "StatusField",
     "TraceStatus",
     "ended_interrupted",
+    "scrubbed",
     "span_log_id",
     "truncated_chars",
     "truncated_items",
@@ -233,6 +236,19 @@ def truncated_chars(original_length: int) -> str:
 
 def truncated_items(original_count: int) -> str:
     return f"{TRUNCATED_PREFIX}{original_count}{TRUNCATED_ITEMS_SUFFIX}"
+
+
+# --- scrubbing -------------------------------------------------------------------------------
+
+#: Replaces what scrubbing removed (flowtrace._scrub): `[scrubbed: <rule>]` in place of a value
+#: under a secret-looking key, or of the secret part of a string (`Bearer [scrubbed: bearer
+#: token]`). The rule names the pattern that matched, so a reader knows what was there.
+SCRUBBED_PREFIX: Final = "[scrubbed: "
+SCRUBBED_SUFFIX: Final = "]"
+
+
+def scrubbed(rule: str) -> str:
+    return f"{SCRUBBED_PREFIX}{rule}{SCRUBBED_SUFFIX}"
 
 
 # --- datetimes on the wire -------------------------------------------------------------------
