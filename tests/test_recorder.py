@@ -7,7 +7,9 @@ import inspect
 import json
 import logging
 import os
+import subprocess
 import sys
+import textwrap
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,8 +18,10 @@ import pytest
 
 import flowtrace
 from flowtrace import current_log, flow
-from flowtrace._log import set_clock
+from flowtrace._log import Log, set_clock
 from flowtrace.testing import CapturedLogs, capture_logs
+
+_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
 class Boom(Exception):
@@ -571,6 +575,80 @@ def test_asyncio_to_thread_carries_the_context() -> None:
     assert only(captured, "t/in-thread")["trace_parent_id"] == parent_id
 
 
+def _stream(path: str) -> Iterator[int]:
+    with flow(path):
+        yield 1
+        yield 2
+
+
+async def _astream(path: str) -> AsyncIterator[int]:
+    async with flow(path):
+        yield 1
+        await asyncio.sleep(0)
+        yield 2
+
+
+def _assert_later_flows_are_roots(captured: CapturedLogs, *paths: str) -> None:
+    assert "trace_parent_id" not in only(captured, "t/later")
+    for path in paths:
+        assert only(captured, path)["trace_status"] == "complete"
+
+
+def test_interleaved_generators_leave_no_finished_log_current() -> None:
+    """Issue 9 item 8: two generators each holding a block, advanced in turn."""
+    with capture_logs() as captured:
+        assert list(zip(_stream("t/a"), _stream("t/b"), strict=False)) == [(1, 1), (2, 2)]
+        assert current_log() is None
+        a, b = _stream("t/c"), _stream("t/d")
+        assert [next(a), next(b), next(a), next(b)] == [1, 1, 2, 2]
+        assert list(a) == list(b) == []
+        assert current_log() is None
+        with flow("t/later"):
+            pass
+    _assert_later_flows_are_roots(captured, "t/a", "t/b", "t/c", "t/d")
+
+
+def test_interleaved_async_generators_leave_no_finished_log_current() -> None:
+    async def main() -> Log | None:
+        a, b = _astream("t/a"), _astream("t/b")
+        assert [await anext(a), await anext(b), await anext(a), await anext(b)] == [1, 1, 2, 2]
+        assert [x async for x in a] == [] and [x async for x in b] == []
+        seen = current_log()
+        async with flow("t/later"):
+            pass
+        return seen
+
+    with capture_logs() as captured:
+        assert asyncio.run(main()) is None
+    _assert_later_flows_are_roots(captured, "t/a", "t/b")
+
+
+def test_a_block_left_in_another_task_leaves_no_finished_log_current() -> None:
+    """A generator's block entered in one task (or context) and left in another cannot reset
+    the context it was entered in: that context's current log is then a finished log, which
+    neither `current_log()` nor a new log's parent may be."""
+
+    async def main() -> Log | None:
+        a, b = _astream("t/a"), _astream("t/b")
+        assert await asyncio.gather(anext(a), anext(b)) == [1, 1]  # entered in two tasks
+        assert [await anext(a), await anext(b)] == [2, 2]
+        assert [x async for x in a] == [] and [x async for x in b] == []
+        c, d = _astream("t/c"), _astream("t/d")
+        assert await asyncio.create_task(anext(c)) == 1
+        assert await anext(d) == 1  # d is entered here, in main's context...
+        assert [await anext(c), await asyncio.create_task(anext(d))] == [2, 2]
+        assert [x async for x in c] == []
+        assert await asyncio.create_task(anext(d, None)) is None  # ...and left in a task
+        seen = current_log()
+        async with flow("t/later"):
+            pass
+        return seen
+
+    with capture_logs() as captured:
+        assert asyncio.run(main()) is None
+    _assert_later_flows_are_roots(captured, "t/a", "t/b", "t/c", "t/d")
+
+
 def test_one_flow_object_entered_by_concurrent_tasks() -> None:
     shared = flow("t/shared")
 
@@ -667,6 +745,66 @@ def test_logging_records_are_captured_when_enabled() -> None:
     finally:
         flowtrace.configure()
     assert only(captured, "t/logged")["stdout"] == "INFO tests.app: step one\n"
+
+
+def test_printed_output_is_kept_within_the_string_budget_while_the_log_is_open() -> None:
+    """Issue 9 item 9: an open log holds what will be stored and a count, not all it printed."""
+    flowtrace.configure(max_string_chars=100, capture_logging=True)
+    logger = logging.getLogger("tests.app")
+    logger.setLevel(logging.INFO)
+    try:
+        with capture_logs() as captured, flow("t/chatty") as log:
+            for _ in range(1000):
+                print("x" * 9)  # 10 characters a line
+            assert log.stdout == ("x" * 9 + "\n") * 10 + "...[truncated, 10000 chars]"
+            assert sum(map(len, log.stdout_parts or [])) == 100
+            for _ in range(10):
+                logger.info("step")  # "INFO tests.app: step\n": 21 characters each
+            assert sum(map(len, log.stdout_parts or [])) == 100
+        record = only(captured, "t/chatty")
+    finally:
+        flowtrace.configure()
+    assert record["stdout"] == ("x" * 9 + "\n") * 10 + "...[truncated, 10210 chars]"
+
+
+def test_printing_hundreds_of_megabytes_in_one_flow_holds_no_more_than_the_budget() -> None:
+    """220 MB printed inside one open flow (to /dev/null) grew RSS by ~344 MB before."""
+    code = textwrap.dedent(
+        """
+        import resource, sys
+        from flowtrace import flow
+        from flowtrace.testing import capture_logs
+        from flowtrace._sinks import remove_sink
+        from flowtrace._pipeline import _pipeline
+        remove_sink(_pipeline)  # nothing delivered: the process measures the recorder
+        chunk = "y" * 1_000_000
+        with capture_logs() as captured:
+            with flow("t/printer") as warm:
+                print(chunk)  # the tee installed, the first megabyte kept
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            with flow("t/printer") as log:
+                for i in range(220):
+                    sys.stdout.write(chunk[:-8] + "%08d" % i)  # a new megabyte each time
+            grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+            stdout = captured.records[-1]["stdout"]
+        assert stdout.endswith("...[truncated, 220000000 chars]"), stdout[-40:]
+        print(grown_kib, len(stdout), file=sys.stderr)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_SRC, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    grown_kib, stored = map(int, result.stderr.split())
+    assert stored == 65536 + len("...[truncated, 220000000 chars]")
+    assert grown_kib < 32 * 1024, f"RSS grew by {grown_kib} KiB while printing 220 MB"
 
 
 # --- settings and the guard ------------------------------------------------------------------

@@ -8,13 +8,16 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flowtrace import _config, _guard
-from flowtrace._context import current
-from flowtrace._serialize import Limits, set_limits
+from flowtrace._context import current, open_ancestor
+from flowtrace._serialize import Limits, limits, set_limits
 
-__all__ = ["InputBinder", "StdoutTee", "ensure_stdout_tee"]
+if TYPE_CHECKING:
+    from flowtrace._log import Log
+
+__all__ = ["InputBinder", "StdoutTee", "append_output", "ensure_stdout_tee"]
 
 
 class InputBinder:
@@ -99,6 +102,24 @@ def _unbound(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]
 # --- stdout ----------------------------------------------------------------------------------
 
 
+def append_output(log: Log, text: str) -> None:
+    """Add printed text (or a logging record) to an open log, keeping only what will be stored:
+    its first `max_string_chars` characters, and the count of all of them for the marker (a
+    long run that prints hundreds of megabytes holds 64 Ki characters, not the megabytes)."""
+    written = log.stdout_chars
+    log.stdout_chars = written + len(text)
+    room = limits().max_string - written
+    if room <= 0:
+        return
+    if len(text) > room:
+        text = text[:room]
+    parts = log.stdout_parts
+    if parts is None:
+        log.stdout_parts = [text]
+    else:
+        parts.append(text)
+
+
 class StdoutTee:
     """Stands in for sys.stdout: every write goes on to the stream it wraps, unchanged, and is
     also appended to the innermost open log of the writing thread or task."""
@@ -108,14 +129,12 @@ class StdoutTee:
 
     def write(self, text: str) -> int:
         log = current.get()
-        if log is not None and log.duration_ns is None and _capture_stdout:  # open
+        if log is not None and _capture_stdout:
             try:
-                if isinstance(text, str):
-                    parts = log.stdout_parts
-                    if parts is None:
-                        log.stdout_parts = [text]
-                    else:
-                        parts.append(text)
+                if log.duration_ns is not None:  # the context held a log that has ended
+                    log = open_ancestor(log)
+                if log is not None and type(text) is str:
+                    append_output(log, text)
             except Exception as exc:
                 _guard.internal_error("stdout-capture", exc)
         return self._flowtrace_target.write(text)
@@ -158,17 +177,14 @@ class LogRecordCapture(logging.Handler):
         # Never capture flowtrace's own logger: its records must not loop into traced logs.
         if record.name == "flowtrace" or record.name.startswith("flowtrace."):
             return
-        log = current.get()
-        if log is None or log.is_complete:
+        log = open_ancestor(current.get())
+        if log is None:
             return
         try:
             line = self.format(record) + "\n"
         except Exception:
             return
-        if log.stdout_parts is None:
-            log.stdout_parts = [line]
-        else:
-            log.stdout_parts.append(line)
+        append_output(log, line)
 
 
 _logging_handler: LogRecordCapture | None = None

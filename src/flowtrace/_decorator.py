@@ -28,7 +28,7 @@ import wrapt
 
 from flowtrace import _config, _guard, _log, _sinks
 from flowtrace._capture import InputBinder, StdoutTee, ensure_stdout_tee
-from flowtrace._context import current
+from flowtrace._context import current, open_ancestor
 from flowtrace._contract import (
     ENDED_CANCELLED,
     ENDED_CLOSED_EARLY,
@@ -467,7 +467,7 @@ class Flow:
         if outer is not None and (outer is log or outer.is_complete):
             # What was current when the block began may have ended meanwhile (it belonged to
             # another generator): the current log becomes the nearest one still open.
-            current.set(_nearest_open(outer))
+            current.set(open_ancestor(outer))
         return log
 
     def _innermost_open(self) -> Log | None:
@@ -481,12 +481,6 @@ class Flow:
                 return log
             log = log.parent
         return next(reversed(self._open))  # its context was lost: the latest entered
-
-
-def _nearest_open(log: Log | None) -> Log | None:
-    while log is not None and log.is_complete:
-        log = log.parent
-    return log
 
 
 @overload

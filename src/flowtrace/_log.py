@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from flowtrace import _guard, _sinks
-from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus
+from flowtrace._context import open_ancestor
+from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus, truncated_chars
 from flowtrace._serialize import SCALARS, capture_value
 
 if TYPE_CHECKING:
@@ -170,7 +171,8 @@ class Log:
     traceback: str | None = None
     duration_ns: int | None = None
     ended_how: str | None = None
-    stdout_parts: list[str] | None = None
+    stdout_parts: list[str] | None = None  # what it printed, within the string budget
+    stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     _log_id: str | None = None
 
@@ -185,6 +187,8 @@ class Log:
         block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
+        if parent is not None and parent.duration_ns is not None:
+            parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
         if args is not None:
             if options.capture_all:
@@ -288,7 +292,11 @@ class Log:
 
     @property
     def stdout(self) -> str:
-        return "".join(self.stdout_parts) if self.stdout_parts else ""
+        """What the log printed, as it is stored: cut to the string budget, with the marker."""
+        text = "".join(self.stdout_parts) if self.stdout_parts else ""
+        if self.stdout_chars > len(text):
+            text += truncated_chars(self.stdout_chars)
+        return text
 
     @property
     def status(self) -> TraceStatus:
