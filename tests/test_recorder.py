@@ -481,6 +481,49 @@ def test_async_generator_streams_and_closes_early() -> None:
     assert early["metadata"]["flowtrace"] == {"ended": "closed early"}
 
 
+def test_async_generator_abandoned_with_break_in_asyncio_run_is_closed_early() -> None:
+    """Issue 9 item 16: asyncio.run cancels the pending aclose() of a generator left with
+    `break`, which throws CancelledError in at its yield: its consumer stopped, it was not
+    cancelled while working."""
+
+    @flow(path="t/abandoned")
+    async def abandoned(n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            yield str(i)
+
+    @flow(path="t/cancelled-inside")
+    async def cancelled_inside(ready: asyncio.Event) -> AsyncIterator[str]:
+        yield "first"
+        ready.set()
+        await asyncio.Event().wait()  # cancelled here, while working
+        yield "never"
+
+    async def main() -> None:
+        async for item in abandoned(10):
+            if item == "1":
+                break
+        ready = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in cancelled_inside(ready):
+                pass
+
+        task = asyncio.create_task(consume())
+        await ready.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with capture_logs() as captured:
+        asyncio.run(main())
+    record = only(captured, "t/abandoned")
+    assert record["metadata"]["flowtrace"] == {"ended": "closed early"}
+    assert record["output"] == "01"
+    inside = only(captured, "t/cancelled-inside")
+    assert inside["metadata"]["flowtrace"] == {"ended": "cancelled"}
+    assert inside["output"] == "first"
+
+
 def test_generator_nests_under_the_flow_that_iterates_it() -> None:
     @flow(path="t/producer")
     def producer() -> Iterator[str]:
@@ -665,6 +708,109 @@ def test_one_flow_object_entered_by_concurrent_tasks() -> None:
         ids = asyncio.run(main())
     records = {r["log_id"]: r for r in captured.by_path("t/shared")}
     assert [records[log_id]["output"] for log_id in ids] == [str(i) for i in range(10)]
+
+
+# --- recursion ----------------------------------------------------------------------------------
+
+
+def _deepest(make: Any, kind: str) -> int:
+    """How deep a recursion of `kind` goes, bare (`make` is the identity) or decorated, run in a
+    new thread so the depth does not depend on the test runner's own stack."""
+    reached = [0]
+
+    def plain(n: int) -> int:
+        reached[0] = max(reached[0], n)
+        return target(n + 1)  # type: ignore[no-any-return]
+
+    def generator(n: int) -> Iterator[int]:
+        reached[0] = max(reached[0], n)
+        yield from target(n + 1)
+
+    class Callable:
+        def __call__(self, n: int) -> int:
+            reached[0] = max(reached[0], n)
+            return target(n + 1)  # type: ignore[no-any-return]
+
+    target = make({"plain": plain, "generator": generator, "callable": Callable()}[kind])
+
+    def run() -> None:
+        try:
+            result = target(1)
+            if kind == "generator":
+                list(result)
+        except RecursionError:
+            pass
+
+    import threading
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return reached[0]
+
+
+@pytest.fixture
+def recorder_only() -> Iterator[None]:
+    """Logs reach only the test's sinks, not the delivery pipeline (deep traces are issue 9
+    item 1, the pipeline's)."""
+    pipeline = flowtrace._pipeline._pipeline
+    flowtrace._sinks.remove_sink(pipeline)
+    try:
+        yield
+    finally:
+        flowtrace._sinks.add_sink(pipeline)
+
+
+@pytest.mark.usefixtures("recorder_only")
+@pytest.mark.parametrize(
+    ("kind", "bare_frames", "decorated_frames"),
+    [
+        ("plain", 1, 2),  # the wrapper's frame and the function's
+        ("generator", 1, 3),  # the wrapper's `send` is a call the interpreter counts too
+        ("callable", 2, 4),  # a callable object's call slot and __call__, and the proxy's
+    ],
+)
+def test_a_decorated_call_costs_one_python_frame_of_the_recursion_limit(
+    kind: str, bare_frames: int, decorated_frames: int
+) -> None:
+    """Issue 9 item 12: @flow adds one Python frame per call (generators and callable objects:
+    two and three were added; a plain function: one, as before)."""
+    bare = _deepest(lambda fn: fn, kind)
+    with capture_logs() as captured:
+        decorated = _deepest(flow, kind)
+    assert decorated >= bare * bare_frames // decorated_frames - 2
+    assert len(captured.logs) == decorated  # every level recorded, and closed
+
+
+@pytest.mark.usefixtures("recorder_only")
+def test_an_error_through_a_deep_recursion_is_recorded_at_every_level_cheaply() -> None:
+    """A RecursionError through 500 decorated levels took ~10 s: each level formatted the
+    whole traceback below it on the call path. Now each captures a bounded number of frames
+    (code and line), formatted on the worker."""
+
+    @flow(path="t/deep")
+    def deep(n: int) -> int:
+        return deep(n + 1)
+
+    def run() -> None:
+        with pytest.raises(RecursionError):
+            deep(0)
+
+    import threading
+
+    with capture_logs() as captured:
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+    records = captured.by_path("t/deep")
+    assert len(records) > 400
+    assert all(record["error"].startswith("RecursionError") for record in records)
+    outermost = min(records, key=lambda record: record["inputs"]["n"])
+    recorded = outermost["metadata"]["flowtrace"]["traceback"]
+    assert recorded.count('", line ') <= 16 + 48 + 4  # kept frames (+ a few chained ones)
+    assert "more frames not recorded]" in recorded
+    assert recorded.endswith("RecursionError: maximum recursion depth exceeded\n")
+    assert "in deep\n    return deep(n + 1)\n" in recorded
 
 
 # --- stdout -------------------------------------------------------------------------------------

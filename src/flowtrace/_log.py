@@ -21,6 +21,7 @@ from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus, truncated_cha
 from flowtrace._serialize import SCALARS, capture_value
 
 if TYPE_CHECKING:
+    from flowtrace._capture import CapturedTraceback
     from flowtrace._options import LogOptions
 
 __all__ = ["UNSET", "Log", "set_clock"]
@@ -168,7 +169,7 @@ class Log:
     # A decorated call's arguments (non-scalars snapshotted), bound to names on the worker.
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] | None = None
-    traceback: str | None = None
+    error_trace: CapturedTraceback | None = None  # the exception's, formatted on the worker
     duration_ns: int | None = None
     ended_how: str | None = None
     stdout_parts: list[str] | None = None  # what it printed, within the string budget
@@ -297,6 +298,12 @@ class Log:
         if self.stdout_chars > len(text):
             text += truncated_chars(self.stdout_chars)
         return text
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback of the exception the call raised, as Python prints it."""
+        trace = self.error_trace
+        return None if trace is None else trace.text()
 
     @property
     def status(self) -> TraceStatus:
