@@ -1,7 +1,7 @@
 """`flow`: a decorator and an (async) context manager that records each call as a Log.
 
 Work that depends only on the function (its path, signature, kind) is done once, at
-decoration. Per call: a Log (an id and clock reads), a snapshot of non-scalar arguments, a
+decoration. Per call: a Log (an id and clock reads), a budgeted copy of non-scalar arguments, a
 context push and pop, two deque appends. Binding names and encoding happen on the worker.
 
 Python functions are wrapped in closures made transparent with `functools.wraps` (signature

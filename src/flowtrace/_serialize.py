@@ -1,17 +1,47 @@
-"""JSON-safe snapshots of arbitrary Python objects.
+"""JSON-safe snapshots of arbitrary Python objects, and the call-time copy they are taken of.
 
-`snapshot` runs on the hot path of every traced call: arguments and return values are
-copied into plain JSON data at call time, because the caller may mutate them later.
+Two steps. On the user's call path, `capture_value` copies arguments, results and what the user
+sets on a log (the caller may mutate them after the call). On the worker, `snapshot` turns the
+copy into plain JSON data within the budgets (`Limits`: the settings' `max_depth`,
+`max_string_chars`, `max_items`).
 
-Contract
---------
+Contract of `capture_value` (the call path)
+--------------------------------------------
+* It never raises and runs none of the user's code: no ``__repr__``, ``__eq__``, ``__hash__``,
+  property, ``__getattr__``, ``__class__`` (types are found with ``type()``, never
+  ``isinstance``, which reads a proxy's ``__class__``), validator or serializer.
+* It costs at most what the budgeted snapshot of the value costs, and holds at most that:
+  it walks the value as `snapshot` would, spending the same budgets (items per container,
+  depth, total values) in the same order, and copies only what the snapshot would read.
+* What it copies, what it keeps:
+  - immutable values are kept as they are: None/bool/int/float/str (whatever their length:
+    the worker cuts them, in O(max_string)), bytes, datetimes, UUID, Decimal, paths, enums,
+    and tuples/frozensets of such values;
+  - plain containers are copied: list, tuple, dict, set, frozenset, deque, OrderedDict,
+    defaultdict, Counter, dict views and subclasses of these (read through the builtin's
+    own slots). A dict of atoms only (which CPython does not track for garbage collection)
+    is copied in C. A container the budgets cut ends with the snapshot's marker; one the
+    snapshot would mark instead (too deep) is the marker;
+  - dataclasses and pydantic models are copied as new instances holding copies of their
+    state (read from the instance's own ``__dict__``, and pydantic's three slots, as
+    pydantic's ``__copy__`` does: no ``__init__``, ``__post_init__`` or validator runs);
+  - any other object (instances of other classes, numpy arrays, bytearrays, iterators...) is
+    kept by reference and turned into JSON by the worker: mutating it after the call, before
+    the worker encodes the log (usually within a second), shows in the log.
+* The worker's snapshot of the copy is the snapshot the original would have given at the
+  call (tests/test_serialize.py checks that, also one level down and beside other values as
+  in a log's inputs, on random hostile data mutated after the copy).
+
+Contract of `snapshot` (the worker)
+-----------------------------------
 * It never raises: every ``Exception`` coming out of user code (``__repr__``, property
   getters, Mapping methods, pydantic serializers, numpy ``tolist``) is contained and turned
   into a marker string. ``KeyboardInterrupt``/``SystemExit`` still propagate on purpose.
 * It never hangs on data: unknown objects are never iterated (infinite iterators!), only
   known container types are walked, always through ``itertools.islice`` and bounded by
-  ``Limits``; the total number of walked values is capped too. (A user ``__repr__`` that
-  itself loops forever cannot be interrupted, of course.)
+  ``Limits``; the total number of walked values is capped too, and a string costs
+  O(max_string) however long it is. (A user ``__repr__`` that itself loops forever cannot be
+  interrupted, of course; it runs on the worker, never on the call path.)
 * The result is ``json.dumps(result, allow_nan=False)``-encodable, UTF-8 encodable (lone
   surrogates are escaped), and idempotent: ``snapshot(snapshot(x)) == snapshot(x)``.
 
@@ -30,7 +60,9 @@ timedelta -> ``total_seconds()``; UUID/Decimal/PurePath -> ``str``; numpy arrays
 by ``type(x).__module__ == "numpy"``, numpy is never imported) -> ``.tolist()`` if
 ``.size <= max_items`` else a truncated 1-D prefix or a shape marker; everything else, including
 generators, iterators and plain objects with a ``__dict__``, -> ``repr(x)`` (Python reprs name the
-type, e.g. ``"<generator object f at 0x...>"``), truncated like any string.
+type, e.g. ``"<generator object f at 0x...>"``), truncated like any string. What kind a type is
+(numpy, pydantic, dataclass, enum, a subclass of a known type, a Mapping, other) is found from
+the type alone, once per type.
 
 Speed
 -----
@@ -39,7 +71,10 @@ walked by one Python loop that inlines the common leaves. ``pydantic_core.to_jso
 is used for pydantic models/dataclasses only: on plain containers it is ~5x faster, but it
 consumes generators and iterators, silently drops colliding keys ({1: a, "1": b}), keeps NaN,
 and knows no budgets, so making it safe needs a full pre-walk of the input plus a re-walk of its
-output - more than the careful walk itself (see bench/serialize_speed.py).
+output - more than the careful walk itself (see bench/serialize_speed.py). The call-time copy
+was `marshal` (fast, but it copies everything, whatever the budgets); the budgeted walk with
+its two C fast paths (a dict of atoms, a long list of atoms) costs no more on a ~2 KB payload
+(bench/RESULTS.md, issue 9).
 Known limit: a model's own serializer also consumes generators held in ``Any`` fields.
 
 Marker formats (all plain strings)
@@ -190,7 +225,27 @@ def _marker_count(text: str, suffix: str, minimum: int) -> int | None:
 
 
 def _text(text: str, max_string: int) -> str:
-    """Budgeted copy of an exact str: lone surrogates escaped, long text truncated."""
+    """Budgeted copy of an exact str: lone surrogates escaped, long text truncated. Costs
+    O(max_string), whatever the length of `text` (only the kept prefix is checked)."""
+    size = len(text)
+    if size <= max_string:
+        text = _escaped(text)
+        if len(text) <= max_string:
+            return text
+        size = len(text)  # escaping made it longer than the budget: cut that
+    elif size - max_string <= _MARKER_LENGTH:
+        # Idempotence: an already truncated snapshot string is prefix + our marker: keep it.
+        rest = text[max_string:]
+        if _marker_count(rest, TRUNCATED_CHARS_SUFFIX, max_string) is not None:
+            return _escaped(text[:max_string]) + rest
+    return _escaped(text[:max_string])[:max_string] + truncated_chars(size)
+
+
+#: Longer than any marker `_text` appends (and a `~N` suffix `_unique` may add to it).
+_MARKER_LENGTH = 64
+
+
+def _escaped(text: str) -> str:
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -198,12 +253,7 @@ def _text(text: str, max_string: int) -> str:
             # Lone surrogates (os.fsdecode, json.loads('"\\ud800"')) would make the trace
             # unwritable as UTF-8; keep them visible as "\udc80" text instead.
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) <= max_string:
-        return text
-    # Idempotence: an already truncated snapshot string is prefix + our marker: keep it.
-    if _marker_count(text[max_string:], TRUNCATED_CHARS_SUFFIX, max_string) is not None:
-        return text
-    return text[:max_string] + truncated_chars(len(text))
+    return text
 
 
 def _float(value: float) -> float | str:
