@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -299,24 +299,26 @@ def test_interruptions_propagate_untouched_and_are_not_failures(
     assert record["trace_status"] == "complete"
 
 
-def test_cancellation_is_recorded_as_cancelled() -> None:
-    started = asyncio.Event
+async def _cancelled_once_ready(
+    work: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+) -> None:
+    """Run `work(ready)` as a task and cancel it once it has set `ready`."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(work(ready))
+    await ready.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
+
+def test_cancellation_is_recorded_as_cancelled() -> None:
     @flow(path="t/cancelled")
     async def slow(ready: asyncio.Event) -> None:
         ready.set()
         await asyncio.Event().wait()
 
-    async def main() -> None:
-        ready = started()
-        task = asyncio.create_task(slow(ready))
-        await ready.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with capture_logs() as captured:
-        asyncio.run(main())
+        asyncio.run(_cancelled_once_ready(slow))
     record = only(captured, "t/cancelled")
     assert "error" not in record
     assert record["metadata"]["flowtrace"] == {"ended": "cancelled"}
@@ -502,17 +504,12 @@ def test_async_generator_abandoned_with_break_in_asyncio_run_is_closed_early() -
         async for item in abandoned(10):
             if item == "1":
                 break
-        ready = asyncio.Event()
 
-        async def consume() -> None:
+        async def consume(ready: asyncio.Event) -> None:
             async for _ in cancelled_inside(ready):
                 pass
 
-        task = asyncio.create_task(consume())
-        await ready.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await _cancelled_once_ready(consume)
 
     with capture_logs() as captured:
         asyncio.run(main())
@@ -637,6 +634,22 @@ def _assert_later_flows_are_roots(captured: CapturedLogs, *paths: str) -> None:
         assert only(captured, path)["trace_status"] == "complete"
 
 
+async def _current_then_a_later_flow() -> Log | None:
+    """The current log once the generators are done; then a flow, which must be a root."""
+    seen = current_log()
+    async with flow("t/later"):
+        pass
+    return seen
+
+
+def _run_and_check_later_flows_are_roots(
+    main: Callable[[], Coroutine[Any, Any, Log | None]], *paths: str
+) -> None:
+    with capture_logs() as captured:
+        assert asyncio.run(main()) is None
+    _assert_later_flows_are_roots(captured, *paths)
+
+
 def test_interleaved_generators_leave_no_finished_log_current() -> None:
     """Issue 9 item 8: two generators each holding a block, advanced in turn."""
     with capture_logs() as captured:
@@ -656,14 +669,9 @@ def test_interleaved_async_generators_leave_no_finished_log_current() -> None:
         a, b = _astream("t/a"), _astream("t/b")
         assert [await anext(a), await anext(b), await anext(a), await anext(b)] == [1, 1, 2, 2]
         assert [x async for x in a] == [] and [x async for x in b] == []
-        seen = current_log()
-        async with flow("t/later"):
-            pass
-        return seen
+        return await _current_then_a_later_flow()
 
-    with capture_logs() as captured:
-        assert asyncio.run(main()) is None
-    _assert_later_flows_are_roots(captured, "t/a", "t/b")
+    _run_and_check_later_flows_are_roots(main, "t/a", "t/b")
 
 
 def test_a_block_left_in_another_task_leaves_no_finished_log_current() -> None:
@@ -682,14 +690,9 @@ def test_a_block_left_in_another_task_leaves_no_finished_log_current() -> None:
         assert [await anext(c), await asyncio.create_task(anext(d))] == [2, 2]
         assert [x async for x in c] == []
         assert await asyncio.create_task(anext(d, None)) is None  # ...and left in a task
-        seen = current_log()
-        async with flow("t/later"):
-            pass
-        return seen
+        return await _current_then_a_later_flow()
 
-    with capture_logs() as captured:
-        assert asyncio.run(main()) is None
-    _assert_later_flows_are_roots(captured, "t/a", "t/b", "t/c", "t/d")
+    _run_and_check_later_flows_are_roots(main, "t/a", "t/b", "t/c", "t/d")
 
 
 def test_one_flow_object_entered_by_concurrent_tasks() -> None:

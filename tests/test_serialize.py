@@ -738,13 +738,18 @@ def test_property_hostile_structures_default_limits(value: object) -> None:
     check_snapshot(value)
 
 
-@settings(max_examples=100, deadline=None)
-@given(value=HOSTILE, limits=LIMITS)
-def test_property_cyclic_structures(value: object, limits: Limits) -> None:
+def cyclic(value: object) -> list[object]:
+    """`value` in a list and a dict that hold each other."""
     container: list[object] = [value]
     mapping: dict[str, object] = {"v": value, "container": container}
     container.append(mapping)
-    result = check_snapshot(container, limits)
+    return container
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=HOSTILE, limits=LIMITS)
+def test_property_cyclic_structures(value: object, limits: Limits) -> None:
+    result = check_snapshot(cyclic(value), limits)
     assert (
         "<cycle: list>" in dumps(result)
         or "truncated" in dumps(result)
@@ -829,7 +834,4 @@ def test_property_the_call_time_copy_default_limits(value: object) -> None:
 @settings(max_examples=100, deadline=None)
 @given(value=HOSTILE, limits=LIMITS)
 def test_property_the_call_time_copy_of_cyclic_structures(value: object, limits: Limits) -> None:
-    container: list[object] = [value]
-    mapping: dict[str, object] = {"v": value, "container": container}
-    container.append(mapping)
-    check_copy(container, limits)
+    check_copy(cyclic(value), limits)
