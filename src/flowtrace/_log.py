@@ -189,7 +189,6 @@ class Log:
         block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
-        self.duration_ns = None  # an instance attribute from the start: read on every child
         if parent is not None and parent.duration_ns is not None:
             parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
@@ -209,6 +208,7 @@ class Log:
         elif options.flow.inputs is not None:
             self.inputs = capture_value(options.flow.inputs)
         self._start_mono_ns = _mono_ns()
+        self.duration_ns = None  # on the instance from the start: every child reads it
 
     def freeze(self) -> None:
         """Copy what the user set, as it is now (the log is closing)."""
