@@ -678,6 +678,9 @@ class _Walker:
             return self._held_back(value, depth)
         copied: dict[Any, Any] = {}
         depth += 1
+        # No try/finally around the walk (it costs on every container of the call path): what
+        # could raise here is contained by `copy`, one level up, and leaves at worst a
+        # container marked as a cycle in this one copy.
         self.active.add(key)
         for name, item in items:
             if type(name) not in SCALARS:
