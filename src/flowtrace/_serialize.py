@@ -678,20 +678,18 @@ class _Walker:
             return self._held_back(value, depth)
         copied: dict[Any, Any] = {}
         depth += 1
-        # No try/finally around the walk (it costs on every container of the call path): what
-        # could raise here is contained by `copy`, one level up, and leaves at worst a
-        # container marked as a cycle in this one copy.
         self.active.add(key)
-        for name, item in items:
-            if type(name) not in SCALARS:
-                # Hashing a key of another type may run user code: pairs, not a dict, then.
-                pairs = list(copied.items())
-                pairs.append((name, item if type(item) in SCALARS else self.copy(item, depth)))
-                pairs.extend(self._pairs_copied_rest(items, depth))
-                self.active.discard(key)
-                return value if self.natural else _Copied(_MAPPING, "dict", pairs, total)
-            copied[name] = item if type(item) in SCALARS else self.copy(item, depth)
-        self.active.discard(key)
+        try:
+            for name, item in items:
+                if type(name) not in SCALARS:
+                    # Hashing a key of another type may run user code: pairs, not a dict.
+                    pairs = list(copied.items())
+                    pairs.append((name, item if type(item) in SCALARS else self.copy(item, depth)))
+                    pairs.extend(self._pairs_copied_rest(items, depth))
+                    return value if self.natural else _Copied(_MAPPING, "dict", pairs, total)
+                copied[name] = item if type(item) in SCALARS else self.copy(item, depth)
+        finally:
+            self.active.discard(key)
         return copied
 
     def _pairs_copied_rest(
@@ -734,22 +732,24 @@ class _Walker:
         atoms_only = depth < self.max_depth  # a dict of atoms is copied here, as in _copy_dict
         max_items = self.max_items
         self.active.add(key)
-        for item in items:
-            cls = type(item)
-            if cls in SCALARS:
-                append(item)
-            elif (
-                cls is dict
-                and atoms_only
-                and (size := len(item)) <= max_items
-                and size <= self.budget
-                and not _gc_tracked(item)
-            ):
-                self.budget -= size  # the commonest item of a list: a small dict of atoms
-                append(item.copy())
-            else:
-                append(copy(item, depth))
-        self.active.discard(key)
+        try:
+            for item in items:
+                cls = type(item)
+                if cls in SCALARS:
+                    append(item)
+                elif (
+                    cls is dict
+                    and atoms_only
+                    and (size := len(item)) <= max_items
+                    and size <= self.budget
+                    and not _gc_tracked(item)
+                ):
+                    self.budget -= size  # the commonest item of a list: a small dict of atoms
+                    append(item.copy())
+                else:
+                    append(copy(item, depth))
+        finally:
+            self.active.discard(key)
         return copied
 
     def _copy_tuple(self, value: Any, depth: int) -> Any:
@@ -833,8 +833,10 @@ class _Walker:
             return self._held_back(value, depth)
         take = self._take(total)
         self.active.add(key)
-        pairs = list(self._pairs_copied_rest(islice(items, take), depth + 1))
-        self.active.discard(key)
+        try:
+            pairs = list(self._pairs_copied_rest(islice(items, take), depth + 1))
+        finally:
+            self.active.discard(key)
         if not self.natural:
             return _Copied(_MAPPING, _type_name(value), pairs, total)
         if not all(type(name) in SCALARS for name, _ in pairs):
@@ -858,11 +860,13 @@ class _Walker:
         copy = self.copy
         self.active.add(key)
         fields = {}
-        for name in _dataclass_fields(type(value)):
-            if name in state:
-                item = state[name]
-                fields[name] = item if type(item) in SCALARS else copy(item, depth + 1)
-        self.active.discard(key)
+        try:
+            for name in _dataclass_fields(type(value)):
+                if name in state:
+                    item = state[name]
+                    fields[name] = item if type(item) in SCALARS else copy(item, depth + 1)
+        finally:
+            self.active.discard(key)
         object.__setattr__(clone, "__dict__", fields)
         return clone
 
