@@ -20,7 +20,6 @@ from flowtrace._contract import (
     RECORDER_TRACEBACK,
     UPDATE_EXTENSION_FIELDS,
     StatusField,
-    truncated_chars,
     wire_time_ns,
 )
 from flowtrace._log import UNSET, Log
@@ -134,8 +133,8 @@ def _ending_fields(log: Log) -> dict[str, Any]:
     fields.update(shape_output(log))
     if log.error is not None:
         fields["error"] = str(log.error)
-    if log.stdout_parts:
-        fields["stdout"] = _truncate(log.stdout)
+    if log.stdout_chars:
+        fields["stdout"] = log.stdout  # kept within the string budget while the log was open
     metadata = _metadata(log)
     if metadata:
         fields["metadata"] = metadata
@@ -145,13 +144,6 @@ def _ending_fields(log: Log) -> dict[str, Any]:
             snap = snapshot(value, limits())
             fields[name] = snap if isinstance(snap, dict) else {"value": snap}
     return fields
-
-
-def _truncate(text: str) -> str:
-    budget = limits().max_string
-    if len(text) <= budget:
-        return text
-    return text[:budget] + truncated_chars(len(text))
 
 
 def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
