@@ -1,19 +1,27 @@
 """The delivery order (docs/architecture.md): which wire operations to send for which logs,
 and when.
 
-Runs on the pipeline's worker only (no locks). The rules:
+Runs on the pipeline's worker only (no locks, no clock of its own: the worker sets `now`). The
+rules:
 
 - A leaf log that has ended goes out once, as a complete create.
 - A log goes out early, as an *incomplete* create, when something needs it to exist (a child
   is about to be sent) or when it has been open longer than `live_after` (live visibility).
   Such a log is later closed by an update (PATCH) carrying its end-of-log fields.
 - Before a log's closing operation, every child it started has had its create sent (children
-  that ended go as complete creates, children still running go early). So no child ever
-  arrives after its parent closed.
+  whose end the worker has collected go as complete creates, the others go early). So no child
+  ever arrives after its parent closed.
+- A child the worker learns of only after its parent's closing operation was planned (an
+  asyncio task that first runs after the flow that created it returned) cannot go under that
+  parent any more: it is filed under the nearest ancestor still open (or becomes the root of a
+  trace of its own), noting its real parent (`metadata["flowtrace"]["late_child_of"]`).
+- A log whose parent was refused is dropped before it is created; one that already exists on
+  the server is still closed (its update does not need the parent).
 
 Operations come out in one sequence, and the pipeline delivers that sequence in order (a
 failed prefix is retried before anything behind it), so "sent before" means "earlier in the
-sequence". Each log's state lives in `log.delivery` (a `LogState`).
+sequence". Each log's state lives in `log.delivery` (a `LogState`). Every walk over a trace is
+iterative: a trace may be thousands of levels deep.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from flowtrace import _guard
 from flowtrace._contract import (
     INCOMPLETE,
     RECORDER_FORKED_FROM,
+    RECORDER_LATE_CHILD_OF,
     RECORDER_METADATA_KEY,
     StatusField,
 )
@@ -45,23 +54,41 @@ class FlushMarker:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.ok = True  # False: the worker stopped before delivering what this waits for
+        self.ok = True  # False: what this waits for was not delivered (given up, or spooled)
         self.target_seq = -1
 
 
 class LogState:
     """The pipeline's per-log bookkeeping (stored in `log.delivery`)."""
 
-    __slots__ = ("created", "detached", "failed", "finished", "seen_at", "token", "unsent_children")
+    __slots__ = (
+        "anchor",
+        "created",
+        "detached",
+        "ended",
+        "failed",
+        "finished",
+        "late",
+        "seen_at",
+        "start_ns",
+        "token",
+        "unsent_children",
+    )
 
-    def __init__(self, token: object, seen_at: float) -> None:
+    def __init__(self, token: object, seen_at: float, start_ns: int) -> None:
         self.token = token  # the pipeline generation that accepted the log (forks start anew)
         self.seen_at = seen_at  # when the worker learned of the log (for live_after)
-        self.created = False  # an incomplete create was planned: closing needs an update
+        # The wall-clock start, fixed when the worker first sees the log: every body of the log
+        # (and every retry of it) carries the same times, whatever recalibration follows.
+        self.start_ns = start_ns
+        self.anchor: Log | None = None  # the log it is created under (None: a root)
+        self.created = False  # a create was planned (incomplete or complete)
         self.finished = False  # the closing operation was planned, or the log was dropped
         self.failed = False  # refused or given up: its later operations and children are dropped
+        self.ended = False  # the worker collected its end (not just `log.is_complete`)
         self.detached = False  # its parent belongs to the process we were forked from
-        self.unsent_children: set[Log] | None = None  # started children not yet created
+        self.late = False  # started after its parent was closed: filed under `anchor`
+        self.unsent_children: dict[Log, None] | None = None  # started, not created (in order)
 
 
 class PlannedOp:
@@ -79,7 +106,7 @@ class PlannedOp:
 
 @dataclass
 class Counters:
-    """Delivery counters, written by the worker only."""
+    """Delivery counters, in logs (never operations), written by the worker only."""
 
     held: int = 0  # logs accepted and not yet settled (open, waiting, or in flight)
     sent: int = 0  # logs whose closing operation the destination accepted
@@ -110,30 +137,63 @@ class Planner:
             return current if current.token is self._token else None
         if current is not self._token:
             return None
-        return self._register(log)
+        # Accepted, not registered yet: register its unregistered ancestors first, outermost
+        # first (a loop, not recursion: a trace may be very deep).
+        pending = [log]
+        parent = log.parent
+        while parent is not None and parent.delivery is self._token:
+            pending.append(parent)
+            parent = parent.parent
+        for each in reversed(pending):
+            self._register(each)
+        state: LogState = log.delivery
+        return state
 
-    def _register(self, log: Log) -> LogState:
-        state = LogState(self._token, self.now)
+    def _register(self, log: Log) -> None:
+        state = LogState(self._token, self.now, log.start_ns)
         log.delivery = state
         self._counters.held += 1
         parent = log.parent
         if parent is not None:
-            parent_state = self.state(parent)
-            if parent_state is None:
-                state.detached = True
-            elif not parent_state.finished:
-                if parent_state.unsent_children is None:
-                    parent_state.unsent_children = set()
-                parent_state.unsent_children.add(log)
+            parent_state = parent.delivery
+            if parent_state.__class__ is not LogState or parent_state.token is not self._token:
+                state.detached = True  # the parent is the forked-from process's to deliver
+            elif parent_state.finished and not parent_state.failed:
+                state.late = True
+                self._adopt(log, state, self._open_ancestor(parent))
+            else:
+                self._adopt(log, state, parent)
         if not log.is_complete:
             self._open.append(log)
-        return state
+
+    def _open_ancestor(self, log: Log) -> Log | None:
+        """The nearest of `log` and its ancestors whose closing is not planned yet (None when
+        every one is closed, or the chain leaves this process's logs)."""
+        current: Log | None = log
+        while current is not None:
+            state = current.delivery
+            if state.__class__ is not LogState or state.token is not self._token:
+                return None
+            if not state.finished:
+                return current
+            current = current.parent
+        return None
+
+    def _adopt(self, log: Log, state: LogState, anchor: Log | None) -> None:
+        state.anchor = anchor
+        if anchor is not None:
+            anchor_state: LogState = anchor.delivery
+            if anchor_state.unsent_children is None:
+                anchor_state.unsent_children = {}
+            anchor_state.unsent_children[log] = None
 
     def started(self, log: Log) -> None:
         self.state(log)
 
     def ended(self, log: Log) -> None:
-        if self.state(log) is not None:
+        state = self.state(log)
+        if state is not None:
+            state.ended = True
             self._ready.append(log)
             self._ready_logs += 1
 
@@ -186,12 +246,15 @@ class Planner:
         """The next operations to send (about `max_ops`), and the flush markers reached."""
         ops: list[PlannedOp] = []
         markers: list[FlushMarker] = []
-        while self._ready and len(ops) < max_ops:
-            item = self._ready.popleft()
-            if isinstance(item, FlushMarker):
+        ready = self._ready
+        while ready and len(ops) < max_ops:
+            item = ready.popleft()
+            if item.__class__ is FlushMarker:
+                assert isinstance(item, FlushMarker)
                 item.target_seq = self._seq
                 markers.append(item)
                 continue
+            assert isinstance(item, Log)
             self._ready_logs -= 1
             self._finish(item, ops, status_field)
         while len(ops) < max_ops:
@@ -202,86 +265,157 @@ class Planner:
             if not include_open and now < log.delivery.seen_at + live_after_s:
                 break
             self._open.popleft()
-            self._create_early(log, ops, status_field)
+            self._create(log, ops, status_field, closing=False)
         return ops, markers
 
     def _finish(self, log: Log, ops: list[PlannedOp], status_field: StatusField) -> None:
-        """Plan the closing operation of an ended log (after its children's creates)."""
+        """Plan the closing operation of an ended log, after its children's creates: children
+        whose end was collected are finished first (depth first), the others created early."""
         state: LogState = log.delivery
         if state.finished:
             return
-        if state.failed or self._parent_failed(log):
+        if not state.unsent_children:
+            self._close(log, state, ops, status_field)
+            return
+        # An explicit stack of (log, its children still to look at): traces may be deep.
+        stack: list[tuple[Log, list[Log] | None]] = [(log, None)]
+        while stack:
+            current, children = stack[-1]
+            current_state: LogState = current.delivery
+            if children is None:
+                if current_state.finished:
+                    stack.pop()
+                    continue
+                if current_state.failed:
+                    stack.pop()
+                    self._drop(current, current_state, "parent_dropped")
+                    continue
+                children = list(current_state.unsent_children or ())
+                children.reverse()  # popped from the end: first started, first handled
+                stack[-1] = (current, children)
+            descended = False
+            while children:
+                child = children.pop()
+                child_state: LogState = child.delivery
+                if child_state.finished or child_state.anchor is not current:
+                    continue
+                if child_state.ended:
+                    stack.append((child, None))
+                    descended = True
+                    break
+                self._create(child, ops, status_field, closing=False)
+            if not descended:
+                stack.pop()
+                self._close(current, current_state, ops, status_field)
+
+    def _close(
+        self, log: Log, state: LogState, ops: list[PlannedOp], status_field: StatusField
+    ) -> None:
+        """The closing operation of a log whose children are all created: an update if it was
+        created early (its parent is not needed for that), else its complete create."""
+        if state.finished:
+            return
+        if state.failed:
             self._drop(log, state, "parent_dropped")
             return
-        for child in list(state.unsent_children or ()):
-            if child.is_complete:
-                self._finish(child, ops, status_field)
-            else:
-                self._create_early(child, ops, status_field)
         if state.created:
-            body = self._encode(log, state, lambda: complete_body(log, status_field, True))
+            start_ns = state.start_ns
+            body = self._encode(
+                log, state, lambda: complete_body(log, status_field, True, start_ns)
+            )
             if body is not None:
                 self._emit(Operation("update", log.log_id, body), log, True, ops)
-        else:
-            self._create_parent(log, ops, status_field)
-            body = self._encode(log, state, lambda: self._create_body(log, state, status_field))
-            if body is not None:
-                self._emit(Operation("log", log.log_id, body, log_query(log)), log, True, ops)
-                self._child_created(log)
-        state.finished = True
+                state.finished = True
+            return
+        self._create(log, ops, status_field, closing=True)
 
-    def _create_early(self, log: Log, ops: list[PlannedOp], status_field: StatusField) -> None:
-        """Plan an incomplete create: the log must exist (for a child, or to be seen live)."""
+    def _create(
+        self, log: Log, ops: list[PlannedOp], status_field: StatusField, *, closing: bool
+    ) -> None:
+        """Plan the create of `log` after those of its ancestors not created yet (outermost
+        first, as incomplete creates). `closing`: the log has ended and this create closes it;
+        otherwise it goes early, as incomplete. A log under a refused ancestor is dropped."""
         state = self.state(log)
         if state is None or state.created or state.finished:
             return
-        if state.failed or self._parent_failed(log):
-            self._drop(log, state, "parent_dropped")
+        chain = self._uncreated_ancestors(log, state)
+        if chain is None:
             return
-        self._create_parent(log, ops, status_field)
+        for ancestor in chain:
+            if not self._emit_create(ancestor, ancestor.delivery, ops, status_field, False):
+                self._drop_below(ancestor, log, state)
+                return
+        self._emit_create(log, state, ops, status_field, closing)
+
+    def _uncreated_ancestors(self, log: Log, state: LogState) -> list[Log] | None:
+        """The ancestors `log` is created under that are not created yet, outermost first;
+        None (and the log and those ancestors dropped) when one of its ancestors failed."""
+        chain: list[Log] = []
+        anchor = state.anchor
+        while anchor is not None:
+            anchor_state: LogState = anchor.delivery
+            if anchor_state.failed:
+                for waiting in chain:
+                    self._drop(waiting, waiting.delivery, "parent_dropped")
+                self._drop(log, state, "parent_dropped")
+                return None
+            if anchor_state.created:
+                break
+            chain.append(anchor)
+            anchor = anchor_state.anchor
+        chain.reverse()
+        return chain
+
+    def _drop_below(self, failed: Log, log: Log, state: LogState) -> None:
+        """`failed` could not be encoded: the logs between it and `log`, and `log`, go too."""
+        current: Log | None = log
+        while current is not None and current is not failed:
+            current_state: LogState = current.delivery
+            self._drop(current, current_state, "parent_dropped")
+            current = current_state.anchor
+
+    def _emit_create(
+        self,
+        log: Log,
+        state: LogState,
+        ops: list[PlannedOp],
+        status_field: StatusField,
+        closing: bool,
+    ) -> bool:
         body = self._encode(log, state, lambda: self._create_body(log, state, status_field))
         if body is None:
-            return
-        # Even a log that has ended meanwhile goes as incomplete here: a child follows it, and
-        # a complete parent would refuse the child. Its fields ride along; the update closes it.
-        body[status_field] = INCOMPLETE
-        self._emit(Operation("log", log.log_id, body, log_query(log)), log, False, ops)
+            return False
+        if not closing:
+            # Even a log that has ended meanwhile goes as incomplete here: a child follows it,
+            # and a complete parent would refuse the child. Its fields ride along; the update
+            # closes it.
+            body[status_field] = INCOMPLETE
+        self._emit(Operation("log", log.log_id, body, log_query(log)), log, closing, ops)
         state.created = True
-        self._child_created(log)
-
-    def _create_parent(self, log: Log, ops: list[PlannedOp], status_field: StatusField) -> None:
-        parent = log.parent
-        if parent is not None:
-            parent_state = self.state(parent)
-            if parent_state is not None and not (parent_state.created or parent_state.finished):
-                self._create_early(parent, ops, status_field)
+        if closing:
+            state.finished = True
+        anchor = state.anchor
+        if anchor is not None:
+            children = anchor.delivery.unsent_children
+            if children is not None:
+                children.pop(log, None)
+        return True
 
     def _create_body(self, log: Log, state: LogState, status_field: StatusField) -> dict[str, Any]:
-        body = create_body(log, status_field)
-        if state.detached:
-            # The parent lives in the process this one was forked from, which delivers it; this
-            # process's part of the trace becomes a trace of its own, noting where it came from.
+        body = create_body(log, status_field, state.start_ns)
+        if state.detached or state.late:
+            # A detached log's parent lives in the process this one was forked from, which
+            # delivers it; a late one's parent was already closed. Either is filed elsewhere
+            # (its own trace, or the nearest open ancestor) and notes where it came from.
             parent_id = body.pop("trace_parent_id", None)
+            if state.late and state.anchor is not None:
+                body["trace_parent_id"] = state.anchor.log_id
             metadata = dict(body.get("metadata") or {})
             note = dict(metadata.get(RECORDER_METADATA_KEY) or {})
-            note[RECORDER_FORKED_FROM] = parent_id
+            note[RECORDER_LATE_CHILD_OF if state.late else RECORDER_FORKED_FROM] = parent_id
             metadata[RECORDER_METADATA_KEY] = note
             body["metadata"] = metadata
         return body
-
-    def _child_created(self, log: Log) -> None:
-        parent = log.parent
-        if parent is not None and parent.delivery.__class__ is LogState:
-            children = parent.delivery.unsent_children
-            if children is not None:
-                children.discard(log)
-
-    def _parent_failed(self, log: Log) -> bool:
-        parent = log.parent
-        if parent is None:
-            return False
-        parent_state = self.state(parent)
-        return parent_state is not None and parent_state.failed
 
     def _encode(self, log: Log, state: LogState, encode: Any) -> dict[str, Any] | None:
         try:

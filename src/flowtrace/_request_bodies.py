@@ -123,12 +123,11 @@ def _metadata(log: Log) -> dict[str, Any] | None:
     return merged
 
 
-def _ending_fields(log: Log) -> dict[str, Any]:
+def _ending_fields(log: Log, start_ns: int) -> dict[str, Any]:
     """The fields a log only has once it has ended."""
     fields: dict[str, Any] = {}
-    end_ns = log.end_ns
-    if end_ns is not None:
-        fields["end_time"] = wire_time_ns(end_ns)
+    if log.duration_ns is not None:
+        fields["end_time"] = wire_time_ns(start_ns + log.duration_ns)
     if log.duration_ns is not None:
         fields["provider_latency"] = log.duration_ns / 1e9
     fields.update(shape_output(log))
@@ -154,12 +153,15 @@ def _truncate(text: str) -> str:
     return text[:budget] + truncated_chars(len(text))
 
 
-def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
-    """`POST /flows/log` body: complete if the log has ended, else incomplete (sent early)."""
+def create_body(log: Log, status_field: StatusField, start_ns: int | None = None) -> dict[str, Any]:
+    """`POST /flows/log` body: complete if the log has ended, else incomplete (sent early).
+    `start_ns`: the wall-clock start the pipeline fixed for the log (default: as of now)."""
+    if start_ns is None:
+        start_ns = log.start_ns
     body: dict[str, Any] = {
         "log_id": log.log_id,
         "path": log.path,
-        "start_time": wire_time_ns(log.start_ns),
+        "start_time": wire_time_ns(start_ns),
     }
     if log.parent is not None:
         body["trace_parent_id"] = log.parent.log_id
@@ -177,17 +179,19 @@ def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
     if messages is not None:
         body["messages"] = messages
     if log.status == COMPLETE:
-        body.update(_ending_fields(log))
+        body.update(_ending_fields(log, start_ns))
     elif log.metadata:
         body["metadata"] = snapshot(log.metadata, limits())
     body[status_field] = log.status
     return _without_payloads(body) if log.save is False else body
 
 
-def complete_body(log: Log, status_field: StatusField, extension: bool) -> dict[str, Any]:
+def complete_body(
+    log: Log, status_field: StatusField, extension: bool, start_ns: int | None = None
+) -> dict[str, Any]:
     """`PATCH /flows/logs/{id}` body closing a log sent early. `extension`: the server takes
     flowtrace's end-of-log fields (stdout, end_time, ...); a plain contract server does not."""
-    body = _ending_fields(log)
+    body = _ending_fields(log, log.start_ns if start_ns is None else start_ns)
     if log.inputs is not UNSET or log.messages is not UNSET:  # the user may have set them late
         inputs, messages = resolve_inputs(log)
         if log.inputs is not UNSET and inputs is not None:
