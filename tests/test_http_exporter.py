@@ -253,13 +253,6 @@ def test_an_unreachable_health_check_delivers_nothing_and_is_asked_again(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_discover returns only an error text, so the Retry-After of a 429/503 health answer "
-        "is not carried into the outcomes: the pipeline retries on its own backoff instead"
-    ),
-)
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_on_the_health_check_is_honoured(status: int) -> None:
     server = Server({"GET /v5/health": reply(status, None, **{"Retry-After": "30"})})
@@ -586,10 +579,6 @@ def test_close_closes_the_client_and_its_transport() -> None:
 # --- issue 9 item 7 ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 item 7: a 200 that is not the contract's answer counts as delivered",
-)
 @pytest.mark.parametrize(
     ("batch", "answer"),
     [
@@ -616,3 +605,44 @@ def test_a_200_that_is_not_the_contract_s_answer_is_not_delivered(
     server = Server({"GET /v5/health": reply(200, HEALTH_BATCH if batch else {}), route: answer})
     (outcome,) = exporter_for(server).export([CREATE])
     assert not outcome.ok
+
+
+def test_a_non_contract_200_names_the_url_and_stops_the_rest_per_log() -> None:
+    server = per_log_server(html(), {"POST /v5/flows/log": html()})
+    outcomes = exporter_for(server).export([CREATE, CREATE_B])
+    assert [o.status for o in outcomes] == [NOT_DELIVERED, NOT_DELIVERED]
+    assert outcomes[0].error is not None
+    assert f"{BASE}/flows/log answered 200 with text/plain: '<html>" in outcomes[0].error
+    assert "base_url" in outcomes[0].error
+    assert outcomes[1].error == "not attempted"
+    assert len(server.requests) == 2  # the second create was not attempted
+
+
+def test_batch_update_bodies_lose_the_extension_fields_when_the_server_says_so() -> None:
+    server = Server(
+        {
+            "GET /v5/health": reply(200, {"batch": True, "update_extension": False}),
+            "POST /v5/flows/logs/batch": reply(200, BATCH_RESULTS),
+        }
+    )
+    exporter = exporter_for(server)
+    assert exporter.export([CREATE, CREATE_B, UPDATE_B]) == BATCH_OUTCOMES
+    (_, (method, path, body)) = server.seen()
+    assert (method, path) == ("POST", "/v5/flows/logs/batch")
+    assert body["operations"][2] == {"op": "update", "log_id": "log_b", "body": CONTRACT_UPDATE_B}
+    assert body["operations"][0] == {
+        "op": "log",
+        "body": CREATE.body,
+        "query": {"version_id": "ver_1"},
+    }
+
+
+def test_export_after_close_delivers_nothing_and_does_not_raise() -> None:
+    server = Server({})
+    exporter = exporter_for(server)
+    exporter.close()
+    (outcome,) = exporter.export([CREATE])
+    assert outcome.status == NOT_DELIVERED
+    assert outcome.error == f"the exporter for {BASE} is closed"
+    assert exporter.export([]) == []
+    assert server.requests == []

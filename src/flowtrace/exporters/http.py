@@ -4,6 +4,10 @@ On first use it asks the server what it offers (`GET {base}/health`): a flowtrac
 answers `{"batch": true|false, ...}`, and then takes flowtrace's end-of-log fields on update;
 any other server of the contract gets the per-log routes and contract-only update bodies. If
 the batch route answers 404/405 anyway, the exporter falls back to per-log and remembers.
+
+A success is the contract's answer, not just a 2xx: a JSON object with the log's `id` (and
+for the batch route, one such result per operation). Anything else, such as the HTML page of
+a wrong `base_url`, is no delivery: the outcome says what came back from which URL.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pydantic_core
 from flowtrace._config import Settings
 from flowtrace._contract import UPDATE_EXTENSION_FIELDS
 from flowtrace._retry import is_retryable, parse_retry_after
-from flowtrace.exporters import Operation, Outcome, not_delivered
+from flowtrace.exporters import NOT_DELIVERED, Operation, Outcome, not_delivered
 
 __all__ = ["HttpExporter"]
 
@@ -64,6 +68,8 @@ class HttpExporter:
             verify=base_url.lower().startswith("https://"),
         )
         self._wall_clock = wall_clock
+        self._base_url = base_url.rstrip("/")
+        self._closed = False
         self._discovered = False
         self.batch = False  # the server offers POST /flows/logs/batch
         self.update_extension = False  # the server takes end-of-log fields on update
@@ -79,10 +85,13 @@ class HttpExporter:
         )
 
     def close(self) -> None:
+        self._closed = True
         self._client.close()
 
     # --- the Exporter protocol -------------------------------------------------------------
     def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+        if self._closed:  # never a raise: the pipeline keeps what was not delivered
+            return not_delivered(f"the exporter for {self._base_url} is closed", len(operations))
         if not operations:  # a warm-up: connect and learn what the server offers
             if not self._discovered:
                 self._discover()
@@ -90,7 +99,7 @@ class HttpExporter:
         if not self._discovered:
             failure = self._discover()
             if failure is not None:
-                return not_delivered(failure, len(operations))
+                return [failure] * len(operations)
         if self.batch:
             outcomes = self._export_batch(operations)
             if outcomes is not None:
@@ -99,14 +108,18 @@ class HttpExporter:
         return self._export_each(operations)
 
     # --- discovery ---------------------------------------------------------------------------
-    def _discover(self) -> str | None:
-        """Learn what the server offers; an error text if it could not be reached."""
+    def _discover(self) -> Outcome | None:
+        """Learn what the server offers; the failure (with the server's `Retry-After`) if it
+        could not be reached."""
         try:
             response = self._client.get(HEALTH_PATH)
         except httpx.HTTPError as exc:
-            return _transport_error(exc)
+            return Outcome(NOT_DELIVERED, None, None, _transport_error(exc))
         if is_retryable(response.status_code):
-            return f"health check answered {response.status_code}"
+            retry_after = self._retry_after(response)
+            return Outcome(
+                NOT_DELIVERED, None, retry_after, f"health check answered {response.status_code}"
+            )
         info = _json_or_none(response) if response.status_code == 200 else None
         if isinstance(info, dict) and isinstance(info.get("batch"), bool):
             self.batch = info["batch"]
@@ -117,7 +130,8 @@ class HttpExporter:
     # --- the batch extension ---------------------------------------------------------------
     def _export_batch(self, operations: Sequence[Operation]) -> list[Outcome] | None:
         """Outcomes of one batch request; None if the server has no batch route."""
-        content = _encode({"operations": [op.to_batch_item() for op in operations]})
+        items = [self._batch_item(op) for op in operations]
+        content = _encode({"operations": items})
         try:
             response = self._client.post(BATCH_PATH, content=content)
         except httpx.HTTPError as exc:
@@ -127,7 +141,13 @@ class HttpExporter:
         if not 200 <= response.status_code < 300:
             outcome = self._outcome(response)
             return [outcome] * len(operations)
-        return _batch_outcomes(_json_or_none(response), len(operations))
+        return _batch_outcomes(_json_or_none(response), len(operations), self._url(BATCH_PATH))
+
+    def _batch_item(self, op: Operation) -> dict[str, Any]:
+        item = op.to_batch_item()
+        if op.kind == "update" and not self.update_extension:
+            item["body"] = _contract_update(op.body)
+        return item
 
     # --- the per-log contract --------------------------------------------------------------
     def _export_each(self, operations: Sequence[Operation]) -> list[Outcome]:
@@ -144,26 +164,53 @@ class HttpExporter:
         return outcomes
 
     def _send_one(self, op: Operation) -> Outcome:
+        path = "/flows/log" if op.kind == "log" else f"/flows/logs/{op.log_id}"
         try:
             if op.kind == "log":
                 response = self._client.post(
-                    "/flows/log", params=op.query or None, content=_encode(op.body)
+                    path, params=op.query or None, content=_encode(op.body)
                 )
             else:
-                body = op.body
-                if not self.update_extension:
-                    body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
-                response = self._client.patch(f"/flows/logs/{op.log_id}", content=_encode(body))
+                body = op.body if self.update_extension else _contract_update(op.body)
+                response = self._client.patch(path, content=_encode(body))
         except httpx.HTTPError as exc:
-            return Outcome(0, None, None, _transport_error(exc))
-        return self._outcome(response)
+            return Outcome(NOT_DELIVERED, None, None, _transport_error(exc))
+        outcome = self._outcome(response)
+        if outcome.ok and not _is_log_answer(outcome.body):
+            return Outcome(NOT_DELIVERED, None, None, _not_the_contract(self._url(path), response))
+        return outcome
 
     def _outcome(self, response: httpx.Response) -> Outcome:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
-        return Outcome(response.status_code, _json_or_none(response), retry_after)
+        return Outcome(response.status_code, _json_or_none(response), self._retry_after(response))
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        return parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
+
+    def _url(self, path: str) -> str:
+        return self._base_url + path
 
 
-def _batch_outcomes(payload: Any, count: int) -> list[Outcome]:
+def _contract_update(body: dict[str, Any]) -> dict[str, Any]:
+    """An update body as a server without flowtrace's extension takes it."""
+    return {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
+
+
+def _is_log_answer(body: Any) -> bool:
+    """The contract's answer to a create or an update: a JSON object naming the log."""
+    return isinstance(body, dict) and isinstance(body.get("id"), str) and bool(body["id"])
+
+
+def _not_the_contract(url: str, response: httpx.Response) -> str:
+    kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+    start = response.text[:60].strip() if response.content else ""
+    shown = f": {start!r}" if start else " (empty)"
+    return (
+        f"{url} answered {response.status_code} with {kind}{shown}, which is not the "
+        "contract's answer (is base_url the contract's /v5 base?)"
+    )
+
+
+def _batch_outcomes(payload: Any, count: int, url: str) -> list[Outcome]:
     """Per-operation outcomes from a batch answer; garbage counts as no answer (retried)."""
     results = payload.get("results") if isinstance(payload, dict) else None
     if not isinstance(results, list) or len(results) != count:
@@ -173,7 +220,12 @@ def _batch_outcomes(payload: Any, count: int) -> list[Outcome]:
         status = result.get("status") if isinstance(result, dict) else None
         if not isinstance(status, int):
             return not_delivered("the batch answer was not understood", count)
-        outcomes.append(Outcome(status, result.get("body")))
+        body = result.get("body")
+        if 200 <= status < 300 and not _is_log_answer(body):
+            error = f"{url} answered a result {status} without the log's id: not the contract's"
+            outcomes.append(Outcome(NOT_DELIVERED, None, None, error))
+            continue
+        outcomes.append(Outcome(status, body))
     return outcomes
 
 
