@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from flowtrace import _guard
+from flowtrace._accounting import Counters
 from flowtrace._contract import (
     INCOMPLETE,
     RECORDER_FORKED_FROM,
@@ -50,12 +50,13 @@ class FlushMarker:
     """Put in the stream of ended logs by `flush()`: done once every operation planned before
     it has been settled (delivered, or given up)."""
 
-    __slots__ = ("done", "ok", "target_seq")
+    __slots__ = ("backlog_id", "done", "ok", "target_seq")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.ok = True  # False: what this waits for was not delivered (given up, or spooled)
         self.target_seq = -1
+        self.backlog_id = 0  # and the spool's backlog claimed up to this entry
 
 
 class LogState:
@@ -92,30 +93,27 @@ class LogState:
 
 
 class PlannedOp:
-    """An operation in flight, with what it means for its log."""
+    """An operation on its way, with what it means for its log. One read back from the spool
+    has no `log` (the log left memory when its operation was spooled) but a `spool_id`."""
 
-    __slots__ = ("attempts", "final", "log", "operation", "seq")
+    __slots__ = ("attempts", "final", "log", "operation", "own", "seq", "spool_id")
 
-    def __init__(self, operation: Operation, log: Log, final: bool, seq: int) -> None:
+    def __init__(
+        self,
+        operation: Operation,
+        log: Log | None,
+        final: bool,
+        seq: int,
+        spool_id: int | None = None,
+        own: bool = True,
+    ) -> None:
         self.operation = operation
         self.log = log
         self.final = final  # settling it finishes the log's delivery
-        self.seq = seq
+        self.seq = seq  # this pipeline's sequence number (0 for another process's)
+        self.spool_id = spool_id  # its entry in the spool, when it is on disk
+        self.own = own  # planned by this process (not a dead process's backlog)
         self.attempts = 0
-
-
-@dataclass
-class Counters:
-    """Delivery counters, in logs (never operations), written by the worker only."""
-
-    held: int = 0  # logs accepted and not yet settled (open, waiting, or in flight)
-    sent: int = 0  # logs whose closing operation the destination accepted
-    retried: int = 0  # operations sent again after a retryable failure
-    dropped: dict[str, int] = field(default_factory=dict)
-    last_error: str | None = None
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
 class Planner:
@@ -126,6 +124,7 @@ class Planner:
         self._ready_logs = 0
         self._open: deque[Log] = deque()  # open logs by registration time, for live_after
         self._seq = 0  # operations planned so far
+        self.open_created = 0  # logs created early and not closed yet
         self.now = 0.0  # the worker's clock at the current cycle (registration times)
 
     # --- learning of logs ----------------------------------------------------------------
@@ -326,6 +325,7 @@ class Planner:
             if body is not None:
                 self._emit(Operation("update", log.log_id, body), log, True, ops)
                 state.finished = True
+                self.open_created -= 1
             return
         self._create(log, ops, status_field, closing=True)
 
@@ -394,6 +394,8 @@ class Planner:
         state.created = True
         if closing:
             state.finished = True
+        else:
+            self.open_created += 1
         anchor = state.anchor
         if anchor is not None:
             children = anchor.delivery.unsent_children
@@ -430,8 +432,9 @@ class Planner:
         self._seq += 1
         ops.append(PlannedOp(operation, log, final, self._seq))
 
-    # --- settling ------------------------------------------------------------------------
+    # --- settling (operations of logs still in memory) ------------------------------------
     def delivered(self, op: PlannedOp) -> None:
+        assert op.log is not None
         state: LogState = op.log.delivery
         if op.final and not state.failed:
             self._counters.sent += 1
@@ -439,11 +442,23 @@ class Planner:
 
     def give_up(self, op: PlannedOp, reason: str) -> None:
         """The operation will not be delivered: its log is dropped (once)."""
+        assert op.log is not None
         state: LogState = op.log.delivery
         if not state.failed:
             state.failed = True
             self._counters.drop(reason)
             self._counters.held -= 1
+            if state.created and not state.finished:
+                self.open_created -= 1
+
+    def spooled(self, op: PlannedOp) -> None:
+        """The operation went to the spool: a log whose closing operation did leaves memory
+        (from now on its delivery is the spool's)."""
+        assert op.log is not None
+        state: LogState = op.log.delivery
+        if op.final and not state.failed:
+            self._counters.held -= 1
+            self._counters.spooled += 1
 
     def _drop(self, log: Log, state: LogState, reason: str) -> None:
         """Drop a log before sending (its parent was dropped, or it could not be encoded)."""
@@ -451,14 +466,20 @@ class Planner:
             state.failed = True
             self._counters.drop(reason)
             self._counters.held -= 1
+        if state.created and not state.finished:
+            self.open_created -= 1
         state.finished = True
 
     def abandon(self, reason: str) -> int:
-        """Stop: every log still held is dropped with `reason`. Returns how many."""
-        count = self._counters.held
-        if count:
-            self._counters.drop(reason, count)
-            self._counters.held = 0
+        """Stop: every log still held is dropped with `reason`, except those sent early that
+        never ended (they stay incomplete at the destination: `left_open`). Returns how many
+        were dropped."""
+        left_open = max(0, min(self.open_created, self._counters.held))
+        count = self._counters.held - left_open
+        self._counters.left_open += left_open
+        self._counters.drop(reason, count)
+        self._counters.held = 0
+        self.open_created = 0
         for item in self._ready:
             if isinstance(item, FlushMarker):
                 item.ok = False

@@ -4,6 +4,12 @@ The pipeline decides *what* to send and in which order (`Operation`s: a create o
 one log); an exporter only carries them to a destination and reports, per operation, what
 happened (`Outcome`). Exporters never raise for delivery failures: a connection error is an
 Outcome with status `NOT_DELIVERED` (0), which the pipeline retries.
+
+Besides `export` and `close`, an exporter may have:
+- `destination: str | None`: a stable name of where it delivers (`http:<base_url>...`,
+  `store:<path>`); the pipeline keeps one spool per destination, and none without a name.
+- `interrupt()`: called from another thread to end an export in progress early (at exit); the
+  interrupted operations are reported `NOT_DELIVERED`.
 """
 
 from __future__ import annotations
@@ -62,8 +68,11 @@ def not_delivered(error: str, count: int, retry_after_s: float | None = None) ->
 
 
 class Exporter(Protocol):
-    """Carries operations to a destination, in order; one Outcome per operation, in order."""
+    """Carries operations to a destination, in order; one Outcome per operation, in order.
+    `timeout_s`: answer within about this long (at exit), whatever the configured timeouts."""
 
-    def export(self, operations: Sequence[Operation]) -> list[Outcome]: ...
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]: ...
 
     def close(self) -> None: ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 # that moment would leave the child a half-imported codec. Importing it here puts it under the
 # pipeline's fork-safe build lock (see Pipeline.before_fork).
 import encodings.idna  # noqa: F401
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from flowtrace._config import Settings
 from flowtrace._contract import UPDATE_EXTENSION_FIELDS
 from flowtrace._retry import is_retryable, parse_retry_after
 from flowtrace.exporters import NOT_DELIVERED, Operation, Outcome, not_delivered
+from flowtrace.exporters._interruptible import install_on
 
 __all__ = ["HttpExporter"]
 
@@ -67,8 +69,15 @@ class HttpExporter:
             # http endpoint (a local or in-cluster server) would pay at exit for nothing.
             verify=base_url.lower().startswith("https://"),
         )
+        self._backend = install_on(self._client) if transport is None else None
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout: httpx.Timeout | None = None  # tighter, for one export
         self._wall_clock = wall_clock
         self._base_url = base_url.rstrip("/")
+        key = hashlib.sha256(api_key.encode()).hexdigest()[:12] if api_key else "none"
+        #: The spool's name for this destination (the key only as a digest).
+        self.destination = f"http:{self._base_url};key={key}"
         self._closed = False
         self._discovered = False
         self.batch = False  # the server offers POST /flows/logs/batch
@@ -88,10 +97,28 @@ class HttpExporter:
         self._closed = True
         self._client.close()
 
+    def interrupt(self) -> None:
+        """From another thread: end the requests in progress now (at exit)."""
+        if self._backend is not None:
+            self._backend.interrupt()
+
     # --- the Exporter protocol -------------------------------------------------------------
-    def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]:
         if self._closed:  # never a raise: the pipeline keeps what was not delivered
             return not_delivered(f"the exporter for {self._base_url} is closed", len(operations))
+        self._request_timeout = None
+        if timeout_s is not None:
+            self._request_timeout = httpx.Timeout(
+                min(self._timeout_s, timeout_s), connect=min(self._connect_timeout_s, timeout_s)
+            )
+        try:
+            return self._export(operations)
+        finally:
+            self._request_timeout = None
+
+    def _export(self, operations: Sequence[Operation]) -> list[Outcome]:
         if not operations:  # a warm-up: connect and learn what the server offers
             if not self._discovered:
                 self._discover()
@@ -112,7 +139,7 @@ class HttpExporter:
         """Learn what the server offers; the failure (with the server's `Retry-After`) if it
         could not be reached."""
         try:
-            response = self._client.get(HEALTH_PATH)
+            response = self._client.get(HEALTH_PATH, timeout=self._timeout())
         except httpx.HTTPError as exc:
             return Outcome(NOT_DELIVERED, None, None, _transport_error(exc))
         if is_retryable(response.status_code):
@@ -133,7 +160,7 @@ class HttpExporter:
         items = [self._batch_item(op) for op in operations]
         content = _encode({"operations": items})
         try:
-            response = self._client.post(BATCH_PATH, content=content)
+            response = self._client.post(BATCH_PATH, content=content, timeout=self._timeout())
         except httpx.HTTPError as exc:
             return not_delivered(_transport_error(exc), len(operations))
         if response.status_code in _NO_BATCH:
@@ -179,6 +206,10 @@ class HttpExporter:
         if outcome.ok and not _is_log_answer(outcome.body):
             return Outcome(NOT_DELIVERED, None, None, _not_the_contract(self._url(path), response))
         return outcome
+
+    def _timeout(self) -> Any:
+        """The client's timeouts, or tighter ones for this export."""
+        return self._request_timeout or httpx.USE_CLIENT_DEFAULT
 
     def _outcome(self, response: httpx.Response) -> Outcome:
         return Outcome(response.status_code, _json_or_none(response), self._retry_after(response))

@@ -31,6 +31,7 @@ Decisions the contract leaves open (see also each method):
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,7 @@ from flowtrace.store._codec import to_us
 from flowtrace.store._errors import StoreError, StoreSchemaError
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
+from flowtrace.store._ingest import IngestOperation, prepare_create, prepare_update
 from flowtrace.store._logs import create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
 from flowtrace.store._reads import LogFilter, LogPage, get_log, get_log_by_seq, list_logs
@@ -66,6 +68,8 @@ from flowtrace.store._sqlite import Database
 __all__ = [
     "SCHEMA_VERSION",
     "FlowStats",
+    "IngestOperation",
+    "IngestResult",
     "LogPage",
     "Store",
     "StoreError",
@@ -82,6 +86,19 @@ _Update = tuple[str, FlowLogUpdateRequest]
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class _OperationFailed(Exception):
+    """One operation of an ingest failed otherwise than by a store rule (a bug, data the
+    store cannot take): the transaction is redone without it."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+IngestResult = tuple[int, Any]  # (HTTP status it would have had, its answer or error body)
 
 
 def _result(status: int, body: Any) -> BatchResult:
@@ -209,6 +226,75 @@ class Store:
             return _result(200, record.model_dump(mode="json", exclude_unset=True))
         except StoreError as error:
             return _result(error.status_code, {"detail": error.detail})
+
+    def ingest(
+        self, operations: Sequence[IngestOperation], *, timeout_s: float | None = None
+    ) -> list[IngestResult]:
+        """The fast embedded path (`_ingest`): operations built by flowtrace's own client, in
+        order, in one transaction, through the same trace rules as `batch`, without parsing,
+        validating or answering them. Each result is (status, body): a create's answer, an
+        update's `{"id"}`, or a refusal's `{"detail"}`. An operation that fails otherwise than
+        by a rule fails alone (500, not worth a retry) and the others are committed without
+        it. `timeout_s` bounds the wait for another process's lock (`interrupt()` ends it);
+        SQLite errors (a locked or full disk) fail the whole call: nothing was written."""
+        results: list[IngestResult | None] = [None] * len(operations)
+        pending = list(range(len(operations)))
+        while pending:
+            try:
+                self._ingest(operations, pending, results, timeout_s)
+                break
+            except _OperationFailed as failure:
+                error = failure.error
+                results[failure.index] = (500, {"detail": f"{type(error).__name__}: {error}"})
+                pending.remove(failure.index)
+        return [result if result is not None else (500, None) for result in results]
+
+    def _ingest(
+        self,
+        operations: Sequence[IngestOperation],
+        indexes: list[int],
+        results: list[IngestResult | None],
+        timeout_s: float | None,
+    ) -> None:
+        now_us = self._now_us()
+        now_wire = wire_time_us(now_us)
+        session: Session | None = None
+        done: list[tuple[int, IngestResult]] = []
+        try:
+            with self._db.writing(timeout_s) as conn:
+                session = Session(conn, now_us)
+                for index in indexes:
+                    result = self._ingest_one(session, operations[index], index, now_wire)
+                    done.append((index, result))
+                session.flush()
+        except BaseException:
+            if session is not None:
+                session.abandon()
+            raise
+        for index, result in done:
+            results[index] = result
+
+    def _ingest_one(
+        self, session: Session, op: IngestOperation, index: int, now_wire: str
+    ) -> IngestResult:
+        try:
+            if op.kind == "log":
+                prepared = prepare_create(op.body, op.query, session.now_us, now_wire)
+                return 200, create_log(self._flow_cache, session, prepared)
+            request = prepare_update(op.body)
+            with session.operation():
+                update_log(session, op.log_id, request)
+            return 200, {"id": op.log_id}
+        except StoreError as refusal:
+            return refusal.status_code, {"detail": refusal.detail}
+        except sqlite3.Error:
+            raise  # the disk, not the operation: the whole call fails (and is retried)
+        except Exception as error:  # a bug or data the store cannot take: this one alone
+            raise _OperationFailed(index, error) from error
+
+    def interrupt(self) -> None:
+        """From another thread: end the write in progress (at exit); for good."""
+        self._db.interrupt()
 
     def delete_logs(self, ids: Sequence[str]) -> None:
         """`DELETE /logs?id=...`: the logs and every log under them. Unknown ids are ignored."""
