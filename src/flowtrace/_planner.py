@@ -318,25 +318,36 @@ class Planner:
             self._drop(log, state, "parent_dropped")
             return
         if state.created:
-            start_ns = state.start_ns
-            body = self._encode(
-                log, state, lambda: complete_body(log, status_field, True, start_ns)
-            )
-            if body is not None:
-                self._emit(Operation("update", log.log_id, body), log, True, ops)
-                state.finished = True
-                self.open_created -= 1
+            try:
+                body = complete_body(log, status_field, True, state.start_ns)
+            except Exception as exc:
+                self._encode_failed(log, state, exc)
+                return
+            self._emit(Operation("update", log.log_id, body), log, True, ops)
+            state.finished = True
+            self.open_created -= 1
             return
-        self._create(log, ops, status_field, closing=True)
+        self._create(log, ops, status_field, closing=True, state=state)
 
     def _create(
-        self, log: Log, ops: list[PlannedOp], status_field: StatusField, *, closing: bool
+        self,
+        log: Log,
+        ops: list[PlannedOp],
+        status_field: StatusField,
+        *,
+        closing: bool,
+        state: LogState | None = None,
     ) -> None:
         """Plan the create of `log` after those of its ancestors not created yet (outermost
         first, as incomplete creates). `closing`: the log has ended and this create closes it;
         otherwise it goes early, as incomplete. A log under a refused ancestor is dropped."""
-        state = self.state(log)
+        if state is None:
+            state = self.state(log)
         if state is None or state.created or state.finished:
+            return
+        anchor = state.anchor
+        if anchor is None or (anchor.delivery.created and not anchor.delivery.failed):
+            self._emit_create(log, state, ops, status_field, closing)  # the common case
             return
         chain = self._uncreated_ancestors(log, state)
         if chain is None:
@@ -382,8 +393,10 @@ class Planner:
         status_field: StatusField,
         closing: bool,
     ) -> bool:
-        body = self._encode(log, state, lambda: self._create_body(log, state, status_field))
-        if body is None:
+        try:
+            body = self._create_body(log, state, status_field)
+        except Exception as exc:
+            self._encode_failed(log, state, exc)
             return False
         if not closing:
             # Even a log that has ended meanwhile goes as incomplete here: a child follows it,
@@ -419,14 +432,9 @@ class Planner:
             body["metadata"] = metadata
         return body
 
-    def _encode(self, log: Log, state: LogState, encode: Any) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = encode()
-            return body
-        except Exception as exc:
-            _guard.internal_error("encode-log", exc)
-            self._drop(log, state, "encode_error")
-            return None
+    def _encode_failed(self, log: Log, state: LogState, exc: Exception) -> None:
+        _guard.internal_error("encode-log", exc)
+        self._drop(log, state, "encode_error")
 
     def _emit(self, operation: Operation, log: Log, final: bool, ops: list[PlannedOp]) -> None:
         self._seq += 1

@@ -15,8 +15,8 @@ Besides `export` and `close`, an exporter may have:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Protocol
 
 from flowtrace._retry import NOT_DELIVERED
 
@@ -24,17 +24,20 @@ __all__ = ["NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
 
 OperationKind = Literal["log", "update"]
 
+#: The query of an operation without one (shared: nobody changes a query).
+NO_QUERY: dict[str, str] = {}
 
-@dataclass(frozen=True)
-class Operation:
+
+class Operation(NamedTuple):
     """One wire operation: `log` = `POST /flows/log` (with `query`), `update` =
     `PATCH /flows/logs/{log_id}`. Built once and reused unchanged by every retry, so a replay
-    is byte-for-byte the same request and the store treats it as idempotent."""
+    is byte-for-byte the same request and the store treats it as idempotent. (A tuple: cheap
+    to make, one per log on the worker.)"""
 
     kind: OperationKind
     log_id: str
     body: dict[str, Any]
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = NO_QUERY
 
     def to_batch_item(self) -> dict[str, Any]:
         """The operation as one item of the batch extension's `operations` list."""

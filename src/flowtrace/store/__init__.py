@@ -34,6 +34,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -99,6 +100,10 @@ class _OperationFailed(Exception):
 
 
 IngestResult = tuple[int, Any]  # (HTTP status it would have had, its answer or error body)
+
+
+def _failed(error: Exception) -> IngestResult:
+    return 500, {"detail": f"{type(error).__name__}: {error}"}
 
 
 def _result(status: int, body: Any) -> BatchResult:
@@ -237,60 +242,53 @@ class Store:
         by a rule fails alone (500, not worth a retry) and the others are committed without
         it. `timeout_s` bounds the wait for another process's lock (`interrupt()` ends it);
         SQLite errors (a locked or full disk) fail the whole call: nothing was written."""
-        results: list[IngestResult | None] = [None] * len(operations)
-        pending = list(range(len(operations)))
-        while pending:
-            try:
-                self._ingest(operations, pending, results, timeout_s)
-                break
-            except _OperationFailed as failure:
-                error = failure.error
-                results[failure.index] = (500, {"detail": f"{type(error).__name__}: {error}"})
-                pending.remove(failure.index)
-        return [result if result is not None else (500, None) for result in results]
-
-    def _ingest(
-        self,
-        operations: Sequence[IngestOperation],
-        indexes: list[int],
-        results: list[IngestResult | None],
-        timeout_s: float | None,
-    ) -> None:
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
-        session: Session | None = None
-        done: list[tuple[int, IngestResult]] = []
-        try:
-            with self._db.writing(timeout_s) as conn:
-                session = Session(conn, now_us)
-                for index in indexes:
-                    result = self._ingest_one(session, operations[index], index, now_wire)
-                    done.append((index, result))
-                session.flush()
-        except BaseException:
-            if session is not None:
-                session.abandon()
-            raise
-        for index, result in done:
-            results[index] = result
+        results: list[IngestResult | None] = [None] * len(operations)
+        prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]] = []
+        for index, op in enumerate(operations):  # before the lock, as `batch` does
+            try:
+                if op.kind == "log":
+                    prepared.append(
+                        (index, prepare_create(op.body, op.query, now_us, now_wire), "")
+                    )
+                else:
+                    prepared.append((index, prepare_update(op.body), op.log_id))
+            except Exception as error:  # data the store cannot take: this one alone
+                results[index] = _failed(error)
+        while prepared:
+            try:
+                self._write(partial(self._apply_ingest, prepared=prepared, results=results))
+                break
+            except _OperationFailed as failure:
+                results[failure.index] = _failed(failure.error)
+                prepared = [item for item in prepared if item[0] != failure.index]
+        return [result if result is not None else (500, None) for result in results]
 
-    def _ingest_one(
-        self, session: Session, op: IngestOperation, index: int, now_wire: str
-    ) -> IngestResult:
-        try:
-            if op.kind == "log":
-                prepared = prepare_create(op.body, op.query, session.now_us, now_wire)
-                return 200, create_log(self._flow_cache, session, prepared)
-            request = prepare_update(op.body)
-            with session.operation():
-                update_log(session, op.log_id, request)
-            return 200, {"id": op.log_id}
-        except StoreError as refusal:
-            return refusal.status_code, {"detail": refusal.detail}
-        except sqlite3.Error:
-            raise  # the disk, not the operation: the whole call fails (and is retried)
-        except Exception as error:  # a bug or data the store cannot take: this one alone
-            raise _OperationFailed(index, error) from error
+    def _apply_ingest(
+        self,
+        session: Session,
+        *,
+        prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]],
+        results: list[IngestResult | None],
+    ) -> None:
+        done: list[tuple[int, IngestResult]] = []
+        for index, item, log_id in prepared:
+            try:
+                if isinstance(item, PreparedLog):
+                    done.append((index, (200, create_log(self._flow_cache, session, item))))
+                else:
+                    with session.operation():
+                        update_log(session, log_id, item)
+                    done.append((index, (200, {"id": log_id})))
+            except StoreError as refusal:
+                done.append((index, (refusal.status_code, {"detail": refusal.detail})))
+            except sqlite3.Error:
+                raise  # the disk, not the operation: the whole call fails (and is retried)
+            except Exception as error:  # a bug, or data the store cannot take: this one alone
+                raise _OperationFailed(index, error) from error
+        for index, result in done:  # only once the whole transaction went through
+            results[index] = result
 
     def interrupt(self) -> None:
         """From another thread: end the write in progress (at exit); for good."""

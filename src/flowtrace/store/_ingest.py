@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from json import encoder as json_encoder
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -68,14 +69,32 @@ def _defaults(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
-    model: _defaults(model) for model in (FlowLogRequest, FlowLogUpdateRequest, LogQuery)
+    model: _defaults(model) for model in (FlowLogUpdateRequest, LogQuery)
 }
 _DEFAULTS[FlowKernel] = {}
+#: A create's request carries only what `create_log` reads of it: its routing fields.
+_DEFAULTS[FlowLogRequest] = dict.fromkeys((*_ROUTING_FIELDS, "flow"))
+
+# The canonical encoder of `_codec.canonical_json` (sorted keys, compact, non-ASCII kept),
+# built once rather than per call; the same text (tests/test_store_ingest.py checks it).
+_c_make_encoder = getattr(json_encoder, "c_make_encoder", None)
+_canonical_chunks = (
+    _c_make_encoder(None, None, json_encoder.encode_basestring, None, ":", ",", True, False, True)
+    if _c_make_encoder is not None
+    else None
+)
+
+
+def _canonical_json(value: Any) -> str:
+    if _canonical_chunks is None:  # no C encoder (not CPython): the same text, slower
+        return canonical_json(value)
+    return "".join(_canonical_chunks(value, 0))
 
 
 def _known_valid(model: type[_M], values: dict[str, Any]) -> _M:
     """A model instance of values known to be valid: pydantic's `model_construct`, without
-    its per-field walk (every field has a plain default)."""
+    its per-field walk (every field has a plain default). A create's request gets its
+    routing fields only (`_DEFAULTS`)."""
     instance = model.__new__(model)
     fields = dict(_DEFAULTS[model])
     fields.update(values)
@@ -124,7 +143,7 @@ def _replay_digest(body: Mapping[str, Any], query: Mapping[str, str] | None) -> 
     """As `_prepare._replay_identity`: the canonical body, with the targeting query if any."""
     targeting = {k: v for k, v in (query or {}).items() if v is not None}
     identity: Any = {"body": body, "query": targeting} if targeting else body
-    return digest(canonical_json(identity))
+    return digest(_canonical_json(identity))
 
 
 def prepare_create(
