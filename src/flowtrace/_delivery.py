@@ -24,15 +24,15 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from flowtrace import _guard
-from flowtrace._outbox import Batch
-from flowtrace._planner import PlannedOp
+from flowtrace._accounting import Counters, Warnings
+from flowtrace._outbox import Batch, Outbox
+from flowtrace._planner import FlushMarker, PlannedOp, Planner
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable
-from flowtrace.exporters import Outcome
+from flowtrace.exporters import Outcome, not_delivered
 
-__all__ = ["Backoff", "Classified", "Sender", "SenderHost", "Waiter", "classify", "safe_export"]
+__all__ = ["Backoff", "Classified", "Ledger", "Sender", "Waiter", "classify", "safe_export"]
 
 Clock = Callable[[], float]
 
@@ -147,8 +147,6 @@ def safe_export(
 ) -> list[Outcome]:
     """The exporter's outcomes; an exporter that raises or miscounts is a bug (reported once),
     answered as no delivery so the operations are retried."""
-    from flowtrace.exporters import not_delivered
-
     try:
         outcomes = export(ops, timeout_s)
         if len(outcomes) != len(ops):
@@ -159,22 +157,199 @@ def safe_export(
     return outcomes
 
 
-class SenderHost(Protocol):
-    """What the sender needs of the pipeline (all but `export` called under `lock`)."""
+class Ledger:
+    """What became of each operation, settled against the planner (logs still in memory), the
+    counters and the outbox (entries on disk); what must not be sent after a refusal; and the
+    flushes waiting for all of it. Every method is called under the pipeline's lock."""
 
-    lock: threading.Lock
+    def __init__(
+        self,
+        planner: Planner,
+        counters: Counters,
+        warnings: Warnings,
+        *,
+        destination: Callable[[], str],
+        retry_deadline_s: float,
+    ) -> None:
+        self._planner = planner
+        self._counters = counters
+        self._warnings = warnings
+        self._destination = destination  # where logs go, as a warning names it
+        self.retry_deadline_s = retry_deadline_s
+        self.outbox: Outbox | None = None  # set once the destination's spool is known
+        self._failed_ids: set[str] = set()  # refused logs: their later operations are not sent
+        self.settled_seq = 0  # every operation of this process up to this one is settled
+        self.backlog_done_id = 0  # every claimed backlog entry up to this one is settled
+        self.markers: list[FlushMarker] = []  # planned, waiting for their operations
 
-    def next_batch(self) -> Batch | None: ...
+    def _outbox(self) -> Outbox:
+        assert self.outbox is not None
+        return self.outbox
 
-    def prepare(self, batch: Batch) -> list[PlannedOp]: ...
+    # --- before a send -------------------------------------------------------------------------
+    def prepare(self, batch: Batch) -> list[PlannedOp]:
+        """The operations of `batch` to send (counted as retries when sent again): those of a
+        refused log, and the creates of its children, are dropped here instead (the
+        destination would refuse them)."""
+        counters = self._counters
+        for op in batch.ops:
+            if op.attempts:
+                counters.retried += 1
+            op.attempts += 1
+        self._outbox().attempted(batch.ops)
+        failed = self._failed_ids
+        if not failed:
+            return batch.ops
+        keep: list[PlannedOp] = []
+        for op in batch.ops:
+            operation = op.operation
+            parent = operation.body.get("trace_parent_id") if operation.kind == "log" else None
+            if operation.log_id in failed:
+                self._drop(op, "rejected")
+            elif parent is not None and parent in failed:
+                failed.add(operation.log_id)
+                self._drop(op, "parent_dropped")
+            else:
+                keep.append(op)
+        batch.ops = keep
+        return keep
 
-    def export(self, ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]: ...
+    # --- after a send --------------------------------------------------------------------------
+    def settle(self, batch: Batch, result: Classified) -> None:
+        counters = self._counters
+        outbox = self._outbox()
+        for op in result.delivered:
+            if op.spool_id is None and op.log is not None:
+                self._planner.delivered(op)
+            elif op.final:
+                counters.spooled -= 1
+                counters.sent += 1
+            self._done(op)
+        for op, outcome in result.rejected:
+            self._reject(op, outcome)
+            self._done(op)
+        if result.error is not None:
+            counters.last_error = result.error
+        batch.ops = result.retry
+        if not result.retry:
+            outbox.finish()
 
-    def settle(self, batch: Batch, result: Classified) -> None: ...
+    def retry_later(self, batch: Batch, result: Classified, backoff: Backoff) -> bool:
+        """A send failed in a way a retry may fix. With a spool the operations are kept on
+        disk (retried for as long as it takes); without one they are retried from memory
+        until `retry_deadline_s`, then dropped. True: wait, then retry."""
+        outbox = self._outbox()
+        if outbox.keep_on_disk(result.retry):
+            outbox.finish()
+            self._warn_failing()
+            return True
+        if backoff.resume_at - (backoff.failing_since or 0.0) > self.retry_deadline_s:
+            self.give_up(result.retry, "retry_deadline")
+            outbox.finish()
+            backoff.succeeded()
+            return False
+        outbox.retry_first(Batch(result.retry))
+        self._warn_failing()
+        return True
 
-    def retry_later(self, batch: Batch, result: Classified, backoff: Backoff) -> bool: ...
+    def give_up(self, ops: Sequence[PlannedOp], reason: str) -> None:
+        """`ops` will not be delivered: their logs are dropped (once each), said once."""
+        logs = 0
+        for op in ops:
+            if op.log is not None and op.spool_id is None:
+                if not op.log.delivery.failed:
+                    logs += 1
+                self._planner.give_up(op, reason)
+            elif op.final:
+                logs += 1
+                self._counters.spooled -= 1
+                self._counters.drop(reason)
+            self._done(op)
+        if logs:
+            self._warnings.dropped(reason, logs, self._counters.last_error)
 
-    def sent(self) -> None: ...
+    def _drop(self, op: PlannedOp, reason: str) -> None:
+        if op.log is not None and op.spool_id is None:
+            self._planner.give_up(op, reason)
+        elif op.final:
+            self._counters.spooled -= 1
+            self._counters.drop(reason)
+            if op.log is not None:
+                op.log.delivery.failed = True
+        self._done(op)
+
+    def _done(self, op: PlannedOp) -> None:
+        self._outbox().settled(op)
+        if op.own:
+            if op.seq > self.settled_seq:
+                self.settled_seq = op.seq
+        elif op.spool_id is not None and op.spool_id > self.backlog_done_id:
+            self.backlog_done_id = op.spool_id
+
+    def _reject(self, op: PlannedOp, outcome: Outcome) -> None:
+        key, message = describe_rejection(outcome.status, outcome.body)
+        counters = self._counters
+        counters.last_error = message
+        self._failed_ids.add(op.operation.log_id)
+        if op.spool_id is None and op.log is not None:
+            self._planner.give_up(op, "rejected")
+        else:
+            if op.log is not None:
+                op.log.delivery.failed = True
+            if op.final:
+                counters.spooled -= 1
+                counters.drop("rejected")
+        self._warnings.once(
+            f"reject:{key}",
+            "flowtrace: %s refused log %s (%s); it was dropped. Further refusals like "
+            "this one are only counted in flowtrace.stats().",
+            self._destination(),
+            op.operation.log_id,
+            message,
+        )
+
+    def _warn_failing(self) -> None:
+        spool = self._outbox().spool
+        where = (
+            f"they are kept in the spool at {spool.path} and delivered when it answers"
+            if spool is not None
+            else "they are retried from memory for up to retry_deadline_s"
+        )
+        self._warnings.once(
+            "failing",
+            "flowtrace: %s did not take logs (%s); %s.",
+            self._destination(),
+            self._counters.last_error,
+            where,
+        )
+
+    # --- flushes -------------------------------------------------------------------------------
+    def add_markers(self, markers: Sequence[FlushMarker]) -> None:
+        backlog_id = self._outbox().last_backlog_id  # a flush waits for the backlog too
+        for marker in markers:
+            marker.backlog_id = backlog_id
+            self.markers.append(marker)
+
+    def release_markers(self, failing_for: float, stopping: bool = False) -> None:
+        """Answer the flushes whose operations are all settled; give up on those waiting while
+        the destination has failed for `retry_deadline_s` (their logs stay spooled), and on
+        every one when the pipeline stops."""
+        if not self.markers:
+            return
+        give_up = stopping or failing_for >= self.retry_deadline_s
+        outbox = self.outbox
+        backlog_left = outbox.backlog_on_disk if outbox is not None else 0
+        still: list[FlushMarker] = []
+        for marker in self.markers:
+            backlog_done = backlog_left == 0 or self.backlog_done_id >= marker.backlog_id
+            if marker.target_seq <= self.settled_seq and backlog_done:
+                marker.done.set()
+            elif give_up:
+                marker.ok = False
+                marker.done.set()
+            else:
+                still.append(marker)
+        self.markers = still
 
 
 class Sender:
@@ -182,56 +357,72 @@ class Sender:
 
     def __init__(
         self,
-        host: SenderHost,
+        lock: threading.Lock,
+        ledger: Ledger,
+        outbox: Callable[[], Outbox],
+        export: Callable[[Sequence[PlannedOp], float | None], list[Outcome]],
         *,
         clock: Clock,
         wait: Callable[[float], None],
         rng: random.Random,
         backoff_s: float,
         poll_s: float,
+        progress: Callable[[], None] = lambda: None,
     ) -> None:
-        self._host = host
+        """`outbox()` is the destination's outbox; `export(ops, timeout_s)` sends (called
+        without the lock); `wait(seconds)` sleeps until woken (work, a flush, stop) or the
+        timeout; `progress()` tells the worker something was settled."""
+        self._lock = lock
+        self._ledger = ledger
+        self._outbox = outbox
+        self._export = export
         self._clock = clock
-        self._wait = wait  # sleeps until woken (work arrived, a flush, stop) or the timeout
+        self._wait = wait
+        self._progress = progress
         self.backoff = Backoff(backoff_s, rng, clock)
         self.waiter = Waiter(clock, wait)  # its `stop_at` is the stop deadline
         self._poll_s = poll_s
         self.stopped = False  # stop once the outbox is empty
 
     def run(self) -> None:
-        host = self._host
-        while True:
-            stop_at = self.waiter.stop_at
-            if stop_at is not None and self._clock() >= stop_at:
-                return
-            with host.lock:
-                batch = host.next_batch()
-                ops = host.prepare(batch) if batch is not None else []
-            if batch is None:
-                if self.stopped:
-                    return
-                self._wait(self._poll_s)
-            elif ops:
-                self._send(batch, ops)
-            else:
-                with host.lock:
-                    host.settle(batch, Classified())
+        while self.step():
+            pass
+
+    def step(self) -> bool:
+        """Send the next batch (or wait for one); False once stopped."""
+        stop_at = self.waiter.stop_at
+        if stop_at is not None and self._clock() >= stop_at:
+            return False
+        with self._lock:
+            batch = self._outbox().take()
+            ops = self._ledger.prepare(batch) if batch is not None else []
+        if batch is None:
+            if self.stopped:
+                return False
+            self._wait(self._poll_s)
+        elif ops:
+            self._send(batch, ops)
+        else:
+            with self._lock:
+                self._ledger.settle(batch, Classified())
+        return True
 
     def _send(self, batch: Batch, ops: list[PlannedOp]) -> None:
-        host = self._host
         stop_at = self.waiter.stop_at
         # Bounded by the stop deadline when there is one, so the sender reaches a safe point
         # in time (at exit, no thread of flowtrace may be inside the network or SQLite).
         timeout = None if stop_at is None else max(0.05, stop_at - self._clock())
-        outcomes = host.export(ops, timeout)
+        outcomes = safe_export(self._export, ops, timeout)
         result = classify(ops, outcomes)
-        with host.lock:
-            host.settle(batch, result)
-            if not result.retry:
+        with self._lock:
+            self._ledger.settle(batch, result)
+            if result.retry:
+                resume_at = self.backoff.failed(result.retry_after_s)
+                wait = self._ledger.retry_later(batch, result, self.backoff)
+            else:
                 self.backoff.succeeded()
-                host.sent()
-                return
-            resume_at = self.backoff.failed(result.retry_after_s)
-            keep = host.retry_later(batch, result, self.backoff)
-        if keep:
+                wait = False
+            self._ledger.release_markers(self.backoff.failing_for())
+        self._progress()
+        if wait:
             self.waiter.until(resume_at, self.backoff.not_before, self._poll_s)

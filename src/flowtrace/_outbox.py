@@ -238,6 +238,12 @@ class Outbox:
                 self.spool = None
                 self._unavailable(str(error))
 
+    def retry_first(self, batch: Batch) -> None:
+        """No spool: `batch` failed and is retried from memory before anything else."""
+        self.in_flight = None
+        self.memory.appendleft(batch)
+        self.memory_ops += len(batch.ops)
+
     def keep_on_disk(self, ops: Sequence[PlannedOp]) -> bool:
         """A send failed in a way a retry may fix: keep `ops` (and everything behind them) on
         disk from now on. False if there is no spool (they are retried from memory)."""

@@ -23,7 +23,6 @@ network.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sys
 import threading
@@ -33,14 +32,13 @@ from typing import Any
 
 from flowtrace import _config, _guard, _log
 from flowtrace._accounting import Counters, Warnings
-from flowtrace._delivery import Backoff, Classified, Sender, safe_export
+from flowtrace._delivery import Ledger, Sender
+from flowtrace._destination import Destination
 from flowtrace._log import Log
-from flowtrace._outbox import Batch, Outbox
+from flowtrace._outbox import Outbox
 from flowtrace._planner import FlushMarker, PlannedOp, Planner
 from flowtrace._queue import DROPPED, LOAD_MODES, Backpressure, CallPathQueue, Mode
-from flowtrace._retry import describe_rejection
 from flowtrace._sinks import add_sink, refresh_sinks, remove_sink
-from flowtrace._spool import Spool, spool_path
 from flowtrace.exporters import Exporter, Outcome
 
 __all__ = ["Pipeline", "flush", "shutdown", "stats", "use_exporter"]
@@ -58,6 +56,9 @@ SENDER_NAME = "flowtrace-sender"
 #: After a stop deadline, how long `shutdown` still waits for the threads to reach a safe point
 #: (each blocking step they take is bounded by the deadline; this covers the step in progress).
 STOP_GRACE_S = 0.5
+#: And how long the worker may still spend moving what is left to the spool (planning and
+#: encoding it on the way): beyond that, what is left is dropped (`shutdown`).
+SPILL_GRACE_S = 1.0
 
 #: The worker measures the wall clock's offset again at most this often (a step of the clock or
 #: a suspend/resume then shows in the start times of later logs within this long).
@@ -77,8 +78,8 @@ class Pipeline:
     ) -> None:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
-        self._exporter_override: Exporter | None = None
         self._settings = _config.get_settings()
+        self._destination = Destination(self._settings)
         self._reset()
         self._apply_settings(self._settings)
 
@@ -91,35 +92,35 @@ class Pipeline:
         self._counters = Counters()
         self._planner = Planner(self._token, self._counters)
         self._warnings = Warnings()
+        self._ledger = Ledger(
+            self._planner,
+            self._counters,
+            self._warnings,
+            destination=self._destination.describe,
+            retry_deadline_s=self._settings.retry_deadline_s,
+        )
         self._backpressure = Backpressure()
+        self._wake = threading.Event()  # the worker's
         self._queue = CallPathQueue(
             self._start_threads, self._wake_worker, self._held, self._backpressure
         )
-        self._wake = threading.Event()  # the worker's
         self._send_wake = threading.Event()  # the sender's
         self._worker: threading.Thread | None = None
         self._sender_thread: threading.Thread | None = None
         self._sender: Sender | None = None
         self._outbox: Outbox | None = None
-        self._exporter: Exporter | None = None
-        self._retarget = True
         self._intake = 0  # logs the last intake found
         self._closed = False  # shutdown began: new logs are refused
         self._stopping = False
         self._stop_deadline: float | None = None
-        self._markers: list[FlushMarker] = []  # planned, waiting for their operations
-        self._settled_seq = 0  # every operation up to this one is settled
-        self._backlog_done_id = 0  # every claimed backlog entry up to this one is settled
-        self._failed_ids: set[str] = set()  # logs refused (their later operations are not sent)
-        self._stopped = threading.Event()  # the worker has stopped
         self._last_calibration = float("-inf")
-        self.left_open = 0  # logs still open at shutdown (delivered as incomplete)
 
     def _apply_settings(self, settings: _config.Settings) -> None:
         self._settings = settings
         self._queue.limit = max(1, settings.queue_size)
         self._batch_size = max(1, settings.batch_size)
-        self._retarget = True
+        self._ledger.retry_deadline_s = settings.retry_deadline_s
+        self._destination.retarget(settings)
 
     def settings_changed(self, settings: _config.Settings) -> None:
         """configure() was called: new limits now, a new destination at the next batch."""
@@ -127,8 +128,8 @@ class Pipeline:
 
     def use_exporter(self, exporter: Exporter | None) -> None:
         """Deliver to `exporter` (tests, custom destinations); None returns to the settings."""
-        self._exporter_override = exporter
-        self._retarget = True
+        self._destination.override = exporter
+        self._destination.retarget()
 
     # --- the sink (read by flowtrace._sinks) -------------------------------------------------
     @property
@@ -153,12 +154,16 @@ class Pipeline:
             if self._closed or sys.is_finalizing():
                 return False
             sender = Sender(
-                self,
+                self.lock,
+                self._ledger,
+                self._ensure_outbox,
+                self._export,
                 clock=self._clock,
                 wait=self._sender_wait,
                 rng=self._rng,
                 backoff_s=self._settings.retry_backoff_s,
                 poll_s=self._settings.first_batch_after_s,
+                progress=self._wake.set,
             )
             worker = threading.Thread(target=self._run_worker, name=WORKER_NAME, daemon=True)
             sending = threading.Thread(
@@ -184,6 +189,35 @@ class Pipeline:
     def _sender_wait(self, timeout: float) -> None:
         self._send_wake.wait(timeout)
         self._send_wake.clear()
+
+    def _run_sender(self, sender: Sender) -> None:
+        try:
+            self._warm_up()
+            sender.run()
+        except BaseException as exc:  # a bug: report it, never take the process down
+            _guard.internal_error("pipeline-sender", exc)
+        finally:
+            self._destination.close()
+
+    def _warm_up(self) -> None:
+        """On the sender, first thing: imports, connection, discovery (an empty export), and
+        the spool's backlog, while the program runs rather than at exit."""
+        with _guard.guarded("exporter-warm-up"):
+            self._destination.exporter().export([])
+        with self.lock:
+            outbox = self._ensure_outbox()
+            self._counters.spooled += outbox.claim_backlog()
+        self._send_wake.set()
+
+    def _export(self, ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]:
+        """The sender's send (without the lock: the network or the store)."""
+        outcomes = self._destination.exporter().export([op.operation for op in ops], timeout_s)
+        with self.lock:
+            # Take in what arrived during the export, judged against the queue as it was
+            # meanwhile (these operations still held).
+            self._collect()
+        self._wake.set()
+        return outcomes
 
     # --- the public operations ---------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -235,12 +269,12 @@ class Pipeline:
                 sender.waiter.request_flush()
             self._wake.set()
             self._send_wake.set()
-        self.join(None if timeout is None else start + timeout)
+        self.join(self._stop_deadline)
 
     def join(self, deadline: float | None) -> bool:
-        """Wait for both threads to stop (until `deadline` plus the grace for the step in
-        progress). True if they did."""
-        bound = None if deadline is None else deadline + STOP_GRACE_S
+        """Wait for both threads to stop (until `deadline`, plus the graces for the step in
+        progress and the spooling of what is left). True if they did."""
+        bound = None if deadline is None else deadline + STOP_GRACE_S + SPILL_GRACE_S
         for thread in (self._worker, self._sender_thread):
             if thread is None:
                 continue
@@ -268,35 +302,27 @@ class Pipeline:
         sender = self._sender
         if sender is not None:
             sender.waiter.stop_at = now
-        self._interrupt_export()
+        self._destination.interrupt()
         self._wake.set()
         self._send_wake.set()
-
-    def _interrupt_export(self) -> None:
-        interrupt = getattr(self._exporter, "interrupt", None)
-        if interrupt is not None:
-            with _guard.guarded("exporter-interrupt"):
-                interrupt()
 
     def stats(self) -> dict[str, Any]:
         counters = self._counters
         dropped = self._queue.refusals()
         for reason, count in dict(counters.dropped).items():
             dropped[reason] = dropped.get(reason, 0) + count
+        outbox = self._outbox
+        spool = outbox.spool if outbox is not None else None
         return {
             "queued": self._queue.waiting() + counters.held,
             "spooled": counters.spooled,
             "sent": counters.sent,
+            "left_open": counters.left_open,
             "retried": counters.retried,
             "dropped": dropped,
             "last_error": counters.last_error,
-            "spool": self._spool_path(),
+            "spool": str(spool.path) if spool is not None else None,
         }
-
-    def _spool_path(self) -> str | None:
-        outbox = self._outbox
-        spool = outbox.spool if outbox is not None else None
-        return str(spool.path) if spool is not None else None
 
     def _nothing_waiting(self) -> bool:
         return self._queue.waiting() + self._counters.held + self._counters.spooled == 0
@@ -304,6 +330,7 @@ class Pipeline:
     def after_fork_in_child(self) -> None:
         """The child starts empty with its own (not yet started) threads; what the parent had
         queued is the parent's to deliver."""
+        self._destination = Destination(self._settings)
         self._reset()
         refresh_sinks()  # the inherited callables append to the parent's deques
 
@@ -318,11 +345,9 @@ class Pipeline:
                 self._finish_stop()
             except BaseException as exc:
                 _guard.internal_error("pipeline-stop", exc)
-            self._stopped.set()
 
     def _work(self) -> None:
-        settings = self._settings
-        next_send_at = self._clock() + settings.first_batch_after_s
+        next_send_at = self._clock() + self._settings.first_batch_after_s
         while True:
             with self.lock:
                 self._collect()
@@ -330,11 +355,12 @@ class Pipeline:
                 if self._stopping and self._stop_ready(now):
                     return
                 planned = self._due(now, next_send_at) and self._plan_batch(now)
-                self._relieve_pressure(now)
-                self._release_markers(now)
+                pressed = self._relieve_pressure(now)
+                self._release_markers()
             if planned:
                 self._send_wake.set()
                 next_send_at = self._clock() + self._settings.batch_interval_s
+            if planned or pressed:
                 continue
             next_send_at = self._sleep(now, next_send_at)
 
@@ -348,12 +374,12 @@ class Pipeline:
         while planner.ready_logs or planner.has_marker or planner.next_live_at(0.0) is not None:
             if not self._plan_batch(now, include_open=True):
                 break
+            if deadline is not None and self._clock() >= deadline:
+                return True
         self._send_wake.set()
         outbox = self._outbox
-        return (
-            planner.ready_logs == 0
-            and (outbox is None or outbox.empty())
-            and (outbox is None or outbox.in_flight is None)
+        return planner.ready_logs == 0 and (
+            outbox is None or (outbox.empty() and outbox.in_flight is None)
         )
 
     def _collect(self) -> None:
@@ -369,7 +395,7 @@ class Pipeline:
         if started:
             if now - self._last_calibration >= CALIBRATE_EVERY_S:
                 # Before the logs are first seen (their start times are fixed then): a step of
-                # the wall clock shows in every log that starts after it. Two clock reads.
+                # the wall clock shows in the logs that start after it. Two clock reads.
                 _log.calibrate()
                 self._last_calibration = now
             found += self._take_started(started)
@@ -402,8 +428,7 @@ class Pipeline:
         planner = self._planner
         counters = self._counters
         token = self._token
-        outbox = self._outbox
-        limit = self._queue.limit if outbox is None or not outbox.usable else sys.maxsize
+        limit = self._queue.limit if not self._queue.spill else sys.maxsize
         count = 0
         refused: dict[str, int] = {}
         popleft = started.popleft
@@ -449,34 +474,31 @@ class Pipeline:
             include_open=include_open or self._stopping,
         )
         outbox = self._ensure_outbox()
-        for marker in markers:
-            marker.backlog_id = outbox.last_backlog_id  # a flush also waits for the backlog
-            self._markers.append(marker)
+        self._ledger.add_markers(markers)
         if ops:
             outbox.put(ops)
         elif markers:
-            self._release_markers(now)
+            self._release_markers()
         return bool(ops) or bool(markers)
 
-    def _relieve_pressure(self, now: float) -> None:
-        """More than the bound held in memory: plan what has ended and move what waits in
-        memory to disk, so memory holds about the bound, whatever the program produces."""
-        outbox = self._outbox
+    def _relieve_pressure(self, now: float) -> bool:
+        """More than the bound held in memory: plan a batch of what has ended and move what
+        waits in memory to disk, so memory holds about the bound, whatever the program
+        produces (recording threads wait meanwhile, see `_queue.Backpressure`). True while
+        under pressure (the worker goes on without sleeping)."""
         limit = self._queue.limit
-        if outbox is None or not outbox.usable or self._counters.held < limit:
-            if self._counters.held < limit * 0.9:
+        held = self._counters.held
+        if held < limit or not self._queue.spill:
+            if held < limit * 0.9:
                 self._backpressure.has_room()
-            return
+            return False
         self._backpressure.full()
-        planner = self._planner
-        while planner.ready_logs and self._counters.held >= limit * 0.9:
-            if not self._plan_batch(now):
-                break
-            if not outbox.spill():
-                break
-        outbox.spill()
+        outbox = self._ensure_outbox()
+        planned = self._plan_batch(now) if self._planner.ready_logs else False
+        spilled = outbox.spill()
         if self._counters.held < limit * 0.9:
             self._backpressure.has_room()
+        return planned and spilled
 
     def _sleep(self, now: float, next_send_at: float) -> float:
         """Wait for work; returns the (possibly new) time of the next send."""
@@ -489,8 +511,8 @@ class Pipeline:
             deadlines.append(live_at)
         if self._stopping and self._stop_deadline is not None:
             deadlines.append(self._stop_deadline)
-        if self._markers:
-            deadlines.append(now + self._settings.first_batch_after_s)
+        if self._ledger.markers:  # flushes give up on a failing destination in time
+            deadlines.append(now + self._settings.batch_interval_s)
         settings = self._settings
         self._wake.clear()
         queue = self._queue
@@ -516,6 +538,12 @@ class Pipeline:
             return next_send_at
         return self._clock() + settings.first_batch_after_s
 
+    def _release_markers(self, stopping: bool = False) -> None:
+        sender = self._sender
+        failing_for = sender.backoff.failing_for() if sender is not None else 0.0
+        self._ledger.release_markers(failing_for, stopping)
+
+    # --- stopping --------------------------------------------------------------------------------
     def _finish_stop(self) -> None:
         """The worker is stopping (shutdown, exit, or a bug): let the sender finish within the
         deadline, then spool what is left (or count it dropped), and answer every flush."""
@@ -532,295 +560,54 @@ class Pipeline:
                 if thread.is_alive():
                     # The deadline came during an export: end it now (its operations are
                     # reported undelivered, and spooled below).
-                    self._interrupt_export()
+                    self._destination.interrupt()
                     thread.join(STOP_GRACE_S)
         with self.lock:
             self._leave_the_rest()
-            self._release_markers(self._clock(), stopping=True)
+            self._release_markers(stopping=True)
 
     def _leave_the_rest(self) -> None:
-        """What was not delivered by the deadline: to the spool if there is one, else dropped
-        (`shutdown`); logs still open were delivered as incomplete creates."""
-        outbox = self._outbox
-        if outbox is not None and outbox.memory and not outbox.spill():
+        """What was not delivered by the deadline goes to the spool if there is one (planned
+        first, within `SPILL_GRACE_S`), else it is dropped (`shutdown`); logs still open were
+        delivered as incomplete creates (`left_open`)."""
+        outbox = self._ensure_outbox()
+        planner = self._planner
+        if outbox.usable:
+            give_up_at = self._clock() + SPILL_GRACE_S
+            while self._clock() < give_up_at and outbox.usable:
+                if not self._plan_batch(self._clock(), include_open=True):
+                    break
+                outbox.spill()
+            outbox.spill()
+        if outbox.memory:
             while outbox.memory:
                 batch = outbox.memory.popleft()
-                for op in batch.ops:
-                    if op.log is not None:
-                        self._planner.give_up(op, "shutdown")
+                self._ledger.give_up(batch.ops, "shutdown")
             outbox.memory_ops = 0
-        open_logs = self._planner.open_logs()
-        self.left_open = open_logs
-        self._planner.abandon("shutdown")
-        spool = outbox.spool if outbox is not None else None
+        planner.abandon("shutdown")
+        spool = outbox.spool
         if spool is not None:
             with _guard.guarded("spool-release"):
                 spool.release()
 
-    # --- flush markers -------------------------------------------------------------------------
-    def _release_markers(self, now: float, stopping: bool = False) -> None:
-        """Answer the flushes whose operations are all settled; give up on those that waited
-        `retry_deadline_s` while the destination kept failing (their logs stay spooled)."""
-        if not self._markers:
-            return
-        sender = self._sender
-        failing_for = sender.backoff.failing_for() if sender is not None else 0.0
-        give_up = stopping or failing_for >= self._settings.retry_deadline_s
-        outbox = self._outbox
-        backlog_left = outbox.backlog_on_disk if outbox is not None else 0
-        still: list[FlushMarker] = []
-        for marker in self._markers:
-            backlog_done = backlog_left == 0 or self._backlog_done_id >= marker.backlog_id
-            if marker.target_seq <= self._settled_seq and backlog_done:
-                marker.done.set()
-            elif give_up:
-                marker.ok = False
-                marker.done.set()
-            else:
-                still.append(marker)
-        self._markers = still
-
-    # --- the sender's host (called by _delivery.Sender, under `lock` unless said) -------------
-    def next_batch(self) -> Batch | None:
-        outbox = self._ensure_outbox()
-        return outbox.take()
-
-    def prepare(self, batch: Batch) -> list[PlannedOp]:
-        """The operations of `batch` worth sending: those of a refused log, and the creates of
-        its children, are dropped here (the destination would refuse them)."""
-        counters = self._counters
-        for op in batch.ops:
-            if op.attempts:
-                counters.retried += 1
-            op.attempts += 1
-        self._ensure_outbox().attempted(batch.ops)
-        failed = self._failed_ids
-        if not failed:
-            return batch.ops
-        keep: list[PlannedOp] = []
-        for op in batch.ops:
-            operation = op.operation
-            parent = operation.body.get("trace_parent_id") if operation.kind == "log" else None
-            if operation.log_id in failed:
-                self._drop_op(op, "rejected")
-            elif parent is not None and parent in failed:
-                failed.add(operation.log_id)
-                self._drop_op(op, "parent_dropped")
-            else:
-                keep.append(op)
-        batch.ops = keep
-        return keep
-
-    def _drop_op(self, op: PlannedOp, reason: str) -> None:
-        outbox = self._ensure_outbox()
-        if op.log is not None and op.spool_id is None:
-            self._planner.give_up(op, reason)
-        elif op.final:
-            self._counters.spooled -= 1
-            self._counters.drop(reason)
-            if op.log is not None:
-                op.log.delivery.failed = True
-        outbox.settled(op)
-        self._advance(op)
-
-    def export(self, ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]:
-        """Called without the lock: the network or the store."""
-        exporter = self._current_exporter()
-
-        def send(ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]:
-            return exporter.export([op.operation for op in ops], timeout_s)
-
-        outcomes = safe_export(send, ops, timeout_s)
-        with self.lock:
-            # Take in what arrived during the export, judged against the queue as it was
-            # meanwhile (these operations still held).
-            self._collect()
-        self._wake.set()
-        return outcomes
-
-    def settle(self, batch: Batch, result: Classified) -> None:
-        counters = self._counters
-        outbox = self._ensure_outbox()
-        for op in result.delivered:
-            if op.spool_id is None and op.log is not None:
-                self._planner.delivered(op)
-            elif op.final:
-                counters.spooled -= 1
-                counters.sent += 1
-            outbox.settled(op)
-            self._advance(op)
-        for op, outcome in result.rejected:
-            self._reject(op, outcome)
-            outbox.settled(op)
-            self._advance(op)
-        if result.error is not None:
-            counters.last_error = result.error
-        batch.ops = result.retry
-        if not result.retry:
-            outbox.finish()
-        self._release_markers(self._clock())
-
-    def _advance(self, op: PlannedOp) -> None:
-        if op.own:
-            if op.seq > self._settled_seq:
-                self._settled_seq = op.seq
-        elif op.spool_id is not None and op.spool_id > self._backlog_done_id:
-            self._backlog_done_id = op.spool_id
-
-    def _reject(self, op: PlannedOp, outcome: Outcome) -> None:
-        key, message = describe_rejection(outcome.status, outcome.body)
-        counters = self._counters
-        counters.last_error = message
-        self._failed_ids.add(op.operation.log_id)
-        if op.spool_id is None and op.log is not None:
-            self._planner.give_up(op, "rejected")
-        else:
-            if op.log is not None:
-                op.log.delivery.failed = True
-            if op.final:
-                counters.spooled -= 1
-                counters.drop("rejected")
-        self._warnings.once(
-            f"reject:{key}",
-            "flowtrace: %s refused log %s (%s); it was dropped. Further refusals like "
-            "this one are only counted in flowtrace.stats().",
-            self._destination(),
-            op.operation.log_id,
-            message,
-        )
-
-    def retry_later(self, batch: Batch, result: Classified, backoff: Backoff) -> bool:
-        """A send failed in a way a retry may fix. With a spool the operations are kept on
-        disk (retried for as long as it takes); without one they are retried from memory
-        until `retry_deadline_s`, then dropped. True: wait and retry."""
-        outbox = self._ensure_outbox()
-        if outbox.keep_on_disk(result.retry):
-            outbox.finish()
-            self._warn_failing()
-            return True
-        if backoff.resume_at - (backoff.failing_since or 0.0) > self._settings.retry_deadline_s:
-            self._give_up(result.retry, "retry_deadline")
-            outbox.finish()
-            backoff.succeeded()
-            return False
-        # No spool: retried from memory, first of all.
-        outbox.in_flight = None
-        outbox.memory.appendleft(Batch(result.retry))
-        outbox.memory_ops += len(result.retry)
-        self._warn_failing()
-        return True
-
-    def _give_up(self, ops: Sequence[PlannedOp], reason: str) -> None:
-        outbox = self._ensure_outbox()
-        logs = 0
-        for op in ops:
-            if op.log is not None and op.spool_id is None:
-                if not op.log.delivery.failed:
-                    logs += 1
-                self._planner.give_up(op, reason)
-            outbox.settled(op)
-            self._advance(op)
-        if logs:
-            self._warnings.dropped(reason, logs, self._counters.last_error)
-
-    def _warn_failing(self) -> None:
-        outbox = self._outbox
-        spool = outbox.spool if outbox is not None else None
-        where = (
-            f"they are kept in the spool at {spool.path} and delivered when it answers"
-            if spool is not None
-            else "they are retried from memory for up to retry_deadline_s"
-        )
-        self._warnings.once(
-            "failing",
-            "flowtrace: %s did not take logs (%s); %s.",
-            self._destination(),
-            self._counters.last_error,
-            where,
-        )
-
-    def sent(self) -> None:
-        """A send succeeded: the worker may release flushes and take in more."""
-        self._wake.set()
-
-    # --- the destination -----------------------------------------------------------------------
-    def _current_exporter(self) -> Exporter:
-        if self._retarget or self._exporter is None:
-            self._retarget = False
-            self._close_exporter()
-            override = self._exporter_override
-            if override is not None:
-                self._exporter = override
-            else:
-                from flowtrace import _lifecycle
-
-                # Held while modules are imported: a fork waits for it, so a child never
-                # inherits a half-imported module.
-                with _lifecycle.build_lock:
-                    self._exporter = _default_exporter(self._settings)
-        return self._exporter
-
-    def _close_exporter(self) -> None:
-        exporter, self._exporter = self._exporter, None
-        if exporter is not None and exporter is not self._exporter_override:
-            with _guard.guarded("exporter-close"):
-                exporter.close()
-
-    def warm_up(self) -> None:
-        """On the sender, first thing: imports, connection, discovery (an empty export), and
-        the spool's backlog, while the program runs rather than at exit."""
-        with _guard.guarded("exporter-warm-up"):
-            self._current_exporter().export([])
-        self.claim_backlog()
-        self._send_wake.set()
-
-    def claim_backlog(self) -> None:
-        """Take over what dead processes left in this destination's spool."""
-        with self.lock:
-            outbox = self._ensure_outbox()
-            if outbox.usable:
-                self._counters.spooled += outbox.claim_backlog()
-
+    # --- the outbox --------------------------------------------------------------------------
     def _ensure_outbox(self) -> Outbox:
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = Outbox(
-                self._open_spool(),
+                self._destination.spool(),
                 always=self._settings.spool == "always",
                 spooled=self._planner.spooled,
-                refused=self._spool_refused,
+                refused=self._ledger.give_up,
                 unavailable=self._spool_unavailable,
                 chunk=self._batch_size,
             )
+            self._ledger.outbox = outbox
+            self._queue.spill = outbox.usable
         return outbox
 
-    def _open_spool(self) -> Spool | None:
-        settings = self._settings
-        if settings.spool == "off":
-            return None
-        destination = self._destination_key()
-        if destination is None:
-            return None
-        db_path = None if settings.base_url or self._exporter_override else settings.db_path
-        path = spool_path(destination, settings.spool_dir, db_path)
-        return Spool(
-            path,
-            destination,
-            max_bytes=int(settings.spool_max_mib * 1024 * 1024),
-            max_age_s=settings.spool_max_age_s,
-        )
-
-    def _destination_key(self) -> str | None:
-        override = self._exporter_override
-        if override is not None:
-            key = getattr(override, "destination", None)
-            return key if isinstance(key, str) else None
-        return _destination_of(self._settings)
-
-    def _spool_refused(self, ops: list[PlannedOp], reason: str) -> None:
-        self._give_up(ops, reason)
-
     def _spool_unavailable(self, error: str) -> None:
+        self._queue.spill = False
         self._counters.last_error = error
         self._warnings.once(
             "spool-unavailable",
@@ -828,52 +615,6 @@ class Pipeline:
             "kept in memory only.",
             error,
         )
-
-    def _destination(self) -> str:
-        """Where logs go, as a warning names it."""
-        if self._exporter_override is not None:
-            return "the exporter"
-        if self._settings.base_url:
-            return f"the server at {self._settings.base_url}"
-        return f"the embedded store at {self._settings.db_path}"
-
-    def _run_sender(self, sender: Sender) -> None:
-        try:
-            self.warm_up()
-            sender.run()
-        except BaseException as exc:  # a bug: report it, never take the process down
-            _guard.internal_error("pipeline-sender", exc)
-        finally:
-            self._close_exporter()
-
-
-def _destination_of(settings: _config.Settings) -> str:
-    """The settings' destination as the spool names it (an API key as a digest, never itself:
-    logs spooled under one key are never sent with another)."""
-    if settings.base_url:
-        import hashlib
-
-        key = settings.api_key or ""
-        tag = hashlib.sha256(key.encode()).hexdigest()[:12] if key else "none"
-        return f"http:{settings.base_url.rstrip('/')};key={tag}"
-    return "store:" + os.path.abspath(settings.db_path)
-
-
-def _default_exporter(settings: _config.Settings) -> Exporter:
-    """The settings' destination: the HTTP contract if a base URL is set, else the embedded
-    SQLite store; either halving a batch the destination finds too large."""
-    from flowtrace.exporters.halving import HalvingExporter
-
-    inner: Exporter
-    if settings.base_url:
-        from flowtrace.exporters.http import HttpExporter
-
-        inner = HttpExporter.from_settings(settings)
-    else:
-        from flowtrace.exporters.store import StoreExporter
-
-        inner = StoreExporter(settings.db_path)
-    return HalvingExporter(inner)
 
 
 # --- the process's pipeline --------------------------------------------------------------
@@ -899,8 +640,8 @@ def shutdown(timeout: float | None = None) -> None:
 
 
 def stats() -> dict[str, Any]:
-    """Delivery counters, in logs: queued, spooled, sent, retried (operations), dropped (by
-    reason), last_error, and the spool's path."""
+    """Delivery counters, in logs: queued, spooled, sent, left_open, retried (operations),
+    dropped (by reason), last_error, and the spool's path."""
     return _pipeline.stats()
 
 
