@@ -171,8 +171,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_corrupt(error: sqlite3.Error) -> bool:
-    text = str(error).lower()
-    return "not a database" in text or "malformed" in text or "corrupt" in text
+    """The file is not a spool (garbage, another format); not a disk that fails (locked, full,
+    read-only: those are `OperationalError`s)."""
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(
+        error, sqlite3.OperationalError
+    )
 
 
 class Spool:
@@ -214,7 +217,7 @@ class Spool:
         except sqlite3.DatabaseError as error:
             if not _is_corrupt(error):
                 raise SpoolUnavailable(f"cannot open the spool {self.path}: {error}") from error
-            self._set_aside()
+            self._set_aside()  # not a spool (of this format): kept aside, never misread
             try:
                 self._create_file()
                 conn = self._open()
