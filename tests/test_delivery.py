@@ -96,11 +96,13 @@ class Rig:
             spool,
             always=False,
             spooled=self.planner.spooled,
+            forget=self.ledger.forget,
             refused=self.ledger.give_up,
             unavailable=self.unavailable.append,
             chunk=100,
         )
         self.ledger.outbox = self.outbox
+        self.ledger.backlog_known = True
         self.sender = Sender(
             threading.Lock(),
             self.ledger,
@@ -129,7 +131,8 @@ class Rig:
 
     def plan(self) -> list[PlannedOp]:
         ops, markers = self.planner.plan(1000, self.clock.now, 60.0, "trace_status")
-        self.ledger.add_markers(markers)
+        self.ledger.planned(ops)
+        self.ledger.add_markers(markers, self.clock.now)
         self.outbox.put(ops)
         return ops
 

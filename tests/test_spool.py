@@ -125,12 +125,16 @@ def test_two_processes_claiming_at_once_share_nothing(tmp_path: Path) -> None:
     assert sorted(max(claimed, key=len)) == sorted(f"dead_{i}" for i in range(200))
 
 
-def test_beyond_its_size_bound_the_spool_takes_nothing_more(tmp_path: Path) -> None:
+def test_the_spool_takes_what_fits_in_its_size_bound_and_nothing_more(tmp_path: Path) -> None:
     spool = spool_at(tmp_path / "a.spool", max_bytes=200 * 1024)
-    spool.append(items(10, size=1000))
+    assert len(spool.append(items(10, size=1000))) == 10
+    taken = spool.append(items(300, prefix="more", size=1000))
+    assert 0 < len(taken) < 300  # the first ones, as many as fit
+    assert [e.item.log_id for e in spool.head(500)][-len(taken) :] == [
+        f"more_{i}" for i in range(len(taken))
+    ]
     with pytest.raises(SpoolFull):
-        spool.append(items(300, prefix="more", size=1000))
-    assert spool.counts()["entries"] == 10  # all or nothing
+        spool.append(items(1, prefix="last", size=1000))
 
 
 def test_entries_older_than_the_age_bound_expire(tmp_path: Path) -> None:

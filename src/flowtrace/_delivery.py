@@ -20,6 +20,7 @@ does the network and store I/O so that the worker never waits for either.
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -178,13 +179,33 @@ class Ledger:
         self.retry_deadline_s = retry_deadline_s
         self.outbox: Outbox | None = None  # set once the destination's spool is known
         self._failed_ids: set[str] = set()  # refused logs: their later operations are not sent
-        self.settled_seq = 0  # every operation of this process up to this one is settled
+        # This process's operations not settled yet (a heap of their sequence numbers, with
+        # those settled out of order set aside until they reach its top).
+        self._unsettled: list[int] = []
+        self._settled_early: set[int] = set()
+        self._last_planned = 0
         self.backlog_done_id = 0  # every claimed backlog entry up to this one is settled
+        self.backlog_known = False  # the spool's backlog was claimed (at the warm-up)
         self.markers: list[FlushMarker] = []  # planned, waiting for their operations
 
     def _outbox(self) -> Outbox:
         assert self.outbox is not None
         return self.outbox
+
+    def planned(self, ops: Sequence[PlannedOp]) -> None:
+        """The worker planned `ops` (flushes wait for them)."""
+        for op in ops:
+            heapq.heappush(self._unsettled, op.seq)
+        if ops:
+            self._last_planned = max(self._last_planned, ops[-1].seq)
+
+    def settled_seq(self) -> int:
+        """Every operation of this process up to this one is settled."""
+        heap = self._unsettled
+        early = self._settled_early
+        while heap and heap[0] in early:
+            early.discard(heapq.heappop(heap))
+        return heap[0] - 1 if heap else self._last_planned
 
     # --- before a send -------------------------------------------------------------------------
     def prepare(self, batch: Batch) -> list[PlannedOp]:
@@ -280,9 +301,12 @@ class Ledger:
 
     def _done(self, op: PlannedOp) -> None:
         self._outbox().settled(op)
+        self.forget(op)
+
+    def forget(self, op: PlannedOp) -> None:
+        """`op` needs nothing more (settled, or its log failed before it was sent)."""
         if op.own:
-            if op.seq > self.settled_seq:
-                self.settled_seq = op.seq
+            self._settled_early.add(op.seq)
         elif op.spool_id is not None and op.spool_id > self.backlog_done_id:
             self.backlog_done_id = op.spool_id
 
@@ -324,27 +348,37 @@ class Ledger:
         )
 
     # --- flushes -------------------------------------------------------------------------------
-    def add_markers(self, markers: Sequence[FlushMarker]) -> None:
-        backlog_id = self._outbox().last_backlog_id  # a flush waits for the backlog too
+    def add_markers(self, markers: Sequence[FlushMarker], now: float) -> None:
+        """Flushes reached by the planner; each waits for the backlog claimed so far too (or,
+        before the warm-up claimed it, for whatever it claims)."""
+        backlog_id = self._outbox().last_backlog_id if self.backlog_known else -1
         for marker in markers:
             marker.backlog_id = backlog_id
+            marker.since = now
             self.markers.append(marker)
 
-    def release_markers(self, failing_for: float, stopping: bool = False) -> None:
-        """Answer the flushes whose operations are all settled; give up on those waiting while
-        the destination has failed for `retry_deadline_s` (their logs stay spooled), and on
-        every one when the pipeline stops."""
+    def release_markers(
+        self, now: float, failing_since: float | None, stopping: bool = False
+    ) -> None:
+        """Answer the flushes whose operations are all settled; give up on those that have
+        waited while the destination failed for `retry_deadline_s` (their logs stay spooled),
+        and on every one when the pipeline stops."""
         if not self.markers:
             return
-        give_up = stopping or failing_for >= self.retry_deadline_s
         outbox = self.outbox
         backlog_left = outbox.backlog_on_disk if outbox is not None else 0
+        settled = self.settled_seq()
         still: list[FlushMarker] = []
         for marker in self.markers:
-            backlog_done = backlog_left == 0 or self.backlog_done_id >= marker.backlog_id
-            if marker.target_seq <= self.settled_seq and backlog_done:
+            if marker.backlog_id < 0 and self.backlog_known and outbox is not None:
+                marker.backlog_id = outbox.last_backlog_id
+            backlog_done = marker.backlog_id >= 0 and (
+                backlog_left == 0 or self.backlog_done_id >= marker.backlog_id
+            )
+            failed_for = 0.0 if failing_since is None else now - max(failing_since, marker.since)
+            if marker.target_seq <= settled and backlog_done:
                 marker.done.set()
-            elif give_up:
+            elif stopping or failed_for >= self.retry_deadline_s:
                 marker.ok = False
                 marker.done.set()
             else:
@@ -405,6 +439,7 @@ class Sender:
         else:
             with self._lock:
                 self._ledger.settle(batch, Classified())
+                self._ledger.release_markers(self._clock(), self.backoff.failing_since)
         return True
 
     def _send(self, batch: Batch, ops: list[PlannedOp]) -> None:
@@ -422,7 +457,7 @@ class Sender:
             else:
                 self.backoff.succeeded()
                 wait = False
-            self._ledger.release_markers(self.backoff.failing_for())
+            self._ledger.release_markers(self._clock(), self.backoff.failing_since)
         self._progress()
         if wait:
             self.waiter.until(resume_at, self.backoff.not_before, self._poll_s)

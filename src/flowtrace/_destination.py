@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 from flowtrace import _config, _guard
+from flowtrace._accounting import Warnings
 from flowtrace._spool import Spool, spool_path
 from flowtrace.exporters import Exporter
 
@@ -51,8 +53,9 @@ def settings_exporter(settings: _config.Settings) -> Exporter:
 class Destination:
     """The exporter the sender uses, built when first needed and again after `configure()`."""
 
-    def __init__(self, settings: _config.Settings) -> None:
+    def __init__(self, settings: _config.Settings, warnings: Warnings | None = None) -> None:
         self.settings = settings
+        self.warnings = warnings if warnings is not None else Warnings()
         self.override: Exporter | None = None
         self._exporter: Exporter | None = None
         self._retarget = True
@@ -91,6 +94,13 @@ class Destination:
             with _guard.guarded("exporter-close"):
                 exporter.close()
 
+    def local(self) -> bool:
+        """The destination is the local disk (the embedded store): a backlog may wait for it
+        rather than go to the spool (writing one costs what writing the other does)."""
+        if self.override is not None:
+            return bool(getattr(self.override, "local", False))
+        return not self.settings.base_url
+
     # --- the spool ---------------------------------------------------------------------------
     def key(self) -> str | None:
         if self.override is not None:
@@ -112,6 +122,15 @@ class Destination:
             key,
             max_bytes=int(settings.spool_max_mib * 1024 * 1024),
             max_age_s=settings.spool_max_age_s,
+            set_aside=self._set_aside,
+        )
+
+    def _set_aside(self, path: Path) -> None:
+        self.warnings.once(
+            "spool-set-aside",
+            "flowtrace: the spool file was not a readable spool; it was set aside as %s and a "
+            "fresh spool started (what it held, if anything, is not delivered).",
+            path,
         )
 
     def describe(self) -> str:

@@ -19,6 +19,7 @@ Not thread-safe by itself: every call is made under the pipeline's lock.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,9 @@ from flowtrace._spool import Spool, SpoolEntry, SpoolFull, SpoolItem, SpoolUnava
 from flowtrace.exporters import Operation
 
 __all__ = ["Batch", "Outbox"]
+
+#: After a spool could not be written (a full disk), how long before it is tried again.
+UNWRITABLE_RETRY_S = 60.0
 
 
 class Batch:
@@ -51,16 +55,19 @@ class Outbox:
         *,
         always: bool,
         spooled: Callable[[PlannedOp], None],
+        forget: Callable[[PlannedOp], None],
         refused: Refused,
         unavailable: Callable[[str], None],
         chunk: int,
     ) -> None:
-        """`spooled(op)`: an operation of a log in memory went to disk; `refused(ops, reason)`:
+        """`spooled(op)`: an operation of a log in memory went to disk; `forget(op)`: one is not
+        sent at all (its log failed meanwhile); `refused(ops, reason)`:
         these could not be spooled (the spool is full); `unavailable(error)`: the spool cannot
         be used (from then on everything stays in memory)."""
         self.spool = spool
         self.always = always and spool is not None
         self._spooled = spooled
+        self._forget = forget  # an operation not spooled because its log failed meanwhile
         self._refused = refused
         self._unavailable = unavailable
         self.chunk = chunk  # operations per batch read back from disk
@@ -74,17 +81,25 @@ class Outbox:
         self.last_backlog_id = 0  # the newest entry claimed (flush markers wait up to it)
         self._backlog_turn = False  # alternate backlog and own batches
         self.acked: list[int] = []  # settled entries to delete (at the end of the batch)
+        # A spool that could not be written (a full disk) is still read (what it holds is
+        # delivered, in order); it is tried for writing again after a while.
+        self._unwritable_until = 0.0
 
     # --- the worker's side -------------------------------------------------------------------
     @property
     def usable(self) -> bool:
-        return self.spool is not None
+        """New operations can go to the spool."""
+        if self.spool is None:
+            return False
+        if self._unwritable_until and time.monotonic() < self._unwritable_until:
+            return False
+        return True
 
     def put(self, ops: list[PlannedOp]) -> None:
         """A planned batch: to disk when asked for, or when older ones are there already."""
         if not ops:
             return
-        if self.spool is not None and (self.always or self.own_on_disk):
+        if self.usable and (self.always or self.own_on_disk):
             kept = self._to_disk(ops)
             if kept:
                 self._to_memory(kept)
@@ -98,7 +113,7 @@ class Outbox:
     def spill(self) -> bool:
         """Move what waits in memory to disk, the batch in flight first (so that if it fails it
         is retried from disk, before what follows it). False if the spool cannot take it."""
-        if self.spool is None:
+        if not self.usable:
             return False
         waiting: list[PlannedOp] = []
         flight = self.in_flight
@@ -119,7 +134,12 @@ class Outbox:
     def _to_disk(self, ops: list[PlannedOp]) -> list[PlannedOp]:
         """Append `ops` to the spool; what could not be (the spool is unavailable) is returned."""
         assert self.spool is not None
-        keep = [op for op in ops if not _failed(op)]
+        keep: list[PlannedOp] = []
+        for op in ops:
+            if _failed(op):
+                self._forget(op)
+            else:
+                keep.append(op)
         if not keep:
             return []
         items = [
@@ -139,10 +159,12 @@ class Outbox:
             self._refused(keep, "spool_full")
             return []
         except SpoolUnavailable as error:
-            self.spool = None
-            self.always = False
+            self._unwritable_until = time.monotonic() + UNWRITABLE_RETRY_S
             self._unavailable(str(error))
             return keep
+        if len(ids) < len(keep):  # what did not fit in the spool's bound
+            self._refused(keep[len(ids) :], "spool_full")
+            keep = keep[: len(ids)]
         for op, entry_id in zip(keep, ids, strict=True):
             op.spool_id = entry_id
             if op.attempts:
@@ -252,7 +274,7 @@ class Outbox:
         flight = self.in_flight
         if flight is not None and not flight.backlog and any(op.spool_id is None for op in ops):
             return self.spill()
-        return True
+        return True  # read from disk: retried from there
 
 
 def _failed(op: PlannedOp) -> bool:

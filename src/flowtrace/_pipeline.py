@@ -39,6 +39,7 @@ from flowtrace._outbox import Outbox
 from flowtrace._planner import FlushMarker, PlannedOp, Planner
 from flowtrace._queue import DROPPED, LOAD_MODES, Backpressure, CallPathQueue, Mode
 from flowtrace._sinks import add_sink, refresh_sinks, remove_sink
+from flowtrace._spool import Spool
 from flowtrace.exporters import Exporter, Outcome
 
 __all__ = ["Pipeline", "flush", "shutdown", "stats", "use_exporter"]
@@ -79,7 +80,6 @@ class Pipeline:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._settings = _config.get_settings()
-        self._destination = Destination(self._settings)
         self._reset()
         self._apply_settings(self._settings)
 
@@ -92,6 +92,10 @@ class Pipeline:
         self._counters = Counters()
         self._planner = Planner(self._token, self._counters)
         self._warnings = Warnings()
+        old = getattr(self, "_destination", None)
+        self._destination = Destination(self._settings, self._warnings)
+        if old is not None:
+            self._destination.override = old.override
         self._ledger = Ledger(
             self._planner,
             self._counters,
@@ -114,6 +118,7 @@ class Pipeline:
         self._stopping = False
         self._stop_deadline: float | None = None
         self._last_calibration = float("-inf")
+        self._warmed = threading.Event()  # the sender is ready (exporter built, backlog claimed)
 
     def _apply_settings(self, settings: _config.Settings) -> None:
         self._settings = settings
@@ -153,6 +158,7 @@ class Pipeline:
                 return True
             if self._closed or sys.is_finalizing():
                 return False
+            self._ensure_outbox()  # whether there is a spool decides how the queue overflows
             sender = Sender(
                 self.lock,
                 self._ledger,
@@ -163,7 +169,7 @@ class Pipeline:
                 rng=self._rng,
                 backoff_s=self._settings.retry_backoff_s,
                 poll_s=self._settings.first_batch_after_s,
-                progress=self._wake.set,
+                progress=self._progressed,
             )
             worker = threading.Thread(target=self._run_worker, name=WORKER_NAME, daemon=True)
             sending = threading.Thread(
@@ -186,6 +192,11 @@ class Pipeline:
     def _wake_worker(self) -> None:
         self._wake.set()
 
+    def _progressed(self) -> None:
+        """The sender settled a batch: room may have been made."""
+        self._backpressure.progressed()
+        self._wake.set()
+
     def _sender_wait(self, timeout: float) -> None:
         self._send_wake.wait(timeout)
         self._send_wake.clear()
@@ -202,11 +213,16 @@ class Pipeline:
     def _warm_up(self) -> None:
         """On the sender, first thing: imports, connection, discovery (an empty export), and
         the spool's backlog, while the program runs rather than at exit."""
-        with _guard.guarded("exporter-warm-up"):
-            self._destination.exporter().export([])
-        with self.lock:
-            outbox = self._ensure_outbox()
-            self._counters.spooled += outbox.claim_backlog()
+        try:
+            with _guard.guarded("exporter-warm-up"):
+                self._destination.exporter().export([])
+            with self.lock:
+                outbox = self._ensure_outbox()
+                self._counters.spooled += outbox.claim_backlog()
+        finally:
+            with self.lock:
+                self._ledger.backlog_known = True
+            self._warmed.set()
         self._send_wake.set()
 
     def _export(self, ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]:
@@ -240,6 +256,21 @@ class Pipeline:
             return marker.done.wait(timeout) and marker.ok
         except Exception as exc:
             _guard.internal_error("flush", exc)
+            return False
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Deliver what processes that are gone left in this destination's spool (and anything
+        waiting here): `flowtrace spool drain`. True if all of it was delivered in time."""
+        try:
+            start = self._clock()
+            if not self._start_threads():
+                return False
+            if not self._warmed.wait(timeout):
+                return False
+            remaining = None if timeout is None else max(0.0, start + timeout - self._clock())
+            return self.flush(remaining)
+        except Exception as exc:
+            _guard.internal_error("drain", exc)
             return False
 
     def shutdown(self, timeout: float | None = None) -> None:
@@ -306,6 +337,10 @@ class Pipeline:
         self._wake.set()
         self._send_wake.set()
 
+    def spool(self) -> Spool | None:
+        """A handle on the spool of the configured destination (not opened yet)."""
+        return self._destination.spool()
+
     def stats(self) -> dict[str, Any]:
         counters = self._counters
         dropped = self._queue.refusals()
@@ -330,7 +365,6 @@ class Pipeline:
     def after_fork_in_child(self) -> None:
         """The child starts empty with its own (not yet started) threads; what the parent had
         queued is the parent's to deliver."""
-        self._destination = Destination(self._settings)
         self._reset()
         refresh_sinks()  # the inherited callables append to the parent's deques
 
@@ -428,7 +462,7 @@ class Pipeline:
         planner = self._planner
         counters = self._counters
         token = self._token
-        limit = self._queue.limit if not self._queue.spill else sys.maxsize
+        limit = self._queue.limit if not self._queue.wait_at_bound else sys.maxsize
         count = 0
         refused: dict[str, int] = {}
         popleft = started.popleft
@@ -459,13 +493,18 @@ class Pipeline:
         live_at = planner.next_live_at(self._settings.live_after_s)
         return live_at is not None and now >= live_at
 
-    def _plan_batch(self, now: float, include_open: bool = False) -> bool:
+    def _plan_batch(
+        self, now: float, include_open: bool = False, max_ops: int | None = None
+    ) -> bool:
         """Plan one batch and put it in the outbox. False when there was nothing to plan."""
         planner = self._planner
-        waiting = planner.ready_logs
-        max_ops = self._batch_size
-        if waiting > max_ops:
-            max_ops = min(waiting, self._batch_size * DEEP_BATCH_FACTOR)
+        if max_ops is None:
+            max_ops = self._batch_size
+            if planner.ready_logs > max_ops:
+                # Deep batches, but never one that holds most of the queue's bound (room is
+                # made as a batch is settled).
+                deep = min(self._batch_size * DEEP_BATCH_FACTOR, self._queue.limit // 4)
+                max_ops = max(max_ops, min(planner.ready_logs, deep))
         ops, markers = planner.plan(
             max_ops,
             now,
@@ -474,7 +513,8 @@ class Pipeline:
             include_open=include_open or self._stopping,
         )
         outbox = self._ensure_outbox()
-        self._ledger.add_markers(markers)
+        self._ledger.planned(ops)
+        self._ledger.add_markers(markers, now)
         if ops:
             outbox.put(ops)
         elif markers:
@@ -482,23 +522,27 @@ class Pipeline:
         return bool(ops) or bool(markers)
 
     def _relieve_pressure(self, now: float) -> bool:
-        """More than the bound held in memory: plan a batch of what has ended and move what
-        waits in memory to disk, so memory holds about the bound, whatever the program
-        produces (recording threads wait meanwhile, see `_queue.Backpressure`). True while
-        under pressure (the worker goes on without sleeping)."""
-        limit = self._queue.limit
-        held = self._counters.held
-        if held < limit or not self._queue.spill:
-            if held < limit * 0.9:
-                self._backpressure.has_room()
+        """Near the bound (90%) in memory, make room: when the destination is remote, plan a
+        batch of what has ended and move what waits in memory to disk (the overflow); when it
+        is the local disk itself, let the sender deliver it, unless it is stalled (then to
+        disk too). Recording threads at the bound wait meanwhile (`_queue.Backpressure`).
+        True while there is more to move (the worker goes on without sleeping)."""
+        queue = self._queue
+        if not queue.wait_at_bound:
             return False
-        self._backpressure.full()
-        outbox = self._ensure_outbox()
-        planned = self._plan_batch(now) if self._planner.ready_logs else False
-        spilled = outbox.spill()
-        if self._counters.held < limit * 0.9:
+        low = int(queue.limit * 0.9)
+        if self._counters.held + queue.waiting() < low:
             self._backpressure.has_room()
-        return planned and spilled
+            return False
+        outbox = self._ensure_outbox()
+        if not outbox.usable or (self._destination.local() and not self._backpressure.stalled):
+            return False
+        planned = bool(self._planner.ready_logs) and self._plan_batch(now, max_ops=self._batch_size)
+        if outbox.spill():
+            self._backpressure.progressed()
+        if self._counters.held < low:
+            self._backpressure.has_room()
+        return planned
 
     def _sleep(self, now: float, next_send_at: float) -> float:
         """Wait for work; returns the (possibly new) time of the next send."""
@@ -524,8 +568,10 @@ class Pipeline:
             self._wake.wait(max(0.0, min(timeout, poll)))
             return next_send_at
         # The last intake found nothing: let the next log wake us (the idle callables), then
-        # check again, since a log may have come meanwhile.
-        queue.switch(Mode.IDLE, only_from=LOAD_MODES)
+        # check again, since a log may have come meanwhile. Not while the backlog is large: the
+        # checking callables stay (the idle ones would let a flood in).
+        if 2 * self._counters.held < queue.limit:
+            queue.switch(Mode.IDLE, only_from=LOAD_MODES)
         if queue.started or queue.ended:
             queue.switch(Mode.BUSY, only_from=(Mode.IDLE,))
             return next_send_at
@@ -540,8 +586,8 @@ class Pipeline:
 
     def _release_markers(self, stopping: bool = False) -> None:
         sender = self._sender
-        failing_for = sender.backoff.failing_for() if sender is not None else 0.0
-        self._ledger.release_markers(failing_for, stopping)
+        failing_since = sender.backoff.failing_since if sender is not None else None
+        self._ledger.release_markers(self._clock(), failing_since, stopping)
 
     # --- stopping --------------------------------------------------------------------------------
     def _finish_stop(self) -> None:
@@ -598,16 +644,17 @@ class Pipeline:
                 self._destination.spool(),
                 always=self._settings.spool == "always",
                 spooled=self._planner.spooled,
+                forget=self._ledger.forget,
                 refused=self._ledger.give_up,
                 unavailable=self._spool_unavailable,
                 chunk=self._batch_size,
             )
             self._ledger.outbox = outbox
-            self._queue.spill = outbox.usable
+            self._queue.wait_at_bound = outbox.usable or self._destination.local()
         return outbox
 
     def _spool_unavailable(self, error: str) -> None:
-        self._queue.spill = False
+        self._queue.wait_at_bound = self._destination.local()
         self._counters.last_error = error
         self._warnings.once(
             "spool-unavailable",

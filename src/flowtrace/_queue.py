@@ -8,9 +8,9 @@ the user's thread. Which callables those are depends on the mode (`Mode`), publi
 - `BUSY`: the worker polls. The callables are the deques' bound `append` methods: C calls, no
   Python frame on the user's thread, nothing else.
 - `GUARDED`: the backlog reached half the bound. Python methods append, refuse the children of a
-  refused log, and at the bound either wait for the worker to move the overflow to disk
-  (briefly, never for the network: see `Backpressure`) or, with no spool to move it to, refuse
-  (`queue_full`).
+  refused log, and at the bound either wait for the worker to make room (by moving the overflow
+  to disk, or by delivering it when the destination is the local disk; briefly, never for the
+  network: see `Backpressure`) or, when neither can be, refuse (`queue_full`).
 - `CLOSED`: after shutdown; new logs are refused (`shutdown`).
 
 Only the worker moves between IDLE, BUSY and GUARDED; CLOSED is final (until a fork resets).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,39 +51,55 @@ LOAD_MODES = (Mode.BUSY, Mode.GUARDED)
 
 class Backpressure:
     """Room in the queue, as the worker sees it. A recording thread that finds the queue at
-    its bound waits for room at most `max_wait_s`; if the worker made no room in that time it is
-    stalled (e.g. a disk that hangs), and until it makes room again nobody waits: logs beyond
-    the bound are refused instead. So a program is slowed to the speed of the local disk at
-    worst, and never blocked for longer than `max_wait_s` per stall."""
+    its bound waits until the worker makes room, for as long as the worker makes progress
+    (`progressed()`); if it makes none for `max_wait_s` it is stalled (e.g. a disk that hangs),
+    and until it makes room again nobody waits: logs beyond the bound are refused instead. So a
+    program is slowed to the speed of its local disk at worst, never blocked by a stall for more
+    than `max_wait_s`, and never waits for the network."""
 
     def __init__(self, max_wait_s: float = 1.0) -> None:
         self.max_wait_s = max_wait_s
         self._room = threading.Event()
-        self._room.set()
         self._stalled = False
+        self._progress = 0
         self.waited = 0  # how many times a recording thread waited
 
-    def full(self) -> None:
-        """The worker: the backlog is at the bound."""
-        self._room.clear()
-
     def has_room(self) -> None:
-        """The worker: the backlog went down (below the low mark): waiters may go on."""
+        """The worker: the backlog is below the low mark: waiters may go on."""
         self._stalled = False
         self._room.set()
 
-    def wait(self) -> bool:
-        """A recording thread at the bound: True once there is room, False if it should refuse
-        (the worker is stalled)."""
-        if self._room.is_set():
-            return True
+    def progressed(self) -> None:
+        """The worker or the sender moved logs on (delivered, or to disk)."""
+        self._progress += 1
+
+    @property
+    def stalled(self) -> bool:
+        """Recording threads gave up waiting: the worker made no progress for `max_wait_s`."""
+        return self._stalled
+
+    def wait(self, wake: Callable[[], None]) -> bool:
+        """A recording thread at the bound: wait for the worker (woken by `wake`) to make room.
+        True once there is room, False if it should refuse (the worker is stalled)."""
         if self._stalled:
             return False
         self.waited += 1
-        if self._room.wait(self.max_wait_s):
-            return True
-        self._stalled = True
-        return False
+        self._room.clear()
+        wake()
+        seen = self._progress
+        idle_since = time.monotonic()
+        while not self._room.wait(_WAIT_SLICE_S):
+            if self._progress != seen:
+                seen = self._progress
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.max_wait_s:
+                self._stalled = True
+                return False
+        return True
+
+
+#: How often a waiting recording thread checks that the worker makes progress.
+_WAIT_SLICE_S = 0.05
 
 
 class CallPathQueue:
@@ -104,7 +121,9 @@ class CallPathQueue:
         self._backlog = backlog
         self.backpressure = backpressure
         self.limit = 1
-        self.spill = False  # the overflow can go to disk: wait for room instead of refusing
+        # At the bound, wait for room (the overflow goes to disk, or the destination is the
+        # local disk itself) rather than refuse.
+        self.wait_at_bound = False
         self._lock = threading.Lock()
         self._refusals: dict[str, int] = {}
         self._refusal_lock = threading.Lock()
@@ -136,7 +155,7 @@ class CallPathQueue:
             self.refuse(log, "parent_dropped")
             return
         at_bound = len(self.started) + self._backlog() >= self.limit
-        if at_bound and not (self.spill and self.backpressure.wait()):
+        if at_bound and not (self.wait_at_bound and self.backpressure.wait(self._wake)):
             self.refuse(log, "queue_full")
             return
         self.started.append(log)

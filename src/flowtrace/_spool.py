@@ -52,6 +52,8 @@ SPOOL_SUFFIX = ".spool"
 STALE_S = 600.0
 #: How often a live owner with entries says it is alive.
 HEARTBEAT_S = 30.0
+#: What an entry costs besides its operation's JSON (columns, index), for the size bound.
+_ROW_OVERHEAD = 120
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -190,7 +192,9 @@ class Spool:
         max_age_s: float,
         wall_us: WallClockUs = _wall_us,
         busy_timeout_s: float = 5.0,
+        set_aside: Callable[[Path], None] = lambda path: None,
     ) -> None:
+        """`set_aside(path)` is told of a file that was not a spool, renamed to `path`."""
         self.path = path
         self.destination = destination
         self.max_bytes = max_bytes
@@ -203,7 +207,8 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._registered = False
         self._last_heartbeat_us = 0
-        self.set_aside: list[Path] = []  # corrupt files renamed (the pipeline warns about them)
+        self._on_set_aside = set_aside
+        self.set_aside: list[Path] = []  # files that were not spools, renamed
 
     # --- opening -----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -274,6 +279,7 @@ class Spool:
                 with contextlib.suppress(OSError):
                     source.replace(Path(str(target) + suffix))
         self.set_aside.append(target)
+        self._on_set_aside(target)
 
     @contextlib.contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
@@ -354,8 +360,8 @@ class Spool:
 
     # --- writing -----------------------------------------------------------------------------
     def append(self, items: Sequence[SpoolItem]) -> list[int]:
-        """Spool `items` in order, owned by this process; their entry ids. Raises `SpoolFull`
-        (nothing written) when the spool is at its size bound."""
+        """Spool `items` in order, owned by this process; the entry ids of those it took: all
+        of them, or the first ones, as many as fit in `max_bytes` (none: `SpoolFull`)."""
         if not items:
             return []
         now = self._wall_us()
@@ -374,16 +380,23 @@ class Spool:
             for item in items
         ]
         with self._using() as conn:
-            if self._used_bytes(conn) + sum(len(row[-1]) for row in rows) > self.max_bytes:
+            room = self.max_bytes - self._used_bytes(conn)
+            taken = 0
+            for row in rows:
+                room -= len(row[-1]) + _ROW_OVERHEAD
+                if room < 0:
+                    break
+                taken += 1
+            if not taken:
                 raise SpoolFull(f"spool {self.path} holds {self.max_bytes} bytes")
             conn.execute("BEGIN IMMEDIATE")
             self._register(conn, now)
             first = (conn.execute("SELECT max(id) FROM entries").fetchone()[0] or 0) + 1
-            ids = list(range(first, first + len(rows)))
+            ids = list(range(first, first + taken))
             conn.executemany(
                 "INSERT INTO entries (id, owner, origin, created_us, log_id, kind, final,"
                 " parent_id, seq, operation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(entry_id, *row) for entry_id, row in zip(ids, rows, strict=True)],
+                [(entry_id, *row) for entry_id, row in zip(ids, rows, strict=False)],
             )
             conn.execute("COMMIT")
         return ids
