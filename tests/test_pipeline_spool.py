@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,17 +202,22 @@ def test_a_loop_that_overflows_a_small_queue_stores_every_log_in_bounded_memory(
             return i
 
         most = 0
-        for i in range(count):
-            call(i)
-            if i % 250 == 0:
-                most = max(most, pipe.stats()["queued"])
+        switching = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)  # the worker gets the interpreter lock often: less slack
+        try:
+            for i in range(count):
+                call(i)
+                if i % 250 == 0:
+                    most = max(most, pipe.stats()["queued"])
+        finally:
+            sys.setswitchinterval(switching)
         assert flowtrace.flush(WAIT_S * 3)
         stats = flowtrace.stats()
     assert stats["dropped"] == {}
     assert stats["sent"] == count
     # What memory holds follows the bound (plus what the program makes while the worker waits
     # for the interpreter lock), not the loop.
-    assert most <= bound + 15_000
+    assert most <= bound + 10_000
     with Store(db) as store:
         assert sum(f.log_count for f in store.list_flows()) == before + count
 

@@ -59,6 +59,7 @@ class Destination:
         self.override: Exporter | None = None
         self._exporter: Exporter | None = None
         self._retarget = True
+        self._interrupted = False  # for good (at exit): an exporter built later is too
 
     def retarget(self, settings: _config.Settings | None = None) -> None:
         """A new destination at the next send (new settings, or another exporter)."""
@@ -79,11 +80,19 @@ class Destination:
 
                 with _lifecycle.build_lock:
                     self._exporter = settings_exporter(self.settings)
+            if self._interrupted:
+                self._interrupt(self._exporter)
         return self._exporter
 
     def interrupt(self) -> None:
-        """From another thread: end the export in progress (at exit)."""
-        interrupt = getattr(self._exporter, "interrupt", None)
+        """From another thread, for good (at exit): end the export in progress, and any later
+        one (the exporter may be being built right now)."""
+        self._interrupted = True
+        self._interrupt(self._exporter)
+
+    @staticmethod
+    def _interrupt(exporter: Exporter | None) -> None:
+        interrupt = getattr(exporter, "interrupt", None)
         if interrupt is not None:
             with _guard.guarded("exporter-interrupt"):
                 interrupt()

@@ -38,6 +38,10 @@ logger = logging.getLogger("flowtrace")
 #: Held while the sender imports and builds an exporter; a fork waits for it.
 build_lock = threading.Lock()
 
+#: At exit, how much longer than their bound we still wait for threads that have not stopped
+#: (rather than let the interpreter finalize under them).
+LAST_RESORT_S = 10.0
+
 #: How far above `multiprocessing`'s own finalizers ours runs (higher runs first).
 _FINALIZER_PRIORITY = 100
 _finalizer_pid: int | None = None
@@ -63,30 +67,40 @@ def at_exit() -> None:
 
 def _exit_flush(pipeline: Pipeline) -> None:
     timeout = _config.get_settings().exit_flush_timeout_s
-    try:
-        shutdown_and_report(pipeline, timeout, "at exit")
-    except KeyboardInterrupt:
-        _stop_now(pipeline)
+    if not shutdown_and_report(pipeline, timeout, "at exit"):
+        # Never let the interpreter finalize under a thread of ours (a crash, at worst): each
+        # of their steps is bounded, so this only waits out a step that overran its bound.
+        pipeline.cut_short()
+        for _ in range(int(LAST_RESORT_S / 0.5)):
+            if pipeline.join(None, grace=0.5):
+                return
 
 
-def shutdown_and_report(pipeline: Pipeline, timeout: float | None, when: str = "") -> None:
-    """Shut `pipeline` down within `timeout`, then say once what was left and where."""
+def shutdown_and_report(pipeline: Pipeline, timeout: float | None, when: str = "") -> bool:
+    """Shut `pipeline` down within `timeout`, then say once what was left and where. A
+    KeyboardInterrupt meanwhile cuts the wait short (what is left is spooled). True if both
+    threads stopped."""
     before = pipeline.stats()
-    pipeline.shutdown(timeout)
-    stopped = pipeline.join(pipeline.stop_deadline())
+    try:
+        pipeline.shutdown(timeout)
+        stopped = pipeline.join(pipeline.stop_deadline())
+    except KeyboardInterrupt:
+        stopped = _stop_now(pipeline)
+        when = f"{when or 'at shutdown'} (interrupted)"
     _report(pipeline, before, timeout, stopped, when or "at shutdown")
+    return stopped
 
 
-def _stop_now(pipeline: Pipeline) -> None:
-    """Cut the exit flush short (a second Ctrl-C): the threads stop at their next safe point,
-    which is bounded; interrupts during this wait are swallowed too."""
+def _stop_now(pipeline: Pipeline) -> bool:
+    """Cut the exit flush short (Ctrl-C): the threads stop at their next safe point, which is
+    bounded; interrupts during this wait are swallowed too. True if they stopped."""
     pipeline.cut_short()
     for _ in range(3):
         try:
-            pipeline.join(pipeline.stop_deadline())
-            return
+            return pipeline.join(pipeline.stop_deadline())
         except KeyboardInterrupt:
             continue
+    return False
 
 
 def _report(
@@ -128,7 +142,11 @@ def _report(
             )
         if not stopped:
             logger.warning(
-                "flowtrace: the delivery threads did not stop %s within %s s", when, timeout
+                "flowtrace: the delivery threads did not stop %s within %s s; waiting for "
+                "them (at most %s s more)",
+                when,
+                timeout,
+                LAST_RESORT_S,
             )
 
 

@@ -91,9 +91,7 @@ class Outbox:
         """New operations can go to the spool."""
         if self.spool is None:
             return False
-        if self._unwritable_until and time.monotonic() < self._unwritable_until:
-            return False
-        return True
+        return not (self._unwritable_until and time.monotonic() < self._unwritable_until)
 
     def put(self, ops: list[PlannedOp]) -> None:
         """A planned batch: to disk when asked for, or when older ones are there already."""
@@ -144,14 +142,10 @@ class Outbox:
             return []
         items = [
             SpoolItem(
-                op.operation.log_id,
-                op.operation.kind,
-                op.final,
-                op.operation.body,
-                op.operation.query,
-                op.seq,
+                operation.log_id, operation.kind, op.final, operation.body, operation.query, op.seq
             )
             for op in keep
+            for operation in (op.operation,)
         ]
         try:
             ids = self.spool.append(items)
@@ -174,16 +168,23 @@ class Outbox:
         self.own_on_disk += len(keep)
         return []
 
-    def claim_backlog(self) -> int:
-        """Take over dead processes' entries; how many more logs that makes."""
-        if self.spool is None:
-            return 0
+    def claim(self) -> tuple[int, int, int] | None:
+        """Take over dead processes' entries in the spool (I/O: call without the pipeline's
+        lock); pass the result to `claimed`."""
+        spool = self.spool
+        if spool is None:
+            return None
         try:
-            entries, logs, newest = self.spool.claim_dead()
+            return spool.claim_dead()
         except SpoolUnavailable as error:
-            self.spool = None
             self._unavailable(str(error))
+            return None
+
+    def claimed(self, claim: tuple[int, int, int] | None) -> int:
+        """What `claim` took over is this outbox's backlog now; returns how many more logs."""
+        if claim is None:
             return 0
+        entries, logs, newest = claim
         new_logs = max(0, logs - self.backlog_logs)
         self.backlog_on_disk = entries
         self.backlog_logs = logs
@@ -191,6 +192,24 @@ class Outbox:
         if entries:
             self._backlog_turn = True
         return new_logs
+
+    def expire(self) -> int:
+        """Drop what waited on disk longer than the spool's age bound; how many logs."""
+        if self.spool is None:
+            return 0
+        try:
+            expired = self.spool.expire()
+        except SpoolUnavailable:
+            return 0
+        logs = 0
+        for entry in expired:
+            if entry.origin == self.spool.owner:
+                self.own_on_disk -= 1
+            else:
+                self.backlog_on_disk -= 1
+                self.backlog_logs -= entry.item.final
+            logs += entry.item.final
+        return logs
 
     # --- the sender's side -------------------------------------------------------------------
     def empty(self) -> bool:

@@ -58,8 +58,13 @@ SENDER_NAME = "flowtrace-sender"
 #: (each blocking step they take is bounded by the deadline; this covers the step in progress).
 STOP_GRACE_S = 0.5
 #: And how long the worker may still spend moving what is left to the spool (planning and
-#: encoding it on the way): beyond that, what is left is dropped (`shutdown`).
-SPILL_GRACE_S = 1.0
+#: encoding it on the way, ~20-40 us a log) after the deadline: it goes on while it is making
+#: progress (every step is a batch), for at most this long; what is left then is dropped
+#: (`shutdown`). The deadline itself is brought forward by the time the spooling is expected to
+#: take (`Pipeline._time_to_spill`), so this is needed only when that was too little.
+SPILL_GRACE_S = 5.0
+#: What moving a log to the spool costs (planned, encoded, written) before it was measured.
+INITIAL_SPILL_COST_S = 40e-6
 
 #: The worker measures the wall clock's offset again at most this often (a step of the clock or
 #: a suspend/resume then shows in the start times of later logs within this long).
@@ -119,6 +124,9 @@ class Pipeline:
         self._stop_deadline: float | None = None
         self._last_calibration = float("-inf")
         self._warmed = threading.Event()  # the sender is ready (exporter built, backlog claimed)
+        self._worker_done = threading.Event()  # set by each thread as the last thing it does
+        self._sender_done = threading.Event()
+        self._spill_cost_s = INITIAL_SPILL_COST_S  # per log, measured when spilling
 
     def _apply_settings(self, settings: _config.Settings) -> None:
         self._settings = settings
@@ -208,7 +216,10 @@ class Pipeline:
         except BaseException as exc:  # a bug: report it, never take the process down
             _guard.internal_error("pipeline-sender", exc)
         finally:
-            self._destination.close()
+            try:
+                self._destination.close()
+            finally:
+                self._sender_done.set()
 
     def _warm_up(self) -> None:
         """On the sender, first thing: imports, connection, discovery (an empty export), and
@@ -218,12 +229,24 @@ class Pipeline:
                 self._destination.exporter().export([])
             with self.lock:
                 outbox = self._ensure_outbox()
-                self._counters.spooled += outbox.claim_backlog()
+            if not self._stopping:  # no backlog taken over on the way out
+                claim = outbox.claim()  # the spool's I/O, outside the lock
+                with self.lock:
+                    self._counters.spooled += outbox.claimed(claim)
+                    self._expire(outbox)
         finally:
             with self.lock:
                 self._ledger.backlog_known = True
             self._warmed.set()
         self._send_wake.set()
+
+    def _expire(self, outbox: Outbox) -> None:
+        """Drop what waited in the spool longer than `spool_max_age_s` (counted, said once)."""
+        expired = outbox.expire()
+        if expired:
+            self._counters.spooled -= expired
+            self._counters.drop("spool_expired", expired)
+            self._warnings.dropped("spool_expired", expired, None)
 
     def _export(self, ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]:
         """The sender's send (without the lock: the network or the store)."""
@@ -302,17 +325,25 @@ class Pipeline:
             self._send_wake.set()
         self.join(self._stop_deadline)
 
-    def join(self, deadline: float | None) -> bool:
+    def join(self, deadline: float | None, grace: float = STOP_GRACE_S + SPILL_GRACE_S) -> bool:
         """Wait for both threads to stop (until `deadline`, plus the graces for the step in
-        progress and the spooling of what is left). True if they did."""
-        bound = None if deadline is None else deadline + STOP_GRACE_S + SPILL_GRACE_S
-        for thread in (self._worker, self._sender_thread):
+        progress and the spooling of what is left; with no deadline, `grace` from now). True
+        if they did."""
+        if deadline is None and grace != STOP_GRACE_S + SPILL_GRACE_S:
+            deadline = self._clock()
+        bound = None if deadline is None else deadline + grace
+        # Events the threads set last, not Thread.join: a join that a KeyboardInterrupt cuts
+        # short marks a running thread stopped (CPython 3.11, bpo-45274).
+        for thread, done in (
+            (self._worker, self._worker_done),
+            (self._sender_thread, self._sender_done),
+        ):
             if thread is None:
                 continue
             remaining = None if bound is None else max(0.0, bound - self._clock())
-            thread.join(remaining)
-            if thread.is_alive():
+            if not done.wait(remaining):
                 return False
+            thread.join(STOP_GRACE_S)  # only its return into the threading module is left
         return True
 
     def stop_deadline(self) -> float | None:
@@ -379,6 +410,8 @@ class Pipeline:
                 self._finish_stop()
             except BaseException as exc:
                 _guard.internal_error("pipeline-stop", exc)
+            finally:
+                self._worker_done.set()
 
     def _work(self) -> None:
         next_send_at = self._clock() + self._settings.first_batch_after_s
@@ -386,35 +419,48 @@ class Pipeline:
             with self.lock:
                 self._collect()
                 now = self._clock()
-                if self._stopping and self._stop_ready(now):
-                    return
-                planned = self._due(now, next_send_at) and self._plan_batch(now)
+                if self._stopping:
+                    if self._stop_ready(now):
+                        return
+                    stopping = True
+                else:
+                    stopping = False
+                planned = not stopping and self._due(now, next_send_at) and self._plan_batch(now)
                 pressed = self._relieve_pressure(now)
                 self._release_markers()
             if planned:
                 self._send_wake.set()
                 next_send_at = self._clock() + self._settings.batch_interval_s
-            if planned or pressed:
+            if planned or pressed or (stopping and self._planner.ready_logs):
                 continue
             next_send_at = self._sleep(now, next_send_at)
 
     def _stop_ready(self, now: float) -> bool:
-        """Stopping: True once everything is planned (open logs as incomplete creates) and
-        the sender has delivered it all, or the deadline has come."""
+        """Stopping: plan the next batch (open logs as incomplete creates); True once all is
+        planned and delivered, or when what is left must go to the spool now to be there by
+        the deadline. One batch per call: the lock is let go between batches (the sender
+        settles meanwhile)."""
         deadline = self._stop_deadline
-        if deadline is not None and now >= deadline:
+        if deadline is not None and now + self._time_to_spill() >= deadline:
             return True
         planner = self._planner
-        while planner.ready_logs or planner.has_marker or planner.next_live_at(0.0) is not None:
-            if not self._plan_batch(now, include_open=True):
-                break
-            if deadline is not None and self._clock() >= deadline:
-                return True
-        self._send_wake.set()
+        if planner.ready_logs or planner.has_marker or planner.next_live_at(0.0) is not None:
+            self._plan_batch(now, include_open=True)
+            self._send_wake.set()
+            return False
         outbox = self._outbox
-        return planner.ready_logs == 0 and (
-            outbox is None or (outbox.empty() and outbox.in_flight is None)
-        )
+        return outbox is None or (outbox.empty() and outbox.in_flight is None)
+
+    def _time_to_spill(self) -> float:
+        """How long moving what is left to the spool would take (planning and encoding what is
+        not planned yet), by what it took so far in this process (with a margin)."""
+        outbox = self._outbox
+        waiting = self._planner.ready_logs + self._planner.open_logs()
+        if outbox is not None and outbox.usable:
+            waiting += outbox.memory_ops // 2  # encoded already: half the cost
+        elif outbox is not None:
+            return 0.0  # nothing can go to disk: deliver until the deadline
+        return 1.5 * waiting * self._spill_cost_s
 
     def _collect(self) -> None:
         """Move what the user's threads appended into the planner. Ends are counted first and
@@ -449,8 +495,12 @@ class Pipeline:
                 "flowtrace.stats().",
                 queue.limit,
             )
-        # Plain appends while the queue has room; the checking callables once it is half full.
-        load = Mode.GUARDED if 2 * self._counters.held >= queue.limit else Mode.BUSY
+        # Plain appends while the queue has room; the checking callables once it is a quarter
+        # full, or while the overflow goes to disk (a flood of plain appends would outrun it).
+        outbox = self._outbox
+        spilling = outbox is not None and outbox.own_on_disk > 0 and not outbox.always
+        loaded = 4 * self._counters.held >= queue.limit or spilling
+        load = Mode.GUARDED if loaded else Mode.BUSY
         if queue.mode is not load and queue.mode in LOAD_MODES:
             queue.switch(load, only_from=LOAD_MODES)
 
@@ -570,7 +620,7 @@ class Pipeline:
         # The last intake found nothing: let the next log wake us (the idle callables), then
         # check again, since a log may have come meanwhile. Not while the backlog is large: the
         # checking callables stay (the idle ones would let a flood in).
-        if 2 * self._counters.held < queue.limit:
+        if queue.mode is not Mode.GUARDED:
             queue.switch(Mode.IDLE, only_from=LOAD_MODES)
         if queue.started or queue.ended:
             queue.switch(Mode.BUSY, only_from=(Mode.IDLE,))
@@ -595,6 +645,8 @@ class Pipeline:
         deadline, then spool what is left (or count it dropped), and answer every flush."""
         sender = self._sender
         deadline = self._stop_deadline
+        if deadline is not None:
+            deadline = min(deadline, self._clock())  # what is left goes to disk now
         if sender is not None:
             if deadline is not None:
                 sender.waiter.stop_at = deadline
@@ -602,39 +654,51 @@ class Pipeline:
             self._send_wake.set()
             thread = self._sender_thread
             if thread is not None and thread is not threading.current_thread():
-                thread.join(None if deadline is None else max(0.0, deadline - self._clock()))
-                if thread.is_alive():
+                done = self._sender_done
+                if not done.wait(None if deadline is None else max(0.0, deadline - self._clock())):
                     # The deadline came during an export: end it now (its operations are
                     # reported undelivered, and spooled below).
                     self._destination.interrupt()
-                    thread.join(STOP_GRACE_S)
-        with self.lock:
-            self._leave_the_rest()
-            self._release_markers(stopping=True)
+                    done.wait(STOP_GRACE_S)
+        self._leave_the_rest()
 
     def _leave_the_rest(self) -> None:
-        """What was not delivered by the deadline goes to the spool if there is one (planned
-        first, within `SPILL_GRACE_S`), else it is dropped (`shutdown`); logs still open were
-        delivered as incomplete creates (`left_open`)."""
-        outbox = self._ensure_outbox()
-        planner = self._planner
-        if outbox.usable:
-            give_up_at = self._clock() + SPILL_GRACE_S
-            while self._clock() < give_up_at and outbox.usable:
-                if not self._plan_batch(self._clock(), include_open=True):
+        """What was not delivered by the deadline goes to the spool if there is one (what is
+        not planned yet is planned first, a batch at a time, within `SPILL_GRACE_S`), else it
+        is dropped (`shutdown`); logs still open were delivered as incomplete creates
+        (`left_open`). Every flush is answered."""
+        deadline = self._stop_deadline
+        give_up_at = max(self._clock(), deadline or 0.0) + SPILL_GRACE_S
+        while True:
+            with self.lock:
+                self._collect()  # what the program recorded last (the queue is closed now)
+                outbox = self._ensure_outbox()
+                if not outbox.usable or self._clock() >= give_up_at:
                     break
+                started, held = self._clock(), self._counters.held
+                planned = self._plan_batch(
+                    self._clock(), include_open=True, max_ops=self._batch_size
+                )
                 outbox.spill()
-            outbox.spill()
-        if outbox.memory:
+                moved = held - self._counters.held
+                if moved > 0:  # what a log costs to move, for the next exit's estimate
+                    cost = (self._clock() - started) / moved
+                    self._spill_cost_s = 0.7 * self._spill_cost_s + 0.3 * cost
+                if not planned:
+                    break
+        with self.lock:
+            self._collect()
+            outbox = self._ensure_outbox()
+            outbox.spill()  # what is in memory is encoded already: to disk, if it can be
             while outbox.memory:
-                batch = outbox.memory.popleft()
-                self._ledger.give_up(batch.ops, "shutdown")
+                self._ledger.give_up(outbox.memory.popleft().ops, "shutdown")
             outbox.memory_ops = 0
-        planner.abandon("shutdown")
-        spool = outbox.spool
-        if spool is not None:
-            with _guard.guarded("spool-release"):
-                spool.release()
+            self._planner.abandon("shutdown")
+            spool = outbox.spool
+            if spool is not None:
+                with _guard.guarded("spool-release"):
+                    spool.release()
+            self._release_markers(stopping=True)
 
     # --- the outbox --------------------------------------------------------------------------
     def _ensure_outbox(self) -> Outbox:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import from_json, to_json
 
@@ -74,7 +74,8 @@ _SCHEMA = [
         final INTEGER NOT NULL,
         parent_id TEXT,
         seq INTEGER NOT NULL,
-        operation BLOB NOT NULL
+        body BLOB NOT NULL,
+        query TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS entries_owner ON entries (owner, origin, id)",
 ]
@@ -94,9 +95,9 @@ class SpoolFull(Exception):
     """The spool holds `max_bytes` already: nothing more is taken."""
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolItem:
-    """One operation to spool: a create (`kind="log"`) or an update of `log_id`."""
+class SpoolItem(NamedTuple):
+    """One operation to spool: a create (`kind="log"`) or an update of `log_id`. (A tuple:
+    cheap to make, one per operation when the spool takes a backlog.)"""
 
     log_id: str
     kind: str
@@ -365,17 +366,19 @@ class Spool:
         if not items:
             return []
         now = self._wall_us()
+        owner = self.owner
         rows = [
             (
-                self.owner,
-                self.owner,
+                owner,
+                owner,
                 now,
                 item.log_id,
                 item.kind,
                 int(item.final),
-                item.parent_id,
+                item.parent_id if item.kind == "log" else None,
                 item.seq,
-                to_json({"body": item.body, "query": item.query}),
+                to_json(item.body),
+                to_json(item.query).decode() if item.query else None,
             )
             for item in items
         ]
@@ -383,7 +386,7 @@ class Spool:
             room = self.max_bytes - self._used_bytes(conn)
             taken = 0
             for row in rows:
-                room -= len(row[-1]) + _ROW_OVERHEAD
+                room -= len(row[8]) + _ROW_OVERHEAD
                 if room < 0:
                     break
                 taken += 1
@@ -395,7 +398,7 @@ class Spool:
             ids = list(range(first, first + taken))
             conn.executemany(
                 "INSERT INTO entries (id, owner, origin, created_us, log_id, kind, final,"
-                " parent_id, seq, operation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " parent_id, seq, body, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(entry_id, *row) for entry_id, row in zip(ids, rows, strict=False)],
             )
             conn.execute("COMMIT")
@@ -528,11 +531,12 @@ class Spool:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-_ENTRY_COLUMNS = "id, origin, created_us, log_id, kind, final, seq, operation"
+_ENTRY_COLUMNS = "id, origin, created_us, log_id, kind, final, seq, body, query"
 
 
 def _entry(row: Any) -> SpoolEntry:
-    entry_id, origin, created_us, log_id, kind, final, seq, operation = row
-    payload = from_json(operation)
-    item = SpoolItem(log_id, kind, bool(final), payload["body"], payload.get("query") or {}, seq)
+    entry_id, origin, created_us, log_id, kind, final, seq, body, query = row
+    item = SpoolItem(
+        log_id, kind, bool(final), from_json(body), from_json(query) if query else {}, seq
+    )
     return SpoolEntry(entry_id, origin, created_us, item)

@@ -4,7 +4,9 @@ thread of flowtrace is inside the network while the interpreter finalizes.
 
 `InterruptibleBackend` is httpcore's own `SyncBackend`, keeping the streams it opened (and the
 TLS streams they became); `interrupt()` shuts their sockets down, which makes a blocked read
-or write fail at once (a DNS lookup in progress cannot be interrupted: it ends on its own).
+or write fail at once, and does so for good: a connection opened afterwards (one that was being
+made meanwhile) is shut down as it opens. A DNS lookup in progress cannot be interrupted: it
+ends on its own.
 """
 
 from __future__ import annotations
@@ -60,10 +62,14 @@ class InterruptibleBackend(httpcore.SyncBackend):
         super().__init__()
         self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._interrupted = False
 
     def opened(self, stream: _Stream) -> None:
         with self._lock:
             self._streams.add(stream)
+            interrupted = self._interrupted
+        if interrupted:
+            stream.shut_down()
 
     def connect_tcp(
         self,
@@ -77,9 +83,10 @@ class InterruptibleBackend(httpcore.SyncBackend):
         return _Stream(inner, self)
 
     def interrupt(self) -> None:
-        """From any thread: every connection this backend opened fails its next (or current)
-        read or write."""
+        """From any thread, for good: every connection this backend opened, or opens, fails
+        its next (or current) read or write."""
         with self._lock:
+            self._interrupted = True
             streams = list(self._streams)
         for stream in streams:
             stream.shut_down()
