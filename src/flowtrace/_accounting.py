@@ -45,6 +45,7 @@ DROP_REASONS = {
     "retry_deadline": "the destination did not take them within retry_deadline_s and there "
     "was no spool to keep them",
     "encode_error": "they could not be encoded (an internal error)",
+    "internal_error": "planning their delivery failed (an internal error, reported once)",
     "spool_full": "the spool was at its size bound (spool_max_mib)",
     "spool_expired": "they waited in the spool longer than spool_max_age_s",
 }

@@ -60,8 +60,8 @@ def classify(ops: Sequence[PlannedOp], outcomes: Sequence[Outcome]) -> Classifie
             result.retry.append(op)
             if outcome.retry_after_s is not None:
                 result.retry_after_s = max(result.retry_after_s or 0.0, outcome.retry_after_s)
-            if is_retryable(outcome.status):
-                result.error = transient_error(outcome)
+            if is_retryable(outcome.status) and result.error is None:
+                result.error = transient_error(outcome)  # the first: the cause of the rest
         else:
             result.rejected.append((op, outcome))
     return result

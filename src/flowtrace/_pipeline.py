@@ -397,6 +397,7 @@ class Pipeline:
         """The child starts empty with its own (not yet started) threads; what the parent had
         queued is the parent's to deliver."""
         self._reset()
+        self._apply_settings(self._settings)
         refresh_sinks()  # the inherited callables append to the parent's deques
 
     # --- the worker ----------------------------------------------------------------------------
@@ -428,6 +429,7 @@ class Pipeline:
                 planned = not stopping and self._due(now, next_send_at) and self._plan_batch(now)
                 pressed = self._relieve_pressure(now)
                 self._release_markers()
+                self._warn_drops()
             if planned:
                 self._send_wake.set()
                 next_send_at = self._clock() + self._settings.batch_interval_s
@@ -503,6 +505,13 @@ class Pipeline:
         load = Mode.GUARDED if loaded else Mode.BUSY
         if queue.mode is not load and queue.mode in LOAD_MODES:
             queue.switch(load, only_from=LOAD_MODES)
+
+    def _warn_drops(self) -> None:
+        """Each reason logs were dropped for is said once, with the count so far (in logs);
+        a refusal is said by the sender, with the destination's reason."""
+        for reason, count in self._counters.dropped.items():
+            if reason != "rejected":
+                self._warnings.dropped(reason, count, self._counters.last_error)
 
     def _take_started(self, started: Any) -> int:
         """Accept or refuse the logs that started, in order; returns how many there were. (Logs

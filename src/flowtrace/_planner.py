@@ -256,7 +256,10 @@ class Planner:
                 continue
             assert isinstance(item, Log)
             self._ready_logs -= 1
-            self._finish(item, ops, status_field)
+            try:
+                self._finish(item, ops, status_field)
+            except Exception as exc:  # a bug on one trace: that trace goes, delivery goes on
+                self._failed_on(item, exc)
         while len(ops) < max_ops:
             self._discard_settled_open()
             if not self._open:
@@ -265,8 +268,19 @@ class Planner:
             if not include_open and now < log.delivery.seen_at + live_after_s:
                 break
             self._open.popleft()
-            self._create(log, ops, status_field, closing=False)
+            try:
+                self._create(log, ops, status_field, closing=False)
+            except Exception as exc:
+                self._failed_on(log, exc)
         return ops, markers
+
+    def _failed_on(self, log: Log, exc: Exception) -> None:
+        """Planning `log` failed (a bug): it is dropped (`internal_error`), and so are the
+        logs under it that are not created yet; the worker goes on with the others."""
+        _guard.internal_error("plan-log", exc)
+        state = log.delivery
+        if state.__class__ is LogState and state.token is self._token:
+            self._drop(log, state, "internal_error")
 
     def _finish(self, log: Log, ops: list[PlannedOp], status_field: StatusField) -> None:
         """Plan the closing operation of an ended log, after its children's creates: children
