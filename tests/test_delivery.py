@@ -192,9 +192,10 @@ def test_a_flush_cuts_the_backoff_short_once_but_never_before_retry_after() -> N
     rig.trace("a")
     rig.plan()
     rig.deliver()
-    # 1st wait (4 s) cut by a flush after its first slice (0.5 s); 2nd wait (8 s) cut by a
-    # flush but not before Retry-After (3 s); 3rd wait (16 s) not cut.
-    assert rig.exporter.at == [0.0, 0.5, 3.5, 19.5]
+    # 1st wait (4 s) cut by a flush after its first slice (0.5 s); a flush restarts the
+    # backoff, so the 2nd wait is 4 s again, cut by a flush but not before Retry-After (3 s);
+    # the 3rd wait (4 s again, after that flush) is not cut.
+    assert rig.exporter.at == [0.0, 0.5, 3.5, 7.5]
 
 
 def test_without_a_spool_a_batch_is_dropped_after_retry_deadline_s(

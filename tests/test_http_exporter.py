@@ -646,3 +646,80 @@ def test_export_after_close_delivers_nothing_and_does_not_raise() -> None:
     assert outcome.error == f"the exporter for {BASE} is closed"
     assert exporter.export([]) == []
     assert server.requests == []
+
+
+# --- per-log: long batches go in parallel waves ------------------------------------------------
+
+
+def test_waves_put_every_operation_after_what_it_depends_on() -> None:
+    from flowtrace.exporters.http import _waves
+
+    def create(log_id: str, parent: str | None = None) -> Operation:
+        body: dict[str, Any] = {"log_id": log_id}
+        if parent is not None:
+            body["trace_parent_id"] = parent
+        return Operation("log", log_id, body)
+
+    ops = [
+        create("a"),  # 0: a root sent early
+        create("b"),  # 1: an unrelated leaf
+        create("a1", "a"),  # 2
+        create("a2", "a"),  # 3
+        create("a1x", "a1"),  # 4: a grandchild
+        Operation("update", "a", {}),  # 5: a closes after its children
+        create("c"),  # 6
+    ]
+    assert _waves(ops) == [[0, 1, 6], [2, 3], [4, 5]]
+
+
+def test_a_long_batch_to_a_per_log_server_goes_in_parallel_waves_in_a_valid_order() -> None:
+    import threading
+
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most
+    created: set[str] = set()
+    closed: set[str] = set()
+    problems: list[str] = []
+    entered = threading.Barrier(2, timeout=5)  # two requests are in flight at once, or fail
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v5/health":
+            return reply(404)
+        body = json.loads(request.content)
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+            if request.method == "POST":
+                parent = body.get("trace_parent_id")
+                if parent is not None and (parent not in created or parent in closed):
+                    problems.append(f"{body['log_id']} before its parent")
+                created.add(body["log_id"])
+            else:
+                if not all(f"kid_{n}" in created for n in range(5)):
+                    problems.append("root closed before its children")
+                closed.add(request.url.path.rsplit("/", 1)[-1])
+        if request.method == "POST" and body["log_id"] in ("leaf_0", "leaf_1"):
+            entered.wait()
+        with lock:
+            in_flight[0] -= 1
+        log_id = body.get("log_id") or request.url.path.rsplit("/", 1)[-1]
+        return reply(200, {"id": log_id})
+
+    ops: list[Operation] = []
+    for n in range(20):
+        ops.append(Operation("log", f"leaf_{n}", {"log_id": f"leaf_{n}"}))
+    ops.append(Operation("log", "root", {"log_id": "root", "trace_status": "incomplete"}))
+    for n in range(5):
+        ops.append(Operation("log", f"kid_{n}", {"log_id": f"kid_{n}", "trace_parent_id": "root"}))
+    ops.append(Operation("update", "root", {"trace_status": "complete"}))
+    exporter = exporter_for(Server({}))
+    exporter._client = httpx.Client(
+        base_url=BASE, transport=httpx.MockTransport(handler), follow_redirects=False
+    )
+    try:
+        outcomes = exporter.export(ops)
+    finally:
+        exporter.close()
+    assert [o.status for o in outcomes] == [200] * len(ops)
+    assert problems == []
+    assert in_flight[1] >= 2

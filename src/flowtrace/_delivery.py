@@ -126,18 +126,21 @@ class Waiter:
         with self._lock:
             self.flush_requests += 1
 
-    def until(self, resume_at: float, not_before: float, poll_s: float) -> None:
+    def until(self, resume_at: float, not_before: float, poll_s: float) -> bool:
+        """Wait; True if a flush cut the wait short."""
         seen = self.flush_requests
+        flushed = False
         while True:
             now = self._clock()
             if self.flush_requests != seen:  # a flush: try again now (Retry-After permitting)
                 seen = self.flush_requests
+                flushed = True
                 resume_at = min(resume_at, max(not_before, now))
             stop_at = self.stop_at
             if stop_at is not None:
                 resume_at = min(resume_at, max(not_before, stop_at))
             if now >= resume_at:
-                return
+                return flushed
             self._sleep(min(resume_at - now, poll_s))
 
 
@@ -459,5 +462,7 @@ class Sender:
                 wait = False
             self._ledger.release_markers(self._clock(), self.backoff.failing_since)
         self._progress()
-        if wait:
-            self.waiter.until(resume_at, self.backoff.not_before, self._poll_s)
+        if wait and self.waiter.until(resume_at, self.backoff.not_before, self._poll_s):
+            # A flush asks now: its wait (retry_deadline_s) gets the retries of a fresh
+            # failure, not the long backoff an outage has grown to.
+            self.backoff.attempt = 0

@@ -196,9 +196,7 @@ class _HideWorkerRecords(logging.Filter):
     per batch is our business, not the user's log output."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flowtrace._pipeline import SENDER_NAME, WORKER_NAME
-
-        return record.threadName not in (SENDER_NAME, WORKER_NAME)
+        return not (record.threadName or "").startswith("flowtrace-")
 
 
 def _settings_changed(settings: _config.Settings) -> None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401
 import hashlib
 import json
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pydantic_core
@@ -37,7 +39,13 @@ BATCH_PATH = "/flows/logs/batch"
 HEALTH_PATH = "/health"
 _NO_BATCH = frozenset({404, 405})
 
+#: Per-log routes: requests in flight at once (and connections kept), and the batch length
+#: from which a batch goes in parallel waves rather than one request after the other.
+PARALLEL_REQUESTS = 8
+PARALLEL_FROM = 16
+
 WallClock = Callable[[], datetime]
+_T = TypeVar("_T")
 
 
 def _utc_now() -> datetime:
@@ -62,7 +70,9 @@ class HttpExporter:
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            limits=httpx.Limits(
+                max_connections=PARALLEL_REQUESTS, max_keepalive_connections=PARALLEL_REQUESTS
+            ),
             transport=transport,
             follow_redirects=False,
             # Certificates matter only for https; loading them costs ~70 ms, which a plain
@@ -70,6 +80,7 @@ class HttpExporter:
             verify=base_url.lower().startswith("https://"),
         )
         self._backend = install_on(self._client) if transport is None else None
+        self._pool: Parallel | None = None  # threads for parallel per-log requests
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout: httpx.Timeout | None = None  # tighter, for one export
@@ -95,6 +106,9 @@ class HttpExporter:
 
     def close(self) -> None:
         self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self._client.close()
 
     def interrupt(self) -> None:
@@ -178,17 +192,34 @@ class HttpExporter:
 
     # --- the per-log contract --------------------------------------------------------------
     def _export_each(self, operations: Sequence[Operation]) -> list[Outcome]:
-        """One request per operation, in order. After a failure worth retrying the rest is not
-        attempted: later operations may depend on it (a child on its parent)."""
-        outcomes: list[Outcome] = []
-        for index, op in enumerate(operations):
-            outcome = self._send_one(op)
-            outcomes.append(outcome)
-            if is_retryable(outcome.status):
-                rest = len(operations) - index - 1
-                outcomes.extend(not_delivered("not attempted", rest, outcome.retry_after_s))
+        """One request per operation. A short batch goes in order; a long one in waves of
+        operations that do not depend on each other (a create on its parent's create, an
+        update on its log's create and its children's), each wave's requests in parallel. After
+        a failure worth retrying what is left is not attempted: it may depend on it."""
+        if len(operations) < PARALLEL_FROM:
+            waves = [[index] for index in range(len(operations))]
+        else:
+            waves = _waves(operations)
+        outcomes: list[Outcome | None] = [None] * len(operations)
+        for wave in waves:
+            if len(wave) == 1:
+                results = [self._send_one(operations[wave[0]])]
+            else:
+                results = self._parallel().map(self._send_one, [operations[i] for i in wave])
+            for index, outcome in zip(wave, results, strict=True):
+                outcomes[index] = outcome
+            failed = [result for result in results if is_retryable(result.status)]
+            if failed:
+                waits = [o.retry_after_s for o in failed if o.retry_after_s is not None]
+                rest = Outcome(NOT_DELIVERED, None, max(waits) if waits else None, "not attempted")
+                outcomes = [rest if known is None else known for known in outcomes]
                 break
-        return outcomes
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _parallel(self) -> Parallel:
+        if self._pool is None:
+            self._pool = Parallel(PARALLEL_REQUESTS, "flowtrace-http")
+        return self._pool
 
     def _send_one(self, op: Operation) -> Outcome:
         path = "/flows/log" if op.kind == "log" else f"/flows/logs/{op.log_id}"
@@ -219,6 +250,69 @@ class HttpExporter:
 
     def _url(self, path: str) -> str:
         return self._base_url + path
+
+
+def _waves(operations: Sequence[Operation]) -> list[list[int]]:
+    """The operations (by index) in waves: each after every operation it depends on (a create
+    after its parent's create, an update after its log's create and its children's creates),
+    each wave in the batch's order."""
+    created: dict[str, int] = {}  # log id -> the wave of its create
+    children: dict[str, int] = {}  # log id -> the last wave of its children's creates
+    waves: list[list[int]] = []
+    for index, op in enumerate(operations):
+        if op.kind == "log":
+            parent = op.body.get("trace_parent_id")
+            wave = created[parent] + 1 if isinstance(parent, str) and parent in created else 0
+            created[op.log_id] = wave
+            if isinstance(parent, str):
+                children[parent] = max(children.get(parent, -1), wave)
+        else:
+            wave = max(created.get(op.log_id, -1), children.get(op.log_id, -1)) + 1
+        while len(waves) <= wave:
+            waves.append([])
+        waves[wave].append(index)
+    return waves
+
+
+class Parallel:
+    """A few threads of our own for parallel requests (not concurrent.futures: it refuses work
+    once the interpreter's exit has begun, when flowtrace's exit flush still sends)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[
+            tuple[Callable[[Any], Any], Any, list[Any], int, threading.Semaphore] | None
+        ] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def map(self, fn: Callable[[Any], _T], items: Sequence[Any]) -> list[_T]:
+        results: list[Any] = [None] * len(items)
+        finished = threading.Semaphore(0)
+        for index, item in enumerate(items):
+            self._tasks.put((fn, item, results, index, finished))
+        for _ in items:
+            finished.acquire()
+        return results
+
+    def _run(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            fn, item, results, index, finished = task
+            try:
+                results[index] = fn(item)
+            finally:
+                finished.release()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join(1.0)
 
 
 def _contract_update(body: dict[str, Any]) -> dict[str, Any]:
