@@ -146,11 +146,12 @@ class Store:
     def _now_us(self) -> int:
         return to_us(self._clock())
 
-    def _write(self, work: Callable[[Session], _T]) -> _T:
-        """Run `work` in one write transaction: all of it is committed, or none of it."""
+    def _write(self, work: Callable[[Session], _T], timeout_s: float | None = None) -> _T:
+        """Run `work` in one write transaction: all of it is committed, or none of it.
+        `timeout_s`: wait at most this long for another process's write lock."""
         session: Session | None = None
         try:
-            with self._db.writing() as conn:
+            with self._db.writing(timeout_s) as conn:
                 session = Session(conn, self._now_us())
                 result = work(session)
                 session.flush()
@@ -258,7 +259,9 @@ class Store:
                 results[index] = _failed(error)
         while prepared:
             try:
-                self._write(partial(self._apply_ingest, prepared=prepared, results=results))
+                self._write(
+                    partial(self._apply_ingest, prepared=prepared, results=results), timeout_s
+                )
                 break
             except _OperationFailed as failure:
                 results[failure.index] = _failed(failure.error)
