@@ -36,13 +36,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from tests.scriptutil import script_env  # noqa: E402
 from tests.serverutil import start_server  # noqa: E402
+from tests.test_exit import HOT_LOOP  # noqa: E402  (the script the exit tests run)
 
 
 def run(code: str, env: dict[str, str], *args: str, timeout: float = 1200) -> dict[str, Any]:
     """Run `code` in a fresh interpreter; its last stdout line, as JSON."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTRACE_")}
-    full.update({"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", **env})
+    full = {**script_env(), **env}
+    full["PYTHONPATH"] += os.pathsep + str(ROOT)
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=full,
@@ -298,8 +300,7 @@ server.serve_forever()
 
 
 def timed(code: str, env: dict[str, str], runs: int) -> float:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTRACE_")}
-    full.update({"PYTHONPATH": f"{ROOT / 'src'}", **env})
+    full = {**script_env(), **env}
     times = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -440,39 +441,27 @@ def bench_loop(repeats: int) -> None:
 
 # --- exit with a 150k backlog --------------------------------------------------------------------
 
-EXIT_BACKLOG = """
-import sys, time
-from flowtrace import flow
 
-@flow(path="exit/call")
-def call(i):
-    return i
-
-for i in range(int(sys.argv[1])):
-    call(i)
-print(time.monotonic(), flush=True)
-"""
-
-NEXT = """
+#: The next run: it delivers the backlog (and one log of its own).
+DRAIN = """
 import json
 import flowtrace
 from flowtrace import flow
 with flow("exit/next"):
     pass
-print(json.dumps({"ok": flowtrace.flush(3600), "dropped": flowtrace.stats()["dropped"]}))
+print(json.dumps({"ok": flowtrace.flush(7200), "dropped": flowtrace.stats()["dropped"]}))
 """
 
 
 def bench_exit(repeats: int) -> None:
     tmp = Path(tempfile.mkdtemp())
     db = tmp / "exit.db"
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTRACE_")}
-    full.update({"PYTHONPATH": f"{ROOT / 'src'}", "FLOWTRACE_DB_PATH": str(db)})
+    full = script_env(db_path=db)
     calls, bound = 150_000, 5.0
     codes, exits, messages = [], [], []
     for _ in range(repeats):
         done = subprocess.run(
-            [sys.executable, "-c", EXIT_BACKLOG, str(calls)],
+            [sys.executable, "-c", textwrap.dedent(HOT_LOOP), str(calls)],
             env=full,
             capture_output=True,
             text=True,
@@ -484,7 +473,7 @@ def bench_exit(repeats: int) -> None:
         if done.returncode == 0:
             exits.append(ended - float(done.stdout.strip()))
         messages.append(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
-    result = run(NEXT, {"FLOWTRACE_DB_PATH": str(db)}, timeout=7200)
+    result = run(DRAIN, {"FLOWTRACE_DB_PATH": str(db)}, timeout=7200)
     from flowtrace.store import Store
 
     with Store(db) as store:

@@ -9,7 +9,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -124,8 +123,7 @@ def test_sigterm_with_the_default_handler_ends_the_process_as_sigterm_does(
 @pytest.fixture
 def hanging(tmp_path: Path) -> Iterator[tuple[RunningServer, FaultProxy]]:
     with start_server(tmp_path / "server.db") as server:
-        address = urlsplit(server.root_url)
-        proxy = FaultProxy(address.hostname or "127.0.0.1", address.port or 80).start()
+        proxy = FaultProxy.in_front_of(server.root_url)
         proxy.set_default(Hang())
         try:
             yield server, proxy

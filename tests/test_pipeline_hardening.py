@@ -16,7 +16,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -129,8 +128,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def test_a_200_that_is_not_the_contract_s_answer_is_a_failed_delivery_said_once(
     server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    address = urlsplit(server.root_url)
-    proxy = FaultProxy(address.hostname or "127.0.0.1", address.port or 80).start()
+    proxy = FaultProxy.in_front_of(server.root_url)
     page = b"<html><body>It works!</body></html>"
     proxy.set_default(Respond(200, page, {"Content-Type": "text/html"}))
     try:
