@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace._spool import Spool, SpoolFull, SpoolItem, SpoolUnavailable, spool_path
+from tests.scriptutil import read_line
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MiB = 1024 * 1024
@@ -108,19 +109,24 @@ def test_two_processes_claiming_at_once_share_nothing(tmp_path: Path) -> None:
         from flowtrace._spool import Spool
         spool = Spool(Path(sys.argv[1]), "memory:test", max_bytes=1 << 30, max_age_s=3600)
         held, _, _ = spool.claim_dead()
-        print(json.dumps([e.item.log_id for e in spool.head(1000, backlog=True)]))
-        # exit without draining: this claimer is now a dead owner too
+        print(json.dumps([e.item.log_id for e in spool.head(1000, backlog=True)]), flush=True)
+        sys.stdin.read()  # alive (its claim stands) until every claimer has claimed
     """
     code = textwrap.dedent(claim)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     claimers = [
         subprocess.Popen(
-            [sys.executable, "-c", code, str(path)], env=env, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", code, str(path)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(3)
     ]
-    results = [claimer.communicate(timeout=60)[0] for claimer in claimers]
-    claimed = [json.loads(result) for result in results]
+    claimed = [json.loads(read_line(claimer)) for claimer in claimers]
+    for claimer in claimers:
+        claimer.communicate(timeout=60)
     assert sorted(len(ids) for ids in claimed) == [0, 0, 200]
     assert sorted(max(claimed, key=len)) == sorted(f"dead_{i}" for i in range(200))
 

@@ -72,7 +72,7 @@ def _exit_flush(pipeline: Pipeline) -> None:
         # of their steps is bounded, so this only waits out a step that overran its bound.
         pipeline.cut_short()
         for _ in range(int(LAST_RESORT_S / 0.5)):
-            if pipeline.join(None, grace=0.5):
+            if pipeline.stopped_within(0.5):
                 return
 
 

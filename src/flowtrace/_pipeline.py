@@ -325,13 +325,17 @@ class Pipeline:
             self._send_wake.set()
         self.join(self._stop_deadline)
 
-    def join(self, deadline: float | None, grace: float = STOP_GRACE_S + SPILL_GRACE_S) -> bool:
-        """Wait for both threads to stop (until `deadline`, plus the graces for the step in
-        progress and the spooling of what is left; with no deadline, `grace` from now). True
-        if they did."""
-        if deadline is None and grace != STOP_GRACE_S + SPILL_GRACE_S:
-            deadline = self._clock()
-        bound = None if deadline is None else deadline + grace
+    def join(self, deadline: float | None) -> bool:
+        """Wait for both threads to stop: until `deadline`, plus the graces for the step in
+        progress and the spooling of what is left (no deadline: no bound). True if they did."""
+        bound = None if deadline is None else deadline + STOP_GRACE_S + SPILL_GRACE_S
+        return self._stopped_by(bound)
+
+    def stopped_within(self, seconds: float) -> bool:
+        """Wait at most `seconds` more for both threads to stop. True if they did."""
+        return self._stopped_by(self._clock() + seconds)
+
+    def _stopped_by(self, bound: float | None) -> bool:
         # Events the threads set last, not Thread.join: a join that a KeyboardInterrupt cuts
         # short marks a running thread stopped (CPython 3.11, bpo-45274).
         for thread, done in (

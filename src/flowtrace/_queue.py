@@ -62,7 +62,6 @@ class Backpressure:
         self._room = threading.Event()
         self._stalled = False
         self._progress = 0
-        self.waited = 0  # how many times a recording thread waited
 
     def has_room(self) -> None:
         """The worker: the backlog is below the low mark: waiters may go on."""
@@ -83,7 +82,6 @@ class Backpressure:
         True once there is room, False if it should refuse (the worker is stalled)."""
         if self._stalled:
             return False
-        self.waited += 1
         self._room.clear()
         wake()
         seen = self._progress

@@ -523,13 +523,6 @@ class Spool:
         with self._lock:
             self._close_connection()
 
-    def forget_after_fork(self) -> None:
-        """In a forked child: drop (never close) the parent's handle; a new owner."""
-        self._conn = None
-        self._registered = False
-        self._lock = threading.Lock()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
 
 _ENTRY_COLUMNS = "id, origin, created_us, log_id, kind, final, seq, body, query"
 
