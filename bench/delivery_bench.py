@@ -276,7 +276,7 @@ else:
     import flowtrace
 """
 
-SINK = """
+SINK = r"""
 import http.server, socketserver, sys
 
 class Sink(http.server.BaseHTTPRequestHandler):

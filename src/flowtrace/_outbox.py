@@ -168,21 +168,23 @@ class Outbox:
         self.own_on_disk += len(keep)
         return []
 
-    def claim(self) -> tuple[int, int, int] | None:
+    def claim(self) -> tuple[int, int, int] | str | None:
         """Take over dead processes' entries in the spool (I/O: call without the pipeline's
-        lock); pass the result to `claimed`."""
+        lock); pass the result (what was taken, or why nothing could be) to `claimed`."""
         spool = self.spool
         if spool is None:
             return None
         try:
             return spool.claim_dead()
         except SpoolUnavailable as error:
-            self._unavailable(str(error))
-            return None
+            return str(error)
 
-    def claimed(self, claim: tuple[int, int, int] | None) -> int:
+    def claimed(self, claim: tuple[int, int, int] | str | None) -> int:
         """What `claim` took over is this outbox's backlog now; returns how many more logs."""
         if claim is None:
+            return 0
+        if isinstance(claim, str):
+            self._unavailable(claim)
             return 0
         entries, logs, newest = claim
         new_logs = max(0, logs - self.backlog_logs)
@@ -236,8 +238,7 @@ class Outbox:
         try:
             entries = self.spool.head(self.chunk, backlog=backlog)
         except SpoolUnavailable as error:
-            self.spool = None
-            self._unavailable(str(error))
+            self._lose_spool(str(error))
             return None
         if not entries:  # counted more than there are (another process purged them)
             if backlog:
@@ -276,8 +277,15 @@ class Outbox:
             try:
                 self.spool.ack(acked)
             except SpoolUnavailable as error:
-                self.spool = None
-                self._unavailable(str(error))
+                self._lose_spool(str(error))
+
+    def _lose_spool(self, error: str) -> None:
+        """The spool cannot be read any more: what it holds waits there for a later process;
+        from now on this outbox works in memory only."""
+        self.spool = None
+        self.always = False
+        self.own_on_disk = self.backlog_on_disk = self.backlog_logs = 0
+        self._unavailable(error)
 
     def retry_first(self, batch: Batch) -> None:
         """No spool: `batch` failed and is retried from memory before anything else."""
