@@ -42,19 +42,21 @@ class Settings:
     max_depth: int = 20
     # delivery (docs/architecture.md, "Defaults")
     live_after_s: float = 1.0
-    # Logs accepted and not yet delivered (open ones included). 100,000 rather than the first
-    # design's 10,000: a burst of 100k short logs is delivered in full, and a waiting log costs
-    # about 0.5 KiB (so ~50 MiB at the bound, measured in bench/RESULTS.md).
+    # Logs held in memory (open ones included); beyond it recording threads wait for room (the
+    # overflow goes to disk), never for the network. A waiting log costs about 0.5 KiB (so ~50
+    # MiB at the bound, measured in bench/RESULTS.md).
     queue_size: int = 100_000
     first_batch_after_s: float = 0.1
     batch_interval_s: float = 1.0
     batch_size: int = 512
     timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
+    # How long a flush waits for a failing destination (the logs stay spooled); without a
+    # spool, how long a batch is retried before it is dropped.
     retry_deadline_s: float = 60.0
     retry_backoff_s: float = 1.0  # first retry waits about this long, doubling each time
     exit_flush_timeout_s: float = 5.0
-    # the disk spool (docs/architecture.md, "The spool")
+    # the disk spool (docs/architecture.md, "The pipeline")
     spool: SpoolMode = "auto"
     spool_dir: str | None = None  # default: next to db_path, or ~/.local/state/flowtrace/spool
     spool_max_mib: float = 512.0
