@@ -190,6 +190,7 @@ class Ledger:
         self.backlog_done_id = 0  # every claimed backlog entry up to this one is settled
         self.backlog_known = False  # the spool's backlog was claimed (at the warm-up)
         self.markers: list[FlushMarker] = []  # planned, waiting for their operations
+        self.stopping = False  # the pipeline is past its stop deadline
 
     def _outbox(self) -> Outbox:
         assert self.outbox is not None
@@ -265,7 +266,8 @@ class Ledger:
         outbox = self._outbox()
         if outbox.keep_on_disk(result.retry):
             outbox.finish()
-            self._warn_failing()
+            if not self.stopping:  # at the deadline the failure is our own interruption
+                self._warn_failing()
             return True
         if backoff.resume_at - (backoff.failing_since or 0.0) > self.retry_deadline_s:
             self.give_up(result.retry, "retry_deadline")
@@ -446,6 +448,7 @@ class Sender:
         return True
 
     def _send(self, batch: Batch, ops: list[PlannedOp]) -> None:
+        self._progress()  # an export begins: a recording thread waiting for room waits on
         stop_at = self.waiter.stop_at
         # Bounded by the stop deadline when there is one, so the sender reaches a safe point
         # in time (at exit, no thread of flowtrace may be inside the network or SQLite).

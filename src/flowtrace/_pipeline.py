@@ -238,6 +238,7 @@ class Pipeline:
             with self.lock:
                 self._ledger.backlog_known = True
             self._warmed.set()
+            self._progressed()  # recording threads may have waited for the warm-up
         self._send_wake.set()
 
     def _expire(self, outbox: Outbox) -> None:
@@ -494,12 +495,17 @@ class Pipeline:
                 planner.ended(item)  # ignores logs that are not ours (refused, pre-fork)
         self._intake = found
         if queue.refusals().get("queue_full"):
+            why = (
+                "the worker made no progress for a while (a hanging disk?)"
+                if queue.wait_at_bound
+                else "there is no spool to take the overflow"
+            )
             self._warnings.once(
                 "queue_full",
-                "flowtrace: the delivery queue is full (%d logs held) and there is no spool to "
-                "take the overflow; new logs are dropped until it drains. Counts are in "
-                "flowtrace.stats().",
+                "flowtrace: the delivery queue is full (%d logs held) and %s; new logs are "
+                "dropped until it drains. Counts are in flowtrace.stats().",
                 queue.limit,
+                why,
             )
         # Plain appends while the queue has room; the checking callables once it is a quarter
         # full, or while the overflow goes to disk (a flood of plain appends would outrun it).
@@ -660,6 +666,8 @@ class Pipeline:
         deadline = self._stop_deadline
         if deadline is not None:
             deadline = min(deadline, self._clock())  # what is left goes to disk now
+            with self.lock:
+                self._ledger.stopping = True
         if sender is not None:
             if deadline is not None:
                 sender.waiter.stop_at = deadline

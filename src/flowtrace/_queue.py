@@ -57,7 +57,7 @@ class Backpressure:
     program is slowed to the speed of its local disk at worst, never blocked by a stall for more
     than `max_wait_s`, and never waits for the network."""
 
-    def __init__(self, max_wait_s: float = 1.0) -> None:
+    def __init__(self, max_wait_s: float = 2.0) -> None:
         self.max_wait_s = max_wait_s
         self._room = threading.Event()
         self._stalled = False
