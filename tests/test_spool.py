@@ -93,10 +93,10 @@ def test_a_dead_process_s_backlog_is_claimed_once_and_a_live_one_s_never(tmp_pat
     live = spool_at(path)  # this process: alive
     live.append(items(2, "live"))
     claimer = spool_at(path)
-    assert claimer.claim_dead() == (3, 3, 3)
+    assert claimer.claim_dead() == (3, 3)
     assert [e.item.log_id for e in claimer.head(10, backlog=True)] == ["dead_0", "dead_1", "dead_2"]
     assert claimer.head(10) == []  # none of its own
-    assert spool_at(path).claim_dead() == (0, 0, 0)  # taken already: never two
+    assert spool_at(path).claim_dead() == (0, 0)  # taken already: never two
     assert [e.item.log_id for e in live.head(10)] == ["live_0", "live_1"]
 
 
@@ -108,7 +108,7 @@ def test_two_processes_claiming_at_once_share_nothing(tmp_path: Path) -> None:
         from pathlib import Path
         from flowtrace._spool import Spool
         spool = Spool(Path(sys.argv[1]), "memory:test", max_bytes=1 << 30, max_age_s=3600)
-        held, _, _ = spool.claim_dead()
+        held, _ = spool.claim_dead()
         print(json.dumps([e.item.log_id for e in spool.head(1000, backlog=True)]), flush=True)
         sys.stdin.read()  # alive (its claim stands) until every claimer has claimed
     """

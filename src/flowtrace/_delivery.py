@@ -187,7 +187,6 @@ class Ledger:
         self._unsettled: list[int] = []
         self._settled_early: set[int] = set()
         self._last_planned = 0
-        self.backlog_done_id = 0  # every claimed backlog entry up to this one is settled
         self.backlog_known = False  # the spool's backlog was claimed (at the warm-up)
         self.markers: list[FlushMarker] = []  # planned, waiting for their operations
         self.stopping = False  # the pipeline is past its stop deadline
@@ -253,7 +252,7 @@ class Ledger:
         for op, outcome in result.rejected:
             self._reject(op, outcome)
             self._done(op)
-        if result.error is not None:
+        if result.error is not None and not self.stopping:  # not our own interruption
             counters.last_error = result.error
         batch.ops = result.retry
         if not result.retry:
@@ -312,8 +311,6 @@ class Ledger:
         """`op` needs nothing more (settled, or its log failed before it was sent)."""
         if op.own:
             self._settled_early.add(op.seq)
-        elif op.spool_id is not None and op.spool_id > self.backlog_done_id:
-            self.backlog_done_id = op.spool_id
 
     def _reject(self, op: PlannedOp, outcome: Outcome) -> None:
         key, message = describe_rejection(outcome.status, outcome.body)
@@ -356,11 +353,17 @@ class Ledger:
     def add_markers(self, markers: Sequence[FlushMarker], now: float) -> None:
         """Flushes reached by the planner; each waits for the backlog claimed so far too (or,
         before the warm-up claimed it, for whatever it claims)."""
-        backlog_id = self._outbox().last_backlog_id if self.backlog_known else -1
+        target = self._backlog_target()
         for marker in markers:
-            marker.backlog_id = backlog_id
+            marker.backlog_target = target
             marker.since = now
             self.markers.append(marker)
+
+    def _backlog_target(self) -> int:
+        outbox = self._outbox()
+        if not self.backlog_known:
+            return -1
+        return outbox.backlog_settled + outbox.backlog_on_disk
 
     def release_markers(
         self, now: float, failing_since: float | None, stopping: bool = False
@@ -371,14 +374,15 @@ class Ledger:
         if not self.markers:
             return
         outbox = self.outbox
-        backlog_left = outbox.backlog_on_disk if outbox is not None else 0
         settled = self.settled_seq()
         still: list[FlushMarker] = []
         for marker in self.markers:
-            if marker.backlog_id < 0 and self.backlog_known and outbox is not None:
-                marker.backlog_id = outbox.last_backlog_id
-            backlog_done = marker.backlog_id >= 0 and (
-                backlog_left == 0 or self.backlog_done_id >= marker.backlog_id
+            if marker.backlog_target < 0 and self.backlog_known:
+                marker.backlog_target = self._backlog_target()
+            backlog_done = marker.backlog_target >= 0 and (
+                outbox is None
+                or outbox.backlog_on_disk == 0
+                or outbox.backlog_settled >= marker.backlog_target
             )
             failed_for = 0.0 if failing_since is None else now - max(failing_since, marker.since)
             if marker.target_seq <= settled and backlog_done:

@@ -78,7 +78,7 @@ class Outbox:
         self.backlog_on_disk = 0  # entries claimed from dead processes, not yet settled
         self.backlog_logs = 0  # of which closing entries (logs)
         self._attempts: dict[int, int] = {}  # entry id -> sends so far (ops are read anew)
-        self.last_backlog_id = 0  # the newest entry claimed (flush markers wait up to it)
+        self.backlog_settled = 0  # backlog entries settled so far (flush markers count on it)
         self._backlog_turn = False  # alternate backlog and own batches
         self.acked: list[int] = []  # settled entries to delete (at the end of the batch)
         # A spool that could not be written (a full disk) is still read (what it holds is
@@ -168,7 +168,7 @@ class Outbox:
         self.own_on_disk += len(keep)
         return []
 
-    def claim(self) -> tuple[int, int, int] | str | None:
+    def claim(self) -> tuple[int, int] | str | None:
         """Take over dead processes' entries in the spool (I/O: call without the pipeline's
         lock); pass the result (what was taken, or why nothing could be) to `claimed`."""
         spool = self.spool
@@ -179,18 +179,17 @@ class Outbox:
         except SpoolUnavailable as error:
             return str(error)
 
-    def claimed(self, claim: tuple[int, int, int] | str | None) -> int:
+    def claimed(self, claim: tuple[int, int] | str | None) -> int:
         """What `claim` took over is this outbox's backlog now; returns how many more logs."""
         if claim is None:
             return 0
         if isinstance(claim, str):
             self._unavailable(claim)
             return 0
-        entries, logs, newest = claim
+        entries, logs = claim
         new_logs = max(0, logs - self.backlog_logs)
         self.backlog_on_disk = entries
         self.backlog_logs = logs
-        self.last_backlog_id = max(self.last_backlog_id, newest)
         if entries:
             self._backlog_turn = True
         return new_logs
@@ -210,6 +209,7 @@ class Outbox:
             else:
                 self.backlog_on_disk -= 1
                 self.backlog_logs -= entry.item.final
+                self.backlog_settled += 1
             logs += entry.item.final
         return logs
 
@@ -268,6 +268,7 @@ class Outbox:
             else:
                 self.backlog_on_disk -= 1
                 self.backlog_logs -= op.final
+                self.backlog_settled += 1
 
     def finish(self) -> None:
         """The batch in flight is done: delete its settled entries."""

@@ -50,13 +50,15 @@ class FlushMarker:
     """Put in the stream of ended logs by `flush()`: done once every operation planned before
     it has been settled (delivered, or given up)."""
 
-    __slots__ = ("backlog_id", "done", "ok", "since", "target_seq")
+    __slots__ = ("backlog_target", "done", "ok", "since", "target_seq")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.ok = True  # False: what this waits for was not delivered (given up, or spooled)
         self.target_seq = -1
-        self.backlog_id = 0  # and the spool's backlog claimed up to this entry
+        # and the spool's backlog, until the outbox has settled this many of its entries
+        # (-1: the backlog is not claimed yet)
+        self.backlog_target = 0
         self.since = 0.0  # when the worker reached it (it waits retry_deadline_s of failures)
 
 

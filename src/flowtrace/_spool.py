@@ -2,10 +2,12 @@
 are, by this process or the next one that delivers to the same destination.
 
 One SQLite file per destination (`spool_path`), which several processes may share. Each
-process registers as an *owner*; an entry belongs to the process that spooled it, and only its
-owner sends it. A process whose owner row names a dead process (same host, pid gone or reused;
-or silent for `STALE_S`) left a backlog: the first process to `claim_dead()` it takes it over
-in one write transaction, so one process drains it, never two, and in the order it was spooled.
+process registers as an *owner*; an entry belongs to the process that spooled it (its origin),
+and only its holder sends it: the origin while it lives. A process whose owner row names a dead
+process (same host, pid gone or reused; or silent for `STALE_S`) left a backlog: the first
+process to `claim_dead()` it becomes its holder, in one write transaction (one update of the
+owners, whatever the size of the backlog), so one process drains it, never two, and in the
+order it was spooled.
 An entry is deleted (`ack`) once delivered: a crash in between delivers it again, which the
 destination recognises as a replay of the same `log_id` (docs/contract.md).
 
@@ -57,16 +59,19 @@ _ROW_OVERHEAD = 120
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    # A process that spools; `held_by`: the live process that took its entries over (it is
+    # gone), none while it holds them itself. Taking over is one update of this table, whatever
+    # the size of the backlog.
     """CREATE TABLE IF NOT EXISTS owners (
         owner TEXT PRIMARY KEY,
         pid INTEGER NOT NULL,
         host TEXT NOT NULL,
         process_start TEXT NOT NULL,
-        seen_us INTEGER NOT NULL
+        seen_us INTEGER NOT NULL,
+        held_by TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS entries (
         id INTEGER PRIMARY KEY,
-        owner TEXT NOT NULL,
         origin TEXT NOT NULL,
         created_us INTEGER NOT NULL,
         log_id TEXT NOT NULL,
@@ -77,7 +82,7 @@ _SCHEMA = [
         body BLOB NOT NULL,
         query TEXT
     )""",
-    "CREATE INDEX IF NOT EXISTS entries_owner ON entries (owner, origin, id)",
+    "CREATE INDEX IF NOT EXISTS entries_origin ON entries (origin, id)",
 ]
 
 WallClockUs = Callable[[], int]
@@ -328,36 +333,44 @@ class Spool:
             return True
         return bool(process_start) and _process_start(pid) != process_start
 
-    def claim_dead(self) -> tuple[int, int, int]:
+    def claim_dead(self) -> tuple[int, int]:
         """Take over the entries of owners that are gone (in one transaction: one claimer
-        each). Returns what this owner now holds of other processes: entries, logs (closing
-        entries) and the newest entry's id."""
+        each). Returns what this owner now holds of other processes: entries, and logs (their
+        closing entries)."""
         now = self._wall_us()
         with self._using() as conn:
             conn.execute("BEGIN IMMEDIATE")
             self._register(conn, now)
             rows = conn.execute(
-                "SELECT owner, pid, host, process_start, seen_us FROM owners WHERE owner != ?",
+                "SELECT owner, pid, host, process_start, seen_us, held_by FROM owners"
+                " WHERE owner != ?",
                 (self.owner,),
             ).fetchall()
-            for owner, pid, host, started, seen in rows:
-                if self._dead(pid, host, started, seen, now):
+            alive = {
+                owner: not self._dead(pid, host, started, seen, now)
+                for owner, pid, host, started, seen, _ in rows
+            }
+            alive[self.owner] = True
+            for owner, *_, held_by in rows:
+                holder = held_by or owner
+                if not alive.get(holder, False):  # its holder is gone: this one holds it now
                     conn.execute(
-                        "UPDATE entries SET owner = ? WHERE owner = ?", (self.owner, owner)
+                        "UPDATE owners SET held_by = ? WHERE owner = ?", (self.owner, owner)
                     )
-                    conn.execute("DELETE FROM owners WHERE owner = ?", (owner,))
             # Entries whose owner row is missing (an owner that left them and forgot itself).
             conn.execute(
-                "UPDATE entries SET owner = ? WHERE owner NOT IN (SELECT owner FROM owners)",
+                "INSERT INTO owners (owner, pid, host, process_start, seen_us, held_by)"
+                " SELECT DISTINCT origin, 0, '', '', 0, ? FROM entries"
+                " WHERE origin NOT IN (SELECT owner FROM owners)",
                 (self.owner,),
             )
-            count, logs, newest = conn.execute(
-                "SELECT count(*), coalesce(sum(final), 0), coalesce(max(id), 0) FROM entries"
-                " WHERE owner = ? AND origin != ?",
-                (self.owner, self.owner),
+            count, logs = conn.execute(
+                "SELECT count(*), coalesce(sum(final), 0) FROM entries"
+                " WHERE origin IN (SELECT owner FROM owners WHERE held_by = ?)",
+                (self.owner,),
             ).fetchone()
             conn.execute("COMMIT")
-        return int(count), int(logs), int(newest)
+        return int(count), int(logs)
 
     # --- writing -----------------------------------------------------------------------------
     def append(self, items: Sequence[SpoolItem]) -> list[int]:
@@ -369,7 +382,6 @@ class Spool:
         owner = self.owner
         rows = [
             (
-                owner,
                 owner,
                 now,
                 item.log_id,
@@ -386,7 +398,7 @@ class Spool:
             room = self.max_bytes - self._used_bytes(conn)
             taken = 0
             for row in rows:
-                room -= len(row[8]) + _ROW_OVERHEAD
+                room -= len(row[7]) + _ROW_OVERHEAD
                 if room < 0:
                     break
                 taken += 1
@@ -397,8 +409,8 @@ class Spool:
             first = (conn.execute("SELECT max(id) FROM entries").fetchone()[0] or 0) + 1
             ids = list(range(first, first + taken))
             conn.executemany(
-                "INSERT INTO entries (id, owner, origin, created_us, log_id, kind, final,"
-                " parent_id, seq, body, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO entries (id, origin, created_us, log_id, kind, final, parent_id,"
+                " seq, body, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(entry_id, *row) for entry_id, row in zip(ids, rows, strict=False)],
             )
             conn.execute("COMMIT")
@@ -425,9 +437,9 @@ class Spool:
         cutoff = self._wall_us() - int(self.max_age_s * 1e6)
         with self._using() as conn:
             rows = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE owner = ? AND created_us < ?"
-                " ORDER BY id",
-                (self.owner, cutoff),
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE origin IN ({_HELD}) AND"
+                " created_us < ? ORDER BY id",
+                (self.owner, self.owner, cutoff),
             ).fetchall()
             if not rows:
                 return []
@@ -439,15 +451,22 @@ class Spool:
     # --- reading -----------------------------------------------------------------------------
     def head(self, limit: int, *, backlog: bool = False) -> list[SpoolEntry]:
         """The oldest entries this owner holds, in the order they were spooled: its own, or
-        (`backlog`) those it claimed from dead processes."""
-        origin = "origin != ?" if backlog else "origin = ?"
+        (`backlog`) those of one process it took over (traces never span processes: only the
+        order within each matters); a drained one is forgotten."""
         with self._using() as conn:
-            rows = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE owner = ? AND {origin}"
-                " ORDER BY id LIMIT ?",
-                (self.owner, self.owner, limit),
-            ).fetchall()
-        return [_entry(row) for row in rows]
+            if not backlog:
+                return _entries(conn, self.owner, limit)
+            while True:
+                row = conn.execute(
+                    "SELECT owner FROM owners WHERE held_by = ? ORDER BY owner LIMIT 1",
+                    (self.owner,),
+                ).fetchone()
+                if row is None:
+                    return []
+                entries = _entries(conn, row[0], limit)
+                if entries:
+                    return entries
+                conn.execute("DELETE FROM owners WHERE owner = ?", (row[0],))
 
     def counts(self) -> dict[str, int]:
         """What the file holds: entries and logs (by their closing entry), this owner's and in
@@ -457,7 +476,7 @@ class Spool:
                 "SELECT count(*), coalesce(sum(final), 0) FROM entries"
             ).fetchone()
             mine, my_logs = conn.execute(
-                "SELECT count(*), coalesce(sum(final), 0) FROM entries WHERE owner = ?",
+                "SELECT count(*), coalesce(sum(final), 0) FROM entries WHERE origin = ?",
                 (self.owner,),
             ).fetchone()
             used = self._used_bytes(conn)
@@ -470,24 +489,29 @@ class Spool:
         }
 
     def owners(self) -> list[dict[str, Any]]:
-        """Every owner with entries, and whether it is alive (for `flowtrace spool status`)."""
+        """Every process with entries, and whether it (or its holder) is alive (for
+        `flowtrace spool status`)."""
         now = self._wall_us()
         with self._using() as conn:
             rows = conn.execute(
-                "SELECT e.owner, count(*), sum(e.final), min(e.created_us), o.pid, o.host,"
-                " o.process_start, o.seen_us FROM entries e LEFT JOIN owners o"
-                " ON o.owner = e.owner GROUP BY e.owner ORDER BY min(e.id)"
+                "SELECT e.origin, count(*), sum(e.final), min(e.created_us), h.pid, h.host,"
+                " h.process_start, h.seen_us, h.owner FROM entries e"
+                " LEFT JOIN owners o ON o.owner = e.origin"
+                " LEFT JOIN owners h ON h.owner = coalesce(o.held_by, o.owner)"
+                " GROUP BY e.origin ORDER BY min(e.id)"
             ).fetchall()
         owners = []
-        for owner, entries, logs, oldest, pid, host, started, seen in rows:
-            alive = pid is not None and not self._dead(pid, host, started, seen, now)
+        for origin, entries, logs, oldest, pid, host, started, seen, holder in rows:
+            alive = holder == self.owner or (
+                pid is not None and not self._dead(pid, host, started, seen, now)
+            )
             owners.append(
                 {
-                    "owner": owner,
+                    "owner": origin,
                     "entries": int(entries),
                     "logs": int(logs or 0),
                     "oldest_us": int(oldest),
-                    "alive": alive or owner == self.owner,
+                    "alive": alive,
                 }
             )
         return owners
@@ -503,20 +527,25 @@ class Spool:
                 conn.execute("DELETE FROM entries")
             else:
                 logs = conn.execute(
-                    "SELECT coalesce(sum(final), 0) FROM entries WHERE owner = ?", (self.owner,)
+                    f"SELECT coalesce(sum(final), 0) FROM entries WHERE origin IN ({_HELD})",
+                    (self.owner, self.owner),
                 ).fetchone()[0]
-                conn.execute("DELETE FROM entries WHERE owner = ?", (self.owner,))
+                conn.execute(
+                    f"DELETE FROM entries WHERE origin IN ({_HELD})", (self.owner, self.owner)
+                )
+                conn.execute("DELETE FROM owners WHERE held_by = ?", (self.owner,))
             conn.execute("COMMIT")
         return int(logs)
 
     def release(self) -> None:
         """This process is done with the spool: its owner row goes if it owns nothing (what it
-        still owns stays, for the next process to claim once this one is gone)."""
+        still holds stays, for the next process to claim once this one is gone)."""
         with contextlib.suppress(SpoolUnavailable), self._using() as conn:
             conn.execute(
                 "DELETE FROM owners WHERE owner = ? AND NOT EXISTS"
-                " (SELECT 1 FROM entries WHERE owner = ?)",
-                (self.owner, self.owner),
+                " (SELECT 1 FROM entries WHERE origin = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM owners WHERE held_by = ?)",
+                (self.owner, self.owner, self.owner),
             )
 
     def close(self) -> None:
@@ -525,6 +554,16 @@ class Spool:
 
 
 _ENTRY_COLUMNS = "id, origin, created_us, log_id, kind, final, seq, body, query"
+#: The origins an owner holds: its own, and those it took over.
+_HELD = "SELECT ? UNION SELECT owner FROM owners WHERE held_by = ?"
+
+
+def _entries(conn: sqlite3.Connection, origin: str, limit: int) -> list[SpoolEntry]:
+    rows = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE origin = ? ORDER BY id LIMIT ?",
+        (origin, limit),
+    ).fetchall()
+    return [_entry(row) for row in rows]
 
 
 def _entry(row: Any) -> SpoolEntry:
