@@ -176,6 +176,7 @@ class Log:
     stdout_parts: list[str] | None = None  # what it printed, within the string budget
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
+    late_child_of: str | None = None  # the log that had ended when this one started under it
     _log_id: str | None = None
 
     def __init__(
@@ -190,6 +191,7 @@ class Log:
         self._number = next(_counter)
         self.options = options
         if parent is not None and parent.duration_ns is not None:
+            self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
             parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
         if args is not None:
