@@ -77,10 +77,13 @@ class FakeLLM:
                 with fake._lock:
                     fake.requests.append(request)
                     reply = fake._replies.popleft() if fake._replies else fake._default(request)
-                if reply.events is None:
-                    self._send_json(reply)
-                else:
-                    self._send_events(reply)
+                try:
+                    if reply.events is None:
+                        self._send_json(reply)
+                    else:
+                        self._send_events(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client left early: as it may
 
             def _send_json(self, reply: Reply) -> None:
                 payload = json.dumps(reply.body).encode()
@@ -108,7 +111,7 @@ class FakeLLM:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def openai_url(self) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from flowtrace._context import current_log
-from flowtrace._contract import ENDED_CLOSED_EARLY
+from flowtrace._contract import ENDED_CLOSED_EARLY, FLOWTRACE_ENDED_ATTRIBUTE
 from flowtrace._guard import internal_error
 from flowtrace._log import Log
 from flowtrace.spans._model import Span, SpanEvent
@@ -30,7 +30,6 @@ _COPIED_LISTS: Final = ("messages", "input", "tools", "system", "stop", "stop_se
 
 #: Attributes of our own (no GenAI convention names them), read by the span-to-log mapping.
 REQUEST_ID_ATTRIBUTE: Final = "flowtrace.request_id"
-ENDED_ATTRIBUTE: Final = "flowtrace.ended"
 
 
 def snapshot_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,12 +131,14 @@ class LlmCall:
         """The response was collected with the call still open: a stream never read to its
         end was closed early; a body read without the SDK's parse ends without an output."""
         if self.streamed:
-            self.ended_as = ENDED_CLOSED_EARLY
-        self.end()
+            self.close_early()
+        else:
+            self.end()
 
     def close_early(self) -> None:
-        self.ended_as = ENDED_CLOSED_EARLY
-        self.end()
+        if not self.end_ns:  # what the span says is set before its end, never after
+            self.ended_as = ENDED_CLOSED_EARLY
+            self.end()
 
     def end(self) -> None:
         if self.end_ns:
@@ -193,7 +194,7 @@ class LlmCall:
         if self.error is not None:
             attributes["error.type"] = self.error[0]
         if self.ended_as is not None:
-            attributes[ENDED_ATTRIBUTE] = self.ended_as
+            attributes[FLOWTRACE_ENDED_ATTRIBUTE] = self.ended_as
         return attributes
 
 

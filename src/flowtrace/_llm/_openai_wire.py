@@ -167,7 +167,8 @@ def chat_attributes(call: LlmCall) -> dict[str, Any]:
         if reason:
             message["finish_reason"] = reason
             reasons.append(reason)
-        outputs.append(message)
+        if message["parts"] or reason:  # a stream left before any text: no output yet
+            outputs.append(message)
     if outputs:
         attributes["gen_ai.output.messages"] = outputs
     if reasons:
