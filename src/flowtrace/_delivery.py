@@ -227,7 +227,7 @@ class Ledger:
         keep: list[PlannedOp] = []
         for op in batch.ops:
             operation = op.operation
-            parent = operation.body.get("trace_parent_id") if operation.kind == "log" else None
+            parent = operation.body.get("trace_parent_id") if operation.kind != "update" else None
             if operation.log_id in failed:
                 self._drop(op, "rejected")
             elif parent is not None and parent in failed:

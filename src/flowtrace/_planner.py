@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flowtrace import _guard
 from flowtrace._accounting import Counters
@@ -41,7 +41,10 @@ from flowtrace._contract import (
 )
 from flowtrace._log import Log
 from flowtrace._request_bodies import complete_body, create_body, log_query
-from flowtrace.exporters import Operation
+from flowtrace.exporters import Operation, OperationKind
+
+if TYPE_CHECKING:
+    from flowtrace._span_logs import SpanLog
 
 __all__ = ["Counters", "FlushMarker", "LogState", "PlannedOp", "Planner"]
 
@@ -129,6 +132,7 @@ class Planner:
         self._seq = 0  # operations planned so far
         self.open_created = 0  # logs created early and not closed yet
         self.now = 0.0  # the worker's clock at the current cycle (registration times)
+        self.spans = False  # a span's log was seen (see `_waits_for_span`)
 
     # --- learning of logs ----------------------------------------------------------------
     def state(self, log: Log) -> LogState | None:
@@ -165,8 +169,10 @@ class Planner:
                 self._adopt(log, state, self._open_ancestor(parent))
             else:
                 self._adopt(log, state, parent)
-        if not log.is_complete:
+        if not log.is_complete and not log.is_span:  # a span's log is not sent before its end
             self._open.append(log)
+        elif log.is_span:
+            self.spans = True
 
     def _open_ancestor(self, log: Log) -> Log | None:
         """The nearest of `log` and its ancestors whose closing is not planned yet (None when
@@ -362,6 +368,8 @@ class Planner:
             state = self.state(log)
         if state is None or state.created or state.finished:
             return
+        if self.spans and self._waits_for_span(log, state):
+            return
         anchor = state.anchor
         if anchor is None or (anchor.delivery.created and not anchor.delivery.failed):
             self._emit_create(log, state, ops, status_field, closing)  # the common case
@@ -374,6 +382,33 @@ class Planner:
                 self._drop_below(ancestor, log, state)
                 return
         self._emit_create(log, state, ops, status_field, closing)
+
+    def _waits_for_span(self, log: Log, state: LogState) -> bool:
+        """Whether `log` must wait: it, or an ancestor it is created under that is not created
+        yet, is a span's log whose span has not ended (its fields, kind and version are known
+        only then). It is in that log's `unsent_children`: the span's end creates it. A span's
+        log whose anchor was closed meanwhile (the span outlived its flow) is filed as a late
+        child under the nearest ancestor still open."""
+        current, current_state = log, state
+        while True:
+            if current.is_span and not current_state.ended and not current_state.failed:
+                return True
+            anchor = current_state.anchor
+            if anchor is None:
+                return False
+            anchor_state: LogState = anchor.delivery
+            if anchor_state.created or anchor_state.failed:
+                if anchor_state.finished and not anchor_state.failed:
+                    self._refile_late(current, current_state, anchor)
+                return False
+            current, current_state = anchor, anchor_state
+
+    def _refile_late(self, log: Log, state: LogState, closed: Log) -> None:
+        children = closed.delivery.unsent_children
+        if children is not None:
+            children.pop(log, None)
+        state.late = True
+        self._adopt(log, state, self._open_ancestor(closed))
 
     def _uncreated_ancestors(self, log: Log, state: LogState) -> list[Log] | None:
         """The ancestors `log` is created under that are not created yet, outermost first;
@@ -420,7 +455,8 @@ class Planner:
             # and a complete parent would refuse the child. Its fields ride along; the update
             # closes it.
             body[status_field] = INCOMPLETE
-        self._emit(Operation("log", log.log_id, body, log_query(log)), log, closing, ops)
+        kind: OperationKind = "log" if not log.is_span else _span_create_kind(log)
+        self._emit(Operation(kind, log.log_id, body, log_query(log)), log, closing, ops)
         state.created = True
         if closing:
             state.finished = True
@@ -511,6 +547,13 @@ class Planner:
         self._ready_logs = 0
         self._open.clear()
         return count
+
+
+def _span_create_kind(log: Log) -> OperationKind:
+    """A span's log is created as a flow's, a prompt's or a tool's log, by its span."""
+    from flowtrace._span_bodies import create_kind  # imported with `_span_logs`, which made it
+
+    return create_kind(cast("SpanLog", log))
 
 
 def _note(body: dict[str, Any], key: str, value: Any) -> None:

@@ -56,7 +56,8 @@ _MODEL_UPDATE_FIELDS = frozenset({"messages", "output_message"})
 
 @dataclass(frozen=True, slots=True)
 class IngestOperation:
-    """A create (`kind="log"`, with the targeting `query`) or an update of `log_id`."""
+    """A create (`kind` "log", with the targeting `query`; "prompt_log" or "tool_log" for a
+    span's log) or an update of `log_id`."""
 
     kind: str
     log_id: str
