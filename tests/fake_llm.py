@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -111,7 +110,9 @@ class FakeLLM:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
 
     @property
     def openai_url(self) -> str:
@@ -217,7 +218,11 @@ def chat_chunks(
         reason = "tool_calls" if index == 0 and tool_calls else "stop"
         events.append(chunk(index, {}, reason))
     if usage:
-        counts = {"prompt_tokens": 9, "completion_tokens": 3 * choices, "total_tokens": 9 + 3 * choices}
+        counts = {
+            "prompt_tokens": 9,
+            "completion_tokens": 3 * choices,
+            "total_tokens": 9 + 3 * choices,
+        }
         events.append((None, {**base, "choices": [], "usage": counts}))
     if done:
         events.append((None, "[DONE]"))
@@ -257,22 +262,33 @@ def anthropic_events(
     start = anthropic_body("", model="claude-sonnet-4-5")
     start["content"], start["stop_reason"] = [], None
     start["usage"] = {"input_tokens": 20, "output_tokens": 1}
-    events: list[tuple[str | None, Any]] = [("message_start", {"type": "message_start", "message": start})]
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
     events.append(
         (
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         )
     )
     events.append(("ping", {"type": "ping"}))
     for piece in pieces:
         delta = {"type": "text_delta", "text": piece}
-        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
+        events.append(
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        )
     events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
     if tool_use is not None:
         block = {"type": "tool_use", "id": tool_use["id"], "name": tool_use["name"], "input": {}}
         events.append(
-            ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": block})
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 1, "content_block": block},
+            )
         )
         arguments = json.dumps(tool_use["input"])
         for part in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
@@ -295,5 +311,3 @@ def anthropic_events(
         )
         events.append(("message_stop", {"type": "message_stop"}))
     return events
-
-

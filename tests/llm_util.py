@@ -1,6 +1,6 @@
-"""What the LLM instrumentation tests share: a fake server, the calls it recorded as logs
-(each call's span mapped by the same `map_span` the server's OTLP ingest uses), and a clean
-instrumentation state per test."""
+"""What the LLM instrumentation tests share: a fake server, the calls recorded (delivered
+through the real span-log seam to `capture_logs`; each call's span mapped by the same
+`map_span` the worker and the server's OTLP ingest use), and a clean state per test."""
 
 from __future__ import annotations
 
@@ -9,22 +9,25 @@ from typing import Any
 
 import pytest
 
-from flowtrace._llm import _call
 from flowtrace._llm._anthropic import ANTHROPIC
 from flowtrace._llm._openai import OPENAI
 from flowtrace._log import Log
+from flowtrace._span_logs import SpanLog
 from flowtrace.spans import MappedLog, Span, map_span
+from flowtrace.testing import CapturedLogs, capture_logs
 from tests.fake_llm import FakeLLM
 
 
 class Recorded:
     """The calls delivered, as (span, parent log), and as the logs they map to."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[Span, Log | None]] = []
+    def __init__(self, captured: CapturedLogs) -> None:
+        self.captured = captured
 
-    def deliver(self, span: Span, parent: Log | None) -> None:
-        self.calls.append((span, parent))
+    @property
+    def calls(self) -> list[tuple[Span, Log | None]]:
+        spans = [log for log in self.captured.logs if isinstance(log, SpanLog)]
+        return [(log.span, log.parent) for log in spans if log.span is not None]
 
     @property
     def logs(self) -> list[MappedLog]:
@@ -43,10 +46,9 @@ def fake() -> Iterator[FakeLLM]:
 
 
 @pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
-    calls = Recorded()
-    monkeypatch.setattr(_call, "deliver", calls.deliver)
-    yield calls
+def recorded() -> Iterator[Recorded]:
+    with capture_logs() as captured:
+        yield Recorded(captured)
     for sdk in (OPENAI, ANTHROPIC):
         sdk.every_client = False
         sdk.clients.clear()

@@ -183,10 +183,10 @@ def test_an_error_mid_stream_is_raised_as_is_and_logged_with_what_arrived(
     events = chat_chunks(["partial "], usage=False, done=False)[:2]
     events.append((None, {"error": {"message": "the model fell over", "type": "server_error"}}))
     fake.reply(sse_reply(events))
-    received = []
+    received: list[Any] = []
+    stream = client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
     with pytest.raises(openai.APIError, match="the model fell over") as raised:
-        for chunk in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
-            received.append(chunk)
+        received.extend(stream)  # what arrived before the error is kept
     assert type(raised.value) is openai.APIError
     assert len(received) == 2
     log = recorded.one()
@@ -443,7 +443,10 @@ def test_responses_api_call_and_stream(fake: FakeLLM, recorded: Recorded) -> Non
     assert log.kernel["tools"] == [{"name": "get_weather", "parameters": {"type": "object"}}]
     in_progress = {**body, "status": "in_progress", "output": [], "usage": None}
     events = [
-        ("response.created", {"type": "response.created", "sequence_number": 0, "response": in_progress}),
+        (
+            "response.created",
+            {"type": "response.created", "sequence_number": 0, "response": in_progress},
+        ),
         (
             "response.output_text.delta",
             {
@@ -456,7 +459,10 @@ def test_responses_api_call_and_stream(fake: FakeLLM, recorded: Recorded) -> Non
                 "logprobs": [],
             },
         ),
-        ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": body}),
+        (
+            "response.completed",
+            {"type": "response.completed", "sequence_number": 2, "response": body},
+        ),
     ]
     fake.reply(sse_reply(events))
     for _ in client.responses.create(model="gpt-4.1", input="Hello", stream=True):
@@ -486,7 +492,7 @@ def test_span_attributes_are_read_on_first_use_not_at_the_call(
 ) -> None:
     client = instrument_openai(client_of(fake))
     client.chat.completions.create(model=MODEL, messages=HELLO)
-    (span, _), = recorded.calls
+    ((span, _),) = recorded.calls
     attributes = span.attributes
     assert type(attributes).__name__ == "_LazyAttributes"
     assert attributes._built is None  # type: ignore[attr-defined]

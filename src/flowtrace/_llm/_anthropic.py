@@ -20,15 +20,17 @@ _STREAMING: Final = "anthropic.lib.streaming._messages"
 _METHODS: Final = (
     Method(_MESSAGES, "Messages.create", "chat", messages_attributes, asynchronous=False),
     Method(_MESSAGES, "AsyncMessages.create", "chat", messages_attributes, asynchronous=True),
-    Method(
-        _MESSAGES, "Messages.stream", "chat", messages_attributes, False, stream_manager=True
-    ),
+    Method(_MESSAGES, "Messages.stream", "chat", messages_attributes, False, stream_manager=True),
     Method(
         _MESSAGES, "AsyncMessages.stream", "chat", messages_attributes, True, stream_manager=True
     ),
 )
 _MANAGERS: Final = (
-    (_STREAMING, "MessageStreamManager.__enter__", _hooks.manager_enter_wrapper(asynchronous=False)),
+    (
+        _STREAMING,
+        "MessageStreamManager.__enter__",
+        _hooks.manager_enter_wrapper(asynchronous=False),
+    ),
     (
         _STREAMING,
         "AsyncMessageStreamManager.__aenter__",

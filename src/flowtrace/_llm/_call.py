@@ -17,10 +17,10 @@ from typing import Any, Final
 from flowtrace._context import current_log
 from flowtrace._contract import ENDED_CLOSED_EARLY, FLOWTRACE_ENDED_ATTRIBUTE
 from flowtrace._guard import internal_error
-from flowtrace._log import Log
+from flowtrace._span_logs import record_span
 from flowtrace.spans._model import Span, SpanEvent
 
-__all__ = ["Builder", "LlmCall", "deliver", "snapshot_request"]
+__all__ = ["Builder", "LlmCall", "snapshot_request"]
 
 #: Reads a finished call into its span's attributes (runs on the worker).
 Builder = Callable[["LlmCall"], dict[str, Any]]
@@ -42,18 +42,8 @@ def snapshot_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _deliver_through_span_logs(span: Span, parent: Log | None) -> None:
-    from flowtrace._span_logs import record_span  # type: ignore[import-not-found,unused-ignore]
-
-    record_span(span, parent)
-
-
 def _no_response() -> None:
     return None
-
-
-#: Where finished calls go: the span-log seam (a span delivered as a log under `parent`).
-deliver: Callable[[Span, Log | None], None] = _deliver_through_span_logs
 
 
 class LlmCall:
@@ -63,8 +53,8 @@ class LlmCall:
         "body",
         "build",
         "chunks",
-        "ended_as",
         "end_ns",
+        "ended_as",
         "error",
         "first_chunk_ns",
         "operation",
@@ -145,7 +135,7 @@ class LlmCall:
             return  # a stream's close after its end, a finalizer after a close
         self.end_ns = time.time_ns()
         try:
-            deliver(self.span(), self.parent)
+            record_span(self.span(), self.parent)
         except Exception as exc:
             internal_error("llm.deliver", exc)
 

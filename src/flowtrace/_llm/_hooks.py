@@ -39,6 +39,9 @@ _by_response: Final[weakref.WeakKeyDictionary[Any, LlmCall]] = weakref.WeakKeyDi
 #: Anthropic's `messages.stream()` returns a manager whose `__enter__` sends the request.
 _by_manager: Final[weakref.WeakKeyDictionary[Any, LlmCall]] = weakref.WeakKeyDictionary()
 
+#: The response header naming the request, for the provider's support (OpenAI's by default).
+_REQUEST_ID_HEADERS: Final = {"anthropic": "request-id"}
+
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
@@ -130,7 +133,9 @@ def call_wrapper(
 ) -> Wrapper:
     """The wrapper of one resource method (`create`), sync or async."""
 
-    def sync_call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def sync_call(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         call = sdk.start(instance, operation, build, kwargs, stream)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -157,7 +162,9 @@ def call_wrapper(
         _returned(call, result)
         return result
 
-    def async_call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def async_call(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         call = sdk.start(instance, operation, build, kwargs, stream)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -185,7 +192,9 @@ def stream_manager_wrapper(sdk: SdkState, operation: str, build: Builder) -> Wra
 def manager_enter_wrapper(*, asynchronous: bool) -> Wrapper:
     """The manager's `__enter__` / `__aenter__`: the request of a call `stream()` opened."""
 
-    def sync_enter(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def sync_enter(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         call = _by_manager.pop(instance, None) if _by_manager else None
         if call is None:
             return wrapped(*args, **kwargs)
@@ -214,7 +223,9 @@ def manager_enter_wrapper(*, asynchronous: bool) -> Wrapper:
         _returned(call, result)
         return result
 
-    def async_enter(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def async_enter(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         call = _by_manager.pop(instance, None) if _by_manager else None
         if call is None:
             return wrapped(*args, **kwargs)
@@ -226,7 +237,9 @@ def manager_enter_wrapper(*, asynchronous: bool) -> Wrapper:
 # --- the client's inner steps ----------------------------------------------------------------
 
 
-def on_build_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def on_build_request(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Once per attempt: the attempt's number is the retries taken so far."""
     call = _active.get()
     if call is not None:
@@ -244,8 +257,9 @@ def on_process_response(
         try:
             response = kwargs["response"]
             call.status_code = int(response.status_code)
-            headers = response.headers
-            call.request_id = headers.get("x-request-id") or headers.get("request-id")
+            call.request_id = response.headers.get(
+                _REQUEST_ID_HEADERS.get(call.provider, "x-request-id")
+            )
             call.response = weakref.ref(response)
             _by_response[response] = call
         except Exception as exc:

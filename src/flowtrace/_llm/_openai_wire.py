@@ -46,7 +46,9 @@ def _tool_calls(calls: Any) -> list[dict[str, Any]]:
     parts = []
     for call in calls or ():
         function = get(call, "function", {})
-        parts.append(tool_call_part(get(call, "id"), get(function, "name"), get(function, "arguments")))
+        parts.append(
+            tool_call_part(get(call, "id"), get(function, "name"), get(function, "arguments"))
+        )
     return parts
 
 
@@ -56,7 +58,10 @@ def _chat_message(message: Any) -> dict[str, Any]:
         response = get(message, "content")
         if isinstance(response, list):
             response = "\n".join(p["content"] for p in _content_parts(response) if "content" in p)
-        return {"role": "tool", "parts": [tool_response_part(get(message, "tool_call_id"), response)]}
+        return {
+            "role": "tool",
+            "parts": [tool_response_part(get(message, "tool_call_id"), response)],
+        }
     parts = _content_parts(get(message, "content"))
     refusal = get(message, "refusal")
     if refusal:
@@ -186,7 +191,10 @@ def _responses_item(item: Any) -> dict[str, Any] | None:
         call = tool_call_part(get(item, "call_id"), get(item, "name"), get(item, "arguments"))
         return {"role": "assistant", "parts": [call]}
     if kind == "function_call_output":
-        return {"role": "tool", "parts": [tool_response_part(get(item, "call_id"), get(item, "output"))]}
+        return {
+            "role": "tool",
+            "parts": [tool_response_part(get(item, "call_id"), get(item, "output"))],
+        }
     if kind != "message":
         return None  # reasoning, built-in tool calls: not a message
     role = get(item, "role", "user")
@@ -206,7 +214,9 @@ def _responses_stream_body(chunks: list[Any]) -> dict[str, Any]:
     for event in chunks:
         if isinstance(event, dict) and event.get("type") == "response.output_text.delta":
             text.append(str(event.get("delta", "")))
-    started = next((e["response"] for e in chunks if isinstance(e, dict) and "response" in e), {})
+    started: dict[str, Any] = next(
+        (e["response"] for e in chunks if isinstance(e, dict) and "response" in e), {}
+    )
     output = [{"type": "message", "role": "assistant", "content": "".join(text)}] if text else []
     return {**started, "output": output}
 

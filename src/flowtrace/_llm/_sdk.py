@@ -30,7 +30,9 @@ class Method:
     stream_manager: bool = False  # returns a manager that sends on `__enter__`
 
 
-def _patch_sdk(package: str, sdk: SdkState, methods: Sequence[Method], clients: Sequence[str]) -> None:
+def _patch_sdk(
+    package: str, sdk: SdkState, methods: Sequence[Method], clients: Sequence[str]
+) -> None:
     base = importlib.import_module(f"{package}._base_client")
     streaming = importlib.import_module(f"{package}._streaming")
     _hooks.patch(base, "BaseClient._build_request", _hooks.on_build_request)
@@ -97,5 +99,3 @@ def instrument(
     except Exception as exc:
         internal_error(f"llm.instrument.{package}", exc)
     return client
-
-
