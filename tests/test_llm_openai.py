@@ -7,6 +7,7 @@ sent and the objects returned are those of an uninstrumented client."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -17,6 +18,7 @@ import pytest
 
 import flowtrace
 from flowtrace._llm._openai import instrument_openai
+from flowtrace.spans import map_span
 from tests.fake_llm import (
     FakeLLM,
     chat_body,
@@ -497,3 +499,31 @@ def test_span_attributes_are_read_on_first_use_not_at_the_call(
     assert type(attributes).__name__ == "_LazyAttributes"
     assert attributes._built is None  # type: ignore[attr-defined]
     assert json.loads(json.dumps(dict(attributes)))["gen_ai.provider.name"] == "openai"
+
+
+def _as_otel_would_carry_it(value: Any) -> Any:
+    """OpenTelemetry attribute values are primitives or arrays of them: structured values
+    travel as JSON text (as GenAI instrumentations send them)."""
+    if isinstance(value, dict) or (
+        isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value)
+    ):
+        return json.dumps(value)
+    return value
+
+
+def test_the_otel_route_gives_the_same_log(fake: FakeLLM, recorded: Recorded) -> None:
+    """The same call's attributes as an OpenTelemetry span would carry them (JSON text) map
+    to the same log: a trace does not depend on the route it took."""
+    client = instrument_openai(client_of(fake))
+    weather = tool_call("call_1", "get_weather", {"city": "Paris"})
+    fake.reply(json_reply(chat_body("Sure.", tool_calls=[weather])))
+    client.chat.completions.create(model=MODEL, messages=HELLO, tools=[WEATHER_TOOL], stop="x")
+    ((span, _),) = recorded.calls
+    otel_span = dataclasses.replace(
+        span, attributes={k: _as_otel_would_carry_it(v) for k, v in span.attributes.items()}
+    )
+    assert any(isinstance(v, str) and v.startswith("[{") for v in otel_span.attributes.values())
+    direct, via_otel = map_span(span), map_span(otel_span)
+    assert via_otel.fields == direct.fields
+    assert via_otel.kernel == direct.kernel
+    assert (via_otel.kind, via_otel.path) == (direct.kind, direct.path)
