@@ -65,6 +65,7 @@ class FakeLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # each reply at once, not after a delayed ACK
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -127,9 +128,18 @@ class FakeLLM:
             self._replies.extend(replies)
 
     def _default(self, request: Request) -> Reply:
+        """A plain answer of the API called: JSON, or events when the request streams."""
+        streams = isinstance(request.body, dict) and request.body.get("stream") is True
         if request.path.endswith("/messages"):
+            if streams:
+                return sse_reply(anthropic_events(["o", "k"]))
             return json_reply(anthropic_body("ok"))
-        return json_reply(chat_body("ok"))
+        return sse_reply(chat_chunks(["o", "k"])) if streams else json_reply(chat_body("ok"))
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted (the fake as a process of its own)."""
+        print(self.openai_url, flush=True)
+        self._server.serve_forever()
 
     def __enter__(self) -> FakeLLM:
         self._thread.start()
@@ -311,3 +321,7 @@ def anthropic_events(
         )
         events.append(("message_stop", {"type": "message_stop"}))
     return events
+
+
+if __name__ == "__main__":  # python -m tests.fake_llm: prints its base URL, serves until killed
+    FakeLLM().serve_forever()
