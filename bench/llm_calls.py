@@ -158,12 +158,14 @@ def markdown(rows: list[dict[str, Any]], calls: int, repeats: int) -> str:
         f"anthropic {anthropic.__version__}; fake server in its own process on loopback; "
         "median of per-repeat ratios, same run)",
         "",
-        "| call | plain: caller CPU / call | added (caller CPU) | plain: wall / call | added (wall) |",
+        "| call | plain: caller CPU / call | added (caller CPU) "
+        "| plain: wall / call | added (wall) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
-            f"| {row['case']} | {row['plain_cpu_us']:.0f} µs | {row['cpu_added']:+.1%} "
+            f"| {row['case']} | {row['plain_cpu_us']:.0f} µs "
+            f"| {row['cpu_added']:+.1%} ({row['cpu_added'] * row['plain_cpu_us']:+.0f} µs) "
             f"| {row['plain_wall_us']:.0f} µs | {row['wall_added']:+.1%} |"
         )
     return "\n".join(lines)
