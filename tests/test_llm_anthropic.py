@@ -215,3 +215,18 @@ def test_every_client_and_the_parent_flow(fake: FakeLLM, recorded: Recorded) -> 
         client_of(fake).messages.create(model=MODEL, max_tokens=64, messages=CONVERSATION)
     ((_, parent),) = recorded.calls
     assert parent is agent
+
+
+def test_leaving_the_stream_helper_early_closes_the_call_then(
+    fake: FakeLLM, recorded: Recorded
+) -> None:
+    client = flowtrace.instrument_anthropic(client_of(fake))
+    fake.reply(sse_reply(anthropic_events(["one ", "two ", "three"])))
+    with client.messages.stream(model=MODEL, max_tokens=64, messages=CONVERSATION) as stream:
+        for text in stream.text_stream:
+            if text == "two ":
+                break
+        assert recorded.calls == []
+    log = recorded.one()  # the helper's exit closed the stream: logged then, not at collection
+    assert log.fields["output_message"] == {"role": "assistant", "content": "one two "}
+    assert metadata(log)["flowtrace"]["ended"] == "closed early"
