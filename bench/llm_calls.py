@@ -1,17 +1,25 @@
 """Caller cost of an instrumented LLM call (issue 10): the real OpenAI and Anthropic SDKs against
 a local fake server (a process of its own), with and without `instrument_*`, in one run.
 
-    PYTHONPATH=src python bench/llm_calls.py [--calls 200] [--repeats 7] [--markdown]
+    PYTHONPATH=src python bench/llm_calls.py [--calls 200] [--repeats 7] [--pipeline] [--markdown]
+    PYTHONPATH=src python bench/llm_calls.py --instructions [--calls 40]
 
 For each case, every repeat times `--calls` calls of a plain client and of an instrumented one
 (same server, same requests; the order alternates between repeats), and reports:
 - the caller thread's CPU time per call (`time.thread_time_ns`): the SDK call's own client-side
   cost, without the wait on the server, which is where our work lands;
 - the wall time per call.
-The figures are medians over repeats of the per-repeat ratio (instrumented / plain). Logs go
-through the real pipeline to a temporary embedded store, as a user's would; the worker's
-mapping runs on its thread, so the caller's CPU time does not count it (the wall time does,
-for what the worker takes of the GIL).
+The figures are medians over repeats of the per-repeat ratio (instrumented / plain). By
+default the logs go to a trivial sink (a deque append as each opens and closes, as
+bench/overhead.py measures the recorder): what the caller pays. `--pipeline` keeps the real
+pipeline, to a temporary embedded store as a user's would: the worker then maps each span and
+writes SQLite on its own thread, which the caller's CPU time does not count but a busy
+machine's wall time and cache do.
+
+On a loaded machine the timings drift by more than what is measured: `--instructions` counts
+the caller process's CPU instructions instead (valgrind's callgrind: exact, unaffected by the
+load), for 0 and for N calls of each client, and reports the instructions the instrumentation
+adds per call against the SDK call's own.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,10 +46,23 @@ import anthropic  # noqa: E402
 import openai  # noqa: E402
 
 import flowtrace  # noqa: E402
+import flowtrace._pipeline  # noqa: E402
+from flowtrace._log import Log  # noqa: E402
+from flowtrace._sinks import add_sink, remove_sink  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## Issue 10, LLM calls"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+class DequeSink:
+    """The floor's delivery cost: a deque append as each log opens and as it closes."""
+
+    def __init__(self) -> None:
+        self.started: deque[Log] = deque(maxlen=1000)
+        self.ended: deque[Log] = deque(maxlen=1000)
+        self.log_started = self.started.append
+        self.log_ended = self.ended.append
 
 
 def start_fake() -> tuple[subprocess.Popen[str], str]:
@@ -151,9 +174,10 @@ def measure(calls: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], calls: int, repeats: int) -> str:
+def markdown(rows: list[dict[str, Any]], calls: int, repeats: int, pipeline: bool) -> str:
     lines = [
-        f"`python bench/llm_calls.py --calls {calls} --repeats {repeats}` "
+        f"`python bench/llm_calls.py --calls {calls} --repeats {repeats}"
+        f"{' --pipeline' if pipeline else ''}` "
         f"(Python {sys.version.split()[0]}, openai {openai.__version__}, "
         f"anthropic {anthropic.__version__}; fake server in its own process on loopback; "
         "median of per-repeat ratios, same run)",
@@ -171,14 +195,89 @@ def markdown(rows: list[dict[str, Any]], calls: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
+def harness(case: str, instrumented: bool, calls: int, url: str) -> None:
+    """One process's work under callgrind: warm up, then `calls` calls (0 for the baseline)."""
+    remove_sink(flowtrace._pipeline._pipeline)
+    add_sink(DequeSink())
+    call, new_client = cases(url)[case]
+    client = new_client()
+    if instrumented:
+        (flowtrace.instrument_anthropic if "anthropic" in case else flowtrace.instrument_openai)(
+            client
+        )
+    for _ in range(5 + calls):
+        call(client)
+
+
+def instructions(case: str, instrumented: bool, calls: int, url: str) -> int:
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--harness",
+        case,
+        "traced" if instrumented else "plain",
+        str(calls),
+        url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    assert found, done.stderr[-2000:]
+    return int(found.group(1))
+
+
+def measure_instructions(calls: int) -> str:
+    process, url = start_fake()
+    lines = [
+        f"`python bench/llm_calls.py --instructions --calls {calls}` (valgrind callgrind; "
+        f"openai {openai.__version__}, anthropic {anthropic.__version__}; the caller process's "
+        "instructions for 5 + N calls minus those for 5, per call)",
+        "",
+        "| call | SDK call alone: instructions / call | added by the instrumentation | added |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    try:
+        for case in cases(url):
+            if "Async" in case:
+                continue  # the event loop's own work varies from run to run
+            counts = {
+                (traced, n): instructions(case, traced, n, url)
+                for traced in (False, True)
+                for n in (0, calls)
+            }
+            plain = (counts[False, calls] - counts[False, 0]) / calls
+            traced = (counts[True, calls] - counts[True, 0]) / calls
+            added = traced - plain
+            lines.append(f"| {case} | {plain:,.0f} | {added:+,.0f} | {added / plain:+.1%} |")
+            print(lines[-1], flush=True)
+    finally:
+        process.kill()
+        process.wait()
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--harness"]:
+        case, mode, calls, url = sys.argv[2:6]
+        harness(case, mode == "traced", int(calls), url)
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--pipeline", action="store_true", help="deliver through the pipeline")
+    parser.add_argument("--instructions", action="store_true", help="count instructions")
     args = parser.parse_args()
+    if args.instructions:
+        print(measure_instructions(args.calls))
+        return
+    if not args.pipeline:
+        remove_sink(flowtrace._pipeline._pipeline)
+        add_sink(DequeSink())
     rows = measure(args.calls, args.repeats)
-    print(markdown(rows, args.calls, args.repeats) if args.markdown else "")
+    print(markdown(rows, args.calls, args.repeats, args.pipeline) if args.markdown else "")
 
 
 if __name__ == "__main__":

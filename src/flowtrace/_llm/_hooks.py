@@ -90,7 +90,7 @@ def patch(target: Any, name: str, wrapper: Wrapper) -> bool:
 # --- the call's own method -------------------------------------------------------------------
 
 
-def _returned(call: LlmCall, result: Any) -> None:
+def _returned(call: LlmCall) -> None:
     """The SDK method returned: a call not streamed ends now when its body is in hand (parsed,
     or read by a raw response); a stream ends with its stream. Either, if never read, ends when
     its response is collected."""
@@ -128,49 +128,44 @@ def _failed(call: LlmCall, exc: BaseException) -> None:
         internal_error("llm.failed", error)
 
 
-def call_wrapper(
-    sdk: SdkState, operation: str, build: Builder, *, asynchronous: bool, stream: bool = False
-) -> Wrapper:
+def _run(call: LlmCall, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The SDK's own method, with `call` active while it works."""
+    token = _active.set(call)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _active.reset(token)
+        _failed(call, exc)
+        raise
+    _active.reset(token)
+    _returned(call)
+    return result
+
+
+async def _run_async(
+    call: LlmCall, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    token = _active.set(call)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _active.reset(token)
+        _failed(call, exc)
+        raise
+    _active.reset(token)
+    _returned(call)
+    return result
+
+
+def call_wrapper(sdk: SdkState, operation: str, build: Builder, *, asynchronous: bool) -> Wrapper:
     """The wrapper of one resource method (`create`), sync or async."""
+    run = _run_async if asynchronous else _run
 
-    def sync_call(
-        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        call = sdk.start(instance, operation, build, kwargs, stream)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        token = _active.set(call)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _active.reset(token)
-            _failed(call, exc)
-            raise
-        _active.reset(token)
-        _returned(call, result)
-        return result
+    def opened(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = sdk.start(instance, operation, build, kwargs, False)
+        return wrapped(*args, **kwargs) if call is None else run(call, wrapped, args, kwargs)
 
-    async def traced(call: LlmCall, wrapped: Any, args: Any, kwargs: Any) -> Any:
-        token = _active.set(call)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _active.reset(token)
-            _failed(call, exc)
-            raise
-        _active.reset(token)
-        _returned(call, result)
-        return result
-
-    def async_call(
-        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        call = sdk.start(instance, operation, build, kwargs, stream)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        return traced(call, wrapped, args, kwargs)
-
-    return async_call if asynchronous else sync_call
+    return opened
 
 
 def stream_manager_wrapper(sdk: SdkState, operation: str, build: Builder) -> Wrapper:
@@ -191,47 +186,16 @@ def stream_manager_wrapper(sdk: SdkState, operation: str, build: Builder) -> Wra
 
 def manager_enter_wrapper(*, asynchronous: bool) -> Wrapper:
     """The manager's `__enter__` / `__aenter__`: the request of a call `stream()` opened."""
+    run = _run_async if asynchronous else _run
 
-    def sync_enter(
-        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def entered(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = _by_manager.pop(instance, None) if _by_manager else None
         if call is None:
             return wrapped(*args, **kwargs)
         call.restart()
-        token = _active.set(call)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _active.reset(token)
-            _failed(call, exc)
-            raise
-        _active.reset(token)
-        _returned(call, result)
-        return result
+        return run(call, wrapped, args, kwargs)
 
-    async def traced(call: LlmCall, wrapped: Any, args: Any, kwargs: Any) -> Any:
-        call.restart()
-        token = _active.set(call)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _active.reset(token)
-            _failed(call, exc)
-            raise
-        _active.reset(token)
-        _returned(call, result)
-        return result
-
-    def async_enter(
-        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        call = _by_manager.pop(instance, None) if _by_manager else None
-        if call is None:
-            return wrapped(*args, **kwargs)
-        return traced(call, wrapped, args, kwargs)
-
-    return async_enter if asynchronous else sync_enter
+    return entered
 
 
 # --- the client's inner steps ----------------------------------------------------------------
