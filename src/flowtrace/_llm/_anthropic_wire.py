@@ -14,8 +14,9 @@ from typing import Any, Final
 from flowtrace._llm._call import LlmCall
 from flowtrace._llm._wire import (
     get,
-    json_body,
     request_attributes,
+    response_body,
+    response_identity,
     text_part,
     tool_call_part,
     tool_definition,
@@ -126,15 +127,10 @@ def messages_attributes(call: LlmCall) -> dict[str, Any]:
     ]
     if tools:
         attributes["gen_ai.tool.definitions"] = tools
-    body = _folded_events(call.chunks) if call.streamed else call.body
-    if body is None:
-        body = json_body(call.raw_body)
+    body = response_body(call, _folded_events)
     if not isinstance(body, dict):
         return attributes
-    if isinstance(body.get("model"), str):
-        attributes["gen_ai.response.model"] = body["model"]
-    if isinstance(body.get("id"), str):
-        attributes["gen_ai.response.id"] = body["id"]
+    attributes.update(response_identity(body))
     output = _messages({"role": "assistant", "content": body.get("content") or []})
     reason = body.get("stop_reason")
     if output:

@@ -255,21 +255,6 @@ def _stream_call(stream: Any) -> LlmCall | None:
     return None if call is None or call.done else call
 
 
-def on_stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """`Stream.__stream__`: the generator the user's iteration drives."""
-    events = wrapped(*args, **kwargs)
-    call = _stream_call(instance)
-    return events if call is None else _traced_stream(events, call)
-
-
-def on_async_stream(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    events = wrapped(*args, **kwargs)
-    call = _stream_call(instance)
-    return events if call is None else _traced_async_stream(events, call)
-
-
 def on_stream_close(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -310,6 +295,22 @@ async def _aclose(events: AsyncIterator[Any]) -> None:
     close = getattr(events, "aclose", None)
     if close is not None:
         await close()
+
+
+def _stream_hook(trace: Callable[[Any, LlmCall], Any]) -> Wrapper:
+    """`Stream.__stream__` / `AsyncStream.__stream__`: the generator the user's iteration
+    drives, traced when its response belongs to a call."""
+
+    def hook(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        events = wrapped(*args, **kwargs)
+        call = _stream_call(instance)
+        return events if call is None else trace(events, call)
+
+    return hook
+
+
+on_stream: Final = _stream_hook(_traced_stream)
+on_async_stream: Final = _stream_hook(_traced_async_stream)
 
 
 def copy_wrapper(sdk: SdkState) -> Wrapper:

@@ -12,8 +12,9 @@ from typing import Any, Final
 from flowtrace._llm._call import LlmCall
 from flowtrace._llm._wire import (
     get,
-    json_body,
     request_attributes,
+    response_body,
+    response_identity,
     text_part,
     tool_call_part,
     tool_definition,
@@ -143,15 +144,6 @@ def _usage(usage: Any, input_key: str, output_key: str) -> dict[str, Any]:
     return attributes
 
 
-def _response_identity(body: dict[str, Any]) -> dict[str, Any]:
-    attributes: dict[str, Any] = {}
-    if isinstance(body.get("model"), str):
-        attributes["gen_ai.response.model"] = body["model"]
-    if isinstance(body.get("id"), str):
-        attributes["gen_ai.response.id"] = body["id"]
-    return attributes
-
-
 def chat_attributes(call: LlmCall) -> dict[str, Any]:
     request = call.request
     attributes = request_attributes(request, ("max_completion_tokens", "max_tokens"))
@@ -159,12 +151,10 @@ def chat_attributes(call: LlmCall) -> dict[str, Any]:
     tools = _chat_tools(request.get("tools"))
     if tools:
         attributes["gen_ai.tool.definitions"] = tools
-    body = _folded_chunks(call.chunks) if call.streamed else call.body
-    if body is None:
-        body = json_body(call.raw_body)
+    body = response_body(call, _folded_chunks)
     if not isinstance(body, dict):
         return attributes
-    attributes.update(_response_identity(body))
+    attributes.update(response_identity(body))
     outputs, reasons = [], []
     for choice in body.get("choices") or ():
         message = _chat_message({**(choice.get("message") or {}), "role": "assistant"})
@@ -237,12 +227,10 @@ def responses_attributes(call: LlmCall) -> dict[str, Any]:
     ]
     if tools:
         attributes["gen_ai.tool.definitions"] = tools
-    body = _responses_stream_body(call.chunks) if call.streamed else call.body
-    if body is None:
-        body = json_body(call.raw_body)
+    body = response_body(call, _responses_stream_body)
     if not isinstance(body, dict):
         return attributes
-    attributes.update(_response_identity(body))
+    attributes.update(response_identity(body))
     parts = []
     for message in map(_responses_item, body.get("output") or ()):
         if message is not None:

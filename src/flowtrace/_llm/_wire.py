@@ -9,13 +9,17 @@ response's message to its list): `get` reads a dict key or an attribute alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from flowtrace._llm._call import LlmCall
 
 __all__ = [
     "get",
-    "json_body",
     "request_attributes",
+    "response_body",
+    "response_identity",
     "text_part",
     "tool_call_part",
     "tool_definition",
@@ -33,13 +37,27 @@ def get(value: Any, key: str, default: Any = None) -> Any:
     return default if found is _MISSING or found is None else found
 
 
-def json_body(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
+def response_body(call: LlmCall, fold: Callable[[list[Any]], dict[str, Any]]) -> Any:
+    """The body the call answered: its stream's events folded into one, the body the SDK
+    parsed, or the bytes a raw response read (None when none came)."""
+    if call.streamed:
+        return fold(call.chunks)
+    if call.body is not None or call.raw_body is None:
+        return call.body
     try:
-        return json.loads(raw)
+        return json.loads(call.raw_body)
     except ValueError:
         return None
+
+
+def response_identity(body: dict[str, Any]) -> dict[str, Any]:
+    """The model that answered and the response's id."""
+    attributes: dict[str, Any] = {}
+    if isinstance(body.get("model"), str):
+        attributes["gen_ai.response.model"] = body["model"]
+    if isinstance(body.get("id"), str):
+        attributes["gen_ai.response.id"] = body["id"]
+    return attributes
 
 
 def text_part(text: Any) -> dict[str, Any]:
