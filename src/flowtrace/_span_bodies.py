@@ -24,6 +24,7 @@ from flowtrace._contract import (
 from flowtrace._span_logs import SpanLog
 from flowtrace.exporters import OperationKind
 from flowtrace.spans._mapping import MappedLog, PathCap, map_span
+from flowtrace.spans._model import Span, span_from_sdk
 
 __all__ = [
     "create_kind",
@@ -45,7 +46,8 @@ _paths = PathCap()
 def _mapped(log: SpanLog) -> MappedLog | None:
     mapped = log.mapped
     if mapped is None and log.span is not None:
-        mapped = log.mapped = map_span(log.span, _paths)
+        span = log.span if isinstance(log.span, Span) else span_from_sdk(log.span)
+        mapped = log.mapped = map_span(span, _paths)
     return mapped
 
 

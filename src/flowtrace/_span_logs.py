@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from contextvars import Token
-from typing import Final
+from typing import Any, Final
 
 from flowtrace import _config, _guard, _sinks
 from flowtrace import _log as log_clock
@@ -56,7 +56,9 @@ class SpanLog(Log):
     OTLP ingest names it); its parent is a recorder's log or another span's log."""
 
     is_span = True
-    span: Span | None = None  # the ended span (None while it runs)
+    # The ended span (None while it runs): a neutral `Span`, or an OpenTelemetry SDK span,
+    # read (`span_from_sdk`) on the worker: an ended SDK span does not change any more.
+    span: Any = None
     mapped: MappedLog | None = None  # the span mapped, on the worker, once
     name = "span"  # the span's name while it runs (a log sent before its end is named so)
     _token: Token[Log | None] | None = None
@@ -72,8 +74,9 @@ class SpanLog(Log):
         self._start_mono_ns = log_clock._mono_ns()
         self.duration_ns = None
 
-    def end(self, span: Span) -> None:
-        """The span ended: record it, leave the context it entered, hand it to the sinks."""
+    def end(self, span: Any) -> None:
+        """The span ended (a `Span`, or an ended OpenTelemetry SDK span): record it, leave the
+        context it entered, hand it to the sinks."""
         if self.duration_ns is not None:
             return
         self.span = span
