@@ -17,6 +17,8 @@ rules:
   trace of its own), noting its real parent (`metadata["flowtrace"]["late_child_of"]`).
 - A log whose parent was refused is dropped before it is created; one that already exists on
   the server is still closed (its update does not need the parent).
+- A span's log (`log.is_span`) is created only once its span has ended (its kind and version
+  come from the ended span): what ends inside a running span waits for it.
 
 Operations come out in one sequence, and the pipeline delivers that sequence in order (a
 failed prefix is retried before anything behind it), so "sent before" means "earlier in the
