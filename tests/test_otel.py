@@ -232,6 +232,32 @@ def test_a_span_ended_in_another_context_leaves_no_stale_current_log(
     assert len(captured.by_kind("prompt")) == 1
 
 
+def test_a_span_that_never_ends_does_not_hold_back_its_flows_past_the_exit(
+    provider: TracerProvider,
+) -> None:
+    """A producer leaks a span: the flow that ended inside it still reaches the destination
+    at shutdown, under an incomplete log of what the span said so far."""
+    exporter = MemoryExporter()
+    tracer = provider.get_tracer("anthropic")
+    with fresh_pipeline(exporter) as pipe:
+        with flow("request") as request:
+            leaked = tracer.start_span("chat", attributes=LLM_ATTRIBUTES)
+            with trace_api.use_span(leaked), flow("callback") as callback:
+                pass
+        assert flowtrace.current_log() is None  # the block took the span's hold with it
+        assert flowtrace.flush(WAIT_S)
+        assert callback.log_id not in exporter.logs  # it waits for the span's end
+        pipe.shutdown(WAIT_S)
+    span_log = exporter.logs[_log_id(leaked)]
+    assert span_log["trace_status"] == "incomplete"
+    assert span_log["path"] == "flow/chat"
+    assert span_log["messages"] == [{"role": "user", "content": "hello"}]
+    assert exporter.kinds[_log_id(leaked)] == "log"
+    assert span_log["metadata"]["flowtrace"]["late_child_of"] == request.log_id
+    assert exporter.logs[callback.log_id]["trace_parent_id"] == _log_id(leaked)
+    assert exporter.status_of(callback.log_id) == "complete"
+
+
 # --- install_global: in a fresh interpreter (the global provider can be set once) -------------
 
 _INSTALL_SCRIPT = """

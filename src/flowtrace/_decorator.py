@@ -114,6 +114,17 @@ def _announce(log: Log) -> None:
         _guard.internal_error("log-open", exc)
 
 
+def _span_left_running_in(log: Log) -> bool:
+    """Whether the current log is a span's (`flowtrace.otel`) opened inside `log` and still
+    running: a span the block started and did not end (leaked, or ending later elsewhere)."""
+    inner = current.get()
+    if inner is None or not inner.is_span:
+        return False
+    while inner is not None and inner.is_span:
+        inner = inner.parent
+    return inner is log
+
+
 def _interruption(exc: BaseException) -> str | None:
     """How an interruption (not a failure of the function) is recorded, else None."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
@@ -490,6 +501,8 @@ class Flow:
                 current.reset(token)
             except ValueError:  # entered in another context (a task or a copied context)
                 current.set(log.parent)
+        elif _span_left_running_in(log):
+            current.set(log.parent)  # a span started in the block and not ended ends its hold
         # else: left out of order (generators advanced in turn): a log inside it is current.
         outer = current.get()
         if outer is not None and (outer is log or outer.is_complete):

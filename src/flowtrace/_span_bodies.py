@@ -17,6 +17,7 @@ from flowtrace._contract import (
     FLOW,
     INCOMPLETE,
     PROMPT,
+    PROMPT_LOG_FIELDS,
     TOOL,
     StatusField,
     wire_time_ns,
@@ -27,7 +28,6 @@ from flowtrace.spans._mapping import MappedLog, PathCap, map_span
 from flowtrace.spans._model import Span, span_from_sdk
 
 __all__ = [
-    "create_kind",
     "span_complete_body",
     "span_create_body",
 ]
@@ -51,18 +51,19 @@ def _mapped(log: SpanLog) -> MappedLog | None:
     return mapped
 
 
-def create_kind(log: SpanLog) -> OperationKind:
-    """The operation that creates the log: `log`, `prompt_log` or `tool_log`."""
-    mapped = _mapped(log)
-    return "log" if mapped is None else _CREATE_KINDS[mapped.kind]
-
-
 def span_create_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
     """The create of the span's log: complete once the span has ended (the planner sends one
-    with children as incomplete first: it sets the status itself)."""
+    with children as incomplete first: it sets the status itself). Sets `log.op_kind`, the
+    operation that carries this body (`log`, `prompt_log` or `tool_log`)."""
     mapped = _mapped(log)
-    if mapped is None:  # still running: what is known (never sent by the planner)
+    if mapped is None:  # still running (at exit): a flow log of what is known so far
+        log.op_kind = "log"
         return _running_body(log, status_field)
+    log.op_kind = _CREATE_KINDS[mapped.kind]
+    return _body(log, mapped, status_field)
+
+
+def _body(log: SpanLog, mapped: MappedLog, status_field: StatusField) -> dict[str, Any]:
     body: dict[str, Any] = {"log_id": log.log_id, "path": mapped.path}
     parent = log.parent
     if parent is not None:
@@ -81,14 +82,20 @@ def span_create_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
 
 
 def _running_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "log_id": log.log_id,
-        "path": f"{FLOW}/{log.name}",
-        "start_time": wire_time_ns(log.start_ns),
-        status_field: INCOMPLETE,
-    }
-    if log.parent is not None:
-        body["trace_parent_id"] = log.parent.log_id
+    """A span still running, as an incomplete flow log: what its SDK span says so far (its
+    kind and version are not known yet; its update closes it if it ends later)."""
+    if log.live is None:
+        body: dict[str, Any] = {"log_id": log.log_id, "path": f"{FLOW}/span"}
+        body["start_time"] = wire_time_ns(log.start_ns)
+        if log.parent is not None:
+            body["trace_parent_id"] = log.parent.log_id
+    else:
+        mapped = map_span(span_from_sdk(log.live), _paths)
+        body = _body(log, mapped, status_field)
+        for name in (*PROMPT_LOG_FIELDS, "end_time", "provider_latency", PROMPT, TOOL):
+            body.pop(name, None)
+        body["path"] = FLOW + mapped.path[len(mapped.kind) :]
+    body[status_field] = INCOMPLETE
     return body
 
 

@@ -28,6 +28,7 @@ from flowtrace._context import current, open_ancestor
 from flowtrace._contract import span_log_id
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
+from flowtrace.exporters import OperationKind
 from flowtrace.spans._mapping import MappedLog
 from flowtrace.spans._model import Span
 
@@ -60,6 +61,8 @@ class SpanLog(Log):
     # read (`span_from_sdk`) on the worker: an ended SDK span does not change any more.
     span: Any = None
     mapped: MappedLog | None = None  # the span mapped, on the worker, once
+    live: Any = None  # the running SDK span: what a log sent before its end says (at exit)
+    op_kind: OperationKind = "log"  # how its create goes (set on the worker with its body)
     name = "span"  # the span's name while it runs (a log sent before its end is named so)
     _token: Token[Log | None] | None = None
 

@@ -154,6 +154,7 @@ class FlowtraceSpanProcessor(SpanProcessor):
                 return
             log = open_span_log(trace, span_id, parent, span.name)
             if log is not None:
+                log.live = span  # what its log says if the program exits before its end
                 self._logs[key] = log
         except Exception as exc:  # the user's should_capture included: never into their code
             _guard.internal_error("otel-span", exc)
