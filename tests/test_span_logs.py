@@ -208,6 +208,21 @@ def test_a_span_that_outlives_its_flow_is_filed_under_the_nearest_open_ancestor(
     assert body["metadata"]["flowtrace"]["late_child_of"] == inner.log_id
 
 
+def test_prompt_logs_go_through_the_spool_with_their_kind(tmp_path: Path) -> None:
+    """Spooled (every batch written to disk first), then delivered from the spool after a
+    refusal worth retrying: the prompt log keeps its route."""
+    exporter = MemoryExporter(destination="memory:spooled")
+    exporter.fail_next(503)
+    with fresh_pipeline(exporter, spool="always", spool_dir=str(tmp_path)):
+        with flow("agent/run") as run:
+            record_span(chat_span(), flowtrace.current_log())
+        assert flowtrace.flush(WAIT_S)
+    chat_id = span_log_id(TRACE, "00f067aa0ba902b7")
+    assert exporter.kinds == {run.log_id: "log", chat_id: "prompt_log"}
+    assert exporter.logs[chat_id]["trace_parent_id"] == run.log_id
+    assert exporter.status_of(run.log_id) == "complete"
+
+
 # --- the embedded store and a real server ------------------------------------------------------
 
 
