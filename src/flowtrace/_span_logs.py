@@ -32,7 +32,14 @@ from flowtrace.exporters import OperationKind
 from flowtrace.spans._mapping import MappedLog
 from flowtrace.spans._model import Span
 
-__all__ = ["SpanLog", "innermost", "open_span_log", "record_span", "span_parent"]
+__all__ = [
+    "SpanLog",
+    "has_open_span_logs",
+    "innermost",
+    "open_span_log",
+    "record_span",
+    "span_parent",
+]
 
 #: What a span's log shares with a recorder's log (its path and fields come from the span).
 _SPAN_OPTIONS: Final = LogOptions(FlowOptions(), "span")
@@ -118,6 +125,10 @@ def innermost(span_parent: Log | None, flow: Log | None) -> Log | None:
             return span_parent
         ancestor = ancestor.parent
     return flow
+
+
+def has_open_span_logs() -> bool:
+    return bool(_open)
 
 
 def span_parent(trace_id: str, parent_span_id: str | None) -> SpanLog | None:

@@ -42,7 +42,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
 
 from flowtrace import _guard
 from flowtrace._context import current, open_ancestor
-from flowtrace._span_logs import SpanLog, open_span_log, span_parent
+from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
 
 __all__ = [
     "FlowtraceSpanProcessor",
@@ -126,6 +126,16 @@ def _hex_ids(key: tuple[int, int], span: ReadableSpan) -> tuple[str, str, str | 
     )
 
 
+def _maybe_inside_a_flow() -> bool:
+    """The cheap check first: most spans of a program are not started inside a flow."""
+    return current.get() is not None or has_open_span_logs()
+
+
+def _inside_a_flow(trace: str, parent: str | None) -> bool:
+    """Whether a flow is open here, or the span's parent span is a kept one's."""
+    return open_ancestor(current.get()) is not None or span_parent(trace, parent) is not None
+
+
 class FlowtraceSpanProcessor(SpanProcessor):
     """Spans as logs of the current trace (see the module's docstring). `record_all`: every
     span, inside a flow or not (the private provider's); else only LLM and agent work started
@@ -136,10 +146,8 @@ class FlowtraceSpanProcessor(SpanProcessor):
         self._record_all = record_all
         self._logs: dict[tuple[int, int], SpanLog] = {}  # open kept spans, by their ids
 
-    def _keeps(self, span: ReadableSpan, trace: str, parent: str | None) -> bool:
-        if self._record_all:
-            return True
-        if open_ancestor(current.get()) is None and span_parent(trace, parent) is None:
+    def _looks_kept(self, span: ReadableSpan) -> bool:
+        if not _maybe_inside_a_flow():
             return False  # not inside a flow: the user's own exporters have it
         if looks_like_llm_work(span):
             return True
@@ -148,9 +156,11 @@ class FlowtraceSpanProcessor(SpanProcessor):
 
     def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
         try:
+            if not self._record_all and not self._looks_kept(span):
+                return
             key = _key(span)
             trace, span_id, parent = _hex_ids(key, span)
-            if not self._keeps(span, trace, parent):
+            if not self._record_all and not _inside_a_flow(trace, parent):
                 return
             log = open_span_log(trace, span_id, parent, span.name)
             if log is not None:
@@ -165,7 +175,11 @@ class FlowtraceSpanProcessor(SpanProcessor):
             log = self._logs.pop(key, None)
             if log is not None:
                 log.end(span)  # read on the worker: an ended span does not change any more
-            elif not self._record_all and _has_llm_attributes(span.attributes):
+            elif (
+                not self._record_all
+                and _maybe_inside_a_flow()
+                and _has_llm_attributes(span.attributes)
+            ):
                 self._record_late(key, span)
         except Exception as exc:
             _guard.internal_error("otel-span", exc)
@@ -174,7 +188,7 @@ class FlowtraceSpanProcessor(SpanProcessor):
         """A span whose LLM attributes were set after its start (it was not kept then): its
         log, inside the flow current at its end (flows inside it could not nest under it)."""
         trace, span_id, parent = _hex_ids(key, span)
-        if open_ancestor(current.get()) is None and span_parent(trace, parent) is None:
+        if not _inside_a_flow(trace, parent):
             return
         log = open_span_log(trace, span_id, parent, span.name, enter=False)
         if log is not None:
