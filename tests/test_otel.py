@@ -258,6 +258,26 @@ def test_a_span_that_never_ends_does_not_hold_back_its_flows_past_the_exit(
     assert exporter.status_of(callback.log_id) == "complete"
 
 
+_NO_GLOBAL_SCRIPT = """
+from opentelemetry import trace
+before = trace.get_tracer_provider()
+import flowtrace, flowtrace.otel
+provider = flowtrace.otel.tracer_provider()
+flowtrace.otel.span_processor()
+with flowtrace.flow("work"), provider.get_tracer("t").start_as_current_span("s"):
+    pass
+assert trace.get_tracer_provider() is before, "the global provider changed"
+assert trace._TRACER_PROVIDER is None, "a global provider was set"
+print("untouched")
+"""
+
+
+def test_importing_and_using_flowtrace_otel_sets_no_global_provider() -> None:
+    done = run_script(_NO_GLOBAL_SCRIPT, script_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "untouched"
+
+
 # --- install_global: in a fresh interpreter (the global provider can be set once) -------------
 
 _INSTALL_SCRIPT = """

@@ -400,7 +400,9 @@ class Planner:
         child under the nearest ancestor still open."""
         current, current_state = log, state
         while True:
-            running = current.is_span and not (current_state.ended or current_state.failed)
+            running = current.is_span and not (
+                current_state.ended or current_state.failed or current_state.created
+            )
             if running and not self._draining:  # stopping: it is created as it is, below
                 self._waiting[current] = None
                 return True
