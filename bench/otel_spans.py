@@ -122,17 +122,22 @@ def _provider(processor: bool) -> TracerProvider:
 
 
 def _span_loop(
-    provider: TracerProvider, scope: str, attributes: dict[str, Any]
+    provider: TracerProvider, scope: str, attributes: dict[str, Any], inside: bool = True
 ) -> Callable[[int], int]:
     tracer = provider.get_tracer(scope)
 
+    def spans(n: int) -> int:
+        start = perf_ns()
+        for _ in range(n):
+            with tracer.start_as_current_span("chat gpt-4o-mini", attributes=attributes):
+                pass
+        return perf_ns() - start
+
     def loop(n: int) -> int:
+        if not inside:
+            return spans(n)
         with flow("bench"):
-            start = perf_ns()
-            for _ in range(n):
-                with tracer.start_as_current_span("chat gpt-4o-mini", attributes=attributes):
-                    pass
-            return perf_ns() - start
+            return spans(n)
 
     return loop
 
@@ -154,6 +159,9 @@ def span_costs(repeats: int, n: int) -> list[str]:
         "kept LLM span (processor)": _span_loop(with_processor, "openai", LLM_ATTRIBUTES),
         "dropped HTTP span (processor)": _span_loop(
             with_processor, "opentelemetry.instrumentation.httpx", {"http.method": "POST"}
+        ),
+        "LLM span outside any flow (processor)": _span_loop(
+            with_processor, "openai", LLM_ATTRIBUTES, inside=False
         ),
         "private provider span": _span_loop(
             flowtrace.otel.tracer_provider(), "openai", LLM_ATTRIBUTES
