@@ -157,6 +157,13 @@ def test_capture_logs_shows_the_kind() -> None:
     assert [r["path"] for r in captured.by_kind("flow")] == ["agent/run"]
     [tree] = captured.trees()
     assert [child["path"] for child in tree["children"]] == ["prompt/chat gpt-4o", "tool/add"]
+    chat, tool, run = captured.logs
+    assert (chat.path, chat.kind, tool.kind, run.path) == (  # type: ignore[attr-defined]
+        "prompt/chat gpt-4o",
+        "prompt",
+        "tool",
+        "agent/run",
+    )
 
 
 def test_a_kept_span_holds_its_children_until_it_ends() -> None:

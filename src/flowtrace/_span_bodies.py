@@ -28,6 +28,7 @@ from flowtrace.spans._mapping import MappedLog, PathCap, map_span
 from flowtrace.spans._model import Span, span_from_sdk
 
 __all__ = [
+    "mapped_of",
     "span_complete_body",
     "span_create_body",
 ]
@@ -43,7 +44,8 @@ _CREATE_KINDS: Final[dict[str, OperationKind]] = {
 _paths = PathCap()
 
 
-def _mapped(log: SpanLog) -> MappedLog | None:
+def mapped_of(log: SpanLog) -> MappedLog | None:
+    """The log's span, mapped once (None while it runs)."""
     mapped = log.mapped
     if mapped is None and log.span is not None:
         span = log.span if isinstance(log.span, Span) else span_from_sdk(log.span)
@@ -55,7 +57,7 @@ def span_create_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
     """The create of the span's log: complete once the span has ended (the planner sends one
     with children as incomplete first: it sets the status itself). Sets `log.op_kind`, the
     operation that carries this body (`log`, `prompt_log` or `tool_log`)."""
-    mapped = _mapped(log)
+    mapped = mapped_of(log)
     if mapped is None:  # still running (at exit): a flow log of what is known so far
         log.op_kind = "log"
         return _running_body(log, status_field)
@@ -102,7 +104,7 @@ def _running_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
 def span_complete_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
     """The update that closes a span's log created early (it had children): every field went
     with its create already, once the span had ended."""
-    mapped = _mapped(log)
+    mapped = mapped_of(log)
     body: dict[str, Any] = {status_field: COMPLETE}
     if mapped is not None:
         body["end_time"] = mapped.fields["end_time"]

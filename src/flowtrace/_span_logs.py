@@ -25,7 +25,7 @@ from typing import Any, Final
 from flowtrace import _config, _guard, _sinks
 from flowtrace import _log as log_clock
 from flowtrace._context import current, open_ancestor
-from flowtrace._contract import span_log_id
+from flowtrace._contract import FLOW, LogKind, span_log_id
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace.exporters import OperationKind
@@ -83,6 +83,18 @@ class SpanLog(Log):
         self.parent = parent
         self._start_mono_ns = log_clock._mono_ns()
         self.duration_ns = None
+
+    @property
+    def path(self) -> str:
+        """Its path (`prompt/chat gpt-4o`, ...): known once its span has ended."""
+        mapped = _span_bodies.mapped_of(self)
+        return mapped.path if mapped is not None else f"span/{self.name}"
+
+    @property
+    def kind(self) -> LogKind:
+        """`flow`, `prompt` or `tool`: known once its span has ended (`flow` until then)."""
+        mapped = _span_bodies.mapped_of(self)
+        return mapped.kind if mapped is not None else FLOW
 
     def end(self, span: Any) -> None:
         """The span ended (a `Span`, or an ended OpenTelemetry SDK span): record it, leave the
@@ -193,4 +205,4 @@ if hasattr(os, "register_at_fork"):  # after a fork the parent's spans are the p
 
 # Its logs' bodies, imported now rather than first on the worker (a fork must not catch a
 # module half-imported).
-from flowtrace import _span_bodies  # noqa: E402, F401
+from flowtrace import _span_bodies  # noqa: E402
