@@ -94,6 +94,20 @@ def test_the_processor_keeps_llm_work_and_drops_the_rest(provider: TracerProvide
     assert records[0]["trace_parent_id"] == work.log_id
 
 
+def test_two_processors_on_one_provider_make_one_log() -> None:
+    """`span_processor()` added by hand and again by `install_global()`: one log per span."""
+    user_provider = TracerProvider()
+    user_provider.add_span_processor(flowtrace.otel.span_processor())
+    user_provider.add_span_processor(flowtrace.otel.span_processor())
+    tracer = user_provider.get_tracer("anthropic")
+    with capture_logs() as captured, flow("work"):
+        with tracer.start_as_current_span("c", attributes=LLM_ATTRIBUTES):
+            pass
+        with tracer.start_as_current_span("late") as span:
+            span.set_attributes(LLM_ATTRIBUTES)
+    assert sorted(log.path for log in captured.logs) == ["prompt/c", "prompt/late", "work"]
+
+
 def test_should_capture_keeps_more(provider: TracerProvider) -> None:
     user_provider = TracerProvider()
     user_provider.add_span_processor(

@@ -165,10 +165,14 @@ def open_span_log(
 ) -> SpanLog | None:
     """Open the log of a span that starts now (ids as lowercase hex): under the innermost of
     its kept parent span's log and the current log. `enter`: it becomes the current log, so
-    flows opened before `end` nest under it. None when flowtrace is disabled (or failed)."""
+    flows opened before `end` nest under it. None when flowtrace is disabled (or failed). A
+    span already open (two processors on one provider) keeps its one log."""
     if not _enabled:
         return None
     try:
+        known = _open.get(span_log_id(trace_id, span_id))
+        if known is not None:
+            return known
         flow = current.get()
         parent = innermost(span_parent(trace_id, parent_span_id), open_ancestor(flow))
         log = SpanLog(span_log_id(trace_id, span_id), parent)

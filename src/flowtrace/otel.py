@@ -126,6 +126,11 @@ def _hex_ids(key: tuple[int, int], span: ReadableSpan) -> tuple[str, str, str | 
     )
 
 
+#: The span this thread last recorded at its end (its processors' on_end run one after the
+#: other, on the thread that ended it).
+_late = threading.local()
+
+
 def _maybe_inside_a_flow() -> bool:
     """The cheap check first: most spans of a program are not started inside a flow."""
     return current.get() is not None or has_open_span_logs()
@@ -187,6 +192,9 @@ class FlowtraceSpanProcessor(SpanProcessor):
     def _record_late(self, key: tuple[int, int], span: ReadableSpan) -> None:
         """A span whose LLM attributes were set after its start (it was not kept then): its
         log, inside the flow current at its end (flows inside it could not nest under it)."""
+        if getattr(_late, "key", None) == key:
+            return  # another of flowtrace's processors on this provider recorded it just now
+        _late.key = key
         trace, span_id, parent = _hex_ids(key, span)
         if not _inside_a_flow(trace, parent):
             return
