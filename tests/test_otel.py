@@ -103,7 +103,7 @@ def test_two_processors_on_one_provider_make_one_log() -> None:
     with capture_logs() as captured, flow("work"):
         with tracer.start_as_current_span("c", attributes=LLM_ATTRIBUTES):
             pass
-        with tracer.start_as_current_span("late") as span:
+        with user_provider.get_tracer("app").start_as_current_span("late") as span:
             span.set_attributes(LLM_ATTRIBUTES)
     assert sorted(log.path for log in captured.logs) == ["prompt/c", "prompt/late", "work"]
 
