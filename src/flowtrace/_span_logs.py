@@ -77,8 +77,8 @@ class SpanLog(Log):
         self._log_id = log_id
         self.options = _SPAN_OPTIONS
         if parent is not None and parent.duration_ns is not None:
-            if not parent.is_span:  # a span that outlived its flow (a span's end is its own)
-                self.late_child_of = parent.log_id
+            if not parent.is_span:  # the context held a flow that had ended: noted, as the
+                self.late_child_of = parent.log_id  # recorder notes it (metadata["flowtrace"])
             parent = open_ancestor(parent)
         self.parent = parent
         self._start_mono_ns = log_clock._mono_ns()
@@ -124,17 +124,17 @@ class SpanLog(Log):
         return f"<SpanLog {self.name!r} id={self.log_id} {self.status}>"
 
 
-def innermost(span_parent: Log | None, flow: Log | None) -> Log | None:
-    """The innermost of a span's kept parent span's log and the current flow: the span's
+def innermost(kept: Log | None, flow: Log | None) -> Log | None:
+    """The innermost of a span's kept parent span's log and the current flow: the kept
     parent when it is nested inside the flow, else the flow."""
-    if span_parent is None:
+    if kept is None:
         return flow
     if flow is None:
-        return span_parent
-    ancestor = span_parent.parent
+        return kept
+    ancestor = kept.parent
     while ancestor is not None:
         if ancestor is flow:
-            return span_parent
+            return kept
         ancestor = ancestor.parent
     return flow
 
@@ -170,14 +170,15 @@ def open_span_log(
     if not _enabled:
         return None
     try:
-        known = _open.get(span_log_id(trace_id, span_id))
+        log_id = span_log_id(trace_id, span_id)
+        known = _open.get(log_id)
         if known is not None:
             return known
         flow = current.get()
         parent = innermost(span_parent(trace_id, parent_span_id), open_ancestor(flow))
-        log = SpanLog(span_log_id(trace_id, span_id), parent)
+        log = SpanLog(log_id, parent)
         log.name = name
-        _open[log.log_id] = log
+        _open[log_id] = log
         _announce(log)
         if enter:
             log._token = current.set(log)
