@@ -354,3 +354,37 @@ def test_a_refusal_by_the_prompt_route_is_not_taken_for_a_missing_route(status: 
     finally:
         exporter.close()
     assert outcome.status == status and exporter.file_logs
+
+
+def test_a_batch_mixes_routes_in_order_and_stops_at_a_failure_worth_retrying() -> None:
+    """Flow logs through the batch route, the prompt log on its own route between them; after
+    its 503 what follows is not attempted (it may depend on it)."""
+    from flowtrace.exporters import Operation
+
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"status": "ok", "batch": True})
+        if request.url.path.endswith("/prompts/log"):
+            return httpx.Response(503, json={"detail": "busy"})
+        operations = json.loads(request.content)["operations"]
+        results = [{"status": 200, "body": {"id": op["body"]["log_id"]}} for op in operations]
+        return httpx.Response(200, json={"results": results})
+
+    exporter = HttpExporter("http://x/v5", transport=httpx.MockTransport(handle))
+    try:
+        outcomes = exporter.export(
+            [
+                Operation("log", "a", {"log_id": "a"}),
+                Operation("log", "b", {"log_id": "b", "trace_parent_id": "a"}),
+                Operation("prompt_log", "p", {"log_id": "p", "trace_parent_id": "a"}),
+                Operation("log", "c", {"log_id": "c", "trace_parent_id": "a"}),
+            ]
+        )
+    finally:
+        exporter.close()
+    assert [o.status for o in outcomes] == [200, 200, 503, 0]
+    assert outcomes[3].error == "not attempted"
+    assert seen == ["/v5/health", "/v5/flows/logs/batch", "/v5/prompts/log"]
