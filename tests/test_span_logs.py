@@ -157,6 +157,13 @@ def test_capture_logs_shows_the_kind() -> None:
     assert [r["path"] for r in captured.by_kind("flow")] == ["agent/run"]
     [tree] = captured.trees()
     assert [child["path"] for child in tree["children"]] == ["prompt/chat gpt-4o", "tool/add"]
+    chat, tool, run = captured.logs
+    assert (chat.path, chat.kind, tool.kind, run.path) == (  # type: ignore[attr-defined]
+        "prompt/chat gpt-4o",
+        "prompt",
+        "tool",
+        "agent/run",
+    )
 
 
 def test_a_kept_span_holds_its_children_until_it_ends() -> None:
@@ -206,6 +213,21 @@ def test_a_span_that_outlives_its_flow_is_filed_under_the_nearest_open_ancestor(
     body = exporter.logs[span_log_id(TRACE, "2222222222222222")]
     assert body["trace_parent_id"] == outer.log_id
     assert body["metadata"]["flowtrace"]["late_child_of"] == inner.log_id
+
+
+def test_prompt_logs_go_through_the_spool_with_their_kind(tmp_path: Path) -> None:
+    """Spooled (every batch written to disk first), then delivered from the spool after a
+    refusal worth retrying: the prompt log keeps its route."""
+    exporter = MemoryExporter(destination="memory:spooled")
+    exporter.fail_next(503)
+    with fresh_pipeline(exporter, spool="always", spool_dir=str(tmp_path)):
+        with flow("agent/run") as run:
+            record_span(chat_span(), flowtrace.current_log())
+        assert flowtrace.flush(WAIT_S)
+    chat_id = span_log_id(TRACE, "00f067aa0ba902b7")
+    assert exporter.kinds == {run.log_id: "log", chat_id: "prompt_log"}
+    assert exporter.logs[chat_id]["trace_parent_id"] == run.log_id
+    assert exporter.status_of(run.log_id) == "complete"
 
 
 # --- the embedded store and a real server ------------------------------------------------------
@@ -332,3 +354,37 @@ def test_a_refusal_by_the_prompt_route_is_not_taken_for_a_missing_route(status: 
     finally:
         exporter.close()
     assert outcome.status == status and exporter.file_logs
+
+
+def test_a_batch_mixes_routes_in_order_and_stops_at_a_failure_worth_retrying() -> None:
+    """Flow logs through the batch route, the prompt log on its own route between them; after
+    its 503 what follows is not attempted (it may depend on it)."""
+    from flowtrace.exporters import Operation
+
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"status": "ok", "batch": True})
+        if request.url.path.endswith("/prompts/log"):
+            return httpx.Response(503, json={"detail": "busy"})
+        operations = json.loads(request.content)["operations"]
+        results = [{"status": 200, "body": {"id": op["body"]["log_id"]}} for op in operations]
+        return httpx.Response(200, json={"results": results})
+
+    exporter = HttpExporter("http://x/v5", transport=httpx.MockTransport(handle))
+    try:
+        outcomes = exporter.export(
+            [
+                Operation("log", "a", {"log_id": "a"}),
+                Operation("log", "b", {"log_id": "b", "trace_parent_id": "a"}),
+                Operation("prompt_log", "p", {"log_id": "p", "trace_parent_id": "a"}),
+                Operation("log", "c", {"log_id": "c", "trace_parent_id": "a"}),
+            ]
+        )
+    finally:
+        exporter.close()
+    assert [o.status for o in outcomes] == [200, 200, 503, 0]
+    assert outcomes[3].error == "not attempted"
+    assert seen == ["/v5/health", "/v5/flows/logs/batch", "/v5/prompts/log"]

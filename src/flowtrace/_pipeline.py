@@ -451,7 +451,12 @@ class Pipeline:
         if deadline is not None and now + self._time_to_spill() >= deadline:
             return True
         planner = self._planner
-        if planner.ready_logs or planner.has_marker or planner.next_live_at(0.0) is not None:
+        if (
+            planner.ready_logs
+            or planner.has_marker
+            or planner.next_live_at(0.0) is not None
+            or planner.waiting_spans  # spans' logs still running (flowtrace.otel)
+        ):
             self._plan_batch(now, include_open=True)
             self._send_wake.set()
             return False

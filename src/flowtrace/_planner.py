@@ -17,6 +17,8 @@ rules:
   trace of its own), noting its real parent (`metadata["flowtrace"]["late_child_of"]`).
 - A log whose parent was refused is dropped before it is created; one that already exists on
   the server is still closed (its update does not need the parent).
+- A span's log (`log.is_span`) is created only once its span has ended (its kind and version
+  come from the ended span): what ends inside a running span waits for it.
 
 Operations come out in one sequence, and the pipeline delivers that sequence in order (a
 failed prefix is retried before anything behind it), so "sent before" means "earlier in the
@@ -133,6 +135,9 @@ class Planner:
         self.open_created = 0  # logs created early and not closed yet
         self.now = 0.0  # the worker's clock at the current cycle (registration times)
         self.spans = False  # a span's log was seen (see `_waits_for_span`)
+        # Spans' logs still running that something waits for (created anyway when stopping).
+        self._waiting: dict[Log, None] = {}
+        self._draining = False
 
     # --- learning of logs ----------------------------------------------------------------
     def state(self, log: Log) -> LogState | None:
@@ -204,6 +209,8 @@ class Planner:
             state.ended = True
             self._ready.append(log)
             self._ready_logs += 1
+            if log.is_span:
+                self._waiting.pop(log, None)
 
     def add_marker(self, marker: FlushMarker) -> None:
         self._ready.append(marker)
@@ -268,6 +275,8 @@ class Planner:
                 self._finish(item, ops, status_field)
             except Exception as exc:  # a bug on one trace: that trace goes, delivery goes on
                 self._failed_on(item, exc)
+        if include_open and self._waiting:
+            self._drain_waiting(ops, status_field)
         while len(ops) < max_ops:
             self._discard_settled_open()
             if not self._open:
@@ -391,7 +400,11 @@ class Planner:
         child under the nearest ancestor still open."""
         current, current_state = log, state
         while True:
-            if current.is_span and not current_state.ended and not current_state.failed:
+            running = current.is_span and not (
+                current_state.ended or current_state.failed or current_state.created
+            )
+            if running and not self._draining:  # stopping: it is created as it is, below
+                self._waiting[current] = None
                 return True
             anchor = current_state.anchor
             if anchor is None:
@@ -402,6 +415,30 @@ class Planner:
                     self._refile_late(current, current_state, anchor)
                 return False
             current, current_state = anchor, anchor_state
+
+    @property
+    def waiting_spans(self) -> bool:
+        """Whether logs wait for a span's log still running (stopping creates them anyway)."""
+        return bool(self._waiting)
+
+    def _drain_waiting(self, ops: list[PlannedOp], status_field: StatusField) -> None:
+        """Stopping: a span that has not ended (a producer leaked it, or it runs past the
+        exit) no longer holds back what ended inside it. Its log goes as an incomplete flow
+        log of what its span says so far, and the logs that waited for it follow."""
+        self._draining = True
+        try:
+            for span_log in list(self._waiting):
+                del self._waiting[span_log]
+                state = self.state(span_log)
+                if state is None or state.finished or state.ended:
+                    continue  # an ended one is planned as usual, from the ready logs
+                self._create(span_log, ops, status_field, closing=False)
+                for child in list(state.unsent_children or ()):
+                    child_state: LogState = child.delivery
+                    if child_state.ended and not child_state.finished:
+                        self._finish(child, ops, status_field)
+        finally:
+            self._draining = False
 
     def _refile_late(self, log: Log, state: LogState, closed: Log) -> None:
         children = closed.delivery.unsent_children
@@ -455,7 +492,8 @@ class Planner:
             # and a complete parent would refuse the child. Its fields ride along; the update
             # closes it.
             body[status_field] = INCOMPLETE
-        kind: OperationKind = "log" if not log.is_span else _span_create_kind(log)
+        # a span's log is a flow's, a prompt's or a tool's: its body said which
+        kind: OperationKind = "log" if not log.is_span else cast("SpanLog", log).op_kind
         self._emit(Operation(kind, log.log_id, body, log_query(log)), log, closing, ops)
         state.created = True
         if closing:
@@ -547,13 +585,6 @@ class Planner:
         self._ready_logs = 0
         self._open.clear()
         return count
-
-
-def _span_create_kind(log: Log) -> OperationKind:
-    """A span's log is created as a flow's, a prompt's or a tool's log, by its span."""
-    from flowtrace._span_bodies import create_kind  # imported with `_span_logs`, which made it
-
-    return create_kind(cast("SpanLog", log))
 
 
 def _note(body: dict[str, Any], key: str, value: Any) -> None:

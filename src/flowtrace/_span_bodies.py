@@ -17,6 +17,7 @@ from flowtrace._contract import (
     FLOW,
     INCOMPLETE,
     PROMPT,
+    PROMPT_LOG_FIELDS,
     TOOL,
     StatusField,
     wire_time_ns,
@@ -24,9 +25,10 @@ from flowtrace._contract import (
 from flowtrace._span_logs import SpanLog
 from flowtrace.exporters import OperationKind
 from flowtrace.spans._mapping import MappedLog, PathCap, map_span
+from flowtrace.spans._model import Span, span_from_sdk
 
 __all__ = [
-    "create_kind",
+    "mapped_of",
     "span_complete_body",
     "span_create_body",
 ]
@@ -42,25 +44,28 @@ _CREATE_KINDS: Final[dict[str, OperationKind]] = {
 _paths = PathCap()
 
 
-def _mapped(log: SpanLog) -> MappedLog | None:
+def mapped_of(log: SpanLog) -> MappedLog | None:
+    """The log's span, mapped once (None while it runs)."""
     mapped = log.mapped
     if mapped is None and log.span is not None:
-        mapped = log.mapped = map_span(log.span, _paths)
+        span = log.span if isinstance(log.span, Span) else span_from_sdk(log.span)
+        mapped = log.mapped = map_span(span, _paths)
     return mapped
-
-
-def create_kind(log: SpanLog) -> OperationKind:
-    """The operation that creates the log: `log`, `prompt_log` or `tool_log`."""
-    mapped = _mapped(log)
-    return "log" if mapped is None else _CREATE_KINDS[mapped.kind]
 
 
 def span_create_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
     """The create of the span's log: complete once the span has ended (the planner sends one
-    with children as incomplete first: it sets the status itself)."""
-    mapped = _mapped(log)
-    if mapped is None:  # still running: what is known (never sent by the planner)
+    with children as incomplete first: it sets the status itself). Sets `log.op_kind`, the
+    operation that carries this body (`log`, `prompt_log` or `tool_log`)."""
+    mapped = mapped_of(log)
+    if mapped is None:  # still running (at exit): a flow log of what is known so far
+        log.op_kind = "log"
         return _running_body(log, status_field)
+    log.op_kind = _CREATE_KINDS[mapped.kind]
+    return _body(log, mapped, status_field)
+
+
+def _body(log: SpanLog, mapped: MappedLog, status_field: StatusField) -> dict[str, Any]:
     body: dict[str, Any] = {"log_id": log.log_id, "path": mapped.path}
     parent = log.parent
     if parent is not None:
@@ -79,21 +84,27 @@ def span_create_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
 
 
 def _running_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "log_id": log.log_id,
-        "path": f"{FLOW}/{log.name}",
-        "start_time": wire_time_ns(log.start_ns),
-        status_field: INCOMPLETE,
-    }
-    if log.parent is not None:
-        body["trace_parent_id"] = log.parent.log_id
+    """A span still running, as an incomplete flow log: what its SDK span says so far (its
+    kind and version are not known yet; its update closes it if it ends later)."""
+    if log.live is None:
+        body: dict[str, Any] = {"log_id": log.log_id, "path": f"{FLOW}/span"}
+        body["start_time"] = wire_time_ns(log.start_ns)
+        if log.parent is not None:
+            body["trace_parent_id"] = log.parent.log_id
+    else:
+        mapped = map_span(span_from_sdk(log.live), _paths)
+        body = _body(log, mapped, status_field)
+        for name in (*PROMPT_LOG_FIELDS, "end_time", "provider_latency", PROMPT, TOOL):
+            body.pop(name, None)
+        body["path"] = FLOW + mapped.path[len(mapped.kind) :]
+    body[status_field] = INCOMPLETE
     return body
 
 
 def span_complete_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
     """The update that closes a span's log created early (it had children): every field went
     with its create already, once the span had ended."""
-    mapped = _mapped(log)
+    mapped = mapped_of(log)
     body: dict[str, Any] = {status_field: COMPLETE}
     if mapped is not None:
         body["end_time"] = mapped.fields["end_time"]

@@ -20,18 +20,26 @@ from __future__ import annotations
 
 import os
 from contextvars import Token
-from typing import Final
+from typing import Any, Final
 
 from flowtrace import _config, _guard, _sinks
 from flowtrace import _log as log_clock
 from flowtrace._context import current, open_ancestor
-from flowtrace._contract import span_log_id
+from flowtrace._contract import FLOW, LogKind, span_log_id
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
+from flowtrace.exporters import OperationKind
 from flowtrace.spans._mapping import MappedLog
 from flowtrace.spans._model import Span
 
-__all__ = ["SpanLog", "innermost", "open_span_log", "record_span", "span_parent"]
+__all__ = [
+    "SpanLog",
+    "has_open_span_logs",
+    "innermost",
+    "open_span_log",
+    "record_span",
+    "span_parent",
+]
 
 #: What a span's log shares with a recorder's log (its path and fields come from the span).
 _SPAN_OPTIONS: Final = LogOptions(FlowOptions(), "span")
@@ -56,8 +64,12 @@ class SpanLog(Log):
     OTLP ingest names it); its parent is a recorder's log or another span's log."""
 
     is_span = True
-    span: Span | None = None  # the ended span (None while it runs)
+    # The ended span (None while it runs): a neutral `Span`, or an OpenTelemetry SDK span,
+    # read (`span_from_sdk`) on the worker: an ended SDK span does not change any more.
+    span: Any = None
     mapped: MappedLog | None = None  # the span mapped, on the worker, once
+    live: Any = None  # the running SDK span: what a log sent before its end says (at exit)
+    op_kind: OperationKind = "log"  # how its create goes (set on the worker with its body)
     name = "span"  # the span's name while it runs (a log sent before its end is named so)
     _token: Token[Log | None] | None = None
 
@@ -65,15 +77,28 @@ class SpanLog(Log):
         self._log_id = log_id
         self.options = _SPAN_OPTIONS
         if parent is not None and parent.duration_ns is not None:
-            if not parent.is_span:  # a span that outlived its flow (a span's end is its own)
-                self.late_child_of = parent.log_id
+            if not parent.is_span:  # the context held a flow that had ended: noted, as the
+                self.late_child_of = parent.log_id  # recorder notes it (metadata["flowtrace"])
             parent = open_ancestor(parent)
         self.parent = parent
         self._start_mono_ns = log_clock._mono_ns()
         self.duration_ns = None
 
-    def end(self, span: Span) -> None:
-        """The span ended: record it, leave the context it entered, hand it to the sinks."""
+    @property
+    def path(self) -> str:
+        """Its path (`prompt/chat gpt-4o`, ...): known once its span has ended."""
+        mapped = _span_bodies.mapped_of(self)
+        return mapped.path if mapped is not None else f"span/{self.name}"
+
+    @property
+    def kind(self) -> LogKind:
+        """`flow`, `prompt` or `tool`: known once its span has ended (`flow` until then)."""
+        mapped = _span_bodies.mapped_of(self)
+        return mapped.kind if mapped is not None else FLOW
+
+    def end(self, span: Any) -> None:
+        """The span ended (a `Span`, or an ended OpenTelemetry SDK span): record it, leave the
+        context it entered, hand it to the sinks."""
         if self.duration_ns is not None:
             return
         self.span = span
@@ -99,19 +124,23 @@ class SpanLog(Log):
         return f"<SpanLog {self.name!r} id={self.log_id} {self.status}>"
 
 
-def innermost(span_parent: Log | None, flow: Log | None) -> Log | None:
-    """The innermost of a span's kept parent span's log and the current flow: the span's
+def innermost(kept: Log | None, flow: Log | None) -> Log | None:
+    """The innermost of a span's kept parent span's log and the current flow: the kept
     parent when it is nested inside the flow, else the flow."""
-    if span_parent is None:
+    if kept is None:
         return flow
     if flow is None:
-        return span_parent
-    ancestor = span_parent.parent
+        return kept
+    ancestor = kept.parent
     while ancestor is not None:
         if ancestor is flow:
-            return span_parent
+            return kept
         ancestor = ancestor.parent
     return flow
+
+
+def has_open_span_logs() -> bool:
+    return bool(_open)
 
 
 def span_parent(trace_id: str, parent_span_id: str | None) -> SpanLog | None:
@@ -136,15 +165,20 @@ def open_span_log(
 ) -> SpanLog | None:
     """Open the log of a span that starts now (ids as lowercase hex): under the innermost of
     its kept parent span's log and the current log. `enter`: it becomes the current log, so
-    flows opened before `end` nest under it. None when flowtrace is disabled (or failed)."""
+    flows opened before `end` nest under it. None when flowtrace is disabled (or failed). A
+    span already open (two processors on one provider) keeps its one log."""
     if not _enabled:
         return None
     try:
+        log_id = span_log_id(trace_id, span_id)
+        known = _open.get(log_id)
+        if known is not None:
+            return known
         flow = current.get()
         parent = innermost(span_parent(trace_id, parent_span_id), open_ancestor(flow))
-        log = SpanLog(span_log_id(trace_id, span_id), parent)
+        log = SpanLog(log_id, parent)
         log.name = name
-        _open[log.log_id] = log
+        _open[log_id] = log
         _announce(log)
         if enter:
             log._token = current.set(log)
@@ -176,4 +210,4 @@ if hasattr(os, "register_at_fork"):  # after a fork the parent's spans are the p
 
 # Its logs' bodies, imported now rather than first on the worker (a fork must not catch a
 # module half-imported).
-from flowtrace import _span_bodies  # noqa: E402, F401
+from flowtrace import _span_bodies  # noqa: E402

@@ -295,8 +295,9 @@ class Store:
     def ingest(
         self, operations: Sequence[IngestOperation], *, timeout_s: float | None = None
     ) -> list[IngestResult]:
-        """The fast embedded path (`_ingest`): operations built by flowtrace's own client, in
-        order, in one transaction, through the same trace rules as `batch`, without parsing,
+        """The fast embedded path (`_ingest`): operations built by flowtrace's own client (a
+        span's prompt or tool log validated as its request, they are few), in order, in one
+        transaction, through the same trace rules as `batch`, without parsing,
         validating or answering them. Each result is (status, body): a create's answer, an
         update's `{"id"}`, or a refusal's `{"detail"}`. An operation that fails otherwise than
         by a rule fails alone (500, not worth a retry) and the others are committed without
