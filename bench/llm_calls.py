@@ -2,7 +2,7 @@
 a local fake server (a process of its own), with and without `instrument_*`, in one run.
 
     PYTHONPATH=src python bench/llm_calls.py [--calls 200] [--repeats 7] [--pipeline] [--markdown]
-    PYTHONPATH=src python bench/llm_calls.py --instructions [--calls 40]
+    PYTHONPATH=src python bench/llm_calls.py --count [--calls 100]
 
 For each case, every repeat times `--calls` calls of a plain client and of an instrumented one
 (same server, same requests; the order alternates between repeats), and reports:
@@ -16,18 +16,18 @@ pipeline, to a temporary embedded store as a user's would: the worker then maps 
 writes SQLite on its own thread, which the caller's CPU time does not count but a busy
 machine's wall time and cache do.
 
-On a loaded machine the timings drift by more than what is measured: `--instructions` counts
-the caller process's CPU instructions instead (valgrind's callgrind: exact, unaffected by the
-load), for 0 and for N calls of each client, and reports the instructions the instrumentation
-adds per call against the SDK call's own.
+On a loaded machine the timings drift by more than what is measured: `--count` counts the
+Python function calls each SDK call makes instead (cProfile: exact, unaffected by the load),
+plain and instrumented, and reports what the instrumentation adds per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
-import re
+import pstats
 import statistics
 import subprocess
 import sys
@@ -195,62 +195,38 @@ def markdown(rows: list[dict[str, Any]], calls: int, repeats: int, pipeline: boo
     return "\n".join(lines)
 
 
-def harness(case: str, instrumented: bool, calls: int, url: str) -> None:
-    """One process's work under callgrind: warm up, then `calls` calls (0 for the baseline)."""
-    remove_sink(flowtrace._pipeline._pipeline)
-    add_sink(DequeSink())
-    call, new_client = cases(url)[case]
-    client = new_client()
-    if instrumented:
-        (flowtrace.instrument_anthropic if "anthropic" in case else flowtrace.instrument_openai)(
-            client
-        )
-    for _ in range(5 + calls):
+def python_calls(call: Callable[[Any], Any], client: Any, calls: int) -> int:
+    """Python function calls made by `calls` calls (cProfile's count: exact, load-free)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
         call(client)
+    profile.disable()
+    return int(pstats.Stats(profile).total_calls)
 
 
-def instructions(case: str, instrumented: bool, calls: int, url: str) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        "--harness",
-        case,
-        "traced" if instrumented else "plain",
-        str(calls),
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    assert found, done.stderr[-2000:]
-    return int(found.group(1))
-
-
-def measure_instructions(calls: int) -> str:
+def measure_python_calls(calls: int) -> str:
     process, url = start_fake()
     lines = [
-        f"`python bench/llm_calls.py --instructions --calls {calls}` (valgrind callgrind; "
-        f"openai {openai.__version__}, anthropic {anthropic.__version__}; the caller process's "
-        "instructions for 5 + N calls minus those for 5, per call)",
+        f"`python bench/llm_calls.py --count --calls {calls}` (openai {openai.__version__}, "
+        f"anthropic {anthropic.__version__}; Python function calls per SDK call, counted by "
+        "cProfile: exact, and unaffected by the machine's load)",
         "",
-        "| call | SDK call alone: instructions / call | added by the instrumentation | added |",
+        "| call | SDK call alone: function calls / call | added by the instrumentation | added |",
         "| --- | ---: | ---: | ---: |",
     ]
     try:
-        for case in cases(url):
-            if "Async" in case:
-                continue  # the event loop's own work varies from run to run
-            counts = {
-                (traced, n): instructions(case, traced, n, url)
-                for traced in (False, True)
-                for n in (0, calls)
-            }
-            plain = (counts[False, calls] - counts[False, 0]) / calls
-            traced = (counts[True, calls] - counts[True, 0]) / calls
-            added = traced - plain
-            lines.append(f"| {case} | {plain:,.0f} | {added:+,.0f} | {added / plain:+.1%} |")
+        for case, (call, new_client) in cases(url).items():
+            plain, traced = new_client(), new_client()
+            if "anthropic" in case:
+                flowtrace.instrument_anthropic(traced)
+            else:
+                flowtrace.instrument_openai(traced)
+            for client in (plain, traced):
+                timed(call, client, 10)
+            alone = python_calls(call, plain, calls) / calls
+            added = python_calls(call, traced, calls) / calls - alone
+            lines.append(f"| {case} | {alone:,.0f} | {added:+,.0f} | {added / alone:+.1%} |")
             print(lines[-1], flush=True)
     finally:
         process.kill()
@@ -259,23 +235,19 @@ def measure_instructions(calls: int) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--harness"]:
-        case, mode, calls, url = sys.argv[2:6]
-        harness(case, mode == "traced", int(calls), url)
-        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--pipeline", action="store_true", help="deliver through the pipeline")
-    parser.add_argument("--instructions", action="store_true", help="count instructions")
+    parser.add_argument("--count", action="store_true", help="count Python function calls")
     args = parser.parse_args()
-    if args.instructions:
-        print(measure_instructions(args.calls))
-        return
     if not args.pipeline:
         remove_sink(flowtrace._pipeline._pipeline)
         add_sink(DequeSink())
+    if args.count:
+        print(measure_python_calls(args.calls))
+        return
     rows = measure(args.calls, args.repeats)
     print(markdown(rows, args.calls, args.repeats, args.pipeline) if args.markdown else "")
 
