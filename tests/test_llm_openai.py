@@ -527,3 +527,23 @@ def test_the_otel_route_gives_the_same_log(fake: FakeLLM, recorded: Recorded) ->
     assert via_otel.fields == direct.fields
     assert via_otel.kernel == direct.kernel
     assert (via_otel.kind, via_otel.path) == (direct.kind, direct.path)
+
+
+def test_a_body_off_the_apis_shape_is_returned_as_is_and_logged_without_output(
+    fake: FakeLLM, recorded: Recorded
+) -> None:
+    """The SDK hands back what a server (a proxy, a local model) sent, even off the API's
+    shape; the log keeps what it can read, and no fault of ours reaches the caller."""
+    client = instrument_openai(client_of(fake))
+    odd = {**chat_body("x"), "choices": [1, {"message": "text", "index": 0}], "usage": "many"}
+    fake.reply(json_reply(odd))
+    answer = client.chat.completions.create(model=MODEL, messages=HELLO)
+    assert answer.choices[0] == 1  # type: ignore[comparison-overlap]
+    fake.reply(sse_reply([(None, {"choices": "none"}), (None, {"choices": [{"delta": 3}]})]))
+    assert len(list(client.chat.completions.create(model=MODEL, messages=HELLO, stream=True))) == 2
+    whole, streamed = recorded.logs
+    for log in (whole, streamed):
+        assert log.kind == "prompt"
+        assert log.fields["messages"][1] == {"role": "user", "content": "Hi"}
+        assert "prompt_tokens" not in log.fields
+    assert "output_message" not in streamed.fields

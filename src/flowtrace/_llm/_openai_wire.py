@@ -75,6 +75,11 @@ def _chat_message(message: Any) -> dict[str, Any]:
     return out
 
 
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list the server sent (a body off the API's shape reads as empty)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _chat_tools(tools: Any) -> list[dict[str, Any]]:
     definitions = []
     for tool in tools or ():
@@ -99,17 +104,18 @@ def _folded_chunks(chunks: list[Any]) -> dict[str, Any]:
         for key in ("id", "model", "usage", "system_fingerprint"):
             if chunk.get(key) is not None:
                 body[key] = chunk[key]
-        for delta_choice in chunk.get("choices") or ():
+        for delta_choice in _dicts(chunk.get("choices")):
             index = delta_choice.get("index", 0)
             choice = choices.setdefault(
                 index, {"index": index, "message": {"role": "assistant"}, "_calls": {}}
             )
-            delta = delta_choice.get("delta") or {}
+            delta = delta_choice.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
             message = choice["message"]
             for key in ("content", "refusal"):
                 if delta.get(key):
                     message[key] = message.get(key, "") + delta[key]
-            for call_delta in delta.get("tool_calls") or ():
+            for call_delta in _dicts(delta.get("tool_calls")):
                 call = choice["_calls"].setdefault(
                     call_delta.get("index", 0), {"function": {"name": "", "arguments": ""}}
                 )
@@ -156,8 +162,9 @@ def chat_attributes(call: LlmCall) -> dict[str, Any]:
         return attributes
     attributes.update(response_identity(body))
     outputs, reasons = [], []
-    for choice in body.get("choices") or ():
-        message = _chat_message({**(choice.get("message") or {}), "role": "assistant"})
+    for choice in _dicts(body.get("choices")):
+        given = choice.get("message")
+        message = _chat_message({**(given if isinstance(given, dict) else {}), "role": "assistant"})
         reason = choice.get("finish_reason")
         if reason:
             message["finish_reason"] = reason
