@@ -367,6 +367,7 @@ def test_with_options_copies_of_an_instrumented_client_record_others_do_not(
 
 def test_every_client_when_none_is_given(fake: FakeLLM, recorded: Recorded) -> None:
     assert instrument_openai() is None
+    assert instrument_openai() is None  # twice: still one log per call
     client_of(fake).chat.completions.create(model=MODEL, messages=HELLO)
     asyncio.run(async_client_of(fake).chat.completions.create(model=MODEL, messages=HELLO))
     assert len(recorded.calls) == 2
