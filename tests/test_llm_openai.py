@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import json
 import logging
+import random
 from typing import Any
 
 import openai
@@ -548,3 +549,14 @@ def test_a_body_off_the_apis_shape_is_returned_as_is_and_logged_without_output(
         assert log.fields["messages"][1] == {"role": "user", "content": "Hi"}
         assert "prompt_tokens" not in log.fields
     assert "output_message" not in streamed.fields
+
+
+def test_a_seeded_random_module_does_not_repeat_log_ids(fake: FakeLLM, recorded: Recorded) -> None:
+    """A script that calls `random.seed(42)` (most ML scripts) runs the same way each time:
+    its calls' log ids must not (a log id seen again is a replay to the store)."""
+    client = instrument_openai(client_of(fake))
+    for _ in range(2):
+        random.seed(42)
+        client.chat.completions.create(model=MODEL, messages=HELLO)
+    first, second = recorded.logs
+    assert first.log_id != second.log_id

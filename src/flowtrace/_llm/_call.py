@@ -9,6 +9,7 @@ are first read: on the worker, in the span-to-log mapping (`_LazyAttributes`).
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,8 +29,14 @@ Builder = Callable[["LlmCall"], dict[str, Any]]
 #: Request keys whose list values are copied at call time (the user may mutate them after).
 _COPIED_LISTS: Final = ("messages", "input", "tools", "system", "stop", "stop_sequences")
 
-#: Attributes of our own (no GenAI convention names them), read by the span-to-log mapping.
+#: The provider's request id (no GenAI convention names it): kept in the log's metadata.
 REQUEST_ID_ATTRIBUTE: Final = "flowtrace.request_id"
+
+#: Span ids of our own generator: a user's `random.seed(42)` must not repeat them run after run
+#: (a log id seen again is a replay to the store); reseeded in a forked child for the same reason.
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
 
 
 def snapshot_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,8 +159,8 @@ class LlmCall:
             )
         model = self.request.get("model")
         return Span(
-            trace_id=f"{random.getrandbits(128):032x}",
-            span_id=f"{random.getrandbits(64):016x}",
+            trace_id=f"{_ids.getrandbits(128):032x}",
+            span_id=f"{_ids.getrandbits(64):016x}",
             name=f"{self.operation} {model}" if isinstance(model, str) else self.operation,
             start_ns=self.start_ns,
             end_ns=self.end_ns,
