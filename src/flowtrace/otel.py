@@ -100,7 +100,11 @@ LLM_SCOPE_PREFIXES: Final = (
 
 
 def _has_llm_attributes(attributes: Mapping[str, Any] | None) -> bool:
-    return bool(attributes) and any(key.startswith(LLM_ATTRIBUTE_PREFIXES) for key in attributes)  # type: ignore[union-attr]
+    if attributes:
+        for key in attributes:
+            if key.startswith(LLM_ATTRIBUTE_PREFIXES):
+                return True
+    return False
 
 
 def looks_like_llm_work(span: ReadableSpan) -> bool:
@@ -176,8 +180,8 @@ class FlowtraceSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            key = _key(span)
-            log = self._logs.pop(key, None)
+            logs = self._logs
+            log = logs.pop(_key(span), None) if logs else None
             if log is not None:
                 log.end(span)  # read on the worker: an ended span does not change any more
             elif (
@@ -185,7 +189,7 @@ class FlowtraceSpanProcessor(SpanProcessor):
                 and _maybe_inside_a_flow()
                 and _has_llm_attributes(span.attributes)
             ):
-                self._record_late(key, span)
+                self._record_late(_key(span), span)
         except Exception as exc:
             _guard.internal_error("otel-span", exc)
 
