@@ -177,6 +177,7 @@ class Log:
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     late_child_of: str | None = None  # the log that had ended when this one started under it
+    remote = False  # True: the stand-in for a log of another service (_remote.RemoteParent)
     _log_id: str | None = None
 
     def __init__(
