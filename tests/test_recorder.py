@@ -44,10 +44,13 @@ def test_public_api_is_pinned() -> None:
         "Settings",
         "TracedThreadPoolExecutor",
         "configure",
+        "continue_trace",
         "current_log",
         "flow",
         "flush",
+        "instrument_httpx",
         "propagate",
+        "propagation_headers",
         "shutdown",
         "stats",
     ]

@@ -14,8 +14,10 @@ from __future__ import annotations
 from flowtrace._config import Settings, configure
 from flowtrace._context import TracedThreadPoolExecutor, current_log, propagate
 from flowtrace._decorator import Flow, flow
+from flowtrace._httpx_hook import instrument_httpx
 from flowtrace._log import Log
 from flowtrace._pipeline import flush, shutdown, stats
+from flowtrace._remote import continue_trace, propagation_headers
 
 __all__ = [
     "Flow",
@@ -23,10 +25,13 @@ __all__ = [
     "Settings",
     "TracedThreadPoolExecutor",
     "configure",
+    "continue_trace",
     "current_log",
     "flow",
     "flush",
+    "instrument_httpx",
     "propagate",
+    "propagation_headers",
     "shutdown",
     "stats",
 ]

@@ -45,8 +45,8 @@ __all__ = [
     "RemoteParent",
     "continue_trace",
     "local_root",
-    "remote_note",
     "propagation_headers",
+    "remote_note",
     "sampled",
     "w3c_ids",
 ]
@@ -183,9 +183,7 @@ def propagation_headers() -> dict[str, str]:
             return {}
         trace_id, span_id = w3c_ids(log)
         headers = {TRACEPARENT: format_traceparent(trace_id, span_id, sampled(log))}
-        if not isinstance(log, RemoteParent):
-            headers[TRACESTATE] = format_tracestate(log.log_id)
-        elif log.linked:  # a call from a continued block, outside its flows: the caller's log
+        if not isinstance(log, RemoteParent) or log.linked:
             headers[TRACESTATE] = format_tracestate(log.log_id)
         return headers
     except Exception as exc:
@@ -197,8 +195,7 @@ def propagation_headers() -> dict[str, str]:
 
 
 def remote_note(parent: RemoteParent) -> dict[str, Any]:
-    """What the caller said, as a log under it notes it (metadata["flowtrace"]["remote_parent"]).
-    """
+    """What the caller said, as a log under it notes it (metadata["flowtrace"]["remote_parent"])."""
     context = parent.context
     note: dict[str, Any] = {
         REMOTE_TRACE_ID: context.trace_id,

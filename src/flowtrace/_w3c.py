@@ -44,10 +44,12 @@ MAX_LOG_ID_CHARS: Final = 128
 _SAMPLED_FLAG: Final = 0x01
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 # A later version may append fields after a dash: its first four fields are read as 00's.
-_TRACEPARENT_LATER = re.compile(r"(?!ff)[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT_LATER = re.compile(
+    r"(?!ff)[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?"
+)
 #: A log id as flowtrace and the store make them (and a tracestate value may carry: no `,` `=`
 #: nor spaces).
-_LOG_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,%d}" % MAX_LOG_ID_CHARS)
+_LOG_ID = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{MAX_LOG_ID_CHARS}}}")
 _SPAN_LOG_ID = re.compile(re.escape(SPAN_LOG_ID_PREFIX) + r"([0-9a-f]{32})_([0-9a-f]{16})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
