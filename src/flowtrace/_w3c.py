@@ -9,6 +9,7 @@ each bounded in length and checked against its grammar; anything else is ignored
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -66,17 +67,26 @@ def _digest_hex(kind: bytes, log_id: str, hex_digits: int) -> str:
     return value
 
 
+# Cached: a flow sending many requests, and every log of a trace, asks for the same ids again.
+@functools.lru_cache(maxsize=4096)
 def trace_id_of(root_log_id: str) -> str:
     """The W3C trace-id (32 hex digits) of the trace whose root log is `root_log_id`. A log
     made from a span (`span_<trace>_<span>`) keeps the span's own ids."""
-    found = _SPAN_LOG_ID.fullmatch(root_log_id)
-    return found.group(1) if found else _digest_hex(b"trace", root_log_id, 32)
+    if root_log_id.startswith(SPAN_LOG_ID_PREFIX):
+        found = _SPAN_LOG_ID.fullmatch(root_log_id)
+        if found:
+            return found.group(1)
+    return _digest_hex(b"trace", root_log_id, 32)
 
 
+@functools.lru_cache(maxsize=4096)
 def span_id_of(log_id: str) -> str:
     """The W3C parent-id / OpenTelemetry span id (16 hex digits) of the log `log_id`."""
-    found = _SPAN_LOG_ID.fullmatch(log_id)
-    return found.group(2) if found else _digest_hex(b"span", log_id, 16)
+    if log_id.startswith(SPAN_LOG_ID_PREFIX):
+        found = _SPAN_LOG_ID.fullmatch(log_id)
+        if found:
+            return found.group(2)
+    return _digest_hex(b"span", log_id, 16)
 
 
 def is_log_id(text: str) -> bool:
