@@ -143,14 +143,12 @@ def main() -> None:
         receiver.terminate()
         receiver.wait()
     median = statistics.median
+    off_caller, on_caller = median(r[0] for r in rows), median(r[1] for r in rows)
+    off_cpu, on_cpu = median(r[2] for r in rows), median(r[3] for r in rows)
     print("OTLP export, `@flow` f(1, 2), real pipeline (embedded store), medians:")
-    print(
-        f"  caller ns/call: off {median(r[0] for r in rows):,.0f}, on {median(r[1] for r in rows):,.0f}"
-    )
+    print(f"  caller ns/call: off {off_caller:,.0f}, on {on_caller:,.0f}")
     print(f"  caller on/off: {median(r[1] / r[0] for r in rows):.3f}x")
-    print(
-        f"  process CPU ns/log: off {median(r[2] for r in rows):,.0f}, on {median(r[3] for r in rows):,.0f}"
-    )
+    print(f"  process CPU ns/log: off {off_cpu:,.0f}, on {on_cpu:,.0f}")
     print(f"  CPU on/off: {median(r[3] / r[2] for r in rows):.3f}x")
     results = bench_propagation(args.repeats, args.calls)
     print("Propagation, ns per call (median), and as a share of the same run's @flow f(1, 2):")

@@ -61,8 +61,10 @@ MAX_QUEUED_OPS: Final = 20_000
 #: Spans per request, and how long a span waits for others to share a request.
 BATCH_SPANS: Final = 512
 BATCH_INTERVAL_S: Final = 1.0
-#: The least an exit leaves the export to send what it has, whatever the main delivery used.
+#: The least an exit leaves the export to send what it has, whatever the main delivery used;
+#: and how long its thread then has to stop once its request is interrupted.
 MIN_EXIT_S: Final = 0.2
+STOP_GRACE_S: Final = 0.5
 
 _SCOPE: Final = ("flowtrace", "0.1.0")
 
@@ -125,6 +127,7 @@ class OtlpExport:
     ) -> None:
         self.endpoint = endpoint
         self._headers = dict(headers)
+        self.key = (endpoint, tuple(sorted(self._headers.items())))  # what configure() set
         self._status_field = settings.status_field
         self._timeout_s = settings.timeout_s
         self._connect_timeout_s = settings.connect_timeout_s
@@ -150,6 +153,9 @@ class OtlpExport:
         self._warnings = Warnings()
         # on the export thread only
         self._drafts: dict[str, tuple[SpanDraft, dict[str, Any]]] = {}  # open: draft, body
+        # the trace id of each log created early and not closed yet: its children's (a walk up
+        # the logs otherwise, as deep as the trace)
+        self._traces: dict[str, str] = {}
         self._ready: list[SpanDraft] = []
         self._ready_since: float | None = None
         # counters (ints: read by stats() from any thread)
@@ -157,6 +163,7 @@ class OtlpExport:
         self.retried = 0
         self.dropped: dict[str, int] = {}
         self.last_error: str | None = None
+        self._count_lock = threading.Lock()  # drops are counted by the worker and the thread
 
     # --- the worker's side --------------------------------------------------------------------
     def offer(self, ops: Sequence[PlannedOp]) -> None:
@@ -211,7 +218,7 @@ class OtlpExport:
         backend = self._backend
         if backend is not None:
             backend.interrupt()  # a request blocked on a hung endpoint ends now
-        return self._done.wait(1.0)
+        return self._done.wait(STOP_GRACE_S)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -278,11 +285,13 @@ class OtlpExport:
         assert log is not None
         if operation.kind == "log":
             draft = self._new_draft(operation.body, log)
-            entry = (draft, dict(operation.body))
             if not op.final:
-                self._drafts[operation.log_id] = entry
+                self._drafts[operation.log_id] = (draft, dict(operation.body))
+                self._traces[operation.log_id] = draft.trace_id
                 return
+            entry = (draft, operation.body)  # read only: the main delivery's body
         else:
+            self._traces.pop(operation.log_id, None)
             found = self._drafts.pop(operation.log_id, None)
             if found is None:  # its create was dropped (queue_full): nothing to complete
                 if op.final:
@@ -300,7 +309,8 @@ class OtlpExport:
         if remote:
             trace_id, parent_span = parent.context.trace_id, parent.context.span_id
         elif parent_id:
-            trace_id, parent_span = w3c_ids(log)[0], span_id_of(parent_id)
+            trace_id = self._traces.get(parent_id) or w3c_ids(log)[0]
+            parent_span = span_id_of(parent_id)
         else:  # a root, here and at the destination (forked, late, or untrusted)
             trace_id, parent_span = trace_id_of(log_id), None
         start_ns = wire_ns(body.get("start_time")) or 0
@@ -444,7 +454,8 @@ class OtlpExport:
     def _drop(self, reason: str, count: int = 1) -> None:
         if count <= 0:
             return
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        with self._count_lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
         if reason in ("queue_full", "incomplete", "encode_error"):
             self._warnings.once(
                 f"otlp:{reason}",
@@ -465,6 +476,7 @@ class OtlpExport:
         self._incoming.clear()
         self._ready.clear()
         self._drafts.clear()
+        self._traces.clear()
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -500,14 +512,14 @@ def _apply(settings: _config.Settings) -> None:
     endpoint = (settings.otlp_endpoint or "").strip()
     with _lock:
         old = _current
-        if old is not None and old.endpoint == endpoint:
-            return
         new = None
         if endpoint:
             try:
                 new = OtlpExport(endpoint, parse_headers(settings.otlp_headers), settings)
             except ValueError as exc:
                 Warnings().once("otlp:headers", "flowtrace: OTLP export off: %s", exc)
+        if old is not None and new is not None and old.key == new.key:
+            return  # the same export: it goes on (a thread and a queue are not made twice)
         _current = new
         if old is not None:
             _op_taps.remove_tap(old.offer)
