@@ -3,7 +3,9 @@ store's rules for a child whose parent lives in another service."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -440,3 +442,105 @@ def test_hostile_headers_never_fail_and_never_link(
     assert _log(server, other.log_id)["trace_children"] == []
     stats = httpx.get(f"{service.url}/stats", timeout=30).json()
     assert stats["dropped"] == {} and stats["last_error"] is None
+
+
+# --- the ASGI middleware and the httpx hook, in process ---------------------------------------
+
+
+def _echo_app() -> Any:
+    """An ASGI app that runs one flow per request and answers its log's parent and note."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await send({"type": "lifespan.startup.complete"})
+            return
+        async with flowtrace.flow("svc/asgi") as log:
+            pass
+        body = json.dumps({"log_id": log.log_id, "parent_id": log.parent_id}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _get(app: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    """One request through `app`, in process (httpx's ASGI transport drives the app)."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            return await client.get("/", headers=headers)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_the_middleware_continues_each_requests_trace(trusted: bool) -> None:
+    from flowtrace.asgi import FlowtraceMiddleware
+
+    app = FlowtraceMiddleware(_echo_app(), trusted=lambda scope: trusted)
+    with capture_logs() as logs:
+        continued = _get(app, _headers_of("log_caller_9")).json()
+        plain = _get(app).json()
+    assert continued["parent_id"] == "log_caller_9" and plain["parent_id"] is None
+    under_remote, alone = logs.logs
+    assert under_remote.parent is not None and under_remote.parent.remote
+    assert _remote_linked(under_remote) is trusted
+    assert alone.parent is None
+
+
+def _remote_linked(log: Any) -> bool:
+    linked: bool = log.parent.linked
+    return linked
+
+
+def test_a_failing_trust_predicate_means_untrusted(caplog: pytest.LogCaptureFixture) -> None:
+    from flowtrace.asgi import FlowtraceMiddleware
+
+    def broken(scope: Any) -> bool:
+        raise RuntimeError("predicate bug")
+
+    app = FlowtraceMiddleware(_echo_app(), trusted=broken)
+    with capture_logs() as logs, caplog.at_level(logging.WARNING):
+        assert _get(app, _headers_of("log_caller_10")).is_success
+    assert _remote_linked(logs.logs[0]) is False
+    assert any("predicate bug" in r.getMessage() for r in caplog.records)
+
+
+OWN_TRACEPARENT = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+
+
+def test_the_httpx_hook_adds_headers_only_inside_a_flow_and_never_overrides() -> None:
+    seen: list[httpx.Headers] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(200)
+
+    client = flowtrace.instrument_httpx(httpx.Client(transport=httpx.MockTransport(record)))
+    assert flowtrace.instrument_httpx(client) is client  # idempotent: one hook
+    assert len(client.event_hooks["request"]) == 1
+    with client:
+        client.get("http://b/outside")
+        with flowtrace.flow("a/calls") as calling:
+            client.get("http://b/inside")
+            client.get(
+                "http://b/own", headers={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+            )
+    outside, inside, own = seen
+    assert "traceparent" not in outside and "tracestate" not in outside
+    assert inside["tracestate"] == f"flowtrace={calling.log_id}"
+    assert inside["traceparent"].split("-")[2] == _w3c.span_id_of(calling.log_id)
+    assert own["traceparent"] == OWN_TRACEPARENT
+    assert "tracestate" not in own
+
+
+def test_async_with_continue_trace() -> None:
+    async def served() -> None:
+        continued = flowtrace.continue_trace(_headers_of("log_caller_11"))
+        async with continued, flowtrace.flow("svc/async"):
+            pass
+
+    with capture_logs() as logs:
+        asyncio.run(served())
+    assert logs.logs[0].parent_id == "log_caller_11"

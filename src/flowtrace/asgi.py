@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from flowtrace import _guard
+from flowtrace._accounting import Warnings
 from flowtrace._remote import continue_trace
 from flowtrace._w3c import TRACEPARENT, TRACESTATE
 
@@ -27,6 +27,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _NAMES = (TRACEPARENT.encode(), TRACESTATE.encode())
+_warnings = Warnings()
 #: Header lines looked at per request (a server bounds them too; this bounds our own work).
 MAX_HEADERS_READ = 256
 
@@ -58,7 +59,12 @@ class FlowtraceMiddleware:
         try:
             return bool(trusted(scope))
         except Exception as exc:  # the user's predicate failed: its request is not trusted
-            _guard.internal_error("asgi-trusted", exc)
+            _warnings.once(
+                "asgi-trusted",
+                "flowtrace: FlowtraceMiddleware's trusted() raised %r; such requests continue "
+                "the caller's trace untrusted (its ids noted, not linked)",
+                exc,
+            )
             return False
 
 
