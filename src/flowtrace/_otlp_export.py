@@ -60,6 +60,8 @@ __all__ = ["OtlpExport", "current", "flush", "parse_headers", "shutdown", "stats
 MAX_QUEUED_OPS: Final = 20_000
 #: Spans per request, and how long a span waits for others to share a request.
 BATCH_SPANS: Final = 512
+#: Spans made and waiting to be sent, at most (more operations wait in the queue).
+MAX_READY_SPANS: Final = 4 * BATCH_SPANS
 BATCH_INTERVAL_S: Final = 1.0
 #: The least an exit leaves the export to send what it has, whatever the main delivery used;
 #: and how long its thread then has to stop once its request is interrupted.
@@ -243,9 +245,7 @@ class OtlpExport:
         while True:
             self._take_in()
             if self._stop.is_set():
-                self._close_open_drafts()
-                while self._ready and not self._past_deadline():
-                    self._send_batch()
+                self._drain()
                 return
             if self._ready and self._due():
                 self._send_batch()
@@ -262,9 +262,22 @@ class OtlpExport:
             since is not None and self._clock() >= since + BATCH_INTERVAL_S
         )
 
+    def _drain(self) -> None:
+        """Stopping: send everything (open logs too) until done or the deadline."""
+        while not self._past_deadline():
+            self._take_in()
+            if not self._incoming:
+                self._close_open_drafts()
+            if not self._ready:
+                return
+            self._send_batch()
+
     def _take_in(self) -> None:
+        """Merge what the worker offered into spans, while fewer than MAX_READY_SPANS wait to
+        be sent (the rest waits in the bounded queue: memory stays bounded when sending is
+        slow)."""
         incoming = self._incoming
-        while incoming:
+        while incoming and len(self._ready) < MAX_READY_SPANS:
             item = incoming.popleft()
             if isinstance(item, _Flush):
                 while self._ready and not self._stop.is_set():
