@@ -128,6 +128,21 @@ def _is_cancellation(exc: BaseException) -> bool:
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
+def _fail_at_any_depth(log: Log, exc: BaseException) -> None:
+    """`_fail`, also when the user's recursion filled the stack (RecursionError): the wrapper
+    may call this one function more, and ending the log takes a few, so the limit is raised
+    for as long as that takes."""
+    if not isinstance(exc, RecursionError):
+        _fail(log, exc)
+        return
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
+    try:
+        _fail(log, exc)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _fail(log: Log, exc: BaseException, output: Any = UNSET) -> None:
     """End a log whose call raised `exc` (which the caller re-raises unchanged); `output`: what
     a generator yielded before."""
@@ -180,17 +195,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             result = fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
-            if isinstance(exc, RecursionError):
-                # The user's recursion filled the stack: this frame may call one function more,
-                # and ending the log takes a few. (The coroutine wrapper does the same.)
-                limit = sys.getrecursionlimit()
-                sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
-                try:
-                    _fail(log, exc)
-                finally:
-                    sys.setrecursionlimit(limit)
-            else:
-                _fail(log, exc)
+            _fail_at_any_depth(log, exc)
             raise
         current.reset(token)
         if type(result) in SCALARS and log.user_fields is None and capture_output is True:
@@ -221,15 +226,7 @@ def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Cal
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
-            if isinstance(exc, RecursionError):  # as in the plain function's wrapper
-                limit = sys.getrecursionlimit()
-                sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
-                try:
-                    _fail(log, exc)
-                finally:
-                    sys.setrecursionlimit(limit)
-            else:
-                _fail(log, exc)
+            _fail_at_any_depth(log, exc)
             raise
         current.reset(token)
         log.close(None, result)
