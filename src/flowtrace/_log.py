@@ -180,6 +180,7 @@ class Log:
     # A span's log (`_span_logs.SpanLog`): it builds its own bodies, and is created only once
     # it has ended (its kind and version come from the ended span).
     is_span = False
+    remote = False  # True: the stand-in for a log of another service (_remote.RemoteParent)
     _log_id: str | None = None
 
     def __init__(

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flowtrace import _config, _guard, _log
+from flowtrace import _config, _guard, _log, _op_taps, _otlp_export
 from flowtrace._accounting import Counters, Warnings
 from flowtrace._delivery import Ledger, Sender
 from flowtrace._destination import Destination
@@ -603,6 +603,8 @@ class Pipeline:
         self._ledger.planned(ops)
         self._ledger.add_markers(markers, now)
         if ops:
+            if _op_taps.taps:  # the OTLP export: a copy of each operation, on its own queue
+                _op_taps.tell(ops)
             outbox.put(ops)
         elif markers:
             self._release_markers()
@@ -795,8 +797,13 @@ def shutdown(timeout: float | None = None) -> None:
 
 def stats() -> dict[str, Any]:
     """Delivery counters, in logs: queued, spooled, sent, left_open, retried (operations),
-    dropped (by reason), last_error, and the spool's path."""
-    return _pipeline.stats()
+    dropped (by reason), last_error, and the spool's path; with an OTLP endpoint configured,
+    the export's own under `otlp`."""
+    counters = _pipeline.stats()
+    otlp = _otlp_export.stats()
+    if otlp is not None:
+        counters["otlp"] = otlp
+    return counters
 
 
 def use_exporter(exporter: Exporter | None) -> None:
@@ -819,6 +826,7 @@ def _install() -> None:
 
     add_sink(_pipeline)
     _lifecycle.install()
+    _otlp_export.install()
 
 
 _install()

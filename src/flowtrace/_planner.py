@@ -39,9 +39,11 @@ from flowtrace._contract import (
     RECORDER_FORKED_FROM,
     RECORDER_LATE_CHILD_OF,
     RECORDER_METADATA_KEY,
+    RECORDER_REMOTE_PARENT,
     StatusField,
 )
 from flowtrace._log import Log
+from flowtrace._remote import RemoteParent, remote_note
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.exporters import Operation, OperationKind
 
@@ -165,7 +167,7 @@ class Planner:
         log.delivery = state
         self._counters.held += 1
         parent = log.parent
-        if parent is not None:
+        if parent is not None and not parent.remote:  # under a remote parent: a root here
             parent_state = parent.delivery
             if parent_state.__class__ is not LogState or parent_state.token is not self._token:
                 state.detached = True  # the parent is the forked-from process's to deliver
@@ -519,6 +521,11 @@ class Planner:
             _note(body, RECORDER_LATE_CHILD_OF if state.late else RECORDER_FORKED_FROM, parent_id)
         elif log.late_child_of is not None:  # the recorder filed it elsewhere when it started
             _note(body, RECORDER_LATE_CHILD_OF, log.late_child_of)
+        parent = log.parent
+        if isinstance(parent, RemoteParent):  # the caller's log (_remote): linked, or noted
+            if not parent.linked:
+                body.pop("trace_parent_id", None)
+            _note(body, RECORDER_REMOTE_PARENT, remote_note(parent))
         return body
 
     def _encode_failed(self, log: Log, state: LogState, exc: Exception) -> None:
