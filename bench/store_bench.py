@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 
 BATCH = 512  # the pipeline's batch size
 TRACE = 10  # logs per trace in the bulk data: a root and 9 children
@@ -161,18 +161,22 @@ def _read_figures(path: Path) -> None:
         reads: dict[str, Callable[[], object]] = {
             f"get_log: one {BIG_TRACE}-log trace": lambda: store.get_log(root),
             "list_logs page 1 (all logs)": lambda: store.list_logs(),
-            "list_logs page 1 (file_id)": lambda: store.list_logs(file_id=flow_id),
-            "list_logs page 1 (roots_only)": lambda: store.list_logs(roots_only=True),
-            "list_logs page 100 (file_id)": lambda: store.list_logs(file_id=flow_id, page=100),
+            "list_logs page 1 (file_id)": lambda: store.list_logs(ListQuery(file_id=flow_id)),
+            "list_logs page 1 (roots_only)": lambda: store.list_logs(ListQuery(roots_only=True)),
+            "list_logs page 100 (file_id)": lambda: store.list_logs(
+                ListQuery(file_id=flow_id, page=100)
+            ),
             "list_logs errors_only (file_id)": lambda: store.list_logs(
-                file_id=flow_id, errors_only=True
+                ListQuery(file_id=flow_id, errors_only=True)
             ),
             "list_logs search, rare word (LIKE scan)": lambda: store.list_logs(
-                search="answer to 123457 "
+                ListQuery(search="answer to 123457 ")
             ),
-            "list_logs search, common word (LIKE scan)": lambda: store.list_logs(search="answer"),
+            "list_logs search, common word (LIKE scan)": lambda: store.list_logs(
+                ListQuery(search="answer")
+            ),
             "list_logs search, rare word in one flow": lambda: store.list_logs(
-                file_id=flow_id, search="answer to 123457 "
+                ListQuery(file_id=flow_id, search="answer to 123457 ")
             ),
             "list_flows": store.list_flows,
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, FlowUpsertRequest, LogQuery
-from flowtrace.store import Store, StoreError
+from flowtrace.store import ListQuery, Store, StoreError
 from tests.store_helpers import FakeClock, at, open_store, patch, req
 
 
@@ -366,7 +366,7 @@ def test_delete_removes_the_log_and_its_subtree(store: Store) -> None:
     assert (flow.log_count, flow.error_count) == (2, 0)
     store.delete_logs(["root"])
     assert store.list_logs().total == 0
-    assert store.list_logs(search="needle").total == 0
+    assert store.list_logs(ListQuery(search="needle")).total == 0
     store.delete_logs(["root"])  # again: nothing to do, no error
 
 
@@ -375,13 +375,14 @@ def test_a_rule_refusing_after_a_write_aborts_the_whole_batch(
 ) -> None:
     """Operations fail alone because every check runs before any write; were a rule ever
     to refuse after writing, the batch must fail whole rather than keep half an operation."""
-    from flowtrace.store import _logs
+    from flowtrace.store._repository import Repository
 
     def refuse_late(*args: object) -> None:
         raise StoreError(409, "late refusal")
 
     store.log(req(path="f", log_id="p"))
-    monkeypatch.setattr(_logs, "widen", refuse_late)
+    for backend in Repository.__subclasses__():
+        monkeypatch.setattr(backend, "widen", refuse_late)
     with pytest.raises(RuntimeError, match="refused after writing"):
         store.batch(
             [
