@@ -1,10 +1,11 @@
 """Recorder overhead in CPU instructions (issue 2): exact and unaffected by machine load.
 
-    PYTHONPATH=src python bench/instructions.py [--calls 20000]
+    PYTHONPATH=src python bench/instructions.py [--calls 20000] [--case f|payload|trace]
 
-Runs `f(1, 2)` bare, through the bench's floor tracer, and through `@flow` (delivery swapped
-for deque appends, as in bench/overhead.py) under valgrind's callgrind, once with 0 calls and
-once with N, and reports (instructions(N) - instructions(0)) / N per call. Needs valgrind.
+Runs a case (`f(1, 2)`; a ~2 KB dict in and out; a root calling 10 children) bare, through the
+bench's floor tracer, and through `@flow` (delivery swapped for deque appends, as in
+bench/overhead.py) under valgrind's callgrind, once with 0 calls and once with N, and reports
+(instructions(N) - instructions(0)) / N per call. Needs valgrind.
 """
 
 from __future__ import annotations
@@ -50,17 +51,40 @@ HARNESS = textwrap.dedent(
             return result
         return wrapper
 
-    def f(a, b):
-        return a + b
+    kind, calls, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    wrap = {"bare": lambda fn: fn, "floor": floor, "flow": flow}[kind]
 
-    fn = {"bare": f, "floor": floor(f), "flow": flow(f)}[sys.argv[1]]
-    for _ in range(int(sys.argv[2])):
-        fn(1, 2)
+    def payload(seed):
+        text = f"{seed} lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2
+        return {"model": "gpt-4o-mini", "temperature": 0.2, "tags": ["bench", "payload", seed],
+                "messages": [{"role": "user" if i % 2 else "assistant", "content": text, "n": i}
+                             for i in range(12)]}
+
+    if case == "f":
+        f = wrap(lambda a, b: a + b)
+        run = lambda: f(1, 2)
+    elif case == "payload":  # a ~2 KB dict in, another out (both copied by @flow)
+        PAYLOAD_IN, PAYLOAD_OUT = payload("in"), payload("out")
+        p = wrap(lambda d: PAYLOAD_OUT)
+        run = lambda: p(PAYLOAD_IN)
+    else:  # "trace": a root calling 10 children
+        child = wrap(lambda i: i)
+
+        @wrap
+        def root():
+            for i in range(10):
+                child(i)
+
+        run = root
+    for _ in range(calls):
+        run()
     """
 )
 
+CASES = ("f", "payload", "trace")
 
-def instructions(kind: str, calls: int) -> int:
+
+def instructions(kind: str, calls: int, case: str) -> int:
     done = subprocess.run(
         [
             "valgrind",
@@ -71,6 +95,7 @@ def instructions(kind: str, calls: int) -> int:
             HARNESS,
             kind,
             str(calls),
+            case,
         ],
         capture_output=True,
         text=True,
@@ -85,16 +110,23 @@ def instructions(kind: str, calls: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument(
+        "--case",
+        choices=CASES,
+        default="f",
+        help="f(1, 2); a ~2 KB dict in and out; a root and 10 children (per trace)",
+    )
     args = parser.parse_args()
     per_call = {
-        kind: (instructions(kind, args.calls) - instructions(kind, 0)) / args.calls
+        kind: (instructions(kind, args.calls, args.case) - instructions(kind, 0, args.case))
+        / args.calls
         for kind in ("bare", "floor", "flow")
     }
     floor = per_call["floor"] - per_call["bare"]
     flowtrace = per_call["flow"] - per_call["bare"]
     print(
-        f"instructions per call: bare {per_call['bare']:,.0f}, floor overhead {floor:,.0f}, "
-        f"@flow overhead {flowtrace:,.0f}: {flowtrace / floor:.2f}x the floor"
+        f"{args.case}: instructions per call: bare {per_call['bare']:,.0f}, floor overhead "
+        f"{floor:,.0f}, @flow overhead {flowtrace:,.0f}: {flowtrace / floor:.2f}x the floor"
     )
 
 

@@ -512,7 +512,7 @@ def notes(args: argparse.Namespace) -> list[str]:
         f"- flowtrace: `@flow` with defaults; delivery: {delivery}.",
         f"- Payload case: a {PAYLOAD_BYTES:,}-byte (JSON) dict argument and a same-size dict "
         "result. The floor keeps references; `@flow` copies argument and result (it must: "
-        "they may be mutated after the call; plain containers are deep-copied with `marshal`), "
+        "they may be mutated after the call; plain containers are copied within the budgets), "
         "so that row's flowtrace/floor ratio compares unlike work and has no target.",
     ]
 

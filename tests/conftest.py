@@ -21,9 +21,10 @@ settings.register_profile("explore", max_examples=2000, deadline=None)
 settings.load_profile("deterministic")
 
 # Logs recorded by tests go to a throwaway embedded store, never into the working directory.
-os.environ.setdefault(
-    "FLOWTRACE_DB_PATH", os.path.join(tempfile.mkdtemp(prefix="flowtrace-tests-"), "tests.db")
-)
+_TEST_DIR = tempfile.mkdtemp(prefix="flowtrace-tests-")
+os.environ.setdefault("FLOWTRACE_DB_PATH", os.path.join(_TEST_DIR, "tests.db"))
+# ... and so do the spools of the destinations tests deliver to (never the user's state dir).
+os.environ.setdefault("FLOWTRACE_SPOOL_DIR", os.path.join(_TEST_DIR, "spool"))
 flowtrace.configure()  # the pytest plugin imported flowtrace before this file set the path
 
 

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 __all__ = ["FaultProxy", "Forward", "Hang", "ResetAfterForward", "Respond", "SeenRequest"]
 
@@ -79,6 +80,12 @@ class FaultProxy:
         self._connections: set[socket.socket] = set()
 
     # --- control -------------------------------------------------------------------------
+    @classmethod
+    def in_front_of(cls, root_url: str) -> FaultProxy:
+        """A started proxy to the server at `root_url` (`http://host:port`)."""
+        address = urlsplit(root_url)
+        return cls(address.hostname or "127.0.0.1", address.port or 80).start()
+
     def start(self) -> FaultProxy:
         self._listen()
         return self

@@ -11,7 +11,6 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -33,8 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def proxy(server: RunningServer) -> Iterator[FaultProxy]:
-    address = urlsplit(server.root_url)
-    running = FaultProxy(address.hostname or "127.0.0.1", address.port or 80).start()
+    running = FaultProxy.in_front_of(server.root_url)
     yield running
     running.stop()
 

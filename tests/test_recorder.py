@@ -7,17 +7,21 @@ import inspect
 import json
 import logging
 import os
+import subprocess
 import sys
+import textwrap
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
 import flowtrace
 from flowtrace import current_log, flow
-from flowtrace._log import set_clock
+from flowtrace._log import Log, set_clock
 from flowtrace.testing import CapturedLogs, capture_logs
+
+_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
 class Boom(Exception):
@@ -295,24 +299,26 @@ def test_interruptions_propagate_untouched_and_are_not_failures(
     assert record["trace_status"] == "complete"
 
 
-def test_cancellation_is_recorded_as_cancelled() -> None:
-    started = asyncio.Event
+async def _cancelled_once_ready(
+    work: Callable[[asyncio.Event], Coroutine[Any, Any, object]],
+) -> None:
+    """Run `work(ready)` as a task and cancel it once it has set `ready`."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(work(ready))
+    await ready.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
+
+def test_cancellation_is_recorded_as_cancelled() -> None:
     @flow(path="t/cancelled")
     async def slow(ready: asyncio.Event) -> None:
         ready.set()
         await asyncio.Event().wait()
 
-    async def main() -> None:
-        ready = started()
-        task = asyncio.create_task(slow(ready))
-        await ready.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with capture_logs() as captured:
-        asyncio.run(main())
+        asyncio.run(_cancelled_once_ready(slow))
     record = only(captured, "t/cancelled")
     assert "error" not in record
     assert record["metadata"]["flowtrace"] == {"ended": "cancelled"}
@@ -477,6 +483,44 @@ def test_async_generator_streams_and_closes_early() -> None:
     assert early["metadata"]["flowtrace"] == {"ended": "closed early"}
 
 
+def test_async_generator_abandoned_with_break_in_asyncio_run_is_closed_early() -> None:
+    """Issue 9 item 16: asyncio.run cancels the pending aclose() of a generator left with
+    `break`, which throws CancelledError in at its yield: its consumer stopped, it was not
+    cancelled while working."""
+
+    @flow(path="t/abandoned")
+    async def abandoned(n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            yield str(i)
+
+    @flow(path="t/cancelled-inside")
+    async def cancelled_inside(ready: asyncio.Event) -> AsyncIterator[str]:
+        yield "first"
+        ready.set()
+        await asyncio.Event().wait()  # cancelled here, while working
+        yield "never"
+
+    async def main() -> None:
+        async for item in abandoned(10):
+            if item == "1":
+                break
+
+        async def consume(ready: asyncio.Event) -> None:
+            async for _ in cancelled_inside(ready):
+                pass
+
+        await _cancelled_once_ready(consume)
+
+    with capture_logs() as captured:
+        asyncio.run(main())
+    record = only(captured, "t/abandoned")
+    assert record["metadata"]["flowtrace"] == {"ended": "closed early"}
+    assert record["output"] == "01"
+    inside = only(captured, "t/cancelled-inside")
+    assert inside["metadata"]["flowtrace"] == {"ended": "cancelled"}
+    assert inside["output"] == "first"
+
+
 def test_generator_nests_under_the_flow_that_iterates_it() -> None:
     @flow(path="t/producer")
     def producer() -> Iterator[str]:
@@ -571,6 +615,86 @@ def test_asyncio_to_thread_carries_the_context() -> None:
     assert only(captured, "t/in-thread")["trace_parent_id"] == parent_id
 
 
+def _stream(path: str) -> Iterator[int]:
+    with flow(path):
+        yield 1
+        yield 2
+
+
+async def _astream(path: str) -> AsyncIterator[int]:
+    async with flow(path):
+        yield 1
+        await asyncio.sleep(0)
+        yield 2
+
+
+def _assert_later_flows_are_roots(captured: CapturedLogs, *paths: str) -> None:
+    assert "trace_parent_id" not in only(captured, "t/later")
+    for path in paths:
+        assert only(captured, path)["trace_status"] == "complete"
+
+
+async def _current_then_a_later_flow() -> Log | None:
+    """The current log once the generators are done; then a flow, which must be a root."""
+    seen = current_log()
+    async with flow("t/later"):
+        pass
+    return seen
+
+
+def _run_and_check_later_flows_are_roots(
+    main: Callable[[], Coroutine[Any, Any, Log | None]], *paths: str
+) -> None:
+    with capture_logs() as captured:
+        assert asyncio.run(main()) is None
+    _assert_later_flows_are_roots(captured, *paths)
+
+
+def test_interleaved_generators_leave_no_finished_log_current() -> None:
+    """Issue 9 item 8: two generators each holding a block, advanced in turn."""
+    with capture_logs() as captured:
+        assert list(zip(_stream("t/a"), _stream("t/b"), strict=False)) == [(1, 1), (2, 2)]
+        assert current_log() is None
+        a, b = _stream("t/c"), _stream("t/d")
+        assert [next(a), next(b), next(a), next(b)] == [1, 1, 2, 2]
+        assert list(a) == list(b) == []
+        assert current_log() is None
+        with flow("t/later"):
+            pass
+    _assert_later_flows_are_roots(captured, "t/a", "t/b", "t/c", "t/d")
+
+
+def test_interleaved_async_generators_leave_no_finished_log_current() -> None:
+    async def main() -> Log | None:
+        a, b = _astream("t/a"), _astream("t/b")
+        assert [await anext(a), await anext(b), await anext(a), await anext(b)] == [1, 1, 2, 2]
+        assert [x async for x in a] == [] and [x async for x in b] == []
+        return await _current_then_a_later_flow()
+
+    _run_and_check_later_flows_are_roots(main, "t/a", "t/b")
+
+
+def test_a_block_left_in_another_task_leaves_no_finished_log_current() -> None:
+    """A generator's block entered in one task (or context) and left in another cannot reset
+    the context it was entered in: that context's current log is then a finished log, which
+    neither `current_log()` nor a new log's parent may be."""
+
+    async def main() -> Log | None:
+        a, b = _astream("t/a"), _astream("t/b")
+        assert await asyncio.gather(anext(a), anext(b)) == [1, 1]  # entered in two tasks
+        assert [await anext(a), await anext(b)] == [2, 2]
+        assert [x async for x in a] == [] and [x async for x in b] == []
+        c, d = _astream("t/c"), _astream("t/d")
+        assert await asyncio.create_task(anext(c)) == 1
+        assert await anext(d) == 1  # d is entered here, in main's context...
+        assert [await anext(c), await asyncio.create_task(anext(d))] == [2, 2]
+        assert [x async for x in c] == []
+        assert await asyncio.create_task(anext(d, None)) is None  # ...and left in a task
+        return await _current_then_a_later_flow()
+
+    _run_and_check_later_flows_are_roots(main, "t/a", "t/b", "t/c", "t/d")
+
+
 def test_one_flow_object_entered_by_concurrent_tasks() -> None:
     shared = flow("t/shared")
 
@@ -587,6 +711,109 @@ def test_one_flow_object_entered_by_concurrent_tasks() -> None:
         ids = asyncio.run(main())
     records = {r["log_id"]: r for r in captured.by_path("t/shared")}
     assert [records[log_id]["output"] for log_id in ids] == [str(i) for i in range(10)]
+
+
+# --- recursion ----------------------------------------------------------------------------------
+
+
+def _deepest(make: Any, kind: str) -> int:
+    """How deep a recursion of `kind` goes, bare (`make` is the identity) or decorated, run in a
+    new thread so the depth does not depend on the test runner's own stack."""
+    reached = [0]
+
+    def plain(n: int) -> int:
+        reached[0] = max(reached[0], n)
+        return target(n + 1)  # type: ignore[no-any-return]
+
+    def generator(n: int) -> Iterator[int]:
+        reached[0] = max(reached[0], n)
+        yield from target(n + 1)
+
+    class Callable:
+        def __call__(self, n: int) -> int:
+            reached[0] = max(reached[0], n)
+            return target(n + 1)  # type: ignore[no-any-return]
+
+    target = make({"plain": plain, "generator": generator, "callable": Callable()}[kind])
+
+    def run() -> None:
+        try:
+            result = target(1)
+            if kind == "generator":
+                list(result)
+        except RecursionError:
+            pass
+
+    import threading
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return reached[0]
+
+
+@pytest.fixture
+def recorder_only() -> Iterator[None]:
+    """Logs reach only the test's sinks, not the delivery pipeline (deep traces are issue 9
+    item 1, the pipeline's)."""
+    pipeline = flowtrace._pipeline._pipeline
+    flowtrace._sinks.remove_sink(pipeline)
+    try:
+        yield
+    finally:
+        flowtrace._sinks.add_sink(pipeline)
+
+
+@pytest.mark.usefixtures("recorder_only")
+@pytest.mark.parametrize(
+    ("kind", "bare_frames", "decorated_frames"),
+    [
+        ("plain", 1, 2),  # the wrapper's frame and the function's
+        ("generator", 1, 3),  # the wrapper's `send` is a call the interpreter counts too
+        ("callable", 2, 4),  # a callable object's call slot and __call__, and the proxy's
+    ],
+)
+def test_a_decorated_call_costs_one_python_frame_of_the_recursion_limit(
+    kind: str, bare_frames: int, decorated_frames: int
+) -> None:
+    """Issue 9 item 12: @flow adds one Python frame per call (generators and callable objects:
+    two and three were added; a plain function: one, as before)."""
+    bare = _deepest(lambda fn: fn, kind)
+    with capture_logs() as captured:
+        decorated = _deepest(flow, kind)
+    assert decorated >= bare * bare_frames // decorated_frames - 2
+    assert len(captured.logs) == decorated  # every level recorded, and closed
+
+
+@pytest.mark.usefixtures("recorder_only")
+def test_an_error_through_a_deep_recursion_is_recorded_at_every_level_cheaply() -> None:
+    """A RecursionError through 500 decorated levels took ~10 s: each level formatted the
+    whole traceback below it on the call path. Now each captures a bounded number of frames
+    (code and line), formatted on the worker."""
+
+    @flow(path="t/deep")
+    def deep(n: int) -> int:
+        return deep(n + 1)
+
+    def run() -> None:
+        with pytest.raises(RecursionError):
+            deep(0)
+
+    import threading
+
+    with capture_logs() as captured:
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+    records = captured.by_path("t/deep")
+    assert len(records) > 400
+    assert all(record["error"].startswith("RecursionError") for record in records)
+    outermost = min(records, key=lambda record: record["inputs"]["n"])
+    recorded = outermost["metadata"]["flowtrace"]["traceback"]
+    assert recorded.count('", line ') <= 16 + 48 + 4  # kept frames (+ a few chained ones)
+    assert "more frames not recorded]" in recorded
+    assert recorded.endswith("RecursionError: maximum recursion depth exceeded\n")
+    assert "in deep\n    return deep(n + 1)\n" in recorded
 
 
 # --- stdout -------------------------------------------------------------------------------------
@@ -667,6 +894,66 @@ def test_logging_records_are_captured_when_enabled() -> None:
     finally:
         flowtrace.configure()
     assert only(captured, "t/logged")["stdout"] == "INFO tests.app: step one\n"
+
+
+def test_printed_output_is_kept_within_the_string_budget_while_the_log_is_open() -> None:
+    """Issue 9 item 9: an open log holds what will be stored and a count, not all it printed."""
+    flowtrace.configure(max_string_chars=100, capture_logging=True)
+    logger = logging.getLogger("tests.app")
+    logger.setLevel(logging.INFO)
+    try:
+        with capture_logs() as captured, flow("t/chatty") as log:
+            for _ in range(1000):
+                print("x" * 9)  # 10 characters a line
+            assert log.stdout == ("x" * 9 + "\n") * 10 + "...[truncated, 10000 chars]"
+            assert sum(map(len, log.stdout_parts or [])) == 100
+            for _ in range(10):
+                logger.info("step")  # "INFO tests.app: step\n": 21 characters each
+            assert sum(map(len, log.stdout_parts or [])) == 100
+        record = only(captured, "t/chatty")
+    finally:
+        flowtrace.configure()
+    assert record["stdout"] == ("x" * 9 + "\n") * 10 + "...[truncated, 10210 chars]"
+
+
+def test_printing_hundreds_of_megabytes_in_one_flow_holds_no_more_than_the_budget() -> None:
+    """220 MB printed inside one open flow (to /dev/null) grew RSS by ~344 MB before."""
+    code = textwrap.dedent(
+        """
+        import resource, sys
+        from flowtrace import flow
+        from flowtrace.testing import capture_logs
+        from flowtrace._sinks import remove_sink
+        from flowtrace._pipeline import _pipeline
+        remove_sink(_pipeline)  # nothing delivered: the process measures the recorder
+        chunk = "y" * 1_000_000
+        with capture_logs() as captured:
+            with flow("t/printer") as warm:
+                print(chunk)  # the tee installed, the first megabyte kept
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            with flow("t/printer") as log:
+                for i in range(220):
+                    sys.stdout.write(chunk[:-8] + "%08d" % i)  # a new megabyte each time
+            grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+            stdout = captured.records[-1]["stdout"]
+        assert stdout.endswith("...[truncated, 220000000 chars]"), stdout[-40:]
+        print(grown_kib, len(stdout), file=sys.stderr)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([_SRC, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    grown_kib, stored = map(int, result.stderr.split())
+    assert stored == 65536 + len("...[truncated, 220000000 chars]")
+    assert grown_kib < 32 * 1024, f"RSS grew by {grown_kib} KiB while printing 220 MB"
 
 
 # --- settings and the guard ------------------------------------------------------------------

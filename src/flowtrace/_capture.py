@@ -1,20 +1,33 @@
 """What a call gives a log besides its copied arguments (`_serialize.capture_value`): the
-binding of arguments to parameter names (done on the worker), and what it printed (a tee on
-sys.stdout that routes each write to the current log; optionally `logging` records)."""
+binding of arguments to parameter names (done on the worker), what it printed (a tee on
+sys.stdout that routes each write to the current log; optionally `logging` records), and the
+traceback of the exception it raised (taken cheaply, formatted on the worker)."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from types import CodeType, TracebackType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flowtrace import _config, _guard
-from flowtrace._context import current
-from flowtrace._serialize import Limits, set_limits
+from flowtrace._context import current, open_ancestor
+from flowtrace._serialize import Limits, limits, set_limits
 
-__all__ = ["InputBinder", "StdoutTee", "ensure_stdout_tee"]
+if TYPE_CHECKING:
+    from flowtrace._log import Log
+
+__all__ = [
+    "CapturedTraceback",
+    "InputBinder",
+    "StdoutTee",
+    "append_output",
+    "describe_message",
+    "ensure_stdout_tee",
+]
 
 
 class InputBinder:
@@ -99,6 +112,24 @@ def _unbound(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]
 # --- stdout ----------------------------------------------------------------------------------
 
 
+def append_output(log: Log, text: str) -> None:
+    """Add printed text (or a logging record) to an open log, keeping only what will be stored:
+    its first `max_string_chars` characters, and the count of all of them for the marker (a
+    long run that prints hundreds of megabytes holds 64 Ki characters, not the megabytes)."""
+    written = log.stdout_chars
+    log.stdout_chars = written + len(text)
+    room = limits().max_string - written
+    if room <= 0:
+        return
+    if len(text) > room:
+        text = text[:room]
+    parts = log.stdout_parts
+    if parts is None:
+        log.stdout_parts = [text]
+    else:
+        parts.append(text)
+
+
 class StdoutTee:
     """Stands in for sys.stdout: every write goes on to the stream it wraps, unchanged, and is
     also appended to the innermost open log of the writing thread or task."""
@@ -108,14 +139,12 @@ class StdoutTee:
 
     def write(self, text: str) -> int:
         log = current.get()
-        if log is not None and log.duration_ns is None and _capture_stdout:  # open
+        if log is not None and _capture_stdout:
             try:
-                if isinstance(text, str):
-                    parts = log.stdout_parts
-                    if parts is None:
-                        log.stdout_parts = [text]
-                    else:
-                        parts.append(text)
+                if log.duration_ns is not None:  # the context held a log that has ended
+                    log = open_ancestor(log)
+                if log is not None and type(text) is str:
+                    append_output(log, text)
             except Exception as exc:
                 _guard.internal_error("stdout-capture", exc)
         return self._flowtrace_target.write(text)
@@ -144,6 +173,126 @@ def ensure_stdout_tee() -> None:
         sys.stdout = StdoutTee(out)
 
 
+# --- the traceback of a failed call ------------------------------------------------------------
+
+#: Frames of one traceback kept (the outermost few, where the flow's function is, and the
+#: innermost, where the error was raised); a RecursionError's thousand frames are counted.
+OUTER_FRAMES = 16
+INNER_FRAMES = 48
+#: Chained exceptions (`raise ... from ...`, errors while handling another) kept.
+CHAINED_EXCEPTIONS = 8
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+_Frames = list[tuple[CodeType, int | None]]
+
+
+class CapturedTraceback:
+    """An exception's traceback taken on the call path, cheaply: for each exception of its
+    chain, its text and the code and line of a bounded number of its frames (no frame is kept
+    alive, no file is read). `text()` formats it as Python prints it (source lines from
+    linecache), on the worker. Capturing never recurses, so it works at the recursion limit,
+    and costs a pointer walk per frame, so an error through a deep recursion is not quadratic.
+    """
+
+    __slots__ = ("_chain", "_text")
+
+    def __init__(self, exc: BaseException, message: str, skip_file: str) -> None:
+        self._text: str | None = None
+        # (how it links to the next one, its text, its frames, frames left out), oldest first
+        self._chain: list[tuple[str, str, _Frames, int]] = []
+        seen: set[int] = set()
+        link = ""
+        current_exc: BaseException | None = exc
+        while current_exc is not None and len(seen) < CHAINED_EXCEPTIONS:
+            seen.add(id(current_exc))
+            tb = current_exc.__traceback__
+            if current_exc is exc:  # the wrapper's own frames are not the user's traceback
+                while tb is not None and tb.tb_frame.f_code.co_filename == skip_file:
+                    tb = tb.tb_next
+            frames, left_out = _bounded_frames(tb)
+            text = exception_text(current_exc, message if current_exc is exc else None)
+            self._chain.append((link, text, frames, left_out))
+            cause = current_exc.__cause__
+            if cause is not None:
+                current_exc, link = cause, _CAUSE
+            elif not current_exc.__suppress_context__:
+                current_exc, link = current_exc.__context__, _CONTEXT
+            else:
+                current_exc = None
+            if current_exc is not None and id(current_exc) in seen:
+                break
+        self._chain.reverse()
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = "".join(self._format())
+        return self._text
+
+    def _format(self) -> list[str]:
+        lines: list[str] = []
+        link = ""
+        for next_link, text, frames, left_out in self._chain:
+            lines.append(link)
+            link = next_link
+            if frames:
+                lines.append("Traceback (most recent call last):\n")
+                summaries = [
+                    traceback.FrameSummary(code.co_filename, lineno, code.co_name)
+                    for code, lineno in frames
+                ]
+                outer = min(len(summaries), OUTER_FRAMES) if left_out else len(summaries)
+                lines.extend(traceback.StackSummary.from_list(summaries[:outer]).format())
+                if left_out:
+                    lines.append(f"  [{left_out} more frames not recorded]\n")
+                    lines.extend(traceback.StackSummary.from_list(summaries[outer:]).format())
+            lines.append(text)
+        return lines
+
+
+def _bounded_frames(tb: TracebackType | None) -> tuple[_Frames, int]:
+    """The code and line of the first OUTER_FRAMES and last INNER_FRAMES frames, and how many
+    were left out between them."""
+    count = 0
+    walk = tb
+    while walk is not None:
+        count += 1
+        walk = walk.tb_next
+    left_out = max(count - OUTER_FRAMES - INNER_FRAMES, 0)
+    frames: _Frames = []
+    index = 0
+    while tb is not None:
+        if index < OUTER_FRAMES or index >= OUTER_FRAMES + left_out:
+            frames.append((tb.tb_frame.f_code, tb.tb_lineno))
+        index += 1
+        tb = tb.tb_next
+    return frames, left_out
+
+
+def exception_text(exc: BaseException, message: str | None = None) -> str:
+    """The last line(s) Python prints for an exception: `module.Type: message` and its notes."""
+    kind = type(exc)
+    name = kind.__qualname__
+    module = kind.__module__
+    if module not in ("__main__", "builtins"):
+        name = f"{module}.{name}"
+    if message is None:
+        message = describe_message(exc)
+    text = f"{name}: {message}\n" if message else f"{name}\n"
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        text += "".join(f"{note}\n" for note in notes if isinstance(note, str))
+    return text
+
+
+def describe_message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<str() of the exception failed>"
+
+
 # --- logging (optional) ----------------------------------------------------------------------
 
 
@@ -158,17 +307,14 @@ class LogRecordCapture(logging.Handler):
         # Never capture flowtrace's own logger: its records must not loop into traced logs.
         if record.name == "flowtrace" or record.name.startswith("flowtrace."):
             return
-        log = current.get()
-        if log is None or log.is_complete:
+        log = open_ancestor(current.get())
+        if log is None:
             return
         try:
             line = self.format(record) + "\n"
         except Exception:
             return
-        if log.stdout_parts is None:
-            log.stdout_parts = [line]
-        else:
-            log.stdout_parts.append(line)
+        append_output(log, line)
 
 
 _logging_handler: LogRecordCapture | None = None

@@ -6,14 +6,20 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from flowtrace._contract import DEFAULT_STATUS_FIELD, STATUS_FIELDS, StatusField
 
-__all__ = ["Settings", "configure", "get_settings", "on_change"]
+__all__ = ["SPOOL_MODES", "Settings", "SpoolMode", "configure", "get_settings", "on_change"]
 
 #: Where the embedded default store lives when no endpoint is configured.
 DEFAULT_DB_PATH = ".flowtrace/flowtrace.db"
+
+#: `auto`: what cannot be delivered now (the destination fails, the queue overflows, the exit
+#: bound runs out) is spooled to disk; `always`: every batch is written to disk before it is
+#: sent (a `kill -9` loses at most the logs of the last polling interval); `off`: never.
+SpoolMode = Literal["auto", "always", "off"]
+SPOOL_MODES: tuple[SpoolMode, ...] = get_args(SpoolMode)
 
 
 @dataclass(frozen=True)
@@ -36,18 +42,25 @@ class Settings:
     max_depth: int = 20
     # delivery (docs/architecture.md, "Defaults")
     live_after_s: float = 1.0
-    # Logs accepted and not yet delivered (open ones included). 100,000 rather than the first
-    # design's 10,000: a burst of 100k short logs is delivered in full, and a waiting log costs
-    # about 0.5 KiB (so ~50 MiB at the bound, measured in bench/RESULTS.md).
+    # Logs held in memory (open ones included); beyond it recording threads wait for room (the
+    # overflow goes to disk), never for the network. A waiting log costs about 0.5 KiB (so ~50
+    # MiB at the bound, measured in bench/RESULTS.md).
     queue_size: int = 100_000
     first_batch_after_s: float = 0.1
     batch_interval_s: float = 1.0
     batch_size: int = 512
     timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
+    # How long a flush waits for a failing destination (the logs stay spooled); without a
+    # spool, how long a batch is retried before it is dropped.
     retry_deadline_s: float = 60.0
     retry_backoff_s: float = 1.0  # first retry waits about this long, doubling each time
     exit_flush_timeout_s: float = 5.0
+    # the disk spool (docs/architecture.md, "The pipeline")
+    spool: SpoolMode = "auto"
+    spool_dir: str | None = None  # default: next to db_path, or ~/.local/state/flowtrace/spool
+    spool_max_mib: float = 512.0
+    spool_max_age_s: float = 7 * 24 * 3600.0
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +97,8 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         values["enabled"] = False
     if values.get("status_field", DEFAULT_STATUS_FIELD) not in STATUS_FIELDS:
         raise ValueError(f"FLOWTRACE_STATUS_FIELD must be one of {', '.join(STATUS_FIELDS)}")
+    if values.get("spool", "auto") not in SPOOL_MODES:
+        raise ValueError(f"FLOWTRACE_SPOOL must be one of {', '.join(SPOOL_MODES)}")
     return values
 
 
@@ -113,6 +128,8 @@ def configure(**overrides: Any) -> Settings:
     settings = dataclasses.replace(Settings.from_environment(), **overrides)
     if settings.status_field not in STATUS_FIELDS:
         raise ValueError(f"status_field must be one of {', '.join(STATUS_FIELDS)}")
+    if settings.spool not in SPOOL_MODES:
+        raise ValueError(f"spool must be one of {', '.join(SPOOL_MODES)}")
     _settings = settings
     for listener in list(_listeners):
         listener(settings)

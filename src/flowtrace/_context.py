@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 if TYPE_CHECKING:
     from flowtrace._log import Log
 
-__all__ = ["TracedThreadPoolExecutor", "current", "current_log", "propagate"]
+__all__ = ["TracedThreadPoolExecutor", "current", "current_log", "open_ancestor", "propagate"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -28,7 +28,20 @@ current: ContextVar[Log | None] = ContextVar("flowtrace_current_log", default=No
 
 def current_log() -> Log | None:
     """The innermost open log of this thread or task, or None outside any flow."""
-    return current.get()
+    log = current.get()
+    return log if log is None or log.duration_ns is None else open_ancestor(log)
+
+
+def open_ancestor(log: Log | None) -> Log | None:
+    """`log` if it is open, else its nearest open ancestor (None: the whole chain has ended).
+
+    The context may hold a log that has ended: a block left in another context than the one it
+    was entered in (a generator advanced by several tasks) cannot reset the context it was
+    entered in, and a task outlives the flow that started it. Such a log is never the current
+    one, nor a new log's parent."""
+    while log is not None and log.duration_ns is not None:
+        log = log.parent
+    return log
 
 
 def propagate(fn: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -40,6 +40,7 @@ __all__ = [
     "PROMPT_LOG_FIELDS",
     "RECORDER_ENDED",
     "RECORDER_FORKED_FROM",
+    "RECORDER_LATE_CHILD_OF",
     "RECORDER_METADATA_KEY",
     "RECORDER_TRACEBACK",
     "SCRUBBED_PREFIX",
@@ -210,6 +211,9 @@ RECORDER_METADATA_KEY: Final = "flowtrace"
 RECORDER_TRACEBACK: Final = "traceback"
 RECORDER_ENDED: Final = "ended"  # how a call ended when not by a plain return
 RECORDER_FORKED_FROM: Final = "forked_from"  # the parent log id in the process forked from
+#: The parent's log id, for a log that started after its parent had been closed (an asyncio task
+#: that outlived the flow that created it): it is filed under the nearest ancestor still open.
+RECORDER_LATE_CHILD_OF: Final = "late_child_of"
 
 ENDED_ERROR: Final = "error"
 ENDED_CLOSED_EARLY: Final = "closed early"  # a generator left before its end

@@ -1,7 +1,7 @@
 """`flow`: a decorator and an (async) context manager that records each call as a Log.
 
 Work that depends only on the function (its path, signature, kind) is done once, at
-decoration. Per call: a Log (an id and clock reads), a snapshot of non-scalar arguments, a
+decoration. Per call: a Log (an id and clock reads), a budgeted copy of non-scalar arguments, a
 context push and pop, two deque appends. Binding names and encoding happen on the worker.
 
 Python functions are wrapped in closures made transparent with `functools.wraps` (signature
@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-import traceback
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextvars import Token
 from pathlib import Path
@@ -27,8 +26,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import wrapt
 
 from flowtrace import _config, _guard, _log, _sinks
-from flowtrace._capture import InputBinder, StdoutTee, ensure_stdout_tee
-from flowtrace._context import current
+from flowtrace._capture import (
+    CapturedTraceback,
+    InputBinder,
+    StdoutTee,
+    describe_message,
+    ensure_stdout_tee,
+)
+from flowtrace._context import current, open_ancestor
 from flowtrace._contract import (
     ENDED_CANCELLED,
     ENDED_CLOSED_EARLY,
@@ -36,7 +41,7 @@ from flowtrace._contract import (
     ended_interrupted,
     truncated_items,
 )
-from flowtrace._log import Log
+from flowtrace._log import UNSET, Log
 from flowtrace._options import FlowKeywords, FlowOptions, LogOptions
 from flowtrace._serialize import SCALARS, capture_value, limits
 
@@ -91,7 +96,8 @@ def _open(
     try:
         log = Log(options, current.get(), args, kwargs)
     except Exception as exc:
-        _guard.internal_error("log-open", exc)
+        if not isinstance(exc, RecursionError):  # the user's recursion: the call fails too
+            _guard.internal_error("log-open", exc)
         return None
     _announce(log)
     return log
@@ -112,46 +118,42 @@ def _interruption(exc: BaseException) -> str | None:
     """How an interruption (not a failure of the function) is recorded, else None."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         return ended_interrupted(type(exc).__name__)
-    asyncio = sys.modules.get("asyncio")  # no asyncio loaded: no CancelledError possible
-    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+    if _is_cancellation(exc):
         return ENDED_CANCELLED
     return None
 
 
-def _fail(log: Log, exc: BaseException) -> None:
-    """End a log whose call raised `exc` (which the caller re-raises unchanged)."""
+def _is_cancellation(exc: BaseException) -> bool:
+    asyncio = sys.modules.get("asyncio")  # no asyncio loaded: no CancelledError possible
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
+def _fail(log: Log, exc: BaseException, output: Any = UNSET) -> None:
+    """End a log whose call raised `exc` (which the caller re-raises unchanged); `output`: what
+    a generator yielded before."""
     how = ENDED_ERROR
     try:
         interruption = _interruption(exc)
         if interruption is None:
-            log.error = _describe(exc)
-            log.traceback = _format_traceback(exc)
+            message = describe_message(exc)
+            log.error = (
+                f"{type(exc).__qualname__}: {message}" if message else type(exc).__qualname__
+            )
+            log.error_trace = CapturedTraceback(exc, message, __file__)
         else:
             how = interruption
+    except RecursionError:
+        pass  # the user's recursion filled the stack: recorded without its text and traceback
     except Exception as internal:
         _guard.internal_error("log-error", internal)
-    log.close(how)
-
-
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback as the user's code raised it: flowtrace's wrapper frames left out (the
-    exception object itself is re-raised untouched)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
-
-
-def _describe(exc: BaseException) -> str:
-    name = type(exc).__qualname__
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<str() of the exception failed>"
-    return f"{name}: {message}" if message else name
+    log.close(how, output)
 
 
 # --- one wrapper per kind of function --------------------------------------------------------
+
+#: Frames that ending a log takes (close, the traceback's capture, the sinks), lent for that
+#: while a RecursionError unwinds a decorated recursion that filled the stack.
+_ROOM_TO_END_A_LOG = 50
 
 
 def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
@@ -169,7 +171,8 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             for started in _sinks.on_start:
                 started(log)
         except Exception as exc:
-            _guard.internal_error("log-open", exc)
+            if not isinstance(exc, RecursionError):  # that is the user's recursion: below
+                _guard.internal_error("log-open", exc)
             if log is None:
                 return fn(*args, **kwargs)
         token = current.set(log)
@@ -177,7 +180,17 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             result = fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
-            _fail(log, exc)
+            if isinstance(exc, RecursionError):
+                # The user's recursion filled the stack: this frame may call one function more,
+                # and ending the log takes a few. (The coroutine wrapper does the same.)
+                limit = sys.getrecursionlimit()
+                sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
+                try:
+                    _fail(log, exc)
+                finally:
+                    sys.setrecursionlimit(limit)
+            else:
+                _fail(log, exc)
             raise
         current.reset(token)
         if type(result) in SCALARS and log.user_fields is None and capture_output is True:
@@ -208,7 +221,15 @@ def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Cal
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
-            _fail(log, exc)
+            if isinstance(exc, RecursionError):  # as in the plain function's wrapper
+                limit = sys.getrecursionlimit()
+                sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
+                try:
+                    _fail(log, exc)
+                finally:
+                    sys.setrecursionlimit(limit)
+            else:
+                _fail(log, exc)
             raise
         current.reset(token)
         log.close(None, result)
@@ -253,51 +274,48 @@ def _wrap_generator_function(fn: Callable[..., Any], options: LogOptions) -> Cal
     def traced(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         # A generator function's wrapper is one too: the log opens when the body first runs,
         # under the flow that iterates it (the flow that created it may be over by then).
+        # The loop is written here, not in a helper generator: one frame of the user's stack.
         gen = fn(*args, **kwargs)
         log = _open(options, args, kwargs)
         if log is None:
             return (yield from gen)
-        return (yield from _traced_generator(log, gen))
-
-    return traced
-
-
-def _traced_generator(log: Log, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    items = _Items()
-    method: Callable[[Any], Any] = gen.send
-    arg: Any = None
-    while True:
-        token = current.set(log)
-        try:
-            item = method(arg)
-        except StopIteration as stop:
-            current.reset(token)
-            log.close(None, items.output())
-            return stop.value
-        except BaseException as exc:
-            current.reset(token)
-            _fail(log, exc)
-            raise
-        current.reset(token)
-        items.add(item)
-        try:
-            arg = yield item
-        except GeneratorExit:
-            # break, close() or garbage collection: the log ends with what was yielded.
+        items = _Items()
+        method: Callable[[Any], Any] = gen.send
+        arg: Any = None
+        while True:
             token = current.set(log)
             try:
-                gen.close()
+                item = method(arg)
+            except StopIteration as stop:
+                current.reset(token)
+                log.close(None, items.output())
+                return stop.value
             except BaseException as exc:
                 current.reset(token)
-                _fail(log, exc)
+                _fail(log, exc, items.output())
                 raise
             current.reset(token)
-            log.close(ENDED_CLOSED_EARLY, items.output())
-            raise
-        except BaseException as exc:
-            method, arg = gen.throw, exc
-            continue
-        method = gen.send
+            items.add(item)
+            try:
+                arg = yield item
+            except GeneratorExit:
+                # break, close() or garbage collection: the log ends with what was yielded.
+                token = current.set(log)
+                try:
+                    gen.close()
+                except BaseException as exc:
+                    current.reset(token)
+                    _fail(log, exc, items.output())
+                    raise
+                current.reset(token)
+                log.close(ENDED_CLOSED_EARLY, items.output())
+                raise
+            except BaseException as exc:
+                method, arg = gen.throw, exc
+                continue
+            method = gen.send
+
+    return traced
 
 
 def _wrap_async_generator_function(
@@ -312,6 +330,7 @@ def _wrap_async_generator_function(
         items = _Items()
         method: Callable[[Any], Any] = agen.asend
         arg: Any = None
+        thrown: BaseException | None = None  # what the consumer threw in at the last yield
         while True:
             token = _enter(log)
             try:
@@ -324,7 +343,13 @@ def _wrap_async_generator_function(
             except BaseException as exc:
                 _leave(token)
                 if log is not None:
-                    _fail(log, exc)
+                    if exc is thrown and _is_cancellation(exc):
+                        # Cancelled at a yield, not while it worked: its consumer stopped. This
+                        # is how asyncio closes a generator abandoned with `break` when the
+                        # loop ends (it cancels the pending `aclose()` before it starts).
+                        log.close(ENDED_CLOSED_EARLY, items.output())
+                    else:
+                        _fail(log, exc, items.output())
                 raise
             _leave(token)
             if log is not None:
@@ -338,16 +363,16 @@ def _wrap_async_generator_function(
                 except BaseException as exc:
                     _leave(token)
                     if log is not None:
-                        _fail(log, exc)
+                        _fail(log, exc, items.output())
                     raise
                 _leave(token)
                 if log is not None:
                     log.close(ENDED_CLOSED_EARLY, items.output())
                 raise
             except BaseException as exc:
-                method, arg = agen.athrow, exc
+                method, arg, thrown = agen.athrow, exc, exc
                 continue
-            method = agen.asend
+            method, thrown = agen.asend, None
 
     return traced
 
@@ -362,14 +387,17 @@ def _leave(token: Token[Log | None] | None) -> None:
 
 
 def _wrap_other_callable(target: Any, options: LogOptions) -> Any:
-    """Builtins, partials, callable objects: wrapt proxies them transparently (they bind to no
-    instance, so the plain-function path records them as they are)."""
+    """Builtins, partials, callable objects: a wrapt proxy (transparent: attributes, isinstance,
+    `__wrapped__`) whose `__call__` is the plain-function wrapper itself, so a call adds one
+    Python frame, not two. They bind to no instance, so they are recorded as they are."""
     traced = _wrap_function(target, options)
+    proxy_type = type(_FlowProxy.__name__, (_FlowProxy,), {"__call__": staticmethod(traced)})
+    return proxy_type(target)
 
-    def call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return traced(*args, **kwargs)
 
-    return wrapt.FunctionWrapper(target, call)
+class _FlowProxy(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """The base of the proxies `_wrap_other_callable` makes, one class per decorated callable
+    (its `__call__` is that callable's wrapper)."""
 
 
 def _decorate(target: Any, options: FlowOptions) -> Any:
@@ -467,7 +495,7 @@ class Flow:
         if outer is not None and (outer is log or outer.is_complete):
             # What was current when the block began may have ended meanwhile (it belonged to
             # another generator): the current log becomes the nearest one still open.
-            current.set(_nearest_open(outer))
+            current.set(open_ancestor(outer))
         return log
 
     def _innermost_open(self) -> Log | None:
@@ -481,12 +509,6 @@ class Flow:
                 return log
             log = log.parent
         return next(reversed(self._open))  # its context was lost: the latest entered
-
-
-def _nearest_open(log: Log | None) -> Log | None:
-    while log is not None and log.is_complete:
-        log = log.parent
-    return log
 
 
 @overload

@@ -2,7 +2,7 @@
 
 A Log is created on the user's call path, so creating one does as little as possible: ids are
 a per-process prefix and a counter (formatted only when someone reads them), times are raw
-nanosecond clock reads, and inputs stay raw snapshots until the worker encodes them.
+nanosecond clock reads, and inputs stay call-time copies until the worker encodes them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from flowtrace import _guard, _sinks
-from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus
+from flowtrace._context import open_ancestor
+from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus, truncated_chars
 from flowtrace._serialize import SCALARS, capture_value
 
 if TYPE_CHECKING:
+    from flowtrace._capture import CapturedTraceback
     from flowtrace._options import LogOptions
 
 __all__ = ["UNSET", "Log", "set_clock"]
@@ -105,7 +107,7 @@ UNSET: Any = _Unset()
 class _UserField:
     """A field the user may set on an open log. What users set lives in one small dict made on
     first use (`log.user_fields`), so an untouched log carries none, and the recorder knows to
-    snapshot user values when the log closes."""
+    copy user values when the log closes."""
 
     def __init__(self, option: str | None = None) -> None:
         self.option = option  # the FlowOptions field that gives the default
@@ -147,7 +149,8 @@ class Log:
 
     Fields a user may set while the log is open: `inputs`, `output`, `output_message`,
     `messages`, `metadata`, `provider_request`, `provider_response`, `user`, `error`.
-    What was set is snapshotted when the log closes, so later mutation does not change it.
+    What was set is copied when the log closes (`_serialize.capture_value`: plain data,
+    dataclasses and pydantic models), so later mutation of it does not change the log.
     """
 
     # Instances store only what differs from these class-level defaults: creating a log on
@@ -163,15 +166,17 @@ class Log:
 
     error: str | None = None
     user_fields: dict[str, Any] | None = None  # what the user set on the open log
-    result: Any = UNSET  # what the call returned (snapshot), unless the user set `output`
-    # A decorated call's arguments (non-scalars snapshotted), bound to names on the worker.
+    result: Any = UNSET  # what the call returned (copied), unless the user set `output`
+    # A decorated call's arguments (non-scalars copied), bound to names on the worker.
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] | None = None
-    traceback: str | None = None
+    error_trace: CapturedTraceback | None = None  # the exception's, formatted on the worker
     duration_ns: int | None = None
     ended_how: str | None = None
-    stdout_parts: list[str] | None = None
+    stdout_parts: list[str] | None = None  # what it printed, within the string budget
+    stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
+    late_child_of: str | None = None  # the log that had ended when this one started under it
     _log_id: str | None = None
 
     def __init__(
@@ -185,6 +190,9 @@ class Log:
         block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
+        if parent is not None and parent.duration_ns is not None:
+            self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
+            parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
         if args is not None:
             if options.capture_all:
@@ -202,9 +210,10 @@ class Log:
         elif options.flow.inputs is not None:
             self.inputs = capture_value(options.flow.inputs)
         self._start_mono_ns = _mono_ns()
+        self.duration_ns = None  # on the instance from the start: every child reads it
 
     def freeze(self) -> None:
-        """Snapshot what the user set, as it is now (the log is closing)."""
+        """Copy what the user set, as it is now (the log is closing)."""
         fields = self.user_fields
         if fields:
             for name, value in fields.items():
@@ -288,7 +297,17 @@ class Log:
 
     @property
     def stdout(self) -> str:
-        return "".join(self.stdout_parts) if self.stdout_parts else ""
+        """What the log printed, as it is stored: cut to the string budget, with the marker."""
+        text = "".join(self.stdout_parts) if self.stdout_parts else ""
+        if self.stdout_chars > len(text):
+            text += truncated_chars(self.stdout_chars)
+        return text
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback of the exception the call raised, as Python prints it."""
+        trace = self.error_trace
+        return None if trace is None else trace.text()
 
     @property
     def status(self) -> TraceStatus:
@@ -301,7 +320,7 @@ class Log:
 
     def close(self, how: str | None = None, result: Any = UNSET) -> None:
         """End the log, once: record what the call returned (`result`; a block returns
-        nothing), snapshot what the user set, stamp the end, and hand it to the sinks."""
+        nothing), copy what the user set, stamp the end, and hand it to the sinks."""
         if self.duration_ns is not None:
             return
         try:

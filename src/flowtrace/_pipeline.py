@@ -1,256 +1,305 @@
-"""The delivery pipeline: a bounded queue, one worker thread, batching, retries, flush,
-shutdown, exit and fork handling, and the counters behind `flowtrace.stats()`.
+"""The delivery pipeline: the recorder's sink, and the two threads that deliver what it hears.
 
-While logs keep coming, the sink's `log_started` and `log_ended` *are* two deques' bound
-`append` methods (C calls, no Python frame on the user's thread). The worker does all the
-thinking at intake (`_collect`): it accepts or refuses each log (parent dropped, shutdown,
-queue bound), learns of logs, asks the Planner (`_planner.py`) what to send in which order,
-hands batches to the exporter, and retries what failed, in order, reusing the same operations
-(same `log_id`), so replays are idempotent at the store.
+    user threads -> call-path queue (_queue) -> worker -> outbox (_outbox) -> sender -> exporter
+                                          planner (_planner)   memory/spool   retries (_delivery)
 
-Nobody wakes a busy worker: it polls every `first_batch_after_s` while its last intake found
-new logs. When an intake finds nothing, the worker publishes small Python methods as the sink
-instead (`_idle_started`/`_idle_ended`: append, wake the worker, republish the plain appends)
-and sleeps; so the first log after a quiet spell wakes it, and a quiet process costs (almost)
-no CPU. The very first log starts the worker the same way.
+- The **worker** (`flowtrace-worker`) takes in what the user's threads appended, accepts or
+  refuses each log, asks the planner for the next operations and puts them in the outbox. It
+  recalibrates the wall clock, moves the overflow to disk when more than `queue_size` logs are
+  held, and never waits for the network or the store.
+- The **sender** (`flowtrace-sender`, in `_delivery`) takes batches from the outbox and hands
+  them to the exporter, retrying what a retry may fix.
+- Both share one lock (`lock`) over the planner, the counters, the outbox and the flush markers;
+  the network and store I/O happen outside it.
 
-The queue bound is enforced at intake: the newest logs beyond `queue_size` are refused there
-(`queue_full`). Between two intakes the deques may hold more than the bound: at most what the
-program produces in one polling interval (`first_batch_after_s`): a small guard thread
-(`_guard_queue`) looks at the deque's length every interval while the plain appends are
-published, and switches to checking callables (`_guarded_started`: the bound and the parent
-check on the user's thread, as before) once the bound is reached, since the worker may be stuck
-in a connect or a long export. The worker refuses any excess at its next intake, in one pass
-(it also takes logs in after every export and while backing off), keeps the checking callables
-while the queue is at least half full, and returns to the plain appends below half.
+Lifecycle (flush, shutdown, exit, fork, multiprocessing children) is in `_lifecycle`; this module
+makes one `Pipeline` per process and offers `flush`, `shutdown` and `stats`.
 
-Nothing here raises into user code or blocks it: a full queue drops the newest logs (counted,
-warned once), and at exit delivery is bounded by `exit_flush_timeout_s`.
+Nothing here raises into user code, and nothing blocks it: a recording thread waits only when the
+queue is at its bound and the overflow can go to disk (see `_queue.Backpressure`), never for the
+network.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import random
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flowtrace import _config, _guard
+from flowtrace import _config, _guard, _log
+from flowtrace._accounting import Counters, Warnings
+from flowtrace._delivery import Ledger, Sender
+from flowtrace._destination import Destination
 from flowtrace._log import Log
-from flowtrace._planner import Counters, FlushMarker, PlannedOp, Planner
-from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable
+from flowtrace._outbox import Outbox
+from flowtrace._planner import FlushMarker, PlannedOp, Planner
+from flowtrace._queue import DROPPED, LOAD_MODES, Backpressure, CallPathQueue, Mode
 from flowtrace._sinks import add_sink, refresh_sinks, remove_sink
-from flowtrace.exporters import Exporter, Outcome, not_delivered
+from flowtrace._spool import Spool
+from flowtrace.exporters import Exporter, Outcome
 
 __all__ = ["Pipeline", "flush", "shutdown", "stats", "use_exporter"]
 
 logger = logging.getLogger("flowtrace")
 
-#: `log.delivery` of a log that was not accepted (queue full, shutting down, parent dropped).
-DROPPED = object()
-
 #: When the backlog is deep, one request carries up to this many times `batch_size` operations,
-#: so the worker catches up with fewer round trips (an answer of 413 halves the batch).
+#: so the sender catches up with fewer round trips (an answer of 413 halves the batch).
 DEEP_BATCH_FACTOR = 8
 
-#: The worker's thread name; records that other libraries (httpx) log on it are not shown.
+#: The threads' names; records that other libraries (httpx) log on them are not shown.
 WORKER_NAME = "flowtrace-worker"
-GUARD_NAME = "flowtrace-queue-guard"
+SENDER_NAME = "flowtrace-sender"
+
+#: After a stop deadline, how long `shutdown` still waits for the threads to reach a safe point
+#: (each blocking step they take is bounded by the deadline; this covers the step in progress).
+STOP_GRACE_S = 0.5
+#: And how long the worker may still spend moving what is left to the spool (planning and
+#: encoding it on the way, ~20-40 us a log) after the deadline: it goes on while it is making
+#: progress (every step is a batch), for at most this long; what is left then is dropped
+#: (`shutdown`). The deadline itself is brought forward by the time the spooling is expected to
+#: take (`Pipeline._time_to_spill`), so this is needed only when that was too little.
+SPILL_GRACE_S = 5.0
+#: What moving a log to the spool costs (planned, encoded, written) before it was measured.
+INITIAL_SPILL_COST_S = 40e-6
+
+#: The worker measures the wall clock's offset again at most this often (a step of the clock or
+#: a suspend/resume then shows in the start times of later logs within this long).
+CALIBRATE_EVERY_S = 1.0
 
 Clock = Callable[[], float]
 
-#: The sink's modes while the worker is busy: plain appends, or checks once the queue fills.
-_LOAD_MODES = ("busy", "guarded")
-
 
 class Pipeline:
-    """One per process (a forked child resets its copy). Is the recorder's sink."""
+    """One per process (a forked child starts a fresh one). Is the recorder's sink."""
 
-    def __init__(self) -> None:
-        self._clock: Clock = time.monotonic
-        self._rng = random.Random()
-        self._exporter_override: Exporter | None = None
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._settings = _config.get_settings()
         self._reset()
-        self._apply_settings(_config.get_settings())
+        self._apply_settings(self._settings)
 
     def _reset(self) -> None:
-        """Fresh state: at construction, and in a forked child (whose locks, thread and
+        """Fresh state: at construction, and in a forked child (whose locks, threads and
         connections belong to the parent)."""
         self._token = object()  # marks logs this generation accepted
-        self._started: deque[Log] = deque()
-        self._ended: deque[Log | FlushMarker] = deque()
-        self._wake = threading.Event()
+        self.lock = threading.Lock()
         self._start_lock = threading.Lock()
-        self._mode_lock = threading.Lock()
-        self._mode = "idle"  # published callables: "idle", "busy", "guarded" or "closed"
-        self._busy = threading.Event()  # set while the plain appends are published
-        self.log_started: Callable[[Log], object] = self._idle_started
-        self.log_ended: Callable[[Log], object] = self._idle_ended
-        self._drop_lock = threading.Lock()
-        self._build_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._intake = 0  # logs the last intake found
-        self._closed = False  # shutdown began: new logs are dropped
-        self._stopping = False
-        self._stop_deadline: float | None = None
-        self._flush_requests = 0  # each flush may cut one backoff sleep short
         self._counters = Counters()
         self._planner = Planner(self._token, self._counters)
-        self._early_drops: dict[str, int] = {}  # drops decided at intake (or after shutdown)
-        self._warned: set[str] = set()
-        self._markers: list[FlushMarker] = []  # reached, waiting for their operations
-        self._settled_seq = 0
-        self._abandoned = False  # the worker stopped with logs undelivered
-        self._exporter: Exporter | None = None
-        self._retarget = True
+        self._warnings = Warnings()
+        old = getattr(self, "_destination", None)
+        self._destination = Destination(self._settings, self._warnings)
+        if old is not None:
+            self._destination.override = old.override
+        self._ledger = Ledger(
+            self._planner,
+            self._counters,
+            self._warnings,
+            destination=self._destination.describe,
+            retry_deadline_s=self._settings.retry_deadline_s,
+        )
+        self._backpressure = Backpressure()
+        self._wake = threading.Event()  # the worker's
+        self._queue = CallPathQueue(
+            self._start_threads, self._wake_worker, self._held, self._backpressure
+        )
+        self._send_wake = threading.Event()  # the sender's
+        self._worker: threading.Thread | None = None
+        self._sender_thread: threading.Thread | None = None
+        self._sender: Sender | None = None
+        self._outbox: Outbox | None = None
+        self._intake = 0  # logs the last intake found
+        self._closed = False  # shutdown began: new logs are refused
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self._last_calibration = float("-inf")
+        self._warmed = threading.Event()  # the sender is ready (exporter built, backlog claimed)
+        self._worker_done = threading.Event()  # set by each thread as the last thing it does
+        self._sender_done = threading.Event()
+        self._spill_cost_s = INITIAL_SPILL_COST_S  # per log, measured when spilling
 
     def _apply_settings(self, settings: _config.Settings) -> None:
         self._settings = settings
-        self._queue_limit = max(1, settings.queue_size)
+        self._queue.limit = max(1, settings.queue_size)
         self._batch_size = max(1, settings.batch_size)
-        self._retarget = True
+        self._ledger.retry_deadline_s = settings.retry_deadline_s
+        self._destination.retarget(settings)
 
     def settings_changed(self, settings: _config.Settings) -> None:
-        """configure() was called: new limits now, a new destination at the next request."""
+        """configure() was called: new limits now, a new destination at the next batch."""
         self._apply_settings(settings)
 
     def use_exporter(self, exporter: Exporter | None) -> None:
         """Deliver to `exporter` (tests, custom destinations); None returns to the settings."""
-        self._exporter_override = exporter
-        self._retarget = True
+        self._destination.override = exporter
+        self._destination.retarget()
 
-    # --- the sink: called on the user's thread, O(1), never raises -----------------------
-    # Busy: `log_started`/`log_ended` are `self._started.append`/`self._ended.append`.
-    def _idle_started(self, log: Log) -> None:
-        """The sink while the worker is idle or not started: queue, wake, go busy."""
-        self._started.append(log)
-        self._wake_up()
+    # --- the sink (read by flowtrace._sinks) -------------------------------------------------
+    @property
+    def log_started(self) -> Callable[[Log], object]:
+        return self._queue.log_started
 
-    def _idle_ended(self, log: Log) -> None:
-        self._ended.append(log)
-        self._wake_up()
+    @property
+    def log_ended(self) -> Callable[[Log], object]:
+        return self._queue.log_ended
 
-    def _wake_up(self) -> None:
-        if self._thread is None:
-            self._start_worker()
-            if self._thread is None:
-                return  # could not start (shutting down): stay on the idle callables
-        self._set_mode("busy")
-        self._wake.set()
+    def _held(self) -> int:
+        return self._counters.held
 
-    def _guarded_started(self, log: Log) -> None:
-        """The sink while the queue is (at least half) full: refuse here, as the intake would,
-        so that a backlog does not also keep refused logs alive in the deque."""
-        parent = log.parent
-        if parent is not None and parent.delivery is DROPPED:
-            self._refuse(log, "parent_dropped")
-        elif len(self._started) + self._counters.held >= self._queue_limit:
-            self._refuse(log, "queue_full")
-        else:
-            self._started.append(log)
-
-    def _guarded_ended(self, log: Log) -> None:
-        if log.delivery is not DROPPED:
-            self._ended.append(log)
-
-    def _closed_started(self, log: Log) -> None:
-        """The sink after shutdown: new logs are refused."""
-        self._refuse(log, "shutdown")
-
-    def _closed_ended(self, log: Log) -> None:
-        pass
-
-    def _set_mode(self, mode: str, *, only_from: tuple[str, ...] | None = None) -> None:
-        """Publish the callables for `mode` (a closed pipeline stays closed)."""
-        with self._mode_lock:
-            if self._mode == mode or self._mode == "closed":
-                return
-            if only_from is not None and self._mode not in only_from:
-                return
-            self._mode = mode
-            if mode == "busy":
-                self._busy.set()
-                self.log_started = self._started.append
-                self.log_ended = self._ended.append
-            else:
-                self._busy.clear()
-            if mode == "busy":
-                pass  # set above
-            elif mode == "idle":
-                self.log_started = self._idle_started
-                self.log_ended = self._idle_ended
-            elif mode == "guarded":
-                self.log_started = self._guarded_started
-                self.log_ended = self._guarded_ended
-            else:
-                self.log_started = self._closed_started
-                self.log_ended = self._closed_ended
-            refresh_sinks()
-
-    def _refuse(self, log: Log, reason: str) -> None:
-        log.delivery = DROPPED
-        with self._drop_lock:
-            self._early_drops[reason] = self._early_drops.get(reason, 0) + 1
-
-    def _start_worker(self) -> None:
+    # --- threads -----------------------------------------------------------------------------
+    def _start_threads(self) -> bool:
+        """Start the worker and the sender (at the first log). False if they cannot run."""
+        if self._worker is not None:
+            return True
         with self._start_lock:
-            if self._thread is not None or self._closed or sys.is_finalizing():
-                return
-            thread = threading.Thread(target=self._run, name=WORKER_NAME, daemon=True)
-            guard = threading.Thread(target=self._guard_queue, name=GUARD_NAME, daemon=True)
+            if self._worker is not None:
+                return True
+            if self._closed or sys.is_finalizing():
+                return False
+            self._ensure_outbox()  # whether there is a spool decides how the queue overflows
+            sender = Sender(
+                self.lock,
+                self._ledger,
+                self._ensure_outbox,
+                self._export,
+                clock=self._clock,
+                wait=self._sender_wait,
+                rng=self._rng,
+                backoff_s=self._settings.retry_backoff_s,
+                poll_s=self._settings.first_batch_after_s,
+                progress=self._progressed,
+            )
+            worker = threading.Thread(target=self._run_worker, name=WORKER_NAME, daemon=True)
+            sending = threading.Thread(
+                target=self._run_sender, args=(sender,), name=SENDER_NAME, daemon=True
+            )
+            self._sender = sender
+            self._sender_thread = sending
             try:
-                thread.start()
-                guard.start()
+                sending.start()
+                worker.start()
             except RuntimeError as exc:  # e.g. the interpreter is shutting down
                 _guard.internal_error("pipeline-start", exc)
-                return
-            self._thread = thread
+                return False
+            self._worker = worker
+        from flowtrace import _lifecycle
 
-    def _guard_queue(self) -> None:
-        """While the plain appends are published, look at the queue every polling interval:
-        once it reaches the bound (the worker is stuck in an export, a connect, a long
-        encoding), publish the checking callables, which refuse beyond the bound on the user's
-        thread. Sleeps on an event otherwise (no CPU while idle or guarded)."""
+        _lifecycle.threads_started(self)
+        return True
+
+    def _wake_worker(self) -> None:
+        self._wake.set()
+
+    def _progressed(self) -> None:
+        """The sender settled a batch: room may have been made."""
+        self._backpressure.progressed()
+        self._wake.set()
+
+    def _sender_wait(self, timeout: float) -> None:
+        self._send_wake.wait(timeout)
+        self._send_wake.clear()
+
+    def _run_sender(self, sender: Sender) -> None:
         try:
-            busy = self._busy
-            while True:
-                busy.wait()
-                time.sleep(self._settings.first_batch_after_s)
-                if self._mode == "busy" and (
-                    len(self._started) + self._counters.held >= self._queue_limit
-                ):
-                    self._set_mode("guarded", only_from=("busy",))
+            self._warm_up()
+            sender.run()
         except BaseException as exc:  # a bug: report it, never take the process down
-            _guard.internal_error("pipeline-guard", exc)
+            _guard.internal_error("pipeline-sender", exc)
+        finally:
+            try:
+                self._destination.close()
+            finally:
+                self._sender_done.set()
 
-    # --- the public operations -----------------------------------------------------------
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every log that ended before this call is delivered (or given up);
-        False if `timeout` seconds ran out first. Never raises."""
+    def _warm_up(self) -> None:
+        """On the sender, first thing: imports, connection, discovery (an empty export), and
+        the spool's backlog, while the program runs rather than at exit."""
         try:
-            thread = self._thread
-            if thread is None or threading.current_thread() is thread:
+            with _guard.guarded("exporter-warm-up"):
+                self._destination.exporter().export([])
+            with self.lock:
+                outbox = self._ensure_outbox()
+            if not self._stopping:  # no backlog taken over on the way out
+                claim = outbox.claim()  # the spool's I/O, outside the lock
+                with self.lock:
+                    self._counters.spooled += outbox.claimed(claim)
+                    self._expire(outbox)
+        finally:
+            with self.lock:
+                self._ledger.backlog_known = True
+            self._warmed.set()
+            self._progressed()  # recording threads may have waited for the warm-up
+        self._send_wake.set()
+
+    def _expire(self, outbox: Outbox) -> None:
+        """Drop what waited in the spool longer than `spool_max_age_s` (counted, said once)."""
+        expired = outbox.expire()
+        if expired:
+            self._counters.spooled -= expired
+            self._counters.drop("spool_expired", expired)
+            self._warnings.dropped("spool_expired", expired, None)
+
+    def _export(self, ops: Sequence[PlannedOp], timeout_s: float | None) -> list[Outcome]:
+        """The sender's send (without the lock: the network or the store)."""
+        outcomes = self._destination.exporter().export([op.operation for op in ops], timeout_s)
+        with self.lock:
+            # Take in what arrived during the export, judged against the queue as it was
+            # meanwhile (these operations still held).
+            self._collect()
+        self._wake.set()
+        return outcomes
+
+    # --- the public operations ---------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every log that ended before this call is delivered (or dropped); False
+        if `timeout` seconds ran out first, or the destination kept failing for
+        `retry_deadline_s` (the logs then stay spooled). Never raises."""
+        try:
+            worker = self._worker
+            if worker is None or threading.current_thread() in (worker, self._sender_thread):
                 return self._nothing_waiting()
-            if not thread.is_alive():
+            if not worker.is_alive():
                 return self._nothing_waiting()
             marker = FlushMarker()
-            self._ended.append(marker)
-            self._flush_requests += 1
+            self._queue.ended.append(marker)
+            sender = self._sender
+            if sender is not None:
+                sender.waiter.request_flush()
             self._wake.set()
+            self._send_wake.set()
             return marker.done.wait(timeout) and marker.ok
         except Exception as exc:
             _guard.internal_error("flush", exc)
             return False
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """Deliver what processes that are gone left in this destination's spool (and anything
+        waiting here): `flowtrace spool drain`. True if all of it was delivered in time."""
+        try:
+            start = self._clock()
+            if not self._start_threads():
+                return False
+            if not self._warmed.wait(timeout):
+                return False
+            remaining = None if timeout is None else max(0.0, start + timeout - self._clock())
+            return self.flush(remaining)
+        except Exception as exc:
+            _guard.internal_error("drain", exc)
+            return False
+
     def shutdown(self, timeout: float | None = None) -> None:
-        """Deliver what is waiting (within `timeout` seconds), then stop the worker. Later logs
-        are dropped. Idempotent."""
+        """Deliver what is waiting (within `timeout` seconds; what is left is spooled), then
+        stop both threads. Later logs are refused. Idempotent."""
         try:
             self._shutdown(timeout)
         except Exception as exc:
@@ -261,118 +310,183 @@ class Pipeline:
         with self._start_lock:
             first = not self._closed
             self._closed = True
-        self._set_mode("closed")
-        thread = self._thread
-        if thread is None or threading.current_thread() is thread:
+        self._queue.switch(Mode.CLOSED)
+        worker = self._worker
+        if worker is None or threading.current_thread() in (worker, self._sender_thread):
             return
         if first:
             self._stop_deadline = None if timeout is None else start + timeout
-            marker = FlushMarker()
-            self._ended.append(marker)
+            self._queue.ended.append(FlushMarker())
             self._stopping = True
-            self._flush_requests += 1
+            sender = self._sender
+            if sender is not None:
+                sender.waiter.stop_at = self._stop_deadline
+                sender.waiter.request_flush()
             self._wake.set()
-        remaining = None if timeout is None else max(0.0, start + timeout - self._clock())
-        thread.join(remaining)
+            self._send_wake.set()
+        self.join(self._stop_deadline)
+
+    def join(self, deadline: float | None) -> bool:
+        """Wait for both threads to stop: until `deadline`, plus the graces for the step in
+        progress and the spooling of what is left (no deadline: no bound). True if they did."""
+        bound = None if deadline is None else deadline + STOP_GRACE_S + SPILL_GRACE_S
+        return self._stopped_by(bound)
+
+    def stopped_within(self, seconds: float) -> bool:
+        """Wait at most `seconds` more for both threads to stop. True if they did."""
+        return self._stopped_by(self._clock() + seconds)
+
+    def _stopped_by(self, bound: float | None) -> bool:
+        # Events the threads set last, not Thread.join: a join that a KeyboardInterrupt cuts
+        # short marks a running thread stopped (CPython 3.11, bpo-45274).
+        for thread, done in (
+            (self._worker, self._worker_done),
+            (self._sender_thread, self._sender_done),
+        ):
+            if thread is None:
+                continue
+            remaining = None if bound is None else max(0.0, bound - self._clock())
+            if not done.wait(remaining):
+                return False
+            thread.join(STOP_GRACE_S)  # only its return into the threading module is left
+        return True
+
+    def stop_deadline(self) -> float | None:
+        return self._stop_deadline
+
+    def own_spooled(self) -> int:
+        """Logs this process spooled that are still waiting there."""
+        outbox = self._outbox
+        backlog = outbox.backlog_logs if outbox is not None else 0
+        return max(0, self._counters.spooled - backlog)
+
+    def cut_short(self) -> None:
+        """Stop delivering now (a KeyboardInterrupt during the exit flush): what is left is
+        spooled, or dropped without a spool."""
+        now = self._clock()
+        if self._stop_deadline is None or self._stop_deadline > now:
+            self._stop_deadline = now
+        sender = self._sender
+        if sender is not None:
+            sender.waiter.stop_at = now
+        self._destination.interrupt()
+        self._wake.set()
+        self._send_wake.set()
+
+    def spool(self) -> Spool | None:
+        """A handle on the spool of the configured destination (not opened yet)."""
+        return self._destination.spool()
 
     def stats(self) -> dict[str, Any]:
         counters = self._counters
-        with self._drop_lock:
-            dropped = dict(self._early_drops)
+        dropped = self._queue.refusals()
         for reason, count in dict(counters.dropped).items():
             dropped[reason] = dropped.get(reason, 0) + count
+        outbox = self._outbox
+        spool = outbox.spool if outbox is not None else None
         return {
-            "queued": len(self._started) + counters.held,
+            "queued": self._queue.waiting() + counters.held,
+            "spooled": counters.spooled,
             "sent": counters.sent,
+            "left_open": counters.left_open,
             "retried": counters.retried,
             "dropped": dropped,
             "last_error": counters.last_error,
+            "spool": str(spool.path) if spool is not None else None,
         }
 
     def _nothing_waiting(self) -> bool:
-        return len(self._started) + self._counters.held == 0
-
-    def at_exit(self) -> None:
-        """Interpreter exit: deliver what is waiting, bounded by `exit_flush_timeout_s`."""
-        timeout = self._settings.exit_flush_timeout_s
-        self.shutdown(timeout)
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            with _guard.guarded("at-exit"):
-                logger.warning(
-                    "flowtrace: %d log(s) not delivered at exit: the destination did not answer "
-                    "within exit_flush_timeout_s=%s (last error: %s)",
-                    len(self._started) + self._counters.held,
-                    timeout,
-                    self._counters.last_error,
-                )
-
-    def before_fork(self) -> None:
-        self._build_lock.acquire()
-
-    def after_fork_in_parent(self) -> None:
-        self._build_lock.release()
+        return self._queue.waiting() + self._counters.held + self._counters.spooled == 0
 
     def after_fork_in_child(self) -> None:
-        """The child starts empty with its own (not yet started) worker; what the parent had
+        """The child starts empty with its own (not yet started) threads; what the parent had
         queued is the parent's to deliver."""
         self._reset()
+        self._apply_settings(self._settings)
         refresh_sinks()  # the inherited callables append to the parent's deques
 
-    # --- the worker ----------------------------------------------------------------------
-    def _run(self) -> None:
+    # --- the worker ----------------------------------------------------------------------------
+    def _run_worker(self) -> None:
         try:
-            self._loop()
+            self._work()
         except BaseException as exc:  # a bug: report it, never take the process down
             _guard.internal_error("pipeline-worker", exc)
         finally:
-            self._close_exporter()
-            self._fail_markers()
+            try:
+                self._finish_stop()
+            except BaseException as exc:
+                _guard.internal_error("pipeline-stop", exc)
+            finally:
+                self._worker_done.set()
 
-    def _fail_markers(self) -> None:
-        """The worker stopped: nobody will deliver what flushes wait for; answer them."""
-        markers = self._markers
-        self._markers = []
-        while self._ended:
-            item = self._ended.popleft()
-            if isinstance(item, FlushMarker):
-                markers.append(item)
-        for marker in markers:
-            marker.ok = not self._abandoned and self._nothing_waiting()
-            marker.done.set()
-
-    def _loop(self) -> None:
+    def _work(self) -> None:
         next_send_at = self._clock() + self._settings.first_batch_after_s
-        # Warm up now (imports, connection, discovery; an empty export), while the program
-        # runs, rather than in the first batch, which may only come at exit.
-        with _guard.guarded("exporter-warm-up"):
-            self._current_exporter().export([])
         while True:
-            self._collect()
-            now = self._clock()
-            if self._stopping and self._stop_deadline is not None and now >= self._stop_deadline:
-                self._abandon("shutdown")
-                return
-            if self._due(now, next_send_at):
-                sent = self._send_next(now)
-                if sent:
-                    next_send_at = self._clock() + self._settings.batch_interval_s
-                    continue
-                if self._stopping and not self._planner.ready_logs:
-                    return
+            with self.lock:
+                self._collect()
+                now = self._clock()
+                if self._stopping:
+                    if self._stop_ready(now):
+                        return
+                    stopping = True
+                else:
+                    stopping = False
+                planned = not stopping and self._due(now, next_send_at) and self._plan_batch(now)
+                pressed = self._relieve_pressure(now)
+                self._release_markers()
+                self._warn_drops()
+            if planned:
+                self._send_wake.set()
+                next_send_at = self._clock() + self._settings.batch_interval_s
+            if planned or pressed or (stopping and self._planner.ready_logs):
+                continue
             next_send_at = self._sleep(now, next_send_at)
+
+    def _stop_ready(self, now: float) -> bool:
+        """Stopping: plan the next batch (open logs as incomplete creates); True once all is
+        planned and delivered, or when what is left must go to the spool now to be there by
+        the deadline. One batch per call: the lock is let go between batches (the sender
+        settles meanwhile)."""
+        deadline = self._stop_deadline
+        if deadline is not None and now + self._time_to_spill() >= deadline:
+            return True
+        planner = self._planner
+        if planner.ready_logs or planner.has_marker or planner.next_live_at(0.0) is not None:
+            self._plan_batch(now, include_open=True)
+            self._send_wake.set()
+            return False
+        outbox = self._outbox
+        return outbox is None or (outbox.empty() and outbox.in_flight is None)
+
+    def _time_to_spill(self) -> float:
+        """How long moving what is left to the spool would take (planning and encoding what is
+        not planned yet), by what it took so far in this process (with a margin)."""
+        outbox = self._outbox
+        waiting = self._planner.ready_logs + self._planner.open_logs()
+        if outbox is not None and outbox.usable:
+            waiting += outbox.memory_ops // 2  # encoded already: half the cost
+        elif outbox is not None:
+            return 0.0  # nothing can go to disk: deliver until the deadline
+        return 1.5 * waiting * self._spill_cost_s
 
     def _collect(self) -> None:
         """Move what the user's threads appended into the planner. Ends are counted first and
         starts drained after, so every start that happened before a collected end is known."""
         planner = self._planner
-        planner.now = self._clock()
-        ended_count = len(self._ended)
-        started = self._started
+        now = self._clock()
+        planner.now = now
+        queue = self._queue
+        ended_count = len(queue.ended)
+        started = queue.started
         found = ended_count
         if started:
+            if now - self._last_calibration >= CALIBRATE_EVERY_S:
+                # Before the logs are first seen (their start times are fixed then): a step of
+                # the wall clock shows in the logs that start after it. Two clock reads.
+                _log.calibrate()
+                self._last_calibration = now
             found += self._take_started(started)
-        ended = self._ended
+        ended = queue.ended
         for _ in range(ended_count):
             item = ended.popleft()
             if isinstance(item, FlushMarker):
@@ -380,19 +494,44 @@ class Pipeline:
             else:
                 planner.ended(item)  # ignores logs that are not ours (refused, pre-fork)
         self._intake = found
-        self._warn_early_drops()
-        # Plain appends while the queue has room; the checking callables once it is half full.
-        load = "guarded" if 2 * self._counters.held >= self._queue_limit else "busy"
-        if self._mode != load and self._mode in _LOAD_MODES:
-            self._set_mode(load, only_from=_LOAD_MODES)
+        if queue.refusals().get("queue_full"):
+            why = (
+                "the worker made no progress for a while (a hanging disk?)"
+                if queue.wait_at_bound
+                else "there is no spool to take the overflow"
+            )
+            self._warnings.once(
+                "queue_full",
+                "flowtrace: the delivery queue is full (%d logs held) and %s; new logs are "
+                "dropped until it drains. Counts are in flowtrace.stats().",
+                queue.limit,
+                why,
+            )
+        # Plain appends while the queue has room; the checking callables once it is a quarter
+        # full, or while the overflow goes to disk (a flood of plain appends would outrun it).
+        outbox = self._outbox
+        spilling = outbox is not None and outbox.own_on_disk > 0 and not outbox.always
+        loaded = 4 * self._counters.held >= queue.limit or spilling
+        load = Mode.GUARDED if loaded else Mode.BUSY
+        if queue.mode is not load and queue.mode in LOAD_MODES:
+            queue.switch(load, only_from=LOAD_MODES)
 
-    def _take_started(self, started: deque[Log]) -> int:
+    def _warn_drops(self) -> None:
+        """Each reason logs were dropped for is said once, with the count so far (in logs);
+        a refusal is said by the sender, with the destination's reason."""
+        for reason, count in self._counters.dropped.items():
+            if reason != "rejected":
+                self._warnings.dropped(reason, count, self._counters.last_error)
+
+    def _take_started(self, started: Any) -> int:
         """Accept or refuse the logs that started, in order; returns how many there were. (Logs
-        after shutdown are refused by the closed callables; what was queued before is ours.)"""
+        after shutdown are refused by the closed callables; what was queued before is ours.)
+        With a spool every log is accepted (the overflow goes to disk); without one, logs
+        beyond the bound are refused."""
         planner = self._planner
         counters = self._counters
         token = self._token
-        limit = self._queue_limit
+        limit = self._queue.limit if not self._queue.wait_at_bound else sys.maxsize
         count = 0
         refused: dict[str, int] = {}
         popleft = started.popleft
@@ -411,10 +550,7 @@ class Pipeline:
             log.delivery = DROPPED
             refused[reason] = refused.get(reason, 0) + 1
         if refused:
-            with self._drop_lock:
-                drops = self._early_drops
-                for reason, n in refused.items():
-                    drops[reason] = drops.get(reason, 0) + n
+            self._queue.count_refusals(refused)
         return count
 
     def _due(self, now: float, next_send_at: float) -> bool:
@@ -426,25 +562,56 @@ class Pipeline:
         live_at = planner.next_live_at(self._settings.live_after_s)
         return live_at is not None and now >= live_at
 
-    def _send_next(self, now: float) -> bool:
-        """Plan and deliver one batch. False when there was nothing to send."""
-        waiting = self._planner.ready_logs
-        max_ops = self._batch_size
-        if waiting > max_ops:
-            max_ops = min(waiting, self._batch_size * DEEP_BATCH_FACTOR)
-        ops, markers = self._planner.plan(
+    def _plan_batch(
+        self, now: float, include_open: bool = False, max_ops: int | None = None
+    ) -> bool:
+        """Plan one batch and put it in the outbox. False when there was nothing to plan."""
+        planner = self._planner
+        if max_ops is None:
+            max_ops = self._batch_size
+            if planner.ready_logs > max_ops:
+                # Deep batches, but never one that holds most of the queue's bound (room is
+                # made as a batch is settled).
+                deep = min(self._batch_size * DEEP_BATCH_FACTOR, self._queue.limit // 4)
+                max_ops = max(max_ops, min(planner.ready_logs, deep))
+        ops, markers = planner.plan(
             max_ops,
             now,
             self._settings.live_after_s,
             self._settings.status_field,
-            include_open=self._stopping,
+            include_open=include_open or self._stopping,
         )
-        self._markers.extend(markers)
+        outbox = self._ensure_outbox()
+        self._ledger.planned(ops)
+        self._ledger.add_markers(markers, now)
         if ops:
-            self._deliver(ops)
-        self._settled_seq = self._planner.planned_seq
-        self._release_markers()
-        return bool(ops)
+            outbox.put(ops)
+        elif markers:
+            self._release_markers()
+        return bool(ops) or bool(markers)
+
+    def _relieve_pressure(self, now: float) -> bool:
+        """Near the bound (90%) in memory, make room: when the destination is remote, plan a
+        batch of what has ended and move what waits in memory to disk (the overflow); when it
+        is the local disk itself, let the sender deliver it, unless it is stalled (then to
+        disk too). Recording threads at the bound wait meanwhile (`_queue.Backpressure`).
+        True while there is more to move (the worker goes on without sleeping)."""
+        queue = self._queue
+        if not queue.wait_at_bound:
+            return False
+        low = int(queue.limit * 0.9)
+        if self._counters.held + queue.waiting() < low:
+            self._backpressure.has_room()
+            return False
+        outbox = self._ensure_outbox()
+        if not outbox.usable or (self._destination.local() and not self._backpressure.stalled):
+            return False
+        planned = bool(self._planner.ready_logs) and self._plan_batch(now, max_ops=self._batch_size)
+        if outbox.spill():
+            self._backpressure.progressed()
+        if self._counters.held < low:
+            self._backpressure.has_room()
+        return planned
 
     def _sleep(self, now: float, next_send_at: float) -> float:
         """Wait for work; returns the (possibly new) time of the next send."""
@@ -457,20 +624,25 @@ class Pipeline:
             deadlines.append(live_at)
         if self._stopping and self._stop_deadline is not None:
             deadlines.append(self._stop_deadline)
+        if self._ledger.markers:  # flushes give up on a failing destination in time
+            deadlines.append(now + self._settings.batch_interval_s)
         settings = self._settings
         self._wake.clear()
+        queue = self._queue
         if self._intake:
             # Logs are arriving and nobody wakes us: look again soon (this bounds how far the
-            # deques can grow past the queue bound between intakes).
+            # deques grow between intakes).
             timeout = min(deadlines) - now if deadlines else settings.batch_interval_s
             poll = min(settings.first_batch_after_s, settings.batch_interval_s)
             self._wake.wait(max(0.0, min(timeout, poll)))
             return next_send_at
         # The last intake found nothing: let the next log wake us (the idle callables), then
-        # check again, since a log may have come meanwhile.
-        self._set_mode("idle")
-        if self._started or self._ended:
-            self._set_mode("busy")
+        # check again, since a log may have come meanwhile. Not while the backlog is large: the
+        # checking callables stay (the idle ones would let a flood in).
+        if queue.mode is not Mode.GUARDED:
+            queue.switch(Mode.IDLE, only_from=LOAD_MODES)
+        if queue.started or queue.ended:
+            queue.switch(Mode.BUSY, only_from=(Mode.IDLE,))
             return next_send_at
         waiting = bool(deadlines or planner.open_logs())
         timeout = min(deadlines) - now if deadlines else settings.batch_interval_s
@@ -481,224 +653,100 @@ class Pipeline:
             return next_send_at
         return self._clock() + settings.first_batch_after_s
 
-    def _release_markers(self) -> None:
-        still: list[FlushMarker] = []
-        for marker in self._markers:
-            if marker.target_seq <= self._settled_seq:
-                marker.done.set()
-            else:
-                still.append(marker)
-        self._markers = still
+    def _release_markers(self, stopping: bool = False) -> None:
+        sender = self._sender
+        failing_since = sender.backoff.failing_since if sender is not None else None
+        self._ledger.release_markers(self._clock(), failing_since, stopping)
 
-    def _abandon(self, reason: str) -> None:
-        count = self._planner.abandon(reason)
-        self._abandoned = True
-        if count:
-            self._warn_once(
-                f"abandon:{reason}",
-                "flowtrace: %d log(s) not delivered before shutdown (the destination did not "
-                "accept them in time); last error: %s",
-                count,
-                self._counters.last_error,
-            )
+    # --- stopping --------------------------------------------------------------------------------
+    def _finish_stop(self) -> None:
+        """The worker is stopping (shutdown, exit, or a bug): let the sender finish within the
+        deadline, then spool what is left (or count it dropped), and answer every flush."""
+        sender = self._sender
+        deadline = self._stop_deadline
+        if deadline is not None:
+            deadline = min(deadline, self._clock())  # what is left goes to disk now
+            with self.lock:
+                self._ledger.stopping = True
+        if sender is not None:
+            if deadline is not None:
+                sender.waiter.stop_at = deadline
+            sender.stopped = True
+            self._send_wake.set()
+            thread = self._sender_thread
+            if thread is not None and thread is not threading.current_thread():
+                done = self._sender_done
+                if not done.wait(None if deadline is None else max(0.0, deadline - self._clock())):
+                    # The deadline came during an export: end it now (its operations are
+                    # reported undelivered, and spooled below).
+                    self._destination.interrupt()
+                    done.wait(STOP_GRACE_S)
+        self._leave_the_rest()
 
-    # --- delivery and retries ------------------------------------------------------------
-    def _deliver(self, ops: list[PlannedOp]) -> None:
-        """Deliver `ops` in order: retry a failed suffix with backoff inside the deadline."""
-        settings = self._settings
-        deadline = self._clock() + settings.retry_deadline_s
-        attempt = 0
-        pending = ops
-        while pending:
-            outcomes = self._export(pending)
-            if len(pending) > 1 and all(o.status == 413 for o in outcomes):
-                half = len(pending) // 2  # too large for the server: send it in halves
-                self._deliver(pending[:half])
-                self._deliver(pending[half:])
-                return
-            pending, retry_after_s = self._settle(pending, outcomes)
-            if not pending:
-                return
-            delay = backoff_delay_s(attempt, settings.retry_backoff_s, self._rng)
-            attempt += 1
-            now = self._clock()
-            not_before = now + retry_after_s if retry_after_s is not None else now
-            resume_at = max(now + delay, not_before)
-            if resume_at > deadline:
-                self._give_up(pending, "retry_deadline")
-                return
-            if (
-                self._stopping
-                and self._stop_deadline is not None
-                and (not_before >= self._stop_deadline)
-            ):
-                self._give_up(pending, "shutdown")
-                return
-            self._backoff(resume_at, not_before)
-            if (
-                self._stopping
-                and self._stop_deadline is not None
-                and (self._clock() >= self._stop_deadline)
-            ):
-                self._give_up(pending, "shutdown")
-                return
-
-    def _export(self, ops: Sequence[PlannedOp]) -> list[Outcome]:
-        operations = [op.operation for op in ops]
-        for op in ops:
-            if op.attempts:
-                self._counters.retried += 1
-            op.attempts += 1
-        try:
-            exporter = self._current_exporter()
-            outcomes = exporter.export(operations)
-            if len(outcomes) != len(operations):
-                raise RuntimeError(f"{len(outcomes)} outcomes for {len(operations)} operations")
-        except Exception as exc:
-            _guard.internal_error("exporter", exc)
-            outcomes = not_delivered(f"exporter failed: {exc!r}", len(operations))
-        # Take in what arrived during the call, judged against the queue as it was meanwhile
-        # (these operations still held): the deques never grow past one export's production.
-        self._collect()
-        return outcomes
-
-    def _settle(
-        self, ops: list[PlannedOp], outcomes: list[Outcome]
-    ) -> tuple[list[PlannedOp], float | None]:
-        """Settle what is final; return what to retry (everything not accepted from the first
-        retryable failure on, in order) and the longest `Retry-After` asked for."""
-        planner = self._planner
-        retry: list[PlannedOp] = []
-        retry_after_s: float | None = None
-        for op, outcome in zip(ops, outcomes, strict=True):
-            if outcome.ok or (outcome.status == 409 and op.attempts > 1):
-                # 409 on a retry: our earlier attempt got through and only its answer was lost.
-                planner.delivered(op)
-            elif retry or is_retryable(outcome.status):
-                retry.append(op)
-                if outcome.retry_after_s is not None:
-                    retry_after_s = max(retry_after_s or 0.0, outcome.retry_after_s)
-                if is_retryable(outcome.status):
-                    self._counters.last_error = _transient_error(outcome)
-            else:
-                self._reject(op, outcome)
-        return retry, retry_after_s
-
-    def _reject(self, op: PlannedOp, outcome: Outcome) -> None:
-        key, message = describe_rejection(outcome.status, outcome.body)
-        self._counters.last_error = message
-        self._planner.give_up(op, "rejected")
-        self._warn_once(
-            f"reject:{key}",
-            "flowtrace: %s refused log %s (%s); it was dropped. Further refusals like "
-            "this one are only counted in flowtrace.stats().",
-            self._destination(),
-            op.operation.log_id,
-            message,
-        )
-
-    def _destination(self) -> str:
-        """Where logs go, as a warning names it."""
-        if self._exporter_override is not None:
-            return "the exporter"
-        if self._settings.base_url:
-            return f"the server at {self._settings.base_url}"
-        return f"the embedded store at {self._settings.db_path}"
-
-    def _give_up(self, ops: Sequence[PlannedOp], reason: str) -> None:
-        for op in ops:
-            self._planner.give_up(op, reason)
-        self._warn_once(
-            f"give-up:{reason}",
-            "flowtrace: %d log(s) dropped after retrying (%s); last error: %s. Counts are in "
-            "flowtrace.stats().",
-            len(ops),
-            reason,
-            self._counters.last_error,
-        )
-
-    def _backoff(self, resume_at: float, not_before: float) -> None:
-        """Sleep until `resume_at`. A flush or shutdown cuts the sleep short (once per call),
-        but never before `not_before` (the server's Retry-After)."""
-        flushes = self._flush_requests
+    def _leave_the_rest(self) -> None:
+        """What was not delivered by the deadline goes to the spool if there is one (what is
+        not planned yet is planned first, a batch at a time, within `SPILL_GRACE_S`), else it
+        is dropped (`shutdown`); logs still open were delivered as incomplete creates
+        (`left_open`). Every flush is answered."""
+        deadline = self._stop_deadline
+        give_up_at = max(self._clock(), deadline or 0.0) + SPILL_GRACE_S
         while True:
-            now = self._clock()
-            if now >= resume_at:
-                return
-            if self._flush_requests != flushes:
-                flushes = self._flush_requests
-                resume_at = max(not_before, now)
-                continue
-            if self._stopping and self._stop_deadline is not None:
-                resume_at = min(resume_at, max(not_before, self._stop_deadline))
-            self._wake.clear()
-            # Keep taking logs in while backing off (the queue bound is enforced at intake).
-            self._wake.wait(min(resume_at - now, self._settings.first_batch_after_s))
+            with self.lock:
+                self._collect()  # what the program recorded last (the queue is closed now)
+                outbox = self._ensure_outbox()
+                if not outbox.usable or self._clock() >= give_up_at:
+                    break
+                started, held = self._clock(), self._counters.held
+                planned = self._plan_batch(
+                    self._clock(), include_open=True, max_ops=self._batch_size
+                )
+                outbox.spill()
+                moved = held - self._counters.held
+                if moved > 0:  # what a log costs to move, for the next exit's estimate
+                    cost = (self._clock() - started) / moved
+                    self._spill_cost_s = 0.7 * self._spill_cost_s + 0.3 * cost
+                if not planned:
+                    break
+        with self.lock:
             self._collect()
+            outbox = self._ensure_outbox()
+            outbox.spill()  # what is in memory is encoded already: to disk, if it can be
+            while outbox.memory:
+                self._ledger.give_up(outbox.memory.popleft().ops, "shutdown")
+            outbox.memory_ops = 0
+            self._planner.abandon("shutdown")
+            spool = outbox.spool
+            if spool is not None:
+                with _guard.guarded("spool-release"):
+                    spool.release()
+            self._release_markers(stopping=True)
 
-    def _current_exporter(self) -> Exporter:
-        if self._retarget or self._exporter is None:
-            self._retarget = False
-            self._close_exporter()
-            override = self._exporter_override
-            if override is not None:
-                self._exporter = override
-            else:
-                # Held while modules are imported: a fork waits for it (before_fork), so a
-                # child never inherits a half-imported module.
-                with self._build_lock:
-                    self._exporter = _default_exporter(self._settings)
-        return self._exporter
-
-    def _close_exporter(self) -> None:
-        exporter, self._exporter = self._exporter, None
-        if exporter is not None and exporter is not self._exporter_override:
-            with _guard.guarded("exporter-close"):
-                exporter.close()
-
-    # --- warnings: once per kind, on the flowtrace logger (never captured into logs) ------
-    def _warn_early_drops(self) -> None:
-        if self._early_drops.get("queue_full") and "queue_full" not in self._warned:
-            self._warn_once(
-                "queue_full",
-                "flowtrace: the delivery queue is full (%d logs waiting); new logs are dropped "
-                "until it drains. Counts are in flowtrace.stats().",
-                self._queue_limit,
+    # --- the outbox --------------------------------------------------------------------------
+    def _ensure_outbox(self) -> Outbox:
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = Outbox(
+                self._destination.spool(),
+                always=self._settings.spool == "always",
+                spooled=self._planner.spooled,
+                forget=self._ledger.forget,
+                refused=self._ledger.give_up,
+                unavailable=self._spool_unavailable,
+                chunk=self._batch_size,
             )
+            self._ledger.outbox = outbox
+            self._queue.wait_at_bound = outbox.usable or self._destination.local()
+        return outbox
 
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        if key in self._warned:
-            return
-        if len(self._warned) < 1000:
-            self._warned.add(key)
-        logger.warning(message, *args)
-
-
-def _transient_error(outcome: Outcome) -> str:
-    if outcome.error:
-        return outcome.error
-    _, message = describe_rejection(outcome.status, outcome.body)
-    return message
-
-
-def _default_exporter(settings: _config.Settings) -> Exporter:
-    """The settings' destination: the HTTP contract if a base URL is set, else the embedded
-    SQLite store."""
-    if settings.base_url:
-        from flowtrace.exporters.http import HttpExporter
-
-        return HttpExporter.from_settings(settings)
-    from flowtrace.exporters.store import StoreExporter
-
-    return StoreExporter(settings.db_path)
-
-
-class _HideWorkerRecords(logging.Filter):
-    """Drops records that libraries (httpx, httpcore) log on the worker thread: a request per
-    batch is our business, not the user's log output."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.threadName != WORKER_NAME
+    def _spool_unavailable(self, error: str) -> None:
+        self._queue.wait_at_bound = self._destination.local()
+        self._counters.last_error = error
+        self._warnings.once(
+            "spool-unavailable",
+            "flowtrace: the spool cannot be used (%s); logs that cannot be delivered now are "
+            "kept in memory only.",
+            error,
+        )
 
 
 # --- the process's pipeline --------------------------------------------------------------
@@ -706,44 +754,8 @@ class _HideWorkerRecords(logging.Filter):
 _pipeline = Pipeline()
 
 
-def _at_exit() -> None:
-    _pipeline.at_exit()
-
-
-def _before_fork() -> None:
-    _pipeline.before_fork()
-
-
-def _after_fork_in_parent() -> None:
-    _pipeline.after_fork_in_parent()
-
-
-def _after_fork_in_child() -> None:
-    _pipeline.after_fork_in_child()
-
-
-def _settings_changed(settings: _config.Settings) -> None:
-    _pipeline.settings_changed(settings)
-
-
-def _install() -> None:
-    add_sink(_pipeline)
-    _config.on_change(_settings_changed)
-    # Registered at import, not at the first log: atexit runs handlers last-in first-out, so
-    # ours runs after exit handlers the program registers later (which may still log).
-    atexit.register(_at_exit)
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(
-            before=_before_fork,
-            after_in_parent=_after_fork_in_parent,
-            after_in_child=_after_fork_in_child,
-        )
-    hide = _HideWorkerRecords()
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).addFilter(hide)
-
-
-_install()
+def current() -> Pipeline:
+    return _pipeline
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -752,12 +764,16 @@ def flush(timeout: float | None = None) -> bool:
 
 
 def shutdown(timeout: float | None = None) -> None:
-    """Flush (within `timeout` seconds), then stop the worker; later logs are not delivered."""
-    _pipeline.shutdown(timeout)
+    """Flush (within `timeout` seconds), then stop delivering; later logs are not delivered.
+    What is left is spooled (or dropped without a spool), said in one warning."""
+    from flowtrace import _lifecycle
+
+    _lifecycle.shutdown_and_report(_pipeline, timeout)
 
 
 def stats() -> dict[str, Any]:
-    """Delivery counters: queued, sent, retried, dropped (by reason), last_error."""
+    """Delivery counters, in logs: queued, spooled, sent, left_open, retried (operations),
+    dropped (by reason), last_error, and the spool's path."""
     return _pipeline.stats()
 
 
@@ -774,3 +790,13 @@ def replace_pipeline(new: Pipeline) -> Pipeline:
     remove_sink(old)
     add_sink(new)
     return new
+
+
+def _install() -> None:
+    from flowtrace import _lifecycle
+
+    add_sink(_pipeline)
+    _lifecycle.install()
+
+
+_install()

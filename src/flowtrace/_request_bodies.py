@@ -14,22 +14,58 @@ from flowtrace._contract import (
     CHAT_MESSAGE_KEYS,
     CHAT_ROLES,
     COMPLETE,
+    INCOMPLETE,
     PAYLOAD_FIELDS,
     RECORDER_ENDED,
     RECORDER_METADATA_KEY,
     RECORDER_TRACEBACK,
     UPDATE_EXTENSION_FIELDS,
     StatusField,
-    truncated_chars,
     wire_time_ns,
 )
 from flowtrace._log import UNSET, Log
-from flowtrace._serialize import limits, snapshot, to_json
+from flowtrace._serialize import Limits, limits, snapshot, to_json
 
 # The wire models (pydantic) are imported on the worker, when a chat message or an early-sent
 # log first needs them: `import flowtrace` stays light, and most logs never need them.
 
 __all__ = ["complete_body", "create_body", "log_query", "resolve_inputs", "shape_output"]
+
+# --- snapshots that can be skipped -----------------------------------------------------------
+# Most logs record a few scalar arguments and a scalar result, which `snapshot` would return
+# unchanged. Recognising them costs a type check per value; the walk costs microseconds.
+
+_INT_LIMIT = 1 << 1024  # as in _serialize: larger ints are recorded as text
+
+
+def _kept_as_is(value: Any, max_string: int) -> bool:
+    """`snapshot(value)` is `value` itself: None, a bool, an int json can write, a finite
+    float, or a short ASCII string."""
+    kind = type(value)
+    if kind is str:
+        return len(value) <= max_string and value.isascii()
+    if kind is int:
+        return bool(-_INT_LIMIT < value < _INT_LIMIT)
+    if kind is float:
+        return bool(value - value == 0.0)
+    return value is None or kind is bool
+
+
+def _snapshot_names(named: dict[str, Any], budget: Limits) -> Any:
+    """The snapshot of arguments bound to their names: the dict itself when every value is
+    kept as is (it is a fresh dict, no one else's)."""
+    if budget.max_depth >= 1 and len(named) <= budget.max_items:
+        max_string = budget.max_string
+        for name, value in named.items():
+            if not (name.isascii() and _kept_as_is(value, max_string)):
+                break
+        else:
+            return named
+    return snapshot(named, budget)
+
+
+def _snapshot(value: Any, budget: Limits) -> Any:
+    return value if _kept_as_is(value, budget.max_string) else snapshot(value, budget)
 
 
 def _chat_message(value: Any) -> dict[str, Any] | None:
@@ -62,16 +98,20 @@ def resolve_inputs(log: Log) -> tuple[dict[str, Any] | None, list[dict[str, Any]
     """The log's inputs by name, and its chat messages (an input named `messages` that holds
     chat messages, or what the user set on `log.messages`)."""
     inputs: Any = None
-    if log.inputs is not UNSET:
-        inputs = snapshot(log.inputs, limits())
+    budget = limits()
+    user = log.user_fields
+    if user is not None and "inputs" in user:
+        inputs = snapshot(user["inputs"], budget)
     elif log.args is not None and log.options.binder is not None:
-        binder = log.options.binder
-        inputs = snapshot(binder.bind(log.options.skip_first, log.args, log.kwargs or {}), limits())
+        options = log.options
+        named = options.binder.bind(options.skip_first, log.args, log.kwargs or {})  # type: ignore[union-attr]
+        inputs = _snapshot_names(named, budget)
     if inputs is not None and not isinstance(inputs, dict):
         inputs = {"value": inputs}
     messages = None
-    if log.messages is not UNSET and log.messages is not None:
-        messages = _chat_messages(snapshot(log.messages, limits()))
+    user_messages = user.get("messages") if user is not None else None
+    if user_messages is not None and user_messages is not UNSET:
+        messages = _chat_messages(snapshot(user_messages, budget))
     elif inputs and "messages" in inputs:
         messages = _chat_messages(inputs["messages"])
         if messages is not None:
@@ -79,25 +119,42 @@ def resolve_inputs(log: Log) -> tuple[dict[str, Any] | None, list[dict[str, Any]
     return inputs, messages
 
 
+def _user(log: Log, name: str) -> Any:
+    """What the user set on the log (UNSET if nothing), without making anything on the way
+    (reading `log.metadata` would make the log its own dict)."""
+    fields = log.user_fields
+    return UNSET if fields is None else fields.get(name, UNSET)
+
+
+def _user_metadata(log: Log) -> Any:
+    """The log's metadata: what the user made of it, else the flow's."""
+    fields = log.user_fields
+    if fields is not None and "metadata" in fields:
+        return fields["metadata"]
+    return log.options.flow.metadata
+
+
 def shape_output(log: Log) -> dict[str, Any]:
     """`output` for strings and anything JSON-encoded; `output_message` for a chat message."""
     fields: dict[str, Any] = {}
-    if log.output_message is not UNSET and log.output_message is not None:
-        message = _chat_message(snapshot(log.output_message, limits()))
+    budget = limits()
+    output_message = _user(log, "output_message")
+    if output_message is not UNSET and output_message is not None:
+        message = _chat_message(snapshot(output_message, budget))
         if message is not None:
             fields["output_message"] = message
-    value = log.output
+    value = _user(log, "output")
     if value is UNSET:
         value = log.result  # what the call returned; the user's `output` wins
     if value is UNSET:
         return fields
-    value = snapshot(value, limits())
+    value = _snapshot(value, budget)
     if isinstance(value, str):
         fields["output"] = value
-    elif "output_message" not in fields and (message := _chat_message(value)) is not None:
-        fields["output_message"] = message
     elif type(value) is int:
         fields["output"] = str(value)  # its JSON text, without json's overhead
+    elif "output_message" not in fields and (message := _chat_message(value)) is not None:
+        fields["output_message"] = message
     elif value is not None:
         fields["output"] = to_json(value)
     return fields
@@ -114,80 +171,104 @@ def _flowtrace_metadata(log: Log) -> dict[str, Any]:
 
 
 def _metadata(log: Log) -> dict[str, Any] | None:
-    user = snapshot(log.metadata, limits()) if log.metadata else None
-    extra = _flowtrace_metadata(log)
-    if not extra:
+    own = _user_metadata(log)
+    user = snapshot(own, limits()) if own else None
+    if not (log.traceback or log.ended_how):
         return user if isinstance(user, dict) else None
     merged = dict(user) if isinstance(user, dict) else {}
-    merged[RECORDER_METADATA_KEY] = extra
+    merged[RECORDER_METADATA_KEY] = _flowtrace_metadata(log)
     return merged
 
 
-def _ending_fields(log: Log) -> dict[str, Any]:
+def _ending_fields(log: Log, start_ns: int) -> dict[str, Any]:
     """The fields a log only has once it has ended."""
     fields: dict[str, Any] = {}
-    end_ns = log.end_ns
-    if end_ns is not None:
-        fields["end_time"] = wire_time_ns(end_ns)
-    if log.duration_ns is not None:
-        fields["provider_latency"] = log.duration_ns / 1e9
+    duration_ns = log.duration_ns
+    if duration_ns is not None:
+        fields["end_time"] = wire_time_ns(start_ns + duration_ns)
+        fields["provider_latency"] = duration_ns / 1e9
     fields.update(shape_output(log))
     if log.error is not None:
         fields["error"] = str(log.error)
-    if log.stdout_parts:
-        fields["stdout"] = _truncate(log.stdout)
+    if log.stdout_chars:
+        fields["stdout"] = log.stdout  # kept within the string budget while the log was open
     metadata = _metadata(log)
     if metadata:
         fields["metadata"] = metadata
-    for name in ("provider_request", "provider_response"):
-        value = getattr(log, name)
-        if value is not UNSET and value is not None:
-            snap = snapshot(value, limits())
-            fields[name] = snap if isinstance(snap, dict) else {"value": snap}
+    if log.user_fields is not None:
+        for name in ("provider_request", "provider_response"):
+            value = _user(log, name)
+            if value is not UNSET and value is not None:
+                snap = snapshot(value, limits())
+                fields[name] = snap if isinstance(snap, dict) else {"value": snap}
     return fields
 
 
-def _truncate(text: str) -> str:
-    budget = limits().max_string
-    if len(text) <= budget:
-        return text
-    return text[:budget] + truncated_chars(len(text))
+_attributes_memo: dict[int, tuple[object, Limits, Any]] = {}
 
 
-def create_body(log: Log, status_field: StatusField) -> dict[str, Any]:
-    """`POST /flows/log` body: complete if the log has ended, else incomplete (sent early)."""
+def _attributes(log: Log) -> Any:
+    """The snapshot of the flow's attributes (taken once per flow and budget: every log of a
+    function has the same ones)."""
+    flow = log.options.flow
+    budget = limits()
+    known = _attributes_memo.get(id(flow))
+    if known is not None and known[0] is flow and known[1] is budget:
+        return known[2]
+    snap = snapshot(flow.attributes, budget)
+    if len(_attributes_memo) >= 4096:
+        _attributes_memo.clear()
+    _attributes_memo[id(flow)] = (flow, budget, snap)
+    return snap
+
+
+def create_body(log: Log, status_field: StatusField, start_ns: int | None = None) -> dict[str, Any]:
+    """`POST /flows/log` body: complete if the log has ended, else incomplete (sent early).
+    `start_ns`: the wall-clock start the pipeline fixed for the log (default: as of now)."""
+    if start_ns is None:
+        start_ns = log.start_ns
     body: dict[str, Any] = {
         "log_id": log.log_id,
-        "path": log.path,
-        "start_time": wire_time_ns(log.start_ns),
+        "path": log.options.path,
+        "start_time": wire_time_ns(start_ns),
     }
     if log.parent is not None:
         body["trace_parent_id"] = log.parent.log_id
-    if log.attributes is not None:
-        body["flow"] = {"attributes": snapshot(log.attributes, limits())}
-    environment = log.environment or get_settings().environment
-    for name, value in (("user", log.user), ("environment", environment), ("source", log.source)):
+    flow = log.options.flow
+    if flow.attributes is not None:
+        body["flow"] = {"attributes": _attributes(log)}
+    user = _user(log, "user")
+    if user is UNSET:
+        user = flow.user
+    environment = flow.environment or get_settings().environment
+    for name, value in (("user", user), ("environment", environment), ("source", flow.source)):
         if value is not None:
             body[name] = str(value)
-    if log.save is not None:
-        body["save"] = bool(log.save)
+    save = flow.save
+    if save is not None:
+        body["save"] = bool(save)
     inputs, messages = resolve_inputs(log)
     if inputs is not None:
         body["inputs"] = inputs
     if messages is not None:
         body["messages"] = messages
-    if log.status == COMPLETE:
-        body.update(_ending_fields(log))
-    elif log.metadata:
-        body["metadata"] = snapshot(log.metadata, limits())
-    body[status_field] = log.status
-    return _without_payloads(body) if log.save is False else body
+    if log.duration_ns is not None:
+        body.update(_ending_fields(log, start_ns))
+        body[status_field] = COMPLETE
+    else:
+        metadata = _user_metadata(log)
+        if metadata:
+            body["metadata"] = snapshot(metadata, limits())
+        body[status_field] = INCOMPLETE
+    return _without_payloads(body) if save is False else body
 
 
-def complete_body(log: Log, status_field: StatusField, extension: bool) -> dict[str, Any]:
+def complete_body(
+    log: Log, status_field: StatusField, extension: bool, start_ns: int | None = None
+) -> dict[str, Any]:
     """`PATCH /flows/logs/{id}` body closing a log sent early. `extension`: the server takes
     flowtrace's end-of-log fields (stdout, end_time, ...); a plain contract server does not."""
-    body = _ending_fields(log)
+    body = _ending_fields(log, log.start_ns if start_ns is None else start_ns)
     if log.inputs is not UNSET or log.messages is not UNSET:  # the user may have set them late
         inputs, messages = resolve_inputs(log)
         if log.inputs is not UNSET and inputs is not None:
@@ -204,6 +285,11 @@ def _without_payloads(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in PAYLOAD_FIELDS}
 
 
+_NO_QUERY: dict[str, str] = {}
+
+
 def log_query(log: Log) -> dict[str, str]:
-    """Query parameters of `POST /flows/log`: log against a given version."""
-    return {"version_id": log.version_id} if log.version_id else {}
+    """Query parameters of `POST /flows/log`: log against a given version (none: a shared
+    empty dict, which nobody changes)."""
+    version_id = log.options.flow.version_id
+    return {"version_id": version_id} if version_id else _NO_QUERY

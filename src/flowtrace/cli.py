@@ -5,6 +5,7 @@ server.
   flowtrace show LOG_ID|last [--db PATH]                            one trace as a tree
   flowtrace serve ...                                               the log server + viewer
   flowtrace ui [--db PATH] [--host H] [--port P]                    the viewer over a local db
+  flowtrace spool status|drain|purge [--db PATH | --base-url URL]   logs waiting on disk
 
 Reading commands never create a database: a missing file is an error, not an empty result.
 """
@@ -165,6 +166,134 @@ def _ui(args: argparse.Namespace) -> int:
     return run_server(args.host, args.port, path, (), ready=announce)
 
 
+# --- spool ------------------------------------------------------------------------------------
+
+
+def _spool_destination(args: argparse.Namespace) -> None:
+    """The destination whose spool the command is about: the settings (`FLOWTRACE_*`), or
+    the options given."""
+    import flowtrace
+
+    overrides: dict[str, object] = {}
+    if args.db:
+        overrides.update(db_path=args.db, base_url=None)
+    if args.base_url:
+        overrides["base_url"] = args.base_url
+    if args.api_key:
+        overrides["api_key"] = args.api_key
+    if args.spool_dir:
+        overrides["spool_dir"] = args.spool_dir
+    flowtrace.configure(**overrides)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _spool_status(args: argparse.Namespace) -> int:
+    import time
+
+    from flowtrace import _pipeline
+    from flowtrace._spool import SpoolUnavailable
+
+    _spool_destination(args)
+    spool = _pipeline.current().spool()
+    if spool is None:
+        print("No spool: spooling is off (FLOWTRACE_SPOOL=off) for this destination.")
+        return 0
+    if not spool.path.exists():
+        print(f"Nothing spooled for {spool.destination} (no file at {spool.path}).")
+        return 0
+    try:
+        counts = spool.counts()
+        owners = spool.owners()
+    except SpoolUnavailable as error:
+        raise CliError(str(error)) from error
+    finally:
+        spool.release()
+        spool.close()
+    print(f"spool {spool.path}")
+    print(f"destination: {spool.destination}")
+    print(f"{counts['logs']} log(s) in {counts['entries']} operation(s), {counts['bytes']} bytes")
+    now_s = time.time()
+    for owner in owners:
+        state = "running" if owner["alive"] else "gone: its backlog is drained by the next process"
+        age = _age(now_s - owner["oldest_us"] / 1e6)
+        print(f"  {sanitize(owner['owner'])}: {owner['logs']} log(s), oldest {age} ago, {state}")
+    return 0
+
+
+def _spool_drain(args: argparse.Namespace) -> int:
+    import flowtrace
+    from flowtrace import _pipeline
+
+    _spool_destination(args)
+    pipeline = _pipeline.current()
+    done = pipeline.drain(args.timeout)
+    stats = flowtrace.stats()
+    flowtrace.shutdown(1.0)
+    dropped = sum(stats["dropped"].values())
+    print(
+        f"delivered {stats['sent']} log(s); {dropped} dropped; "
+        f"{stats['spooled']} still spooled{'' if done else ' (the destination did not take them)'}"
+    )
+    if stats["last_error"] and not done:
+        print(f"last error: {sanitize(str(stats['last_error']))}", file=sys.stderr)
+    return 0 if done and not dropped else 1
+
+
+def _spool_purge(args: argparse.Namespace) -> int:
+    from flowtrace import _pipeline
+    from flowtrace._spool import SpoolUnavailable
+
+    _spool_destination(args)
+    spool = _pipeline.current().spool()
+    if spool is None or not spool.path.exists():
+        print("Nothing spooled.")
+        return 0
+    try:
+        purged = spool.purge(include_live=args.all)
+    except SpoolUnavailable as error:
+        raise CliError(str(error)) from error
+    finally:
+        spool.release()
+        spool.close()
+    whose = "every process's" if args.all else "processes that are gone"
+    print(f"purged {purged} log(s) ({whose}) from {spool.path}")
+    return 0
+
+
+def _add_spool_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    spool = subparsers.add_parser(
+        "spool", help="logs waiting on disk for their destination: status, drain, purge"
+    )
+    actions = spool.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
+    for name, handler, text in (
+        ("status", _spool_status, "what is spooled for the destination, and by whom"),
+        ("drain", _spool_drain, "deliver what processes that are gone left"),
+        ("purge", _spool_purge, "delete what processes that are gone left"),
+    ):
+        action = actions.add_parser(name, help=text)
+        target = action.add_mutually_exclusive_group()
+        target.add_argument("--db", metavar="PATH", help="the embedded store (default: settings)")
+        target.add_argument("--base-url", metavar="URL", help="a server of the contract")
+        action.add_argument("--api-key", metavar="KEY", help="the server's key")
+        action.add_argument("--spool-dir", metavar="DIR", help="where spools live (settings)")
+        if name == "drain":
+            action.add_argument(
+                "--timeout", type=float, default=60.0, metavar="S", help="give up after S s"
+            )
+        if name == "purge":
+            action.add_argument(
+                "--all", action="store_true", help="also what running processes spooled"
+            )
+        action.set_defaults(func=handler)
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -223,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"0 picks a free port (default: {DEFAULT_PORT})",
     )
     ui.set_defaults(func=_ui)
+    _add_spool_command(subparsers)
     return parser
 
 

@@ -4,13 +4,19 @@ The pipeline decides *what* to send and in which order (`Operation`s: a create o
 one log); an exporter only carries them to a destination and reports, per operation, what
 happened (`Outcome`). Exporters never raise for delivery failures: a connection error is an
 Outcome with status `NOT_DELIVERED` (0), which the pipeline retries.
+
+Besides `export` and `close`, an exporter may have:
+- `destination: str | None`: a stable name of where it delivers (`http:<base_url>...`,
+  `store:<path>`); the pipeline keeps one spool per destination, and none without a name.
+- `interrupt()`: called from another thread to end an export in progress early (at exit); the
+  interrupted operations are reported `NOT_DELIVERED`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Protocol
 
 from flowtrace._retry import NOT_DELIVERED
 
@@ -18,17 +24,20 @@ __all__ = ["NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
 
 OperationKind = Literal["log", "update"]
 
+#: The query of an operation without one (shared: nobody changes a query).
+NO_QUERY: dict[str, str] = {}
 
-@dataclass(frozen=True)
-class Operation:
+
+class Operation(NamedTuple):
     """One wire operation: `log` = `POST /flows/log` (with `query`), `update` =
     `PATCH /flows/logs/{log_id}`. Built once and reused unchanged by every retry, so a replay
-    is byte-for-byte the same request and the store treats it as idempotent."""
+    is byte-for-byte the same request and the store treats it as idempotent. (A tuple: cheap
+    to make, one per log on the worker.)"""
 
     kind: OperationKind
     log_id: str
     body: dict[str, Any]
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = NO_QUERY
 
     def to_batch_item(self) -> dict[str, Any]:
         """The operation as one item of the batch extension's `operations` list."""
@@ -62,8 +71,11 @@ def not_delivered(error: str, count: int, retry_after_s: float | None = None) ->
 
 
 class Exporter(Protocol):
-    """Carries operations to a destination, in order; one Outcome per operation, in order."""
+    """Carries operations to a destination, in order; one Outcome per operation, in order.
+    `timeout_s`: answer within about this long (at exit), whatever the configured timeouts."""
 
-    def export(self, operations: Sequence[Operation]) -> list[Outcome]: ...
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]: ...
 
     def close(self) -> None: ...

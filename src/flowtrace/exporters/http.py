@@ -4,6 +4,10 @@ On first use it asks the server what it offers (`GET {base}/health`): a flowtrac
 answers `{"batch": true|false, ...}`, and then takes flowtrace's end-of-log fields on update;
 any other server of the contract gets the per-log routes and contract-only update bodies. If
 the batch route answers 404/405 anyway, the exporter falls back to per-log and remembers.
+
+A success is the contract's answer, not just a 2xx: a JSON object with the log's `id` (and
+for the batch route, one such result per operation). Anything else, such as the HTML page of
+a wrong `base_url`, is no delivery: the outcome says what came back from which URL.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from __future__ import annotations
 # that moment would leave the child a half-imported codec. Importing it here puts it under the
 # pipeline's fork-safe build lock (see Pipeline.before_fork).
 import encodings.idna  # noqa: F401
+import hashlib
 import json
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pydantic_core
@@ -23,7 +30,8 @@ import pydantic_core
 from flowtrace._config import Settings
 from flowtrace._contract import UPDATE_EXTENSION_FIELDS
 from flowtrace._retry import is_retryable, parse_retry_after
-from flowtrace.exporters import Operation, Outcome, not_delivered
+from flowtrace.exporters import NOT_DELIVERED, Operation, Outcome, not_delivered
+from flowtrace.exporters._interruptible import install_on
 
 __all__ = ["HttpExporter"]
 
@@ -31,7 +39,13 @@ BATCH_PATH = "/flows/logs/batch"
 HEALTH_PATH = "/health"
 _NO_BATCH = frozenset({404, 405})
 
+#: Per-log routes: requests in flight at once (and connections kept), and the batch length
+#: from which a batch goes in parallel waves rather than one request after the other.
+PARALLEL_REQUESTS = 8
+PARALLEL_FROM = 16
+
 WallClock = Callable[[], datetime]
+_T = TypeVar("_T")
 
 
 def _utc_now() -> datetime:
@@ -56,14 +70,26 @@ class HttpExporter:
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            limits=httpx.Limits(
+                max_connections=PARALLEL_REQUESTS, max_keepalive_connections=PARALLEL_REQUESTS
+            ),
             transport=transport,
             follow_redirects=False,
             # Certificates matter only for https; loading them costs ~70 ms, which a plain
             # http endpoint (a local or in-cluster server) would pay at exit for nothing.
             verify=base_url.lower().startswith("https://"),
         )
+        self._backend = install_on(self._client) if transport is None else None
+        self._pool: Parallel | None = None  # threads for parallel per-log requests
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout: httpx.Timeout | None = None  # tighter, for one export
         self._wall_clock = wall_clock
+        self._base_url = base_url.rstrip("/")
+        key = hashlib.sha256(api_key.encode()).hexdigest()[:12] if api_key else "none"
+        #: The spool's name for this destination (the key only as a digest).
+        self.destination = f"http:{self._base_url};key={key}"
+        self._closed = False
         self._discovered = False
         self.batch = False  # the server offers POST /flows/logs/batch
         self.update_extension = False  # the server takes end-of-log fields on update
@@ -79,10 +105,34 @@ class HttpExporter:
         )
 
     def close(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self._client.close()
 
+    def interrupt(self) -> None:
+        """From another thread: end the requests in progress now (at exit)."""
+        if self._backend is not None:
+            self._backend.interrupt()
+
     # --- the Exporter protocol -------------------------------------------------------------
-    def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]:
+        if self._closed:  # never a raise: the pipeline keeps what was not delivered
+            return not_delivered(f"the exporter for {self._base_url} is closed", len(operations))
+        self._request_timeout = None
+        if timeout_s is not None:
+            self._request_timeout = httpx.Timeout(
+                min(self._timeout_s, timeout_s), connect=min(self._connect_timeout_s, timeout_s)
+            )
+        try:
+            return self._export(operations)
+        finally:
+            self._request_timeout = None
+
+    def _export(self, operations: Sequence[Operation]) -> list[Outcome]:
         if not operations:  # a warm-up: connect and learn what the server offers
             if not self._discovered:
                 self._discover()
@@ -90,7 +140,7 @@ class HttpExporter:
         if not self._discovered:
             failure = self._discover()
             if failure is not None:
-                return not_delivered(failure, len(operations))
+                return [failure] * len(operations)
         if self.batch:
             outcomes = self._export_batch(operations)
             if outcomes is not None:
@@ -99,14 +149,18 @@ class HttpExporter:
         return self._export_each(operations)
 
     # --- discovery ---------------------------------------------------------------------------
-    def _discover(self) -> str | None:
-        """Learn what the server offers; an error text if it could not be reached."""
+    def _discover(self) -> Outcome | None:
+        """Learn what the server offers; the failure (with the server's `Retry-After`) if it
+        could not be reached."""
         try:
-            response = self._client.get(HEALTH_PATH)
+            response = self._client.get(HEALTH_PATH, timeout=self._timeout())
         except httpx.HTTPError as exc:
-            return _transport_error(exc)
+            return Outcome(NOT_DELIVERED, None, None, _transport_error(exc))
         if is_retryable(response.status_code):
-            return f"health check answered {response.status_code}"
+            retry_after = self._retry_after(response)
+            return Outcome(
+                NOT_DELIVERED, None, retry_after, f"health check answered {response.status_code}"
+            )
         info = _json_or_none(response) if response.status_code == 200 else None
         if isinstance(info, dict) and isinstance(info.get("batch"), bool):
             self.batch = info["batch"]
@@ -117,9 +171,10 @@ class HttpExporter:
     # --- the batch extension ---------------------------------------------------------------
     def _export_batch(self, operations: Sequence[Operation]) -> list[Outcome] | None:
         """Outcomes of one batch request; None if the server has no batch route."""
-        content = _encode({"operations": [op.to_batch_item() for op in operations]})
+        items = [self._batch_item(op) for op in operations]
+        content = _encode({"operations": items})
         try:
-            response = self._client.post(BATCH_PATH, content=content)
+            response = self._client.post(BATCH_PATH, content=content, timeout=self._timeout())
         except httpx.HTTPError as exc:
             return not_delivered(_transport_error(exc), len(operations))
         if response.status_code in _NO_BATCH:
@@ -127,43 +182,160 @@ class HttpExporter:
         if not 200 <= response.status_code < 300:
             outcome = self._outcome(response)
             return [outcome] * len(operations)
-        return _batch_outcomes(_json_or_none(response), len(operations))
+        return _batch_outcomes(_json_or_none(response), len(operations), self._url(BATCH_PATH))
+
+    def _batch_item(self, op: Operation) -> dict[str, Any]:
+        item = op.to_batch_item()
+        if op.kind == "update" and not self.update_extension:
+            item["body"] = _contract_update(op.body)
+        return item
 
     # --- the per-log contract --------------------------------------------------------------
     def _export_each(self, operations: Sequence[Operation]) -> list[Outcome]:
-        """One request per operation, in order. After a failure worth retrying the rest is not
-        attempted: later operations may depend on it (a child on its parent)."""
-        outcomes: list[Outcome] = []
-        for index, op in enumerate(operations):
-            outcome = self._send_one(op)
-            outcomes.append(outcome)
-            if is_retryable(outcome.status):
-                rest = len(operations) - index - 1
-                outcomes.extend(not_delivered("not attempted", rest, outcome.retry_after_s))
+        """One request per operation. A short batch goes in order; a long one in waves of
+        operations that do not depend on each other (a create on its parent's create, an
+        update on its log's create and its children's), each wave's requests in parallel. After
+        a failure worth retrying what is left is not attempted: it may depend on it."""
+        if len(operations) < PARALLEL_FROM:
+            waves = [[index] for index in range(len(operations))]
+        else:
+            waves = _waves(operations)
+        outcomes: list[Outcome | None] = [None] * len(operations)
+        for wave in waves:
+            if len(wave) == 1:
+                results = [self._send_one(operations[wave[0]])]
+            else:
+                results = self._parallel().map(self._send_one, [operations[i] for i in wave])
+            for index, outcome in zip(wave, results, strict=True):
+                outcomes[index] = outcome
+            failed = [result for result in results if is_retryable(result.status)]
+            if failed:
+                waits = [o.retry_after_s for o in failed if o.retry_after_s is not None]
+                rest = Outcome(NOT_DELIVERED, None, max(waits) if waits else None, "not attempted")
+                outcomes = [rest if known is None else known for known in outcomes]
                 break
-        return outcomes
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _parallel(self) -> Parallel:
+        if self._pool is None:
+            self._pool = Parallel(PARALLEL_REQUESTS, "flowtrace-http")
+        return self._pool
 
     def _send_one(self, op: Operation) -> Outcome:
+        path = "/flows/log" if op.kind == "log" else f"/flows/logs/{op.log_id}"
         try:
             if op.kind == "log":
                 response = self._client.post(
-                    "/flows/log", params=op.query or None, content=_encode(op.body)
+                    path, params=op.query or None, content=_encode(op.body)
                 )
             else:
-                body = op.body
-                if not self.update_extension:
-                    body = {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
-                response = self._client.patch(f"/flows/logs/{op.log_id}", content=_encode(body))
+                body = op.body if self.update_extension else _contract_update(op.body)
+                response = self._client.patch(path, content=_encode(body))
         except httpx.HTTPError as exc:
-            return Outcome(0, None, None, _transport_error(exc))
-        return self._outcome(response)
+            return Outcome(NOT_DELIVERED, None, None, _transport_error(exc))
+        outcome = self._outcome(response)
+        if outcome.ok and not _is_log_answer(outcome.body):
+            return Outcome(NOT_DELIVERED, None, None, _not_the_contract(self._url(path), response))
+        return outcome
+
+    def _timeout(self) -> Any:
+        """The client's timeouts, or tighter ones for this export."""
+        return self._request_timeout or httpx.USE_CLIENT_DEFAULT
 
     def _outcome(self, response: httpx.Response) -> Outcome:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
-        return Outcome(response.status_code, _json_or_none(response), retry_after)
+        return Outcome(response.status_code, _json_or_none(response), self._retry_after(response))
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        return parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
+
+    def _url(self, path: str) -> str:
+        return self._base_url + path
 
 
-def _batch_outcomes(payload: Any, count: int) -> list[Outcome]:
+def _waves(operations: Sequence[Operation]) -> list[list[int]]:
+    """The operations (by index) in waves: each after every operation it depends on (a create
+    after its parent's create, an update after its log's create and its children's creates),
+    each wave in the batch's order."""
+    created: dict[str, int] = {}  # log id -> the wave of its create
+    children: dict[str, int] = {}  # log id -> the last wave of its children's creates
+    waves: list[list[int]] = []
+    for index, op in enumerate(operations):
+        if op.kind == "log":
+            parent = op.body.get("trace_parent_id")
+            wave = created[parent] + 1 if isinstance(parent, str) and parent in created else 0
+            created[op.log_id] = wave
+            if isinstance(parent, str):
+                children[parent] = max(children.get(parent, -1), wave)
+        else:
+            wave = max(created.get(op.log_id, -1), children.get(op.log_id, -1)) + 1
+        while len(waves) <= wave:
+            waves.append([])
+        waves[wave].append(index)
+    return waves
+
+
+class Parallel:
+    """A few threads of our own for parallel requests (not concurrent.futures: it refuses work
+    once the interpreter's exit has begun, when flowtrace's exit flush still sends)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[
+            tuple[Callable[[Any], Any], Any, list[Any], int, threading.Semaphore] | None
+        ] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def map(self, fn: Callable[[Any], _T], items: Sequence[Any]) -> list[_T]:
+        results: list[Any] = [None] * len(items)
+        finished = threading.Semaphore(0)
+        for index, item in enumerate(items):
+            self._tasks.put((fn, item, results, index, finished))
+        for _ in items:
+            finished.acquire()
+        return results
+
+    def _run(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            fn, item, results, index, finished = task
+            try:
+                results[index] = fn(item)
+            finally:
+                finished.release()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join(1.0)
+
+
+def _contract_update(body: dict[str, Any]) -> dict[str, Any]:
+    """An update body as a server without flowtrace's extension takes it."""
+    return {k: v for k, v in body.items() if k not in UPDATE_EXTENSION_FIELDS}
+
+
+def _is_log_answer(body: Any) -> bool:
+    """The contract's answer to a create or an update: a JSON object naming the log."""
+    return isinstance(body, dict) and isinstance(body.get("id"), str) and bool(body["id"])
+
+
+def _not_the_contract(url: str, response: httpx.Response) -> str:
+    kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+    start = response.text[:60].strip() if response.content else ""
+    shown = f": {start!r}" if start else " (empty)"
+    return (
+        f"{url} answered {response.status_code} with {kind}{shown}, which is not the "
+        "contract's answer (is base_url the contract's /v5 base?)"
+    )
+
+
+def _batch_outcomes(payload: Any, count: int, url: str) -> list[Outcome]:
     """Per-operation outcomes from a batch answer; garbage counts as no answer (retried)."""
     results = payload.get("results") if isinstance(payload, dict) else None
     if not isinstance(results, list) or len(results) != count:
@@ -173,7 +345,12 @@ def _batch_outcomes(payload: Any, count: int) -> list[Outcome]:
         status = result.get("status") if isinstance(result, dict) else None
         if not isinstance(status, int):
             return not_delivered("the batch answer was not understood", count)
-        outcomes.append(Outcome(status, result.get("body")))
+        body = result.get("body")
+        if 200 <= status < 300 and not _is_log_answer(body):
+            error = f"{url} answered a result {status} without the log's id: not the contract's"
+            outcomes.append(Outcome(NOT_DELIVERED, None, None, error))
+            continue
+        outcomes.append(Outcome(status, body))
     return outcomes
 
 

@@ -21,8 +21,11 @@ Script = Callable[[Sequence[Operation]], "list[Outcome] | None"]
 
 
 class MemoryExporter:
-    def __init__(self, status_field: StatusField = DEFAULT_STATUS_FIELD) -> None:
+    def __init__(
+        self, status_field: StatusField = DEFAULT_STATUS_FIELD, destination: str | None = None
+    ) -> None:
         self.status_field = status_field
+        self.destination = destination  # a name gives it a spool (see the Exporter protocol)
         self.calls: list[list[Operation]] = []  # every export call, as attempted
         self.logs: dict[str, dict[str, Any]] = {}  # log_id -> merged stored body
         self.creates: dict[str, dict[str, Any]] = {}  # log_id -> body as first created
@@ -43,7 +46,9 @@ class MemoryExporter:
             self.script(lambda ops: [Outcome(status, body, retry_after_s)] * len(ops))
 
     # --- the Exporter protocol -------------------------------------------------------------
-    def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]:
         if not operations:  # the pipeline's warm-up
             return []
         with self._lock:

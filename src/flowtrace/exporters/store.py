@@ -2,13 +2,19 @@
 file through the same store code a server uses, so the trace rules are the same, and
 `flowtrace serve --db <file>` shows them.
 
-The store is opened lazily, on the worker, at the first batch (creating the directory).
+It takes the fast path (`Store.ingest`): the operations' bodies go to the store's rules as they
+are, without being encoded, parsed or validated as a request from the network would be. The
+store is opened on the sender at its warm-up (creating the directory), not at the first batch.
+
+Failures: the disk (locked past the busy timeout, full, read-only) fails the whole export, as
+no delivery (retried, or spooled); an operation the store cannot take fails alone (500).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +22,7 @@ from flowtrace.exporters import Operation, Outcome, not_delivered
 
 # Imported with this module (which the pipeline imports under its fork-safe build lock), never
 # later on the worker: a fork must not catch the store's modules half-imported.
-from flowtrace.store import Store
+from flowtrace.store import IngestOperation, Store, StoreBusy, StoreSchemaError
 
 __all__ = ["StoreExporter"]
 
@@ -24,27 +30,40 @@ __all__ = ["StoreExporter"]
 class StoreExporter:
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
+        self.destination = f"store:{os.path.abspath(self.db_path)}"
         self._store: Store | None = None
 
-    def export(self, operations: Sequence[Operation]) -> list[Outcome]:
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]:
         if not operations:  # a warm-up: open the store now rather than at the first batch
             with contextlib.suppress(Exception):
                 self._open()
             return []
         try:
             store = self._open()
-            results = store.batch([op.to_batch_item() for op in operations])
-        except Exception as exc:  # e.g. the disk is full or the file is locked: retried
+            results = store.ingest(
+                [IngestOperation(op.kind, op.log_id, op.body, op.query) for op in operations],
+                timeout_s=timeout_s,
+            )
+        except (OSError, sqlite3.Error, StoreBusy, StoreSchemaError) as exc:
+            # e.g. the file is locked, the disk is full, a newer flowtrace's file: not now
             return not_delivered(
                 f"store {self.db_path}: {type(exc).__name__}: {exc}", len(operations)
             )
-        return [Outcome(result.status, result.body) for result in results]
+        return [Outcome(status, body) for status, body in results]
 
     def _open(self) -> Store:
         if self._store is None:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._store = Store(self.db_path)
         return self._store
+
+    def interrupt(self) -> None:
+        """From another thread: end a write in progress (at exit)."""
+        store = self._store
+        if store is not None:
+            store.interrupt()
 
     def close(self) -> None:
         store, self._store = self._store, None

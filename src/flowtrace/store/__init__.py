@@ -43,6 +43,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -76,6 +77,7 @@ from flowtrace.store._errors import (
 )
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
+from flowtrace.store._ingest import IngestOperation, prepare_create, prepare_update
 from flowtrace.store._logs import LogUpdate, create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
 from flowtrace.store._reads import ListQuery, LogPage, get_log, get_log_by_seq, list_logs
@@ -95,6 +97,8 @@ from flowtrace.store._sqlite import SqliteDatabase
 __all__ = [
     "SCHEMA_VERSION",
     "FlowStats",
+    "IngestOperation",
+    "IngestResult",
     "ListQuery",
     "LogPage",
     "SpanWrite",
@@ -138,6 +142,23 @@ _Update = tuple[str, FlowLogUpdateRequest]
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class _OperationFailed(Exception):
+    """One operation of an ingest failed otherwise than by a store rule (a bug, data the
+    store cannot take): the transaction is redone without it."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+IngestResult = tuple[int, Any]  # (HTTP status it would have had, its answer or error body)
+
+
+def _failed(error: Exception) -> IngestResult:
+    return 500, {"detail": f"{type(error).__name__}: {error}"}
 
 
 def _result(status: int, body: Any) -> BatchResult:
@@ -188,14 +209,15 @@ class Store:
         the store (`prepare_log`) takes as "now"."""
         return self._now_us()
 
-    def _write(self, work: Callable[[Session], _T]) -> _T:
+    def _write(self, work: Callable[[Session], _T], timeout_s: float | None = None) -> _T:
         """Run `work` in one write transaction: all of it is committed, or none of it. A
         transaction that met another one is run again (`work` is pure: it reads what it
-        needs inside), up to _MAX_ATTEMPTS times, then StoreBusy."""
+        needs inside), up to _MAX_ATTEMPTS times, then StoreBusy. `timeout_s`: wait at most
+        this long for another process's write lock (SQLite)."""
         pause = _FIRST_RETRY_PAUSE_S
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                with self._db.writing() as repo:
+                with self._db.writing(timeout_s) as repo:
                     session = Session(repo, self._now_us())
                     result = work(session)
                     session.flush()
@@ -322,6 +344,71 @@ class Store:
             return results
 
         return self._write(work)
+
+    def ingest(
+        self, operations: Sequence[IngestOperation], *, timeout_s: float | None = None
+    ) -> list[IngestResult]:
+        """The fast embedded path (`_ingest`): operations built by flowtrace's own client, in
+        order, in one transaction, through the same trace rules as `batch`, without parsing,
+        validating or answering them. Each result is (status, body): a create's answer, an
+        update's `{"id"}`, or a refusal's `{"detail"}`. An operation that fails otherwise than
+        by a rule fails alone (500, not worth a retry) and the others are committed without
+        it. `timeout_s` bounds the wait for another process's lock (`interrupt()` ends it);
+        SQLite errors (a locked or full disk) fail the whole call: nothing was written."""
+        now_us = self._now_us()
+        now_wire = wire_time_us(now_us)
+        results: list[IngestResult | None] = [None] * len(operations)
+        prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]] = []
+        for index, op in enumerate(operations):  # before the lock, as `batch` does
+            try:
+                if op.kind == "log":
+                    prepared.append(
+                        (index, prepare_create(op.body, op.query, now_us, now_wire), "")
+                    )
+                else:
+                    prepared.append((index, prepare_update(op.body), op.log_id))
+            except Exception as error:  # data the store cannot take: this one alone
+                results[index] = _failed(error)
+        while prepared:
+            try:
+                self._write(
+                    partial(self._apply_ingest, prepared=prepared, results=results), timeout_s
+                )
+                break
+            except _OperationFailed as failure:
+                results[failure.index] = _failed(failure.error)
+                prepared = [item for item in prepared if item[0] != failure.index]
+        return [result if result is not None else (500, None) for result in results]
+
+    def _apply_ingest(
+        self,
+        session: Session,
+        *,
+        prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]],
+        results: list[IngestResult | None],
+    ) -> None:
+        done: list[tuple[int, IngestResult]] = []
+        fatal: tuple[type[Exception], ...] = (RetryTransaction, StoreBusy, *self._db.errors)
+        for index, item, log_id in prepared:
+            try:
+                if isinstance(item, PreparedLog):
+                    done.append((index, (200, create_log(self._flow_cache, session, item))))
+                else:
+                    with session.operation():
+                        update_log(session, log_id, item)
+                    done.append((index, (200, {"id": log_id})))
+            except fatal:
+                raise  # the database, not the operation: the whole call fails (and is retried)
+            except StoreError as refusal:
+                done.append((index, (refusal.status_code, {"detail": refusal.detail})))
+            except Exception as error:  # a bug, or data the store cannot take: this one alone
+                raise _OperationFailed(index, error) from error
+        for index, result in done:  # only once the whole transaction went through
+            results[index] = result
+
+    def interrupt(self) -> None:
+        """From another thread: end the write in progress (at exit); for good."""
+        self._db.interrupt()
 
     def delete_logs(self, ids: Sequence[str]) -> None:
         """`DELETE /logs?id=...`: the logs and every log under them. Unknown ids are ignored."""

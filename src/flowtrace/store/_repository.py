@@ -457,16 +457,23 @@ class Repository(Reader):
 class Database(Protocol):
     """A backend: where the logs are, and its transactions."""
 
+    #: The driver's errors: the database failed (a full disk, a lost connection), not one
+    #: operation; such an error fails the whole call.
+    errors: tuple[type[Exception], ...]
+
     @property
     def location(self) -> str:
         """The file's path, or the database's URL without its password: for messages."""
 
-    def writing(self) -> AbstractContextManager[Repository]:
+    def writing(self, timeout_s: float | None = None) -> AbstractContextManager[Repository]:
         """One write transaction: committed when the block ends, rolled back if it raises
         (RetryTransaction when it met another one: run it again). StoreBusy when it cannot
-        start now."""
+        start within `timeout_s` (default: the backend's own bound)."""
 
     def reading(self) -> AbstractContextManager[Reader]:
         """One read transaction: every query in it sees one snapshot."""
+
+    def interrupt(self) -> None:
+        """From another thread: end the write in progress and refuse later ones (at exit)."""
 
     def close(self) -> None: ...

@@ -14,6 +14,7 @@ nothing, and `max(seq) + 1` is this transaction's to use.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -49,6 +50,8 @@ _MMAP_BYTES = 256 * 1024 * 1024
 BUSY_TIMEOUT_S = 30.0
 _FIRST_BACKOFF_S = 0.001
 _MAX_BACKOFF_S = 0.1
+# A bounded write waits for the lock in slices this long (interrupt() ends it within one).
+_WAIT_SLICE_S = 0.05
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -57,6 +60,9 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 
 class SqliteDatabase:
+    #: The driver's errors: the database failed, not an operation (see `Database.errors`).
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._busy_timeout = BUSY_TIMEOUT_S
@@ -66,6 +72,7 @@ class SqliteDatabase:
         self._local = threading.local()
         self._pid = os.getpid()
         self._closed = False
+        self._interrupted = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = self._connect()
         self._retry_busy(lambda: self._writer.execute("PRAGMA journal_mode=WAL"))
@@ -138,20 +145,50 @@ class SqliteDatabase:
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
 
+    def _begin_within(self, conn: sqlite3.Connection, timeout_s: float) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's lock at most `timeout_s`, in short
+        slices so that `interrupt()` ends the wait within one."""
+        deadline = time.monotonic() + timeout_s
+        conn.execute(f"PRAGMA busy_timeout = {int(_WAIT_SLICE_S * 1000)}")
+        try:
+            while True:
+                if self._interrupted:
+                    raise sqlite3.OperationalError("interrupted")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as error:
+                    if not _is_busy(error) or time.monotonic() >= deadline:
+                        raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
+    def interrupt(self) -> None:
+        """From another thread: end the write in progress, and any write bounded by a
+        `timeout_s`, now (their transactions roll back). For good: used at exit."""
+        self._interrupted = True
+        with contextlib.suppress(sqlite3.Error):
+            self._writer.interrupt()
+
     @property
     def location(self) -> str:
         return str(self.path)
 
     @contextmanager
-    def writing(self) -> Iterator[SqliteRepository]:
+    def writing(self, timeout_s: float | None = None) -> Iterator[SqliteRepository]:
         """One write transaction: committed when the block ends, rolled back if it raises.
-        A commit that returned is durable; nothing is acknowledged before it. StoreBusy when
-        another process held the file's lock past the busy timeout (nothing was written)."""
+        A commit that returned is durable; nothing is acknowledged before it. `timeout_s`:
+        wait for another process's write lock at most this long (default: the busy timeout),
+        interruptibly (`interrupt()`). StoreBusy when another process held the file's lock
+        past the wait (nothing was written)."""
         self._check()
         with self._write_lock:
             conn = self._writer
             try:
-                self._begin_immediate(conn)
+                if timeout_s is None:
+                    self._begin_immediate(conn)
+                else:
+                    self._begin_within(conn, min(timeout_s, self._busy_timeout))
             except sqlite3.OperationalError as error:
                 raise self._busy(error) from error
             try:

@@ -1,0 +1,202 @@
+"""The fast embedded path: operations built by flowtrace's own client, straight to the store's
+rules, without what a request from the network needs.
+
+A request from the network is JSON to parse, a pydantic model to validate, and the model's dump
+to encode (`_prepare.prepare_log`). The body the client builds (`flowtrace._request_bodies`) is
+already that dump: JSON-safe values in the contract's shapes, datetimes in the wire format. So
+here a create becomes a `PreparedLog` directly (its stored JSON, its columns, its replay digest)
+and goes through `create_log`, the same trace rules as every other write; an update becomes the
+update request `update_log` reads, and no answer is built for it (nobody reads one).
+
+Replay identity: a create's digest is that of its canonical body, which is what `prepare_log`
+digests for the same request (the request model's dump of a client body is the body itself;
+tests/test_store_ingest.py checks it over random logs). So a log sent over HTTP, then replayed
+here from the spool (or the other way round), is recognised as the same log.
+
+Trusted input: bodies are not validated. `ingest` is for flowtrace's own client and its spool;
+anything else goes through `Store.batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from json import encoder as json_encoder
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from flowtrace._contract import (
+    COMPLETE,
+    INCOMPLETE,
+    PAYLOAD_FIELDS,
+    STATUS_FIELDS,
+    StatusField,
+    TraceStatus,
+)
+from flowtrace.models import FlowKernel, FlowLogRequest, FlowLogUpdateRequest, LogQuery
+from flowtrace.store._codec import canonical_json, compact_json, digest
+from flowtrace.store._prepare import PreparedLog
+
+__all__ = ["IngestOperation", "prepare_create", "prepare_update"]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+# Request fields that are not data of the log itself (as in _prepare): they route it or
+# become columns.
+_COLUMN_FIELDS = frozenset(
+    {"path", "id", "flow", "log_id", "start_time", "end_time", *STATUS_FIELDS}
+)
+#: What `create_log` reads of a request: the routing fields.
+_ROUTING_FIELDS = ("log_id", "path", "id", "trace_parent_id")
+#: Update fields whose values are models (chat messages): such an update is validated.
+_MODEL_UPDATE_FIELDS = frozenset({"messages", "output_message"})
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOperation:
+    """A create (`kind="log"`, with the targeting `query`) or an update of `log_id`."""
+
+    kind: str
+    log_id: str
+    body: Mapping[str, Any]
+    query: Mapping[str, str] | None = None
+
+
+def _defaults(model: type[BaseModel]) -> dict[str, Any]:
+    return {name: field.default for name, field in model.model_fields.items()}
+
+
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
+    model: _defaults(model) for model in (FlowLogUpdateRequest, LogQuery)
+}
+_DEFAULTS[FlowKernel] = {}
+#: A create's request carries only what `create_log` reads of it: its routing fields.
+_DEFAULTS[FlowLogRequest] = dict.fromkeys((*_ROUTING_FIELDS, "flow"))
+
+# The canonical encoder of `_codec.canonical_json` (sorted keys, compact, non-ASCII kept),
+# built once rather than per call; the same text (tests/test_store_ingest.py checks it).
+_c_make_encoder = getattr(json_encoder, "c_make_encoder", None)
+_canonical_chunks = (
+    _c_make_encoder(None, None, json_encoder.encode_basestring, None, ":", ",", True, False, True)
+    if _c_make_encoder is not None
+    else None
+)
+
+
+def _canonical_json(value: Any) -> str:
+    if _canonical_chunks is None:  # no C encoder (not CPython): the same text, slower
+        return canonical_json(value)
+    return "".join(_canonical_chunks(value, 0))
+
+
+def _known_valid(model: type[_M], values: dict[str, Any]) -> _M:
+    """A model instance of values known to be valid: pydantic's `model_construct`, without
+    its per-field walk (every field has a plain default). A create's request gets its
+    routing fields only (`_DEFAULTS`)."""
+    instance = model.__new__(model)
+    fields = dict(_DEFAULTS[model])
+    fields.update(values)
+    object.__setattr__(instance, "__dict__", fields)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
+
+
+# --- wire datetimes ----------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_second_memo: tuple[str, int] = ("", 0)
+
+
+def wire_us(text: str) -> int:
+    """`2025-03-01T12:00:00.000000Z` (the client's format) as microseconds since the epoch;
+    the second is parsed once for a batch of logs that share it."""
+    global _second_memo
+    second = text[:19]
+    memo_text, memo_us = _second_memo
+    if second != memo_text:
+        parsed = datetime.fromisoformat(second).replace(tzinfo=timezone.utc)
+        memo_us = (parsed - _EPOCH) // timedelta(microseconds=1)
+        _second_memo = (second, memo_us)
+    fraction = text[20:-1] if len(text) > 20 and text[19] == "." else ""
+    return memo_us + (int(fraction.ljust(6, "0")[:6]) if fraction else 0)
+
+
+def _wire_datetime(text: str) -> datetime:
+    return _EPOCH + timedelta(microseconds=wire_us(text))
+
+
+# --- creates -----------------------------------------------------------------------------------
+
+
+def _status_field(body: Mapping[str, Any]) -> StatusField:
+    for name in STATUS_FIELDS:
+        if name in body:
+            return name
+    return STATUS_FIELDS[0]
+
+
+def _replay_digest(body: Mapping[str, Any], query: Mapping[str, str] | None) -> bytes:
+    """As `_prepare._replay_identity`: the canonical body, with the targeting query if any."""
+    targeting = {k: v for k, v in (query or {}).items() if v is not None}
+    identity: Any = {"body": body, "query": targeting} if targeting else body
+    return digest(_canonical_json(identity))
+
+
+def prepare_create(
+    body: Mapping[str, Any], query: Mapping[str, str] | None, now_us: int, now_wire: str
+) -> PreparedLog:
+    """What `prepare_log` makes of the same request, from the body as the client built it."""
+    stored = {k: v for k, v in body.items() if v is not None and k not in _COLUMN_FIELDS}
+    if body.get("save") is False:
+        stored = {k: v for k, v in stored.items() if k not in PAYLOAD_FIELDS}
+    if "created_at" not in stored:
+        stored["created_at"] = now_wire
+    inputs = stored.pop("inputs", None)
+    output = stored.pop("output", None)
+    status_field = _status_field(body)
+    status: TraceStatus = body.get(status_field) or INCOMPLETE
+    complete = status == COMPLETE
+    start = body.get("start_time")
+    start_us = wire_us(start) if start is not None else now_us
+    end = body.get("end_time")
+    end_us = wire_us(end) if end is not None else None
+    if complete and end_us is None:
+        end_us = max(now_us, start_us)
+    routing = {name: body[name] for name in _ROUTING_FIELDS if name in body}
+    flow = body.get("flow")
+    if flow is not None:
+        routing["flow"] = _known_valid(FlowKernel, {"attributes": flow["attributes"]})
+    targeting = {k: v for k, v in (query or {}).items() if v is not None}
+    return PreparedLog(
+        request=_known_valid(FlowLogRequest, routing),
+        query=_known_valid(LogQuery, targeting) if targeting else None,
+        request_digest=_replay_digest(body, query),
+        start_us=start_us,
+        end_us=end_us,
+        complete=complete,
+        has_error="error" in stored,
+        inputs=compact_json(inputs) if inputs is not None else None,
+        output=output,
+        data=compact_json(stored),
+        status=status,
+        status_field=status_field,
+    )
+
+
+# --- updates -----------------------------------------------------------------------------------
+
+
+def prepare_update(body: Mapping[str, Any]) -> FlowLogUpdateRequest:
+    """The update request `update_log` reads. Chat messages are models there, so an update
+    that carries them is validated; any other is taken as it is (its end time parsed)."""
+    if _MODEL_UPDATE_FIELDS & body.keys():
+        return FlowLogUpdateRequest.model_validate(body)
+    values = dict(body)
+    end = values.get("end_time")
+    if isinstance(end, str):
+        values["end_time"] = _wire_datetime(end)
+    return _known_valid(FlowLogUpdateRequest, values)

@@ -1,0 +1,257 @@
+"""The fast embedded path (`Store.ingest`, store/_ingest.py): what it makes of a body the client
+built is what the request path makes of the same request, replay identity included; the trace
+rules still apply; one bad operation fails alone; no answer is built for an update; a write
+waiting for another process's lock is bounded and can be interrupted."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowtrace.store as store_module
+from flowtrace._capture import CapturedTraceback
+from flowtrace._log import Log
+from flowtrace._options import FlowOptions, LogOptions
+from flowtrace._request_bodies import complete_body, create_body, log_query
+from flowtrace.models import FlowLogRequest, LogQuery
+from flowtrace.store import IngestOperation, Store, StoreBusy
+from flowtrace.store._codec import canonical_json
+from flowtrace.store._ingest import _canonical_json, prepare_create
+from flowtrace.store._prepare import prepare_log
+
+NOW_US = 1_750_000_000_123_456
+NOW_WIRE = "2025-06-15T15:06:40.123456Z"
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+chat_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text(max_size=20)}
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> tuple[Log, dict[str, str]]:
+    """A log as the recorder leaves it, with a random mix of what a log can carry."""
+    options = FlowOptions(
+        attributes=draw(st.none() | st.dictionaries(st.text(max_size=5), json_values, max_size=3)),
+        metadata=draw(st.none() | st.dictionaries(st.text(max_size=5), json_values, max_size=3)),
+        user=draw(st.none() | st.text(max_size=5)),
+        environment=draw(st.none() | st.sampled_from(["prod", "staging"])),
+        source=draw(st.none() | st.text(max_size=5)),
+        save=draw(st.none() | st.booleans()),
+        version_id=draw(st.none() | st.just("flv_1")),
+    )
+    parent = Log(LogOptions(FlowOptions(), "ingest/parent"), None) if draw(st.booleans()) else None
+    log = Log(LogOptions(options, draw(st.sampled_from(["a/b", "c", "ünï/cødé"]))), parent)
+    if draw(st.booleans()):
+        log.inputs = draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+    if draw(st.booleans()):
+        log.messages = draw(chat_messages)
+    choice = draw(st.sampled_from(["result", "output", "message", "none"]))
+    if choice == "result":
+        log.result = draw(json_values)
+    elif choice == "output":
+        log.output = draw(json_values)
+    elif choice == "message":
+        log.output_message = {"role": "assistant", "content": draw(st.text(max_size=10))}
+    if draw(st.booleans()):
+        log.error = "ValueError: " + draw(st.text(max_size=10))
+        log.error_trace = CapturedTraceback(ValueError("x"), "ValueError: x", __file__)
+        log.ended_how = "error"
+    if draw(st.booleans()):
+        printed = draw(st.text(max_size=30))
+        log.stdout_parts, log.stdout_chars = [printed], len(printed)
+    if draw(st.booleans()):
+        log.provider_request = draw(st.dictionaries(st.text(max_size=5), json_values, max_size=2))
+    if draw(st.booleans()):
+        log.duration_ns = draw(st.integers(min_value=0, max_value=10**12))
+    return log, log_query(log)
+
+
+def prepared_both_ways(body: dict[str, Any], query: dict[str, str]) -> tuple[Any, Any]:
+    fast = prepare_create(body, query, NOW_US, NOW_WIRE)
+    request = FlowLogRequest.model_validate(body)
+    slow = prepare_log(request, LogQuery.model_validate(query) if query else None, NOW_US, NOW_WIRE)
+    return fast, slow
+
+
+@settings(max_examples=300)
+@given(logs(), st.sampled_from(["trace_status", "log_status"]))
+def test_a_body_prepares_as_the_request_path_prepares_it(
+    made: tuple[Log, dict[str, str]], status_field: Any
+) -> None:
+    log, query = made
+    body = create_body(log, status_field)
+    fast, slow = prepared_both_ways(body, query)
+    # the replay identity first: a log sent over HTTP, replayed here, is the same log
+    assert fast.request_digest == slow.request_digest
+    for name in ("start_us", "end_us", "complete", "has_error", "inputs", "output", "status"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    assert json.loads(fast.data) == json.loads(slow.data)
+    assert fast.status_field == slow.status_field
+    for name in ("log_id", "path", "id", "trace_parent_id"):
+        assert getattr(fast.request, name) == getattr(slow.request, name), name
+    assert (fast.request.flow is None) == (slow.request.flow is None)
+    if fast.request.flow is not None:
+        assert fast.request.flow.attributes == slow.request.flow.attributes  # type: ignore[union-attr]
+    assert (fast.query is None) == (slow.query is None)
+
+
+@given(json_values)
+def test_the_prebuilt_canonical_encoder_writes_the_canonical_text(value: Any) -> None:
+    assert _canonical_json(value) == canonical_json(value)
+
+
+# --- through the store ------------------------------------------------------------------------
+
+
+def opened(path: str, parent: Log | None = None) -> Log:
+    return Log(LogOptions(FlowOptions(), path), parent)
+
+
+def ended(path: str, parent: Log | None = None, **fields: Any) -> Log:
+    """A log that has ended (a parent must still be open: a late child is a root)."""
+    return end(opened(path, parent), **fields)
+
+
+def end(log: Log, **fields: Any) -> Log:
+    for name, value in fields.items():
+        setattr(log, name, value)
+    log.duration_ns = 1000
+    return log
+
+
+def create(log: Log, incomplete: bool = False) -> IngestOperation:
+    body = create_body(log, "trace_status")
+    if incomplete:
+        body["trace_status"] = "incomplete"
+    return IngestOperation("log", log.log_id, body, log_query(log))
+
+
+def test_a_log_sent_through_the_request_path_is_a_replay_here_and_back(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        first, second = ended("replay/a", output="x"), ended("replay/b", output="y")
+        [result] = store.batch([{"op": "log", "body": create_body(first, "trace_status")}])
+        assert result.status == 200
+        assert store.ingest([create(first)]) == [(200, result.body)]  # recognised, not stored
+        [(status, answer)] = store.ingest([create(second)])
+        assert status == 200
+        [again] = store.batch([{"op": "log", "body": create_body(second, "trace_status")}])
+        assert (again.status, again.body) == (200, answer)
+        assert sum(f.log_count for f in store.list_flows()) == 2
+
+
+def test_the_trace_rules_still_apply(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        parent, unknown = opened("rules/parent"), opened("rules/unknown")
+        late, orphan = ended("rules/late", parent), ended("rules/orphan", unknown)
+        end(parent), end(unknown)
+        bad = ended("rules//empty-part")
+        results = store.ingest([create(parent), create(late), create(orphan), create(bad)])
+        statuses = [status for status, _ in results]
+        assert statuses == [200, 409, 404, 422]  # the parent went complete: no child under it
+        assert results[3][1]["detail"][0]["loc"] == ["body", "path"]
+
+
+def test_an_update_closes_a_log_and_builds_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_answer(*args: object) -> None:
+        raise AssertionError("an answer was built")
+
+    monkeypatch.setattr(store_module, "get_log_by_seq", no_answer)
+    with Store(tmp_path / "s.db") as store:
+        root = opened("update/root")
+        child = ended("update/child", root)
+        end(root, output="done")
+        update = IngestOperation("update", root.log_id, complete_body(root, "trace_status", True))
+        results = store.ingest([create(root, incomplete=True), create(child), update])
+        assert results[2] == (200, {"id": root.log_id})
+        monkeypatch.undo()
+        record = store.get_log(root.log_id)
+        assert (record.trace_status, record.output) == ("complete", "done")
+
+
+def test_one_operation_that_fails_otherwise_than_by_a_rule_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = [ended(f"alone/{n}") for n in range(3)]
+    real = store_module.create_log
+
+    def breaks_on_the_middle_one(cache: Any, session: Any, prepared: Any) -> Any:
+        if prepared.request.log_id == logs[1].log_id:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(cache, session, prepared)
+
+    monkeypatch.setattr(store_module, "create_log", breaks_on_the_middle_one)
+    with Store(tmp_path / "s.db") as store:
+        results = store.ingest([create(log) for log in logs])
+        assert [status for status, _ in results] == [200, 500, 200]
+        assert "RecursionError" in results[1][1]["detail"]
+        assert sum(f.log_count for f in store.list_flows()) == 2
+
+
+def test_a_trace_hundreds_of_levels_deep_goes_in_one_batch(tmp_path: Path) -> None:
+    chain: list[Log] = []
+    parent: Log | None = None
+    for _ in range(400):
+        parent = Log(LogOptions(FlowOptions(), "deep/level"), parent)
+        chain.append(parent)
+    for log in chain:
+        log.duration_ns = 1000
+    operations = [create(log, incomplete=True) for log in chain]
+    operations += [
+        IngestOperation("update", log.log_id, complete_body(log, "trace_status", True))
+        for log in reversed(chain)
+    ]
+    with Store(tmp_path / "s.db") as store:
+        results = store.ingest(operations)
+        assert {status for status, _ in results} == {200}
+        assert store.get_log(chain[-1].log_id).trace_status == "complete"
+
+
+def test_a_write_waiting_for_another_process_s_lock_is_bounded_and_interruptible(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        store.ingest([create(ended("lock/first"))])
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreBusy, match="locked"):
+                store.ingest([create(ended("lock/second"))], timeout_s=0.3)
+            assert time.monotonic() - started < 2.0
+            threading.Timer(0.2, store.interrupt).start()
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+                store.ingest([create(ended("lock/third"))], timeout_s=30.0)
+            assert time.monotonic() - started < 2.0
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
