@@ -50,9 +50,7 @@ def stored_traces(server: RunningServer, root_path: str) -> list[dict[str, Any]]
         flows = {f.path: f for f in store.list_flows()}
         if root_path not in flows:
             return []
-        page = store.list_logs(
-            ListQuery(file_id=flows[root_path].id, size=1000, roots_only=True)
-        )
+        page = store.list_logs(ListQuery(file_id=flows[root_path].id, size=1000, roots_only=True))
         return [_tree(store.get_log(record.id)) for record in page.records]
     finally:
         store.close()

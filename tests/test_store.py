@@ -18,8 +18,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    yield from open_store(tmp_path / "logs.db", clock)
+def store(store_target: str, clock: FakeClock) -> Iterator[Store]:
+    yield from open_store(store_target, clock)
 
 
 def _status(excinfo: pytest.ExceptionInfo[StoreError]) -> int:

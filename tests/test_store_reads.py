@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from tests.store_helpers import FakeClock, at, open_store, req
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    yield from open_store(tmp_path / "logs.db", FakeClock())
+def store(store_target: str) -> Iterator[Store]:
+    yield from open_store(store_target, FakeClock())
 
 
 @pytest.fixture

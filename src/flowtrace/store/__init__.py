@@ -73,6 +73,7 @@ from flowtrace.store._errors import (
     StoreInvalid,
     StoreNotFound,
     StoreSchemaError,
+    StoreUnavailable,
     not_found,
 )
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
@@ -109,6 +110,7 @@ __all__ = [
     "StoreInvalid",
     "StoreNotFound",
     "StoreSchemaError",
+    "StoreUnavailable",
     "is_database_url",
 ]
 

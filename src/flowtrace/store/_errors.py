@@ -5,7 +5,8 @@ contract's status (`status_code`: the batch extension answers it per operation) 
 (a message, or the 422 list of {loc, msg, type}). `StoreBusy`: the database could not take the
 write now (locked past the busy timeout, conflicts that outlived their retries, the database
 unreachable): nothing was written; retry after `retry_after_s`. `StoreSchemaError`: the
-database cannot be used at all (a newer flowtrace's, or not flowtrace's).
+database cannot be used at all (a newer flowtrace's, or not flowtrace's);
+`StoreUnavailable`: it cannot be reached to open it.
 
 The server maps each type to its HTTP answer (server/_errors.py): 404, 409, 422, 503 with
 Retry-After.
@@ -23,6 +24,7 @@ __all__ = [
     "StoreInvalid",
     "StoreNotFound",
     "StoreSchemaError",
+    "StoreUnavailable",
     "conflict",
     "invalid",
     "not_found",
@@ -71,6 +73,10 @@ class StoreBusy(StoreError):
 
 class StoreSchemaError(RuntimeError):
     """The database cannot be used: written by a newer flowtrace, or not flowtrace's."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached to open it (a server down, a wrong URL or password)."""
 
 
 class RetryTransaction(Exception):
