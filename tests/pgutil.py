@@ -29,6 +29,18 @@ __all__ = ["PostgresCluster", "postgres_cluster", "postgres_url", "store_target"
 _DATABASE = "flowtrace_test"
 _STARTUP_TIMEOUT_S = 60.0
 _schemas = itertools.count(1)
+# trust: only this machine's users reach the socket; --no-sync: a throwaway cluster
+_INITDB_OPTIONS = [
+    "-U",
+    "postgres",
+    "-A",
+    "trust",
+    "-E",
+    "UTF8",
+    "--locale",
+    "C.UTF-8",
+    "--no-sync",
+]
 
 
 def _bin_dir() -> Path | None:
@@ -83,10 +95,7 @@ def _start(bin_dir: Path, root: Path) -> PostgresCluster:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
     subprocess.run(
-        _as_postgres(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-            + ["-E", "UTF8", "--locale", "C.UTF-8", "--no-sync"]
-        ),
+        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), *_INITDB_OPTIONS]),
         check=True,
         capture_output=True,
     )
