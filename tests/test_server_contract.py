@@ -12,15 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
+from flowtrace.store import Store
 from tests.serverutil import (
     DEFAULT_API_KEY,
     InProcessServer,
-    app_server,
     serve_in_thread,
     start_server,
 )
-
-__all__ = ["app_server"]  # the fixture, re-exported so pytest finds it here
 
 REQUIRED_FLOW_FIELDS = {
     "path",
@@ -35,6 +33,13 @@ REQUIRED_FLOW_FIELDS = {
     "last_used_at",
     "version_logs_count",
 }
+
+
+@pytest.fixture
+def app_server(tmp_path: Path, store_target: str) -> Iterator[InProcessServer]:
+    """The contract's server over each backend (SQLite, PostgreSQL): the same answers."""
+    with serve_in_thread(tmp_path / "flowtrace.db", store=Store(store_target)) as running:
+        yield running
 
 
 @pytest.fixture
