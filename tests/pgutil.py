@@ -19,12 +19,19 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-__all__ = ["PostgresCluster", "postgres_cluster", "postgres_url", "store_target"]
+__all__ = [
+    "PostgresCluster",
+    "postgres_cluster",
+    "postgres_url",
+    "running_cluster",
+    "store_target",
+]
 
 _DATABASE = "flowtrace_test"
 _STARTUP_TIMEOUT_S = 60.0
@@ -137,27 +144,44 @@ def _wait_ready(cluster: PostgresCluster, root: Path) -> None:
             time.sleep(0.05)  # polling the socket: postgres announces readiness nowhere else
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
+@contextmanager
+def running_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway cluster for as long as the block runs (tests, benchmarks). Raises
+    LookupError when PostgreSQL or the postgres extra is missing."""
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
     except ImportError as missing:
-        _unavailable(f"the postgres extra is not installed ({missing})")
+        raise LookupError(f"the postgres extra is not installed ({missing})") from missing
     bin_dir = _bin_dir()
     if bin_dir is None:
-        _unavailable("no initdb (Debian: apt-get install postgresql)")
-    assert bin_dir is not None
+        raise LookupError("no initdb (Debian: apt-get install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="flowtrace-pg-"))
-    cluster = _start(bin_dir, root)
     try:
-        yield cluster
+        cluster = _start(bin_dir, root)
+        try:
+            yield cluster
+        finally:
+            # runuser does not pass signals on: pg_ctl signals the postmaster itself
+            stop = [str(bin_dir / "pg_ctl"), "-D", str(cluster.data_dir), "stop", "-m", "fast"]
+            subprocess.run(_as_postgres(stop), capture_output=True, timeout=60)
+            cluster.process.wait(timeout=60)
     finally:
-        # runuser does not pass signals on: pg_ctl signals the postmaster itself
-        stop = [str(bin_dir / "pg_ctl"), "-D", str(cluster.data_dir), "stop", "-m", "fast"]
-        subprocess.run(_as_postgres(stop), capture_output=True, timeout=60)
-        cluster.process.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    try:
+        cluster = running_cluster()
+        started = cluster.__enter__()
+    except LookupError as missing:
+        _unavailable(str(missing))
+        raise
+    try:
+        yield started
+    finally:
+        cluster.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -79,7 +79,8 @@ def redacted(url: str) -> str:
     if "@" in netloc:
         credentials, host = netloc.rsplit("@", 1)
         netloc = f"{credentials.split(':', 1)[0]}@{host}"
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
+    hidden = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    query = urlencode(hidden, safe="/")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

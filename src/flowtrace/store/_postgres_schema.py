@@ -133,8 +133,7 @@ def migrate(conn: Any, location: str, migrations: list[list[str]] | None = None)
         if version == 0:
             _refuse_foreign(conn, location)
         for step in steps[version:]:
-            for statement in step:
-                conn.execute(statement)
+            conn.execute(";\n".join(step))  # one round trip: no parameters, simple protocol
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
