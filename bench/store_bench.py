@@ -1,7 +1,11 @@
 """Store benchmark (run by hand): ingest rate through Store.batch, and read times with a
 large database. Usage: PYTHONPATH=src python bench/store_bench.py [--logs 1000000] [--dir D]
+[--backends sqlite,postgres]
 
-Prints medians of several runs; results go to bench/RESULTS_store.md by hand.
+Prints medians of several runs; results go to bench/RESULTS_store.md by hand. With
+`--backends sqlite,postgres` (issue 12) each figure is taken on both in the same run; the
+PostgreSQL database is a throwaway cluster with PostgreSQL's default durability
+(tests/pgutil.py), the SQLite one a file in --dir.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from flowtrace.store import ListQuery, Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BATCH = 512  # the pipeline's batch size
 TRACE = 10  # logs per trace in the bulk data: a root and 9 children
@@ -119,19 +126,39 @@ def main() -> None:
     parser.add_argument(
         "--reads-only", action="store_true", help="reuse DIR/big.db from an earlier run"
     )
+    parser.add_argument(
+        "--backends", default="sqlite", help="comma-separated: sqlite, postgres (issue 12)"
+    )
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="flowtrace-bench-"))
+    backends = args.backends.split(",")
+    if "postgres" not in backends:
+        _run("sqlite", lambda name: str(folder / f"{name}.db"), args)
+        return
+    from tests.pgutil import running_cluster
 
-    path = folder / "big.db"
+    with running_cluster(durable=True) as cluster:
+        for backend in backends:
+            new_target = (
+                (lambda name: cluster.new_schema())
+                if backend == "postgres"
+                else (lambda name: str(folder / f"{name}.db"))
+            )
+            _run(backend, new_target, args)
+
+
+def _run(backend: str, new_target: Callable[[str], str], args: argparse.Namespace) -> None:
+    print(f"--- {backend}", flush=True)
+    big = new_target("big")
     if not args.reads_only:
-        _write_figures(folder, path, args)
-    _read_figures(path)
+        _write_figures(new_target, big, args)
+    _read_figures(big)
 
 
-def _write_figures(folder: Path, path: Path, args: argparse.Namespace) -> None:
+def _write_figures(new_target: Callable[[str], str], big: str, args: argparse.Namespace) -> None:
     rates, cpu_rates = [], []
     for run in range(args.runs):
-        with Store(folder / f"ingest{run}.db") as store:
+        with Store(new_target(f"ingest{run}")) as store:
             rate, cpu_rate = _ingest(store, "r", args.ingest)
         rates.append(rate)
         cpu_rates.append(cpu_rate)
@@ -142,16 +169,17 @@ def _write_figures(folder: Path, path: Path, args: argparse.Namespace) -> None:
     )
     print(f"load average: {os.getloadavg()}")
 
-    with Store(path) as store:
+    with Store(big) as store:
         began = time.perf_counter()
         rate, _ = _ingest(store, "bulk", args.logs - BIG_TRACE)
         _big_trace(store)
         print(f"filled {args.logs:,} logs in {time.perf_counter() - began:.0f} s ({rate:,.0f}/s)")
-    size_mb = sum(p.stat().st_size for p in folder.glob("big.db*")) / 1e6
-    print(f"database size: {size_mb:,.0f} MB")
+    if not big.startswith("postgresql:"):
+        size_mb = sum(p.stat().st_size for p in Path(big).parent.glob("big.db*")) / 1e6
+        print(f"database size: {size_mb:,.0f} MB")
 
 
-def _read_figures(path: Path) -> None:
+def _read_figures(path: str) -> None:
     root = "big-trace"
     with Store(path) as store:  # a fresh process-like open: cold connection caches
         flow_id = next(f.id for f in store.list_flows() if f.path == "bench/flow3")

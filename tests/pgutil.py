@@ -95,7 +95,7 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL not available: {reason}")
 
 
-def _start(bin_dir: Path, root: Path) -> PostgresCluster:
+def _start(bin_dir: Path, root: Path, durable: bool = False) -> PostgresCluster:
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     if os.geteuid() == 0:
@@ -106,15 +106,14 @@ def _start(bin_dir: Path, root: Path) -> PostgresCluster:
         check=True,
         capture_output=True,
     )
-    # fsync off: the tests kill flowtrace processes, never this cluster; speed matters more.
     settings = {
         "listen_addresses": "",  # no TCP listener
         "unix_socket_directories": str(sockets),
-        "fsync": "off",
-        "full_page_writes": "off",
         "max_connections": "300",
-        "shared_buffers": "64MB",
+        "shared_buffers": "128MB",
     }
+    if not durable:  # the tests kill flowtrace processes, never this cluster: speed first
+        settings.update(fsync="off", full_page_writes="off")
     options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
     process = subprocess.Popen(
         _as_postgres([str(bin_dir / "postgres"), "-D", str(data), *options]),
@@ -145,9 +144,10 @@ def _wait_ready(cluster: PostgresCluster, root: Path) -> None:
 
 
 @contextmanager
-def running_cluster() -> Iterator[PostgresCluster]:
-    """A throwaway cluster for as long as the block runs (tests, benchmarks). Raises
-    LookupError when PostgreSQL or the postgres extra is missing."""
+def running_cluster(durable: bool = False) -> Iterator[PostgresCluster]:
+    """A throwaway cluster for as long as the block runs (tests, benchmarks). `durable`:
+    PostgreSQL's default fsync settings (benchmarks); else none. Raises LookupError when
+    PostgreSQL or the postgres extra is missing."""
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
@@ -158,7 +158,7 @@ def running_cluster() -> Iterator[PostgresCluster]:
         raise LookupError("no initdb (Debian: apt-get install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="flowtrace-pg-"))
     try:
-        cluster = _start(bin_dir, root)
+        cluster = _start(bin_dir, root, durable)
         try:
             yield cluster
         finally:

@@ -95,15 +95,7 @@ class ListQuery:
 class LogFilter:
     """A ListQuery's filters compiled into SQL conditions."""
 
-    file_id: str | None = None
-    version_id: str | None = None
-    search: str | None = None
-    start_date: datetime | None = None
-    end_date: datetime | None = None
-    errors_only: bool = False
-    status: str | None = None
-    roots_only: bool = False
-    kind: str | None = None
+    query: ListQuery
     where: list[str] = field(default_factory=list)
     params: list[Any] = field(default_factory=list)
     cursor_terms: int = 0  # the last conditions added: the keyset cursor's
@@ -124,7 +116,7 @@ def _add_search(db: Reader, filters: LogFilter) -> None:
     (SQLite's for ASCII only, PostgreSQL's ILIKE for any letter). A scan, newest first: a
     page of a common word stops early, a rare one reads every row the other filters leave (an
     FTS5 trigram index made ingest 5x slower; not worth it)."""
-    text = filters.search
+    text = filters.query.search
     if text:
         pattern = _like_pattern(text)
         filters.add(db.search_condition, pattern, pattern)
@@ -146,33 +138,35 @@ def _compile(
     The flow and date conditions come first: a search window is bounded on them alone."""
     flow_ref = version_ref = None
     version = None
-    if filters.file_id is not None:
-        flow_ref = flow_cache.require_flow(db, filters.file_id).ref
-    if filters.version_id is not None:
-        version = flow_cache.require_version(db, filters.version_id)
+    if filters.query.file_id is not None:
+        flow_ref = flow_cache.require_flow(db, filters.query.file_id).ref
+    if filters.query.version_id is not None:
+        version = flow_cache.require_version(db, filters.query.version_id)
         version_ref = version.ref
     if flow_ref is not None:
         filters.add("l.flow_ref = ?", flow_ref)
     elif version is not None:  # the flow's index serves the version's logs
         filters.add("l.flow_ref = ?", version.flow_ref)
-    if filters.start_date is not None:
-        filters.add("l.start_us >= ?", to_us(filters.start_date))
-    if filters.end_date is not None:
-        filters.add("l.start_us < ?", to_us(filters.end_date))
+    if filters.query.start_date is not None:
+        filters.add("l.start_us >= ?", to_us(filters.query.start_date))
+    if filters.query.end_date is not None:
+        filters.add("l.start_us < ?", to_us(filters.query.end_date))
     if version_ref is not None:
         filters.add("l.version_ref = ?", version_ref)
-    if filters.status is not None:
-        if filters.status not in (COMPLETE, INCOMPLETE):
+    if filters.query.status is not None:
+        if filters.query.status not in (COMPLETE, INCOMPLETE):
             raise invalid(["query", "status"], "status is 'complete' or 'incomplete'")
         # literal forms: they match the partial indexes' conditions
-        filters.add("l.complete = 1" if filters.status == COMPLETE else "l.complete = 0")
-    if filters.errors_only:
+        filters.add("l.complete = 1" if filters.query.status == COMPLETE else "l.complete = 0")
+    if filters.query.errors_only:
         filters.add("l.has_error = 1")
-    if filters.kind is not None:
-        if filters.kind not in LOG_KINDS:
+    if filters.query.kind is not None:
+        if filters.query.kind not in LOG_KINDS:
             raise invalid(["query", "kind"], f"kind is one of {', '.join(LOG_KINDS)}")
-        filters.add("l.flow_ref IN (SELECT f.seq FROM flows f WHERE f.kind = ?)", filters.kind)
-    if filters.roots_only:
+        filters.add(
+            "l.flow_ref IN (SELECT f.seq FROM flows f WHERE f.kind = ?)", filters.query.kind
+        )
+    if filters.query.roots_only:
         filters.add("l.parent_seq IS NULL")
     return flow_ref, version_ref
 
@@ -180,10 +174,10 @@ def _compile(
 def _base_conditions(filters: LogFilter, flow_ref: int | None) -> tuple[list[str], list[Any]]:
     """The conditions an index walk answers alone (flow, dates): a search window's scope."""
     where, params = [], []
-    if flow_ref is not None or filters.version_id is not None:
+    if flow_ref is not None or filters.query.version_id is not None:
         where.append(filters.where[0])
         params.append(filters.params[0])
-    for condition, value in ((">=", filters.start_date), ("<", filters.end_date)):
+    for condition, value in ((">=", filters.query.start_date), ("<", filters.query.end_date)):
         if value is not None:
             where.append(f"l.start_us {condition} ?")
             params.append(to_us(value))
@@ -194,23 +188,29 @@ def _counted_total(
     db: Reader, filters: LogFilter, flow_ref: int | None, version_ref: int | None
 ) -> int | None:
     """The total from maintained counters when the filters allow it (no COUNT over 1M rows)."""
-    if filters.search or filters.start_date or filters.end_date or filters.status or filters.kind:
+    if (
+        filters.query.search
+        or filters.query.start_date
+        or filters.query.end_date
+        or filters.query.status
+        or filters.query.kind
+    ):
         return None
     if version_ref is not None:
-        if filters.errors_only or filters.roots_only:
+        if filters.query.errors_only or filters.query.roots_only:
             return None
         row = db.row(
             "SELECT log_count FROM versions WHERE seq = ? AND flow_ref = coalesce(?, flow_ref)",
             (version_ref, flow_ref),
         )
         return int(row[0]) if row else 0
-    if filters.errors_only and filters.roots_only:
+    if filters.query.errors_only and filters.query.roots_only:
         return None
     column = (
         "error_count"
-        if filters.errors_only
+        if filters.query.errors_only
         else "root_count"
-        if filters.roots_only
+        if filters.query.roots_only
         else "log_count"
     )
     row = db.row(
@@ -257,17 +257,7 @@ def _bound_window(
 
 
 def list_logs(db: Reader, flow_cache: FlowCache, query: ListQuery) -> LogPage:
-    filters = LogFilter(
-        file_id=query.file_id,
-        version_id=query.version_id,
-        search=query.search,
-        start_date=query.start_date,
-        end_date=query.end_date,
-        errors_only=query.errors_only,
-        status=query.status,
-        roots_only=query.roots_only,
-        kind=query.kind,
-    )
+    filters = LogFilter(query)
     page, size, count_total = query.page, query.size, query.count_total
     before, after, search_window = query.before, query.after, query.search_window
     status_field = query.status_field
@@ -287,7 +277,7 @@ def list_logs(db: Reader, flow_cache: FlowCache, query: ListQuery) -> LogPage:
         filters.add(condition, *values)
         filters.cursor_terms, filters.cursor_params = 1, len(values)
     window: _Window | None = None
-    if filters.search and search_window is not None:
+    if filters.query.search and search_window is not None:
         window = _bound_window(db, filters, flow_ref, search_window, older)
         if window.oldest is not None:
             condition, values = _keyset(not older, *window.oldest)
