@@ -4,6 +4,7 @@ once, and a database it cannot read refused rather than misread."""
 from __future__ import annotations
 
 import multiprocessing
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,8 @@ from flowtrace.store._postgres_schema import MIGRATIONS, migrate
 psycopg = pytest.importorskip("psycopg")  # the postgres extra (CI installs it: dev)
 
 
-def _open_and_close(url: str) -> None:
+def _open_and_close(url: str, barrier: Any) -> None:
+    barrier.wait()  # imports done: all open at once
     Store(url).close()
 
 
@@ -26,12 +28,15 @@ def _version(url: str) -> int:
 
 def test_processes_opening_a_new_database_at_once_migrate_it_once(postgres_url: str) -> None:
     context = multiprocessing.get_context("spawn")
-    openers = [context.Process(target=_open_and_close, args=(postgres_url,)) for _ in range(4)]
+    barrier = context.Barrier(6)
+    openers = [
+        context.Process(target=_open_and_close, args=(postgres_url, barrier)) for _ in range(6)
+    ]
     for opener in openers:
         opener.start()
     for opener in openers:
         opener.join(timeout=60)
-    assert [opener.exitcode for opener in openers] == [0] * 4
+    assert [opener.exitcode for opener in openers] == [0] * 6
     assert _version(postgres_url) == len(MIGRATIONS)
 
 

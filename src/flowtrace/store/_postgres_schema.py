@@ -3,7 +3,7 @@ migrations, as `_schema` keeps them for SQLite.
 
 `MIGRATIONS[i]` takes a database from version i to i+1; a fresh database runs them all. A
 database stamped with a version newer than this code knows is refused rather than misread.
-Migrations run in one transaction under an advisory lock, so several server processes starting
+Migrations run in one transaction under an advisory lock (taken before it begins), so several server processes starting
 at once migrate once (the others wait, then find the database up to date).
 
 The tables are SQLite's (`_schema`, version 3) in PostgreSQL's types: integer refs and
@@ -126,16 +126,25 @@ def migrate(conn: Any, location: str, migrations: list[list[str]] | None = None)
     _refuse_newer(version, known, location)
     if version == known:
         return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        version = _stored_version(conn)  # another process may have migrated meanwhile
-        _refuse_newer(version, known, location)
-        if version == 0:
-            _refuse_foreign(conn, location)
-        for step in steps[version:]:
-            conn.execute(";\n".join(step))  # one round trip: no parameters, simple protocol
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(known),),
-        )
+    # The lock is taken in a statement of its own, before the migration's transaction: a
+    # transaction begun before another process's migration committed could still find its
+    # tables missing by name (to_regclass answers from the session's catalog cache, which is
+    # refreshed when a transaction starts), then "foreign" by a catalog scan.
+    conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+    try:
+        with conn.transaction():
+            version = _stored_version(conn)  # another process may have migrated meanwhile
+            _refuse_newer(version, known, location)
+            if version == known:
+                return
+            if version == 0:
+                _refuse_foreign(conn, location)
+            for step in steps[version:]:
+                conn.execute(";\n".join(step))  # one round trip: no parameters, simple protocol
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(known),),
+            )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
