@@ -3,8 +3,8 @@ migrations, as `_schema` keeps them for SQLite.
 
 `MIGRATIONS[i]` takes a database from version i to i+1; a fresh database runs them all. A
 database stamped with a version newer than this code knows is refused rather than misread.
-Migrations run in one transaction under an advisory lock (taken before it begins), so several server processes starting
-at once migrate once (the others wait, then find the database up to date).
+Migrations run in one transaction under an advisory lock (taken before it begins), so several
+server processes starting at once migrate once (the others wait, then find it up to date).
 
 The tables are SQLite's (`_schema`, version 3) in PostgreSQL's types: integer refs and
 microsecond times as BIGINT, flags as SMALLINT (the rules compare them with 0 and 1), digests
