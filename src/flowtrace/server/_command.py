@@ -252,15 +252,17 @@ def run_server(
 
     if workers == 1:
         return serve_one(None, announce)
-    from ._workers import bind_listener, supervise
+    from . import _app, _http_protocols  # noqa: F401 - imported once, before forking:
+    from ._workers import bind_listeners, supervise  # a worker (or its replacement) starts fast
 
-    sock = bind_listener(host, port)
+    sockets = bind_listeners(host, port, workers)
     try:
         return supervise(
-            workers, sock, lambda shared, said: serve_one([shared], lambda url: said()), announce
+            sockets, lambda sock, said: serve_one([sock], lambda url: said()), announce
         )
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
 
 
 def _shown_location(db_path: str | os.PathLike[str]) -> str:
