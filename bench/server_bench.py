@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -129,10 +130,41 @@ def batched_concurrent(clients: list[httpx.Client], run: str, batches: int) -> f
     return len(clients) * batches * BATCH_SIZE / elapsed
 
 
-def _scaling_rate(server: RunningServer, args: argparse.Namespace) -> tuple[float, list[float]]:
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) these processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _server_pids(server: RunningServer) -> list[int]:
+    """The server process, its workers, and PostgreSQL's processes (their backends)."""
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    postgres = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True)
+    return [pid, *map(int, children), *map(int, postgres.stdout.split())]
+
+
+def _scaling_rate(
+    server: RunningServer, args: argparse.Namespace
+) -> tuple[float, list[float], float]:
+    """The median rate, its runs, and the CPU the server side spent per log (its processes
+    and the database's: the figure other load on the machine moves least)."""
     clients = [server.client(timeout=300.0) for _ in range(args.connections)]
+    pids = _server_pids(server)
     try:
-        return median_rate(args.runs, lambda r: batched_concurrent(clients, "s" + r, args.batches))
+        before = _cpu_s(pids)
+        median, runs = median_rate(
+            args.runs, lambda r: batched_concurrent(clients, "s" + r, args.batches)
+        )
+        logs = (args.runs + 1) * args.connections * args.batches * BATCH_SIZE
+        return median, runs, (_cpu_s(pids) - before) / logs * 1e6
     finally:
         for each in clients:
             each.close()
@@ -142,24 +174,22 @@ def scaling(args: argparse.Namespace) -> None:
     from tests.pgutil import running_cluster
 
     print(f"load average before: {_load()}")
-    figures: list[tuple[str, float, list[float]]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    figures: list[tuple[str, float, list[float], float]] = []
+    with tempfile.TemporaryDirectory() as tmp, running_cluster(durable=True) as cluster:
         with start_server(Path(tmp) / "bench.db") as server:
             figures.append(("SQLite, 1 process", *_scaling_rate(server, args)))
-        with running_cluster(durable=True) as cluster:
-            for workers in args.workers:
-                url = cluster.new_schema()
-                extra = ["--workers", str(workers)]
-                with start_server(url, extra_args=extra) as server:  # type: ignore[arg-type]
-                    figures.append(
-                        (f"PostgreSQL, {workers} processes", *_scaling_rate(server, args))
-                    )
+        for workers in args.workers:
+            url = cluster.new_schema()
+            extra = ["--workers", str(workers)]
+            with start_server(url, extra_args=extra) as server:  # type: ignore[arg-type]
+                figures.append((f"PostgreSQL, {workers} processes", *_scaling_rate(server, args)))
     print(f"load average after: {_load()}")
     base = figures[0][1]
-    for name, median, runs in figures:
+    for name, median, runs, cpu_us in figures:
         print(
             f"batch {BATCH_SIZE} x {args.connections} connections, {name}: median"
-            f" {median:,.0f} logs/s ({median / base:.2f}x SQLite); runs {_fmt(runs)}"
+            f" {median:,.0f} logs/s ({median / base:.2f}x SQLite), server CPU"
+            f" {cpu_us:.0f} us/log; runs {_fmt(runs)}"
         )
 
 

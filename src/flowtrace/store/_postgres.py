@@ -62,6 +62,8 @@ __all__ = ["PostgresDatabase"]
 POOL_SIZE = 8
 # How long a write waits for a pooled connection (or the database) before StoreBusy.
 CONNECT_TIMEOUT_S = 30.0
+# libpq's bound on reaching the server (the URL's own connect_timeout wins): never a hang.
+_CONNECT_TIMEOUT_S = 10
 # Collisions that leave the transaction unusable but would go through if run again.
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 
@@ -98,18 +100,22 @@ class PostgresDatabase:
         self._interrupted = False
         self._writing: set[psycopg.Connection[Any]] = set()
         try:
-            with psycopg.connect(url, autocommit=True) as conn:
+            with psycopg.connect(url, autocommit=True, **self._connect_options()) as conn:
                 migrate(conn, self._location)
         except psycopg.OperationalError as error:
             raise StoreUnavailable(f"cannot open {self._location}: {error}") from error
         self._pool = self._open_pool()
+
+    def _connect_options(self) -> dict[str, Any]:
+        given = psycopg.conninfo.conninfo_to_dict(self._url)
+        return {} if "connect_timeout" in given else {"connect_timeout": _CONNECT_TIMEOUT_S}
 
     def _open_pool(self) -> ConnectionPool[Any]:
         return ConnectionPool(
             self._url,
             min_size=1,
             max_size=self._pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **self._connect_options()},
             timeout=CONNECT_TIMEOUT_S,
             name="flowtrace",
             open=True,
