@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from flowtrace.store import Store
 from tests.pgutil import PostgresCluster
 from tests.serverutil import _child_env, start_server
 
@@ -139,3 +140,23 @@ def test_a_database_it_cannot_reach_is_one_line_and_exit_code_1(
     )
     assert done.returncode == 1
     assert b"no_such_database" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_the_database_may_come_from_flowtrace_server_db(postgres_url: str) -> None:
+    env = {**_child_env(), "FLOWTRACE_SERVER_DB": postgres_url}
+    command = [sys.executable, "-m", "flowtrace.server", "serve", "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        schema = postgres_url.rsplit("%3D", 1)[1]
+        assert "flowtrace serving on http://127.0.0.1:" in line
+        assert "(db: postgresql://postgres@/flowtrace_test?host=" in line and schema in line
+        base = line.split()[3]
+        response = httpx.post(f"{base}/v5/flows/log", json={"path": "from/env"}, timeout=30)
+        assert response.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    with Store(postgres_url) as store:
+        assert [f.path for f in store.list_flows()] == ["from/env"]
