@@ -40,7 +40,9 @@ from flowtrace.store._repository import (
     FlowRow,
     NewLog,
     Node,
+    ParentRow,
     Reader,
+    ReplayRow,
     Repository,
     Row,
     VersionRow,
@@ -183,7 +185,9 @@ class PostgresDatabase:
                 self._writing.add(conn)
             try:
                 with conn.transaction():
-                    yield PostgresRepository(conn)
+                    repo = PostgresRepository(conn)
+                    yield repo
+                    repo.send_pending()
             except _RETRYABLE as collision:
                 raise RetryTransaction(str(collision).strip()) from collision
             finally:
@@ -220,7 +224,23 @@ _WIDEN = _dialect(
 )
 _NEXT_SEQS = "SELECT nextval('logs_seq_seq') FROM generate_series(1, %s) ORDER BY 1"
 _MAX_SEQ_BLOCK = 256
-_LOG_INSERT = _dialect(LOG_INSERT + " ON CONFLICT (id) DO NOTHING")
+_LOG_COLUMNS = LOG_INSERT[LOG_INSERT.index("(") : LOG_INSERT.index(")") + 1]
+_INSERT_CHUNK = 500
+
+
+@lru_cache(maxsize=64)
+def _multi_insert(count: int) -> str:
+    row = "(" + ", ".join(["%s"] * 15) + ")"
+    return (
+        f"INSERT INTO logs {_LOG_COLUMNS} VALUES {', '.join([row] * count)}"
+        " ON CONFLICT (id) DO NOTHING RETURNING seq"
+    )
+
+
+def _node(values: list[Any]) -> Node:
+    return Node(values[0], values[5], values[6], values[7])
+
+
 _INSERT_FLOW = _dialect(
     "INSERT INTO flows (id, path, name, created_us, updated_us, kind) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (path) DO NOTHING RETURNING seq"
@@ -240,13 +260,81 @@ class PostgresRepository(PostgresReader, Repository):
         Repository.__init__(self)
         self._seqs: list[int] = []
         self._block = 1
+        # Logs this transaction inserted, not sent yet: id -> the INSERT's values (mutable:
+        # widening stretches them in place), and the same lists by seq.
+        self._pending: dict[str, list[Any]] = {}
+        self._pending_by_seq: dict[int, list[Any]] = {}
+        self._holding = False
+
+    # --- write-behind: a log's INSERT waits until a statement could see it --------------
+    # A row this transaction inserted is invisible to every other transaction until commit,
+    # so its state is exactly what is kept here: a child's parent among them is read, and
+    # widened, in memory. Any other statement first sends them (one multi-row INSERT per
+    # 500), and so does the commit. A batch of new traces then costs a few round trips, not
+    # several per log (on a busy machine each round trip waits for the scheduler).
+    def send_pending(self) -> None:
+        if not self._pending:
+            return
+        rows = list(self._pending.values())
+        self._pending.clear()
+        self._pending_by_seq.clear()
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            sql = _multi_insert(len(chunk))
+            params = [value for row in chunk for value in row]
+            inserted = self.conn.execute(sql, params).fetchall()
+            if len(inserted) != len(chunk):
+                # another transaction committed one of these ids meanwhile: run again (a
+                # replay then)
+                raise RetryTransaction("a log id was inserted by another transaction")
+
+    @contextmanager
+    def _holding_pending(self) -> Iterator[None]:
+        """Statements that cannot see this transaction's pending logs: sent as they are."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if not self._holding:
+            self.send_pending()
+        return super().rows(sql, params)
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        if not self._holding:
+            self.send_pending()
+        return super().row(sql, params)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.send_pending()
         return self.conn.execute(_dialect(sql), params).rowcount
 
     def _execute_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self.send_pending()
         with self.conn.cursor() as cursor:
             cursor.executemany(_dialect(sql), params)
+
+    def replay_of(self, log_id: str) -> ReplayRow | None:
+        if log_id in self._pending:
+            self.send_pending()  # the same id twice in one transaction: rare
+        with self._holding_pending():  # a committed row, or none
+            return super().replay_of(log_id)
+
+    def parent(self, log_id: str) -> ParentRow | None:
+        values = self._pending.get(log_id)
+        if values is not None:
+            return ParentRow(values[4], _node(values), bool(values[8]))
+        with self._holding_pending():  # a committed row, locked
+            return super().parent(log_id)
+
+    def node(self, seq: int) -> Node:
+        values = self._pending_by_seq.get(seq)
+        if values is not None:
+            return _node(values)
+        with self._holding_pending():
+            return super().node(seq)
 
     def next_seq(self) -> int:
         """From the sequence, in blocks doubling within the transaction (1, 2, 4, ... 256):
@@ -259,15 +347,27 @@ class PostgresRepository(PostgresReader, Repository):
         return self._seqs.pop()
 
     def insert_log(self, log: NewLog) -> None:
-        if self.conn.execute(_LOG_INSERT, log_values(log)).rowcount == 0:
-            # another transaction committed this id while we checked: run again (a replay)
-            raise RetryTransaction(f"log {log.id!r} was inserted by another transaction")
+        """Kept until a statement could see it (`send_pending`); an id another transaction
+        committed meanwhile is found then (RetryTransaction)."""
+        values = list(log_values(log))
+        self._pending[log.id] = values
+        self._pending_by_seq[log.seq] = values
         self.writes += 1
 
     def widen(self, node: Node | None, start_us: int, end_us: int | None) -> None:
-        """In SQL, from the values the row holds when it is locked by the UPDATE itself: two
-        children widening one parent at once both count."""
+        """Pending logs in memory; committed ones in SQL, from the values the row holds when
+        the UPDATE itself locks it: two children widening one parent at once both count."""
         seq = node.seq if node is not None else None
+        while seq is not None and (values := self._pending_by_seq.get(seq)) is not None:
+            new_start = min(values[6], start_us)
+            new_end = values[7]
+            if end_us is not None and (new_end is None or end_us > new_end):
+                new_end = end_us
+            if (new_start, new_end) == (values[6], values[7]):
+                return
+            values[6], values[7] = new_start, new_end
+            seq = values[5]
+        # a committed log's ancestors are committed: no pending row above this one
         while seq is not None:
             row = self.conn.execute(
                 _WIDEN, (start_us, end_us, end_us, seq, start_us, end_us, end_us)
