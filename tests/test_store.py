@@ -422,3 +422,21 @@ def test_completing_patch_takes_the_logs_real_end_and_end_of_log_fields(tmp_path
         5.0,
         "done",
     )
+
+
+def test_one_log_id_twice_in_a_batch_is_a_replay_the_second_time(store: Store) -> None:
+    """Whether the first insert is still pending or already sent (a new flow between them is
+    looked up in the database), the second is answered by the replay rule."""
+    first = {"path": "twice/a", "log_id": "same", "inputs": {"n": 1}}
+    ops = [
+        {"op": "log", "body": first},
+        {"op": "log", "body": {**first, "inputs": {"n": 2}}},  # pending: a different body
+        {"op": "log", "body": {"path": "twice/new-flow", "log_id": "other"}},
+        {"op": "log", "body": first},  # sent by now: the same body
+        {"op": "log", "body": {**first, "inputs": {"n": 3}}},
+    ]
+    results = store.batch(ops)
+    assert [r.status for r in results] == [200, 409, 200, 200, 409]
+    assert results[3].body == results[0].body
+    assert store.get_log("same").inputs == {"n": 1}
+    assert store.list_logs().total == 2

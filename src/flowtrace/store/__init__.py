@@ -163,6 +163,17 @@ def _failed(error: Exception) -> IngestResult:
     return 500, {"detail": f"{type(error).__name__}: {error}"}
 
 
+def _expect_replays(session: Session, items: Sequence[object]) -> None:
+    """Tell the repository which log ids the creates among `items` will look up."""
+    ids = [
+        item.request.log_id
+        for item in items
+        if isinstance(item, PreparedLog) and item.request.log_id is not None
+    ]
+    if len(ids) > 1:
+        session.repo.expect_replays(ids)
+
+
 def _result(status: int, body: Any) -> BatchResult:
     # built from known-good values: no validation per operation
     return BatchResult.model_construct(status=status, body=body)
@@ -254,6 +265,7 @@ class Store:
         prepared = [prepare_log(request, query, now_us, now_wire) for request, query in logs]
 
         def work(session: Session) -> list[CreateFlowLogResponse | StoreError]:
+            _expect_replays(session, prepared)
             results: list[CreateFlowLogResponse | StoreError] = []
             for item in prepared:
                 try:
@@ -318,7 +330,11 @@ class Store:
                 prepared.append(prepare_log(operation.body, operation.query, now_us, now_wire))
             else:
                 prepared.append((operation.log_id, operation.body))
-        return self._write(lambda session: [self._apply(session, item) for item in prepared])
+        def work(session: Session) -> list[BatchResult]:
+            _expect_replays(session, prepared)
+            return [self._apply(session, item) for item in prepared]
+
+        return self._write(work)
 
     def _apply(self, session: Session, item: PreparedLog | _Update | StoreError) -> BatchResult:
         try:
@@ -391,6 +407,7 @@ class Store:
     ) -> None:
         done: list[tuple[int, IngestResult]] = []
         fatal: tuple[type[Exception], ...] = (RetryTransaction, StoreBusy, *self._db.errors)
+        _expect_replays(session, [item for _, item, _ in prepared])
         for index, item, log_id in prepared:
             try:
                 if isinstance(item, PreparedLog):

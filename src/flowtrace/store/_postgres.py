@@ -46,6 +46,7 @@ from flowtrace.store._repository import (
     Repository,
     Row,
     VersionRow,
+    chunks,
     log_values,
 )
 
@@ -226,6 +227,10 @@ _NEXT_SEQS = "SELECT nextval('logs_seq_seq') FROM generate_series(1, %s) ORDER B
 _MAX_SEQ_BLOCK = 256
 _LOG_COLUMNS = LOG_INSERT[LOG_INSERT.index("(") : LOG_INSERT.index(")") + 1]
 _INSERT_CHUNK = 500
+_REPLAYS = (
+    "SELECT l.id, l.request_digest, f.id, v.id FROM logs l JOIN flows f ON f.seq = l.flow_ref"
+    " JOIN versions v ON v.seq = l.version_ref WHERE l.id = ANY(?)"
+)
 
 
 @lru_cache(maxsize=64)
@@ -265,6 +270,9 @@ class PostgresRepository(PostgresReader, Repository):
         self._pending: dict[str, list[Any]] = {}
         self._pending_by_seq: dict[int, list[Any]] = {}
         self._holding = False
+        # what `expect_replays` found: committed logs among the ids a batch will create
+        self._expected: set[str] = set()
+        self._replays: dict[str, ReplayRow] = {}
 
     # --- write-behind: a log's INSERT waits until a statement could see it --------------
     # A row this transaction inserted is invisible to every other transaction until commit,
@@ -316,9 +324,21 @@ class PostgresRepository(PostgresReader, Repository):
         with self.conn.cursor() as cursor:
             cursor.executemany(_dialect(sql), params)
 
+    def expect_replays(self, log_ids: Sequence[str]) -> None:
+        """One query for the batch's ids. An id absent now but committed by another
+        transaction before ours inserts it is caught by the INSERT (RetryTransaction)."""
+        self._replays = {}
+        for chunk in chunks(sorted(set(log_ids))):
+            with self._holding_pending():
+                for row in self.rows(_REPLAYS, (list(chunk),)):
+                    self._replays[row[0]] = ReplayRow(bytes(row[1]), row[2], row[3])
+        self._expected = set(log_ids)
+
     def replay_of(self, log_id: str) -> ReplayRow | None:
         if log_id in self._pending:
             self.send_pending()  # the same id twice in one transaction: rare
+        elif log_id in self._expected:
+            return self._replays.get(log_id)
         with self._holding_pending():  # a committed row, or none
             return super().replay_of(log_id)
 
@@ -350,6 +370,7 @@ class PostgresRepository(PostgresReader, Repository):
         """Kept until a statement could see it (`send_pending`); an id another transaction
         committed meanwhile is found then (RetryTransaction)."""
         values = list(log_values(log))
+        self._expected.discard(log.id)  # looked up again, it is this transaction's own
         self._pending[log.id] = values
         self._pending_by_seq[log.seq] = values
         self.writes += 1

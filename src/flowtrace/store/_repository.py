@@ -273,6 +273,10 @@ class Repository(Reader):
         """Create the version of these attributes; another transaction's if it won."""
 
     # --- logs: reads before writes -------------------------------------------------------
+    def expect_replays(self, log_ids: Sequence[str]) -> None:
+        """The creates to come will look up these ids (`replay_of`): a backend where a query
+        costs a round trip may look them all up at once. Nothing to do in-process."""
+
     def replay_of(self, log_id: str) -> ReplayRow | None:
         row = self.row(
             "SELECT l.request_digest, f.id, v.id FROM logs l JOIN flows f ON f.seq = l.flow_ref"
