@@ -330,6 +330,7 @@ class Store:
                 prepared.append(prepare_log(operation.body, operation.query, now_us, now_wire))
             else:
                 prepared.append((operation.log_id, operation.body))
+
         def work(session: Session) -> list[BatchResult]:
             _expect_replays(session, prepared)
             return [self._apply(session, item) for item in prepared]
