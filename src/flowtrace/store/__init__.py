@@ -373,7 +373,8 @@ class Store:
         update's `{"id"}`, or a refusal's `{"detail"}`. An operation that fails otherwise than
         by a rule fails alone (500, not worth a retry) and the others are committed without
         it. `timeout_s` bounds the wait for another process's lock (`interrupt()` ends it);
-        SQLite errors (a locked or full disk) fail the whole call: nothing was written."""
+        database errors (a locked or full disk, StoreBusy) fail the whole call: nothing was
+        written."""
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
         results: list[IngestResult | None] = [None] * len(operations)
