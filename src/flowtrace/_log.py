@@ -177,6 +177,9 @@ class Log:
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     late_child_of: str | None = None  # the log that had ended when this one started under it
+    # A span's log (`_span_logs.SpanLog`): it builds its own bodies, and is created only once
+    # it has ended (its kind and version come from the ended span).
+    is_span = False
     _log_id: str | None = None
 
     def __init__(
@@ -191,7 +194,8 @@ class Log:
         self._number = next(_counter)
         self.options = options
         if parent is not None and parent.duration_ns is not None:
-            self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
+            if not parent.is_span:  # a span ended elsewhere may leave its log in the context
+                self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
             parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
         if args is not None:
