@@ -14,6 +14,13 @@ process (httpx, keep-alive) sends logs three ways:
 
 Prints the median logs/s of several runs of each, and the load average before and after (the
 figures mean little on a busy machine).
+
+    PYTHONPATH=src python bench/server_bench.py --scaling [--runs 3] [--batches 10]
+        [--connections 4] [--workers 1,2,4]
+
+Issue 12: batch ingest (N connections, each sending batches of 512) into one SQLite server
+process, then into PostgreSQL (a throwaway cluster with PostgreSQL's default durability, see
+tests/pgutil.py) through `flowtrace serve --workers W` for each W; all in the same run.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -100,6 +108,91 @@ def batched(client: httpx.Client, run: str, batches: int) -> float:
     return batches * BATCH_SIZE / (time.perf_counter() - started)
 
 
+def batched_concurrent(clients: list[httpx.Client], run: str, batches: int) -> float:
+    """`batches` batches from each client at once (its own thread and connection)."""
+    failures: list[BaseException] = []
+
+    def send(index: int, client: httpx.Client) -> None:
+        try:
+            batched(client, f"{run}-{index}", batches)
+        except BaseException as failure:
+            failures.append(failure)
+
+    threads = [threading.Thread(target=send, args=(i, client)) for i, client in enumerate(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise failures[0]
+    return len(clients) * batches * BATCH_SIZE / elapsed
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) these processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _server_pids(server: RunningServer) -> list[int]:
+    """The server process, its workers, and PostgreSQL's processes (their backends)."""
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    postgres = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True)
+    return [pid, *map(int, children), *map(int, postgres.stdout.split())]
+
+
+def _scaling_rate(
+    server: RunningServer, args: argparse.Namespace
+) -> tuple[float, list[float], float]:
+    """The median rate, its runs, and the CPU the server side spent per log (its processes
+    and the database's: the figure other load on the machine moves least)."""
+    clients = [server.client(timeout=300.0) for _ in range(args.connections)]
+    pids = _server_pids(server)
+    try:
+        before = _cpu_s(pids)
+        median, runs = median_rate(
+            args.runs, lambda r: batched_concurrent(clients, "s" + r, args.batches)
+        )
+        logs = (args.runs + 1) * args.connections * args.batches * BATCH_SIZE
+        return median, runs, (_cpu_s(pids) - before) / logs * 1e6
+    finally:
+        for each in clients:
+            each.close()
+
+
+def scaling(args: argparse.Namespace) -> None:
+    from tests.pgutil import running_cluster
+
+    print(f"load average before: {_load()}")
+    figures: list[tuple[str, float, list[float], float]] = []
+    with tempfile.TemporaryDirectory() as tmp, running_cluster(durable=True) as cluster:
+        with start_server(Path(tmp) / "bench.db") as server:
+            figures.append(("SQLite, 1 process", *_scaling_rate(server, args)))
+        for workers in args.workers:
+            url = cluster.new_schema()
+            extra = ["--workers", str(workers)]
+            with start_server(url, extra_args=extra) as server:  # type: ignore[arg-type]
+                figures.append((f"PostgreSQL, {workers} processes", *_scaling_rate(server, args)))
+    print(f"load average after: {_load()}")
+    base = figures[0][1]
+    for name, median, runs, cpu_us in figures:
+        print(
+            f"batch {BATCH_SIZE} x {args.connections} connections, {name}: median"
+            f" {median:,.0f} logs/s ({median / base:.2f}x SQLite), server CPU"
+            f" {cpu_us:.0f} us/log; runs {_fmt(runs)}"
+        )
+
+
 def median_rate(runs: int, measure: Callable[[str], float]) -> tuple[float, list[float]]:
     measure("warmup")
     rates = [measure(f"run{r}") for r in range(runs)]
@@ -114,7 +207,17 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, default=4, help="concurrent connections (per-log, N)"
     )
+    parser.add_argument("--scaling", action="store_true", help="issue 12: see above")
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1, 2, 4],
+        help="server processes on PostgreSQL (--scaling)",
+    )
     args = parser.parse_args()
+    if args.scaling:
+        scaling(args)
+        return
 
     print(f"load average before: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,11 @@
 """Store benchmark (run by hand): ingest rate through Store.batch, and read times with a
 large database. Usage: PYTHONPATH=src python bench/store_bench.py [--logs 1000000] [--dir D]
+[--backends sqlite,postgres]
 
-Prints medians of several runs; results go to bench/RESULTS_store.md by hand.
+Prints medians of several runs; results go to bench/RESULTS_store.md by hand. With
+`--backends sqlite,postgres` (issue 12) each figure is taken on both in the same run; the
+PostgreSQL database is a throwaway cluster with PostgreSQL's default durability
+(tests/pgutil.py), the SQLite one a file in --dir.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +21,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BATCH = 512  # the pipeline's batch size
 TRACE = 10  # logs per trace in the bulk data: a root and 9 children
@@ -110,6 +117,72 @@ def _big_trace(store: Store) -> str:
     return root
 
 
+# --- a bulk fill in SQL (issue 12): 1M logs in a minute instead of many, on either backend ---
+_T0_US = int(T0.timestamp() * 1e6)
+_SEQ0 = 10_000_000  # above anything the rules allocated for the seed logs
+_CREATED = '{"created_at":"2025-01-01T00:00:00.000000Z"'
+_BULK_INSERT = f"""
+INSERT INTO logs (seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us, end_us,
+    complete, has_error, request_digest, inputs, output, data, placeholder)
+WITH RECURSIVE s(n) AS (SELECT @FIRST@ UNION ALL SELECT n + 1 FROM s WHERE n < @LAST@)
+SELECT {_SEQ0} + n,
+    CASE WHEN n % 10 = 0 THEN 'bulk-' || (n / 10) ELSE 'bulk-' || (n / 10) || '.' || (n % 10) END,
+    f.seq, v.seq, {_SEQ0} + (n / 10) * 10,
+    CASE WHEN n % 10 = 0 THEN NULL ELSE {_SEQ0} + (n / 10) * 10 END,
+    {_T0_US} + (n / 10) * 10000 + (n % 10) * 1000,
+    {_T0_US} + (n / 10) * 10000 + CASE WHEN n % 10 = 0 THEN 9500 ELSE (n % 10) * 1000 + 500 END,
+    CASE WHEN n % 10 = 0 THEN 0 ELSE 1 END, CASE WHEN n % 97 = 0 THEN 1 ELSE 0 END, @DIGEST@,
+    '{{"k":' || (n % 10) || ',"question":"question number ' || n || '"}}',
+    'the answer to ' || n || ' is ' || (n * 7),
+    CASE WHEN n % 97 = 0 THEN '{_CREATED},"error":"RuntimeError: flaky"}}' ELSE '{_CREATED}}}' END,
+    0
+FROM s JOIN flows f ON f.path = 'bench/flow' || ((n / 10) % {FLOWS})
+JOIN versions v ON v.flow_ref = f.seq
+"""
+_RECOUNT = [
+    "UPDATE flows SET log_count = (SELECT count(*) FROM logs l WHERE l.flow_ref = flows.seq),"
+    " root_count = (SELECT count(*) FROM logs l WHERE l.flow_ref = flows.seq"
+    " AND l.parent_seq IS NULL),"
+    " error_count = (SELECT count(*) FROM logs l WHERE l.flow_ref = flows.seq AND has_error = 1)",
+    "UPDATE versions SET log_count ="
+    " (SELECT count(*) FROM logs l WHERE l.version_ref = versions.seq)",
+]
+
+
+def _bulk_fill(target: str, count: int) -> None:
+    """`count` logs shaped as `_operations` makes them (traces of 10 over 20 flows), the first
+    traces through the rules (they create the flows and versions), the rest by one INSERT per
+    100k rows, then the counters recounted: reads then see what the rules would have made."""
+    seed = FLOWS * TRACE
+    with Store(target) as store:
+        for ops in _batches("seed", seed):
+            assert all(r.status == 200 for r in store.batch(ops))
+    statements = [
+        _BULK_INSERT.replace("@FIRST@", str(first)).replace(
+            "@LAST@", str(min(first + 100_000, count) - 1)
+        )
+        for first in range(seed, count, 100_000)
+    ]
+    if target.startswith("postgresql:"):
+        import psycopg
+
+        with psycopg.connect(target) as conn:
+            for statement in statements:
+                conn.execute(statement.replace("@DIGEST@", "'\\x00'::bytea"))
+            for statement in _RECOUNT:
+                conn.execute(statement)
+            conn.execute("ANALYZE")
+    else:
+        import sqlite3
+
+        with sqlite3.connect(target) as conn:
+            for statement in statements:
+                conn.execute(statement.replace("@DIGEST@", "x'00'"))
+            for statement in _RECOUNT:
+                conn.execute(statement)
+            conn.execute("ANALYZE")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--logs", type=int, default=1_000_000)
@@ -119,19 +192,44 @@ def main() -> None:
     parser.add_argument(
         "--reads-only", action="store_true", help="reuse DIR/big.db from an earlier run"
     )
+    parser.add_argument(
+        "--backends", default="sqlite", help="comma-separated: sqlite, postgres (issue 12)"
+    )
+    parser.add_argument(
+        "--bulk-fill",
+        action="store_true",
+        help="fill the big database by SQL (same shape), not through the rules: minutes less",
+    )
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="flowtrace-bench-"))
+    backends = args.backends.split(",")
+    if "postgres" not in backends:
+        _run("sqlite", lambda name: str(folder / f"{name}.db"), args)
+        return
+    from tests.pgutil import running_cluster
 
-    path = folder / "big.db"
+    with running_cluster(durable=True) as cluster:
+        for backend in backends:
+            new_target = (
+                (lambda name: cluster.new_schema())
+                if backend == "postgres"
+                else (lambda name: str(folder / f"{name}.db"))
+            )
+            _run(backend, new_target, args)
+
+
+def _run(backend: str, new_target: Callable[[str], str], args: argparse.Namespace) -> None:
+    print(f"--- {backend}", flush=True)
+    big = new_target("big")
     if not args.reads_only:
-        _write_figures(folder, path, args)
-    _read_figures(path)
+        _write_figures(new_target, big, args)
+    _read_figures(big)
 
 
-def _write_figures(folder: Path, path: Path, args: argparse.Namespace) -> None:
+def _write_figures(new_target: Callable[[str], str], big: str, args: argparse.Namespace) -> None:
     rates, cpu_rates = [], []
     for run in range(args.runs):
-        with Store(folder / f"ingest{run}.db") as store:
+        with Store(new_target(f"ingest{run}")) as store:
             rate, cpu_rate = _ingest(store, "r", args.ingest)
         rates.append(rate)
         cpu_rates.append(cpu_rate)
@@ -142,16 +240,21 @@ def _write_figures(folder: Path, path: Path, args: argparse.Namespace) -> None:
     )
     print(f"load average: {os.getloadavg()}")
 
-    with Store(path) as store:
-        began = time.perf_counter()
-        rate, _ = _ingest(store, "bulk", args.logs - BIG_TRACE)
+    began = time.perf_counter()
+    if args.bulk_fill:
+        _bulk_fill(big, args.logs - BIG_TRACE)
+    with Store(big) as store:
+        if not args.bulk_fill:
+            _ingest(store, "bulk", args.logs - BIG_TRACE)
         _big_trace(store)
-        print(f"filled {args.logs:,} logs in {time.perf_counter() - began:.0f} s ({rate:,.0f}/s)")
-    size_mb = sum(p.stat().st_size for p in folder.glob("big.db*")) / 1e6
-    print(f"database size: {size_mb:,.0f} MB")
+    how = "by SQL" if args.bulk_fill else "through Store.batch"
+    print(f"filled {args.logs:,} logs {how} in {time.perf_counter() - began:.0f} s")
+    if not big.startswith("postgresql:"):
+        size_mb = sum(p.stat().st_size for p in Path(big).parent.glob("big.db*")) / 1e6
+        print(f"database size: {size_mb:,.0f} MB")
 
 
-def _read_figures(path: Path) -> None:
+def _read_figures(path: str) -> None:
     root = "big-trace"
     with Store(path) as store:  # a fresh process-like open: cold connection caches
         flow_id = next(f.id for f in store.list_flows() if f.path == "bench/flow3")
@@ -161,18 +264,22 @@ def _read_figures(path: Path) -> None:
         reads: dict[str, Callable[[], object]] = {
             f"get_log: one {BIG_TRACE}-log trace": lambda: store.get_log(root),
             "list_logs page 1 (all logs)": lambda: store.list_logs(),
-            "list_logs page 1 (file_id)": lambda: store.list_logs(file_id=flow_id),
-            "list_logs page 1 (roots_only)": lambda: store.list_logs(roots_only=True),
-            "list_logs page 100 (file_id)": lambda: store.list_logs(file_id=flow_id, page=100),
+            "list_logs page 1 (file_id)": lambda: store.list_logs(ListQuery(file_id=flow_id)),
+            "list_logs page 1 (roots_only)": lambda: store.list_logs(ListQuery(roots_only=True)),
+            "list_logs page 100 (file_id)": lambda: store.list_logs(
+                ListQuery(file_id=flow_id, page=100)
+            ),
             "list_logs errors_only (file_id)": lambda: store.list_logs(
-                file_id=flow_id, errors_only=True
+                ListQuery(file_id=flow_id, errors_only=True)
             ),
             "list_logs search, rare word (LIKE scan)": lambda: store.list_logs(
-                search="answer to 123457 "
+                ListQuery(search="answer to 123457 ")
             ),
-            "list_logs search, common word (LIKE scan)": lambda: store.list_logs(search="answer"),
+            "list_logs search, common word (LIKE scan)": lambda: store.list_logs(
+                ListQuery(search="answer")
+            ),
             "list_logs search, rare word in one flow": lambda: store.list_logs(
-                file_id=flow_id, search="answer to 123457 "
+                ListQuery(file_id=flow_id, search="answer to 123457 ")
             ),
             "list_flows": store.list_flows,
         }

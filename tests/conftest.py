@@ -43,3 +43,7 @@ def fail_on_internal_errors() -> Iterator[list[tuple[str, BaseException | None]]
     if errors:
         kind, exc = errors[0]
         pytest.fail(f"flowtrace internal error [{kind}]: {exc!r}", pytrace=False)
+
+
+# The throwaway PostgreSQL cluster and the store targets (SQLite, PostgreSQL) tests run over.
+from tests.pgutil import postgres_cluster, postgres_url, store_target  # noqa: E402, F401

@@ -36,7 +36,8 @@ def patch(**fields: Any) -> FlowLogUpdateRequest:
     return FlowLogUpdateRequest.model_validate(fields)
 
 
-def open_store(path: Path, clock: FakeClock | None = None) -> Iterator[Store]:
+def open_store(path: Path | str, clock: FakeClock | None = None) -> Iterator[Store]:
+    """A store on `path` (a SQLite file, or a postgresql:// URL: see `store_target`)."""
     store = Store(path, clock=clock or FakeClock())
     try:
         yield store

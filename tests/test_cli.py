@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 from tests.viewerdata import HOSTILE_STDOUT, TRACEBACK, Sample, populate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -140,7 +140,7 @@ def test_show_keeps_hostile_text_inert(database: tuple[Path, Sample]) -> None:
 def test_show_last_draws_the_newest_trace(database: tuple[Path, Sample], tmp_path: Path) -> None:
     path, _ = database
     with Store(path) as store:
-        newest = store.list_logs(roots_only=True, size=1).records[0].id
+        newest = store.list_logs(ListQuery(roots_only=True, size=1)).records[0].id
     result = run_cli("show", "last", "--db", str(path))
     assert result.returncode == 0, result.stderr
     assert f"[{newest}]" in result.stdout.splitlines()[0]

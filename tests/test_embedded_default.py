@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -63,12 +63,12 @@ def test_two_processes_write_one_database_through_the_embedded_default(tmp_path:
         flows = {flow.path: flow for flow in store.list_flows()}
         assert flows["embedded/root"].log_count == 600
         assert flows["embedded/child"].log_count == 1200
-        roots = store.list_logs(file_id=flows["embedded/root"].id, size=100, page=1)
+        roots = store.list_logs(ListQuery(file_id=flows["embedded/root"].id, size=100, page=1))
         assert roots.total == 600
         seen: set[tuple[str, int]] = set()
         for page in range(1, 7):
             for record in store.list_logs(
-                file_id=flows["embedded/root"].id, size=100, page=page
+                ListQuery(file_id=flows["embedded/root"].id, size=100, page=page)
             ).records:
                 assert record.inputs is not None
                 key = (record.inputs["writer"], record.inputs["trace"])

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 from tests.serverutil import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def stored_traces(db_path: Path) -> list[dict[str, Any]]:
     """Every trace in a database, as `GET /logs/{root id}` returns it (JSON, no nulls)."""
     assert db_path.is_file()
     with Store(db_path) as store:
-        roots = store.list_logs(roots_only=True, size=100).records
+        roots = store.list_logs(ListQuery(roots_only=True, size=100)).records
         return [store.get_log(root.id).model_dump(mode="json", exclude_none=True) for root in roots]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 from tests.faultproxy import FaultProxy, Hang
 from tests.scriptutil import read_line, run_script, script_env, start_script
 from tests.serverutil import RunningServer, start_server
@@ -98,7 +98,7 @@ def test_sys_exit_inside_a_flow_keeps_its_exit_code_and_the_log(tmp_path: Path) 
         assert done.returncode == 3
         assert_clean(done.stderr)
     with Store(db) as store:
-        logs = store.list_logs(size=100).records
+        logs = store.list_logs(ListQuery(size=100)).records
     assert len(logs) == 6
     assert all(log.trace_status == "complete" for log in logs)
     assert {log.metadata["flowtrace"]["ended"] for log in logs} == {"interrupted: SystemExit"}  # type: ignore[index]

@@ -23,6 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from flowtrace.store import Store
 from tests.otlputil import gzipped, otlp_json, proto3_json, protobuf, record_spans, tree
 from tests.serverutil import InProcessServer, serve_in_thread
 
@@ -30,10 +31,16 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessServer]:
+    """OTLP ingest over each backend: the span rules (placeholders, kinds) are store rules."""
     path = tmp_path_factory.mktemp("otlp") / "otlp.db"
-    with serve_in_thread(path) as running:
+    target = str(path)
+    if request.param == "postgres":
+        target = request.getfixturevalue("postgres_cluster").new_schema()
+    with serve_in_thread(path, store=Store(target)) as running:
         yield running
 
 

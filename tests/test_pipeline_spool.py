@@ -19,7 +19,7 @@ import flowtrace
 from flowtrace import flow
 from flowtrace.exporters import Outcome
 from flowtrace.exporters.memory import MemoryExporter
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 from tests.faultproxy import FaultProxy, Forward, Hang
 from tests.pipelineutil import WAIT_S, fresh_pipeline, wait_until
 from tests.scriptutil import read_line, run_script, script_env, start_script
@@ -50,7 +50,7 @@ def stored_traces(server: RunningServer, root_path: str) -> list[dict[str, Any]]
         flows = {f.path: f for f in store.list_flows()}
         if root_path not in flows:
             return []
-        page = store.list_logs(file_id=flows[root_path].id, size=1000, roots_only=True)
+        page = store.list_logs(ListQuery(file_id=flows[root_path].id, size=1000, roots_only=True))
         return [_tree(store.get_log(record.id)) for record in page.records]
     finally:
         store.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable, parse_retry_after
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -85,7 +85,9 @@ SCRIPT = """
 def _roots(db: Path) -> list[object]:
     store = Store(db)
     try:
-        return list(store.list_logs(roots_only=True, include_trace_children=True).records)
+        return list(
+            store.list_logs(ListQuery(roots_only=True, include_trace_children=True)).records
+        )
     finally:
         store.close()
 

@@ -12,15 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
+from flowtrace.store import Store
 from tests.serverutil import (
     DEFAULT_API_KEY,
     InProcessServer,
-    app_server,
     serve_in_thread,
     start_server,
 )
-
-__all__ = ["app_server"]  # the fixture, re-exported so pytest finds it here
 
 REQUIRED_FLOW_FIELDS = {
     "path",
@@ -35,6 +33,13 @@ REQUIRED_FLOW_FIELDS = {
     "last_used_at",
     "version_logs_count",
 }
+
+
+@pytest.fixture
+def app_server(tmp_path: Path, store_target: str) -> Iterator[InProcessServer]:
+    """The contract's server over each backend (SQLite, PostgreSQL): the same answers."""
+    with serve_in_thread(tmp_path / "flowtrace.db", store=Store(store_target)) as running:
+        yield running
 
 
 @pytest.fixture
@@ -854,3 +859,15 @@ def test_405_allow_prefers_a_concrete_path_over_a_template(client: httpx.Client)
     response = client.request("DELETE", "/flows/log")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
+
+
+def test_a_busy_database_is_503_with_retry_after() -> None:
+    """A write the database could not take now (StoreBusy: nothing was written) is answered
+    so that the client retries it, when the store says."""
+    from flowtrace.server._errors import store_error_response
+    from flowtrace.store import StoreBusy
+
+    response = store_error_response(StoreBusy("the database is locked", retry_after_s=2))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert response.body == b'{"detail":"the database is locked"}'

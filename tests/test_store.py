@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest, FlowUpsertRequest, LogQuery
-from flowtrace.store import Store, StoreError
+from flowtrace.store import ListQuery, Store, StoreError
 from tests.store_helpers import FakeClock, at, open_store, patch, req
 
 
@@ -18,8 +18,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    yield from open_store(tmp_path / "logs.db", clock)
+def store(store_target: str, clock: FakeClock) -> Iterator[Store]:
+    yield from open_store(store_target, clock)
 
 
 def _status(excinfo: pytest.ExceptionInfo[StoreError]) -> int:
@@ -366,7 +366,7 @@ def test_delete_removes_the_log_and_its_subtree(store: Store) -> None:
     assert (flow.log_count, flow.error_count) == (2, 0)
     store.delete_logs(["root"])
     assert store.list_logs().total == 0
-    assert store.list_logs(search="needle").total == 0
+    assert store.list_logs(ListQuery(search="needle")).total == 0
     store.delete_logs(["root"])  # again: nothing to do, no error
 
 
@@ -375,13 +375,14 @@ def test_a_rule_refusing_after_a_write_aborts_the_whole_batch(
 ) -> None:
     """Operations fail alone because every check runs before any write; were a rule ever
     to refuse after writing, the batch must fail whole rather than keep half an operation."""
-    from flowtrace.store import _logs
+    from flowtrace.store._repository import Repository
 
     def refuse_late(*args: object) -> None:
         raise StoreError(409, "late refusal")
 
     store.log(req(path="f", log_id="p"))
-    monkeypatch.setattr(_logs, "widen", refuse_late)
+    for backend in Repository.__subclasses__():
+        monkeypatch.setattr(backend, "widen", refuse_late)
     with pytest.raises(RuntimeError, match="refused after writing"):
         store.batch(
             [
@@ -421,3 +422,21 @@ def test_completing_patch_takes_the_logs_real_end_and_end_of_log_fields(tmp_path
         5.0,
         "done",
     )
+
+
+def test_one_log_id_twice_in_a_batch_is_a_replay_the_second_time(store: Store) -> None:
+    """Whether the first insert is still pending or already sent (a new flow between them is
+    looked up in the database), the second is answered by the replay rule."""
+    first = {"path": "twice/a", "log_id": "same", "inputs": {"n": 1}}
+    ops = [
+        {"op": "log", "body": first},
+        {"op": "log", "body": {**first, "inputs": {"n": 2}}},  # pending: a different body
+        {"op": "log", "body": {"path": "twice/new-flow", "log_id": "other"}},
+        {"op": "log", "body": first},  # sent by now: the same body
+        {"op": "log", "body": {**first, "inputs": {"n": 3}}},
+    ]
+    results = store.batch(ops)
+    assert [r.status for r in results] == [200, 409, 200, 200, 409]
+    assert results[3].body == results[0].body
+    assert store.get_log("same").inputs == {"n": 1}
+    assert store.list_logs().total == 2

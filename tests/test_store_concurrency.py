@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 from tests.store_helpers import req
 
 THREADS = 8
@@ -24,7 +24,7 @@ def _assert_all_once(store: Store, expected: set[str]) -> None:
     seen: list[str] = []
     page = 1
     while True:
-        records = store.list_logs(page=page, size=1000).records
+        records = store.list_logs(ListQuery(page=page, size=1000)).records
         if not records:
             break
         seen.extend(r.id for r in records)
@@ -51,7 +51,7 @@ def _thread_writes(store: Store, worker: int, barrier: threading.Barrier) -> Non
             results = store.batch([{"op": "log", "body": body} for body in bodies])
             assert {r.status for r in results} == {200}
         store.log(req(**bodies[0]))  # an at-least-once retry
-        store.list_logs(size=5)  # readers run beside the writers
+        store.list_logs(ListQuery(size=5))  # readers run beside the writers
 
 
 def test_threads_sharing_one_store_lose_and_double_nothing(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.models import FlowLogRequest, LogQuery
-from flowtrace.store import IngestOperation, Store
+from flowtrace.store import IngestOperation, Store, StoreBusy
 from flowtrace.store._codec import canonical_json
 from flowtrace.store._ingest import _canonical_json, prepare_create
 from flowtrace.store._prepare import prepare_log
@@ -244,7 +244,7 @@ def test_a_write_waiting_for_another_process_s_lock_is_bounded_and_interruptible
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
             started = time.monotonic()
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with pytest.raises(StoreBusy, match="locked"):
                 store.ingest([create(ended("lock/second"))], timeout_s=0.3)
             assert time.monotonic() - started < 2.0
             threading.Timer(0.2, store.interrupt).start()

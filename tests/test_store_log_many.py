@@ -13,8 +13,8 @@ from tests.store_helpers import open_store, req
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    yield from open_store(tmp_path / "logs.db")
+def store(store_target: str) -> Iterator[Store]:
+    yield from open_store(store_target)
 
 
 def test_each_log_is_stored_or_refused_on_its_own(store: Store) -> None:

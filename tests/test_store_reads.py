@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from flowtrace.store import Store, StoreError
+from flowtrace.store import ListQuery, Store, StoreError
 from tests.store_helpers import FakeClock, at, open_store, req
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    yield from open_store(tmp_path / "logs.db", FakeClock())
+def store(store_target: str) -> Iterator[Store]:
+    yield from open_store(store_target, FakeClock())
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ def filled(store: Store) -> Store:
 
 
 def _ids(store: Store, **filters: object) -> list[str]:
-    return [r.id for r in store.list_logs(size=100, **filters).records]  # type: ignore[arg-type]
+    return [r.id for r in store.list_logs(ListQuery(size=100, **filters)).records]  # type: ignore[arg-type]
 
 
 def _flow_id(store: Store, path: str) -> str:
@@ -59,7 +58,7 @@ def test_newest_first_with_totals(filled: Store) -> None:
 def test_pages_cover_everything_once(filled: Store) -> None:
     seen: list[str] = []
     for number in range(1, 5):
-        page = filled.list_logs(page=number, size=3)
+        page = filled.list_logs(ListQuery(page=number, size=3))
         assert (page.page, page.size, page.total) == (number, 3, 11)
         seen.extend(r.id for r in page.records)
     assert len(seen) == len(set(seen)) == 11
@@ -68,33 +67,33 @@ def test_pages_cover_everything_once(filled: Store) -> None:
 def test_filter_by_flow_and_version(filled: Store) -> None:
     a = _flow_id(filled, "a")
     assert len(_ids(filled, file_id=a)) == 9
-    assert filled.list_logs(file_id=a).total == 9
+    assert filled.list_logs(ListQuery(file_id=a)).total == 9
     b1 = filled.get_log("b1")
     assert _ids(filled, version_id=b1.flow.version_id) == ["b1"]
-    assert filled.list_logs(version_id=b1.flow.version_id).total == 1
-    assert filled.list_logs(file_id=a, version_id=b1.flow.version_id).total == 0
+    assert filled.list_logs(ListQuery(version_id=b1.flow.version_id)).total == 1
+    assert filled.list_logs(ListQuery(file_id=a, version_id=b1.flow.version_id)).total == 0
     for bad in ({"file_id": "fl_nope"}, {"version_id": "flv_nope"}):
         with pytest.raises(StoreError) as excinfo:
-            filled.list_logs(**bad)  # type: ignore[arg-type]
+            filled.list_logs(ListQuery(**bad))  # type: ignore[arg-type]
         assert excinfo.value.status_code == 404
 
 
 def test_filter_roots_errors_status(filled: Store) -> None:
     assert _ids(filled, roots_only=True) == ["b1", "b0", "a2", "a1", "a0"]
-    assert filled.list_logs(roots_only=True).total == 5
+    assert filled.list_logs(ListQuery(roots_only=True)).total == 5
     assert _ids(filled, errors_only=True) == ["a2.1", "a1.1", "a0.1"]
-    assert filled.list_logs(errors_only=True, file_id=_flow_id(filled, "a")).total == 3
-    assert filled.list_logs(errors_only=True, roots_only=True).total == 0
+    assert filled.list_logs(ListQuery(errors_only=True, file_id=_flow_id(filled, "a"))).total == 3
+    assert filled.list_logs(ListQuery(errors_only=True, roots_only=True)).total == 0
     assert _ids(filled, status="complete") == ["b0"]
-    assert filled.list_logs(status="incomplete").total == 10
+    assert filled.list_logs(ListQuery(status="incomplete")).total == 10
     with pytest.raises(StoreError) as excinfo:
-        filled.list_logs(status="done")
+        filled.list_logs(ListQuery(status="done"))
     assert excinfo.value.status_code == 422
 
 
 def test_filter_dates(filled: Store) -> None:
     assert _ids(filled, start_date=at(6), end_date=at(100)) == ["a2.1", "a2.0", "a2"]
-    assert filled.list_logs(start_date=at(100)).total == 2
+    assert filled.list_logs(ListQuery(start_date=at(100))).total == 2
 
 
 @pytest.mark.parametrize(
@@ -114,27 +113,27 @@ def test_search_finds_substrings_in_inputs_and_output(
     filled: Store, search: str, expected: list[str]
 ) -> None:
     assert _ids(filled, search=search) == expected
-    assert filled.list_logs(search=search).total == len(expected)
+    assert filled.list_logs(ListQuery(search=search)).total == len(expected)
 
 
 def test_include_trace_children(filled: Store) -> None:
     page = filled.list_logs(
-        roots_only=True, include_trace_children=True, file_id=_flow_id(filled, "a")
+        ListQuery(roots_only=True, include_trace_children=True, file_id=_flow_id(filled, "a"))
     )
     assert [[c.id for c in r.trace_children] for r in page.records] == [
         ["a2.0", "a2.1"],
         ["a1.0", "a1.1"],
         ["a0.0", "a0.1"],
     ]
-    assert all(not r.trace_children for r in filled.list_logs(roots_only=True).records)
-    child = filled.list_logs(size=1, file_id=_flow_id(filled, "a")).records[0]
+    assert all(not r.trace_children for r in filled.list_logs(ListQuery(roots_only=True)).records)
+    child = filled.list_logs(ListQuery(size=1, file_id=_flow_id(filled, "a"))).records[0]
     assert (child.id, child.trace_id) == ("a2.1", "a2")
 
 
 def test_bad_pages_are_422(filled: Store) -> None:
     for bad in ({"page": 0}, {"size": 0}):
         with pytest.raises(StoreError) as excinfo:
-            filled.list_logs(**bad)  # type: ignore[arg-type]
+            filled.list_logs(ListQuery(**bad))  # type: ignore[arg-type]
         assert excinfo.value.status_code == 422
 
 
@@ -197,29 +196,31 @@ ALL_IDS = ["b1", "b0", "a2.1", "a2.0", "a2", "a1.1", "a1.0", "a1", "a0.1", "a0.0
 
 
 def test_without_totals_a_page_says_whether_more_follow(filled: Store) -> None:
-    first = filled.list_logs(size=4, count_total=False)
+    first = filled.list_logs(ListQuery(size=4, count_total=False))
     assert [r.id for r in first.records] == ALL_IDS[:4]
     assert first.has_more
     assert first.total == 5  # a lower bound: this page and one more
-    last = filled.list_logs(page=3, size=4, count_total=False)
+    last = filled.list_logs(ListQuery(page=3, size=4, count_total=False))
     assert [r.id for r in last.records] == ALL_IDS[8:]
     assert not last.has_more
     assert last.total == 11
-    assert filled.list_logs(errors_only=True, size=3, count_total=False).has_more is False
-    assert filled.list_logs(size=4).has_more  # with totals too
+    assert (
+        filled.list_logs(ListQuery(errors_only=True, size=3, count_total=False)).has_more is False
+    )
+    assert filled.list_logs(ListQuery(size=4)).has_more  # with totals too
 
 
 def test_before_and_after_walk_the_list_by_cursor(filled: Store) -> None:
     seen: list[str] = []
     before = None
     while True:
-        page = filled.list_logs(size=4, count_total=False, before=before)
+        page = filled.list_logs(ListQuery(size=4, count_total=False, before=before))
         seen.extend(r.id for r in page.records)
         if not page.has_more:
             break
         before = page.records[-1].id
     assert seen == ALL_IDS
-    newer = filled.list_logs(size=4, count_total=False, after="a1.1")
+    newer = filled.list_logs(ListQuery(size=4, count_total=False, after="a1.1"))
     assert [r.id for r in newer.records] == ["b0", "a2.1", "a2.0", "a2"]
     assert newer.has_more  # b1 is newer still
     a = _flow_id(filled, "a")
@@ -236,33 +237,35 @@ def test_cursors_break_start_time_ties_by_insert_order(store: Store) -> None:
 
 def test_a_cursor_must_name_a_log(filled: Store) -> None:
     with pytest.raises(StoreError) as excinfo:
-        filled.list_logs(before="gone")
+        filled.list_logs(ListQuery(before="gone"))
     assert excinfo.value.status_code == 404
     with pytest.raises(StoreError) as excinfo:
-        filled.list_logs(before="a0", after="a1")
+        filled.list_logs(ListQuery(before="a0", after="a1"))
     assert excinfo.value.status_code == 422
 
 
 def test_a_bounded_search_scans_only_the_newest_logs(filled: Store) -> None:
     # "answer" is in every child's output; a window of 4 logs holds a2.1, a2.0 (and b1, b0)
-    page = filled.list_logs(search="answer", search_window=4, count_total=False)
+    page = filled.list_logs(ListQuery(search="answer", search_window=4, count_total=False))
     assert [r.id for r in page.records] == ["a2.1", "a2.0"]
     assert page.searched == 4
     assert page.searched_through == "a2.0"  # the 4th newest log: go on from there
     more = filled.list_logs(
-        search="answer", search_window=4, count_total=False, before=page.searched_through
+        ListQuery(search="answer", search_window=4, count_total=False, before=page.searched_through)
     )
     assert [r.id for r in more.records] == ["a1.1", "a1.0"]
     assert more.searched_through == "a1"
     # a window past the oldest log searched everything: nothing to say
-    whole = filled.list_logs(search="answer", search_window=11, count_total=False)
+    whole = filled.list_logs(ListQuery(search="answer", search_window=11, count_total=False))
     assert len(whole.records) == 6
     assert whole.searched is None
     a = _flow_id(filled, "a")
-    in_flow = filled.list_logs(file_id=a, search="t0", search_window=9, count_total=False)
+    in_flow = filled.list_logs(
+        ListQuery(file_id=a, search="t0", search_window=9, count_total=False)
+    )
     assert [r.id for r in in_flow.records] == ["a0"]
     assert in_flow.searched is None
-    assert filled.list_logs(search="answer", size=1, search_window=4).has_more
+    assert filled.list_logs(ListQuery(search="answer", size=1, search_window=4)).has_more
 
 
 def test_traces_with_errors_below_the_root(filled: Store) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace.models import PromptKernel, PromptLogRequest
-from flowtrace.store import SCHEMA_VERSION, Store, StoreSchemaError, _schema
+from flowtrace.store import SCHEMA_VERSION, ListQuery, Store, StoreSchemaError, _schema
 from tests.store_helpers import req
 
 
@@ -144,11 +144,13 @@ def test_a_version_1_file_gets_the_filter_indexes(tmp_path: Path) -> None:
     assert _user_version(path) == 1
     with Store(path) as store:
         flow_id = store.list_flows()[0].id
-        assert [r.id for r in store.list_logs(errors_only=True).records] == ["failed"]
-        assert [r.id for r in store.list_logs(status="incomplete").records] == ["running"]
-        assert [r.id for r in store.list_logs(file_id=flow_id, errors_only=True).records] == [
-            "failed"
+        assert [r.id for r in store.list_logs(ListQuery(errors_only=True)).records] == ["failed"]
+        assert [r.id for r in store.list_logs(ListQuery(status="incomplete")).records] == [
+            "running"
         ]
+        assert [
+            r.id for r in store.list_logs(ListQuery(file_id=flow_id, errors_only=True)).records
+        ] == ["failed"]
     assert _user_version(path) == SCHEMA_VERSION == 3
     newest = "ORDER BY start_us DESC, seq DESC LIMIT 50"
     assert "logs_flow_errors" in _plan(

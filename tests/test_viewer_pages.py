@@ -6,7 +6,6 @@ import base64
 import html
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import markupsafe
 import pytest
@@ -30,8 +29,9 @@ API_KEY = "ft-secret-key-0123456789"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "viewer.db")
+def store(store_target: str) -> Iterator[Store]:
+    """The viewer over each backend (SQLite, PostgreSQL)."""
+    store = Store(store_target)
     yield store
     store.close()
 

@@ -34,7 +34,7 @@ from flowtrace.server._command import (
     is_loopback,
     run_server,
 )
-from flowtrace.store import Store, StoreError
+from flowtrace.store import ListQuery, Store, StoreError
 
 __all__ = ["build_parser", "main"]
 
@@ -88,12 +88,14 @@ def _recent_logs(store: Store, args: argparse.Namespace) -> list[FlowLogResponse
     page = 1
     while len(logs) < args.limit:
         result = store.list_logs(
-            file_id=file_id,
-            page=page,
-            size=min(args.limit, _PAGE_SIZE),
-            errors_only=args.errors,
-            # Across all flows a row is a trace (as in the viewer); within a flow, every log.
-            roots_only=file_id is None,
+            ListQuery(
+                file_id=file_id,
+                page=page,
+                size=min(args.limit, _PAGE_SIZE),
+                errors_only=args.errors,
+                # Across all flows a row is a trace (as in the viewer); within a flow, every log.
+                roots_only=file_id is None,
+            )
         )
         logs.extend(result.records)
         if len(result.records) < result.size:
@@ -120,7 +122,7 @@ LAST = "last"
 
 
 def _newest_trace_id(store: Store) -> str:
-    newest = store.list_logs(roots_only=True, size=1).records
+    newest = store.list_logs(ListQuery(roots_only=True, size=1)).records
     if not newest:
         raise CliError("the database holds no logs yet")
     return newest[0].id

@@ -22,7 +22,7 @@ from flowtrace.exporters import Operation, Outcome, not_delivered
 
 # Imported with this module (which the pipeline imports under its fork-safe build lock), never
 # later on the worker: a fork must not catch the store's modules half-imported.
-from flowtrace.store import IngestOperation, Store, StoreSchemaError
+from flowtrace.store import IngestOperation, Store, StoreBusy, StoreSchemaError
 
 __all__ = ["StoreExporter"]
 
@@ -46,7 +46,7 @@ class StoreExporter:
                 [IngestOperation(op.kind, op.log_id, op.body, op.query) for op in operations],
                 timeout_s=timeout_s,
             )
-        except (OSError, sqlite3.Error, StoreSchemaError) as exc:
+        except (OSError, sqlite3.Error, StoreBusy, StoreSchemaError) as exc:
             # e.g. the file is locked, the disk is full, a newer flowtrace's file: not now
             return not_delivered(
                 f"store {self.db_path}: {type(exc).__name__}: {exc}", len(operations)

@@ -1,4 +1,5 @@
-"""`flowtrace serve`: run the log service with uvicorn over a store file.
+"""`flowtrace serve`: run the log service with uvicorn over a store (a SQLite file, or a
+PostgreSQL database by URL), in one process or several (`--workers`, see `_workers`).
 
 fastapi and uvicorn (the `flowtrace[server]` extra) are imported only when the server runs,
 so the rest of the CLI works without them.
@@ -10,6 +11,7 @@ import argparse
 import importlib.util
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from ._loopback import is_loopback
 __all__ = [
     "API_KEYS_ENV",
     "DB_ENV",
+    "SERVER_DB_ENV",
     "add_serve_command",
     "default_db_path",
     "is_loopback",
@@ -32,6 +35,8 @@ __all__ = [
 
 API_KEYS_ENV = "FLOWTRACE_SERVER_API_KEYS"
 DB_ENV = "FLOWTRACE_DB_PATH"
+# The server's database (a file or a postgresql:// URL); over DB_ENV, which the recorder reads.
+SERVER_DB_ENV = "FLOWTRACE_SERVER_DB"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8484
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20
@@ -65,9 +70,18 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument(
         "--db",
-        type=Path,
         default=None,
-        help=f"database file (default: ${DB_ENV} or .flowtrace/flowtrace.db)",
+        metavar="FILE|URL",
+        help="SQLite file or postgresql://user@host/dbname URL (extra postgres); default: "
+        f"${SERVER_DB_ENV}, else ${DB_ENV}, else .flowtrace/flowtrace.db",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="server processes on the one port (default: 1); for PostgreSQL, where writers "
+        "run at once (on SQLite they take turns)",
     )
     parser.add_argument(
         "--api-key",
@@ -119,18 +133,24 @@ def serve_from_args(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"flowtrace serve: {refusal}", file=sys.stderr)
         return EXIT_USAGE
-    return run_server(
-        args.host,
-        args.port,
-        args.db if args.db is not None else default_db_path(),
-        api_keys,
-        max_body_bytes=args.max_body_bytes,
-        batch=not args.no_batch,
-        status_field=args.status_field,
-        header_timeout=args.header_timeout,
-        max_connections=args.max_connections,
-        http=args.http,
-    )
+    target = args.db or os.environ.get(SERVER_DB_ENV) or default_db_path()
+    try:
+        return run_server(
+            args.host,
+            args.port,
+            target,
+            api_keys,
+            workers=args.workers,
+            max_body_bytes=args.max_body_bytes,
+            batch=not args.no_batch,
+            status_field=args.status_field,
+            header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+            http=args.http,
+        )
+    except _startup_errors() as error:
+        print(f"flowtrace serve: {error}", file=sys.stderr)
+        return 1
 
 
 def _refusal(host: str, api_keys: Sequence[str], http: str) -> str | None:
@@ -168,6 +188,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _startup_errors() -> tuple[type[Exception], ...]:
+    from flowtrace.store import StoreSchemaError, StoreUnavailable
+
+    return (StoreSchemaError, StoreUnavailable, ImportError)
+
+
 def _keys_from_env() -> list[str]:
     return [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
 
@@ -178,6 +204,7 @@ def run_server(
     db_path: str | os.PathLike[str],
     api_keys: Sequence[str],
     *,
+    workers: int = 1,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     batch: bool = True,
     status_field: StatusField = DEFAULT_STATUS_FIELD,
@@ -188,6 +215,8 @@ def run_server(
 ) -> int:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish and close the database.
 
+    `db_path`: a SQLite file (its directory is created) or a postgresql:// URL. `workers`: the
+    server processes sharing the port (see `_workers`); each opens the store for itself.
     Without `api_keys` only a loopback `host` is allowed (ValueError otherwise, as for a blank
     key), and only loopback Host names and `host` are served (`_keyless_guard`).
     `header_timeout`, `max_connections`: see `_http_protocols`; `http`: "auto" (httptools when
@@ -198,6 +227,70 @@ def run_server(
     refusal = _refusal(host, api_keys, http)
     if refusal is not None:
         raise ValueError(refusal)
+    from flowtrace.store import is_database_url
+
+    if not is_database_url(db_path):
+        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    shown = _shown_location(db_path)
+    announce = ready or (lambda url: _print_serving(url, shown))
+
+    def serve_one(sockets: list[socket.socket] | None, ready_one: Callable[[str], None]) -> int:
+        return _serve(
+            host,
+            port,
+            db_path,
+            api_keys,
+            sockets,
+            ready_one,
+            max_body_bytes=max_body_bytes,
+            batch=batch,
+            status_field=status_field,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
+            http=http,
+        )
+
+    if workers == 1:
+        return serve_one(None, announce)
+    from . import _app, _http_protocols  # noqa: F401 - imported once, before forking:
+    from ._workers import bind_listeners, supervise  # a worker (or its replacement) starts fast
+
+    sockets = bind_listeners(host, port, workers)
+    try:
+        return supervise(
+            sockets, lambda sock, said: serve_one([sock], lambda url: said()), announce
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _shown_location(db_path: str | os.PathLike[str]) -> str:
+    from flowtrace.store import is_database_url
+
+    if is_database_url(db_path):
+        from flowtrace.store._postgres import redacted
+
+        return redacted(str(db_path))
+    return str(db_path)
+
+
+def _serve(
+    host: str,
+    port: int,
+    db_path: str | os.PathLike[str],
+    api_keys: Sequence[str],
+    sockets: list[socket.socket] | None,
+    ready: Callable[[str], None],
+    *,
+    max_body_bytes: int,
+    batch: bool,
+    status_field: StatusField,
+    header_timeout: float,
+    max_connections: int,
+    http: str,
+) -> int:
+    """One server process: its store, the app, uvicorn (on `sockets` when given)."""
     import uvicorn
 
     from flowtrace.store import Store
@@ -206,9 +299,7 @@ def run_server(
     from ._http_protocols import guarded_protocol
     from ._uvicorn_server import AnnouncingServer
 
-    path = Path(db_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(path)
+    store = Store(db_path)
     try:
         app = create_app(
             store,
@@ -233,17 +324,16 @@ def run_server(
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
         )
-        announce = ready or (lambda url: _print_serving(url, path))
-        server = AnnouncingServer(config, announce)
+        server = AnnouncingServer(config, ready)
         with _signals_end_quietly():
-            server.run()
+            server.run(sockets=sockets)
     finally:
         store.close()
     return 0 if server.started else 1
 
 
-def _print_serving(url: str, path: Path) -> None:
-    print(f"flowtrace serving on {url} (db: {path})", flush=True)
+def _print_serving(url: str, location: str) -> None:
+    print(f"flowtrace serving on {url} (db: {location})", flush=True)
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 Every failure a client can cause gets `{"detail": ...}` with the contract's status: 422 with a
 list naming each wrong field and why; 400 for malformed JSON (FastAPI would say 422); the
-store's refusals (404, 409, ...) with the store's message. Anything else is a server fault:
+store's refusals (404, 409, 503 with Retry-After when the database is busy) with the
+store's message. Anything else is a server fault:
 logged, reported to the internal-error guard, and answered 500 without internals.
 """
 
@@ -23,7 +24,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowtrace import _guard
-from flowtrace.store import StoreError
+from flowtrace.store import StoreBusy, StoreError
 
 __all__ = [
     "ErrorResponse",
@@ -58,6 +59,7 @@ _DESCRIPTIONS = {
     404: "Unknown flow, version, environment or log",
     409: "Illegal state: completed parent, or a log id replayed with a different body",
     413: "Request body too large",
+    503: "The database is busy (other writers, a lock held too long): retry after Retry-After",
 }
 
 
@@ -131,7 +133,10 @@ def _on_store_error(request: Request, exc: Exception) -> Response:
 
 
 def store_error_response(exc: StoreError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    """The refusal's status and detail; a busy database (503) says when to retry (the
+    client's retry policy honours Retry-After)."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, StoreBusy) else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 class UnexpectedErrorMiddleware:

@@ -24,7 +24,7 @@ from flowtrace.models import (
     StatusField,
     WireDatetime,
 )
-from flowtrace.store import Store
+from flowtrace.store import ListQuery, Store
 
 from ._errors import error_responses
 from ._json import StrictJsonRoute
@@ -125,18 +125,20 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         kind: Annotated[LogKind | None, Query(description="Only logs of this kind")] = None,
     ) -> Response:
         found = store.list_logs(
-            file_id=file_id,
-            page=page,
-            size=size,
-            version_id=version_id,
-            search=search,
-            start_date=start_date,
-            end_date=end_date,
-            include_trace_children=include_trace_children,
-            errors_only=errors_only,
-            status=status,
-            roots_only=roots_only,
-            kind=kind,
+            ListQuery(
+                file_id=file_id,
+                page=page,
+                size=size,
+                version_id=version_id,
+                search=search,
+                start_date=start_date,
+                end_date=end_date,
+                include_trace_children=include_trace_children,
+                errors_only=errors_only,
+                status=status,
+                roots_only=roots_only,
+                kind=kind,
+            )
         )
         return json_response(render_page(found, default))
 

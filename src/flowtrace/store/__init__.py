@@ -1,7 +1,10 @@
-"""The log store: the one place where the contract's trace rules live, on SQLite.
+"""The log store: the one place where the contract's trace rules live, on SQLite or PostgreSQL.
 
 Both the server (`flowtrace serve`) and the embedded default (no endpoint configured) go
-through `Store`, so a local run and a team server behave alike.
+through `Store`, so a local run and a team server behave alike. `Store(path)` opens a SQLite
+file; `Store("postgresql://...")` a PostgreSQL database (extra `postgres`: psycopg 3 and its
+pool, imported only then). The rules are written once against the repository seam
+(`_repository`); each backend implements it (`_sqlite`, `_postgres`).
 
 Decisions the contract leaves open (see also each method):
 - A log names its Flow by `id` (must exist: 404) or `path` (created when new); both given must
@@ -19,10 +22,15 @@ Decisions the contract leaves open (see also each method):
 - PATCH can close a log but never reopen one (409). save=false sticks: later PATCHes do not
   store payloads either.
 - Deleting a log deletes the logs under it; unknown ids are ignored (retries succeed).
-- Search: substring in inputs (as JSON text, keys included) and output, case-insensitive for
-  ASCII, by a LIKE scan (no index: an FTS5 trigram index cost 5x the ingest rate).
+- Search: substring in inputs (as JSON text, keys included) and output, case-insensitive (for
+  ASCII on SQLite, any letter on PostgreSQL), by a LIKE / ILIKE scan (no index: an FTS5
+  trigram index cost 5x the ingest rate on SQLite), bounded by `search_window`.
 - Lists: newest first by start_time (ties: newest insert first); start_date <= start_time
   < end_date; an unknown file_id or version_id is 404.
+- Concurrency: on SQLite one write transaction runs at a time; on PostgreSQL many run at once
+  at READ COMMITTED, and the repository keeps the same rules (see `_repository`). A
+  transaction that meets another one (a deadlock, a serialization failure, a log id committed
+  meanwhile) is run again, up to `_MAX_ATTEMPTS` times; then StoreBusy (503, Retry-After).
 - Records carry the status as `trace_status` unless `status_field="log_status"` is passed;
   responses to writes carry it under the name the request used. Dump records with
   `exclude_unset=True` to send only the fields a log has (and only one status name).
@@ -31,7 +39,8 @@ Decisions the contract leaves open (see also each method):
 from __future__ import annotations
 
 import os
-import sqlite3
+import random
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from functools import partial
@@ -56,13 +65,23 @@ from flowtrace.models import (
 )
 from flowtrace.store._batch import parse_operation
 from flowtrace.store._codec import to_us
-from flowtrace.store._errors import StoreError, StoreSchemaError
+from flowtrace.store._errors import (
+    RetryTransaction,
+    StoreBusy,
+    StoreConflict,
+    StoreError,
+    StoreInvalid,
+    StoreNotFound,
+    StoreSchemaError,
+    StoreUnavailable,
+    not_found,
+)
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
 from flowtrace.store._ingest import IngestOperation, prepare_create, prepare_update
 from flowtrace.store._logs import LogUpdate, create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
-from flowtrace.store._reads import LogFilter, LogPage, get_log, get_log_by_seq, list_logs
+from flowtrace.store._reads import ListQuery, LogPage, get_log, get_log_by_seq, list_logs
 from flowtrace.store._records import (
     FlowStats,
     flow_records,
@@ -70,26 +89,55 @@ from flowtrace.store._records import (
     record_json,
     version_records,
 )
+from flowtrace.store._repository import Database, marks
 from flowtrace.store._schema import MIGRATIONS
 from flowtrace.store._session import Session
 from flowtrace.store._spans import SpanWrite, ingest_span
-from flowtrace.store._sqlite import Database
+from flowtrace.store._sqlite import SqliteDatabase
 
 __all__ = [
     "SCHEMA_VERSION",
     "FlowStats",
     "IngestOperation",
     "IngestResult",
+    "ListQuery",
     "LogPage",
     "SpanWrite",
     "Store",
+    "StoreBusy",
+    "StoreConflict",
     "StoreError",
+    "StoreInvalid",
+    "StoreNotFound",
     "StoreSchemaError",
+    "StoreUnavailable",
+    "is_database_url",
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 # traces_with_errors answers for a page of rows; bounded so a query never takes more marks.
 _MAX_ERROR_CHECKS = 1000
+# A transaction that met another one is run again up to this many times in all, after a
+# jittered pause doubling from the first (two writers that collided rarely collide again).
+_MAX_ATTEMPTS = 8
+_FIRST_RETRY_PAUSE_S = 0.002
+_MAX_RETRY_PAUSE_S = 0.1
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(target: str | os.PathLike[str]) -> bool:
+    """Whether `target` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(_URL_SCHEMES)
+
+
+def _open_database(target: str | os.PathLike[str]) -> Database:
+    if is_database_url(target):
+        from flowtrace.store._postgres import PostgresDatabase  # needs the `postgres` extra
+
+        return PostgresDatabase(str(target))
+    return SqliteDatabase(Path(target))
+
+
 #: `ingest`'s creates of a span's prompt or tool log, by operation kind.
 _FILE_LOG_REQUESTS: dict[str, type[PromptLogRequest] | type[ToolLogRequest]] = {
     "prompt_log": PromptLogRequest,
@@ -121,6 +169,17 @@ def _failed(error: Exception) -> IngestResult:
     return 500, {"detail": f"{type(error).__name__}: {error}"}
 
 
+def _expect_replays(session: Session, items: Sequence[object]) -> None:
+    """Tell the repository which log ids the creates among `items` will look up."""
+    ids = [
+        item.request.log_id
+        for item in items
+        if isinstance(item, PreparedLog) and item.request.log_id is not None
+    ]
+    if len(ids) > 1:
+        session.repo.expect_replays(ids)
+
+
 def _result(status: int, body: Any) -> BatchResult:
     # built from known-good values: no validation per operation
     return BatchResult.model_construct(status=status, body=body)
@@ -128,21 +187,24 @@ def _result(status: int, body: Any) -> BatchResult:
 
 class Store:
     """Thread-safe: one Store serves every thread of a process (the server's threadpool);
-    several processes may open the same file."""
+    several processes may open the same file or database.
+
+    `target`: a SQLite file's path, or a `postgresql://` URL (see `is_database_url`)."""
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        target: str | os.PathLike[str],
         *,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._clock = clock or _utc_now
         self._flow_cache = FlowCache()
-        self._db = Database(Path(path))
+        self._db = _open_database(target)
 
     @property
-    def path(self) -> Path:
-        return self._db.path
+    def location(self) -> str:
+        """The file's path, or the database's URL without its password."""
+        return self._db.location
 
     def close(self) -> None:
         self._db.close()
@@ -167,19 +229,29 @@ class Store:
         return self._now_us()
 
     def _write(self, work: Callable[[Session], _T], timeout_s: float | None = None) -> _T:
-        """Run `work` in one write transaction: all of it is committed, or none of it.
-        `timeout_s`: wait at most this long for another process's write lock."""
-        session: Session | None = None
-        try:
-            with self._db.writing(timeout_s) as conn:
-                session = Session(conn, self._now_us())
-                result = work(session)
-                session.flush()
-        except BaseException:
-            if session is not None:
-                session.abandon()
-            raise
-        return result
+        """Run `work` in one write transaction: all of it is committed, or none of it. A
+        transaction that met another one is run again (`work` is pure: it reads what it
+        needs inside), up to _MAX_ATTEMPTS times, then StoreBusy. `timeout_s`: wait at most
+        this long for another process's write lock (SQLite)."""
+        pause = _FIRST_RETRY_PAUSE_S
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self._db.writing(timeout_s) as repo:
+                    session = Session(repo, self._now_us())
+                    result = work(session)
+                    session.flush()
+            except RetryTransaction as collision:
+                if attempt == _MAX_ATTEMPTS:
+                    raise StoreBusy(
+                        f"the write met other writers {attempt} times; retry later ({collision})"
+                    ) from collision
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, _MAX_RETRY_PAUSE_S)
+                continue
+            assert repo.pending is not None
+            self._flow_cache.publish(repo.pending)
+            return result
+        raise AssertionError("unreachable")
 
     # --- writes: each call is atomic (a failing one changes nothing) ---------------------
     def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
@@ -199,6 +271,7 @@ class Store:
         prepared = [prepare_log(request, query, now_us, now_wire) for request, query in logs]
 
         def work(session: Session) -> list[CreateFlowLogResponse | StoreError]:
+            _expect_replays(session, prepared)
             results: list[CreateFlowLogResponse | StoreError] = []
             for item in prepared:
                 try:
@@ -231,7 +304,7 @@ class Store:
         with session.operation():
             seq, trace_seq = update_log(session, log_id, request, file_id, kind)
         session.flush()  # the record shows up-to-date counters
-        return get_log_by_seq(session.conn, seq, trace_seq, request.status_field)
+        return get_log_by_seq(session.repo, seq, trace_seq, request.status_field)
 
     def update(
         self,
@@ -263,7 +336,12 @@ class Store:
                 prepared.append(prepare_log(operation.body, operation.query, now_us, now_wire))
             else:
                 prepared.append((operation.log_id, operation.body))
-        return self._write(lambda session: [self._apply(session, item) for item in prepared])
+
+        def work(session: Session) -> list[BatchResult]:
+            _expect_replays(session, prepared)
+            return [self._apply(session, item) for item in prepared]
+
+        return self._write(work)
 
     def _apply(self, session: Session, item: PreparedLog | _Update | StoreError) -> BatchResult:
         try:
@@ -302,7 +380,8 @@ class Store:
         update's `{"id"}`, or a refusal's `{"detail"}`. An operation that fails otherwise than
         by a rule fails alone (500, not worth a retry) and the others are committed without
         it. `timeout_s` bounds the wait for another process's lock (`interrupt()` ends it);
-        SQLite errors (a locked or full disk) fail the whole call: nothing was written."""
+        database errors (a locked or full disk, StoreBusy) fail the whole call: nothing was
+        written."""
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
         results: list[IngestResult | None] = [None] * len(operations)
@@ -339,6 +418,8 @@ class Store:
         results: list[IngestResult | None],
     ) -> None:
         done: list[tuple[int, IngestResult]] = []
+        fatal: tuple[type[Exception], ...] = (RetryTransaction, StoreBusy, *self._db.errors)
+        _expect_replays(session, [item for _, item, _ in prepared])
         for index, item, log_id in prepared:
             try:
                 if isinstance(item, PreparedLog):
@@ -347,10 +428,10 @@ class Store:
                     with session.operation():
                         update_log(session, log_id, item)
                     done.append((index, (200, {"id": log_id})))
+            except fatal:
+                raise  # the database, not the operation: the whole call fails (and is retried)
             except StoreError as refusal:
                 done.append((index, (refusal.status_code, {"detail": refusal.detail})))
-            except sqlite3.Error:
-                raise  # the disk, not the operation: the whole call fails (and is retried)
             except Exception as error:  # a bug, or data the store cannot take: this one alone
                 raise _OperationFailed(index, error) from error
         for index, result in done:  # only once the whole transaction went through
@@ -372,7 +453,7 @@ class Store:
     def _flow_record(self, session: Session, keys: tuple[FlowKey, VersionKey]) -> FlowResponse:
         flow, version = keys
         session.flush()
-        return flow_records(session.conn, [(flow.ref, version.ref)])[(flow.ref, version.ref)]
+        return flow_records(session.repo, [(flow.ref, version.ref)])[(flow.ref, version.ref)]
 
     def upsert_flow(self, request: FlowUpsertRequest) -> FlowResponse:
         """`POST /flows`: the flow (created by path if new) with the version of these
@@ -401,68 +482,14 @@ class Store:
         self, log_id: str, *, status_field: StatusField = DEFAULT_STATUS_FIELD
     ) -> FlowLogResponse:
         """`GET /logs/{id}`: the log with its nested trace_children (start order) and `flow`."""
-        with self._db.reading() as conn:
-            return get_log(conn, log_id, status_field)
+        with self._db.reading() as db:
+            return get_log(db, log_id, status_field)
 
-    def list_logs(
-        self,
-        *,
-        file_id: str | None = None,
-        page: int = 1,
-        size: int = 50,
-        version_id: str | None = None,
-        search: str | None = None,
-        start_date: datetime | None = None,
-        end_date: datetime | None = None,
-        include_trace_children: bool = False,
-        errors_only: bool = False,
-        status: str | None = None,
-        roots_only: bool = False,
-        kind: str | None = None,
-        status_field: StatusField = DEFAULT_STATUS_FIELD,
-        count_total: bool = True,
-        before: str | None = None,
-        after: str | None = None,
-        search_window: int | None = None,
-    ) -> LogPage:
-        """`GET /logs`: newest first by start_time. 404 unknown file_id/version_id, 422 a bad
-        page, size, status or kind (`kind`: only logs of that kind: flow, prompt, tool).
-
-        For a browser (the viewer), cheap at any depth and size:
-        - `count_total=False`: no COUNT; `total` is then a lower bound (the logs up to this
-          page, plus one when `has_more`), and `has_more` says whether a next page exists.
-        - `before` / `after`: a log id; the page starts just past that log in list order
-          (older / newer), found by index seek instead of an OFFSET walk (`page` then counts
-          from there). 404 when the log is gone.
-        - `search_window`: a search scans at most the newest `search_window` logs of the
-          flow and dates (past the cursor); when it stopped there, `searched` and
-          `searched_through` (the oldest log scanned: pass it as `before` to go on) say so.
-        """
-        filters = LogFilter(
-            file_id=file_id,
-            version_id=version_id,
-            search=search,
-            start_date=start_date,
-            end_date=end_date,
-            errors_only=errors_only,
-            status=status,
-            roots_only=roots_only,
-            kind=kind,
-        )
-        with self._db.reading() as conn:
-            return list_logs(
-                conn,
-                self._flow_cache,
-                filters,
-                page=page,
-                size=size,
-                include_trace_children=include_trace_children,
-                status_field=status_field,
-                count_total=count_total,
-                before=before,
-                after=after,
-                search_window=search_window,
-            )
+    def list_logs(self, query: ListQuery | None = None) -> LogPage:
+        """`GET /logs`: newest first by start_time (see `ListQuery` for what it takes).
+        404 unknown file_id/version_id, 422 a bad page, size, status or kind."""
+        with self._db.reading() as db:
+            return list_logs(db, self._flow_cache, query or ListQuery())
 
     def traces_with_errors(self, root_ids: Sequence[str]) -> set[str]:
         """Which of these trace roots have a failed log below them (the root's own error
@@ -470,31 +497,30 @@ class Store:
         ids = list(dict.fromkeys(root_ids))[:_MAX_ERROR_CHECKS]
         if not ids:
             return set()
-        marks = ",".join("?" * len(ids))
-        with self._db.reading() as conn:
-            rows = conn.execute(
-                f"SELECT r.id FROM logs r WHERE r.id IN ({marks}) AND r.seq = r.trace_seq"
-                " AND EXISTS (SELECT 1 FROM logs c WHERE c.trace_seq = r.seq"
-                " AND c.seq != r.seq AND c.has_error = 1)",
+        with self._db.reading() as db:
+            rows = db.rows(
+                f"SELECT r.id FROM logs r WHERE r.id IN ({marks(len(ids))})"
+                " AND r.seq = r.trace_seq AND EXISTS (SELECT 1 FROM logs c"
+                " WHERE c.trace_seq = r.seq AND c.seq != r.seq AND c.has_error = 1)",
                 ids,
-            ).fetchall()
+            )
         return {str(row[0]) for row in rows}
 
     def list_flows(self) -> list[FlowStats]:
         """Every flow by path, with counters (maintained on write: cheap at any size)."""
-        with self._db.reading() as conn:
-            return flow_stats(conn)
+        with self._db.reading() as db:
+            return flow_stats(db)
 
     def get_flow(self, flow_id: str) -> FlowStats:
         """One flow with its latest version and counters; 404 unknown."""
-        with self._db.reading() as conn:
-            found = flow_stats(conn, "WHERE f.id = ?", (flow_id,))
+        with self._db.reading() as db:
+            found = flow_stats(db, "WHERE f.id = ?", (flow_id,))
         if not found:
-            raise StoreError(404, f"Flow {flow_id!r} not found")
+            raise not_found(f"Flow {flow_id!r} not found")
         return found[0]
 
     def list_versions(self, flow_id: str) -> list[VersionResponse]:
         """The flow's versions, oldest first, with their environments; 404 unknown flow."""
-        with self._db.reading() as conn:
-            flow = self._flow_cache.require_flow(conn, flow_id)
-            return version_records(conn, flow.ref, flow.path, flow.id)
+        with self._db.reading() as db:
+            flow = self._flow_cache.require_flow(db, flow_id)
+            return version_records(db, flow.ref, flow.path, flow.id)

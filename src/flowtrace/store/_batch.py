@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from flowtrace.models import LogOperation, UpdateOperation
-from flowtrace.store._errors import StoreError, invalid
+from flowtrace.store._errors import StoreInvalid, invalid
 
 __all__ = ["parse_operation"]
 
@@ -23,7 +23,7 @@ def _errors(error: ValidationError) -> list[dict[str, Any]]:
 
 
 def parse_operation(raw: object) -> LogOperation | UpdateOperation:
-    """Validate one operation; a StoreError(422) when it is malformed."""
+    """Validate one operation; a StoreInvalid (422) when it is malformed."""
     if not isinstance(raw, dict):
         raise invalid([], "an operation is a JSON object", "dict_type")
     kind = raw.get("op")
@@ -37,4 +37,4 @@ def parse_operation(raw: object) -> LogOperation | UpdateOperation:
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        raise StoreError(422, _errors(error)) from None
+        raise StoreInvalid(_errors(error)) from None

@@ -15,10 +15,10 @@ def upsert_flow(
 ) -> tuple[FlowKey, VersionKey]:
     """`POST /flows`: the flow (by id, or by path: created if new) and its version with these
     attributes (created if new; a name or description given replaces the stored one)."""
-    conn = session.conn
+    repo = session.repo
     path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
     if request.id is not None:
-        flow = flow_cache.require_flow(conn, request.id)
+        flow = flow_cache.require_flow(repo, request.id)
         if path is not None and path != flow.path:
             raise invalid(["body", "path"], f"Flow {request.id!r} has path {flow.path!r}")
     elif path is not None:
@@ -28,12 +28,8 @@ def upsert_flow(
     version = flow_cache.version_for_attributes(session, flow, request.attributes)
     named = {"version_name", "version_description"} & request.model_fields_set
     if named:
-        conn.execute(
-            "UPDATE versions SET name = coalesce(?, name), description = coalesce(?, description)"
-            " WHERE seq = ?",
-            (request.version_name, request.version_description, version.ref),
-        )
-        conn.execute("UPDATE flows SET updated_us = ? WHERE seq = ?", (session.now_us, flow.ref))
+        repo.name_version(version.ref, request.version_name, request.version_description)
+        session.touch(flow.ref)
     return flow, version
 
 
@@ -41,18 +37,13 @@ def deploy(
     flow_cache: FlowCache, session: Session, flow_id: str, environment: str, version_id: str
 ) -> tuple[FlowKey, VersionKey]:
     """Point the flow's `environment` at one of its versions (replacing what was deployed)."""
-    conn = session.conn
-    flow = flow_cache.require_flow(conn, flow_id)
-    version = flow_cache.require_version(conn, version_id)
+    repo = session.repo
+    flow = flow_cache.require_flow(repo, flow_id)
+    version = flow_cache.require_version(repo, version_id)
     if version.flow_ref != flow.ref:
         raise not_found(f"Flow {flow.path!r} has no version {version_id!r}")
     if not environment.strip():
         raise invalid(["path", "environment"], "an environment needs a name")
-    conn.execute(
-        "INSERT INTO environments (flow_ref, name, version_ref, deployed_us) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (flow_ref, name) DO UPDATE SET version_ref = excluded.version_ref,"
-        " deployed_us = excluded.deployed_us",
-        (flow.ref, environment, version.ref, session.now_us),
-    )
-    conn.execute("UPDATE flows SET updated_us = ? WHERE seq = ?", (session.now_us, flow.ref))
+    repo.deploy(flow.ref, environment, version.ref, session.now_us)
+    session.touch(flow.ref)
     return flow, version

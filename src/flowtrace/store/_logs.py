@@ -1,16 +1,16 @@
 """The trace rules for writing logs: targeting, parents, replays, widening, updates, deletes.
 
-Every function runs inside a `Session` (one write transaction) and raises `StoreError` for a
-request the contract refuses. Each checks everything that can refuse a request before it writes
-anything, so a refused operation leaves nothing to undo (`Session.operation` enforces it).
+Every function runs inside a `Session` (one write transaction, through its repository: no SQL
+here) and raises `StoreError` for a request the contract refuses. Each checks everything that
+can refuse a request before it writes anything, so a refused operation leaves nothing to undo
+(`Session.operation` enforces it).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from flowtrace._contract import (
     COMPLETE,
@@ -36,6 +36,7 @@ from flowtrace.store._flow_cache import (
     normalize_path,
 )
 from flowtrace.store._prepare import LogRequest, PreparedLog
+from flowtrace.store._repository import NewLog, Node, Reader, Repository
 from flowtrace.store._session import Session
 
 __all__ = [
@@ -45,21 +46,9 @@ __all__ = [
     "create_log",
     "delete_logs",
     "find_target",
-    "node_at",
     "update_log",
-    "widen",
     "write_log",
 ]
-
-_DELETE_CHUNK = 500
-
-
-class Node(NamedTuple):
-    seq: int
-    parent_seq: int | None
-    start_us: int
-    end_us: int | None
-
 
 # --- targeting: which flow and version a log goes to -----------------------------------------
 
@@ -89,13 +78,13 @@ class Target:
 
 
 def _flow_of_request(
-    flow_cache: FlowCache, conn: sqlite3.Connection, request: LogRequest, kind: LogKind
+    flow_cache: FlowCache, db: Reader, request: LogRequest, kind: LogKind
 ) -> tuple[FlowKey | None, str | None]:
     """`id` names an existing file; `path` finds one or names a new one; both must agree, and
     the file must be of the log's kind (409)."""
     path = normalize_path(request.path, ["body", "path"]) if request.path is not None else None
     if request.id is not None:
-        flow = flow_cache.flow_by_id(conn, request.id)
+        flow = flow_cache.flow_by_id(db, request.id)
         if flow is None:
             raise not_found(f"{kind.capitalize()} {request.id!r} not found")
         if path is not None and path != flow.path:
@@ -104,7 +93,7 @@ def _flow_of_request(
         return flow, path
     if path is None:
         return None, None
-    found = flow_cache.find_flow_by_path(conn, path)
+    found = flow_cache.find_flow_by_path(db, path)
     if found is not None:
         found.require_kind(kind)
     return found, path
@@ -134,13 +123,13 @@ def _check_attributes(prepared: PreparedLog, version: VersionKey) -> None:
             )
 
 
-def find_target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: PreparedLog) -> Target:
+def find_target(flow_cache: FlowCache, db: Reader, prepared: PreparedLog) -> Target:
     request, query, kind = prepared.request, prepared.query, prepared.kind
-    flow, path = _flow_of_request(flow_cache, conn, request, kind)
+    flow, path = _flow_of_request(flow_cache, db, request, kind)
     if query is not None and query.version_id is not None:
-        version = flow_cache.require_version(conn, query.version_id)
+        version = flow_cache.require_version(db, query.version_id)
         if flow is None and path is None:
-            flow = flow_cache.flow_by_ref(conn, version.flow_ref)
+            flow = flow_cache.flow_by_ref(db, version.flow_ref)
             flow.require_kind(kind)
         elif flow is None or version.flow_ref != flow.ref:
             raise not_found(f"{kind.capitalize()} {path!r} has no version {query.version_id!r}")
@@ -153,18 +142,20 @@ def find_target(flow_cache: FlowCache, conn: sqlite3.Connection, prepared: Prepa
     if query is not None and query.environment is not None:
         if flow is None:  # a new flow has nothing deployed
             raise not_found(f"no version of Flow {path!r} is deployed to {query.environment!r}")
-        version = flow_cache.deployed_version(conn, flow, query.environment)
+        version = flow_cache.deployed_version(db, flow, query.environment)
         _check_attributes(prepared, version)
         return Target(flow, None, version, None, kind)
     text, key = attributes_digest(_version_attributes(prepared) or {})
-    found = flow_cache.find_version(conn, flow.ref, key) if flow is not None else None
+    found = flow_cache.find_version(db, flow.ref, key) if flow is not None else None
     return Target(flow, path, found, (text, key), kind)
 
 
 # --- creating a log ----------------------------------------------------------------------------
 
 
-def _response(log_id: str, flow_id: str, version_id: str, prepared: PreparedLog) -> dict[str, Any]:
+def created_response(
+    log_id: str, flow_id: str, version_id: str, prepared: PreparedLog
+) -> dict[str, Any]:
     return {
         "id": log_id,
         f"{prepared.kind}_id": flow_id,  # flow_id, prompt_id or tool_id
@@ -173,44 +164,14 @@ def _response(log_id: str, flow_id: str, version_id: str, prepared: PreparedLog)
     }
 
 
-def _open_parent(conn: sqlite3.Connection, parent_id: str) -> tuple[int, Node]:
-    """The parent's trace and node; it must exist (404) and still be open (409)."""
-    row = conn.execute(
-        "SELECT seq, parent_seq, start_us, end_us, trace_seq, complete FROM logs WHERE id = ?",
-        (parent_id,),
-    ).fetchone()
-    if row is None:
+def _open_parent(repo: Repository, parent_id: str) -> tuple[int, Node]:
+    """The parent's trace and node, locked; it must exist (404) and still be open (409)."""
+    parent = repo.parent(parent_id)
+    if parent is None:
         raise not_found(f"trace parent log {parent_id!r} not found")
-    if row[5]:
+    if parent.complete:
         raise conflict(f"trace parent log {parent_id!r} is complete: no log can be added under it")
-    return row[4], Node(row[0], row[1], row[2], row[3])
-
-
-def widen(conn: sqlite3.Connection, node: Node | None, start_us: int, end_us: int | None) -> None:
-    """Stretch each ancestor's [start, end] over a child's. Every log already covers its own
-    descendants, so the first ancestor that needs no change ends the walk."""
-    while node is not None:
-        new_start = min(node.start_us, start_us)
-        new_end = node.end_us
-        if end_us is not None and (new_end is None or end_us > new_end):
-            new_end = end_us
-        if new_start == node.start_us and new_end == node.end_us:
-            return
-        if new_start == node.start_us:
-            # SQLite rewrites the index entries of every column a statement sets, changed or
-            # not: start_us is in most indexes, end_us in none, so an end alone is cheap.
-            conn.execute("UPDATE logs SET end_us = ? WHERE seq = ?", (new_end, node.seq))
-        else:
-            conn.execute(
-                "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?",
-                (new_start, new_end, node.seq),
-            )
-        if node.parent_seq is None:
-            return
-        row = conn.execute(
-            "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (node.parent_seq,)
-        ).fetchone()
-        node = Node(*row) if row is not None else None
+    return parent.trace_seq, parent.node
 
 
 def _replay(
@@ -221,31 +182,16 @@ def _replay(
     log_id = prepared.request.log_id
     if log_id is None:
         return None
-    conn = session.conn
-    row = conn.execute(
-        "SELECT request_digest, placeholder FROM logs WHERE id = ?", (log_id,)
-    ).fetchone()
-    if row is None:
+    stored = session.repo.replay_of(log_id)
+    if stored is None:
         return None
-    if row[1]:  # a remote child's parent that had not arrived: this log fills it
-        from flowtrace.store._spans import fill_placeholder
+    if stored.placeholder:
+        from flowtrace.store._spans import fill_placeholder  # _spans builds on this module
 
         return fill_placeholder(flow_cache, session, prepared)
-    if row[0] != prepared.request_digest:
+    if stored.request_digest != prepared.request_digest:
         raise conflict(f"log {log_id!r} already exists with a different body")
-    return created_response(conn, log_id, prepared)
-
-
-def created_response(
-    conn: sqlite3.Connection, log_id: str, prepared: PreparedLog
-) -> dict[str, Any]:
-    """The answer of `POST /flows/log` for the stored log `log_id`."""
-    flow_id, version_id = conn.execute(
-        "SELECT f.id, v.id FROM logs l, flows f, versions v"
-        " WHERE l.id = ? AND f.seq = l.flow_ref AND v.seq = l.version_ref",
-        (log_id,),
-    ).fetchone()
-    return _response(log_id, flow_id, version_id, prepared)
+    return created_response(log_id, stored.flow_id, stored.version_id, prepared)
 
 
 def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> dict[str, Any]:
@@ -254,16 +200,16 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
     A known log_id is answered first (a replay), so a retried child is accepted even after
     its parent closed or its environment was redeployed."""
     request = prepared.request
-    conn = session.conn
+    repo = session.repo
     replay = _replay(flow_cache, session, prepared)
     if replay is not None:
         return replay
-    target = find_target(flow_cache, conn, prepared)
+    target = find_target(flow_cache, repo, prepared)
     parent: Node | None = None
     trace_seq: int | None = None
     if request.trace_parent_id is not None:
         try:
-            trace_seq, parent = _open_parent(conn, request.trace_parent_id)
+            trace_seq, parent = _open_parent(repo, request.trace_parent_id)
         except StoreError:
             # A child from another service may arrive before its parent or after it completed
             # (store/_spans.py: the remote parent's rules); any other child is refused.
@@ -288,15 +234,12 @@ def write_log(
     """Insert a log whose checks have passed, under `parent` (in trace `trace_seq`) or as a
     root; widen its ancestors; count it. The answer of `POST /flows/log`."""
     request = prepared.request
-    conn = session.conn
+    repo = session.repo
     flow, version = target.materialize(flow_cache, session)
     seq = session.next_seq()
     log_id = request.log_id if request.log_id is not None else new_id("log")
-    conn.execute(
-        "INSERT INTO logs (seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us,"
-        " end_us, complete, has_error, request_digest, inputs, output, data)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
+    repo.insert_log(
+        NewLog(
             seq,
             log_id,
             flow.ref,
@@ -311,11 +254,11 @@ def write_log(
             prepared.inputs,
             prepared.output,
             prepared.data,
-        ),
+        )
     )
-    widen(conn, parent, prepared.start_us, prepared.end_us)
+    repo.widen(parent, prepared.start_us, prepared.end_us)
     session.count(flow.ref, version.ref, 1, parent is None, prepared.has_error)
-    return _response(log_id, flow.id, version.id, prepared)
+    return created_response(log_id, flow.id, version.id, prepared)
 
 
 def create_log(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> dict[str, Any]:
@@ -341,16 +284,11 @@ def update_log(
     """PATCH: fields sent are set (null unsets), `complete` closes the log for good.
     `file_id`: the prompt or tool the route named, which the log must belong to (404).
     Returns (seq, trace_seq) of the log."""
-    conn = session.conn
-    row = conn.execute(
-        "SELECT l.seq, l.parent_seq, l.start_us, l.end_us, l.complete, l.has_error, l.flow_ref,"
-        " l.version_ref, l.inputs, l.output, l.data, l.trace_seq, f.id, f.kind"
-        " FROM logs l JOIN flows f ON f.seq = l.flow_ref WHERE l.id = ?",
-        (log_id,),
-    ).fetchone()
-    if row is None or (file_id is not None and row[12] != file_id):
+    repo = session.repo
+    row = repo.log_for_update(log_id)
+    if row is None or (file_id is not None and row.file_id != file_id):
         raise not_found(f"log {log_id!r} not found")
-    if kind != FLOW and row[13] != kind:
+    if kind != FLOW and row.file_kind != kind:
         raise not_found(f"log {log_id!r} is not a {kind} log")
     seq, parent_seq, start_us, end_us, complete, had_error, flow_ref, version_ref = row[:8]
     inputs, output, data_text, trace_seq = row[8:12]
@@ -394,34 +332,22 @@ def update_log(
         if new_end is None:
             new_end = max(session.now_us, new_start)
     has_error = "error" in data
-    conn.execute(
-        "UPDATE logs SET data = ?, complete = ?, has_error = ?, end_us = ? WHERE seq = ?",
-        (compact_json(data), complete, has_error, new_end, seq),
-    )
-    if new_start != start_us:  # set apart: start_us is indexed, and setting it costs (see widen)
-        conn.execute("UPDATE logs SET start_us = ? WHERE seq = ?", (new_start, seq))
+    repo.set_log_state(seq, compact_json(data), bool(complete), has_error, new_end)
+    if new_start != start_us:
+        repo.set_log_start(seq, new_start)
     if (new_inputs, new_output) != (inputs, output):
-        conn.execute(
-            "UPDATE logs SET inputs = ?, output = ? WHERE seq = ?", (new_inputs, new_output, seq)
-        )
+        repo.set_log_payloads(seq, new_inputs, new_output)
     if (new_start, new_end) != (start_us, end_us) and parent_seq is not None:
-        widen(conn, node_at(conn, parent_seq), new_start, new_end)
+        repo.widen(repo.node(parent_seq), new_start, new_end)
     if has_error != bool(had_error):
         session.count(flow_ref, version_ref, 0, 0, 1 if has_error else -1)
     return seq, trace_seq
 
 
-def node_at(conn: sqlite3.Connection, seq: int) -> Node:
-    row = conn.execute(
-        "SELECT seq, parent_seq, start_us, end_us FROM logs WHERE seq = ?", (seq,)
-    ).fetchone()
-    return Node(*row)
-
-
 # --- deleting logs -----------------------------------------------------------------------------
 
 
-def _subtrees(conn: sqlite3.Connection, targets: list[tuple[int, int]]) -> set[int]:
+def _subtrees(repo: Repository, targets: list[tuple[int, int]]) -> set[int]:
     """Every log under the targets, themselves included: no log is left with a missing parent."""
     doomed: set[int] = set()
     by_trace: dict[int, list[int]] = {}
@@ -429,9 +355,7 @@ def _subtrees(conn: sqlite3.Connection, targets: list[tuple[int, int]]) -> set[i
         by_trace.setdefault(trace_seq, []).append(seq)
     for trace_seq, seqs in by_trace.items():
         children: dict[int, list[int]] = {}
-        for child, parent in conn.execute(
-            "SELECT seq, parent_seq FROM logs WHERE trace_seq = ?", (trace_seq,)
-        ):
+        for child, parent in repo.trace_edges(trace_seq):
             if parent is not None:
                 children.setdefault(parent, []).append(child)
         stack = list(seqs)
@@ -443,27 +367,17 @@ def _subtrees(conn: sqlite3.Connection, targets: list[tuple[int, int]]) -> set[i
     return doomed
 
 
-def _chunks(items: list[Any]) -> list[list[Any]]:
-    return [items[i : i + _DELETE_CHUNK] for i in range(0, len(items), _DELETE_CHUNK)]
-
-
 def delete_logs(session: Session, ids: list[str]) -> int:
     """Delete the logs and everything under them; unknown ids are ignored (a retried delete
-    succeeds). Returns how many logs went."""
-    conn = session.conn
-    targets: list[tuple[int, int]] = []
-    for chunk in _chunks(sorted(set(ids))):
-        marks = ",".join("?" * len(chunk))
-        targets.extend(
-            conn.execute(f"SELECT seq, trace_seq FROM logs WHERE id IN ({marks})", chunk)
-        )
-    doomed = sorted(_subtrees(conn, targets))
-    for chunk in _chunks(doomed):
-        marks = ",".join("?" * len(chunk))
-        for flow_ref, version_ref, parent_seq, has_error in conn.execute(
-            f"SELECT flow_ref, version_ref, parent_seq, has_error FROM logs WHERE seq IN ({marks})",
-            chunk,
-        ).fetchall():
+    succeeds). Returns how many logs went. Children another transaction committed under
+    them meanwhile go too (looked for again until none is left)."""
+    repo = session.repo
+    targets = repo.seqs_of(sorted(set(ids)))
+    deleted = 0
+    while targets:
+        doomed = sorted(_subtrees(repo, targets))
+        for flow_ref, version_ref, parent_seq, has_error in repo.delete(doomed):
             session.count(flow_ref, version_ref, -1, -(parent_seq is None), -has_error)
-        conn.execute(f"DELETE FROM logs WHERE seq IN ({marks})", chunk)
-    return len(doomed)
+        deleted += len(doomed)
+        targets = repo.children_of(doomed)
+    return deleted

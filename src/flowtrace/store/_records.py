@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -12,6 +11,7 @@ from pydantic_core import from_json
 from flowtrace._contract import COMPLETE, INCOMPLETE, PLACEHOLDER_FIELD, StatusField, wire_time_us
 from flowtrace.models import FlowLogResponse, FlowResponse, VersionResponse
 from flowtrace.store._codec import from_us
+from flowtrace.store._repository import Reader, marks
 
 __all__ = [
     "LOG_COLUMNS",
@@ -60,9 +60,13 @@ class TraceRoot(NamedTuple):
     flow_id: str
 
 
-def _marks(items: Iterable[Any]) -> tuple[str, list[Any]]:
-    values = list(items)
-    return ",".join("?" * len(values)), values
+def _by_first(db: Reader, sql: str, refs: Iterable[Any]) -> dict[Any, tuple[Any, ...]]:
+    """The rows of `sql` (its `IN ({})` filled with these refs) by their first column; no
+    query for no refs (an empty IN list is not SQL everywhere)."""
+    values = list(refs)
+    if not values:
+        return {}
+    return {row[0]: row for row in db.rows(sql.format(marks(len(values))), values)}
 
 
 # --- flows and versions ------------------------------------------------------------------------
@@ -71,6 +75,8 @@ _FLOW_COLUMNS = (
     "f.seq, f.path, f.id, f.name, f.created_us, f.updated_us, f.last_used_us, f.kind, f.log_count"
 )
 _VERSION_COLUMNS = "v.seq, v.id, v.attributes, v.name, v.description, v.log_count, v.created_us"
+_FLOWS_IN = f"SELECT {_FLOW_COLUMNS} FROM flows f WHERE f.seq IN ({{}})"
+_VERSIONS_IN = f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.seq IN ({{}})"
 
 
 def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
@@ -101,47 +107,28 @@ def _flow_dict(flow: Any, version: Any | None) -> dict[str, Any]:
 
 
 def flow_records(
-    conn: sqlite3.Connection, pairs: Iterable[tuple[int, int]]
+    db: Reader, pairs: Iterable[tuple[int, int]]
 ) -> dict[tuple[int, int], FlowResponse]:
     """The `flow` record of logs, one model per (flow, version) pair, shared by their logs."""
     pairs = set(pairs)
-    marks, refs = _marks({flow for flow, _ in pairs})
-    flows = {
-        row[0]: row
-        for row in conn.execute(
-            f"SELECT {_FLOW_COLUMNS} FROM flows f WHERE f.seq IN ({marks})", refs
-        )
-    }
-    marks, refs = _marks({version for _, version in pairs})
-    versions = {
-        row[0]: row
-        for row in conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.seq IN ({marks})", refs
-        )
-    }
+    flows = _by_first(db, _FLOWS_IN, {flow for flow, _ in pairs})
+    versions = _by_first(db, _VERSIONS_IN, {version for _, version in pairs})
     return {
         (f, v): FlowResponse.model_validate(_flow_dict(flows[f], versions[v])) for f, v in pairs
     }
 
 
-def flow_stats(
-    conn: sqlite3.Connection, where: str = "", params: tuple[Any, ...] = ()
-) -> list[FlowStats]:
+def flow_stats(db: Reader, where: str = "", params: tuple[Any, ...] = ()) -> list[FlowStats]:
     """Flows with their counters and latest version: counters are maintained, nothing counted."""
-    rows = conn.execute(
+    rows = db.rows(
         f"SELECT {_FLOW_COLUMNS}, f.error_count,"
         " (SELECT count(*) FROM versions c WHERE c.flow_ref = f.seq),"
         " (SELECT max(c.seq) FROM versions c WHERE c.flow_ref = f.seq)"
         f" FROM flows f {where} ORDER BY f.path",
         params,
-    ).fetchall()
-    marks, refs = _marks(row[11] for row in rows if row[11] is not None)  # latest version
-    versions = {
-        row[0]: row
-        for row in conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.seq IN ({marks})", refs
-        )
-    }
+    )
+    latest = {row[11] for row in rows if row[11] is not None}
+    versions = _by_first(db, _VERSIONS_IN, latest)
     stats = []
     for row in rows:
         record = _flow_dict(row, versions.get(row[11]))
@@ -151,16 +138,14 @@ def flow_stats(
     return stats
 
 
-def version_records(
-    conn: sqlite3.Connection, flow_ref: int, path: str, flow_id: str
-) -> list[VersionResponse]:
+def version_records(db: Reader, flow_ref: int, path: str, flow_id: str) -> list[VersionResponse]:
     environments: dict[int, list[str]] = {}
-    for version_ref, name in conn.execute(
+    for version_ref, name in db.rows(
         "SELECT version_ref, name FROM environments WHERE flow_ref = ? ORDER BY name", (flow_ref,)
     ):
         environments.setdefault(version_ref, []).append(name)
     records = []
-    for row in conn.execute(
+    for row in db.rows(
         f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.flow_ref = ? ORDER BY v.seq",
         (flow_ref,),
     ):
@@ -184,16 +169,14 @@ def version_records(
 # --- logs --------------------------------------------------------------------------------------
 
 
-def trace_roots(conn: sqlite3.Connection, trace_seqs: Iterable[int]) -> dict[int, TraceRoot]:
-    marks, refs = _marks(set(trace_seqs))
-    return {
-        row[0]: TraceRoot(row[1], row[2])
-        for row in conn.execute(
-            f"SELECT l.seq, l.id, f.id FROM logs l JOIN flows f ON f.seq = l.flow_ref"
-            f" WHERE l.seq IN ({marks})",
-            refs,
-        )
-    }
+def trace_roots(db: Reader, trace_seqs: Iterable[int]) -> dict[int, TraceRoot]:
+    found = _by_first(
+        db,
+        "SELECT l.seq, l.id, f.id FROM logs l JOIN flows f ON f.seq = l.flow_ref"
+        " WHERE l.seq IN ({})",
+        set(trace_seqs),
+    )
+    return {seq: TraceRoot(row[1], row[2]) for seq, row in found.items()}
 
 
 def _log_dict(
@@ -235,7 +218,7 @@ def _preorder(children: dict[int, list[LogRow]], tops: Iterable[int]) -> list[in
 
 
 def build_logs(
-    conn: sqlite3.Connection,
+    db: Reader,
     rows: list[LogRow],
     tops: list[int],
     status_field: StatusField,
@@ -256,8 +239,8 @@ def build_logs(
     order = _preorder(children, tops)
     by_seq = {row.seq: row for row in rows}
     needed = [by_seq[seq] for seq in order]
-    roots = trace_roots(conn, {row.trace_seq for row in needed})
-    flows = flow_records(conn, {(row.flow_ref, row.version_ref) for row in needed})
+    roots = trace_roots(db, {row.trace_seq for row in needed})
+    flows = flow_records(db, {(row.flow_ref, row.version_ref) for row in needed})
     built: dict[int, FlowLogResponse] = {}
     for row in reversed(needed):
         record = _log_dict(

@@ -17,18 +17,11 @@ sent again after a lost answer. The rules:
 - A span naming an existing log (`humanloop.log.id`) completes that log, as a PATCH would, its
   metadata merged into the log's; when that log does not exist, the span creates it.
 
-Logs from another service (a trace continued from W3C headers, `flowtrace.continue_trace`)
-follow the same rules as spans when their body says so (metadata["flowtrace"]["remote_parent"]
-names the log's `trace_parent_id` as linked, `_contract.remote_parent_id`): a parent not
-seen yet becomes a placeholder, which the parent's own create fills; a complete parent takes
-the child (it widens to cover it, and stays complete). Links stay within this database.
-
 Every function checks everything that can refuse before writing (see `Session.operation`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,17 +30,9 @@ from pydantic_core import from_json
 from flowtrace._contract import FLOW, PLACEHOLDER_PATH, remote_parent_id
 from flowtrace.store._errors import conflict
 from flowtrace.store._flow_cache import FlowCache
-from flowtrace.store._logs import (
-    LogUpdate,
-    Node,
-    created_response,
-    find_target,
-    node_at,
-    update_log,
-    widen,
-    write_log,
-)
+from flowtrace.store._logs import LogUpdate, created_response, find_target, update_log, write_log
 from flowtrace.store._prepare import PreparedLog
+from flowtrace.store._repository import NewLog, Node, Reader, Repository, SpanRow
 from flowtrace.store._session import Session
 
 __all__ = ["SpanWrite", "fill_placeholder", "ingest_span", "remote_child_parent"]
@@ -62,29 +47,6 @@ class SpanWrite:
     update: LogUpdate | None = None
 
 
-class _Existing(NamedTuple):
-    seq: int
-    trace_seq: int
-    parent_seq: int | None
-    start_us: int
-    end_us: int | None
-    flow_ref: int
-    version_ref: int
-    has_error: int
-    placeholder: int
-    request_digest: bytes
-    data: str
-
-
-def _existing(conn: sqlite3.Connection, log_id: str) -> _Existing | None:
-    row = conn.execute(
-        "SELECT seq, trace_seq, parent_seq, start_us, end_us, flow_ref, version_ref, has_error,"
-        " placeholder, request_digest, data FROM logs WHERE id = ?",
-        (log_id,),
-    ).fetchone()
-    return _Existing(*row) if row is not None else None
-
-
 class _Parent(NamedTuple):
     """Where a span's log goes: under an existing log, or under a placeholder to create."""
 
@@ -93,19 +55,19 @@ class _Parent(NamedTuple):
     missing_id: str | None
 
 
-def _find_parent(conn: sqlite3.Connection, parent_id: str | None) -> _Parent:
+def _find_parent(repo: Repository, parent_id: str | None) -> _Parent:
+    """The parent log, locked (complete or not: see the module's rules), or the id of the
+    placeholder to make for it."""
     if parent_id is None:
         return _Parent(None, None, None)
-    row = conn.execute(
-        "SELECT seq, parent_seq, start_us, end_us, trace_seq FROM logs WHERE id = ?", (parent_id,)
-    ).fetchone()
-    if row is None:
+    found = repo.parent(parent_id)
+    if found is None:
         return _Parent(None, None, parent_id)
-    return _Parent(row[4], Node(row[0], row[1], row[2], row[3]), None)
+    return _Parent(found.trace_seq, found.node, None)
 
 
-def _check_placeholder_file(flow_cache: FlowCache, conn: sqlite3.Connection) -> None:
-    found = flow_cache.find_flow_by_path(conn, PLACEHOLDER_PATH)
+def _check_placeholder_file(flow_cache: FlowCache, db: Reader) -> None:
+    found = flow_cache.find_flow_by_path(db, PLACEHOLDER_PATH)
     if found is not None:
         found.require_kind(FLOW)
 
@@ -117,11 +79,24 @@ def _placeholder(
     flow = flow_cache.flow_for_path(session, PLACEHOLDER_PATH)
     version = flow_cache.version_for_attributes(session, flow, {})
     seq = session.next_seq()
-    session.conn.execute(
-        "INSERT INTO logs (seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us,"
-        " end_us, complete, has_error, request_digest, inputs, output, data, placeholder)"
-        " VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 0, 0, ?, NULL, NULL, ?, 1)",
-        (seq, log_id, flow.ref, version.ref, seq, start_us, end_us, b"", "{}"),
+    session.repo.insert_log(
+        NewLog(
+            seq,
+            log_id,
+            flow.ref,
+            version.ref,
+            seq,
+            None,
+            start_us,
+            end_us,
+            complete=False,
+            has_error=False,
+            request_digest=b"",
+            inputs=None,
+            output=None,
+            data="{}",
+            placeholder=True,
+        )
     )
     session.count(flow.ref, version.ref, 1, 1, 0)
     return seq, Node(seq, None, start_us, end_us)
@@ -140,14 +115,16 @@ def _attach(
     return parent.trace_seq, parent.node
 
 
-def _fill(flow_cache: FlowCache, session: Session, row: _Existing, prepared: PreparedLog) -> None:
+def _fill(
+    flow_cache: FlowCache, session: Session, row: SpanRow, prepared: PreparedLog
+) -> tuple[str, str]:
     """The placeholder `row` becomes the span's log; its subtree moves under the span's
-    parent, if the span has one."""
-    conn = session.conn
-    target = find_target(flow_cache, conn, prepared)
-    parent = _find_parent(conn, prepared.request.trace_parent_id)
+    parent, if the span has one. Returns the ids of the log's flow and version."""
+    repo = session.repo
+    target = find_target(flow_cache, repo, prepared)
+    parent = _find_parent(repo, prepared.request.trace_parent_id)
     if parent.missing_id is not None:
-        _check_placeholder_file(flow_cache, conn)
+        _check_placeholder_file(flow_cache, repo)
     if parent.trace_seq == row.seq:
         raise conflict(f"log {prepared.request.log_id!r} cannot be its own ancestor")
     # --- every check passed: write
@@ -156,13 +133,15 @@ def _fill(flow_cache: FlowCache, session: Session, row: _Existing, prepared: Pre
     end_us = row.end_us
     if prepared.end_us is not None and (end_us is None or prepared.end_us > end_us):
         end_us = prepared.end_us
-    conn.execute(
-        "UPDATE logs SET flow_ref = ?, version_ref = ?, start_us = ?, end_us = ?, complete = ?,"
-        " has_error = ?, request_digest = ?, inputs = ?, output = ?, data = ?, placeholder = 0"
-        " WHERE seq = ?",
-        (
+    repo.fill_placeholder(
+        row.seq,
+        NewLog(
+            row.seq,
+            "",
             flow.ref,
             version.ref,
+            row.trace_seq,
+            row.parent_seq,
             start_us,
             end_us,
             prepared.complete,
@@ -171,17 +150,15 @@ def _fill(flow_cache: FlowCache, session: Session, row: _Existing, prepared: Pre
             prepared.inputs,
             prepared.output,
             prepared.data,
-            row.seq,
         ),
     )
     session.count(row.flow_ref, row.version_ref, -1, -1, -row.has_error)
     trace_seq, node = _attach(flow_cache, session, parent, start_us, end_us)
     session.count(flow.ref, version.ref, 1, node is None, prepared.has_error)
-    if node is None or trace_seq is None:
-        return
-    conn.execute("UPDATE logs SET parent_seq = ? WHERE seq = ?", (node.seq, row.seq))
-    conn.execute("UPDATE logs SET trace_seq = ? WHERE trace_seq = ?", (trace_seq, row.seq))
-    widen(conn, node_at(conn, node.seq), start_us, end_us)
+    if node is not None and trace_seq is not None:
+        repo.move_subtree(row.seq, node.seq, trace_seq)
+        repo.widen(repo.node(node.seq), start_us, end_us)
+    return flow.id, version.id
 
 
 def remote_child_parent(
@@ -196,10 +173,10 @@ def remote_child_parent(
     metadata = from_json(prepared.data).get("metadata")
     if remote_parent_id(metadata) != parent_id:
         return None
-    conn = session.conn
-    parent = _find_parent(conn, parent_id)
+    repo = session.repo
+    parent = _find_parent(repo, parent_id)
     if parent.missing_id is not None:
-        _check_placeholder_file(flow_cache, conn)
+        _check_placeholder_file(flow_cache, repo)
     trace_seq, node = _attach(flow_cache, session, parent, prepared.start_us, prepared.end_us)
     assert trace_seq is not None and node is not None
     return trace_seq, node
@@ -212,13 +189,13 @@ def fill_placeholder(
     answer of `POST /flows/log`."""
     log_id = prepared.request.log_id
     assert log_id is not None
-    row = _existing(session.conn, log_id)
+    row = session.repo.span_log(log_id)
     assert row is not None and row.placeholder
-    _fill(flow_cache, session, row, prepared)
-    return created_response(session.conn, log_id, prepared)
+    flow_id, version_id = _fill(flow_cache, session, row, prepared)
+    return created_response(log_id, flow_id, version_id, prepared)
 
 
-def _complete(session: Session, row: _Existing, log_id: str, update: LogUpdate) -> None:
+def _complete(session: Session, row: SpanRow, log_id: str, update: LogUpdate) -> None:
     """The span completes an existing log: a PATCH, with the span's metadata added to the
     log's (a PATCH would replace it)."""
     if update.metadata is not None:
@@ -238,11 +215,11 @@ def ingest_span(flow_cache: FlowCache, session: Session, write: SpanWrite) -> st
     prepared = write.log
     log_id = prepared.request.log_id
     assert log_id is not None, "a span's log always has its id"
-    conn = session.conn
+    repo = session.repo
     with session.operation():
         if prepared.request.trace_parent_id == log_id:
             raise conflict(f"log {log_id!r} cannot be its own parent")
-        row = _existing(conn, log_id)
+        row = repo.span_log(log_id)
         if row is not None and row.placeholder:
             _fill(flow_cache, session, row, prepared)
         elif row is not None and write.update is not None:
@@ -251,10 +228,10 @@ def ingest_span(flow_cache: FlowCache, session: Session, write: SpanWrite) -> st
             if row.request_digest != prepared.request_digest:
                 raise conflict(f"span log {log_id!r} already exists with a different body")
         else:
-            target = find_target(flow_cache, conn, prepared)
-            parent = _find_parent(conn, prepared.request.trace_parent_id)
+            target = find_target(flow_cache, repo, prepared)
+            parent = _find_parent(repo, prepared.request.trace_parent_id)
             if parent.missing_id is not None:
-                _check_placeholder_file(flow_cache, conn)
+                _check_placeholder_file(flow_cache, repo)
             # --- every check passed: write
             trace_seq, node = _attach(
                 flow_cache, session, parent, prepared.start_us, prepared.end_us

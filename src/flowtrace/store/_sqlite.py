@@ -1,10 +1,15 @@
-"""SQLite connections and transactions for one database file.
+"""The SQLite backend: connections and transactions for one database file, and its repository.
 
 One writer connection behind a lock (SQLite runs one write transaction at a time anyway, and
 one connection keeps its page cache warm) and one reader connection per thread (WAL lets
 readers run beside the writer). Writes take the file's write lock up front (BEGIN IMMEDIATE)
 so they never fail half-way on a lock; while another process holds it they wait with backoff
-until the busy timeout. Connections are reopened after fork: SQLite handles must not cross it.
+until the busy timeout (then StoreBusy). Connections are reopened after fork: SQLite handles
+must not cross it.
+
+One writer at a time is what makes the repository simple: a row read in a write transaction
+cannot change before it commits, so nothing is locked, a read-then-write widening loses
+nothing, and `max(seq) + 1` is this transaction's to use.
 """
 
 from __future__ import annotations
@@ -15,14 +20,26 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from flowtrace.store._errors import StoreBusy
+from flowtrace.store._repository import (
+    LOG_INSERT,
+    FlowRow,
+    NewLog,
+    Node,
+    Reader,
+    Repository,
+    Row,
+    VersionRow,
+    log_values,
+)
 from flowtrace.store._schema import migrate
 
-__all__ = ["Database"]
+__all__ = ["SqliteDatabase", "SqliteReader", "SqliteRepository"]
 
 _T = TypeVar("_T")
 
@@ -42,7 +59,10 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class Database:
+class SqliteDatabase:
+    #: The driver's errors: the database failed, not an operation (see `Database.errors`).
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._busy_timeout = BUSY_TIMEOUT_S
@@ -150,35 +170,135 @@ class Database:
         with contextlib.suppress(sqlite3.Error):
             self._writer.interrupt()
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     @contextmanager
-    def writing(self, timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
+    def writing(self, timeout_s: float | None = None) -> Iterator[SqliteRepository]:
         """One write transaction: committed when the block ends, rolled back if it raises.
         A commit that returned is durable; nothing is acknowledged before it. `timeout_s`:
         wait for another process's write lock at most this long (default: the busy timeout),
-        interruptibly (`interrupt()`)."""
+        interruptibly (`interrupt()`). StoreBusy when another process held the file's lock
+        past the wait (nothing was written)."""
         self._check()
         with self._write_lock:
             conn = self._writer
-            if timeout_s is None:
-                self._begin_immediate(conn)
-            else:
-                self._begin_within(conn, min(timeout_s, self._busy_timeout))
             try:
-                yield conn
+                if timeout_s is None:
+                    self._begin_immediate(conn)
+                else:
+                    self._begin_within(conn, min(timeout_s, self._busy_timeout))
+            except sqlite3.OperationalError as error:
+                raise self._busy(error) from error
+            try:
+                yield SqliteRepository(conn)
                 self._retry_busy(lambda: conn.execute("COMMIT"))
+            except sqlite3.OperationalError as error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if _is_busy(error):
+                    raise self._busy(error) from error
+                raise
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
 
+    def _busy(self, error: sqlite3.OperationalError) -> StoreBusy | sqlite3.OperationalError:
+        if not _is_busy(error):
+            return error
+        return StoreBusy(f"the database {self.path} is locked by another process ({error})")
+
     @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> Iterator[SqliteReader]:
         """A read transaction: every query in the block sees one snapshot of the file."""
         self._check()
         conn = self._reader()
         conn.execute("BEGIN")
         try:
-            yield conn
+            yield SqliteReader(conn)
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
+
+
+class SqliteReader(Reader):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        found: Row | None = self.conn.execute(sql, params).fetchone()
+        return found
+
+
+class SqliteRepository(SqliteReader, Repository):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        SqliteReader.__init__(self, conn)
+        Repository.__init__(self)
+        self._next_seq: int | None = None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    def _execute_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, params)
+
+    def next_seq(self) -> int:
+        """Read once per transaction: the write lock makes max(seq) + 1 ours until commit."""
+        if self._next_seq is None:
+            row = self.conn.execute("SELECT max(seq) FROM logs").fetchone()
+            self._next_seq = (row[0] or 0) + 1
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def insert_log(self, log: NewLog) -> None:
+        self.write(LOG_INSERT, log_values(log))
+
+    def widen(self, node: Node | None, start_us: int, end_us: int | None) -> None:
+        """Read, then write: no other writer can change a row in between."""
+        while node is not None:
+            new_start = min(node.start_us, start_us)
+            new_end = node.end_us
+            if end_us is not None and (new_end is None or end_us > new_end):
+                new_end = end_us
+            if new_start == node.start_us and new_end == node.end_us:
+                return
+            if new_start == node.start_us:
+                # SQLite rewrites the index entries of every column a statement sets, changed
+                # or not: start_us is in most indexes, end_us in none, so an end alone is cheap.
+                self.write("UPDATE logs SET end_us = ? WHERE seq = ?", (new_end, node.seq))
+            else:
+                self.write(
+                    "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?",
+                    (new_start, new_end, node.seq),
+                )
+            if node.parent_seq is None:
+                return
+            node = self.node(node.parent_seq)
+
+    def insert_flow(self, flow_id: str, path: str, name: str, now_us: int, kind: str) -> FlowRow:
+        cursor = self.conn.execute(
+            "INSERT INTO flows (id, path, name, created_us, updated_us, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (flow_id, path, name, now_us, now_us, kind),
+        )
+        self.writes += 1
+        assert cursor.lastrowid is not None
+        return FlowRow(cursor.lastrowid, flow_id, path, kind)
+
+    def insert_version(
+        self, version_id: str, flow_ref: int, key: bytes, attributes: str, now_us: int
+    ) -> VersionRow:
+        cursor = self.conn.execute(
+            "INSERT INTO versions (id, flow_ref, attributes_digest, attributes, created_us)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (version_id, flow_ref, key, attributes, now_us),
+        )
+        self.writes += 1
+        assert cursor.lastrowid is not None
+        return VersionRow(cursor.lastrowid, version_id, flow_ref, key)

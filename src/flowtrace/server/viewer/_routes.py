@@ -44,7 +44,7 @@ from flowtrace.server.viewer._pages import (
     trace_page,
 )
 from flowtrace.server.viewer._trace_json import trace_view
-from flowtrace.store import LogPage, Store, StoreError
+from flowtrace.store import ListQuery, LogPage, Store, StoreError
 
 __all__ = ["API_PREFIX", "PAGE_SIZE", "SEARCH_WINDOW", "SECURITY_HEADERS", "mount_viewer"]
 
@@ -200,19 +200,21 @@ class _Viewer:
         cursor = bool(filters.before or filters.after)
         try:
             return self._store.list_logs(
-                file_id=flow.id if flow else None,
-                page=1 if cursor else filters.page,
-                size=PAGE_SIZE,
-                search=filters.search or None,
-                errors_only=filters.errors,
-                status=filters.status or None,
-                kind=filters.kind or None,
-                # Across all flows a row is a trace; within one flow, every log of that flow.
-                roots_only=flow is None and not filters.kind,
-                count_total=False,
-                before=filters.before or None,
-                after=filters.after or None,
-                search_window=SEARCH_WINDOW,
+                ListQuery(
+                    file_id=flow.id if flow else None,
+                    page=1 if cursor else filters.page,
+                    size=PAGE_SIZE,
+                    search=filters.search or None,
+                    errors_only=filters.errors,
+                    status=filters.status or None,
+                    kind=filters.kind or None,
+                    # Across all flows a row is a trace; within one flow, every log of that flow.
+                    roots_only=flow is None and not filters.kind,
+                    count_total=False,
+                    before=filters.before or None,
+                    after=filters.after or None,
+                    search_window=SEARCH_WINDOW,
+                )
             )
         except StoreError as error:
             if error.status_code == 404 and cursor:
