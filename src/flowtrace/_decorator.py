@@ -108,8 +108,11 @@ def _announce(log: Log) -> None:
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
         if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
-        for started in _sinks.on_start:
-            started(log)
+        if log.trace_hold is None:
+            for started in _sinks.on_start:
+                started(log)
+        else:  # an unsampled trace: held until its root ends (_sampling)
+            log.trace_hold.started(log)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
 
@@ -168,8 +171,11 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             log = Log(options, current.get(), args, kwargs)
             if log.parent is None and type(sys.stdout) is not StdoutTee:
                 ensure_stdout_tee()
-            for started in _sinks.on_start:
-                started(log)
+            if log.trace_hold is None:
+                for started in _sinks.on_start:
+                    started(log)
+            else:  # an unsampled trace: held until its root ends (_sampling)
+                log.trace_hold.started(log)
         except Exception as exc:
             if not isinstance(exc, RecursionError):  # that is the user's recursion: below
                 _guard.internal_error("log-open", exc)
@@ -198,8 +204,11 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             log.result = result
             log.duration_ns = _log._mono_ns() - log._start_mono_ns
             try:
-                for ended in _sinks.on_end:
-                    ended(log)
+                if log.trace_hold is None:
+                    for ended in _sinks.on_end:
+                        ended(log)
+                else:
+                    log.trace_hold.ended(log)
             except Exception as exc:
                 _guard.internal_error("log-end", exc)
         else:
@@ -531,7 +540,8 @@ def flow(target: Any = None, /, **options: Unpack[FlowKeywords]) -> Any:
     (the Flow version: same attributes, same version), `metadata`, `user`, `environment`,
     `source`, `save` (False: the server keeps the log without its payloads), `version_id`,
     `capture_inputs` and `capture_output` (False, or a function that returns what to record),
-    and for blocks `inputs`.
+    `sample_rate` (0 to 1: the share of this flow's traces recorded when it is a root; the
+    `sample_rate` setting otherwise), and for blocks `inputs`.
 
     A flow opened while another is open in the same context is its child.
     """

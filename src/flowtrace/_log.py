@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from flowtrace import _guard, _sinks
+from flowtrace import _guard, _sampling, _sinks
 from flowtrace._context import open_ancestor
 from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus, truncated_chars
 from flowtrace._serialize import SCALARS, capture_value
@@ -23,6 +23,7 @@ from flowtrace._serialize import SCALARS, capture_value
 if TYPE_CHECKING:
     from flowtrace._capture import CapturedTraceback
     from flowtrace._options import LogOptions
+    from flowtrace._sampling import TraceHold
 
 __all__ = ["UNSET", "Log", "set_clock"]
 
@@ -33,6 +34,8 @@ __all__ = ["UNSET", "Log", "set_clock"]
 _wall_ns: Callable[[], int] = time.time_ns
 _mono_ns: Callable[[], int] = time.perf_counter_ns
 _wall_offset_ns = 0
+
+_GOLDEN, _MASK, _SPAN = _sampling.GOLDEN, _sampling.MASK, _sampling.SPAN
 
 
 def calibrate() -> None:
@@ -64,13 +67,16 @@ def _new_prefix() -> str:
 
 _counter = itertools.count(1)
 _generations: list[tuple[int, str]] = [(0, _new_prefix())]  # (first number, its prefix)
+# the current prefix as a number: the sampling decision mixes it with a root's number
+_seed = int(_generations[0][1][4:-1], 16)
 
 
 def _reseed_ids() -> None:
-    global _counter
+    global _counter, _seed
     first = next(_counter)
     _counter = itertools.count(first)
     _generations.append((first, _new_prefix()))
+    _seed = int(_generations[-1][1][4:-1], 16)
 
 
 def _prefix_of(number: int) -> str:
@@ -177,6 +183,9 @@ class Log:
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     late_child_of: str | None = None  # the log that had ended when this one started under it
+    # An unsampled trace's hold (the same for all its logs): the recorder tells it, not the
+    # sinks, of the log's start and end (`_sampling`). None: a sampled trace.
+    trace_hold: TraceHold | None = None
     _log_id: str | None = None
 
     def __init__(
@@ -188,11 +197,21 @@ class Log:
     ) -> None:
         """Open a log; `args`/`kwargs`: the decorated call's arguments, recorded as inputs (a
         block has none: its inputs are the flow's `inputs` option)."""
-        self._number = next(_counter)
+        self._number = number = next(_counter)
         self.options = options
-        if parent is not None and parent.duration_ns is not None:
-            self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
-            parent = open_ancestor(parent)  # the context held a log that has ended
+        if parent is not None:
+            hold = parent.trace_hold  # a child inherits its root's sampling decision
+            if hold is not None:
+                self.trace_hold = hold
+            if parent.duration_ns is not None:
+                self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
+                parent = open_ancestor(parent)  # the context held a log that has ended
+        else:  # a root: the trace's sampling decision (`_sampling.sampled`, inlined)
+            rate = options.sample_rate
+            if rate is None:
+                rate = _sampling.rate
+            if rate < 1.0 and ((number ^ _seed) * _GOLDEN) & _MASK >= rate * _SPAN:
+                self.trace_hold = _sampling.TraceHold(self)
         self.parent = parent
         if args is not None:
             if options.capture_all:
@@ -218,6 +237,13 @@ class Log:
         if fields:
             for name, value in fields.items():
                 fields[name] = capture_value(value)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the trace was sampled at its root (a trace that was not may still be
+        delivered: the tail rule keeps those with an error or a slow root). What a remote
+        child of this trace should be told, to decide the same (`flow(sample_rate=0.0)`)."""
+        return self.trace_hold is None
 
     # --- what the flow gave --------------------------------------------------------------
     @property
@@ -338,8 +364,12 @@ class Log:
             self.ended_how = how
         self.duration_ns = _mono_ns() - self._start_mono_ns  # from here on, complete
         try:
-            for ended in _sinks.on_end:
-                ended(self)
+            hold = self.trace_hold
+            if hold is None:
+                for ended in _sinks.on_end:
+                    ended(self)
+            else:
+                hold.ended(self)
         except Exception as exc:
             _guard.internal_error("log-end", exc)
 
