@@ -8,7 +8,8 @@
 
 `captured.logs` are the Log objects in the order they ended; `captured.records` the wire
 bodies (what a server receives, complete; scrubbed and redacted as the settings say);
-`captured.trees()` nests the records under their parents (`"children"`). The `flowtrace_logs` pytest fixture does the same for one test.
+`captured.trees()` nests the records under their parents (`"children"`). The `flowtrace_logs`
+pytest fixture does the same for one test.
 """
 
 from __future__ import annotations
