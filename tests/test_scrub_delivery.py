@@ -253,17 +253,19 @@ def test_a_raising_redact_hook_sends_the_log_without_its_payloads_counted_and_wa
     def redact(record: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("bug in the hook")
 
-    with caplog.at_level(logging.WARNING, logger="flowtrace"):
-        with fresh_pipeline(exporter, redact=redact):
+    with (
+        caplog.at_level(logging.WARNING, logger="flowtrace"),
+        fresh_pipeline(exporter, redact=redact),
+    ):
 
-            @flow(path="scrub/broken-redact")
-            def signup(email: str) -> str:
-                return "welcome"
+        @flow(path="scrub/broken-redact")
+        def signup(email: str) -> str:
+            return "welcome"
 
-            signup("ada@example.com")
-            signup("bob@example.com")
-            assert flowtrace.flush(WAIT_S)
-            stats = flowtrace.stats()
+        signup("ada@example.com")
+        signup("bob@example.com")
+        assert flowtrace.flush(WAIT_S)
+        stats = flowtrace.stats()
     assert len(exporter.logs) == 2  # nothing dropped
     for body in exporter.logs.values():
         assert body["path"] == "scrub/broken-redact" and "inputs" not in body
@@ -384,7 +386,7 @@ def test_secrets_never_reach_a_real_server(
 class FakeChatCompletions(BaseHTTPRequestHandler):
     """A local stand-in for the OpenAI chat completions endpoint."""
 
-    def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         body = json.dumps(
             {
@@ -477,8 +479,7 @@ def test_an_openai_style_request_with_its_authorization_header_never_reaches_the
 def test_copy_of_record_is_untouched() -> None:
     record = {"inputs": {"password": "x1"}}
     before = copy.deepcopy(record)
-    with capture_logs() as captured:
-        with flow("scrub/copy", inputs=record["inputs"]):
-            pass
+    with capture_logs() as captured, flow("scrub/copy", inputs=record["inputs"]):
+        pass
     assert captured.records[0]["inputs"] == {"password": scrubbed("password")}
     assert record == before
