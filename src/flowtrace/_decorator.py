@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
-from flowtrace import _config, _guard, _log, _sinks
+from flowtrace import _config, _guard, _log, _sampling, _sinks
 from flowtrace._capture import (
     CapturedTraceback,
     InputBinder,
@@ -94,7 +94,11 @@ def _open(
     if not _enabled:
         return None
     try:
-        log = Log(options, current.get(), args, kwargs)
+        parent = current.get()
+        if parent is not None or (options.sample_rate is None and _sampling.rate >= 1.0):
+            log = Log(options, parent, args, kwargs)
+        else:  # a root, and a rate to sample at
+            log = _sampling.open_root(options, args, kwargs)
     except Exception as exc:
         if not isinstance(exc, RecursionError):  # the user's recursion: the call fails too
             _guard.internal_error("log-open", exc)
@@ -108,11 +112,12 @@ def _announce(log: Log) -> None:
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
         if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
-        if log.trace_hold is None:
+        hold = log.trace_hold
+        if hold is None:
             for started in _sinks.on_start:
                 started(log)
-        else:  # an unsampled trace: held until its root ends (_sampling)
-            log.trace_hold.started(log)
+        elif hold is not log:  # an unsampled trace: held until its root ends (_sampling)
+            hold.started(log)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
 
@@ -168,14 +173,19 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             return fn(*args, **kwargs)
         log = None
         try:  # _open(), inlined: the hot path
-            log = Log(options, current.get(), args, kwargs)
+            parent = current.get()
+            if parent is not None or (options.sample_rate is None and _sampling.rate >= 1.0):
+                log = Log(options, parent, args, kwargs)
+            else:  # a root, and a rate to sample at
+                log = _sampling.open_root(options, args, kwargs)
             if log.parent is None and type(sys.stdout) is not StdoutTee:
                 ensure_stdout_tee()
-            if log.trace_hold is None:
+            hold = log.trace_hold
+            if hold is None:
                 for started in _sinks.on_start:
                     started(log)
-            else:  # an unsampled trace: held until its root ends (_sampling)
-                log.trace_hold.started(log)
+            elif hold is not log:  # an unsampled trace: held until its root ends
+                hold.started(log)
         except Exception as exc:
             if not isinstance(exc, RecursionError):  # that is the user's recursion: below
                 _guard.internal_error("log-open", exc)
@@ -204,11 +214,12 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             log.result = result
             log.duration_ns = _log._mono_ns() - log._start_mono_ns
             try:
-                if log.trace_hold is None:
+                hold = log.trace_hold
+                if hold is None:
                     for ended in _sinks.on_end:
                         ended(log)
                 else:
-                    log.trace_hold.ended(log)
+                    hold.ended(log)
             except Exception as exc:
                 _guard.internal_error("log-end", exc)
         else:

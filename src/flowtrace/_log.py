@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from flowtrace import _guard, _sampling, _sinks
+from flowtrace import _guard, _sinks
 from flowtrace._context import open_ancestor
 from flowtrace._contract import COMPLETE, INCOMPLETE, TraceStatus, truncated_chars
 from flowtrace._serialize import SCALARS, capture_value
@@ -23,7 +23,7 @@ from flowtrace._serialize import SCALARS, capture_value
 if TYPE_CHECKING:
     from flowtrace._capture import CapturedTraceback
     from flowtrace._options import LogOptions
-    from flowtrace._sampling import TraceHold
+    from flowtrace._sampling import DormantRoot
 
 __all__ = ["UNSET", "Log", "set_clock"]
 
@@ -34,8 +34,6 @@ __all__ = ["UNSET", "Log", "set_clock"]
 _wall_ns: Callable[[], int] = time.time_ns
 _mono_ns: Callable[[], int] = time.perf_counter_ns
 _wall_offset_ns = 0
-
-_GOLDEN, _MASK, _SPAN = _sampling.GOLDEN, _sampling.MASK, _sampling.SPAN
 
 
 def calibrate() -> None:
@@ -67,16 +65,21 @@ def _new_prefix() -> str:
 
 _counter = itertools.count(1)
 _generations: list[tuple[int, str]] = [(0, _new_prefix())]  # (first number, its prefix)
-# the current prefix as a number: the sampling decision mixes it with a root's number
-_seed = int(_generations[0][1][4:-1], 16)
+# the current prefix's last 32 bits: the sampling decision mixes them with a root's number
+seed = int(_generations[0][1][-9:-1], 16)
 
 
 def _reseed_ids() -> None:
-    global _counter, _seed
+    global _counter, seed
     first = next(_counter)
     _counter = itertools.count(first)
     _generations.append((first, _new_prefix()))
-    _seed = int(_generations[-1][1][4:-1], 16)
+    seed = int(_generations[-1][1][-9:-1], 16)
+
+
+def next_number() -> int:
+    """The next log number (a root drawn by sampling gets its number before its Log)."""
+    return next(_counter)
 
 
 def _prefix_of(number: int) -> str:
@@ -183,9 +186,10 @@ class Log:
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     late_child_of: str | None = None  # the log that had ended when this one started under it
-    # An unsampled trace's hold (the same for all its logs): the recorder tells it, not the
-    # sinks, of the log's start and end (`_sampling`). None: a sampled trace.
-    trace_hold: TraceHold | None = None
+    # An unsampled trace's root, which holds the trace (the same for all its logs): the
+    # recorder tells it, not the sinks, of each log's start and end (`_sampling`). None: a
+    # sampled trace.
+    trace_hold: DormantRoot | None = None
     _log_id: str | None = None
 
     def __init__(
@@ -197,7 +201,7 @@ class Log:
     ) -> None:
         """Open a log; `args`/`kwargs`: the decorated call's arguments, recorded as inputs (a
         block has none: its inputs are the flow's `inputs` option)."""
-        self._number = number = next(_counter)
+        self._number = next(_counter)
         self.options = options
         if parent is not None:
             hold = parent.trace_hold  # a child inherits its root's sampling decision
@@ -206,12 +210,6 @@ class Log:
             if parent.duration_ns is not None:
                 self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
                 parent = open_ancestor(parent)  # the context held a log that has ended
-        else:  # a root: the trace's sampling decision (`_sampling.sampled`, inlined)
-            rate = options.sample_rate
-            if rate is None:
-                rate = _sampling.rate
-            if rate < 1.0 and ((number ^ _seed) * _GOLDEN) & _MASK >= rate * _SPAN:
-                self.trace_hold = _sampling.TraceHold(self)
         self.parent = parent
         if args is not None:
             if options.capture_all:

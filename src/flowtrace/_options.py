@@ -81,6 +81,7 @@ class LogOptions:
         "flow",
         "path",
         "sample_rate",
+        "sample_threshold",
         "skip_first",
     )
 
@@ -96,6 +97,10 @@ class LogOptions:
         self.capture_inputs = flow.capture_inputs
         self.capture_output = flow.capture_output
         self.sample_rate = flow.sample_rate  # read at each root
+        # what `_sampling` compares a root's hash with (worked out once, here)
+        self.sample_threshold = (
+            None if flow.sample_rate is None else int(flow.sample_rate * (1 << 32))
+        )
         # The common case: every argument recorded as it is (copied now, bound on the worker).
         self.capture_all = flow.capture_inputs is True and binder is not None
         self.binder = binder  # binds a call's arguments to names, on the worker
