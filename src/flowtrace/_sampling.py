@@ -9,8 +9,9 @@ whole until its root ends, then delivered whole (the tail rule kept it) or dropp
   root's hold, or none, when it opens (`Log.__init__`). `is_sampled(log_id, rate)` reproduces a
   decision from an id.
 - **The hold** (`DormantRoot`): an unsampled root is one, made cheaply. The logs of its trace
-  are recorded as usual, but not announced to the sinks: the root keeps them, in the order they started and ended, on the
-  user's side of the pipeline (a dropped trace never costs the worker or the queue anything).
+  are recorded as usual, but not announced to the sinks: the root keeps them, in the order
+  they started and ended, on the user's side of the pipeline (a dropped trace never costs the
+  worker, the queue or the destination anything).
   When the root ends, the hold decides: kept if a log of the trace had an error (an exception,
   or `log.error` set) or the root ran at least `sample_keep_slower_than_s`; then every log of
   the trace is announced (starts in start order, then ends in end order, the root's last) and
