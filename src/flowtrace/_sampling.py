@@ -193,7 +193,7 @@ class DormantRoot(Log):
             if not decided:
                 _sampled_out_logs += 1
                 return
-        _announce_start(log)  # a late log of a kept trace goes as any log does
+        _announce(log, True)  # a late log of a kept trace goes as any log does
 
     def ended(self, log: Log) -> None:
         """A log of this trace closed (the recorder calls this instead of the sinks); the
@@ -224,35 +224,28 @@ class DormantRoot(Log):
                     return
                 decided = True
             if decided:  # the root's end after its trace, or a log of a kept trace ending late
-                _announce_end(log)
+                _announce(log, False)
 
     def _keep(self, reason: str) -> None:
         """Deliver the trace (under the lock, so a log ending meanwhile waits its turn): what
         started, in order, then what ended, in order. The root's end is the caller's."""
         self.decided = True
         _kept_by_tail[reason] = _kept_by_tail.get(reason, 0) + 1
-        _announce_start(self)
+        _announce(self, True)
         for log in self.held or ():
-            _announce_start(log)
+            _announce(log, True)
         for log in self.finished or ():
-            _announce_end(log)
+            _announce(log, False)
         self.held = self.finished = None
 
 
-def _announce_start(log: Log) -> None:
+def _announce(log: Log, opening: bool) -> None:
+    """Tell the sinks that `log` opened (or closed), as the recorder does for a sampled log."""
     try:
-        for started in _sinks.on_start:
-            started(log)
+        for callback in _sinks.on_start if opening else _sinks.on_end:
+            callback(log)
     except Exception as exc:
-        _guard.internal_error("log-open", exc)
-
-
-def _announce_end(log: Log) -> None:
-    try:
-        for ended in _sinks.on_end:
-            ended(log)
-    except Exception as exc:
-        _guard.internal_error("log-end", exc)
+        _guard.internal_error("log-open" if opening else "log-end", exc)
 
 
 if hasattr(os, "register_at_fork"):
