@@ -133,8 +133,10 @@ for _ in range(n):
 def instructions(case: str, calls: int) -> float:
     def run(n: int) -> int:
         done = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
-            + ["-c", HARNESS, case, str(n)],
+            [
+                *("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"),
+                *(sys.executable, "-c", HARNESS, case, str(n)),
+            ],
             capture_output=True,
             text=True,
             check=True,

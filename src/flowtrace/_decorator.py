@@ -53,11 +53,13 @@ __all__ = ["Flow", "default_path", "flow"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _enabled = True
+_every_trace = True  # the sample_rate setting is 1: a root samples only if its flow has a rate
 
 
 def _apply_settings(settings: _config.Settings) -> None:
-    global _enabled
+    global _enabled, _every_trace
     _enabled = settings.enabled
+    _every_trace = settings.sample_rate >= 1.0
 
 
 # --- paths -----------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def _open(
         return None
     try:
         parent = current.get()
-        if parent is not None or (options.sample_rate is None and _sampling.rate >= 1.0):
+        if parent is not None or (_every_trace and options.sample_threshold is None):
             log = Log(options, parent, args, kwargs)
         else:  # a root, and a rate to sample at
             log = _sampling.open_root(options, args, kwargs)
@@ -174,7 +176,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
         log = None
         try:  # _open(), inlined: the hot path
             parent = current.get()
-            if parent is not None or (options.sample_rate is None and _sampling.rate >= 1.0):
+            if parent is not None or (_every_trace and options.sample_threshold is None):
                 log = Log(options, parent, args, kwargs)
             else:  # a root, and a rate to sample at
                 log = _sampling.open_root(options, args, kwargs)

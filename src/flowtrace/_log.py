@@ -203,10 +203,12 @@ class Log:
         block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
-        if parent is not None:
-            hold = parent.trace_hold  # a child inherits its root's sampling decision
-            if hold is not None:
-                self.trace_hold = hold
+        # On the instance, always: the recorder reads it at each end, and Python reads an
+        # instance's attribute much faster than a class default through it.
+        if parent is None:
+            self.trace_hold = None
+        else:
+            self.trace_hold = parent.trace_hold  # a child inherits its root's decision
             if parent.duration_ns is not None:
                 self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
                 parent = open_ancestor(parent)  # the context held a log that has ended
