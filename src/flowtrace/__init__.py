@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING, Any
 from flowtrace._config import Settings, configure
 from flowtrace._context import TracedThreadPoolExecutor, current_log, propagate
 from flowtrace._decorator import Flow, flow
+from flowtrace._httpx_hook import instrument_httpx
+from flowtrace._llm._anthropic import instrument_anthropic
+from flowtrace._llm._openai import instrument_openai
 from flowtrace._log import Log
 from flowtrace._pipeline import flush, shutdown, stats
+from flowtrace._remote import continue_trace, propagation_headers
 
 __all__ = [
     "Flow",
@@ -27,10 +31,15 @@ __all__ = [
     "Settings",
     "TracedThreadPoolExecutor",
     "configure",
+    "continue_trace",
     "current_log",
     "flow",
     "flush",
+    "instrument_anthropic",
+    "instrument_httpx",
+    "instrument_openai",
     "propagate",
+    "propagation_headers",
     "shutdown",
     "stats",
 ]

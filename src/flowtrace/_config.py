@@ -64,6 +64,13 @@ class Settings:
     spool_dir: str | None = None  # default: next to db_path, or ~/.local/state/flowtrace/spool
     spool_max_mib: float = 512.0
     spool_max_age_s: float = 7 * 24 * 3600.0
+    # a copy of every log, as an OpenTelemetry span, to an OTLP/HTTP traces endpoint (Jaeger,
+    # Tempo, Phoenix, a collector...): its full URL (`.../v1/traces`), and its headers as a
+    # mapping or as `key=value,key2=value2` (the OTEL_EXPORTER_OTLP_HEADERS form). Also read
+    # from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT (+ `/v1/traces`)
+    # and their `_HEADERS`; "" turns it off whatever the environment says.
+    otlp_endpoint: str | None = None
+    otlp_headers: str | Mapping[str, str] | None = field(default=None, repr=False)
     # what leaves the process (issue 11; docs/architecture.md, "Scrubbing and sampling"):
     # True: the documented rules; False: off; a ScrubOptions (or a dict of its fields)
     scrub: bool | ScrubOptions | Scrubber | Mapping[str, Any] = True
@@ -110,6 +117,7 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if text is not None:
             kind = f.type if not isinstance(f.type, str) else f.type.split(" |")[0]
             values[f.name] = _parse(f.name, kind, text)
+    values.update(_otlp_environment(environ, values))
     if environ.get("FLOWTRACE_DISABLED", "").strip().lower() in _TRUE:
         values["enabled"] = False
     if values.get("status_field", DEFAULT_STATUS_FIELD) not in STATUS_FIELDS:
@@ -119,6 +127,24 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     if not 0.0 <= values.get("sample_rate", 1.0) <= 1.0:
         raise ValueError("FLOWTRACE_SAMPLE_RATE must be between 0 and 1")
     return values
+
+
+def _otlp_environment(environ: Mapping[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """The OpenTelemetry exporter's standard variables, under flowtrace's own."""
+    found: dict[str, Any] = {}
+    if "otlp_endpoint" not in values:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        if not endpoint and base:
+            endpoint = base.rstrip("/") + "/v1/traces"
+        if endpoint:
+            found["otlp_endpoint"] = endpoint
+    if "otlp_headers" not in values:
+        headers = environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        headers = headers if headers is not None else environ.get("OTEL_EXPORTER_OTLP_HEADERS")
+        if headers:
+            found["otlp_headers"] = headers
+    return found
 
 
 _settings: Settings | None = None

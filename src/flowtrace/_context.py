@@ -29,7 +29,9 @@ current: ContextVar[Log | None] = ContextVar("flowtrace_current_log", default=No
 def current_log() -> Log | None:
     """The innermost open log of this thread or task, or None outside any flow."""
     log = current.get()
-    return log if log is None or log.duration_ns is None else open_ancestor(log)
+    if log is not None and log.duration_ns is not None:
+        log = open_ancestor(log)
+    return None if log is None or log.remote else log  # a remote parent is not this process's
 
 
 def open_ancestor(log: Log | None) -> Log | None:

@@ -26,6 +26,7 @@ __all__ = [
     "ENDED_CLOSED_EARLY",
     "ENDED_ERROR",
     "FLOW",
+    "FLOWTRACE_ENDED_ATTRIBUTE",
     "FLOWTRACE_LOG_ID_ATTRIBUTE",
     "HUMANLOOP_LOG_ID_ATTRIBUTE",
     "INCOMPLETE",
@@ -42,7 +43,13 @@ __all__ = [
     "RECORDER_FORKED_FROM",
     "RECORDER_LATE_CHILD_OF",
     "RECORDER_METADATA_KEY",
+    "RECORDER_REMOTE_PARENT",
     "RECORDER_TRACEBACK",
+    "REMOTE_LINKED",
+    "REMOTE_LOG_ID",
+    "REMOTE_SAMPLED",
+    "REMOTE_SPAN_ID",
+    "REMOTE_TRACE_ID",
     "SCRUBBED_PREFIX",
     "SCRUBBED_SUFFIX",
     "SPAN_LOG_ID_PREFIX",
@@ -57,6 +64,7 @@ __all__ = [
     "StatusField",
     "TraceStatus",
     "ended_interrupted",
+    "remote_parent_id",
     "scrubbed",
     "span_log_id",
     "truncated_chars",
@@ -197,6 +205,9 @@ def span_log_id(trace_id_hex: str, span_id_hex: str) -> str:
 #: (the Humanloop SDK's flow span completes the flow log it created over REST).
 HUMANLOOP_LOG_ID_ATTRIBUTE: Final = "humanloop.log.id"
 FLOWTRACE_LOG_ID_ATTRIBUTE: Final = "flowtrace.log.id"
+#: How the call a span records ended when not by a plain return (`ENDED_CLOSED_EARLY`: a stream
+#: left before its end): the log's `metadata.flowtrace.ended`, as the recorder's own logs say it.
+FLOWTRACE_ENDED_ATTRIBUTE: Final = "flowtrace.ended"
 
 #: A parent span that has not arrived yet is kept as a placeholder log: a root whose record
 #: says `"placeholder": true`, shown as "pending", in the file at PLACEHOLDER_PATH. The parent's
@@ -214,6 +225,33 @@ RECORDER_FORKED_FROM: Final = "forked_from"  # the parent log id in the process 
 #: The parent's log id, for a log that started after its parent had been closed (an asyncio task
 #: that outlived the flow that created it): it is filed under the nearest ancestor still open.
 RECORDER_LATE_CHILD_OF: Final = "late_child_of"
+
+#: A log whose parent lives in another service (a trace continued from W3C trace context
+#: headers, `flowtrace.continue_trace`): what the caller's headers said, under
+#: metadata["flowtrace"]["remote_parent"] = {"log_id", "trace_id", "span_id", "sampled",
+#: "linked"}. `linked`: the log's `trace_parent_id` is that log id, and the store accepts it
+#: under a parent that has not arrived yet (a placeholder) or has already completed (the
+#: caller may finish first). Unlinked (untrusted headers): the ids are kept, not followed.
+RECORDER_REMOTE_PARENT: Final = "remote_parent"
+REMOTE_LOG_ID: Final = "log_id"
+REMOTE_TRACE_ID: Final = "trace_id"  # W3C trace-id, 32 lowercase hex digits
+REMOTE_SPAN_ID: Final = "span_id"  # W3C parent-id, 16 lowercase hex digits
+REMOTE_SAMPLED: Final = "sampled"  # the caller's `sampled` flag
+REMOTE_LINKED: Final = "linked"
+
+
+def remote_parent_id(metadata: object) -> str | None:
+    """The remote parent a log's metadata says it is linked to, else None (the store's test:
+    the log's `trace_parent_id` must be this id too)."""
+    if not isinstance(metadata, dict):
+        return None
+    note = metadata.get(RECORDER_METADATA_KEY)
+    remote = note.get(RECORDER_REMOTE_PARENT) if isinstance(note, dict) else None
+    if not isinstance(remote, dict) or remote.get(REMOTE_LINKED) is not True:
+        return None
+    log_id = remote.get(REMOTE_LOG_ID)
+    return log_id if isinstance(log_id, str) else None
+
 
 ENDED_ERROR: Final = "error"
 ENDED_CLOSED_EARLY: Final = "closed early"  # a generator left before its end

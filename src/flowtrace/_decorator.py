@@ -124,6 +124,17 @@ def _announce(log: Log) -> None:
         _guard.internal_error("log-open", exc)
 
 
+def _span_left_running_in(log: Log) -> bool:
+    """Whether the current log is a span's (`flowtrace.otel`) opened inside `log` and still
+    running: a span the block started and did not end (leaked, or ending later elsewhere)."""
+    inner = current.get()
+    if inner is None or not inner.is_span:
+        return False
+    while inner is not None and inner.is_span:
+        inner = inner.parent
+    return inner is log
+
+
 def _interruption(exc: BaseException) -> str | None:
     """How an interruption (not a failure of the function) is recorded, else None."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
@@ -136,6 +147,21 @@ def _interruption(exc: BaseException) -> str | None:
 def _is_cancellation(exc: BaseException) -> bool:
     asyncio = sys.modules.get("asyncio")  # no asyncio loaded: no CancelledError possible
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
+def _fail_at_any_depth(log: Log, exc: BaseException) -> None:
+    """`_fail`, also when the user's recursion filled the stack (RecursionError): the wrapper
+    may call this one function more, and ending the log takes a few, so the limit is raised
+    for as long as that takes."""
+    if not isinstance(exc, RecursionError):
+        _fail(log, exc)
+        return
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
+    try:
+        _fail(log, exc)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def _fail(log: Log, exc: BaseException, output: Any = UNSET) -> None:
@@ -198,17 +224,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             result = fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
-            if isinstance(exc, RecursionError):
-                # The user's recursion filled the stack: this frame may call one function more,
-                # and ending the log takes a few. (The coroutine wrapper does the same.)
-                limit = sys.getrecursionlimit()
-                sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
-                try:
-                    _fail(log, exc)
-                finally:
-                    sys.setrecursionlimit(limit)
-            else:
-                _fail(log, exc)
+            _fail_at_any_depth(log, exc)
             raise
         current.reset(token)
         if type(result) in SCALARS and log.user_fields is None and capture_output is True:
@@ -243,15 +259,7 @@ def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Cal
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             current.reset(token)
-            if isinstance(exc, RecursionError):  # as in the plain function's wrapper
-                limit = sys.getrecursionlimit()
-                sys.setrecursionlimit(limit + _ROOM_TO_END_A_LOG)
-                try:
-                    _fail(log, exc)
-                finally:
-                    sys.setrecursionlimit(limit)
-            else:
-                _fail(log, exc)
+            _fail_at_any_depth(log, exc)
             raise
         current.reset(token)
         log.close(None, result)
@@ -512,6 +520,8 @@ class Flow:
                 current.reset(token)
             except ValueError:  # entered in another context (a task or a copied context)
                 current.set(log.parent)
+        elif _span_left_running_in(log):
+            current.set(log.parent)  # a span started in the block and not ended ends its hold
         # else: left out of order (generators advanced in turn): a log inside it is current.
         outer = current.get()
         if outer is not None and (outer is log or outer.is_complete):

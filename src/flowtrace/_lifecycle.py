@@ -24,9 +24,10 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
-from flowtrace import _config, _guard
+from flowtrace import _config, _guard, _otlp_export
 
 if TYPE_CHECKING:
     from flowtrace._pipeline import Pipeline
@@ -81,9 +82,12 @@ def shutdown_and_report(pipeline: Pipeline, timeout: float | None, when: str = "
     KeyboardInterrupt meanwhile cuts the wait short (what is left is spooled). True if both
     threads stopped."""
     before = pipeline.stats()
+    started = time.monotonic()
     try:
         pipeline.shutdown(timeout)
         stopped = pipeline.join(pipeline.stop_deadline())
+        # the OTLP export's last spans (the pipeline planned its last operations by now)
+        _otlp_export.shutdown(None if timeout is None else started + timeout - time.monotonic())
     except KeyboardInterrupt:
         stopped = _stop_now(pipeline)
         when = f"{when or 'at shutdown'} (interrupted)"

@@ -190,6 +190,10 @@ class Log:
     # recorder tells it, not the sinks, of each log's start and end (`_sampling`). None: a
     # sampled trace.
     trace_hold: DormantRoot | None = None
+    # A span's log (`_span_logs.SpanLog`): it builds its own bodies, and is created only once
+    # it has ended (its kind and version come from the ended span).
+    is_span = False
+    remote = False  # True: the stand-in for a log of another service (_remote.RemoteParent)
     _log_id: str | None = None
 
     def __init__(
@@ -210,7 +214,8 @@ class Log:
         else:
             self.trace_hold = parent.trace_hold  # a child inherits its root's decision
             if parent.duration_ns is not None:
-                self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
+                if not parent.is_span:  # a span ended elsewhere may leave its log in the context
+                    self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
                 parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
         if args is not None:

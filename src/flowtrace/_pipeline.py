@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flowtrace import _config, _guard, _log, _sampling
+from flowtrace import _config, _guard, _log, _op_taps, _otlp_export, _sampling
 from flowtrace._accounting import Counters, Warnings
 from flowtrace._delivery import Ledger, Sender
 from flowtrace._destination import Destination
@@ -458,7 +458,12 @@ class Pipeline:
         if deadline is not None and now + self._time_to_spill() >= deadline:
             return True
         planner = self._planner
-        if planner.ready_logs or planner.has_marker or planner.next_live_at(0.0) is not None:
+        if (
+            planner.ready_logs
+            or planner.has_marker
+            or planner.next_live_at(0.0) is not None
+            or planner.waiting_spans  # spans' logs still running (flowtrace.otel)
+        ):
             self._plan_batch(now, include_open=True)
             self._send_wake.set()
             return False
@@ -562,12 +567,25 @@ class Pipeline:
 
     def _due(self, now: float, next_send_at: float) -> bool:
         planner = self._planner
+        if self._sender_busy_locally():
+            return False
         if planner.has_marker or self._stopping or planner.ready_logs >= self._batch_size:
             return True
         if planner.ready_logs and now >= next_send_at:
             return True
         live_at = planner.next_live_at(self._settings.live_after_s)
         return live_at is not None and now >= live_at
+
+    def _sender_busy_locally(self) -> bool:
+        """The sender is writing to the local disk (the embedded store) and the next batch is
+        planned already. Planning more now would only slow it: both are Python on one GIL,
+        and each SQLite statement lets the GIL go, to get it back only when the planning
+        thread yields it (up to the 5 ms switch interval). So for a local destination the
+        worker plans while the sender is idle; a remote one (the network waits) overlaps."""
+        outbox = self._outbox
+        if outbox is None or not (outbox.memory or outbox.in_flight is not None):
+            return False
+        return self._destination.local()
 
     def _plan_batch(
         self, now: float, include_open: bool = False, max_ops: int | None = None
@@ -592,6 +610,8 @@ class Pipeline:
         self._ledger.planned(ops)
         self._ledger.add_markers(markers, now)
         if ops:
+            if _op_taps.taps:  # the OTLP export: a copy of each operation, on its own queue
+                _op_taps.tell(ops)
             outbox.put(ops)
         elif markers:
             self._release_markers()
@@ -662,8 +682,12 @@ class Pipeline:
 
     def _release_markers(self, stopping: bool = False) -> None:
         sender = self._sender
-        failing_since = sender.backoff.failing_since if sender is not None else None
-        self._ledger.release_markers(self._clock(), failing_since, stopping)
+        if sender is None:
+            self._ledger.release_markers(self._clock(), None, stopping)
+            return
+        self._ledger.release_markers(
+            self._clock(), sender.backoff.failing_since, stopping, sender.attempts
+        )
 
     # --- stopping --------------------------------------------------------------------------------
     def _finish_stop(self) -> None:
@@ -780,8 +804,13 @@ def shutdown(timeout: float | None = None) -> None:
 
 def stats() -> dict[str, Any]:
     """Delivery counters, in logs: queued, spooled, sent, left_open, retried (operations),
-    dropped (by reason), last_error, and the spool's path."""
-    return _pipeline.stats()
+    dropped (by reason), last_error, and the spool's path; with an OTLP endpoint configured,
+    the export's own under `otlp`."""
+    counters = _pipeline.stats()
+    otlp = _otlp_export.stats()
+    if otlp is not None:
+        counters["otlp"] = otlp
+    return counters
 
 
 def use_exporter(exporter: Exporter | None) -> None:
@@ -804,6 +833,7 @@ def _install() -> None:
 
     add_sink(_pipeline)
     _lifecycle.install()
+    _otlp_export.install()
 
 
 _install()

@@ -17,6 +17,8 @@ rules:
   trace of its own), noting its real parent (`metadata["flowtrace"]["late_child_of"]`).
 - A log whose parent was refused is dropped before it is created; one that already exists on
   the server is still closed (its update does not need the parent).
+- A span's log (`log.is_span`) is created only once its span has ended (its kind and version
+  come from the ended span): what ends inside a running span waits for it.
 
 Operations come out in one sequence, and the pipeline delivers that sequence in order (a
 failed prefix is retried before anything behind it), so "sent before" means "earlier in the
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flowtrace import _guard
 from flowtrace._accounting import Counters
@@ -37,12 +39,17 @@ from flowtrace._contract import (
     RECORDER_FORKED_FROM,
     RECORDER_LATE_CHILD_OF,
     RECORDER_METADATA_KEY,
+    RECORDER_REMOTE_PARENT,
     StatusField,
 )
 from flowtrace._log import Log
 from flowtrace._outgoing import Outgoing
+from flowtrace._remote import RemoteParent, remote_note
 from flowtrace._request_bodies import complete_body, create_body, log_query
-from flowtrace.exporters import Operation
+from flowtrace.exporters import Operation, OperationKind
+
+if TYPE_CHECKING:
+    from flowtrace._span_logs import SpanLog
 
 __all__ = ["Counters", "FlushMarker", "LogState", "PlannedOp", "Planner"]
 
@@ -132,6 +139,10 @@ class Planner:
         self._seq = 0  # operations planned so far
         self.open_created = 0  # logs created early and not closed yet
         self.now = 0.0  # the worker's clock at the current cycle (registration times)
+        self.spans = False  # a span's log was seen (see `_waits_for_span`)
+        # Spans' logs still running that something waits for (created anyway when stopping).
+        self._waiting: dict[Log, None] = {}
+        self._draining = False
 
     # --- learning of logs ----------------------------------------------------------------
     def state(self, log: Log) -> LogState | None:
@@ -159,7 +170,7 @@ class Planner:
         log.delivery = state
         self._counters.held += 1
         parent = log.parent
-        if parent is not None:
+        if parent is not None and not parent.remote:  # under a remote parent: a root here
             parent_state = parent.delivery
             if parent_state.__class__ is not LogState or parent_state.token is not self._token:
                 state.detached = True  # the parent is the forked-from process's to deliver
@@ -168,8 +179,10 @@ class Planner:
                 self._adopt(log, state, self._open_ancestor(parent))
             else:
                 self._adopt(log, state, parent)
-        if not log.is_complete:
+        if not log.is_complete and not log.is_span:  # a span's log is not sent before its end
             self._open.append(log)
+        elif log.is_span:
+            self.spans = True
 
     def _open_ancestor(self, log: Log) -> Log | None:
         """The nearest of `log` and its ancestors whose closing is not planned yet (None when
@@ -201,6 +214,8 @@ class Planner:
             state.ended = True
             self._ready.append(log)
             self._ready_logs += 1
+            if log.is_span:
+                self._waiting.pop(log, None)
 
     def add_marker(self, marker: FlushMarker) -> None:
         self._ready.append(marker)
@@ -265,6 +280,8 @@ class Planner:
                 self._finish(item, ops, status_field)
             except Exception as exc:  # a bug on one trace: that trace goes, delivery goes on
                 self._failed_on(item, exc)
+        if include_open and self._waiting:
+            self._drain_waiting(ops, status_field)
         while len(ops) < max_ops:
             self._discard_settled_open()
             if not self._open:
@@ -365,6 +382,8 @@ class Planner:
             state = self.state(log)
         if state is None or state.created or state.finished:
             return
+        if self.spans and self._waits_for_span(log, state):
+            return
         anchor = state.anchor
         if anchor is None or (anchor.delivery.created and not anchor.delivery.failed):
             self._emit_create(log, state, ops, status_field, closing)  # the common case
@@ -377,6 +396,61 @@ class Planner:
                 self._drop_below(ancestor, log, state)
                 return
         self._emit_create(log, state, ops, status_field, closing)
+
+    def _waits_for_span(self, log: Log, state: LogState) -> bool:
+        """Whether `log` must wait: it, or an ancestor it is created under that is not created
+        yet, is a span's log whose span has not ended (its fields, kind and version are known
+        only then). It is in that log's `unsent_children`: the span's end creates it. A span's
+        log whose anchor was closed meanwhile (the span outlived its flow) is filed as a late
+        child under the nearest ancestor still open."""
+        current, current_state = log, state
+        while True:
+            running = current.is_span and not (
+                current_state.ended or current_state.failed or current_state.created
+            )
+            if running and not self._draining:  # stopping: it is created as it is, below
+                self._waiting[current] = None
+                return True
+            anchor = current_state.anchor
+            if anchor is None:
+                return False
+            anchor_state: LogState = anchor.delivery
+            if anchor_state.created or anchor_state.failed:
+                if anchor_state.finished and not anchor_state.failed:
+                    self._refile_late(current, current_state, anchor)
+                return False
+            current, current_state = anchor, anchor_state
+
+    @property
+    def waiting_spans(self) -> bool:
+        """Whether logs wait for a span's log still running (stopping creates them anyway)."""
+        return bool(self._waiting)
+
+    def _drain_waiting(self, ops: list[PlannedOp], status_field: StatusField) -> None:
+        """Stopping: a span that has not ended (a producer leaked it, or it runs past the
+        exit) no longer holds back what ended inside it. Its log goes as an incomplete flow
+        log of what its span says so far, and the logs that waited for it follow."""
+        self._draining = True
+        try:
+            for span_log in list(self._waiting):
+                del self._waiting[span_log]
+                state = self.state(span_log)
+                if state is None or state.finished or state.ended:
+                    continue  # an ended one is planned as usual, from the ready logs
+                self._create(span_log, ops, status_field, closing=False)
+                for child in list(state.unsent_children or ()):
+                    child_state: LogState = child.delivery
+                    if child_state.ended and not child_state.finished:
+                        self._finish(child, ops, status_field)
+        finally:
+            self._draining = False
+
+    def _refile_late(self, log: Log, state: LogState, closed: Log) -> None:
+        children = closed.delivery.unsent_children
+        if children is not None:
+            children.pop(log, None)
+        state.late = True
+        self._adopt(log, state, self._open_ancestor(closed))
 
     def _uncreated_ancestors(self, log: Log, state: LogState) -> list[Log] | None:
         """The ancestors `log` is created under that are not created yet, outermost first;
@@ -423,7 +497,9 @@ class Planner:
             # and a complete parent would refuse the child. Its fields ride along; the update
             # closes it.
             body[status_field] = INCOMPLETE
-        self._emit(Operation("log", log.log_id, body, log_query(log)), log, closing, ops)
+        # a span's log is a flow's, a prompt's or a tool's: its body said which
+        kind: OperationKind = "log" if not log.is_span else cast("SpanLog", log).op_kind
+        self._emit(Operation(kind, log.log_id, body, log_query(log)), log, closing, ops)
         state.created = True
         if closing:
             state.finished = True
@@ -448,6 +524,11 @@ class Planner:
             _note(body, RECORDER_LATE_CHILD_OF if state.late else RECORDER_FORKED_FROM, parent_id)
         elif log.late_child_of is not None:  # the recorder filed it elsewhere when it started
             _note(body, RECORDER_LATE_CHILD_OF, log.late_child_of)
+        parent = log.parent
+        if isinstance(parent, RemoteParent):  # the caller's log (_remote): linked, or noted
+            if not parent.linked:
+                body.pop("trace_parent_id", None)
+            _note(body, RECORDER_REMOTE_PARENT, remote_note(parent))
         return self._leaving(body)
 
     def _leaving(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ early, incomplete, for a log that something needs to exist); `complete_body` is 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flowtrace._config import get_settings
 from flowtrace._contract import (
@@ -25,6 +25,9 @@ from flowtrace._contract import (
 )
 from flowtrace._log import UNSET, Log
 from flowtrace._serialize import Limits, limits, snapshot, to_json
+
+if TYPE_CHECKING:
+    from flowtrace._span_logs import SpanLog
 
 # The wire models (pydantic) are imported on the worker, when a chat message or an early-sent
 # log first needs them: `import flowtrace` stays light, and most logs never need them.
@@ -225,6 +228,10 @@ def _attributes(log: Log) -> Any:
 def create_body(log: Log, status_field: StatusField, start_ns: int | None = None) -> dict[str, Any]:
     """`POST /flows/log` body: complete if the log has ended, else incomplete (sent early).
     `start_ns`: the wall-clock start the pipeline fixed for the log (default: as of now)."""
+    if log.is_span:  # a span's log builds its own (imported with `_span_logs`, which made it)
+        from flowtrace._span_bodies import span_create_body
+
+        return span_create_body(cast("SpanLog", log), status_field)
     if start_ns is None:
         start_ns = log.start_ns
     body: dict[str, Any] = {
@@ -268,6 +275,10 @@ def complete_body(
 ) -> dict[str, Any]:
     """`PATCH /flows/logs/{id}` body closing a log sent early. `extension`: the server takes
     flowtrace's end-of-log fields (stdout, end_time, ...); a plain contract server does not."""
+    if log.is_span:
+        from flowtrace._span_bodies import span_complete_body
+
+        return span_complete_body(cast("SpanLog", log), status_field)
     body = _ending_fields(log, log.start_ns if start_ns is None else start_ns)
     if log.inputs is not UNSET or log.messages is not UNSET:  # the user may have set them late
         inputs, messages = resolve_inputs(log)

@@ -101,8 +101,8 @@ class SpoolFull(Exception):
 
 
 class SpoolItem(NamedTuple):
-    """One operation to spool: a create (`kind="log"`) or an update of `log_id`. (A tuple:
-    cheap to make, one per operation when the spool takes a backlog.)"""
+    """One operation to spool: a create (`kind` "log", "prompt_log" or "tool_log") or an update
+    of `log_id`. (A tuple: cheap to make, one per operation when the spool takes a backlog.)"""
 
     log_id: str
     kind: str
@@ -113,7 +113,7 @@ class SpoolItem(NamedTuple):
 
     @property
     def parent_id(self) -> str | None:
-        parent = self.body.get("trace_parent_id") if self.kind == "log" else None
+        parent = self.body.get("trace_parent_id") if self.kind != "update" else None
         return parent if isinstance(parent, str) else None
 
 
@@ -387,7 +387,7 @@ class Spool:
                 item.log_id,
                 item.kind,
                 int(item.final),
-                item.parent_id if item.kind == "log" else None,
+                item.parent_id,
                 item.seq,
                 to_json(item.body),
                 to_json(item.query).decode() if item.query else None,

@@ -8,8 +8,9 @@
 
 `captured.logs` are the Log objects in the order they ended; `captured.records` the wire
 bodies (what a server receives, complete; scrubbed and redacted as the settings say);
-`captured.trees()` nests the records under their parents (`"children"`). The `flowtrace_logs`
-pytest fixture does the same for one test.
+`captured.by_kind("prompt")` the records of LLM calls (spans' logs: `flowtrace.otel`), `"tool"`
+of tool calls; `captured.trees()` nests the records under their parents (`"children"`). The
+`flowtrace_logs` pytest fixture does the same for one test.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flowtrace._config import get_settings
+from flowtrace._contract import FLOW, PROMPT, TOOL
 from flowtrace._log import Log
 from flowtrace._outgoing import Outgoing
 from flowtrace._request_bodies import create_body
@@ -55,6 +57,10 @@ class CapturedLogs:
     def by_path(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["path"] == path]
 
+    def by_kind(self, kind: str) -> list[dict[str, Any]]:
+        """The records of one kind of log: `flow`, or `prompt` and `tool` (spans' logs)."""
+        return [r for r in self.records if _kind_of(r) == kind]
+
     def trees(self) -> list[dict[str, Any]]:
         """Root records, each with its `children` nested, in start order."""
         records = sorted(self.records, key=lambda r: r["start_time"])
@@ -68,6 +74,11 @@ class CapturedLogs:
     def clear(self) -> None:
         with self._lock:
             self.logs.clear()
+
+
+def _kind_of(record: dict[str, Any]) -> str:
+    """A record's kind: a prompt's or a tool's log carries its kernel under its kind."""
+    return next((kind for kind in (PROMPT, TOOL) if kind in record), FLOW)
 
 
 @contextmanager

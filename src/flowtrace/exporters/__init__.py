@@ -20,19 +20,24 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from flowtrace._retry import NOT_DELIVERED
 
-__all__ = ["NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
+__all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
 
-OperationKind = Literal["log", "update"]
+#: `log` creates a flow log, `prompt_log` and `tool_log` a prompt's or a tool's (a span's log:
+#: `_span_bodies`), `update` closes a log created early.
+OperationKind = Literal["log", "prompt_log", "tool_log", "update"]
+#: Creates of a prompt's or a tool's log (not in the batch extension: sent one by one).
+FILE_LOG_KINDS: frozenset[str] = frozenset({"prompt_log", "tool_log"})
 
 #: The query of an operation without one (shared: nobody changes a query).
 NO_QUERY: dict[str, str] = {}
 
 
 class Operation(NamedTuple):
-    """One wire operation: `log` = `POST /flows/log` (with `query`), `update` =
-    `PATCH /flows/logs/{log_id}`. Built once and reused unchanged by every retry, so a replay
-    is byte-for-byte the same request and the store treats it as idempotent. (A tuple: cheap
-    to make, one per log on the worker.)"""
+    """One wire operation: `log` = `POST /flows/log` (with `query`), `prompt_log` =
+    `POST /prompts/log`, `tool_log` = `POST /tools/log`, `update` = `PATCH /flows/logs/{log_id}`.
+    Built once and reused unchanged by every retry, so a replay is byte-for-byte the same
+    request and the store treats it as idempotent. (A tuple: cheap to make, one per log on the
+    worker.)"""
 
     kind: OperationKind
     log_id: str

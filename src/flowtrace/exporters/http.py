@@ -5,6 +5,11 @@ answers `{"batch": true|false, ...}`, and then takes flowtrace's end-of-log fiel
 any other server of the contract gets the per-log routes and contract-only update bodies. If
 the batch route answers 404/405 anyway, the exporter falls back to per-log and remembers.
 
+A span's prompt or tool log goes to `POST /prompts/log` or `POST /tools/log`, one by one (the
+batch extension takes flow logs only), in its place in the order. A server without those routes
+(404 "Not Found" or 405 for the route itself, learned once) gets it as a flow log instead, its
+kernel and prompt fields (tokens, costs, finish reason) in its metadata.
+
 A success is the contract's answer, not just a 2xx: a JSON object with the log's `id` (and
 for the batch route, one such result per operation). Anything else, such as the HTML page of
 a wrong `base_url`, is no delivery: the outcome says what came back from which URL.
@@ -28,14 +33,17 @@ import httpx
 import pydantic_core
 
 from flowtrace._config import Settings
-from flowtrace._contract import UPDATE_EXTENSION_FIELDS
+from flowtrace._contract import PROMPT, PROMPT_LOG_FIELDS, TOOL, UPDATE_EXTENSION_FIELDS
 from flowtrace._retry import is_retryable, parse_retry_after
-from flowtrace.exporters import NOT_DELIVERED, Operation, Outcome, not_delivered
+from flowtrace.exporters import FILE_LOG_KINDS, NOT_DELIVERED, Operation, Outcome, not_delivered
 from flowtrace.exporters._interruptible import install_on
 
 __all__ = ["HttpExporter"]
 
 BATCH_PATH = "/flows/logs/batch"
+#: Where each kind of create goes.
+CREATE_PATHS = {"log": "/flows/log", "prompt_log": "/prompts/log", "tool_log": "/tools/log"}
+_KERNEL_FIELDS = {"prompt_log": PROMPT, "tool_log": TOOL}
 HEALTH_PATH = "/health"
 _NO_BATCH = frozenset({404, 405})
 
@@ -93,6 +101,7 @@ class HttpExporter:
         self._discovered = False
         self.batch = False  # the server offers POST /flows/logs/batch
         self.update_extension = False  # the server takes end-of-log fields on update
+        self.file_logs = True  # the server has prompt and tool routes (until one is missing)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpExporter:
@@ -142,11 +151,38 @@ class HttpExporter:
             if failure is not None:
                 return [failure] * len(operations)
         if self.batch:
+            if any(op.kind in FILE_LOG_KINDS for op in operations):
+                return self._export_mixed(operations)
             outcomes = self._export_batch(operations)
             if outcomes is not None:
                 return outcomes
             self.batch = False  # the route is not there after all: per-log from now on
         return self._export_each(operations)
+
+    def _export_mixed(self, operations: Sequence[Operation]) -> list[Outcome]:
+        """Flow logs through the batch route, prompt and tool logs one by one, in order; after
+        a failure worth retrying what is left is not attempted (it may depend on it)."""
+        outcomes: list[Outcome] = []
+        start = 0
+        while start < len(operations):
+            per_log = operations[start].kind in FILE_LOG_KINDS
+            end = start + 1
+            while end < len(operations) and (operations[end].kind in FILE_LOG_KINDS) == per_log:
+                end += 1
+            run = operations[start:end]
+            batched = None if per_log or not self.batch else self._export_batch(run)
+            if batched is None and not per_log:
+                self.batch = False  # the route is not there after all: per-log from now on
+            part = batched if batched is not None else self._export_each(run)
+            outcomes.extend(part)
+            start = end
+            failed = [o for o in part if is_retryable(o.status)]
+            if failed and start < len(operations):
+                waits = [o.retry_after_s for o in failed if o.retry_after_s is not None]
+                wait = max(waits) if waits else None
+                outcomes.extend(not_delivered("not attempted", len(operations) - start, wait))
+                break
+        return outcomes
 
     # --- discovery ---------------------------------------------------------------------------
     def _discover(self) -> Outcome | None:
@@ -222,12 +258,16 @@ class HttpExporter:
         return self._pool
 
     def _send_one(self, op: Operation) -> Outcome:
-        path = "/flows/log" if op.kind == "log" else f"/flows/logs/{op.log_id}"
+        kind, body = op.kind, op.body
+        if kind in FILE_LOG_KINDS and not self.file_logs:
+            kind, body = "log", _as_flow_create(kind, body)
+        path = CREATE_PATHS.get(kind) or f"/flows/logs/{op.log_id}"
         try:
-            if op.kind == "log":
-                response = self._client.post(
-                    path, params=op.query or None, content=_encode(op.body)
-                )
+            if kind != "update":
+                response = self._client.post(path, params=op.query or None, content=_encode(body))
+                if kind in FILE_LOG_KINDS and _no_route(response):
+                    self.file_logs = False  # learned once: flow logs from now on
+                    return self._send_one(op)
             else:
                 body = op.body if self.update_extension else _contract_update(op.body)
                 response = self._client.patch(path, content=_encode(body))
@@ -260,7 +300,7 @@ def _waves(operations: Sequence[Operation]) -> list[list[int]]:
     children: dict[str, int] = {}  # log id -> the last wave of its children's creates
     waves: list[list[int]] = []
     for index, op in enumerate(operations):
-        if op.kind == "log":
+        if op.kind != "update":
             parent = op.body.get("trace_parent_id")
             wave = created[parent] + 1 if isinstance(parent, str) and parent in created else 0
             created[op.log_id] = wave
@@ -313,6 +353,33 @@ class Parallel:
             self._tasks.put(None)
         for thread in self._threads:
             thread.join(1.0)
+
+
+def _no_route(response: httpx.Response) -> bool:
+    """The server has no such route (not: the route refused this log, e.g. its parent is
+    unknown, which a flowtrace server says with a 404 naming the parent)."""
+    if response.status_code == 405:
+        return True
+    if response.status_code != 404:
+        return False
+    answer = _json_or_none(response)
+    return not isinstance(answer, dict) or answer.get("detail") in (None, "Not Found")
+
+
+def _as_flow_create(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A prompt or tool log's create as a flow log's, for a server without those routes: the
+    kernel and the prompt fields (tokens, costs, finish reason) move into its metadata."""
+    flow_body: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
+    kernel_field = _KERNEL_FIELDS.get(kind)
+    for name, value in body.items():
+        if name == kernel_field or name in PROMPT_LOG_FIELDS:
+            moved[name] = value
+        else:
+            flow_body[name] = value
+    if moved:
+        flow_body["metadata"] = {**(flow_body.get("metadata") or {}), **moved}
+    return flow_body
 
 
 def _contract_update(body: dict[str, Any]) -> dict[str, Any]:

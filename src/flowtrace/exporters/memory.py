@@ -29,6 +29,7 @@ class MemoryExporter:
         self.calls: list[list[Operation]] = []  # every export call, as attempted
         self.logs: dict[str, dict[str, Any]] = {}  # log_id -> merged stored body
         self.creates: dict[str, dict[str, Any]] = {}  # log_id -> body as first created
+        self.kinds: dict[str, str] = {}  # log_id -> its create's kind (log, prompt_log, tool_log)
         self._scripts: list[Script] = []
         self._lock = threading.Lock()
 
@@ -64,7 +65,7 @@ class MemoryExporter:
 
     # --- the trace rules -------------------------------------------------------------------
     def _apply(self, op: Operation) -> Outcome:
-        if op.kind == "log":
+        if op.kind != "update":
             return self._create(op)
         return self._update(op)
 
@@ -81,6 +82,7 @@ class MemoryExporter:
             if parent.get(self.status_field) == COMPLETE:
                 return Outcome(409, {"detail": f"trace parent {parent_id} is complete"})
         self.creates[op.log_id] = op.body
+        self.kinds[op.log_id] = op.kind
         self.logs[op.log_id] = dict(op.body)
         return Outcome(200, {"id": op.log_id})
 

@@ -90,6 +90,11 @@ __all__ = [
 SCHEMA_VERSION = len(MIGRATIONS)
 # traces_with_errors answers for a page of rows; bounded so a query never takes more marks.
 _MAX_ERROR_CHECKS = 1000
+#: `ingest`'s creates of a span's prompt or tool log, by operation kind.
+_FILE_LOG_REQUESTS: dict[str, type[PromptLogRequest] | type[ToolLogRequest]] = {
+    "prompt_log": PromptLogRequest,
+    "tool_log": ToolLogRequest,
+}
 
 _T = TypeVar("_T")
 _Update = tuple[str, FlowLogUpdateRequest]
@@ -290,8 +295,9 @@ class Store:
     def ingest(
         self, operations: Sequence[IngestOperation], *, timeout_s: float | None = None
     ) -> list[IngestResult]:
-        """The fast embedded path (`_ingest`): operations built by flowtrace's own client, in
-        order, in one transaction, through the same trace rules as `batch`, without parsing,
+        """The fast embedded path (`_ingest`): operations built by flowtrace's own client (a
+        span's prompt or tool log validated as its request, they are few), in order, in one
+        transaction, through the same trace rules as `batch`, without parsing,
         validating or answering them. Each result is (status, body): a create's answer, an
         update's `{"id"}`, or a refusal's `{"detail"}`. An operation that fails otherwise than
         by a rule fails alone (500, not worth a retry) and the others are committed without
@@ -307,6 +313,9 @@ class Store:
                     prepared.append(
                         (index, prepare_create(op.body, op.query, now_us, now_wire), "")
                     )
+                elif op.kind in _FILE_LOG_REQUESTS:  # a span's log: validated (they are few)
+                    request = _FILE_LOG_REQUESTS[op.kind].model_validate(op.body)
+                    prepared.append((index, prepare_log(request, None, now_us, now_wire), ""))
                 else:
                     prepared.append((index, prepare_update(op.body), op.log_id))
             except Exception as error:  # data the store cannot take: this one alone

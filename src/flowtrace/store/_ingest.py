@@ -28,26 +28,16 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from flowtrace._contract import (
-    COMPLETE,
-    INCOMPLETE,
-    PAYLOAD_FIELDS,
-    STATUS_FIELDS,
-    StatusField,
-    TraceStatus,
+    FLOW,
 )
 from flowtrace.models import FlowKernel, FlowLogRequest, FlowLogUpdateRequest, LogQuery
-from flowtrace.store._codec import canonical_json, compact_json, digest
-from flowtrace.store._prepare import PreparedLog
+from flowtrace.store._codec import canonical_json, digest
+from flowtrace.store._prepare import PreparedLog, prepare_fields
 
 __all__ = ["IngestOperation", "prepare_create", "prepare_update"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
-# Request fields that are not data of the log itself (as in _prepare): they route it or
-# become columns.
-_COLUMN_FIELDS = frozenset(
-    {"path", "id", "flow", "log_id", "start_time", "end_time", *STATUS_FIELDS}
-)
 #: What `create_log` reads of a request: the routing fields.
 _ROUTING_FIELDS = ("log_id", "path", "id", "trace_parent_id")
 #: Update fields whose values are models (chat messages): such an update is validated.
@@ -56,7 +46,8 @@ _MODEL_UPDATE_FIELDS = frozenset({"messages", "output_message"})
 
 @dataclass(frozen=True, slots=True)
 class IngestOperation:
-    """A create (`kind="log"`, with the targeting `query`) or an update of `log_id`."""
+    """A create (`kind` "log", with the targeting `query`; "prompt_log" or "tool_log" for a
+    span's log) or an update of `log_id`."""
 
     kind: str
     log_id: str
@@ -132,13 +123,6 @@ def _wire_datetime(text: str) -> datetime:
 # --- creates -----------------------------------------------------------------------------------
 
 
-def _status_field(body: Mapping[str, Any]) -> StatusField:
-    for name in STATUS_FIELDS:
-        if name in body:
-            return name
-    return STATUS_FIELDS[0]
-
-
 def _replay_digest(body: Mapping[str, Any], query: Mapping[str, str] | None) -> bytes:
     """As `_prepare._replay_identity`: the canonical body, with the targeting query if any."""
     targeting = {k: v for k, v in (query or {}).items() if v is not None}
@@ -150,40 +134,24 @@ def prepare_create(
     body: Mapping[str, Any], query: Mapping[str, str] | None, now_us: int, now_wire: str
 ) -> PreparedLog:
     """What `prepare_log` makes of the same request, from the body as the client built it."""
-    stored = {k: v for k, v in body.items() if v is not None and k not in _COLUMN_FIELDS}
-    if body.get("save") is False:
-        stored = {k: v for k, v in stored.items() if k not in PAYLOAD_FIELDS}
-    if "created_at" not in stored:
-        stored["created_at"] = now_wire
-    inputs = stored.pop("inputs", None)
-    output = stored.pop("output", None)
-    status_field = _status_field(body)
-    status: TraceStatus = body.get(status_field) or INCOMPLETE
-    complete = status == COMPLETE
     start = body.get("start_time")
-    start_us = wire_us(start) if start is not None else now_us
     end = body.get("end_time")
-    end_us = wire_us(end) if end is not None else None
-    if complete and end_us is None:
-        end_us = max(now_us, start_us)
     routing = {name: body[name] for name in _ROUTING_FIELDS if name in body}
     flow = body.get("flow")
     if flow is not None:
         routing["flow"] = _known_valid(FlowKernel, {"attributes": flow["attributes"]})
     targeting = {k: v for k, v in (query or {}).items() if v is not None}
-    return PreparedLog(
-        request=_known_valid(FlowLogRequest, routing),
-        query=_known_valid(LogQuery, targeting) if targeting else None,
-        request_digest=_replay_digest(body, query),
-        start_us=start_us,
-        end_us=end_us,
-        complete=complete,
-        has_error="error" in stored,
-        inputs=compact_json(inputs) if inputs is not None else None,
-        output=output,
-        data=compact_json(stored),
-        status=status,
-        status_field=status_field,
+    return prepare_fields(
+        _known_valid(FlowLogRequest, routing),
+        body,
+        _known_valid(LogQuery, targeting) if targeting else None,
+        FLOW,
+        None,
+        wire_us(start) if start is not None else None,
+        wire_us(end) if end is not None else None,
+        now_us,
+        now_wire,
+        _replay_digest(body, query),
     )
 
 

@@ -27,7 +27,7 @@ from flowtrace.models import (
     ToolLogUpdateRequest,
 )
 from flowtrace.store._codec import compact_json, new_id, to_us
-from flowtrace.store._errors import conflict, invalid, not_found
+from flowtrace.store._errors import StoreError, conflict, invalid, not_found
 from flowtrace.store._flow_cache import (
     FlowCache,
     FlowKey,
@@ -213,20 +213,37 @@ def widen(conn: sqlite3.Connection, node: Node | None, start_us: int, end_us: in
         node = Node(*row) if row is not None else None
 
 
-def _replay(conn: sqlite3.Connection, prepared: PreparedLog) -> dict[str, Any] | None:
-    """The stored answer when this log_id exists: same request -> same response, else 409."""
+def _replay(
+    flow_cache: FlowCache, session: Session, prepared: PreparedLog
+) -> dict[str, Any] | None:
+    """The stored answer when this log_id exists: same request -> same response, else 409. A
+    placeholder by that id (a remote child came first) is filled by this request instead."""
     log_id = prepared.request.log_id
     if log_id is None:
         return None
+    conn = session.conn
     row = conn.execute(
-        "SELECT request_digest, flow_ref, version_ref FROM logs WHERE id = ?", (log_id,)
+        "SELECT request_digest, placeholder FROM logs WHERE id = ?", (log_id,)
     ).fetchone()
     if row is None:
         return None
+    if row[1]:  # a remote child's parent that had not arrived: this log fills it
+        from flowtrace.store._spans import fill_placeholder
+
+        return fill_placeholder(flow_cache, session, prepared)
     if row[0] != prepared.request_digest:
         raise conflict(f"log {log_id!r} already exists with a different body")
+    return created_response(conn, log_id, prepared)
+
+
+def created_response(
+    conn: sqlite3.Connection, log_id: str, prepared: PreparedLog
+) -> dict[str, Any]:
+    """The answer of `POST /flows/log` for the stored log `log_id`."""
     flow_id, version_id = conn.execute(
-        "SELECT f.id, v.id FROM flows f, versions v WHERE f.seq = ? AND v.seq = ?", row[1:]
+        "SELECT f.id, v.id FROM logs l, flows f, versions v"
+        " WHERE l.id = ? AND f.seq = l.flow_ref AND v.seq = l.version_ref",
+        (log_id,),
     ).fetchone()
     return _response(log_id, flow_id, version_id, prepared)
 
@@ -238,14 +255,24 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
     its parent closed or its environment was redeployed."""
     request = prepared.request
     conn = session.conn
-    replay = _replay(conn, prepared)
+    replay = _replay(flow_cache, session, prepared)
     if replay is not None:
         return replay
     target = find_target(flow_cache, conn, prepared)
     parent: Node | None = None
     trace_seq: int | None = None
     if request.trace_parent_id is not None:
-        trace_seq, parent = _open_parent(conn, request.trace_parent_id)
+        try:
+            trace_seq, parent = _open_parent(conn, request.trace_parent_id)
+        except StoreError:
+            # A child from another service may arrive before its parent or after it completed
+            # (store/_spans.py: the remote parent's rules); any other child is refused.
+            from flowtrace.store._spans import remote_child_parent
+
+            found = remote_child_parent(flow_cache, session, prepared)
+            if found is None:
+                raise
+            trace_seq, parent = found
     # --- every check passed: write
     return write_log(flow_cache, session, prepared, target, trace_seq, parent)
 

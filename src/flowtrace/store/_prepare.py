@@ -6,6 +6,7 @@ the lock, so concurrent requests spend the lock only on SQLite.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,14 @@ from flowtrace._contract import (
 from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
 from flowtrace.store._codec import canonical_json, compact_json, digest, to_us
 
-__all__ = ["LogRequest", "PreparedLog", "kernel_of", "prepare_built", "prepare_log"]
+__all__ = [
+    "LogRequest",
+    "PreparedLog",
+    "kernel_of",
+    "prepare_built",
+    "prepare_fields",
+    "prepare_log",
+]
 
 #: A request that creates a log, of any kind.
 LogRequest = FlowLogRequest | PromptLogRequest | ToolLogRequest
@@ -90,7 +98,18 @@ def prepare_log(
     kind, kernel = kernel_of(request)
     start_us = to_us(request.start_time) if request.start_time is not None else None
     end_us = to_us(request.end_time) if request.end_time is not None else None
-    return _prepare(request, body, query, kind, kernel, start_us, end_us, now_us, now_wire)
+    return prepare_fields(
+        request,
+        body,
+        query,
+        kind,
+        kernel,
+        start_us,
+        end_us,
+        now_us,
+        now_wire,
+        _replay_identity(body, query),
+    )
 
 
 def prepare_built(
@@ -109,14 +128,23 @@ def prepare_built(
     log_id, trace_parent_id, and a flow's `flow`), e.g. made with `model_construct`. Its keys
     come in a fixed order (the same span gives the same body, key for key), so the replay
     digest is taken without sorting them."""
-    return _prepare(
-        request, body, None, kind, kernel, start_us, end_us, now_us, now_wire, ordered=True
+    return prepare_fields(
+        request,
+        body,
+        None,
+        kind,
+        kernel,
+        start_us,
+        end_us,
+        now_us,
+        now_wire,
+        _replay_identity(body, None, ordered=True),
     )
 
 
-def _prepare(
+def prepare_fields(
     request: LogRequest,
-    body: dict[str, Any],
+    body: Mapping[str, Any],
     query: LogQuery | None,
     kind: LogKind,
     kernel: dict[str, Any] | None,
@@ -124,8 +152,10 @@ def _prepare(
     end: int | None,
     now_us: int,
     now_wire: str | None,
-    ordered: bool = False,
+    request_digest: bytes,
 ) -> PreparedLog:
+    """The columns and stored JSON of a log from its request's JSON `body` (however that was
+    had: a model's dump, a body flowtrace built) and its replay digest."""
     stored = {
         key: value for key, value in body.items() if value is not None and key not in _COLUMN_FIELDS
     }
@@ -147,7 +177,7 @@ def _prepare(
     return PreparedLog(
         request=request,
         query=query,
-        request_digest=_replay_identity(body, query, ordered),
+        request_digest=request_digest,
         start_us=start_us,
         end_us=end_us,
         complete=complete,

@@ -17,6 +17,12 @@ sent again after a lost answer. The rules:
 - A span naming an existing log (`humanloop.log.id`) completes that log, as a PATCH would, its
   metadata merged into the log's; when that log does not exist, the span creates it.
 
+Logs from another service (a trace continued from W3C headers, `flowtrace.continue_trace`)
+follow the same rules as spans when their body says so (metadata["flowtrace"]["remote_parent"]
+names the log's `trace_parent_id` as linked, `_contract.remote_parent_id`): a parent not
+seen yet becomes a placeholder, which the parent's own create fills; a complete parent takes
+the child (it widens to cover it, and stays complete). Links stay within this database.
+
 Every function checks everything that can refuse before writing (see `Session.operation`).
 """
 
@@ -28,12 +34,13 @@ from typing import Any, NamedTuple
 
 from pydantic_core import from_json
 
-from flowtrace._contract import FLOW, PLACEHOLDER_PATH
+from flowtrace._contract import FLOW, PLACEHOLDER_PATH, remote_parent_id
 from flowtrace.store._errors import conflict
 from flowtrace.store._flow_cache import FlowCache
 from flowtrace.store._logs import (
     LogUpdate,
     Node,
+    created_response,
     find_target,
     node_at,
     update_log,
@@ -43,7 +50,7 @@ from flowtrace.store._logs import (
 from flowtrace.store._prepare import PreparedLog
 from flowtrace.store._session import Session
 
-__all__ = ["SpanWrite", "ingest_span"]
+__all__ = ["SpanWrite", "fill_placeholder", "ingest_span", "remote_child_parent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +182,40 @@ def _fill(flow_cache: FlowCache, session: Session, row: _Existing, prepared: Pre
     conn.execute("UPDATE logs SET parent_seq = ? WHERE seq = ?", (node.seq, row.seq))
     conn.execute("UPDATE logs SET trace_seq = ? WHERE trace_seq = ?", (trace_seq, row.seq))
     widen(conn, node_at(conn, node.seq), start_us, end_us)
+
+
+def remote_child_parent(
+    flow_cache: FlowCache, session: Session, prepared: PreparedLog
+) -> tuple[int, Node] | None:
+    """The (trace, node) a remote child goes under, whether its parent is missing (a
+    placeholder is created) or complete; None when `prepared` is not a remote child (the
+    contract's 404 or 409 stands). Called once every other check of the create has passed."""
+    parent_id = prepared.request.trace_parent_id
+    if parent_id is None or parent_id == prepared.request.log_id:
+        return None
+    metadata = from_json(prepared.data).get("metadata")
+    if remote_parent_id(metadata) != parent_id:
+        return None
+    conn = session.conn
+    parent = _find_parent(conn, parent_id)
+    if parent.missing_id is not None:
+        _check_placeholder_file(flow_cache, conn)
+    trace_seq, node = _attach(flow_cache, session, parent, prepared.start_us, prepared.end_us)
+    assert trace_seq is not None and node is not None
+    return trace_seq, node
+
+
+def fill_placeholder(
+    flow_cache: FlowCache, session: Session, prepared: PreparedLog
+) -> dict[str, Any]:
+    """A create whose log id is a placeholder's (its remote child came first) fills it: the
+    answer of `POST /flows/log`."""
+    log_id = prepared.request.log_id
+    assert log_id is not None
+    row = _existing(session.conn, log_id)
+    assert row is not None and row.placeholder
+    _fill(flow_cache, session, row, prepared)
+    return created_response(session.conn, log_id, prepared)
 
 
 def _complete(session: Session, row: _Existing, log_id: str, update: LogUpdate) -> None:
