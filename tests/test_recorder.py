@@ -41,6 +41,8 @@ def test_public_api_is_pinned() -> None:
     assert flowtrace.__all__ == [
         "Flow",
         "Log",
+        "ScrubMatch",
+        "ScrubOptions",
         "Settings",
         "TracedThreadPoolExecutor",
         "configure",

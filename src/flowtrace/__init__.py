@@ -11,6 +11,8 @@ with flow("agents/support", inputs={"q": q}) as log:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from flowtrace._config import Settings, configure
 from flowtrace._context import TracedThreadPoolExecutor, current_log, propagate
 from flowtrace._decorator import Flow, flow
@@ -24,6 +26,8 @@ from flowtrace._remote import continue_trace, propagation_headers
 __all__ = [
     "Flow",
     "Log",
+    "ScrubMatch",
+    "ScrubOptions",
     "Settings",
     "TracedThreadPoolExecutor",
     "configure",
@@ -41,3 +45,21 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from flowtrace._scrub import ScrubMatch, ScrubOptions
+
+#: Public names whose module is imported only when they are first used (the scrubber's costs
+#: ~25 ms to import, and a program that keeps the default scrubbing never needs it here).
+_LAZY = {"ScrubOptions": "flowtrace._scrub", "ScrubMatch": "flowtrace._scrub"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flowtrace' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -6,9 +6,12 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from flowtrace._contract import DEFAULT_STATUS_FIELD, STATUS_FIELDS, StatusField
+
+if TYPE_CHECKING:  # the scrubber's module is imported by the worker, when it first scrubs
+    from flowtrace._scrub import RedactHook, Scrubber, ScrubOptions
 
 __all__ = ["SPOOL_MODES", "Settings", "SpoolMode", "configure", "get_settings", "on_change"]
 
@@ -68,6 +71,14 @@ class Settings:
     # and their `_HEADERS`; "" turns it off whatever the environment says.
     otlp_endpoint: str | None = None
     otlp_headers: str | Mapping[str, str] | None = field(default=None, repr=False)
+    # what leaves the process (issue 11; docs/architecture.md, "Scrubbing and sampling"):
+    # True: the documented rules; False: off; a ScrubOptions (or a dict of its fields)
+    scrub: bool | ScrubOptions | Scrubber | Mapping[str, Any] = True
+    redact: RedactHook | None = None  # record -> record, after scrubbing (not from environment)
+    # sampling by trace, decided at each root (a flow's own `sample_rate` wins)
+    sample_rate: float = 1.0
+    # an unsampled trace is still kept if it had an error, or if its root ran this long
+    sample_keep_slower_than_s: float | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,9 +104,15 @@ def _parse(name: str, kind: Any, text: str) -> Any:
     return text
 
 
+#: Settings that are code, not text: not read from the environment.
+_NOT_FROM_ENVIRONMENT = frozenset({"redact"})
+
+
 def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for f in fields(Settings):
+        if f.name in _NOT_FROM_ENVIRONMENT:
+            continue
         text = environ.get(f"FLOWTRACE_{f.name.upper()}")
         if text is not None:
             kind = f.type if not isinstance(f.type, str) else f.type.split(" |")[0]
@@ -107,6 +124,8 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         raise ValueError(f"FLOWTRACE_STATUS_FIELD must be one of {', '.join(STATUS_FIELDS)}")
     if values.get("spool", "auto") not in SPOOL_MODES:
         raise ValueError(f"FLOWTRACE_SPOOL must be one of {', '.join(SPOOL_MODES)}")
+    if not 0.0 <= values.get("sample_rate", 1.0) <= 1.0:
+        raise ValueError("FLOWTRACE_SAMPLE_RATE must be between 0 and 1")
     return values
 
 
@@ -156,10 +175,29 @@ def configure(**overrides: Any) -> Settings:
         raise ValueError(f"status_field must be one of {', '.join(STATUS_FIELDS)}")
     if settings.spool not in SPOOL_MODES:
         raise ValueError(f"spool must be one of {', '.join(SPOOL_MODES)}")
+    _check_production_controls(settings)
     _settings = settings
     for listener in list(_listeners):
         listener(settings)
     return settings
+
+
+def _check_production_controls(settings: Settings) -> None:
+    """Wrong scrub, redact or sampling settings raise here, not later on the worker."""
+    rate = settings.sample_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"sample_rate must be a number from 0 to 1, not {rate!r}")
+    slower = settings.sample_keep_slower_than_s
+    if slower is not None and (isinstance(slower, bool) or not isinstance(slower, (int, float))):
+        raise TypeError(f"sample_keep_slower_than_s must be seconds or None, not {slower!r}")
+    if settings.redact is not None and not callable(settings.redact):
+        raise TypeError(
+            f"redact must be a function (record) -> record, not {type(settings.redact).__name__}"
+        )
+    if settings.scrub is not True and settings.scrub is not False:
+        from flowtrace._scrub import scrubber_from_setting  # the options are checked once, now
+
+        scrubber_from_setting(settings.scrub)
 
 
 def on_change(listener: Callable[[Settings], None]) -> None:

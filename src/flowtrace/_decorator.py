@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
-from flowtrace import _config, _guard, _log, _sinks
+from flowtrace import _config, _guard, _log, _sampling, _sinks
 from flowtrace._capture import (
     CapturedTraceback,
     InputBinder,
@@ -53,11 +53,13 @@ __all__ = ["Flow", "default_path", "flow"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _enabled = True
+_every_trace = True  # the sample_rate setting is 1: a root samples only if its flow has a rate
 
 
 def _apply_settings(settings: _config.Settings) -> None:
-    global _enabled
+    global _enabled, _every_trace
     _enabled = settings.enabled
+    _every_trace = settings.sample_rate >= 1.0
 
 
 # --- paths -----------------------------------------------------------------------------------
@@ -94,7 +96,11 @@ def _open(
     if not _enabled:
         return None
     try:
-        log = Log(options, current.get(), args, kwargs)
+        parent = current.get()
+        if parent is not None or (_every_trace and options.sample_threshold is None):
+            log = Log(options, parent, args, kwargs)
+        else:  # a root, and a rate to sample at
+            log = _sampling.open_root(options, args, kwargs)
     except Exception as exc:
         if not isinstance(exc, RecursionError):  # the user's recursion: the call fails too
             _guard.internal_error("log-open", exc)
@@ -108,8 +114,12 @@ def _announce(log: Log) -> None:
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
         if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
-        for started in _sinks.on_start:
-            started(log)
+        hold = log.trace_hold
+        if hold is None:
+            for started in _sinks.on_start:
+                started(log)
+        elif hold is not log:  # an unsampled trace: held until its root ends (_sampling)
+            hold.started(log)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
 
@@ -191,11 +201,19 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             return fn(*args, **kwargs)
         log = None
         try:  # _open(), inlined: the hot path
-            log = Log(options, current.get(), args, kwargs)
+            parent = current.get()
+            if parent is not None or (_every_trace and options.sample_threshold is None):
+                log = Log(options, parent, args, kwargs)
+            else:  # a root, and a rate to sample at
+                log = _sampling.open_root(options, args, kwargs)
             if log.parent is None and type(sys.stdout) is not StdoutTee:
                 ensure_stdout_tee()
-            for started in _sinks.on_start:
-                started(log)
+            hold = log.trace_hold
+            if hold is None:
+                for started in _sinks.on_start:
+                    started(log)
+            elif hold is not log:  # an unsampled trace: held until its root ends
+                hold.started(log)
         except Exception as exc:
             if not isinstance(exc, RecursionError):  # that is the user's recursion: below
                 _guard.internal_error("log-open", exc)
@@ -214,8 +232,12 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             log.result = result
             log.duration_ns = _log._mono_ns() - log._start_mono_ns
             try:
-                for ended in _sinks.on_end:
-                    ended(log)
+                hold = log.trace_hold
+                if hold is None:
+                    for ended in _sinks.on_end:
+                        ended(log)
+                else:
+                    hold.ended(log)
             except Exception as exc:
                 _guard.internal_error("log-end", exc)
         else:
@@ -541,7 +563,8 @@ def flow(target: Any = None, /, **options: Unpack[FlowKeywords]) -> Any:
     (the Flow version: same attributes, same version), `metadata`, `user`, `environment`,
     `source`, `save` (False: the server keeps the log without its payloads), `version_id`,
     `capture_inputs` and `capture_output` (False, or a function that returns what to record),
-    and for blocks `inputs`.
+    `sample_rate` (0 to 1: the share of this flow's traces recorded when it is a root; the
+    `sample_rate` setting otherwise), and for blocks `inputs`.
 
     A flow opened while another is open in the same context is its child.
     """

@@ -23,6 +23,7 @@ from flowtrace._serialize import SCALARS, capture_value
 if TYPE_CHECKING:
     from flowtrace._capture import CapturedTraceback
     from flowtrace._options import LogOptions
+    from flowtrace._sampling import DormantRoot
 
 __all__ = ["UNSET", "Log", "set_clock"]
 
@@ -64,13 +65,21 @@ def _new_prefix() -> str:
 
 _counter = itertools.count(1)
 _generations: list[tuple[int, str]] = [(0, _new_prefix())]  # (first number, its prefix)
+# the current prefix's last 32 bits: the sampling decision mixes them with a root's number
+seed = int(_generations[0][1][-9:-1], 16)
 
 
 def _reseed_ids() -> None:
-    global _counter
+    global _counter, seed
     first = next(_counter)
     _counter = itertools.count(first)
     _generations.append((first, _new_prefix()))
+    seed = int(_generations[-1][1][-9:-1], 16)
+
+
+def next_number() -> int:
+    """The next log number (a root drawn by sampling gets its number before its Log)."""
+    return next(_counter)
 
 
 def _prefix_of(number: int) -> str:
@@ -177,6 +186,10 @@ class Log:
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     late_child_of: str | None = None  # the log that had ended when this one started under it
+    # An unsampled trace's root, which holds the trace (the same for all its logs): the
+    # recorder tells it, not the sinks, of each log's start and end (`_sampling`). None: a
+    # sampled trace.
+    trace_hold: DormantRoot | None = None
     # A span's log (`_span_logs.SpanLog`): it builds its own bodies, and is created only once
     # it has ended (its kind and version come from the ended span).
     is_span = False
@@ -194,10 +207,16 @@ class Log:
         block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
-        if parent is not None and parent.duration_ns is not None:
-            if not parent.is_span:  # a span ended elsewhere may leave its log in the context
-                self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
-            parent = open_ancestor(parent)  # the context held a log that has ended
+        # On the instance, always: the recorder reads it at each end, and Python reads an
+        # instance's attribute much faster than a class default through it.
+        if parent is None:
+            self.trace_hold = None
+        else:
+            self.trace_hold = parent.trace_hold  # a child inherits its root's decision
+            if parent.duration_ns is not None:
+                if not parent.is_span:  # a span ended elsewhere may leave its log in the context
+                    self.late_child_of = parent.log_id  # noted in the log (metadata["flowtrace"])
+                parent = open_ancestor(parent)  # the context held a log that has ended
         self.parent = parent
         if args is not None:
             if options.capture_all:
@@ -223,6 +242,13 @@ class Log:
         if fields:
             for name, value in fields.items():
                 fields[name] = capture_value(value)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the trace was sampled at its root (a trace that was not may still be
+        delivered: the tail rule keeps those with an error or a slow root). What a remote
+        child of this trace should be told, to decide the same (`flow(sample_rate=0.0)`)."""
+        return self.trace_hold is None
 
     # --- what the flow gave --------------------------------------------------------------
     @property
@@ -343,8 +369,12 @@ class Log:
             self.ended_how = how
         self.duration_ns = _mono_ns() - self._start_mono_ns  # from here on, complete
         try:
-            for ended in _sinks.on_end:
-                ended(self)
+            hold = self.trace_hold
+            if hold is None:
+                for ended in _sinks.on_end:
+                    ended(self)
+            else:
+                hold.ended(self)
         except Exception as exc:
             _guard.internal_error("log-end", exc)
 

@@ -38,8 +38,14 @@ class FlowOptions:
     version_id: str | None = None
     capture_inputs: bool | Redactor = True
     capture_output: bool | Redactor = True
+    sample_rate: float | None = None  # at a root: this flow's traces' rate (None: the setting)
 
     def __post_init__(self) -> None:
+        rate = self.sample_rate
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0
+        ):
+            raise ValueError(f"flow(sample_rate=...) must be a number from 0 to 1, not {rate!r}")
         if self.attributes is not None:
             # Snapshot now: the same attributes must mean the same version on every call.
             object.__setattr__(self, "attributes", capture_value(self.attributes))
@@ -59,6 +65,7 @@ class FlowKeywords(TypedDict, total=False):
     version_id: str | None
     capture_inputs: bool | Redactor
     capture_output: bool | Redactor
+    sample_rate: float | None
 
 
 class LogOptions:
@@ -73,6 +80,8 @@ class LogOptions:
         "capture_output",
         "flow",
         "path",
+        "sample_rate",
+        "sample_threshold",
         "skip_first",
     )
 
@@ -87,6 +96,11 @@ class LogOptions:
         self.path = path
         self.capture_inputs = flow.capture_inputs
         self.capture_output = flow.capture_output
+        self.sample_rate = flow.sample_rate  # read at each root
+        # what `_sampling` compares a root's hash with (worked out once, here)
+        self.sample_threshold = (
+            None if flow.sample_rate is None else int(flow.sample_rate * (1 << 32))
+        )
         # The common case: every argument recorded as it is (copied now, bound on the worker).
         self.capture_all = flow.capture_inputs is True and binder is not None
         self.binder = binder  # binds a call's arguments to names, on the worker

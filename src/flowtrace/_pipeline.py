@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flowtrace import _config, _guard, _log, _op_taps, _otlp_export
+from flowtrace import _config, _guard, _log, _op_taps, _otlp_export, _sampling
 from flowtrace._accounting import Counters, Warnings
 from flowtrace._delivery import Ledger, Sender
 from flowtrace._destination import Destination
 from flowtrace._log import Log
 from flowtrace._outbox import Outbox
+from flowtrace._outgoing import Outgoing
 from flowtrace._planner import FlushMarker, PlannedOp, Planner
 from flowtrace._queue import DROPPED, LOAD_MODES, Backpressure, CallPathQueue, Mode
 from flowtrace._sinks import add_sink, refresh_sinks, remove_sink
@@ -95,7 +96,9 @@ class Pipeline:
         self.lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._counters = Counters()
-        self._planner = Planner(self._token, self._counters)
+        _sampling.reset_counts()  # this pipeline's (a forked child's start at 0)
+        self._outgoing = Outgoing(self._settings)
+        self._planner = Planner(self._token, self._counters, self._outgoing)
         self._warnings = Warnings()
         old = getattr(self, "_destination", None)
         self._destination = Destination(self._settings, self._warnings)
@@ -134,6 +137,8 @@ class Pipeline:
         self._batch_size = max(1, settings.batch_size)
         self._ledger.retry_deadline_s = settings.retry_deadline_s
         self._destination.retarget(settings)
+        with self.lock:  # the worker may be encoding a body with the old scrubber
+            self._outgoing.configure(settings)
 
     def settings_changed(self, settings: _config.Settings) -> None:
         """configure() was called: new limits now, a new destination at the next batch."""
@@ -393,6 +398,8 @@ class Pipeline:
             "dropped": dropped,
             "last_error": counters.last_error,
             "spool": str(spool.path) if spool is not None else None,
+            **self._outgoing.stats(),
+            **_sampling.stats(),
         }
 
     def _nothing_waiting(self) -> bool:

@@ -43,6 +43,7 @@ from flowtrace._contract import (
     StatusField,
 )
 from flowtrace._log import Log
+from flowtrace._outgoing import Outgoing
 from flowtrace._remote import RemoteParent, remote_note
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.exporters import Operation, OperationKind
@@ -127,9 +128,11 @@ class PlannedOp:
 
 
 class Planner:
-    def __init__(self, token: object, counters: Counters) -> None:
+    def __init__(self, token: object, counters: Counters, outgoing: Outgoing | None = None) -> None:
         self._token = token
         self._counters = counters
+        # scrubs each body as it is encoded: once, so every retry and the spool carry the same
+        self._outgoing = outgoing
         self._ready: deque[Log | FlushMarker] = deque()  # ended logs (and markers), in order
         self._ready_logs = 0
         self._open: deque[Log] = deque()  # open logs by registration time, for live_after
@@ -353,7 +356,7 @@ class Planner:
             return
         if state.created:
             try:
-                body = complete_body(log, status_field, True, state.start_ns)
+                body = self._leaving(complete_body(log, status_field, True, state.start_ns))
             except Exception as exc:
                 self._encode_failed(log, state, exc)
                 return
@@ -526,7 +529,11 @@ class Planner:
             if not parent.linked:
                 body.pop("trace_parent_id", None)
             _note(body, RECORDER_REMOTE_PARENT, remote_note(parent))
-        return body
+        return self._leaving(body)
+
+    def _leaving(self, body: dict[str, Any]) -> dict[str, Any]:
+        outgoing = self._outgoing
+        return body if outgoing is None else outgoing.body(body)
 
     def _encode_failed(self, log: Log, state: LogState, exc: Exception) -> None:
         _guard.internal_error("encode-log", exc)

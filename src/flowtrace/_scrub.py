@@ -966,10 +966,14 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One decoder for every string (`json.loads` with an option builds a new one per call).
+_JSON_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _json_container(text: str) -> object:
     """The object or array `text` holds as JSON, else _NOT_JSON."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _JSON_DECODER.decode(text)
     except (ValueError, RecursionError):
         return _NOT_JSON
     return value if type(value) is dict or type(value) is list else _NOT_JSON

@@ -7,10 +7,10 @@
     assert captured.records[0]["path"] == "support/answer"
 
 `captured.logs` are the Log objects in the order they ended; `captured.records` the wire
-bodies (what a server receives, complete); `captured.by_kind("prompt")` the records of LLM
-calls (spans' logs: `flowtrace.otel`), `"tool"` of tool calls; `captured.trees()` nests the
-records under their parents (`"children"`). The `flowtrace_logs` pytest fixture does the same
-for one test.
+bodies (what a server receives, complete; scrubbed and redacted as the settings say);
+`captured.by_kind("prompt")` the records of LLM calls (spans' logs: `flowtrace.otel`), `"tool"`
+of tool calls; `captured.trees()` nests the records under their parents (`"children"`). The
+`flowtrace_logs` pytest fixture does the same for one test.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from flowtrace._config import get_settings
 from flowtrace._contract import FLOW, PROMPT, TOOL
 from flowtrace._log import Log
+from flowtrace._outgoing import Outgoing
 from flowtrace._request_bodies import create_body
 from flowtrace._sinks import add_sink, remove_sink
 
@@ -46,11 +47,12 @@ class CapturedLogs:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """Each log as the `POST /flows/log` body a server would receive."""
-        field = get_settings().status_field
+        """Each log as the `POST /flows/log` body a server would receive (scrubbed)."""
+        settings = get_settings()
+        outgoing = Outgoing(settings)
         with self._lock:
             logs = list(self.logs)
-        return [create_body(log, field) for log in logs]
+        return [outgoing.body(create_body(log, settings.status_field)) for log in logs]
 
     def by_path(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["path"] == path]

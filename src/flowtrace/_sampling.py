@@ -1,0 +1,255 @@
+"""Sampling by trace: decided once, at the root, from the root's id; a trace not sampled is held
+whole until its root ends, then delivered whole (the tail rule kept it) or dropped whole.
+
+- **The decision** (`open_root`, called by the recorder for a root when a rate below 1
+  applies): the root's id number mixed with its process's id prefix (a multiplicative hash,
+  the same for the same id in every process), compared with the rate. The root's
+  `sample_rate` option wins over the `sample_rate` setting. Only a root decides: every log
+  under it (in threads through `propagate`, in asyncio tasks, in generators) inherits its
+  root's hold, or none, when it opens (`Log.__init__`). `is_sampled(log_id, rate)` reproduces a
+  decision from an id.
+- **The hold** (`DormantRoot`): an unsampled root is one, made cheaply. The logs of its trace
+  are recorded as usual, but not announced to the sinks: the root keeps them, in the order
+  they started and ended, on the user's side of the pipeline (a dropped trace never costs the
+  worker, the queue or the destination anything).
+  When the root ends, the hold decides: kept if a log of the trace had an error (an exception,
+  or `log.error` set) or the root ran at least `sample_keep_slower_than_s`; then every log of
+  the trace is announced (starts in start order, then ends in end order, the root's last) and
+  logs of the trace that are still open are announced as they end; else every log is dropped,
+  also those that start or end later. So a trace is delivered whole or not at all.
+- A hold keeps at most `HOLD_MAX_LOGS` logs: a trace that grows beyond that is kept (released
+  to the pipeline as a sampled trace would be) rather than held without a bound or cut.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from flowtrace import _config, _guard, _log, _sinks
+from flowtrace._log import Log
+from flowtrace._serialize import SCALARS
+
+if TYPE_CHECKING:
+    from flowtrace._options import LogOptions
+
+__all__ = [
+    "HOLD_MAX_LOGS",
+    "DormantRoot",
+    "is_sampled",
+    "open_root",
+    "reset_counts",
+    "sampled",
+    "stats",
+]
+
+#: The decision's hash: a root's number xor its id prefix's low 32 bits, times Knuth's
+#: multiplier (2^32 / the golden ratio: consecutive numbers spread evenly over the range), modulo
+#: 2^32, compared with rate * 2^32. Small integers: a few machine operations on the call path.
+MULTIPLIER = 2654435761
+MASK = 0xFFFFFFFF
+SPAN = 1 << 32
+
+#: Logs one unsampled trace may hold before it is released (kept) instead.
+HOLD_MAX_LOGS = 10_000
+
+# The settings, read by the recorder at each root (module attributes: `configure()` sets them).
+rate = 1.0
+rate_threshold = SPAN  # threshold(rate)
+keep_slower_than_ns: int | None = None
+
+
+def _apply_settings(settings: _config.Settings) -> None:
+    global rate, rate_threshold, keep_slower_than_ns
+    rate = float(settings.sample_rate)
+    rate_threshold = threshold(rate)
+    slower = settings.sample_keep_slower_than_s
+    keep_slower_than_ns = None if slower is None else int(slower * 1e9)
+
+
+def threshold(sample_rate: float) -> int:
+    """What a root's hash is compared with: below it, the trace is sampled."""
+    return int(sample_rate * SPAN)
+
+
+def sampled(number: int, seed: int, sample_rate: float) -> bool:
+    """The decision for the root numbered `number` of the id prefix `seed` (`open_root`
+    inlines this expression; keep the two the same)."""
+    return ((number ^ seed) * MULTIPLIER) & MASK < threshold(sample_rate)
+
+
+def is_sampled(log_id: str, sample_rate: float) -> bool:
+    """Whether a root with this id is sampled at `sample_rate` (ids are `log_<seed>_<number>`,
+    both hexadecimal)."""
+    _, seed, number = log_id.rsplit("_", 2)
+    return sampled(int(number, 16), int(seed, 16) & MASK, sample_rate)
+
+
+# --- counts (per process; the pipeline resets them when it starts afresh) --------------------
+
+_lock = threading.Lock()  # over every hold's state and the counts
+# traces dropped by sampling, their logs, and the unsampled traces kept by the tail rule (by
+# reason: error, slow, too_big); plain integers: a dropped root adds to them under the lock
+_sampled_out = 0
+_sampled_out_logs = 0
+_kept_by_tail: dict[str, int] = {}
+
+
+def reset_counts() -> None:
+    global _sampled_out, _sampled_out_logs, _kept_by_tail
+    with _lock:
+        _sampled_out = _sampled_out_logs = 0
+        _kept_by_tail = {}
+
+
+def stats() -> dict[str, int]:
+    """`sampled_out`: traces dropped by sampling (`sampled_out_logs`: their logs, late ones
+    included); `kept_by_tail`: unsampled traces delivered all the same, and by why
+    (`kept_by_tail_error`, `_slow`, `_too_big`)."""
+    with _lock:
+        kept = dict(_kept_by_tail)
+        out = {
+            "sampled_out": _sampled_out,
+            "sampled_out_logs": _sampled_out_logs,
+            "kept_by_tail": sum(kept.values()),
+        }
+    out.update((f"kept_by_tail_{reason}", count) for reason, count in sorted(kept.items()))
+    return out
+
+
+def open_root(
+    options: LogOptions, args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None
+) -> Log:
+    """A new root log, sampled at its flow's rate (else the setting's): a plain `Log` if its
+    trace is sampled, else a `DormantRoot` (which holds its trace). Its number is drawn first,
+    for the decision. On the call path: one function call, no other."""
+    number = next(_log._counter)
+    below = options.sample_threshold
+    if below is None:
+        below = rate_threshold
+    if ((number ^ _log.seed) * MULTIPLIER) & MASK < below:
+        log = Log(options, None, args, kwargs)
+        log._number = number  # the id the decision was made on (the one Log drew is unused)
+        return log
+    if args is not None and not kwargs and options.capture_all:
+        for value in args:
+            if type(value) not in SCALARS:
+                break
+        else:
+            # what Log.__init__ does for a root of scalar arguments, without its branches (the
+            # scalars are immutable: kept as they are, as a sampled log keeps them)
+            dormant: DormantRoot = object.__new__(DormantRoot)
+            dormant.trace_hold = dormant
+            dormant._number = number
+            dormant.options = options
+            dormant.parent = None
+            dormant.args = args
+            dormant._start_mono_ns = _log._mono_ns()
+            dormant.duration_ns = None
+            return dormant
+    return DormantRoot(options, number, args, kwargs)
+
+
+class DormantRoot(Log):
+    """The root of a trace that was not sampled: a Log like any other to the program (and to
+    its children, which open under it and inherit it as their `trace_hold`), and the trace's
+    hold (see the module's docstring).
+
+    Made for as little as possible on the call path (`open_root`)."""
+
+    # the hold's state (class defaults: a childless root sets none of them)
+    held: list[Log] | None = None  # logs under the root that started, in start order
+    finished: list[Log] | None = None  # those that ended, in end order
+    errored = False  # a held log had an error
+    decided: bool | None = None  # None: the root is open; then kept (True) or dropped
+
+    def __init__(
+        self,
+        options: LogOptions,
+        number: int,
+        args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        """Opened as any Log (arguments copied or redacted now: it may still be delivered);
+        `open_root` makes the common case, scalar arguments, without this."""
+        Log.__init__(self, options, None, args, kwargs)
+        self._number = number
+        self.trace_hold = self
+
+    def started(self, log: Log) -> None:
+        """A log of this trace opened (the recorder calls this instead of the sinks)."""
+        global _sampled_out_logs
+        with _lock:
+            decided = self.decided
+            if decided is None:
+                held = self.held
+                if held is None:
+                    held = self.held = []
+                held.append(log)
+                if len(held) >= HOLD_MAX_LOGS:
+                    self._keep("too_big")
+                return
+            if not decided:
+                _sampled_out_logs += 1
+                return
+        _announce(log, True)  # a late log of a kept trace goes as any log does
+
+    def ended(self, log: Log) -> None:
+        """A log of this trace closed (the recorder calls this instead of the sinks); the
+        root's end decides the trace."""
+        global _sampled_out, _sampled_out_logs
+        with _lock:
+            decided = self.decided
+            if decided is None:
+                if log is not self:  # held until the root ends
+                    if log.error is not None:
+                        self.errored = True
+                    finished = self.finished
+                    if finished is None:
+                        finished = self.finished = []
+                    finished.append(log)
+                    return
+                slower = keep_slower_than_ns
+                if self.error is not None or self.errored:
+                    self._keep("error")
+                elif slower is not None and (self.duration_ns or 0) >= slower:
+                    self._keep("slow")
+                else:  # the common case: dropped
+                    self.decided = False
+                    _sampled_out += 1
+                    held = self.held
+                    _sampled_out_logs += 1 if held is None else 1 + len(held)
+                    self.held = self.finished = None
+                    return
+                decided = True
+            if decided:  # the root's end after its trace, or a log of a kept trace ending late
+                _announce(log, False)
+
+    def _keep(self, reason: str) -> None:
+        """Deliver the trace (under the lock, so a log ending meanwhile waits its turn): what
+        started, in order, then what ended, in order. The root's end is the caller's."""
+        self.decided = True
+        _kept_by_tail[reason] = _kept_by_tail.get(reason, 0) + 1
+        _announce(self, True)
+        for log in self.held or ():
+            _announce(log, True)
+        for log in self.finished or ():
+            _announce(log, False)
+        self.held = self.finished = None
+
+
+def _announce(log: Log, opening: bool) -> None:
+    """Tell the sinks that `log` opened (or closed), as the recorder does for a sampled log."""
+    try:
+        for callback in _sinks.on_start if opening else _sinks.on_end:
+            callback(log)
+    except Exception as exc:
+        _guard.internal_error("log-open" if opening else "log-end", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))
+
+_config.on_change(_apply_settings)
+_apply_settings(_config.get_settings())

@@ -1,0 +1,309 @@
+"""Sampling by trace (issue 11, flowtrace._sampling): decided once at the root from its id,
+inherited by every log of the trace (threads, tasks), whole traces kept or dropped, and the tail
+rule that keeps a trace with an error or a slow root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import flowtrace
+from flowtrace import _log, _sampling, flow
+from flowtrace.exporters.memory import MemoryExporter
+from tests.pipelineutil import WAIT_S, fresh_pipeline
+
+
+@pytest.fixture
+def memory() -> Iterator[Callable[..., MemoryExporter]]:
+    """Start a fresh pipeline with the given settings, delivering to a memory exporter."""
+    stack: list[Any] = []
+
+    def start(**settings: Any) -> MemoryExporter:
+        exporter = MemoryExporter()
+        context = fresh_pipeline(exporter, **settings)
+        context.__enter__()
+        stack.append(context)
+        return exporter
+
+    yield start
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+def traces(exporter: MemoryExporter) -> dict[str, set[str]]:
+    """Delivered logs by trace: root id -> the ids of every log under it (itself included)."""
+    parents = {log_id: body.get("trace_parent_id") for log_id, body in exporter.logs.items()}
+    out: dict[str, set[str]] = {}
+    for log_id in parents:
+        root = log_id
+        while parents.get(root) is not None:
+            root = parents[root]  # type: ignore[assignment]
+        out.setdefault(root, set()).add(log_id)
+    return out
+
+
+@flow(path="sampling/child")
+def child(i: int) -> int:
+    return i
+
+
+@flow(path="sampling/root")
+def root(n: int, fail: bool = False) -> int:
+    total = sum(child(i) for i in range(n))
+    if fail:
+        raise ValueError("failed")
+    return total
+
+
+# --- the share, whole traces --------------------------------------------------------------------
+
+
+def test_ten_thousand_traces_at_a_tenth_keep_the_share_and_exactly_the_decided_ones(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.1)
+    ids: list[str] = []
+    for _ in range(10_000):
+        with flow("sampling/trace") as log:
+            child(1)
+            child(2)
+        ids.append(log.log_id)
+    assert flowtrace.flush(WAIT_S)
+    stats = flowtrace.stats()
+    delivered = traces(exporter)
+    kept = {log_id for log_id in ids if log_id in delivered}
+    # exactly the roots the decision keeps (it is a function of the root's id: reproducible)
+    assert kept == {log_id for log_id in ids if _sampling.is_sampled(log_id, 0.1)}
+    # and their share is a tenth, within 5 standard deviations of a binomial draw
+    sd = math.sqrt(10_000 * 0.1 * 0.9)
+    assert abs(len(kept) - 1_000) < 5 * sd, len(kept)
+    # never a part of a trace: every kept trace has its root and both children
+    assert all(len(delivered[log_id]) == 3 for log_id in kept)
+    assert len(exporter.logs) == 3 * len(kept)
+    assert stats["sampled_out"] == 10_000 - len(kept)
+    assert stats["sampled_out_logs"] == 3 * (10_000 - len(kept))
+    assert stats["kept_by_tail"] == 0 and stats["dropped"] == {}
+
+
+def test_every_trace_with_an_error_is_kept_at_rate_zero_whole(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="sampling/flaky")
+    def flaky(i: int) -> int:
+        if i == 1:
+            raise KeyError(i)
+        return i
+
+    @flow(path="sampling/recovers")
+    def recovers() -> str:  # a child's error, handled: the trace still had an error
+        child(0)
+        with contextlib.suppress(KeyError):
+            flaky(1)
+        return "recovered"
+
+    failed_ids, recovered_ids = [], []
+    for _ in range(50):
+        with pytest.raises(ValueError, match="failed"):
+            root(3, fail=True)
+        recovers()
+        root(3)  # fine: dropped
+    assert flowtrace.flush(WAIT_S)
+    delivered = traces(exporter)
+    for root_id, logs in delivered.items():
+        path = exporter.logs[root_id]["path"]
+        (failed_ids if path == "sampling/root" else recovered_ids).append(root_id)
+        assert len(logs) == (4 if path == "sampling/root" else 3)  # whole
+    assert len(failed_ids) == 50 and len(recovered_ids) == 50
+    stats = flowtrace.stats()
+    assert stats["sampled_out"] == 50 and stats["kept_by_tail_error"] == 100
+    assert all("error" in exporter.logs[i] for i in failed_ids)
+
+
+def test_a_slow_trace_past_the_threshold_is_kept_and_a_quick_one_dropped(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    now = [0]
+    _log.set_clock(mono_ns=lambda: now[0])
+    try:
+        exporter = memory(sample_rate=0.0, sample_keep_slower_than_s=1.0)
+
+        @flow(path="sampling/slow")
+        def takes(seconds: float) -> None:
+            child(0)
+            now[0] += int(seconds * 1e9)
+
+        takes(0.5)
+        takes(2.0)
+        takes(1.0)  # at the threshold: kept
+    finally:
+        _log.set_clock()
+    assert flowtrace.flush(WAIT_S)
+    kept = sorted(
+        exporter.logs[r]["provider_latency"]
+        for r in traces(exporter)
+        if exporter.logs[r]["path"] == "sampling/slow"
+    )
+    assert kept == [1.0, 2.0]
+    assert len(exporter.logs) == 4  # each with its child
+    assert flowtrace.stats()["kept_by_tail_slow"] == 2
+
+
+# --- the decision: per flow, environment, inheritance --------------------------------------------
+
+
+def test_a_flows_own_rate_wins_at_the_root_and_is_ignored_below_it(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="sampling/always", sample_rate=1.0)
+    def always() -> int:
+        return never()
+
+    @flow(path="sampling/never", sample_rate=0.0)
+    def never() -> int:  # a child: its trace's decision is its root's
+        return 1
+
+    always()
+    never()
+    with flow("sampling/block", sample_rate=1.0):
+        child(0)
+    assert flowtrace.flush(WAIT_S)
+    paths = sorted(body["path"] for body in exporter.logs.values())
+    assert paths == ["sampling/always", "sampling/block", "sampling/child", "sampling/never"]
+    with pytest.raises(ValueError, match="sample_rate"):
+        flow(sample_rate=1.5)
+
+
+def test_the_rate_from_the_environment_and_wrong_rates(
+    monkeypatch: pytest.MonkeyPatch, memory: Callable[..., MemoryExporter]
+) -> None:
+    monkeypatch.setenv("FLOWTRACE_SAMPLE_RATE", "0.25")
+    exporter = memory()
+    assert flowtrace.configure().sample_rate == 0.25 and _sampling.rate == 0.25
+    ids = []
+    for _ in range(400):
+        with flow("sampling/env") as log:
+            pass
+        ids.append(log.log_id)
+    assert flowtrace.flush(WAIT_S)
+    assert set(exporter.logs) == {i for i in ids if _sampling.is_sampled(i, 0.25)}
+    monkeypatch.setenv("FLOWTRACE_SAMPLE_RATE", "2")
+    with pytest.raises(ValueError, match="FLOWTRACE_SAMPLE_RATE"):
+        flowtrace.configure()
+    monkeypatch.delenv("FLOWTRACE_SAMPLE_RATE")
+    with pytest.raises(ValueError, match="sample_rate"):
+        flowtrace.configure(sample_rate=-0.1)
+    with pytest.raises(TypeError, match="sample_keep_slower_than_s"):
+        flowtrace.configure(sample_keep_slower_than_s="1")
+
+
+def run_everywhere(fail_in: str | None) -> str:
+    """A root whose children run in a thread (propagate), a traced pool and an asyncio task;
+    `fail_in` names the one that raises (and is handled). Returns the root's id."""
+
+    @flow(path="sampling/worker")
+    def worker(where: str) -> str:
+        if where == fail_in:
+            raise RuntimeError(where)
+        return where
+
+    def quietly(where: str) -> None:
+        with contextlib.suppress(RuntimeError):
+            worker(where)
+
+    async def in_task() -> None:
+        await asyncio.create_task(asyncio.to_thread(quietly, "to_thread"))
+        await asyncio.create_task(async_worker("task"))
+
+    @flow(path="sampling/async_worker")
+    async def async_worker(where: str) -> None:
+        quietly(where)
+
+    with flow("sampling/everywhere", sample_rate=0.0) as log:
+        thread = threading.Thread(target=flowtrace.propagate(quietly), args=("thread",))
+        thread.start()
+        thread.join()
+        with flowtrace.TracedThreadPoolExecutor(1) as pool:
+            pool.submit(quietly, "pool").result()
+        asyncio.run(in_task())
+        assert log.sampled is False
+    return log.log_id
+
+
+def test_the_decision_is_inherited_across_threads_pools_and_tasks(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory()
+    run_everywhere(fail_in=None)
+    assert flowtrace.flush(WAIT_S)
+    assert exporter.logs == {}  # not one log of the unsampled trace escaped it
+    assert flowtrace.stats()["sampled_out_logs"] == 6  # the root, 4 workers, 1 async worker
+    for where in ("thread", "pool", "to_thread", "task"):
+        root_id = run_everywhere(fail_in=where)
+        assert flowtrace.flush(WAIT_S)
+        delivered = traces(exporter)
+        assert len(delivered[root_id]) == 6, where  # kept whole by the error in `where`
+
+
+def test_a_log_of_a_decided_trace_that_ends_later_follows_its_trace(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+    go, started = threading.Event(), threading.Event()
+
+    @flow(path="sampling/late")
+    def late() -> str:
+        started.set()
+        go.wait(WAIT_S)
+        return "done"
+
+    for fail in (False, True):
+        go.clear()
+        started.clear()
+        expected = pytest.raises(ValueError, match="root failed")
+        with expected if fail else contextlib.nullcontext(), flow("sampling/outlived"):
+            thread = threading.Thread(target=flowtrace.propagate(late))
+            thread.start()
+            started.wait(WAIT_S)
+            if fail:
+                raise ValueError("root failed")
+        go.set()
+        thread.join()
+    assert flowtrace.flush(WAIT_S)
+    (kept,) = traces(exporter).values()  # the failed one, with its child that ended later
+    assert sorted(exporter.logs[i]["path"] for i in kept) == ["sampling/late", "sampling/outlived"]
+    assert all(exporter.status_of(i) == "complete" for i in kept)
+    assert flowtrace.stats()["sampled_out_logs"] == 2
+
+
+def test_a_trace_too_big_to_hold_is_released_whole(
+    memory: Callable[..., MemoryExporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sampling, "HOLD_MAX_LOGS", 5)
+    exporter = memory(sample_rate=0.0)
+    root(12)
+    assert flowtrace.flush(WAIT_S)
+    (logs,) = traces(exporter).values()
+    assert len(logs) == 13
+    assert flowtrace.stats()["kept_by_tail_too_big"] == 1
+
+
+def test_is_sampled_reproduces_the_recorders_decision() -> None:
+    for rate in (0.0, 0.3, 1.0):
+        flowtrace.configure(sample_rate=rate)
+        for _ in range(200):
+            with flow("sampling/decision") as log:
+                pass
+            assert log.sampled == _sampling.is_sampled(log.log_id, rate)
+    flowtrace.configure()
+    assert _sampling.is_sampled("log_0123456789abcdef_1", 1.0)
+    assert not _sampling.is_sampled("log_0123456789abcdef_1", 0.0)
