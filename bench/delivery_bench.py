@@ -72,7 +72,7 @@ from flowtrace import _pipeline, _sinks, flow
 from flowtrace._accounting import Counters
 from flowtrace._planner import Planner
 from flowtrace.store import IngestOperation, Store
-from flowtrace.store._schema import _V1_INDEXES, _V1_TABLES, _V2_INDEXES
+from flowtrace.store._schema import _V1_INDEXES, _V1_TABLES, _V2_INDEXES, _V3_STATEMENTS
 
 shape, count = sys.argv[1], int(sys.argv[2])
 
@@ -115,7 +115,7 @@ def floor():
     conn = sqlite3.connect(os.path.join(directory, "floor.db"), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    for statement in _V1_TABLES + _V1_INDEXES + _V2_INDEXES:
+    for statement in _V1_TABLES + _V1_INDEXES + _V2_INDEXES + _V3_STATEMENTS:  # the store's
         conn.execute(statement)
     started = time.perf_counter()
     rows, seq_of = [], {}
@@ -126,14 +126,14 @@ def floor():
         rows.append((n, log.log_id, 1, 1, trace, seq_of.get(parent) if parent else None,
                      log.start_ns // 1000, log.end_ns // 1000, 1, 0, b"0123456789abcdef",
                      json.dumps({"x": log.args[0], "y": log.args[1]}), json.dumps(log.result),
-                     "{}"))
+                     "{}", 0))
         if len(rows) == 512:
             conn.execute("BEGIN")
-            conn.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             conn.execute("COMMIT")
             rows = []
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     conn.execute("COMMIT")
     return time.perf_counter() - started
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from flowtrace._accounting import Counters, Warnings
-from flowtrace._delivery import Backoff, Ledger, Sender, Waiter, classify
+from flowtrace._delivery import Attempts, Backoff, Ledger, Sender, Waiter, classify
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace._outbox import Outbox
@@ -198,6 +198,32 @@ def test_a_flush_cuts_the_backoff_short_once_but_never_before_retry_after() -> N
     assert rig.exporter.at == [0.0, 0.5, 3.5, 7.5]
 
 
+class FlushDuringExport(Timed):
+    """Asks for a flush while its first (failing) export is in flight."""
+
+    def export(
+        self, operations: Sequence[Operation], timeout_s: float | None = None
+    ) -> list[Outcome]:
+        if not self.at:
+            self.waiter.request_flush()
+        return super().export(operations, timeout_s)
+
+
+def test_a_flush_during_a_failing_export_cuts_the_backoff_that_follows() -> None:
+    # A flush came while the attempt was in flight (an outage ends, the program flushes):
+    # the retry is now, not after the backoff the outage grew (it was missed before).
+    rig = Rig(backoff_s=4.0)
+    exporter = FlushDuringExport(rig.clock)
+    exporter.waiter = rig.sender.waiter
+    rig.exporter = exporter
+    exporter.script(refuse(503))
+    rig.trace("a")
+    rig.plan()
+    rig.deliver()
+    assert exporter.at == [0.0, 0.0]
+    assert (rig.counters.sent, rig.counters.retried) == (1, 1)
+
+
 def test_without_a_spool_a_batch_is_dropped_after_retry_deadline_s(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -291,6 +317,29 @@ def test_a_flush_gives_up_after_retry_deadline_s_of_failures(tmp_path: Path) -> 
     assert rig.counters.spooled == 1  # the log is not lost: it waits on disk
     rig.deliver()
     assert rig.counters.sent == 1
+
+
+def test_a_flush_gives_up_only_once_the_destination_failed_after_it_asked() -> None:
+    # The destination failed for longer than retry_deadline_s, then came back. Under load the
+    # sender took longer than the deadline to wake and read its batch: the flush gave up on a
+    # destination that was answering again. Now it gives up once an attempt begun after it
+    # asked has failed, and none is in flight.
+    rig = Rig(retry_deadline_s=1.0)
+    rig.trace("a")
+    marker = FlushMarker()
+    rig.planner.add_marker(marker)
+    rig.clock.now = 2.0
+    rig.plan()  # the flush is reached at 2.0, waiting for trace a
+    attempts = Attempts()
+    attempts.failed_began = 1.0  # the outage, before the flush
+    rig.ledger.release_markers(5.0, failing_since=0.0, attempts=attempts)
+    assert not marker.done.is_set()  # not tried since it asked
+    attempts.began = 3.0
+    rig.ledger.release_markers(5.0, failing_since=0.0, attempts=attempts)
+    assert not marker.done.is_set()  # tried, and the answer is not in yet
+    attempts.began, attempts.failed_began = None, 3.0
+    rig.ledger.release_markers(5.0, failing_since=0.0, attempts=attempts)
+    assert marker.done.is_set() and not marker.ok  # tried since, and failed
 
 
 def test_classify_retries_what_was_not_accepted_from_the_first_failure_worth_a_retry() -> None:

@@ -184,6 +184,44 @@ def test_agent_hint_shows_the_trace(tmp_path: Path) -> None:
     assert "ConnectionError: order service unavailable (503)" in shown.stdout
 
 
+def test_llm_agent_traces_its_model_calls_as_prompt_logs(tmp_path: Path) -> None:
+    """The first example a new user runs: the real OpenAI SDK against the fake model the
+    example starts; with nothing configured, the embedded store here, read by `show last`."""
+    result = succeeded(run_example("llm_agent.py", tmp_path))
+    assert "In Paris it is sunny, 21 °C right now." in result.stdout
+    assert result.stderr == ""
+
+    (root,) = stored_traces(tmp_path / ".flowtrace" / "flowtrace.db")
+    assert root["flow"]["path"] == "agents/weather"
+    assert root["inputs"] == {"question": "What's the weather in Paris?"}
+    assert root["output"] == "In Paris it is sunny, 21 °C right now."
+    asked, tool, answered = sorted(root["trace_children"], key=_start)
+    assert [c["flow"]["type"] for c in (asked, tool, answered)] == ["prompt", "flow", "prompt"]
+    assert all(c["trace_parent_id"] == root["id"] for c in (asked, tool, answered))
+
+    assert asked["flow"]["path"] == "prompt/chat fake-gpt"
+    assert asked["flow"]["attributes"]["tools"][0]["name"] == "get_weather"
+    assert [m["role"] for m in asked["messages"]] == ["system", "user"]
+    (call,) = asked["output_message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert asked["finish_reason"] == "tool_calls"
+    assert (asked["prompt_tokens"], asked["output_tokens"]) == (20, 10)
+
+    assert tool["flow"]["path"] == "agents/weather/tools/get_weather"
+    assert tool["output"] == "sunny, 21 °C"
+
+    assert [m["role"] for m in answered["messages"]] == ["system", "user", "assistant", "tool"]
+    assert answered["output_message"]["content"] == root["output"]
+    assert answered["metadata"]["gen_ai.request.stream"] is True
+    assert answered["metadata"]["gen_ai.response.time_to_first_chunk"] > 0
+    assert answered["prompt_tokens"] > asked["prompt_tokens"]
+
+    shown = run_python("-m", "flowtrace", "show", "last", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "prompt/chat fake-gpt (prompt)" in shown.stdout
+    assert "output message: assistant: → get_weather()" in shown.stdout
+
+
 def test_team_server_sends_the_trace_over_http(tmp_path: Path) -> None:
     embedded = tmp_path / "embedded.db"
     with start_server(tmp_path / "server.db", api_keys=("dev-key",)) as server:

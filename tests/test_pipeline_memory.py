@@ -174,6 +174,40 @@ def test_full_queue_drops_newest_counts_and_warns_once(caplog: pytest.LogCapture
     assert len(warnings) == 1
 
 
+class LocalMemoryExporter(MemoryExporter):
+    """A MemoryExporter the pipeline treats as the local disk (as the embedded store)."""
+
+    local = True
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_the_worker_plans_ahead_of_a_busy_sender_only_for_a_remote_destination(
+    local: bool,
+) -> None:
+    # Both are Python on one GIL: planning while the sender writes to SQLite only slows the
+    # writes (each statement lets the GIL go); for the network, planning ahead overlaps.
+    exporter = LocalMemoryExporter() if local else MemoryExporter()
+    gate = Gate()
+    exporter.script(gate)
+    with fresh_pipeline(exporter, batch_size=10) as pipe:
+        with flow("first"):
+            pass
+        assert gate.entered.wait(WAIT_S)  # the sender is busy with "first"
+        for i in range(50):
+            with flow(f"n{i}"):
+                pass
+        assert wait_until(lambda: pipe._queue.waiting() == 0)  # the worker has them all
+        outbox = pipe._outbox
+        assert outbox is not None
+        assert wait_until(lambda: local or outbox.memory_ops == 50)
+        with pipe.lock:  # the worker collects and plans under it: its step is done
+            planned = outbox.memory_ops
+        gate.opened.set()
+        assert flowtrace.flush(WAIT_S)
+    assert planned == (0 if local else 50)
+    assert len(exporter.logs) == 51
+
+
 def test_flush_times_out_while_the_destination_hangs() -> None:
     exporter = MemoryExporter()
     gate = Gate()

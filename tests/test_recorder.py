@@ -47,6 +47,8 @@ def test_public_api_is_pinned() -> None:
         "current_log",
         "flow",
         "flush",
+        "instrument_anthropic",
+        "instrument_openai",
         "propagate",
         "shutdown",
         "stats",

@@ -200,6 +200,67 @@ def test_humanloop_spans_name_their_log_and_parent() -> None:
     assert tool.fields["inputs"] == {"city": "Paris"}
 
 
+def test_genai_tool_definitions_choices_and_a_stream_closed_early() -> None:
+    """What an LLM client's span says beyond messages: the tools it offered (either shape:
+    the convention's flat one, OpenAI's `function` one), several choices (`n`: the first is
+    the output, the others kept), a stream left before its end."""
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    log = map_span(
+        span(
+            "chat gpt-4o",
+            **{
+                "gen_ai.operation.name": "chat",
+                "gen_ai.tool.definitions": json.dumps(
+                    [
+                        {"type": "function", "name": "weather", "parameters": parameters},
+                        {"type": "function", "function": {"name": "time", "description": "Now"}},
+                        {"type": "web_search"},
+                    ]
+                ),
+                "gen_ai.output.messages": [
+                    {"role": "assistant", "parts": [{"type": "text", "content": "one"}]},
+                    {"role": "assistant", "parts": [{"type": "text", "content": "two"}]},
+                ],
+                "gen_ai.response.finish_reasons": ["stop", "length"],
+                "flowtrace.ended": "closed early",
+            },
+        )
+    )
+    assert log.kernel["tools"] == [
+        {"name": "weather", "parameters": parameters},
+        {"name": "time", "description": "Now"},
+    ]
+    assert log.fields["output_message"] == {"role": "assistant", "content": "one"}
+    assert log.fields["finish_reason"] == "stop"
+    metadata = log.fields["metadata"]
+    assert metadata["other_choices"] == [{"role": "assistant", "content": "two"}]
+    assert metadata["flowtrace"] == {"ended": "closed early"}
+    assert "gen_ai.tool.definitions" not in metadata
+    assert "flowtrace.ended" not in metadata
+
+
+def test_an_error_is_how_a_call_ended_whatever_the_ended_attribute_says() -> None:
+    failed = Span(
+        trace_id=TRACE,
+        span_id=SPAN,
+        name="chat",
+        start_ns=1,
+        end_ns=2,
+        attributes={"gen_ai.operation.name": "chat", "flowtrace.ended": "closed early"},
+        events=(
+            SpanEvent("exception", 2, {"exception.type": "APIError", "exception.message": "x"}),
+        ),
+        status_code="error",
+    )
+    log = map_span(failed)
+    assert log.fields["error"] == "APIError: x"
+    assert log.fields["metadata"]["flowtrace"]["ended"] == "error"
+    assert (
+        map_span(span(**{"flowtrace.ended": "anything"})).fields["metadata"].get("flowtrace")
+        is None
+    )
+
+
 def test_paths_of_span_names_are_bounded() -> None:
     assert map_span(span("GET /users/12345")).path == "flow/GET \u2215users\u2215{n}"
     uuid = "3f2b8c1e-2d4a-4b7e-9c1d-8e7f6a5b4c3d"
@@ -235,6 +296,8 @@ _KEYS = st.sampled_from(
         "gen_ai.input.messages",
         "gen_ai.output.messages",
         "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+        "flowtrace.ended",
         "gen_ai.tool.name",
         "gen_ai.tool.call.arguments",
         "openinference.span.kind",
@@ -268,7 +331,9 @@ _KEYS = st.sampled_from(
 _JSONISH = st.one_of(
     _VALUES,
     _VALUES.map(lambda value: json.dumps(value)),
-    st.sampled_from(["chat", "execute_tool", "LLM", "TOOL", "prompt", "tool", "flow"]),
+    st.sampled_from(
+        ["chat", "execute_tool", "LLM", "TOOL", "prompt", "tool", "flow", "closed early"]
+    ),
 )
 _REQUESTS = {"flow": FlowLogRequest, "prompt": PromptLogRequest, "tool": ToolLogRequest}
 _UPDATES = {

@@ -14,6 +14,8 @@ from __future__ import annotations
 from flowtrace._config import Settings, configure
 from flowtrace._context import TracedThreadPoolExecutor, current_log, propagate
 from flowtrace._decorator import Flow, flow
+from flowtrace._llm._anthropic import instrument_anthropic
+from flowtrace._llm._openai import instrument_openai
 from flowtrace._log import Log
 from flowtrace._pipeline import flush, shutdown, stats
 
@@ -26,6 +28,8 @@ __all__ = [
     "current_log",
     "flow",
     "flush",
+    "instrument_anthropic",
+    "instrument_openai",
     "propagate",
     "shutdown",
     "stats",

@@ -26,6 +26,7 @@ __all__ = [
     "ENDED_CLOSED_EARLY",
     "ENDED_ERROR",
     "FLOW",
+    "FLOWTRACE_ENDED_ATTRIBUTE",
     "FLOWTRACE_LOG_ID_ATTRIBUTE",
     "HUMANLOOP_LOG_ID_ATTRIBUTE",
     "INCOMPLETE",
@@ -197,6 +198,9 @@ def span_log_id(trace_id_hex: str, span_id_hex: str) -> str:
 #: (the Humanloop SDK's flow span completes the flow log it created over REST).
 HUMANLOOP_LOG_ID_ATTRIBUTE: Final = "humanloop.log.id"
 FLOWTRACE_LOG_ID_ATTRIBUTE: Final = "flowtrace.log.id"
+#: How the call a span records ended when not by a plain return (`ENDED_CLOSED_EARLY`: a stream
+#: left before its end): the log's `metadata.flowtrace.ended`, as the recorder's own logs say it.
+FLOWTRACE_ENDED_ATTRIBUTE: Final = "flowtrace.ended"
 
 #: A parent span that has not arrived yet is kept as a placeholder log: a root whose record
 #: says `"placeholder": true`, shown as "pending", in the file at PLACEHOLDER_PATH. The parent's

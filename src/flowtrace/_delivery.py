@@ -126,9 +126,13 @@ class Waiter:
         with self._lock:
             self.flush_requests += 1
 
-    def until(self, resume_at: float, not_before: float, poll_s: float) -> bool:
-        """Wait; True if a flush cut the wait short."""
-        seen = self.flush_requests
+    def until(
+        self, resume_at: float, not_before: float, poll_s: float, seen: int | None = None
+    ) -> bool:
+        """Wait; True if a flush cut the wait short. `seen`: the flush requests counted when
+        the failed attempt began (a flush that came during it counts too)."""
+        if seen is None:
+            seen = self.flush_requests
         flushed = False
         while True:
             now = self._clock()
@@ -366,11 +370,16 @@ class Ledger:
         return outbox.backlog_settled + outbox.backlog_on_disk
 
     def release_markers(
-        self, now: float, failing_since: float | None, stopping: bool = False
+        self,
+        now: float,
+        failing_since: float | None,
+        stopping: bool = False,
+        attempts: Attempts | None = None,
     ) -> None:
         """Answer the flushes whose operations are all settled; give up on those that have
         waited while the destination failed for `retry_deadline_s` (their logs stay spooled),
-        and on every one when the pipeline stops."""
+        and on every one when the pipeline stops. With the sender's `attempts`, a flush gives
+        up only once an attempt begun after it asked has failed, and none is in flight."""
         if not self.markers:
             return
         outbox = self.outbox
@@ -387,12 +396,33 @@ class Ledger:
             failed_for = 0.0 if failing_since is None else now - max(failing_since, marker.since)
             if marker.target_seq <= settled and backlog_done:
                 marker.done.set()
-            elif stopping or failed_for >= self.retry_deadline_s:
+            elif stopping or (
+                failed_for >= self.retry_deadline_s
+                and (attempts is None or attempts.failed_since(marker.since))
+            ):
                 marker.ok = False
                 marker.done.set()
             else:
                 still.append(marker)
         self.markers = still
+
+
+class Attempts:
+    """When the sender's attempts began: the one in flight, and the latest that failed. A
+    flush gives up on a failing destination only once it was tried after the flush asked:
+    under load, the time a sender takes to wake and read its batch is not a failure."""
+
+    __slots__ = ("began", "failed_began")
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+        self.failed_began: float | None = None
+
+    def failed_since(self, since: float) -> bool:
+        """An attempt begun at `since` or later failed, and none begun since is in flight."""
+        if self.began is not None and self.began >= since:
+            return False
+        return self.failed_began is not None and self.failed_began >= since
 
 
 class Sender:
@@ -426,6 +456,7 @@ class Sender:
         self.waiter = Waiter(clock, wait)  # its `stop_at` is the stop deadline
         self._poll_s = poll_s
         self.stopped = False  # stop once the outbox is empty
+        self.attempts = Attempts()
 
     def run(self) -> None:
         while self.step():
@@ -448,17 +479,26 @@ class Sender:
         else:
             with self._lock:
                 self._ledger.settle(batch, Classified())
-                self._ledger.release_markers(self._clock(), self.backoff.failing_since)
+                self._ledger.release_markers(
+                    self._clock(), self.backoff.failing_since, attempts=self.attempts
+                )
         return True
 
     def _send(self, batch: Batch, ops: list[PlannedOp]) -> None:
+        flushes_before = self.waiter.flush_requests
         self._progress()  # an export begins: a recording thread waiting for room waits on
         stop_at = self.waiter.stop_at
         # Bounded by the stop deadline when there is one, so the sender reaches a safe point
         # in time (at exit, no thread of flowtrace may be inside the network or SQLite).
         timeout = None if stop_at is None else max(0.05, stop_at - self._clock())
-        outcomes = safe_export(self._export, ops, timeout)
+        attempts = self.attempts
+        began = attempts.began = self._clock()
+        try:
+            outcomes = safe_export(self._export, ops, timeout)
+        finally:
+            attempts.began = None
         result = classify(ops, outcomes)
+        attempts.failed_began = began if result.retry else None
         with self._lock:
             self._ledger.settle(batch, result)
             if result.retry:
@@ -467,9 +507,13 @@ class Sender:
             else:
                 self.backoff.succeeded()
                 wait = False
-            self._ledger.release_markers(self._clock(), self.backoff.failing_since)
+            self._ledger.release_markers(
+                self._clock(), self.backoff.failing_since, attempts=self.attempts
+            )
         self._progress()
-        if wait and self.waiter.until(resume_at, self.backoff.not_before, self._poll_s):
+        if wait and self.waiter.until(
+            resume_at, self.backoff.not_before, self._poll_s, flushes_before
+        ):
             # A flush asks now: its wait (retry_deadline_s) gets the retries of a fresh
             # failure, not the long backoff an outage has grown to.
             self.backoff.attempt = 0

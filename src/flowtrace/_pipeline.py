@@ -560,12 +560,25 @@ class Pipeline:
 
     def _due(self, now: float, next_send_at: float) -> bool:
         planner = self._planner
+        if self._sender_busy_locally():
+            return False
         if planner.has_marker or self._stopping or planner.ready_logs >= self._batch_size:
             return True
         if planner.ready_logs and now >= next_send_at:
             return True
         live_at = planner.next_live_at(self._settings.live_after_s)
         return live_at is not None and now >= live_at
+
+    def _sender_busy_locally(self) -> bool:
+        """The sender is writing to the local disk (the embedded store) and the next batch is
+        planned already. Planning more now would only slow it: both are Python on one GIL,
+        and each SQLite statement lets the GIL go, to get it back only when the planning
+        thread yields it (up to the 5 ms switch interval). So for a local destination the
+        worker plans while the sender is idle; a remote one (the network waits) overlaps."""
+        outbox = self._outbox
+        if outbox is None or not (outbox.memory or outbox.in_flight is not None):
+            return False
+        return self._destination.local()
 
     def _plan_batch(
         self, now: float, include_open: bool = False, max_ops: int | None = None
@@ -660,8 +673,12 @@ class Pipeline:
 
     def _release_markers(self, stopping: bool = False) -> None:
         sender = self._sender
-        failing_since = sender.backoff.failing_since if sender is not None else None
-        self._ledger.release_markers(self._clock(), failing_since, stopping)
+        if sender is None:
+            self._ledger.release_markers(self._clock(), None, stopping)
+            return
+        self._ledger.release_markers(
+            self._clock(), sender.backoff.failing_since, stopping, sender.attempts
+        )
 
     # --- stopping --------------------------------------------------------------------------------
     def _finish_stop(self) -> None:

@@ -35,8 +35,11 @@ from typing import Any, Final
 from flowtrace._contract import (
     CHAT_ROLES,
     COMPLETE,
+    ENDED_CANCELLED,
+    ENDED_CLOSED_EARLY,
     ENDED_ERROR,
     FLOW,
+    FLOWTRACE_ENDED_ATTRIBUTE,
     FLOWTRACE_LOG_ID_ATTRIBUTE,
     HUMANLOOP_LOG_ID_ATTRIBUTE,
     INCOMPLETE,
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 OTEL_METADATA_KEY: Final = "otel"  # metadata["otel"]: the span's own facts (ids, kind, scope)
+OTHER_CHOICES_METADATA_KEY: Final = "other_choices"  # a call's choices after the first (`n`)
 MAX_PATHS: Final = 1000  # distinct span-derived paths per PathCap; more go to `<kind>/other`
 MAX_NAME_CHARS: Final = 120
 MAX_STRING_CHARS: Final = 65536
@@ -435,30 +439,31 @@ def _pydantic_ai_events(value: Any) -> tuple[list[dict[str, Any]], dict[str, Any
     return messages, None
 
 
-def _messages(span: Span, attributes: Mapping[str, Any]) -> tuple[list[Any], Any]:
-    """(input messages, output message) by the first convention the span speaks."""
+def _messages(span: Span, attributes: Mapping[str, Any]) -> tuple[list[Any], Any, list[Any]]:
+    """(input messages, output message, the other choices) by the first convention the span
+    speaks."""
     system = _system_instructions(attributes.get("gen_ai.system_instructions"))
     inputs = _parts_messages(attributes.get("gen_ai.input.messages"))
     outputs = _parts_messages(attributes.get("gen_ai.output.messages"))
-    if inputs or outputs:
-        return system + inputs, outputs[-1] if outputs else None
+    if inputs or outputs:  # several outputs are choices (`n`): the first is the answer
+        return system + inputs, outputs[0] if outputs else None, outputs[1:]
     for prefix_in, prefix_out, reader in (
         ("llm.input_messages", "llm.output_messages", _openinference_messages),
         ("gen_ai.prompt", "gen_ai.completion", _openllmetry_messages),
     ):
         inputs, outputs = reader(attributes, prefix_in), reader(attributes, prefix_out)
         if inputs or outputs:
-            return system + inputs, outputs[-1] if outputs else None
+            return system + inputs, outputs[-1] if outputs else None, []
     if "pydantic_ai.all_messages" in attributes:
         messages = _parts_messages(attributes["pydantic_ai.all_messages"])
         if messages and messages[-1]["role"] == "assistant":
-            return system + messages[:-1], messages[-1]
-        return system + messages, None
+            return system + messages[:-1], messages[-1], []
+        return system + messages, None, []
     if "all_messages_events" in attributes:
         events_in, events_out = _pydantic_ai_events(attributes["all_messages_events"])
-        return system + events_in, events_out
+        return system + events_in, events_out, []
     events_in, events_out = _events_messages(span)
-    return system + events_in, events_out
+    return system + events_in, events_out, []
 
 
 def _humanloop_message(value: Any) -> dict[str, Any] | None:
@@ -585,6 +590,8 @@ _CONSUMED_PREFIXES: Final = (
     "gen_ai.input.messages",
     "gen_ai.output.messages",
     "gen_ai.system_instructions",
+    "gen_ai.tool.definitions",
+    FLOWTRACE_ENDED_ATTRIBUTE,
     "gen_ai.prompt.",
     "gen_ai.completion.",
     "llm.input_messages.",
@@ -800,6 +807,9 @@ def _prompt_kernel(attributes: Mapping[str, Any]) -> dict[str, Any]:
     template = attributes.get(f"{_HL_FILE}.template")
     if template:
         kernel.setdefault("template", _text(template))
+    tools = _tool_definitions(attributes.get("gen_ai.tool.definitions"))
+    if tools:
+        kernel.setdefault("tools", tools)
     invocation = _json_or_text(attributes.get("llm.invocation_parameters"))
     for name, keys, reader in _KERNEL_ATTRIBUTES:
         value = reader(_first(attributes, keys))
@@ -808,6 +818,31 @@ def _prompt_kernel(attributes: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None:
             kernel.setdefault(name, value)
     return kernel
+
+
+def _tool_definitions(value: Any) -> list[dict[str, Any]]:
+    """`gen_ai.tool.definitions` (`[{"type": "function", "name", "description", "parameters"}]`,
+    or OpenAI's `{"function": {...}}` shape) as the kernel's tool functions."""
+    value = _json_or_text(value)
+    if not isinstance(value, list):
+        return []
+    tools = []
+    for item in value[:MAX_MESSAGES]:
+        if not isinstance(item, dict):
+            continue
+        inner = item.get("function")
+        definition = inner if isinstance(inner, dict) else item
+        name = _short_text(definition.get("name"))
+        if name is None:
+            continue
+        tool: dict[str, Any] = {"name": name}
+        if _short_text(definition.get("description")) is not None:
+            tool["description"] = _text(definition["description"])
+        parameters = _dict_of(definition.get("parameters", definition.get("input_schema")))
+        if parameters is not None:
+            tool["parameters"] = parameters
+        tools.append(tool)
+    return tools
 
 
 def _cost(fields: dict[str, Any], kernel: dict[str, Any], attributes: Mapping[str, Any]) -> None:
@@ -978,6 +1013,9 @@ def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
     }
     facts: dict[str, Any] = {}
     _error(span, fields, facts)
+    ended = attributes.get(FLOWTRACE_ENDED_ATTRIBUTE)
+    if ended in (ENDED_CLOSED_EARLY, ENDED_CANCELLED) and "error" not in fields:
+        facts[RECORDER_ENDED] = ended  # a stream left before its end, as a generator's flow
     hl_error = attributes.get(f"{_HL_LOG}.error")
     if hl_error:
         fields["error"] = _text(hl_error)
@@ -987,7 +1025,7 @@ def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
     output = _output(kind, attributes)
     if output is not None:
         fields["output"] = output
-    messages, output_message = _messages(span, attributes)
+    messages, output_message, other_choices = _messages(span, attributes)
     hl_messages = _unflatten(attributes, f"{_HL_LOG}.messages")
     if isinstance(hl_messages, list):
         messages = [m for m in (_humanloop_message(v) for v in hl_messages) if m is not None]
@@ -1001,6 +1039,8 @@ def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
     if user is not None:
         fields["user"] = _text(user, MAX_NAME_CHARS)
     metadata = _metadata(span, kind, attributes)
+    if other_choices:
+        metadata[OTHER_CHOICES_METADATA_KEY] = other_choices
     if facts:
         metadata[RECORDER_METADATA_KEY] = facts
     fields["metadata"] = metadata
