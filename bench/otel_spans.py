@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,101 @@ def span_costs(repeats: int, n: int) -> list[str]:
     return lines
 
 
+# --- 3. the same in CPU instructions (valgrind's callgrind: exact, whatever the load) ----------
+
+_HARNESS = """
+import collections, sys
+import flowtrace, flowtrace._pipeline, flowtrace.otel
+from flowtrace import flow
+from flowtrace._sinks import add_sink, remove_sink
+from opentelemetry.sdk.trace import TracerProvider
+
+remove_sink(flowtrace._pipeline._pipeline)
+opened, closed = collections.deque(maxlen=5000), collections.deque(maxlen=5000)
+
+class DequeSink:
+    log_started = opened.append
+    log_ended = closed.append
+
+add_sink(DequeSink())
+kind, n = sys.argv[1], int(sys.argv[2])
+attributes = {attributes!r}
+plain = TracerProvider(shutdown_on_exit=False)
+mine = TracerProvider(shutdown_on_exit=False)
+mine.add_span_processor(flowtrace.otel.span_processor())
+if kind == "flow+processor":
+    flowtrace.otel.install_global()
+if kind.startswith("flow"):
+    f = flow(lambda a, b: a + b)
+    for _ in range(n):
+        f(1, 2)
+else:
+    provider, scope, inside = {{
+        "sdk": (plain, "openai", True),
+        "sdk_http": (plain, "opentelemetry.instrumentation.httpx", True),
+        "kept": (mine, "openai", True),
+        "dropped": (mine, "opentelemetry.instrumentation.httpx", True),
+        "outside": (mine, "openai", False),
+        "private": (flowtrace.otel.tracer_provider(), "openai", True),
+    }}[kind]
+    if kind in ("dropped", "sdk_http"):
+        attributes = {{"http.method": "POST"}}
+    tracer = provider.get_tracer(scope)
+    def spans():
+        for _ in range(n):
+            with tracer.start_as_current_span("chat", attributes=attributes):
+                pass
+    if inside:
+        with flow("bench"):
+            spans()
+    else:
+        spans()
+"""
+
+
+def _instructions(kind: str, n: int) -> int:
+    harness = _HARNESS.format(attributes=LLM_ATTRIBUTES)
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    command += [sys.executable, "-c", harness, kind, str(n)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ)
+    match = re.search(r"Collected : (\d+)", done.stderr)
+    assert match, done.stderr
+    return int(match.group(1))
+
+
+def instruction_costs(n: int) -> list[str]:
+    def per(kind: str) -> float:
+        """Per call: n calls against n/10, so one-time costs (first calls, imports) cancel."""
+        print(f"callgrind: {kind}", file=sys.stderr)
+        return (_instructions(kind, n) - _instructions(kind, n // 10)) / (n - n // 10)
+
+    flow_alone, flow_with = per("flow"), per("flow+processor")
+    sdk = per("sdk")
+    lines = [
+        "| what | instructions per call or span | added by flowtrace |",
+        "|---|---|---|",
+        f"| `@flow` f(1, 2), no processor | {flow_alone:,.0f} | - |",
+        f"| `@flow` f(1, 2), processor installed | {flow_with:,.0f} "
+        f"| {flow_with - flow_alone:+,.0f} ({flow_with / flow_alone:.3f}x) |",
+        f"| SDK span inside a flow, no flowtrace | {sdk:,.0f} | - |",
+    ]
+    for kind, label in (
+        ("kept", "kept LLM span (processor)"),
+        ("outside", "LLM span outside any flow (processor)"),
+        ("private", "private provider span inside a flow"),
+    ):
+        cost = per(kind)
+        lines.append(f"| {label} | {cost:,.0f} | {cost - sdk:+,.0f} (+{(cost - sdk) / sdk:.0%}) |")
+    http = per("sdk_http")
+    dropped = per("dropped")
+    lines.append(f"| SDK HTTP span inside a flow, no flowtrace | {http:,.0f} | - |")
+    lines.append(
+        f"| dropped HTTP span inside a flow (processor) | {dropped:,.0f} "
+        f"| {dropped - http:+,.0f} (+{(dropped - http) / http:.0%}) |"
+    )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--markdown", action="store_true", help=f"write to {RESULTS}")
@@ -205,10 +301,14 @@ def main() -> None:
     parser.add_argument(
         "--overhead-args", default="--repeats 5 --scale 0.3", help="overhead.py's arguments"
     )
+    parser.add_argument(
+        "--instructions", type=int, default=2000, help="calls or spans under callgrind (0: skip)"
+    )
     args = parser.parse_args()
 
     remove_sink(flowtrace._pipeline._pipeline)  # the recorder alone, as overhead.py measures it
     add_sink(DequeSink())
+    counted = instruction_costs(args.instructions) if args.instructions else []
     costs = span_costs(args.repeats, args.spans)
     overhead = overhead_with_processor(args.rounds, args.overhead_args.split())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -224,6 +324,18 @@ def main() -> None:
         "",
         *costs,
         "",
+        *(
+            [
+                f"The same in CPU instructions (valgrind's callgrind: a run of "
+                f"{args.instructions:,} calls or spans against one of a tenth as many, so "
+                "one-time costs cancel; exact, whatever the load):",
+                "",
+                *counted,
+                "",
+            ]
+            if counted
+            else []
+        ),
         f"- `{' '.join(['python', 'bench/otel_spans.py', *sys.argv[1:]])}`, "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}; 1-minute load average {load:.2f} on "
         f"{os.cpu_count()} CPUs (a shared machine: the ratios matter, not the ns).",
