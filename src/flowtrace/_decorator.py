@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import wrapt
 
 from flowtrace import _config, _guard, _log, _sampling, _sinks
+from flowtrace._async_block import AsyncBlock
 from flowtrace._capture import (
     CapturedTraceback,
     InputBinder,
@@ -463,7 +464,7 @@ def _wrap(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
 BLOCK_PATH = "flow"
 
 
-class Flow:
+class Flow(AsyncBlock[Log]):
     """What `flow(...)` returns when not given a function: a decorator, and a context manager
     whose block is one log (`with flow("agents/support", inputs={...}) as log:`)."""
 
@@ -497,17 +498,6 @@ class Flow:
             log.close()
         else:
             _fail(log, exc)
-
-    async def __aenter__(self) -> Log:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
     def _leave(self) -> Log | None:
         """The block's log, no longer current; None if no block of this object is open."""

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from flowtrace import _guard
+from flowtrace._async_block import AsyncBlock
 from flowtrace._capture import ensure_stdout_tee
 from flowtrace._context import current, open_ancestor
 from flowtrace._contract import (
@@ -75,7 +76,7 @@ class RemoteParent(Log):
         return f"<RemoteParent {self._log_id} linked={self.linked}>"
 
 
-class ContinuedTrace:
+class ContinuedTrace(AsyncBlock["ContinuedTrace"]):
     """`with continue_trace(headers):` (or `async with`): flows inside are the caller's
     children. Headers without a valid `traceparent` change nothing."""
 
@@ -106,17 +107,6 @@ class ContinuedTrace:
         except ValueError:  # left in another context than entered (a generator): undo here
             if current.get() is self.parent:
                 current.set(None)
-
-    async def __aenter__(self) -> ContinuedTrace:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def continue_trace(
