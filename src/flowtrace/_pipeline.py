@@ -70,6 +70,9 @@ INITIAL_SPILL_COST_S = 40e-6
 #: The worker measures the wall clock's offset again at most this often (a step of the clock or
 #: a suspend/resume then shows in the start times of later logs within this long).
 CALIBRATE_EVERY_S = 1.0
+#: The shortest look the worker takes at a flood of logs (below this, waking costs the program
+#: more than the few logs that come meanwhile).
+MIN_POLL_S = 0.001
 
 Clock = Callable[[], float]
 
@@ -122,6 +125,8 @@ class Pipeline:
         self._sender: Sender | None = None
         self._outbox: Outbox | None = None
         self._intake = 0  # logs the last intake found
+        self._intake_rate = 0.0  # logs per second, as the last intakes found them
+        self._last_collect = 0.0
         self._closed = False  # shutdown began: new logs are refused
         self._stopping = False
         self._stop_deadline: float | None = None
@@ -506,6 +511,7 @@ class Pipeline:
             else:
                 planner.ended(item)  # ignores logs that are not ours (refused, pre-fork)
         self._intake = found
+        self._measure_intake(found, now)
         if queue.refusals().get("queue_full"):
             why = (
                 "the worker made no progress for a while (a hanging disk?)"
@@ -527,6 +533,22 @@ class Pipeline:
         load = Mode.GUARDED if loaded else Mode.BUSY
         if queue.mode is not load and queue.mode in LOAD_MODES:
             queue.switch(load, only_from=LOAD_MODES)
+
+    def _measure_intake(self, found: int, now: float) -> None:
+        elapsed = now - self._last_collect
+        self._last_collect = now
+        if elapsed > 0:
+            self._intake_rate = 0.5 * self._intake_rate + 0.5 * (found / elapsed)
+
+    def _time_to_quarter_bound(self) -> float:
+        """How long the program takes, at its current pace, to fill what is left of a quarter
+        of the bound: between two intakes nobody checks the bound (the plain appends), so the
+        worker looks again before then, even when it has nothing to plan (a local sender busy)."""
+        rate = self._intake_rate
+        if rate <= 0:
+            return float("inf")
+        room = self._queue.limit / 4 - self._counters.held
+        return max(MIN_POLL_S, room / rate)
 
     def _warn_drops(self) -> None:
         """Each reason logs were dropped for is said once, with the count so far (in logs);
@@ -660,7 +682,11 @@ class Pipeline:
             # Logs are arriving and nobody wakes us: look again soon (this bounds how far the
             # deques grow between intakes).
             timeout = min(deadlines) - now if deadlines else settings.batch_interval_s
-            poll = min(settings.first_batch_after_s, settings.batch_interval_s)
+            poll = min(
+                settings.first_batch_after_s,
+                settings.batch_interval_s,
+                self._time_to_quarter_bound(),
+            )
             self._wake.wait(max(0.0, min(timeout, poll)))
             return next_send_at
         # The last intake found nothing: let the next log wake us (the idle callables), then
