@@ -1,6 +1,7 @@
 """A tiny OTLP/HTTP traces receiver on loopback for the export tests: it gunzips and decodes
 each request with opentelemetry-proto, keeps the spans and the request headers, and answers
-with the statuses it is scripted to (then 200), or holds requests until released."""
+with the statuses it is scripted to (then 200), or 503 while it is `down`, or holds requests
+until released."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Receiver:
     def __init__(self, statuses: list[int] | None = None, hold: bool = False) -> None:
         self.statuses = list(statuses or [])  # answered first, in order, then 200
         self.hold = hold  # requests wait until `release()`
+        self.down = False  # while set, every request is answered 503 (an outage)
         self.released = threading.Event()
         self.requested = threading.Event()  # a request arrived (held or not)
         self.requests: list[dict[str, str]] = []  # each request's headers
@@ -66,7 +68,8 @@ class Receiver:
             self.released.wait(60)
         with self._lock:
             self.requests.append({k.lower(): v for k, v in handler.headers.items()})
-            status = self.statuses.pop(0) if self.statuses else 200
+            scripted = self.statuses.pop(0) if self.statuses else 200
+            status = 503 if self.down else scripted
             if status == 200:
                 raw = gzip.decompress(body) if handler.headers.get("Content-Encoding") else body
                 request = ExportTraceServiceRequest.FromString(raw)

@@ -311,12 +311,24 @@ class OtlpExport:
 
     def _drain(self) -> None:
         """Stopping: send everything (open logs too) until done or the deadline, then spool
-        what is left."""
+        what is left (said once)."""
+        spooled_before = 0 if self._spool is None else self._spool.own_spans
         while not self._past_deadline():
             if not self._take_all():
-                return
+                break
             self._send_batch()
-        self._spool_rest()
+        else:
+            self._spool_rest()
+        spool = self._spool
+        if spool is not None and spool.own_spans > spooled_before:
+            self._warnings.once(
+                "otlp:spooled-at-exit",
+                "flowtrace: %d span(s) not exported to the OTLP endpoint %s at shutdown: "
+                "spooled at %s (the next process exporting there sends them)",
+                spool.own_spans - spooled_before,
+                self.endpoint,
+                spool.path,
+            )
 
     def _take_all(self) -> bool:
         """Stopping: take in what is offered, open logs too; True if spans are ready."""
@@ -327,23 +339,12 @@ class OtlpExport:
 
     def _spool_rest(self) -> None:
         """Past the send deadline: what is left goes to disk, a batch at a time, within
-        SPILL_GRACE_S (what is still left then is dropped, `shutdown`); said once."""
-        spool = self._spool
-        if spool is None:
+        SPILL_GRACE_S (what is still left then is dropped, `shutdown`)."""
+        if self._spool is None:
             return
-        before = spool.own_spans
         give_up_at = self._clock() + SPILL_GRACE_S
         while self._clock() < give_up_at and self._take_all():
             self._send_batch()  # past the deadline: to disk
-        if spool.own_spans > before:
-            self._warnings.once(
-                "otlp:spooled-at-exit",
-                "flowtrace: %d span(s) not exported to the OTLP endpoint %s at shutdown: "
-                "spooled at %s (the next process exporting there sends them)",
-                spool.own_spans - before,
-                self.endpoint,
-                spool.path,
-            )
 
     def _take_in(self) -> None:
         """Merge what the worker offered into spans, while fewer than MAX_READY_SPANS wait to
@@ -522,6 +523,8 @@ class OtlpExport:
                 self.last_error = str(refused)
                 reason = refused.reason
             else:
+                if self._stop.is_set():
+                    return  # said once for the whole shutdown (`_drain`)
                 self._warnings.once(
                     f"otlp:spooled:{reason}",
                     "flowtrace: the OTLP endpoint %s did not take %d span(s) (%s: %s); they "

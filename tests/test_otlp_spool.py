@@ -1,0 +1,296 @@
+"""The OTLP export's spool: spans an OTLP endpoint did not take within the retry deadline, or
+that were left at exit, wait on disk (real spool files) and reach the endpoint once it is back,
+in this process or the next one (real processes), each exactly once, decoded on the other
+side with opentelemetry-proto."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import flowtrace
+from flowtrace import _op_taps, _otlp_export, _w3c
+from flowtrace._config import Settings
+from flowtrace._otlp_spool import spool_file, spool_key
+from flowtrace.store import Store
+from tests.otlp_receiver import Receiver, attributes_of
+from tests.pipelineutil import WAIT_S, fresh_pipeline, wait_until
+from tests.scriptutil import run_script, script_env
+
+#: Spans the endpoint did not take within 0.05 s go to disk (short, for the tests).
+SHORT_DEADLINE = {"retry_deadline_s": 0.05, "retry_backoff_s": 0.01}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+def otlp_stats() -> dict[str, object]:
+    stats = _otlp_export.stats()
+    assert stats is not None
+    return stats
+
+
+def spooled_payloads(path: Path) -> list[bytes]:
+    """The request bodies a spool file holds (every owner's), as they will be posted."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT body FROM entries ORDER BY id").fetchall()
+    return [base64.b64decode(json.loads(body)["payload"]) for (body,) in rows]
+
+
+def spooled_span_names(path: Path) -> list[str]:
+    """The spans a spool file holds, decoded with opentelemetry-proto."""
+    names = []
+    for payload in spooled_payloads(path):
+        request = ExportTraceServiceRequest.FromString(gzip.decompress(payload))
+        names += [s.name for r in request.resource_spans for ss in r.scope_spans for s in ss.spans]
+    return names
+
+
+def test_an_outage_past_the_retry_deadline_is_spooled_and_sent_once_it_is_back(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.down = True
+    ids: dict[str, str] = {}
+    with fresh_pipeline(otlp_endpoint=receiver.url, spool_dir=str(tmp_path), **SHORT_DEADLINE):
+        with flowtrace.flow("otlp-spool/root") as root, flowtrace.flow("otlp-spool/child") as kid:
+            ids.update(root=root.log_id, child=kid.log_id)
+        assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        first = otlp_stats()
+        # the endpoint is down now: a new batch goes to disk at once, behind the first
+        with flowtrace.flow("otlp-spool/while-down") as later:
+            ids["later"] = later.log_id
+        assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        during = otlp_stats()
+        assert spool_file(spool_key(receiver.url, {}), str(tmp_path)).exists()
+        receiver.down = False
+        spans = receiver.wait_for(3)
+        assert wait_until(lambda: otlp_stats()["spooled"] == 0)
+        after = otlp_stats()
+        main = flowtrace.stats()
+    assert (first["spooled"], first["exported"], first["dropped"]) == (2, 0, {})
+    assert (during["spooled"], during["dropped"]) == (3, {})
+    assert (after["exported"], after["spooled"], after["dropped"]) == (3, 0, {})
+    # each span exactly once, with the ids and parentage of its log
+    assert sorted(span.name for span in spans) == [
+        "otlp-spool/child",
+        "otlp-spool/root",
+        "otlp-spool/while-down",
+    ]
+    by_name = {span.name: span for span in spans}
+    for name, log_id in (("root", ids["root"]), ("child", ids["child"])):
+        assert by_name[f"otlp-spool/{name}"].span_id == bytes.fromhex(_w3c.span_id_of(log_id))
+    assert by_name["otlp-spool/child"].parent_span_id == by_name["otlp-spool/root"].span_id
+    assert attributes_of(by_name["otlp-spool/while-down"])["flowtrace.log_id"] == ids["later"]
+    # the main destination took every log at once, whatever the OTLP endpoint did
+    assert main["sent"] == 3 and main["dropped"] == {}
+
+
+def test_spooled_data_is_the_scrubbed_data(receiver: Receiver, tmp_path: Path) -> None:
+    receiver.down = True
+    secret = "sk-live-0123456789abcdefghijklmnopqrstuv"
+    with fresh_pipeline(otlp_endpoint=receiver.url, spool_dir=str(tmp_path), **SHORT_DEADLINE):
+        with flowtrace.flow("otlp-spool/secret", inputs={"api_key": secret}):
+            pass
+        assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        assert otlp_stats()["spooled"] == 1
+        path = spool_file(spool_key(receiver.url, {}), str(tmp_path))
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob(path.name + "*"))
+    (payload,) = spooled_payloads(path)
+    assert secret.encode() not in raw and secret.encode() not in gzip.decompress(payload)
+    assert b"[scrubbed" in gzip.decompress(payload)
+
+
+def test_two_endpoints_never_mix(tmp_path: Path) -> None:
+    with Receiver() as down, Receiver() as up:
+        down.down = True
+        common = {"spool_dir": str(tmp_path), **SHORT_DEADLINE}
+        with fresh_pipeline(otlp_endpoint=down.url, **common):
+            with flowtrace.flow("otlp-spool/for-x"):
+                pass
+            assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+            assert otlp_stats()["spooled"] == 1
+            # the same process, another endpoint: X's spool is X's alone
+            flowtrace.configure(otlp_endpoint=up.url, **common)
+            with flowtrace.flow("otlp-spool/for-y"):
+                pass
+            assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+            y_stats = otlp_stats()
+        names_y = [span.name for span in up.wait_for(1)]
+    x_file = spool_file(spool_key(down.url, {}), str(tmp_path))
+    assert names_y == ["otlp-spool/for-y"] and y_stats["exported"] == 1
+    assert y_stats["backlog"] == 0 and y_stats["spool"] != str(x_file)
+    assert spooled_span_names(x_file) == ["otlp-spool/for-x"]
+    assert down.spans == []
+    # the same endpoint with another API key is another spool too (the key is not in its name)
+    keyed = spool_key(down.url, {"authorization": "key-2"})
+    assert keyed != spool_key(down.url, {"authorization": "key-1"}) and "key-2" not in keyed
+    assert spool_file(keyed, str(tmp_path)) != x_file
+
+
+@contextmanager
+def tapped(export: _otlp_export.OtlpExport) -> Iterator[_otlp_export.OtlpExport]:
+    _op_taps.add_tap(export.offer)
+    try:
+        yield export
+    finally:
+        _op_taps.remove_tap(export.offer)
+        export.shutdown(5)
+
+
+def test_spooled_spans_past_spool_max_age_are_dropped_and_counted(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = Settings(otlp_endpoint=receiver.url, spool_dir=str(tmp_path), **SHORT_DEADLINE)
+    receiver.down = True
+    with tapped(_otlp_export.OtlpExport(receiver.url, {}, settings)) as first:
+        with fresh_pipeline() as pipe:
+            for name in ("otlp-spool/old-1", "otlp-spool/old-2"):
+                with flowtrace.flow(name):
+                    pass
+            assert pipe.flush(WAIT_S) and first.flush(WAIT_S)
+        assert first.stats()["spooled"] == 2
+    receiver.down = False
+    # a week and a day later (the spool's wall clock): the first owner is long silent (dead)
+    # and what it left is past spool_max_age_s (7 days)
+    later_us = time.time_ns() // 1000 + 8 * 24 * 3600 * 10**6
+    second = _otlp_export.OtlpExport(receiver.url, {}, settings, spool_wall_us=lambda: later_us)
+    with tapped(second), fresh_pipeline() as pipe:
+        with flowtrace.flow("otlp-spool/new"):
+            pass
+        assert pipe.flush(WAIT_S) and second.flush(WAIT_S)
+        stats = second.stats()
+    assert [span.name for span in receiver.wait_for(1)] == ["otlp-spool/new"]
+    assert stats["dropped"] == {"spool_expired": 2}
+    assert (stats["backlog"], stats["backlog_exported"], stats["exported"]) == (0, 0, 1)
+
+
+def test_a_spool_that_cannot_be_written_drops_counts_and_warns_once(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")  # a directory nobody can make (a read-only or full disk alike)
+    receiver.down = True
+    with (
+        fresh_pipeline(
+            otlp_endpoint=receiver.url, spool_dir=str(not_a_dir / "spool"), **SHORT_DEADLINE
+        ),
+        caplog.at_level(logging.WARNING),
+    ):
+        for _ in range(2):
+            with flowtrace.flow("otlp-spool/nowhere"):
+                pass
+            assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        stats = otlp_stats()
+        main = flowtrace.stats()
+    assert stats["dropped"] == {"spool_unavailable": 2} and stats["spooled"] == 0
+    said = [r.getMessage() for r in caplog.records if "spool_unavailable" in r.getMessage()]
+    assert len(said) == 1 and "cannot create the spool" in said[0]
+    assert main["sent"] == 2 and main["dropped"] == {}
+
+
+# --- whole processes ---------------------------------------------------------------------------
+
+#: Two logs, delivered to the main destination (the embedded store); one more left open at
+#: exit. Prints the ids, then the time, and exits.
+EXITING = """
+import json, time
+import flowtrace
+with flowtrace.flow("otlp-spool/exit-root") as root, flowtrace.flow("otlp-spool/exit-child"):
+    pass
+assert flowtrace.flush(60)
+left = flowtrace.flow("otlp-spool/left-open").__enter__()
+print(json.dumps([root.log_id, left.log_id]))
+print(time.monotonic(), flush=True)
+"""
+
+#: A later process of the same endpoint: one log; it waits until the backlog is sent.
+NEXT = """
+import json, time
+import flowtrace
+from flowtrace import _otlp_export
+with flowtrace.flow("otlp-spool/next"):
+    pass
+assert flowtrace.flush(60) and _otlp_export.flush(60)  # its thread has claimed the backlog
+deadline = time.monotonic() + 60
+while _otlp_export.stats()["backlog"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps(_otlp_export.stats()))
+"""
+
+
+def exit_env(receiver: Receiver, tmp_path: Path) -> dict[str, str]:
+    return script_env(
+        otlp_endpoint=receiver.url,
+        db_path=tmp_path / "main.db",
+        spool_dir=tmp_path / "spool",
+        exit_flush_timeout_s=0.5,
+        first_batch_after_s=0.02,
+        batch_interval_s=0.05,
+        retry_backoff_s=0.02,
+    )
+
+
+def test_an_exit_while_the_endpoint_is_down_leaves_the_spans_for_the_next_process(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    env = exit_env(receiver, tmp_path)
+    receiver.down = True
+    done = run_script(EXITING, env)
+    assert done.returncode == 0, done.stderr
+    root_id, left_id = json.loads(done.stdout.splitlines()[0])
+    assert (
+        "3 span(s) not exported to the OTLP endpoint" in done.stderr and "spooled at" in done.stderr
+    )
+    assert receiver.spans == []
+    receiver.down = False
+    following = run_script(NEXT, env)
+    assert following.returncode == 0, following.stderr
+    stats = json.loads(following.stdout)
+    spans = receiver.wait_for(4)
+    assert sorted(span.name for span in spans) == [
+        "otlp-spool/exit-child",
+        "otlp-spool/exit-root",
+        "otlp-spool/left-open",
+        "otlp-spool/next",
+    ]
+    assert (stats["backlog_exported"], stats["exported"], stats["dropped"]) == (3, 1, {})
+    by_name = {span.name: span for span in spans}
+    left = attributes_of(by_name["otlp-spool/left-open"])
+    assert left["flowtrace.log_id"] == left_id and left["flowtrace.trace_status"] == "incomplete"
+    assert by_name["otlp-spool/exit-root"].span_id == bytes.fromhex(_w3c.span_id_of(root_id))
+
+
+def test_a_hanging_endpoint_costs_the_main_destination_nothing_and_the_exit_its_bound(
+    tmp_path: Path,
+) -> None:
+    with Receiver(hold=True) as hanging:
+        env = exit_env(hanging, tmp_path)
+        done = run_script(EXITING, env)
+        exited = time.monotonic()
+        assert hanging.requested.is_set()  # the export was stuck in a request at exit
+    assert done.returncode == 0, done.stderr
+    assert exited - float(done.stdout.splitlines()[1]) < 0.5 + 1.5  # the bound, a margin
+    root_id, left_id = json.loads(done.stdout.splitlines()[0])
+    with Store(tmp_path / "main.db") as store:
+        assert store.get_log(root_id).trace_status == "complete"
+        assert store.get_log(left_id).trace_status == "incomplete"
+    path = spool_file(spool_key(hanging.url, {}), str(tmp_path / "spool"))
+    assert sorted(spooled_span_names(path)) == [
+        "otlp-spool/exit-child",
+        "otlp-spool/exit-root",
+        "otlp-spool/left-open",
+    ]
