@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import flowtrace
 from flowtrace import _op_taps, _otlp_export, _w3c
-from flowtrace._config import Settings
+from flowtrace._config import Settings, get_settings
 from flowtrace._otlp_spool import spool_file, spool_key
 from flowtrace.store import Store
 from tests.otlp_receiver import Receiver, attributes_of
@@ -250,7 +251,9 @@ def test_an_exit_while_the_endpoint_is_down_leaves_the_spans_for_the_next_proces
     env = exit_env(receiver, tmp_path)
     receiver.down = True
     done = run_script(EXITING, env)
+    exited = time.monotonic()
     assert done.returncode == 0, done.stderr
+    assert exited - float(done.stdout.splitlines()[1]) < 0.5 + 1.5  # the bound, a margin
     root_id, left_id = json.loads(done.stdout.splitlines()[0])
     assert (
         "3 span(s) not exported to the OTLP endpoint" in done.stderr and "spooled at" in done.stderr
@@ -277,20 +280,24 @@ def test_an_exit_while_the_endpoint_is_down_leaves_the_spans_for_the_next_proces
 def test_a_hanging_endpoint_costs_the_main_destination_nothing_and_the_exit_its_bound(
     tmp_path: Path,
 ) -> None:
+    """The exit's path (`_lifecycle` calls the export's shutdown with what is left of the
+    exit bound): the request in progress is interrupted and its spans are spooled."""
+    settings = Settings(spool_dir=str(tmp_path))
     with Receiver(hold=True) as hanging:
-        env = exit_env(hanging, tmp_path)
-        done = run_script(EXITING, env)
-        exited = time.monotonic()
-        assert hanging.requested.is_set()  # the export was stuck in a request at exit
-    assert done.returncode == 0, done.stderr
-    assert exited - float(done.stdout.splitlines()[1]) < 0.5 + 1.5  # the bound, a margin
-    root_id, left_id = json.loads(done.stdout.splitlines()[0])
-    with Store(tmp_path / "main.db") as store:
-        assert store.get_log(root_id).trace_status == "complete"
-        assert store.get_log(left_id).trace_status == "incomplete"
-    path = spool_file(spool_key(hanging.url, {}), str(tmp_path / "spool"))
-    assert sorted(spooled_span_names(path)) == [
-        "otlp-spool/exit-child",
-        "otlp-spool/exit-root",
-        "otlp-spool/left-open",
-    ]
+        export = _otlp_export.OtlpExport(hanging.url, {}, settings)
+        with tapped(export), fresh_pipeline() as pipe:
+            with flowtrace.flow("otlp-spool/hung") as log:
+                pass
+            assert pipe.flush(WAIT_S)
+            flushing = threading.Thread(target=export.flush, args=(WAIT_S,))
+            flushing.start()
+            assert hanging.requested.wait(WAIT_S)  # the export is stuck in its request
+            with Store(Path(get_settings().db_path)) as store:  # the main delivery is not
+                assert store.get_log(log.log_id).trace_status == "complete"
+            assert export.shutdown(0.2)  # the thread stopped within its bound...
+            flushing.join(WAIT_S)
+            stats = export.stats()
+        hanging.down = True  # the request it gave up on is answered 503 once released
+    path = spool_file(spool_key(hanging.url, {}), str(tmp_path))
+    assert spooled_span_names(path) == ["otlp-spool/hung"]  # ...and kept the span
+    assert (stats["spooled"], stats["exported"], stats["dropped"]) == (1, 0, {})
