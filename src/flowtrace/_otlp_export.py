@@ -221,7 +221,8 @@ class OtlpExport:
 
     # --- any thread -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until what was offered before this call is exported (or dropped)."""
+        """Wait until what was offered before this call is exported (or spooled, or
+        dropped)."""
         if self._thread is None or self._done.is_set():
             return not self._incoming
         marker = _Flush()
@@ -591,6 +592,7 @@ class OtlpExport:
         assert spool is not None
         self._expire()
         try:
+            spool.keep_alive()
             batch = spool.next()
         except SpoolUnavailable as unreadable:
             self._spool_unreadable(str(unreadable))

@@ -25,6 +25,7 @@ from typing import Final
 
 from flowtrace import _config
 from flowtrace._spool import (
+    HEARTBEAT_S,
     SPOOL_SUFFIX,
     Spool,
     SpoolFull,
@@ -106,6 +107,7 @@ class OtlpSpool:
         self.backlog = 0  # batches claimed from processes that are gone
         self._unwritable_until = 0.0
         self._next_expiry = 0.0
+        self._next_heartbeat = 0.0
 
     @property
     def waiting(self) -> int:
@@ -120,6 +122,17 @@ class OtlpSpool:
             return 0
         self.backlog, _ = self._spool.claim_dead()
         return self.backlog
+
+    def keep_alive(self) -> None:
+        """Say this owner is alive, at most every HEARTBEAT_S: a long outage may leave the
+        file untouched, and an owner silent for STALE_S is taken for dead (its batches would
+        be sent twice). Takes over what processes that died meanwhile left. Raises
+        SpoolUnavailable."""
+        now = self._clock()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + HEARTBEAT_S
+        self.backlog, _ = self._spool.claim_dead()
 
     def put(self, payload: bytes, spans: int) -> None:
         """Keep one encoded batch on disk, or raise SpoolRefused (spool_full, or
