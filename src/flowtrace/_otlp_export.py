@@ -188,6 +188,7 @@ class OtlpExport:
         self._spooling = False
         self._retry_at = 0.0
         self._attempt = 0  # retries of the batch on disk so far (its backoff)
+        self._spooled_stopping = 0  # spans spooled once stopping
         # counters (ints: read by stats() from any thread)
         self.exported = 0
         self.retried = 0
@@ -313,7 +314,6 @@ class OtlpExport:
     def _drain(self) -> None:
         """Stopping: send everything (open logs too) until done or the deadline, then spool
         what is left (said once)."""
-        spooled_before = 0 if self._spool is None else self._spool.own_spans
         while not self._past_deadline():
             if not self._take_all():
                 break
@@ -321,12 +321,12 @@ class OtlpExport:
         else:
             self._spool_rest()
         spool = self._spool
-        if spool is not None and spool.own_spans > spooled_before:
+        if spool is not None and self._spooled_stopping:
             self._warnings.once(
                 "otlp:spooled-at-exit",
                 "flowtrace: %d span(s) not exported to the OTLP endpoint %s at shutdown: "
                 "spooled at %s (the next process exporting there sends them)",
-                spool.own_spans - spooled_before,
+                self._spooled_stopping,
                 self.endpoint,
                 spool.path,
             )
@@ -525,7 +525,8 @@ class OtlpExport:
                 reason = refused.reason
             else:
                 if self._stop.is_set():
-                    return  # said once for the whole shutdown (`_drain`)
+                    self._spooled_stopping += spans  # said once, for the whole shutdown
+                    return
                 self._warnings.once(
                     f"otlp:spooled:{reason}",
                     "flowtrace: the OTLP endpoint %s did not take %d span(s) (%s: %s); they "
