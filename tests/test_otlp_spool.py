@@ -179,16 +179,21 @@ def test_spooled_spans_past_spool_max_age_are_dropped_and_counted(
     assert (stats["backlog"], stats["backlog_exported"], stats["exported"]) == (0, 0, 1)
 
 
-def test_a_spool_that_cannot_be_written_drops_counts_and_warns_once(
-    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("trouble", ["unusable_dir", "full"])
+def test_a_spool_that_cannot_take_a_batch_drops_it_counts_and_warns_once(
+    trouble: str, receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    not_a_dir = tmp_path / "file"
-    not_a_dir.write_text("")  # a directory nobody can make (a read-only or full disk alike)
+    if trouble == "unusable_dir":
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("")  # a directory nobody can make (as a read-only or full disk)
+        spool: dict[str, object] = {"spool_dir": str(not_a_dir / "spool")}
+        reason, says = "spool_unavailable", "cannot create the spool"
+    else:
+        spool = {"spool_dir": str(tmp_path), "spool_max_mib": 0.001}  # less than an empty file
+        reason, says = "spool_full", "holds 1048 bytes"
     receiver.down = True
     with (
-        fresh_pipeline(
-            otlp_endpoint=receiver.url, spool_dir=str(not_a_dir / "spool"), **SHORT_DEADLINE
-        ),
+        fresh_pipeline(otlp_endpoint=receiver.url, **spool, **SHORT_DEADLINE),
         caplog.at_level(logging.WARNING),
     ):
         for _ in range(2):
@@ -197,10 +202,28 @@ def test_a_spool_that_cannot_be_written_drops_counts_and_warns_once(
             assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
         stats = otlp_stats()
         main = flowtrace.stats()
-    assert stats["dropped"] == {"spool_unavailable": 2} and stats["spooled"] == 0
-    said = [r.getMessage() for r in caplog.records if "spool_unavailable" in r.getMessage()]
-    assert len(said) == 1 and "cannot create the spool" in said[0]
+    assert stats["dropped"] == {reason: 2} and stats["spooled"] == 0
+    said = [r.getMessage() for r in caplog.records if reason in r.getMessage()]
+    assert len(said) == 1 and says in said[0]
     assert main["sent"] == 2 and main["dropped"] == {}
+
+
+def test_without_a_spool_a_batch_is_dropped_at_the_deadline_and_the_next_one_is_sent(
+    receiver: Receiver,
+) -> None:
+    receiver.down = True
+    with fresh_pipeline(otlp_endpoint=receiver.url, spool="off", **SHORT_DEADLINE):
+        with flowtrace.flow("otlp-spool/lost"):
+            pass
+        assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        receiver.down = False
+        with flowtrace.flow("otlp-spool/sent"):
+            pass
+        assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        stats = otlp_stats()
+    assert [span.name for span in receiver.wait_for(1)] == ["otlp-spool/sent"]
+    assert stats["dropped"] == {"retry_deadline": 1} and stats["exported"] == 1
+    assert stats["spool"] is None
 
 
 # --- whole processes ---------------------------------------------------------------------------

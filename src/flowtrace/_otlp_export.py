@@ -485,10 +485,11 @@ class OtlpExport:
             if self._deadline is not None:
                 give_up = min(give_up, self._deadline)
             if wake_at > give_up:
-                stopping = self._stop.is_set()
-                if not stopping:  # down: what follows goes to disk, this is tried again then
+                if self._spool is not None:
+                    # down: what follows goes straight to disk (at shutdown too: no batch
+                    # waits out a deadline of its own), and this one is tried again from there
                     self._spooling, self._attempt, self._retry_at = True, attempt, wake_at
-                self._keep(payload, spans, "shutdown" if stopping else "retry_deadline")
+                self._keep(payload, spans, "shutdown" if self._stop.is_set() else "retry_deadline")
                 return
             self.retried += spans
             if self._stop.is_set():

@@ -35,7 +35,7 @@ from flowtrace._spool import (
     default_spool_dir,
 )
 
-__all__ = ["OtlpSpool", "SpooledBatch", "spool_key"]
+__all__ = ["OtlpSpool", "SpoolRefused", "SpooledBatch", "spool_file", "spool_key"]
 
 #: The kind of every entry (the main destination's entries are operations: log, update...).
 BATCH_KIND: Final = "otlp_batch"
@@ -201,10 +201,6 @@ class OtlpSpool:
     def forget_waiting(self) -> None:
         """The file cannot be read: what it holds is left there for a later process."""
         self.own = self.own_spans = self.backlog = 0
-
-    def counts(self) -> dict[str, int]:
-        """What the file holds (for tests and status): entries, bytes..."""
-        return self._spool.counts()
 
     def close(self) -> None:
         """This process is done with the file (what it holds stays for the next one)."""
