@@ -24,6 +24,7 @@ import flowtrace
 from flowtrace import _op_taps, _otlp_export, _w3c
 from flowtrace._config import Settings, get_settings
 from flowtrace._otlp_spool import spool_file, spool_key
+from flowtrace._spool import Spool, SpoolItem
 from flowtrace.store import Store
 from tests.otlp_receiver import Receiver, attributes_of
 from tests.pipelineutil import WAIT_S, fresh_pipeline, wait_until
@@ -177,6 +178,37 @@ def test_spooled_spans_past_spool_max_age_are_dropped_and_counted(
     assert [span.name for span in receiver.wait_for(1)] == ["otlp-spool/new"]
     assert stats["dropped"] == {"spool_expired": 2}
     assert (stats["backlog"], stats["backlog_exported"], stats["exported"]) == (0, 0, 1)
+
+
+def test_a_silent_owners_batches_are_claimed_sent_and_an_entry_not_a_batch_dropped(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = Settings(otlp_endpoint=receiver.url, spool_dir=str(tmp_path), **SHORT_DEADLINE)
+    receiver.down = True
+    first = _otlp_export.OtlpExport(receiver.url, {}, settings)
+    with tapped(first), fresh_pipeline() as pipe:
+        with flowtrace.flow("otlp-spool/left-behind"):
+            pass
+        assert pipe.flush(WAIT_S) and first.flush(WAIT_S)
+    path = spool_file(spool_key(receiver.url, {}), str(tmp_path))
+    other = Spool(path, "other", max_bytes=1 << 30, max_age_s=1e9)
+    other.append([SpoolItem("x", "otlp_batch", True, {"not": "a batch"}, {})])
+    other.close()
+    receiver.down = False
+    # an hour later (the spool's clock): both owners have been silent past STALE_S: dead
+    later_us = time.time_ns() // 1000 + 3600 * 10**6
+    second = _otlp_export.OtlpExport(receiver.url, {}, settings, spool_wall_us=lambda: later_us)
+    with tapped(second), fresh_pipeline() as pipe:
+        with flowtrace.flow("otlp-spool/new"):
+            pass
+        assert pipe.flush(WAIT_S) and second.flush(WAIT_S)
+        spans = receiver.wait_for(2)
+        assert wait_until(lambda: second.stats()["backlog"] == 0)
+        stats = second.stats()
+    assert sorted(span.name for span in spans) == ["otlp-spool/left-behind", "otlp-spool/new"]
+    assert (stats["backlog_exported"], stats["exported"]) == (1, 1)
+    assert stats["dropped"] == {"spool_corrupt": 1}
+    assert spooled_payloads(path) == []
 
 
 @pytest.mark.parametrize("trouble", ["unusable_dir", "full"])

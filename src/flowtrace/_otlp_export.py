@@ -593,12 +593,15 @@ class OtlpExport:
         spool = self._spool
         assert spool is not None
         self._expire()
+        unreadable = spool.unreadable
         try:
             spool.keep_alive()
             batch = spool.next()
-        except SpoolUnavailable as unreadable:
-            self._spool_unreadable(str(unreadable))
+        except SpoolUnavailable as failed:
+            self._spool_unreadable(str(failed))
             return
+        finally:
+            self._count_unreadable(spool.unreadable - unreadable)
         if batch is None:
             return
         status, retry_after, error = self._post(batch.payload)
@@ -619,6 +622,17 @@ class OtlpExport:
         self._retry_at = self._clock() + self._backoff(self._attempt, retry_after)
         self._attempt += 1
         self.retried += batch.spans
+
+    def _count_unreadable(self, entries: int) -> None:
+        if entries:
+            self._warnings.once(
+                "otlp:spool_corrupt",
+                "flowtrace: %d entry(ies) of the OTLP export's spool at %s were not span "
+                "batches; they are dropped (counted in flowtrace.stats()['otlp']).",
+                entries,
+                self._spool.path if self._spool is not None else None,
+            )
+            self._drop("spool_corrupt", entries)
 
     def _settle(self, batch: SpooledBatch) -> None:
         assert self._spool is not None

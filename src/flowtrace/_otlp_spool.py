@@ -105,6 +105,7 @@ class OtlpSpool:
         self.own = 0  # this owner's batches on disk
         self.own_spans = 0  # ... and their spans
         self.backlog = 0  # batches claimed from processes that are gone
+        self.unreadable = 0  # entries that were not batches, dropped
         self._unwritable_until = 0.0
         self._next_expiry = 0.0
         self._next_heartbeat = 0.0
@@ -152,33 +153,40 @@ class OtlpSpool:
         self.own_spans += spans
 
     def next(self) -> SpooledBatch | None:
-        """The oldest batch to send (a dead process's first); None when none is left.
-        Raises SpoolUnavailable."""
+        """The oldest batch to send (a dead process's first); None when none is left. An
+        entry that is not a batch (written by something else) is dropped, counted in
+        `unreadable`. Raises SpoolUnavailable."""
         for backlog in (True, False):
-            if not (self.backlog if backlog else self.own):
-                continue
-            entries = self._spool.head(1, backlog=backlog)
-            if not entries:  # fewer than counted (purged meanwhile)
-                if backlog:
-                    self.backlog = 0
-                else:
-                    self.own = 0
-                continue
-            entry = entries[0]
-            body = entry.item.body
-            return SpooledBatch(
-                entry.id, base64.b64decode(body["payload"]), int(body["spans"]), not backlog
-            )
+            while self.backlog if backlog else self.own:
+                entries = self._spool.head(1, backlog=backlog)
+                if not entries:  # fewer than counted (purged meanwhile)
+                    self._forget(backlog, spans=None)
+                    break
+                entry = entries[0]
+                try:
+                    payload = base64.b64decode(entry.item.body["payload"], validate=True)
+                    spans = int(entry.item.body["spans"])
+                except (KeyError, TypeError, ValueError):
+                    self._spool.ack([entry.id])
+                    self._forget(backlog, spans=0, count=1)
+                    self.unreadable += 1
+                    continue
+                return SpooledBatch(entry.id, payload, spans, not backlog)
         return None
+
+    def _forget(self, backlog: bool, *, spans: int | None, count: int | None = None) -> None:
+        """`count` batches (None: all) of this owner's or of the backlog left the disk, with
+        `spans` of this owner's spans (None: all)."""
+        if backlog:
+            self.backlog = 0 if count is None else max(0, self.backlog - count)
+            return
+        self.own = 0 if count is None else max(0, self.own - count)
+        self.own_spans = 0 if spans is None else max(0, self.own_spans - spans)
 
     def done(self, batch: SpooledBatch) -> None:
         """`batch` was sent (or refused for good): it leaves the disk."""
         self._spool.ack([batch.entry_id])
-        if batch.own:
-            self.own = max(0, self.own - 1)
-            self.own_spans = max(0, self.own_spans - batch.spans)
-        else:
-            self.backlog = max(0, self.backlog - 1)
+        self._forget(not batch.own, spans=batch.spans, count=1)
 
     def expire(self, *, force: bool = False) -> int:
         """Drop held batches older than `spool_max_age_s` (at a claim, then every
@@ -189,13 +197,10 @@ class OtlpSpool:
         self._next_expiry = now + EXPIRE_EVERY_S
         spans = 0
         for entry in self._spool.expire():
-            count = int(entry.item.body.get("spans", 0))
+            count = entry.item.body.get("spans", 0)
+            count = count if isinstance(count, int) else 0
             spans += count
-            if entry.origin == self._spool.owner:
-                self.own = max(0, self.own - 1)
-                self.own_spans = max(0, self.own_spans - count)
-            else:
-                self.backlog = max(0, self.backlog - 1)
+            self._forget(entry.origin != self._spool.owner, spans=count, count=1)
         return spans
 
     def forget_waiting(self) -> None:
