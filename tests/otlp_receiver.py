@@ -5,6 +5,7 @@ until released."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import threading
 from collections.abc import Iterator
@@ -82,13 +83,15 @@ class Receiver:
                         self.spans.extend(scope_spans.spans)
                 self._got_spans.notify_all()
         answer = ExportTraceServiceResponse().SerializeToString() if status == 200 else b"no"
-        handler.send_response(status)
-        if status != 200:
-            handler.send_header("Retry-After", "0")
-        handler.send_header("Content-Type", "application/x-protobuf")
-        handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        handler.wfile.write(answer)
+        # a client that gave up on a held request has gone: nobody to answer
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            handler.send_response(status)
+            if status != 200:
+                handler.send_header("Retry-After", "0")
+            handler.send_header("Content-Type", "application/x-protobuf")
+            handler.send_header("Content-Length", str(len(answer)))
+            handler.end_headers()
+            handler.wfile.write(answer)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Span]:
         """The spans received, once there are at least `count` (an event, not a sleep)."""

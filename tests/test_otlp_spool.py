@@ -211,6 +211,30 @@ def test_a_silent_owners_batches_are_claimed_sent_and_an_entry_not_a_batch_dropp
     assert spooled_payloads(path) == []
 
 
+def test_a_spool_file_that_is_not_a_spool_is_set_aside_and_a_fresh_one_takes_the_batch(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = spool_file(spool_key(receiver.url, {}), str(tmp_path))
+    path.write_bytes(b"not a spool at all, " * 100)
+    receiver.down = True
+    with (
+        fresh_pipeline(otlp_endpoint=receiver.url, spool_dir=str(tmp_path), **SHORT_DEADLINE),
+        caplog.at_level(logging.WARNING),
+    ):
+        with flowtrace.flow("otlp-spool/after-garbage"):
+            pass
+        assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+        stats = otlp_stats()
+    (aside,) = tmp_path.glob(path.name + ".corrupt-*")
+    assert aside.read_bytes().startswith(b"not a spool")
+    assert [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()] == [
+        f"flowtrace: the OTLP export's spool file was not a readable spool; it was set aside as "
+        f"{aside} and a fresh spool started."
+    ]
+    assert (stats["spooled"], stats["dropped"]) == (1, {})
+    assert spooled_span_names(path) == ["otlp-spool/after-garbage"]
+
+
 @pytest.mark.parametrize("trouble", ["unusable_dir", "full"])
 def test_a_spool_that_cannot_take_a_batch_drops_it_counts_and_warns_once(
     trouble: str, receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
