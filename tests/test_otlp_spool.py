@@ -27,7 +27,7 @@ from flowtrace._otlp_spool import spool_file, spool_key
 from flowtrace._spool import Spool, SpoolItem
 from flowtrace.store import Store
 from tests.otlp_receiver import Receiver, attributes_of
-from tests.pipelineutil import WAIT_S, fresh_pipeline, wait_until
+from tests.pipelineutil import FAST, WAIT_S, fresh_pipeline, wait_until
 from tests.scriptutil import run_script, script_env
 
 #: Spans the endpoint did not take within 0.05 s go to disk (short, for the tests).
@@ -117,30 +117,45 @@ def test_spooled_data_is_the_scrubbed_data(receiver: Receiver, tmp_path: Path) -
     assert b"[scrubbed" in gzip.decompress(payload)
 
 
-def test_two_endpoints_never_mix(tmp_path: Path) -> None:
-    with Receiver() as down, Receiver() as up:
-        down.down = True
-        common = {"spool_dir": str(tmp_path), **SHORT_DEADLINE}
-        with fresh_pipeline(otlp_endpoint=down.url, **common):
+def test_two_endpoints_never_mix_and_an_endpoint_configured_again_gets_its_spans(
+    tmp_path: Path,
+) -> None:
+    with Receiver() as x, Receiver() as y:
+        x.down = True
+        common = {**FAST, "spool_dir": str(tmp_path), **SHORT_DEADLINE}
+        with fresh_pipeline(otlp_endpoint=x.url, **common):
             with flowtrace.flow("otlp-spool/for-x"):
                 pass
             assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
             assert otlp_stats()["spooled"] == 1
             # the same process, another endpoint: X's spool is X's alone
-            flowtrace.configure(otlp_endpoint=up.url, **common)
+            first_x = _otlp_export.current()
+            flowtrace.configure(otlp_endpoint=y.url, **common)
+            assert first_x is not None and first_x.shutdown(WAIT_S)  # stopped: it left X's spool
+            x_file = spool_file(spool_key(x.url, {}), str(tmp_path))
+            assert spooled_span_names(x_file) == ["otlp-spool/for-x"]
             with flowtrace.flow("otlp-spool/for-y"):
                 pass
             assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
             y_stats = otlp_stats()
-        names_y = [span.name for span in up.wait_for(1)]
-    x_file = spool_file(spool_key(down.url, {}), str(tmp_path))
-    assert names_y == ["otlp-spool/for-y"] and y_stats["exported"] == 1
-    assert y_stats["backlog"] == 0 and y_stats["spool"] != str(x_file)
-    assert spooled_span_names(x_file) == ["otlp-spool/for-x"]
-    assert down.spans == []
+            # X again, back up: this process's new export of X sends what the first one left
+            x.down = False
+            flowtrace.configure(otlp_endpoint=x.url, **common)
+            with flowtrace.flow("otlp-spool/for-x-again"):
+                pass
+            assert flowtrace.flush(WAIT_S) and _otlp_export.flush(WAIT_S)
+            x_spans = x.wait_for(2)
+            assert wait_until(lambda: otlp_stats()["backlog"] == 0)
+            x_stats = otlp_stats()
+        y_spans = y.wait_for(1)
+    assert [span.name for span in y_spans] == ["otlp-spool/for-y"]
+    assert sorted(span.name for span in x_spans) == ["otlp-spool/for-x", "otlp-spool/for-x-again"]
+    assert (y_stats["exported"], y_stats["backlog"], y_stats["dropped"]) == (1, 0, {})
+    assert (x_stats["exported"], x_stats["backlog_exported"], x_stats["dropped"]) == (1, 1, {})
+    assert y_stats["spool"] != str(x_file) and spooled_payloads(x_file) == []
     # the same endpoint with another API key is another spool too (the key is not in its name)
-    keyed = spool_key(down.url, {"authorization": "key-2"})
-    assert keyed != spool_key(down.url, {"authorization": "key-1"}) and "key-2" not in keyed
+    keyed = spool_key(x.url, {"authorization": "key-2"})
+    assert keyed != spool_key(x.url, {"authorization": "key-1"}) and "key-2" not in keyed
     assert spool_file(keyed, str(tmp_path)) != x_file
 
 

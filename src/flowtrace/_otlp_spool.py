@@ -208,7 +208,8 @@ class OtlpSpool:
         self.own = self.own_spans = self.backlog = 0
 
     def close(self) -> None:
-        """This process is done with the file (what it holds stays for the next one)."""
+        """The export stopped for good: what this owner holds is left to the next claim (by
+        a later export of this endpoint in this process, or another process)."""
         if self.path.exists():
-            self._spool.release()
+            self._spool.leave()
         self._spool.close()
