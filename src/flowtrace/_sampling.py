@@ -8,15 +8,20 @@ whole until its root ends, then delivered whole (the tail rule kept it) or dropp
   under it (in threads through `propagate`, in asyncio tasks, in generators) inherits its
   root's hold, or none, when it opens (`Log.__init__`). `is_sampled(log_id, rate)` reproduces a
   decision from an id.
-- **The hold** (`DormantRoot`): an unsampled root is one, made cheaply. The logs of its trace
-  are recorded as usual, but not announced to the sinks: the root keeps them, in the order
-  they started and ended, on the user's side of the pipeline (a dropped trace never costs the
-  worker, the queue or the destination anything).
+- **The hold** (`DormantRoot`; its rule is `_Hold`): an unsampled root is one, made cheaply.
+  The logs of its trace are recorded as usual, but not announced to the sinks: the root keeps
+  them, in the order they started and ended, on the user's side of the pipeline (a dropped
+  trace never costs the worker, the queue or the destination anything).
   When the root ends, the hold decides: kept if a log of the trace had an error (an exception,
   or `log.error` set) or the root ran at least `sample_keep_slower_than_s`; then every log of
   the trace is announced (starts in start order, then ends in end order, the root's last) and
   logs of the trace that are still open are announced as they end; else every log is dropped,
   also those that start or end later. So a trace is delivered whole or not at all.
+- **Across services** (`RemoteDecision`, the `trace_hold` of a continued trace's stand-in,
+  `_remote.RemoteParent`): a local root under a caller that sent `sampled=0` in trusted
+  headers is held as above (`LocalRootHold`: the root is an ordinary Log, its hold apart); one
+  under untrusted headers is decided by this process's rate, as a root of its own; under a
+  trusted sampled caller, nothing is decided (the caller's decision is followed).
 - A hold keeps at most `HOLD_MAX_LOGS` logs: a trace that grows beyond that is kept (released
   to the pipeline as a sampled trace would be) rather than held without a bound or cut.
 """
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = [
     "HOLD_MAX_LOGS",
     "DormantRoot",
+    "LocalRootHold",
+    "RemoteDecision",
     "is_sampled",
     "open_root",
     "reset_counts",
@@ -151,12 +158,11 @@ def open_root(
     return DormantRoot(options, number, args, kwargs)
 
 
-class DormantRoot(Log):
-    """The root of a trace that was not sampled: a Log like any other to the program (and to
-    its children, which open under it and inherit it as their `trace_hold`), and the trace's
-    hold (see the module's docstring).
-
-    Made for as little as possible on the call path (`open_root`)."""
+class _Hold:
+    """An unsampled trace, held until its root ends (see the module's docstring): the logs
+    under its root that started and ended, and the rule that decides the trace at the root's
+    end. `hold_root` is the trace's root: the hold itself (`DormantRoot`), or a local root under
+    an unsampled remote parent (`LocalRootHold`)."""
 
     # the hold's state (class defaults: a childless root sets none of them)
     held: list[Log] | None = None  # logs under the root that started, in start order
@@ -164,18 +170,9 @@ class DormantRoot(Log):
     errored = False  # a held log had an error
     decided: bool | None = None  # None: the root is open; then kept (True) or dropped
 
-    def __init__(
-        self,
-        options: LogOptions,
-        number: int,
-        args: tuple[Any, ...] | None,
-        kwargs: dict[str, Any] | None,
-    ) -> None:
-        """Opened as any Log (arguments copied or redacted now: it may still be delivered);
-        `open_root` makes the common case, scalar arguments, without this."""
-        Log.__init__(self, options, None, args, kwargs)
-        self._number = number
-        self.trace_hold = self
+    @property
+    def hold_root(self) -> Log:
+        raise NotImplementedError
 
     def started(self, log: Log) -> None:
         """A log of this trace opened (the recorder calls this instead of the sinks)."""
@@ -199,10 +196,11 @@ class DormantRoot(Log):
         """A log of this trace closed (the recorder calls this instead of the sinks); the
         root's end decides the trace."""
         global _sampled_out, _sampled_out_logs
+        root = self.hold_root
         with _lock:
             decided = self.decided
             if decided is None:
-                if log is not self:  # held until the root ends
+                if log is not root:  # held until the root ends
                     if log.error is not None:
                         self.errored = True
                     finished = self.finished
@@ -211,9 +209,9 @@ class DormantRoot(Log):
                     finished.append(log)
                     return
                 slower = keep_slower_than_ns
-                if self.error is not None or self.errored:
+                if root.error is not None or self.errored:
                     self._keep("error")
-                elif slower is not None and (self.duration_ns or 0) >= slower:
+                elif slower is not None and (root.duration_ns or 0) >= slower:
                     self._keep("slow")
                 else:  # the common case: dropped
                     self.decided = False
@@ -231,12 +229,78 @@ class DormantRoot(Log):
         started, in order, then what ended, in order. The root's end is the caller's."""
         self.decided = True
         _kept_by_tail[reason] = _kept_by_tail.get(reason, 0) + 1
-        _announce(self, True)
+        _announce(self.hold_root, True)
         for log in self.held or ():
             _announce(log, True)
         for log in self.finished or ():
             _announce(log, False)
         self.held = self.finished = None
+
+
+class DormantRoot(Log, _Hold):
+    """The root of a trace that was not sampled: a Log like any other to the program (and to
+    its children, which open under it and inherit it as their `trace_hold`), and the trace's
+    hold.
+
+    Made for as little as possible on the call path (`open_root`)."""
+
+    def __init__(
+        self,
+        options: LogOptions,
+        number: int,
+        args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        """Opened as any Log (arguments copied or redacted now: it may still be delivered);
+        `open_root` makes the common case, scalar arguments, without this."""
+        Log.__init__(self, options, None, args, kwargs)
+        self._number = number
+        self.trace_hold = self
+
+    @property
+    def hold_root(self) -> Log:
+        return self
+
+
+class LocalRootHold(_Hold):
+    """The hold of a local root under an unsampled remote parent (`RemoteDecision`): the
+    root is an ordinary Log, announced (with its trace) only if the tail rule keeps it."""
+
+    def __init__(self, root: Log) -> None:
+        self.root = root
+
+    @property
+    def hold_root(self) -> Log:
+        return self.root
+
+
+class RemoteDecision:
+    """The `trace_hold` of a continued trace's stand-in (`_remote.RemoteParent`) when its
+    local roots must be decided here: the caller said its trace is not sampled (trusted
+    headers: its decision is followed), or the headers are not trusted (each local root is
+    decided by this process's rate, as a root of its own). The recorder tells it of each local
+    root's start (nothing else reaches it: the root's children inherit the root's decision)."""
+
+    def __init__(self, caller_sampled: bool | None) -> None:
+        self.caller_sampled = caller_sampled  # None: decide by the rate
+
+    def started(self, log: Log) -> None:
+        if self._sampled(log):
+            log.trace_hold = None
+            _announce(log, True)
+        else:
+            log.trace_hold = LocalRootHold(log)
+
+    def ended(self, log: Log) -> None:  # a local root is decided at its start: not reached
+        _announce(log, False)
+
+    def _sampled(self, log: Log) -> bool:
+        if self.caller_sampled is not None:
+            return self.caller_sampled
+        below = log.options.sample_threshold
+        if below is None:
+            below = rate_threshold
+        return ((log._number ^ _log.seed) * MULTIPLIER) & MASK < below
 
 
 def _announce(log: Log, opening: bool) -> None:
