@@ -196,6 +196,33 @@ def test_spooled_spans_past_spool_max_age_are_dropped_and_counted(
     assert (stats["backlog"], stats["backlog_exported"], stats["exported"]) == (0, 0, 1)
 
 
+def test_a_long_outage_never_makes_the_live_owner_look_dead(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Each try of the disk's oldest batch says the owner is alive (at most every 30 s): a
+    process still retrying is never taken for dead, so its batches are never sent twice."""
+    settings = Settings(otlp_endpoint=receiver.url, spool_dir=str(tmp_path), **SHORT_DEADLINE)
+    wall = [time.time_ns() // 1000]
+    receiver.down = True
+    export = _otlp_export.OtlpExport(receiver.url, {}, settings, spool_wall_us=lambda: wall[0])
+    with tapped(export), fresh_pipeline() as pipe:
+        with flowtrace.flow("otlp-spool/patient"):
+            pass
+        assert pipe.flush(WAIT_S) and export.flush(WAIT_S)
+        wall[0] += 20 * 60 * 10**6  # twenty minutes of outage (the spool's clock)
+        tried = len(receiver.requests)
+        assert wait_until(lambda: len(receiver.requests) > tried)  # a try from the disk
+        path = spool_file(spool_key(receiver.url, {}), str(tmp_path))
+        other = Spool(path, "other", max_bytes=1 << 30, max_age_s=1e9, wall_us=lambda: wall[0])
+        try:
+            claimed = other.claim_dead()
+        finally:
+            other.close()
+        stats = export.stats()
+    assert claimed == (0, 0)  # without the heartbeat, its silence (> STALE_S) would be death
+    assert (stats["spooled"], stats["dropped"]) == (1, {})
+
+
 def test_a_silent_owners_batches_are_claimed_sent_and_an_entry_not_a_batch_dropped(
     receiver: Receiver, tmp_path: Path
 ) -> None:
