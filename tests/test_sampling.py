@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -421,3 +423,26 @@ def test_local_roots_under_untrusted_headers_are_decided_here_each_as_a_root(
     children = [log for log in captured.logs if log.path == "sampling/child"]
     assert sorted(log.parent.log_id for log in children) == sorted(roots)  # whole traces
     assert flowtrace.stats()["sampled_out"] == 200 - len(roots)
+
+
+def test_a_decided_root_is_freed_by_reference_counting_alone(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    """An unsampled root is its own hold while open; once decided it refers to the decision
+    instead, so a busy service's dropped traces do not wait for the cycle collector."""
+    memory(sample_rate=0.0)
+    refs = []
+    gc.disable()
+    try:
+        for fail in (False, True):  # dropped, and kept by the tail rule
+            with contextlib.suppress(ValueError), flow("sampling/freed") as log:
+                child(1)
+                if fail:
+                    raise ValueError("kept")
+            assert log.trace_hold is (_sampling.KEPT if fail else _sampling.DROPPED)
+            refs.append(weakref.ref(log))
+            del log
+        assert flowtrace.flush(WAIT_S)
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
