@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -196,6 +197,11 @@ def main() -> None:
         "--backends", default="sqlite", help="comma-separated: sqlite, postgres (issue 12)"
     )
     parser.add_argument(
+        "--search-index",
+        action="store_true",
+        help="PostgreSQL: each figure with and without the pg_trgm search indexes, same run",
+    )
+    parser.add_argument(
         "--bulk-fill",
         action="store_true",
         help="fill the big database by SQL (same shape), not through the rules: minutes less",
@@ -221,24 +227,103 @@ def main() -> None:
 def _run(backend: str, new_target: Callable[[str], str], args: argparse.Namespace) -> None:
     print(f"--- {backend}", flush=True)
     big = new_target("big")
+    compare = args.search_index and backend == "postgres"
     if not args.reads_only:
-        _write_figures(new_target, big, args)
-    _read_figures(big)
+        if compare:
+            _ingest_with_and_without_index(new_target, args)
+        _write_figures(new_target, big, args, search_index=not compare)
+    if compare:
+        _explain_list_flows(big)
+        _set_search_index(big, False)
+        print("search indexes: none (ILIKE scans)")
+        _read_figures(big)
+        began = time.perf_counter()
+        _set_search_index(big, True)
+        print(f"search indexes built in {time.perf_counter() - began:.0f} s")
+        _read_figures(big, searches_only=True)
+    else:
+        _read_figures(big)
 
 
-def _write_figures(new_target: Callable[[str], str], big: str, args: argparse.Namespace) -> None:
-    rates, cpu_rates = [], []
+def _set_search_index(url: str, present: bool) -> None:
+    """Build (or drop) the pg_trgm indexes the schema's migration made, whatever it made."""
+    import psycopg
+
+    from flowtrace.store._postgres_schema import create_search_index, drop_search_index
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        drop_search_index(conn)
+        if present:
+            assert create_search_index(conn, "bench"), "pg_trgm is not available"
+            conn.execute("ANALYZE logs")
+
+
+def _postgres_cpu_s() -> float:
+    from bench.server_bench import _cpu_s
+
+    found = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True)
+    return _cpu_s([int(pid) for pid in found.stdout.split()])
+
+
+def _ingest_with_and_without_index(
+    new_target: Callable[[str], str], args: argparse.Namespace
+) -> None:
+    """Store.batch ingest into a fresh schema, alternately with the pg_trgm indexes and
+    without, `--runs` of each: logs/s and CPU per log (this process's, PostgreSQL's)."""
+    figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     for run in range(args.runs):
+        for indexed in (False, True):
+            target = new_target(f"ingest{run}")
+            with Store(target) as store:
+                _set_search_index(target, indexed)
+                before = _postgres_cpu_s()
+                rate, cpu_rate = _ingest(store, "r", args.ingest)
+                pg_us = (_postgres_cpu_s() - before) / args.ingest * 1e6
+            figures[indexed].append((rate, 1e6 / cpu_rate, pg_us))
+            print(
+                f"ingest run {run}, {'pg_trgm' if indexed else 'plain'}: {rate:,.0f} logs/s,"
+                f" client {1e6 / cpu_rate:.0f} us/log, PostgreSQL {pg_us:.0f} us/log",
+                flush=True,
+            )
+    plain_rate = statistics.median(r for r, _, _ in figures[False])
+    for indexed, runs in figures.items():
+        rate = statistics.median(r for r, _, _ in runs)
+        print(
+            f"ingest median, {'pg_trgm' if indexed else 'plain'}: {rate:,.0f} logs/s"
+            f" ({rate / plain_rate:.2f}x plain), client"
+            f" {statistics.median(c for _, c, _ in runs):.0f} us/log, PostgreSQL"
+            f" {statistics.median(p for _, _, p in runs):.0f} us/log"
+        )
+    print(f"load average: {os.getloadavg()}")
+
+
+def _explain_list_flows(url: str) -> None:
+    """What PostgreSQL does for `list_flows` (issue 12 measured it at 59.5 ms): the plan."""
+    import psycopg
+
+    from flowtrace.store._records import flow_stats_sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (line,) in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + flow_stats_sql()):
+            print(f"  {line}")
+
+
+def _write_figures(
+    new_target: Callable[[str], str], big: str, args: argparse.Namespace, search_index: bool
+) -> None:
+    rates, cpu_rates = [], []
+    for run in range(args.runs if search_index else 0):
         with Store(new_target(f"ingest{run}")) as store:
             rate, cpu_rate = _ingest(store, "r", args.ingest)
         rates.append(rate)
         cpu_rates.append(cpu_rate)
         print(f"ingest run {run}: {rate:,.0f} logs/s, {cpu_rate:,.0f} logs/CPU-s", flush=True)
-    print(
-        f"ingest median: {statistics.median(rates):,.0f} logs/s,"
-        f" {statistics.median(cpu_rates):,.0f} logs/CPU-s ({args.ingest:,} logs/run)"
-    )
-    print(f"load average: {os.getloadavg()}")
+    if rates:
+        print(
+            f"ingest median: {statistics.median(rates):,.0f} logs/s,"
+            f" {statistics.median(cpu_rates):,.0f} logs/CPU-s ({args.ingest:,} logs/run)"
+        )
+        print(f"load average: {os.getloadavg()}")
 
     began = time.perf_counter()
     if args.bulk_fill:
@@ -254,7 +339,7 @@ def _write_figures(new_target: Callable[[str], str], big: str, args: argparse.Na
         print(f"database size: {size_mb:,.0f} MB")
 
 
-def _read_figures(path: str) -> None:
+def _read_figures(path: str, searches_only: bool = False) -> None:
     root = "big-trace"
     with Store(path) as store:  # a fresh process-like open: cold connection caches
         flow_id = next(f.id for f in store.list_flows() if f.path == "bench/flow3")
@@ -272,18 +357,23 @@ def _read_figures(path: str) -> None:
             "list_logs errors_only (file_id)": lambda: store.list_logs(
                 ListQuery(file_id=flow_id, errors_only=True)
             ),
-            "list_logs search, rare word (LIKE scan)": lambda: store.list_logs(
+            "list_logs search, rare word, all logs": lambda: store.list_logs(
                 ListQuery(search="answer to 123457 ")
             ),
-            "list_logs search, common word (LIKE scan)": lambda: store.list_logs(
+            "list_logs search, common word, all logs": lambda: store.list_logs(
                 ListQuery(search="answer")
             ),
             "list_logs search, rare word in one flow": lambda: store.list_logs(
                 ListQuery(file_id=flow_id, search="answer to 123457 ")
             ),
+            "list_logs search, common word in one flow": lambda: store.list_logs(
+                ListQuery(file_id=flow_id, search="answer")
+            ),
             "list_flows": store.list_flows,
         }
         for name, action in reads.items():
+            if searches_only and "search" not in name:
+                continue
             print(f"{name}: {_median_ms(action):.1f} ms", flush=True)
 
 

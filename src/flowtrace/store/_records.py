@@ -20,6 +20,7 @@ __all__ = [
     "build_logs",
     "flow_records",
     "flow_stats",
+    "flow_stats_sql",
     "record_json",
     "version_records",
 ]
@@ -118,15 +119,18 @@ def flow_records(
     }
 
 
-def flow_stats(db: Reader, where: str = "", params: tuple[Any, ...] = ()) -> list[FlowStats]:
-    """Flows with their counters and latest version: counters are maintained, nothing counted."""
-    rows = db.rows(
+def flow_stats_sql(where: str = "") -> str:
+    return (
         f"SELECT {_FLOW_COLUMNS}, f.error_count,"
         " (SELECT count(*) FROM versions c WHERE c.flow_ref = f.seq),"
         " (SELECT max(c.seq) FROM versions c WHERE c.flow_ref = f.seq)"
-        f" FROM flows f {where} ORDER BY f.path",
-        params,
+        f" FROM flows f {where} ORDER BY f.path"
     )
+
+
+def flow_stats(db: Reader, where: str = "", params: tuple[Any, ...] = ()) -> list[FlowStats]:
+    """Flows with their counters and latest version: counters are maintained, nothing counted."""
+    rows = db.rows(flow_stats_sql(where), params)
     latest = {row[11] for row in rows if row[11] is not None}
     versions = _by_first(db, _VERSIONS_IN, latest)
     stats = []
