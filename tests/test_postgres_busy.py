@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from flowtrace.models import FlowLogRequest
-from flowtrace.store import Store, StoreBusy, StoreNotFound
 from flowtrace.store import _MAX_ATTEMPTS as MAX_ATTEMPTS
+from flowtrace.store import Store, StoreBusy, StoreNotFound
 from tests.serverutil import start_server
 
 _PATH = "busy/agent"
