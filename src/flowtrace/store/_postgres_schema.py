@@ -14,14 +14,11 @@ database's locale). Log row ids come from a sequence (`logs_seq_seq`), never fro
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flowtrace.store._errors import StoreSchemaError
 
-__all__ = ["MIGRATIONS", "SEARCH_INDEXES", "create_search_index", "drop_search_index", "migrate"]
-
-logger = logging.getLogger("flowtrace")
+__all__ = ["MIGRATIONS", "migrate"]
 
 # pg_advisory_xact_lock key: "flowtrace" in ASCII, truncated to 63 bits.
 _MIGRATION_LOCK = 0x666C6F7774726163 >> 1
@@ -95,61 +92,6 @@ _V1 = [
 ]
 
 MIGRATIONS: list[list[str]] = [_V1]
-
-# Search (`ILIKE` on inputs and output) served by pg_trgm's GIN indexes, where they exist.
-SEARCH_INDEXES = {"logs_inputs_trgm": "inputs", "logs_output_trgm": "output"}
-_TRIGRAM_SCHEMA = (
-    "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-    " WHERE e.extname = 'pg_trgm'"
-)
-
-
-def _trigram_schema(conn: Any, location: str) -> str | None:
-    """The schema pg_trgm is installed in, installing it when it is not (a trusted extension
-    since PostgreSQL 13: the database's owner may); None, with one warning, when it cannot be
-    (not installed on the server, or not permitted): search then scans."""
-    import psycopg
-
-    found = conn.execute(_TRIGRAM_SCHEMA).fetchone()
-    if found is None:
-        try:
-            with conn.transaction():  # a savepoint: the failure leaves the migration going
-                conn.execute("CREATE EXTENSION pg_trgm")
-        except psycopg.Error as error:
-            logger.warning(
-                "%s: search is not indexed (pg_trgm could not be created: %s); it scans,"
-                " bounded by search_window. A superuser or the database owner can run"
-                " CREATE EXTENSION pg_trgm, then restart the server.",
-                location,
-                str(error).strip(),
-            )
-            return None
-        found = conn.execute(_TRIGRAM_SCHEMA).fetchone()
-    return str(found[0])
-
-
-def create_search_index(conn: Any, location: str) -> bool:
-    """The pg_trgm GIN indexes of the searched columns (with the extension); False when
-    pg_trgm cannot be had."""
-    from psycopg import sql
-
-    schema = _trigram_schema(conn, location)
-    if schema is None:
-        return False
-    for name, column in SEARCH_INDEXES.items():
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON logs USING gin ({} {}.gin_trgm_ops)").format(
-                sql.Identifier(name), sql.Identifier(column), sql.Identifier(schema)
-            )
-        )
-    return True
-
-
-def drop_search_index(conn: Any) -> None:
-    from psycopg import sql
-
-    for name in SEARCH_INDEXES:
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def _stored_version(conn: Any) -> int:
