@@ -16,11 +16,13 @@ Prints the median logs/s of several runs of each, and the load average before an
 figures mean little on a busy machine).
 
     PYTHONPATH=src python bench/server_bench.py --scaling [--runs 3] [--batches 10]
-        [--connections 4] [--workers 1,2,4]
+        [--connections 4] [--workers 1,2,4] [--search-index]
 
 Issue 12: batch ingest (N connections, each sending batches of 512) into one SQLite server
 process, then into PostgreSQL (a throwaway cluster with PostgreSQL's default durability, see
 tests/pgutil.py) through `flowtrace serve --workers W` for each W; all in the same run.
+`--search-index`: each PostgreSQL figure again with pg_trgm's GIN indexes on the searched
+columns (what they would cost ingest).
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def _scaling_rate(
 
 
 def scaling(args: argparse.Namespace) -> None:
+    from bench.store_bench import set_search_index
     from tests.pgutil import running_cluster
 
     print(f"load average before: {_load()}")
@@ -179,10 +182,14 @@ def scaling(args: argparse.Namespace) -> None:
         with start_server(Path(tmp) / "bench.db") as server:
             figures.append(("SQLite, 1 process", *_scaling_rate(server, args)))
         for workers in args.workers:
-            url = cluster.new_schema()
-            extra = ["--workers", str(workers)]
-            with start_server(url, extra_args=extra) as server:  # type: ignore[arg-type]
-                figures.append((f"PostgreSQL, {workers} processes", *_scaling_rate(server, args)))
+            for indexed in (False, True) if args.search_index else (False,):
+                url = cluster.new_schema()
+                extra = ["--workers", str(workers)]
+                with start_server(url, extra_args=extra) as server:  # type: ignore[arg-type]
+                    if indexed:
+                        set_search_index(url, True)
+                    name = f"PostgreSQL, {workers} processes{', pg_trgm' if indexed else ''}"
+                    figures.append((name, *_scaling_rate(server, args)))
     print(f"load average after: {_load()}")
     base = figures[0][1]
     for name, median, runs, cpu_us in figures:
@@ -208,6 +215,11 @@ def main() -> None:
         "--connections", type=int, default=4, help="concurrent connections (per-log, N)"
     )
     parser.add_argument("--scaling", action="store_true", help="issue 12: see above")
+    parser.add_argument(
+        "--search-index",
+        action="store_true",
+        help="--scaling: each PostgreSQL figure also with pg_trgm's search indexes",
+    )
     parser.add_argument(
         "--workers",
         type=lambda text: [int(part) for part in text.split(",")],
