@@ -1,19 +1,23 @@
-"""A really busy PostgreSQL: every attempt of a write deadlocks, the retries run out, and the
-store says StoreBusy (the server 503 with Retry-After); nothing is half-written, and once the
-other transaction goes away the same write goes through.
+"""A really busy PostgreSQL: every attempt of a write meets another transaction, the retries
+run out, and the store says StoreBusy (the server 503 with Retry-After); nothing is
+half-written, and once the other transactions go away the same write goes through.
 
-The deadlock is real and provoked on each attempt by another connection (`DeadlockEachTry`):
-it holds the flow's row; the store's write locks the parent log's row (FOR NO KEY UPDATE),
-then waits for the flow's row to update its counters; the other connection then asks for the
-parent's row. PostgreSQL finds the cycle and aborts the store's transaction, the one with the
-short deadlock_timeout (10 ms; the other's is 10 minutes), and the other connection gives the
-parent's row back (ROLLBACK TO SAVEPOINT) for the next attempt.
+The conflict is real and provoked on each attempt (`ConflictEachTry`): two other connections
+take turns holding the flow's row updated, uncommitted. Each attempt of the store's write
+locks the parent log's row, then waits for the flow's row (to update its counters); the
+connection waiting behind it takes the next turn, and the holder commits: the store's
+transaction finds the row changed since its snapshot, "could not serialize access due to
+concurrent update", at once. Its writes run at REPEATABLE READ here (the session default its
+URL sets; the store leaves the isolation level to the server): at READ COMMITTED PostgreSQL
+would update the new row instead. Every step waits for a lock PostgreSQL shows in `pg_locks`,
+no step for a time (a deadlock would: PostgreSQL looks for one once, after deadlock_timeout).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +41,7 @@ _CHILD = {
     "trace_status": "complete",
 }
 _JOIN_S = 60.0
+_WAITS_FOR_XID = "locktype = 'transactionid' AND transactionid = %s::xid"
 
 
 def _with_setting(url: str, name: str, value: str) -> str:
@@ -45,56 +50,67 @@ def _with_setting(url: str, name: str, value: str) -> str:
     return url + f"%20-c{name}%3D{value}"
 
 
-class DeadlockEachTry:
-    """Another transaction that deadlocks with each attempt of the store's write (see the
-    module's text); `deadlocks`: how many times it did."""
+class ConflictEachTry:
+    """Two connections taking turns to hold the flow's row updated, so that each attempt of
+    the store's write fails (see the module's text); `conflicts`: how many times."""
 
-    def __init__(self, url: str, flow_path: str, parent_id: str) -> None:
-        self._conn = psycopg.connect(_with_setting(url, "deadlock_timeout", "10min"))
-        self._parent_id = parent_id
-        self._conn.execute("SELECT 1 FROM flows WHERE path = %s FOR UPDATE", (flow_path,))
-        row = self._conn.execute("SELECT pg_current_xact_id()::xid::text").fetchone()
-        assert row is not None
-        self._xid = row[0]
+    def __init__(self, url: str, flow_path: str) -> None:
+        self._turns = [psycopg.connect(url) for _ in range(2)]
+        self._watch = psycopg.connect(url, autocommit=True)
+        self._update = ("UPDATE flows SET updated_us = updated_us WHERE path = %s", (flow_path,))
+        self._holder = 0
+        self._turns[0].execute(*self._update)
         self._stop = threading.Event()
-        self.deadlocks = 0
+        self.conflicts = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._queued = ThreadPoolExecutor(1)
 
-    def _store_waits_for_the_flow(self) -> bool:
-        """A transaction waits for this one's own xid: the flow's row, not the parent's (that
-        one, while held, is a subtransaction's)."""
-        row = self._conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
-            " AND transactionid = %s::xid AND NOT granted",
-            (self._xid,),
+    def _waiting(self, condition: str, value: object) -> bool:
+        row = self._watch.execute(
+            f"SELECT count(*) FROM pg_locks WHERE NOT granted AND {condition}", (value,)
         ).fetchone()
         return row is not None and row[0] > 0
 
+    def _wait_until(self, condition: str, value: object) -> bool:
+        """False when stopped first."""
+        while not self._waiting(condition, value):
+            if self._stop.wait(0.002):  # PostgreSQL announces a lock wait nowhere else
+                return False
+        return True
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._store_waits_for_the_flow():
-                self._stop.wait(0.002)  # PostgreSQL announces a lock wait nowhere else
-                continue
-            self._conn.execute("SAVEPOINT parent")
-            # blocks on the store's lock of the parent: the cycle, resolved by aborting the
-            # store's transaction (which releases the parent to us)
-            self._conn.execute("SELECT 1 FROM logs WHERE id = %s FOR UPDATE", (self._parent_id,))
-            self.deadlocks += 1
-            self._conn.execute("ROLLBACK TO SAVEPOINT parent")
+        while True:
+            holder, queued = self._turns[self._holder], self._turns[1 - self._holder]
+            xid = holder.execute("SELECT pg_current_xact_id()::xid::text").fetchone()
+            assert xid is not None
+            # the store's write, waiting for the holder's transaction (the flow's row)
+            if not self._wait_until(
+                "locktype = 'transactionid' AND transactionid = %s::xid", xid[0]
+            ):
+                return
+            taking = self._queued.submit(queued.execute, *self._update)  # behind the store
+            assert self._wait_until("pid = %s", queued.info.backend_pid)
+            holder.commit()  # the store's transaction fails; the queued one takes the row
+            taking.result(timeout=_JOIN_S)
+            self.conflicts += 1
+            self._holder = 1 - self._holder
 
     @contextmanager
-    def running(self) -> Iterator[DeadlockEachTry]:
+    def running(self) -> Iterator[ConflictEachTry]:
         self._thread.start()
         try:
             yield self
         finally:
             self._stop.set()
             self._thread.join(timeout=_JOIN_S)
-            assert not self._thread.is_alive()
+        assert not self._thread.is_alive()
 
     def go_away(self) -> None:
-        self._conn.rollback()
-        self._conn.close()
+        for conn in (*self._turns, self._watch):
+            if not conn.closed:
+                conn.rollback()
+                conn.close()
+        self._queued.shutdown()
 
 
 def _seed_parent(url: str) -> None:
@@ -123,21 +139,30 @@ def _flow_state(url: str) -> tuple[Any, ...]:
 
 @pytest.fixture
 def busy_url(postgres_url: str) -> str:
-    """The store's sessions give up waiting on a deadlock after 10 ms (PostgreSQL's default
-    is 1 s: 8 attempts would take 8 s)."""
+    """The store's URL: its writes at REPEATABLE READ; lock_timeout, a failure rather than a
+    hang, should the store ever wait for a lock the blockers do not expect."""
     _seed_parent(postgres_url)
-    return _with_setting(postgres_url, "deadlock_timeout", "10ms")
+    url = _with_setting(postgres_url, "default_transaction_isolation", "repeatable%5C%20read")
+    return _with_setting(url, "lock_timeout", "60s")
 
 
-def test_retries_run_out_to_store_busy_on_a_real_deadlock_then_the_write_succeeds(
-    busy_url: str,
+@pytest.fixture
+def blocker(postgres_url: str, busy_url: str) -> Iterator[ConflictEachTry]:
+    conflict = ConflictEachTry(postgres_url, _PATH)  # after busy_url: the flow exists
+    try:
+        yield conflict
+    finally:
+        conflict.go_away()
+
+
+def test_retries_run_out_to_store_busy_on_real_conflicts_then_the_write_succeeds(
+    busy_url: str, blocker: ConflictEachTry
 ) -> None:
     before = _flow_state(busy_url)
-    blocker = DeadlockEachTry(busy_url, _PATH, _PARENT)
     with Store(busy_url) as store:
-        with blocker.running(), pytest.raises(StoreBusy, match="deadlock detected") as busy:
+        with blocker.running(), pytest.raises(StoreBusy, match="could not serialize") as busy:
             store.log(FlowLogRequest.model_validate(_CHILD))
-        assert blocker.deadlocks == MAX_ATTEMPTS  # each attempt met the other transaction
+        assert blocker.conflicts == MAX_ATTEMPTS  # each attempt met the other transaction
         assert f"met other writers {MAX_ATTEMPTS} times" in str(busy.value)
         assert busy.value.status_code == 503
         assert _flow_state(busy_url) == before  # nothing half-written
@@ -157,17 +182,16 @@ def test_retries_run_out_to_store_busy_on_a_real_deadlock_then_the_write_succeed
 
 
 def test_the_server_answers_503_with_retry_after_when_the_retries_run_out(
-    busy_url: str,
+    busy_url: str, blocker: ConflictEachTry
 ) -> None:
     before = _flow_state(busy_url)
-    blocker = DeadlockEachTry(busy_url, _PATH, _PARENT)
     server = start_server(busy_url)  # type: ignore[arg-type]
     with server, server.client() as client:
         with blocker.running():
             refused = client.post("/flows/log", json=_CHILD)
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
-        assert blocker.deadlocks == MAX_ATTEMPTS
+        assert blocker.conflicts == MAX_ATTEMPTS
         assert _flow_state(busy_url) == before
         assert client.get("/logs/busy-child").status_code == 404
 
