@@ -24,8 +24,8 @@ Decisions the contract leaves open (see also each method):
 - Deleting a log deletes the logs under it; unknown ids are ignored (retries succeed).
 - Search: substring in inputs (as JSON text, keys included) and output, case-insensitive (for
   ASCII on SQLite, any letter on PostgreSQL), by a LIKE / ILIKE scan (no index: an FTS5
-  trigram index cost 5x the ingest rate on SQLite, pg_trgm's a third of PostgreSQL's; see
-  bench/RESULTS.md), bounded by `search_window`.
+  trigram index cost 5x the ingest rate on SQLite, pg_trgm's 1.6x PostgreSQL's CPU per log;
+  see bench/RESULTS.md), bounded by `search_window`.
 - Lists: newest first by start_time (ties: newest insert first); start_date <= start_time
   < end_date; an unknown file_id or version_id is 404.
 - Concurrency: on SQLite one write transaction runs at a time; on PostgreSQL many run at once

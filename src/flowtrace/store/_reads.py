@@ -115,8 +115,8 @@ def _add_search(db: Reader, filters: LogFilter) -> None:
     """Substring of inputs (as JSON text) or output: the backend's case-insensitive LIKE
     (SQLite's for ASCII only, PostgreSQL's ILIKE for any letter). A scan, newest first: a
     page of a common word stops early, a rare one reads every row the other filters leave (an
-    FTS5 trigram index made ingest 5x slower; pg_trgm's GIN indexes cost PostgreSQL a third
-    of its ingest rate and slowed common words: not worth it)."""
+    FTS5 trigram index made ingest 5x slower; pg_trgm's GIN indexes cost PostgreSQL 1.6x its
+    CPU per log ingested and slowed common words: not worth it)."""
     text = filters.query.search
     if text:
         pattern = _like_pattern(text)
