@@ -55,16 +55,21 @@ class SdkState:
         self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self.patched = False
 
-    def records(self, client: Any) -> bool:
-        return self.every_client or (bool(self.clients) and client in self.clients)
-
-    def start(
-        self, resource: Any, operation: str, build: Builder, kwargs: dict[str, Any], stream: bool
-    ) -> LlmCall | None:
-        """A new call when `resource`'s client records, else None (and on any fault of ours)."""
+    def records(self, resource: Any) -> bool:
+        """Whether the client of `resource` (`client.chat.completions`...) records its calls
+        (False on any fault of ours)."""
         try:
-            if not self.records(getattr(resource, "_client", None)):
-                return None
+            client = getattr(resource, "_client", None)
+            return self.every_client or (bool(self.clients) and client in self.clients)
+        except Exception as exc:  # a client class that cannot be hashed
+            internal_error("llm.start", exc)
+            return False
+
+    def open(
+        self, operation: str, build: Builder, kwargs: dict[str, Any], stream: bool
+    ) -> LlmCall | None:
+        """A new call of a client that records (None on any fault of ours)."""
+        try:
             streamed = stream or kwargs.get("stream") is True
             return LlmCall(self.provider, operation, build, snapshot_request(kwargs), streamed)
         except Exception as exc:
@@ -142,9 +147,26 @@ def _run(call: LlmCall, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, A
     return result
 
 
+#: What opens an async method's call when its coroutine is awaited: the SDK, the operation, the
+#: builder (fixed per method, made once when the method is patched).
+_Opening = tuple[SdkState, str, Builder]
+
+
 async def _run_async(
-    call: LlmCall, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    call: LlmCall | None,
+    wrapped: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    opening: _Opening | None = None,
 ) -> Any:
+    """The SDK's own async method, with `call` active while it works; or the call `opening`
+    opens now: an async method's call opens when its coroutine is awaited, as its request is
+    sent (`chat.completions.stream()` makes the coroutine, its `async with` awaits it)."""
+    if opening is not None:
+        sdk, operation, build = opening
+        call = sdk.open(operation, build, kwargs, False)
+    if call is None:
+        return await wrapped(*args, **kwargs)
     token = _active.set(call)
     try:
         result = await wrapped(*args, **kwargs)
@@ -159,11 +181,21 @@ async def _run_async(
 
 def call_wrapper(sdk: SdkState, operation: str, build: Builder, *, asynchronous: bool) -> Wrapper:
     """The wrapper of one resource method (`create`), sync or async."""
-    run = _run_async if asynchronous else _run
+    if asynchronous:
+        opening: _Opening = (sdk, operation, build)
+
+        def opened_async(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if not sdk.records(instance):
+                return wrapped(*args, **kwargs)
+            return _run_async(None, wrapped, args, kwargs, opening)
+
+        return opened_async
 
     def opened(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = sdk.start(instance, operation, build, kwargs, False)
-        return wrapped(*args, **kwargs) if call is None else run(call, wrapped, args, kwargs)
+        call = sdk.open(operation, build, kwargs, False) if sdk.records(instance) else None
+        return wrapped(*args, **kwargs) if call is None else _run(call, wrapped, args, kwargs)
 
     return opened
 
@@ -173,7 +205,7 @@ def stream_manager_wrapper(sdk: SdkState, operation: str, build: Builder) -> Wra
 
     def opened(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         manager = wrapped(*args, **kwargs)
-        call = sdk.start(instance, operation, build, kwargs, True)
+        call = sdk.open(operation, build, kwargs, True) if sdk.records(instance) else None
         if call is not None:
             try:
                 _by_manager[manager] = call
@@ -248,10 +280,10 @@ def on_process_response_data(
     return wrapped(*args, **kwargs)
 
 
-def _stream_call(stream: Any) -> LlmCall | None:
+def _stream_call(stream: Any, response_attribute: str = "response") -> LlmCall | None:
     if not _by_response:
         return None
-    call = _by_response.get(getattr(stream, "response", None))
+    call = _by_response.get(getattr(stream, response_attribute, None))
     return None if call is None or call.done else call
 
 
@@ -260,6 +292,18 @@ def on_stream_close(
 ) -> Any:
     """`close()` before the end (sync or async): closed early, with what had arrived."""
     call = _stream_call(instance)
+    if call is not None:
+        call.close_early()
+    return wrapped(*args, **kwargs)
+
+
+def on_helper_stream_close(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """A helper's stream (OpenAI's `chat.completions.stream()`, `responses.stream()`) closed,
+    by its `with` or by `close()`: it closes its HTTP response itself, not the SDK stream it
+    reads, so a call not read to its end is closed early here, not when it is collected."""
+    call = _stream_call(instance, "_response")
     if call is not None:
         call.close_early()
     return wrapped(*args, **kwargs)
