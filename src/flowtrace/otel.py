@@ -43,6 +43,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
 from flowtrace import _guard
 from flowtrace._context import current, open_ancestor
 from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
+from flowtrace.spans import _genai as gen_ai
 
 __all__ = [
     "FlowtraceSpanProcessor",
@@ -56,7 +57,13 @@ __all__ = [
 ShouldCapture = Callable[[ReadableSpan], bool]
 
 #: Attribute prefixes of the LLM conventions the mapping reads.
-LLM_ATTRIBUTE_PREFIXES: Final = ("gen_ai.", "llm.", "openinference.", "traceloop.", "humanloop.")
+LLM_ATTRIBUTE_PREFIXES: Final = (
+    gen_ai.PREFIX,
+    "llm.",
+    "openinference.",
+    "traceloop.",
+    "humanloop.",
+)
 
 #: Instrumentation scopes (tracer names) of LLM and agent producers, by prefix. Generic
 #: instrumentations (`opentelemetry.instrumentation.httpx`, `...fastapi`) are not among them.
