@@ -8,6 +8,13 @@ kept span nested inside it, mapped on the worker by the server's own mapping
 small object and hands it to the sinks: on the caller's thread it costs about what opening and
 closing a flow log does, and it never raises.
 
+One LLM call recorded twice (the direct instrumentation inside another instrumentor's
+OpenTelemetry span of the same SDK call, or the reverse) is one log: the direct record wins.
+The span kept at its start as an LLM call (`SpanLog.call_ids`) hands its log to the direct
+call recorded inside it (`record_span` into such a log ends it with what the direct call
+saw, under the span's ids); a GenAI span that starts while a direct call runs is dropped by
+`flowtrace.otel`'s processor.
+
 A span that may have children while it runs (an OpenTelemetry span kept at its start) is a log
 for its whole life instead: `open_span_log` at the start (the log is pushed as the context's
 current log, so a flow opened inside the span nests under it) and `SpanLog.end(span)` at the
@@ -18,6 +25,7 @@ for it on the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextvars import Token
 from typing import Any, Final
@@ -71,6 +79,9 @@ class SpanLog(Log):
     live: Any = None  # the running SDK span: what a log sent before its end says (at exit)
     op_kind: OperationKind = "log"  # how its create goes (set on the worker with its body)
     name = "span"  # the span's name while it runs (a log sent before its end is named so)
+    # An LLM call's span (another instrumentor's), kept at its start: its (trace, span, parent
+    # span) ids, until a direct record of the same call ends its log (`record_span`).
+    call_ids: tuple[str, str, str | None] | None = None
     _token: Token[Log | None] | None = None
 
     def __init__(self, log_id: str, parent: Log | None) -> None:
@@ -195,6 +206,9 @@ def record_span(span: Span, parent: Log | None) -> None:
     if not _enabled:
         return
     try:
+        if parent is not None and parent.is_span and parent.call_ids is not None:  # type: ignore[attr-defined]
+            _take_the_place_of(parent, span)  # type: ignore[arg-type]
+            return
         kept = span_parent(span.trace_id, span.parent_span_id)
         log = SpanLog(span_log_id(span.trace_id, span.span_id), innermost(kept, parent))
         log.name = span.name
@@ -202,6 +216,22 @@ def record_span(span: Span, parent: Log | None) -> None:
         log.end(span)
     except Exception as exc:
         _guard.internal_error("span-log", exc)
+
+
+def _take_the_place_of(log: SpanLog, span: Span) -> None:
+    """`span` (a direct record of an LLM call) ends the log of another instrumentor's span of
+    that same call, now, under that span's ids: its later end changes nothing (and an
+    instrumentor that never ends its span, as some do when a helper's stream is closed through
+    its response, loses no log). Once: a second call inside the span is a call of its own. A
+    log already ended stays as it is (the call's one log either way)."""
+    trace_id, span_id, parent_span_id = log.call_ids or (span.trace_id, span.span_id, None)
+    log.call_ids = None
+    if log.duration_ns is None:
+        log.end(
+            dataclasses.replace(
+                span, trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id
+            )
+        )
 
 
 if hasattr(os, "register_at_fork"):  # after a fork the parent's spans are the parent's

@@ -42,8 +42,11 @@ except ImportError as error:  # pragma: no cover - the message is the point
 
 from flowtrace import _guard
 from flowtrace._context import current, open_ancestor
+from flowtrace._contract import PROMPT
+from flowtrace._llm._hooks import calling
 from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
 from flowtrace.spans import _genai as gen_ai
+from flowtrace.spans._mapping import log_kind
 
 __all__ = [
     "FlowtraceSpanProcessor",
@@ -155,12 +158,20 @@ def _inside_a_flow(trace: str, parent: str | None) -> bool:
 class FlowtraceSpanProcessor(SpanProcessor):
     """Spans as logs of the current trace (see the module's docstring). `record_all`: every
     span, inside a flow or not (the private provider's); else only LLM and agent work started
-    inside a flow (or inside a kept span), and what `should_capture` says yes to."""
+    inside a flow (or inside a kept span), and what `should_capture` says yes to.
+
+    A call of a client `flowtrace.instrument_openai()` / `instrument_anthropic()` records is
+    one log however many instrumentations see it: the direct record wins. A span that looks
+    like LLM work and starts while such a call runs (an instrumentor wrapping the SDK method
+    inside flowtrace's) is dropped, transparent; an LLM call's span kept at its start (an
+    instrumentor wrapping it outside flowtrace's) gives its log to the direct record made
+    inside it (`_span_logs.record_span`)."""
 
     def __init__(self, should_capture: ShouldCapture | None = None, *, record_all: bool = False):
         self._should_capture = should_capture
         self._record_all = record_all
         self._logs: dict[tuple[int, int], SpanLog] = {}  # open kept spans, by their ids
+        self._recorded_directly: set[tuple[int, int]] = set()  # running, dropped for that
 
     def _looks_kept(self, span: ReadableSpan) -> bool:
         if not _maybe_inside_a_flow():
@@ -175,12 +186,17 @@ class FlowtraceSpanProcessor(SpanProcessor):
             if not self._record_all and not self._looks_kept(span):
                 return
             key = _key(span)
+            if calling() and looks_like_llm_work(span):
+                self._recorded_directly.add(key)  # the direct record of this call wins
+                return
             trace, span_id, parent = _hex_ids(key, span)
             if not self._record_all and not _inside_a_flow(trace, parent):
                 return
             log = open_span_log(trace, span_id, parent, span.name)
             if log is not None:
                 log.live = span  # what its log says if the program exits before its end
+                if log_kind(span.attributes or {}) == PROMPT:
+                    log.call_ids = (trace, span_id, parent)  # a direct record may take it
                 self._logs[key] = log
         except Exception as exc:  # the user's should_capture included: never into their code
             _guard.internal_error("otel-span", exc)
@@ -191,10 +207,13 @@ class FlowtraceSpanProcessor(SpanProcessor):
             log = logs.pop(_key(span), None) if logs else None
             if log is not None:
                 log.end(span)  # read on the worker: an ended span does not change any more
+            elif self._recorded_directly and _key(span) in self._recorded_directly:
+                self._recorded_directly.discard(_key(span))
             elif (
                 not self._record_all
                 and _maybe_inside_a_flow()
                 and _has_llm_attributes(span.attributes)
+                and not calling()  # attributes set late on a span of a direct call
             ):
                 self._record_late(_key(span), span)
         except Exception as exc:

@@ -29,7 +29,7 @@ import wrapt
 from flowtrace._guard import internal_error, logger
 from flowtrace._llm._call import Builder, LlmCall, snapshot_request
 
-__all__ = ["SdkState", "patch"]
+__all__ = ["SdkState", "calling", "patch"]
 
 _active: Final[contextvars.ContextVar[LlmCall | None]] = contextvars.ContextVar(
     "flowtrace_llm_call", default=None
@@ -75,6 +75,12 @@ class SdkState:
         except Exception as exc:
             internal_error("llm.start", exc)
             return None
+
+
+def calling() -> bool:
+    """Whether a directly instrumented LLM call is running in this context (the SDK is at
+    work inside its method): another instrumentor's span of that call starts now."""
+    return _active.get() is not None
 
 
 def patch(target: Any, name: str, wrapper: Wrapper) -> bool:

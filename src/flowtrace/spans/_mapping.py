@@ -62,6 +62,7 @@ __all__ = [
     "OTEL_METADATA_KEY",
     "MappedLog",
     "PathCap",
+    "log_kind",
     "map_span",
     "map_spans",
 ]
@@ -649,7 +650,8 @@ class PathCap:
 # --- one span ----------------------------------------------------------------------------------
 
 
-def _kind(attributes: Mapping[str, Any]) -> LogKind:
+def log_kind(attributes: Mapping[str, Any]) -> LogKind:
+    """The kind of log a span's attributes make: `prompt` for an LLM call, `tool`, `flow`."""
     declared = attributes.get("humanloop.file.type")
     if declared in (FLOW, PROMPT, TOOL):
         return declared  # type: ignore[no-any-return]
@@ -1002,7 +1004,7 @@ def _path(span: Span, kind: LogKind, attributes: Mapping[str, Any], cap: PathCap
 def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
     """The log a span becomes (see the module's docstring). Never raises on span data."""
     attributes = _Attributes(span.attributes)
-    kind = _kind(attributes)
+    kind = log_kind(attributes)
     start_ns = _clamp_ns(span.start_ns)
     end_ns = max(_clamp_ns(span.end_ns), start_ns)
     status = str(attributes.get(f"{_HL_LOG}.log_status", COMPLETE))
