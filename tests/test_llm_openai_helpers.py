@@ -28,7 +28,7 @@ from tests.fake_llm import (
     responses_events,
     sse_reply,
 )
-from tests.llm_util import Recorded, fake, metadata, recorded
+from tests.llm_util import Recorded, async_client_of, client_of, fake, metadata, recorded
 
 __all__ = ["fake", "recorded"]
 
@@ -40,14 +40,6 @@ LOOKUP = {"call_id": "call_7", "name": "lookup", "arguments": '{"q": "Paris"}'}
 
 class City(pydantic.BaseModel):
     city: str
-
-
-def client_of(fake: FakeLLM) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", base_url=fake.openai_url, max_retries=0)
-
-
-def async_client_of(fake: FakeLLM) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="sk-test", base_url=fake.openai_url, max_retries=0)
 
 
 #: What differs between two logs of the same exchange: its own ids and clock.
