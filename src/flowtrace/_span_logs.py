@@ -206,8 +206,13 @@ def record_span(span: Span, parent: Log | None) -> None:
     if not _enabled:
         return
     try:
-        if parent is not None and parent.is_span and parent.call_ids is not None:  # type: ignore[attr-defined]
-            _take_the_place_of(parent, span)  # type: ignore[arg-type]
+        if (
+            parent is not None
+            and parent.is_span  # an attribute test: the direct call's path pays nothing more
+            and isinstance(parent, SpanLog)
+            and parent.call_ids is not None
+        ):
+            _take_the_place_of(parent, span)
             return
         kept = span_parent(span.trace_id, span.parent_span_id)
         log = SpanLog(span_log_id(span.trace_id, span.span_id), innermost(kept, parent))

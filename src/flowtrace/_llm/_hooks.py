@@ -9,7 +9,9 @@ These SDKs send through `httpx2`, not httpx, so a transport hook would see nothi
 - `_process_response` notes the status and request id and ties the response to the call;
 - `_process_response_data` (every parsed body or stream event) hands the wire JSON over;
 - `Stream.__stream__` / `close` end a streamed call: at its end, on an error mid-stream, or
-  closed early (a `break` then the stream dropped, or `close()`), with what had arrived.
+  closed early (a `break` then the stream dropped, or `close()`), with what had arrived; the
+  OpenAI helpers' streams (`chat.completions.stream()`, `responses.stream()`) close their
+  HTTP response themselves, so their `close` is hooked too.
 
 Every patch acts only for a call of an instrumented client: on any other it is a pass-through
 (a context variable read or an empty dict's test). The request, the response objects and the
@@ -293,26 +295,25 @@ def _stream_call(stream: Any, response_attribute: str = "response") -> LlmCall |
     return None if call is None or call.done else call
 
 
-def on_stream_close(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """`close()` before the end (sync or async): closed early, with what had arrived."""
-    call = _stream_call(instance)
-    if call is not None:
-        call.close_early()
-    return wrapped(*args, **kwargs)
+def _close_hook(response_attribute: str) -> Wrapper:
+    """A stream's `close()` (sync or async) before its end: closed early, with what had
+    arrived. The stream names its HTTP response `response_attribute`."""
+
+    def closing(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _stream_call(instance, response_attribute)
+        if call is not None:
+            call.close_early()
+        return wrapped(*args, **kwargs)
+
+    return closing
 
 
-def on_helper_stream_close(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """A helper's stream (OpenAI's `chat.completions.stream()`, `responses.stream()`) closed,
-    by its `with` or by `close()`: it closes its HTTP response itself, not the SDK stream it
-    reads, so a call not read to its end is closed early here, not when it is collected."""
-    call = _stream_call(instance, "_response")
-    if call is not None:
-        call.close_early()
-    return wrapped(*args, **kwargs)
+#: The SDK's `Stream.close` / `AsyncStream.close`.
+on_stream_close: Final = _close_hook("response")
+#: A helper's stream (OpenAI's `chat.completions.stream()`, `responses.stream()`) closed by its
+#: `with` or `close()`: it closes its HTTP response itself, not the SDK stream it reads, so a
+#: call not read to its end is closed early here, not once the stream is collected.
+on_helper_stream_close: Final = _close_hook("_response")
 
 
 def _traced_stream(events: Iterator[Any], call: LlmCall) -> Iterator[Any]:

@@ -17,10 +17,10 @@ OPENAI: Final = SdkState("openai")
 
 _CHAT: Final = "openai.resources.chat.completions.completions"
 _RESPONSES: Final = "openai.resources.responses.responses"
-#: The methods that send a request. The helpers `parse()` (structured outputs) post the
+#: The methods that send a request. The helpers `parse()` (structured outputs) post their
 #: request themselves, so they are patched too; `chat.completions.stream()` and
-#: `responses.stream()` send theirs through `create(stream=True)`, so they are not (patched,
-#: a call would be two logs).
+#: `responses.stream()` send theirs through `create(stream=True)`, so they are not (that
+#: would make two logs of one call).
 _METHODS: Final = tuple(
     Method(module, f"{prefix}{resource}.{name}", "chat", build, asynchronous=prefix == "Async")
     for module, resource, build in (
