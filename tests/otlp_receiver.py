@@ -1,9 +1,11 @@
 """A tiny OTLP/HTTP traces receiver on loopback for the export tests: it gunzips and decodes
 each request with opentelemetry-proto, keeps the spans and the request headers, and answers
-with the statuses it is scripted to (then 200), or holds requests until released."""
+with the statuses it is scripted to (then 200), or 503 while it is `down`, or holds requests
+until released."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import threading
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ class Receiver:
     def __init__(self, statuses: list[int] | None = None, hold: bool = False) -> None:
         self.statuses = list(statuses or [])  # answered first, in order, then 200
         self.hold = hold  # requests wait until `release()`
+        self.down = False  # while set, every request is answered 503 (an outage)
         self.released = threading.Event()
         self.requested = threading.Event()  # a request arrived (held or not)
         self.requests: list[dict[str, str]] = []  # each request's headers
@@ -54,7 +57,10 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # a short poll: stopping the receiver (every test's teardown) takes that long
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
 
@@ -66,7 +72,8 @@ class Receiver:
             self.released.wait(60)
         with self._lock:
             self.requests.append({k.lower(): v for k, v in handler.headers.items()})
-            status = self.statuses.pop(0) if self.statuses else 200
+            scripted = self.statuses.pop(0) if self.statuses else 200
+            status = 503 if self.down else scripted
             if status == 200:
                 raw = gzip.decompress(body) if handler.headers.get("Content-Encoding") else body
                 request = ExportTraceServiceRequest.FromString(raw)
@@ -76,13 +83,15 @@ class Receiver:
                         self.spans.extend(scope_spans.spans)
                 self._got_spans.notify_all()
         answer = ExportTraceServiceResponse().SerializeToString() if status == 200 else b"no"
-        handler.send_response(status)
-        if status != 200:
-            handler.send_header("Retry-After", "0")
-        handler.send_header("Content-Type", "application/x-protobuf")
-        handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        handler.wfile.write(answer)
+        # a client that gave up on a held request has gone: nobody to answer
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            handler.send_response(status)
+            if status != 200:
+                handler.send_header("Retry-After", "0")
+            handler.send_header("Content-Type", "application/x-protobuf")
+            handler.send_header("Content-Length", str(len(answer)))
+            handler.end_headers()
+            handler.wfile.write(answer)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Span]:
         """The spans received, once there are at least `count` (an event, not a sleep)."""

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import flowtrace
-from flowtrace import _log, _sampling, flow
+from flowtrace import _log, _sampling, _w3c, flow
 from flowtrace.exporters.memory import MemoryExporter
+from flowtrace.testing import capture_logs
 from tests.pipelineutil import WAIT_S, fresh_pipeline
 
 
@@ -307,3 +311,138 @@ def test_is_sampled_reproduces_the_recorders_decision() -> None:
     flowtrace.configure()
     assert _sampling.is_sampled("log_0123456789abcdef_1", 1.0)
     assert not _sampling.is_sampled("log_0123456789abcdef_1", 0.0)
+
+
+# --- across services ---------------------------------------------------------------------------
+
+
+def _caller_headers(log_id: str, sampled: bool) -> dict[str, str]:
+    return {
+        "traceparent": _w3c.format_traceparent("ab" * 16, _w3c.span_id_of(log_id), sampled),
+        "tracestate": _w3c.format_tracestate(log_id),
+    }
+
+
+def _flag(headers: dict[str, str]) -> str:
+    return headers["traceparent"].rsplit("-", 1)[1]
+
+
+def test_the_decision_goes_out_in_the_traceparent_flag(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    memory(sample_rate=0.0)
+    with flow("sampling/out") as unsampled:
+        with flow("sampling/out-child"):
+            inner = flowtrace.propagation_headers()
+        outer = flowtrace.propagation_headers()
+    with flow("sampling/out", sample_rate=1.0):
+        kept = flowtrace.propagation_headers()
+    assert not unsampled.sampled
+    assert _flag(inner) == _flag(outer) == "00" and _flag(kept) == "01"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Callable[..., None]]:
+    """Start a fresh pipeline with the given settings, delivering to a SQLite file (which,
+    unlike the memory exporter, takes a remote caller's children before the caller's log)."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**settings: Any) -> None:
+            stack.enter_context(fresh_pipeline(db_path=str(tmp_path / "s.db"), **settings))
+
+        yield start
+
+
+def _roots_under_callers(logs: list[Any]) -> dict[str, list[Any]]:
+    """The local roots (and their logs) under each remote caller, from captured logs."""
+    out: dict[str, list[Any]] = {}
+    for log in logs:
+        top = log
+        while top.parent is not None and not top.parent.remote:
+            top = top.parent
+        out.setdefault(top.parent_id, []).append(log)
+    return out
+
+
+def test_a_trusted_caller_that_did_not_sample_is_followed_and_errors_are_still_kept(
+    embedded: Callable[..., None],
+) -> None:
+    embedded(sample_rate=1.0)  # this service would keep everything
+    onward = []
+    with capture_logs() as captured:
+        for i in range(20):
+            with flowtrace.continue_trace(_caller_headers(f"log_caller_{i}", sampled=False)):
+                with contextlib.suppress(ValueError):
+                    root(2, fail=i % 2 == 0)
+                with flow("sampling/handler"):
+                    onward.append(flowtrace.propagation_headers())
+        assert flowtrace.flush(WAIT_S)
+    by_caller = _roots_under_callers(captured.logs)
+    # Only the failed local roots, each whole (root + 2 children), under their caller.
+    assert sorted(by_caller) == sorted(f"log_caller_{i}" for i in range(0, 20, 2))
+    assert all(len(logs) == 3 for logs in by_caller.values())
+    assert {_flag(headers) for headers in onward} == {"00"}  # passed on as decided
+    stats = flowtrace.stats()
+    assert stats["kept_by_tail_error"] == 10 and stats["sampled_out"] == 30
+    assert stats["dropped"] == {}
+
+
+def test_a_trusted_caller_that_sampled_is_followed_at_rate_zero(
+    embedded: Callable[..., None],
+) -> None:
+    embedded(sample_rate=0.0)
+    with capture_logs() as captured:
+        with flowtrace.continue_trace(_caller_headers("log_caller_s", sampled=True)):
+            root(3)
+            onward = flowtrace.propagation_headers()
+            with flow("sampling/handler"):
+                inside = flowtrace.propagation_headers()
+        assert flowtrace.flush(WAIT_S)
+    assert len(_roots_under_callers(captured.logs)["log_caller_s"]) == 5  # root, 3, handler
+    assert _flag(onward) == _flag(inside) == "01"
+    assert flowtrace.stats()["sampled_out"] == 0
+
+
+def test_local_roots_under_untrusted_headers_are_decided_here_each_as_a_root(
+    embedded: Callable[..., None],
+) -> None:
+    embedded(sample_rate=0.5)
+    ids = []
+    # The caller claims its trace is not sampled: untrusted, that is not followed.
+    untrusted = _caller_headers("log_caller_u", sampled=False)
+    with capture_logs() as captured:
+        with flowtrace.continue_trace(untrusted, trusted=False):
+            for _ in range(200):
+                with flow("sampling/untrusted") as log:
+                    child(1)
+                ids.append(log.log_id)
+        assert flowtrace.flush(WAIT_S)
+    roots = {log.log_id for log in captured.logs if log.path == "sampling/untrusted"}
+    assert roots == {log_id for log_id in ids if _sampling.is_sampled(log_id, 0.5)}
+    assert 60 <= len(roots) <= 140
+    children = [log for log in captured.logs if log.path == "sampling/child"]
+    assert sorted(log.parent.log_id for log in children) == sorted(roots)  # whole traces
+    assert flowtrace.stats()["sampled_out"] == 200 - len(roots)
+
+
+def test_a_decided_root_is_freed_by_reference_counting_alone(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    """An unsampled root is its own hold while open; once decided it refers to the decision
+    instead, so a busy service's dropped traces do not wait for the cycle collector."""
+    memory(sample_rate=0.0)
+    refs = []
+    gc.disable()
+    try:
+        for fail in (False, True):  # dropped, and kept by the tail rule
+            with contextlib.suppress(ValueError), flow("sampling/freed") as log:
+                child(1)
+                if fail:
+                    raise ValueError("kept")
+            assert log.trace_hold is (_sampling.KEPT if fail else _sampling.DROPPED)
+            refs.append(weakref.ref(log))
+            del log
+        assert flowtrace.flush(WAIT_S)
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()

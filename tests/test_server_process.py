@@ -26,7 +26,7 @@ __all__ = ["server"]  # the fixture, re-exported so pytest finds it here
 # Acknowledged logs to wait for before pulling the plug mid-load.
 ACKS_BEFORE_CRASH = 300
 WRITERS = 8
-LOGS_PER_WRITER = 1_000
+LOGS_PER_WRITER = 400
 REPLAY_EVERY = 50
 # Bound on any wait for a condition in these tests, seconds.
 WAIT_LIMIT = 120.0

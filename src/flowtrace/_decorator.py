@@ -119,7 +119,8 @@ def _announce(log: Log) -> None:
         if hold is None:
             for started in _sinks.on_start:
                 started(log)
-        elif hold is not log:  # an unsampled trace: held until its root ends (_sampling)
+        # An unsampled trace: held until its root ends (a DormantRoot is its own hold).
+        elif hold is not log:  # type: ignore[comparison-overlap]
             hold.started(log)
     except Exception as exc:
         _guard.internal_error("log-open", exc)
@@ -213,7 +214,8 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             if hold is None:
                 for started in _sinks.on_start:
                     started(log)
-            elif hold is not log:  # an unsampled trace: held until its root ends
+            # An unsampled trace: held until its root ends (a DormantRoot is its own hold).
+            elif hold is not log:  # type: ignore[comparison-overlap]
                 hold.started(log)
         except Exception as exc:
             if not isinstance(exc, RecursionError):  # that is the user's recursion: below

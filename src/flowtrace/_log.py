@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowtrace import _guard, _sinks
 from flowtrace._context import open_ancestor
@@ -23,7 +23,6 @@ from flowtrace._serialize import SCALARS, capture_value
 if TYPE_CHECKING:
     from flowtrace._capture import CapturedTraceback
     from flowtrace._options import LogOptions
-    from flowtrace._sampling import DormantRoot
 
 __all__ = ["UNSET", "Log", "set_clock"]
 
@@ -153,6 +152,15 @@ class _Metadata(_UserField):
         return own
 
 
+class TraceHold(Protocol):
+    """Hears of the start and end of each log of a trace that was not sampled (`_sampling`),
+    instead of the sinks."""
+
+    def started(self, log: Log) -> None: ...
+
+    def ended(self, log: Log) -> None: ...
+
+
 class Log:
     """One call's record. Inside a flow, `flowtrace.current_log()` returns it.
 
@@ -186,10 +194,9 @@ class Log:
     stdout_chars = 0  # how many characters it printed (more than kept: the text is truncated)
     delivery: Any = None  # the pipeline's per-log state
     late_child_of: str | None = None  # the log that had ended when this one started under it
-    # An unsampled trace's root, which holds the trace (the same for all its logs): the
-    # recorder tells it, not the sinks, of each log's start and end (`_sampling`). None: a
-    # sampled trace.
-    trace_hold: DormantRoot | None = None
+    # What holds an unsampled trace (the same for all its logs: its root, `_sampling`): the
+    # recorder tells it, not the sinks, of each log's start and end. None: a sampled trace.
+    trace_hold: TraceHold | None = None
     # A span's log (`_span_logs.SpanLog`): it builds its own bodies, and is created only once
     # it has ended (its kind and version come from the ended span).
     is_span = False

@@ -17,6 +17,14 @@ dropped (`rejected`). At shutdown and exit it sends what it has within what is l
 same bound, logs still open included (as spans ending then, `flowtrace.trace_status`
 incomplete).
 
+The spool (`_otlp_spool`, unless `spool="off"`): a batch still not taken at the retry
+deadline goes to disk, encoded, and from then on (the endpoint is down) new batches go
+straight to disk while the oldest one on disk is tried again with backoff; once the endpoint
+takes it, the disk is drained beside new batches. What is left at shutdown, after the send
+deadline, is spooled too (within SPILL_GRACE_S), so a process that exits while the endpoint
+is down leaves its spans for the next process that exports there; that process claims them
+when its export thread starts and sends them in the background.
+
 Ids: a span's trace id is derived from its trace's root log id, its span id from its log id
 (`_w3c`), so a log's parent is its span's parent; a trace continued from another service keeps
 that service's trace id, and its root spans name the remote span as their parent.
@@ -31,6 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
@@ -45,8 +54,10 @@ from flowtrace._otlp_encode import (
     traceback_of,
     wire_ns,
 )
+from flowtrace._otlp_spool import OtlpSpool, SpooledBatch, SpoolRefused, spool_key
 from flowtrace._remote import RemoteParent, w3c_ids
 from flowtrace._retry import backoff_delay_s, is_retryable, parse_retry_after
+from flowtrace._spool import SpoolUnavailable, WallClockUs
 from flowtrace._w3c import span_id_of, trace_id_of
 
 if TYPE_CHECKING:
@@ -67,6 +78,8 @@ BATCH_INTERVAL_S: Final = 1.0
 #: and how long its thread then has to stop once its request is interrupted.
 MIN_EXIT_S: Final = 0.2
 STOP_GRACE_S: Final = 0.5
+#: After the send deadline at shutdown, how long the thread may take to spool what is left.
+SPILL_GRACE_S: Final = 5.0
 
 _SCOPE: Final = ("flowtrace", "0.1.0")
 
@@ -126,7 +139,9 @@ class OtlpExport:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         max_queued_ops: int = MAX_QUEUED_OPS,
+        spool_wall_us: WallClockUs | None = None,
     ) -> None:
+        """`spool_wall_us`: the spool's wall clock (its entries' age), in microseconds."""
         self.endpoint = endpoint
         self._headers = dict(headers)
         self.key = (endpoint, tuple(sorted(self._headers.items())))  # what configure() set
@@ -153,6 +168,15 @@ class OtlpExport:
         self._client: httpx.Client | None = None
         self._backend: Any = None
         self._warnings = Warnings()
+        self._spool: OtlpSpool | None = None
+        if settings.spool != "off":
+            self._spool = OtlpSpool(
+                spool_key(endpoint, self._headers),
+                settings,
+                wall_us=spool_wall_us,
+                clock=clock,
+                set_aside=self._spool_set_aside,
+            )
         # on the export thread only
         self._drafts: dict[str, tuple[SpanDraft, dict[str, Any]]] = {}  # open: draft, body
         # the trace id of each log created early and not closed yet: its children's (a walk up
@@ -160,9 +184,15 @@ class OtlpExport:
         self._traces: dict[str, str] = {}
         self._ready: list[SpanDraft] = []
         self._ready_since: float | None = None
+        # the endpoint is down: batches go to disk; the oldest on disk is tried at `_retry_at`
+        self._spooling = False
+        self._retry_at = 0.0
+        self._attempt = 0  # retries of the batch on disk so far (its backoff)
+        self._spooled_stopping = 0  # spans spooled once stopping
         # counters (ints: read by stats() from any thread)
         self.exported = 0
         self.retried = 0
+        self.backlog_exported = 0  # spans of processes that are gone, sent from their spool
         self.dropped: dict[str, int] = {}
         self.last_error: str | None = None
         self._count_lock = threading.Lock()  # drops are counted by the worker and the thread
@@ -192,7 +222,8 @@ class OtlpExport:
 
     # --- any thread -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until what was offered before this call is exported (or dropped)."""
+        """Wait until what was offered before this call is exported (or spooled, or
+        dropped)."""
         if self._thread is None or self._done.is_set():
             return not self._incoming
         marker = _Flush()
@@ -220,14 +251,22 @@ class OtlpExport:
         backend = self._backend
         if backend is not None:
             backend.interrupt()  # a request blocked on a hung endpoint ends now
-        return self._done.wait(STOP_GRACE_S)
+        # then the thread spools what is left (bounded by SPILL_GRACE_S on its side)
+        return self._done.wait(STOP_GRACE_S + SPILL_GRACE_S)
 
     def stats(self) -> dict[str, Any]:
+        """In spans: exported, queued, spooled (this process's, on disk now), dropped by
+        reason; `backlog`: batches left by processes that are gone, still to send."""
+        spool = self._spool
         return {
             "endpoint": self.endpoint,
             "exported": self.exported,
             "queued": self._offered - self._taken + len(self._ready),
             "retried": self.retried,
+            "spooled": 0 if spool is None else spool.own_spans,
+            "backlog": 0 if spool is None else spool.backlog,
+            "backlog_exported": self.backlog_exported,
+            "spool": None if spool is None else str(spool.path),
             "dropped": dict(self.dropped),
             "last_error": self.last_error,
         }
@@ -242,6 +281,7 @@ class OtlpExport:
             self._finish()
 
     def _loop(self) -> None:
+        self._claim()
         while True:
             self._take_in()
             if self._stop.is_set():
@@ -250,11 +290,20 @@ class OtlpExport:
             if self._ready and self._due():
                 self._send_batch()
                 continue
-            timeout = None
-            if self._ready_since is not None:
-                timeout = max(0.0, self._ready_since + BATCH_INTERVAL_S - self._clock())
-            self._wake.wait(timeout)
+            if self._disk_due():
+                self._send_from_disk()
+                continue
+            self._wake.wait(self._idle_s())
             self._wake.clear()
+
+    def _idle_s(self) -> float | None:
+        """How long nothing is due: the next batch, or the next try of the disk's oldest."""
+        due = []
+        if self._ready_since is not None:
+            due.append(self._ready_since + BATCH_INTERVAL_S)
+        if self._spool is not None and self._spool.waiting:
+            due.append(self._retry_at)
+        return None if not due else max(0.0, min(due) - self._clock())
 
     def _due(self) -> bool:
         since = self._ready_since
@@ -263,14 +312,40 @@ class OtlpExport:
         )
 
     def _drain(self) -> None:
-        """Stopping: send everything (open logs too) until done or the deadline."""
+        """Stopping: send everything (open logs too) until done or the deadline, then spool
+        what is left (said once)."""
         while not self._past_deadline():
-            self._take_in()
-            if not self._incoming:
-                self._close_open_drafts()
-            if not self._ready:
-                return
+            if not self._take_all():
+                break
             self._send_batch()
+        else:
+            self._spool_rest()
+        spool = self._spool
+        if spool is not None and self._spooled_stopping:
+            self._warnings.once(
+                "otlp:spooled-at-exit",
+                "flowtrace: %d span(s) not exported to the OTLP endpoint %s at shutdown: "
+                "spooled at %s (the next process exporting there sends them)",
+                self._spooled_stopping,
+                self.endpoint,
+                spool.path,
+            )
+
+    def _take_all(self) -> bool:
+        """Stopping: take in what is offered, open logs too; True if spans are ready."""
+        self._take_in()
+        if not self._incoming:
+            self._close_open_drafts()
+        return bool(self._ready)
+
+    def _spool_rest(self) -> None:
+        """Past the send deadline: what is left goes to disk, a batch at a time, within
+        SPILL_GRACE_S (what is still left then is dropped, `shutdown`)."""
+        if self._spool is None:
+            return
+        give_up_at = self._clock() + SPILL_GRACE_S
+        while self._clock() < give_up_at and self._take_all():
+            self._send_batch()  # past the deadline: to disk
 
     def _take_in(self) -> None:
         """Merge what the worker offered into spans, while fewer than MAX_READY_SPANS wait to
@@ -366,10 +441,17 @@ class OtlpExport:
         del self._ready[:BATCH_SPANS]
         if not self._ready:
             self._ready_since = None
+        payload = self._encode(batch)
+        if payload is None:
+            return
+        if self._spooling or (self._stop.is_set() and self._past_deadline()):
+            self._keep(payload, len(batch), "shutdown" if self._stop.is_set() else "retry_deadline")
+        else:
+            self._send_with_retries(payload, len(batch))
+
+    def _encode(self, batch: list[SpanDraft]) -> bytes | None:
         try:
-            payload = gzip.compress(
-                encode_export_request(batch, _resource(), _SCOPE), compresslevel=6
-            )
+            return gzip.compress(encode_export_request(batch, _resource(), _SCOPE), compresslevel=6)
         except ImportError:
             self._warnings.once(
                 "otlp:missing",
@@ -378,52 +460,206 @@ class OtlpExport:
                 self.endpoint,
             )
             self._drop("missing_dependency", len(batch))
-            return
+            return None
+
+    def _send_with_retries(self, payload: bytes, spans: int) -> None:
+        """Post until accepted, refused, or the retry deadline (or the shutdown's): then it
+        goes to the spool and the endpoint counts as down."""
         first_failure: float | None = None
         attempt = 0
         while True:
             status, retry_after, error = self._post(payload)
             if 200 <= status < 300:
-                self.exported += len(batch)
+                self.exported += spans
                 return
             self.last_error = error
             now = self._clock()
             if not is_retryable(status):
-                self._warnings.once(
-                    f"otlp:rejected:{status}",
-                    "flowtrace: the OTLP endpoint %s refused %d span(s): %s",
-                    self.endpoint,
-                    len(batch),
-                    error,
-                )
-                self._drop("rejected", len(batch))
+                self._refused(status, error, spans)
                 return
             first_failure = now if first_failure is None else first_failure
-            delay = backoff_delay_s(attempt, self._backoff_s, self._rng)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
+            delay = self._backoff(attempt, retry_after)
             attempt += 1
             wake_at = now + delay
             give_up = first_failure + self._retry_deadline_s
             if self._deadline is not None:
                 give_up = min(give_up, self._deadline)
             if wake_at > give_up:
-                reason = "shutdown" if self._stop.is_set() else "retry_deadline"
-                self._warnings.once(
-                    f"otlp:{reason}",
-                    "flowtrace: %d span(s) not exported to the OTLP endpoint %s (%s): %s",
-                    len(batch),
-                    self.endpoint,
-                    reason,
-                    error,
-                )
-                self._drop(reason, len(batch))
+                if self._spool is not None:
+                    # down: what follows goes straight to disk (at shutdown too: no batch
+                    # waits out a deadline of its own), and this one is tried again from there
+                    self._spooling, self._attempt, self._retry_at = True, attempt, wake_at
+                self._keep(payload, spans, "shutdown" if self._stop.is_set() else "retry_deadline")
                 return
-            self.retried += len(batch)
+            self.retried += spans
             if self._stop.is_set():
                 time.sleep(delay)  # within the deadline (wake_at <= give_up)
             else:
                 self._stop.wait(delay)  # a shutdown cuts the backoff short
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = backoff_delay_s(attempt, self._backoff_s, self._rng)
+        return delay if retry_after is None else max(delay, retry_after)
+
+    def _refused(self, status: int, error: str, spans: int) -> None:
+        self._warnings.once(
+            f"otlp:rejected:{status}",
+            "flowtrace: the OTLP endpoint %s refused %d span(s): %s",
+            self.endpoint,
+            spans,
+            error,
+        )
+        self._drop("rejected", spans)
+
+    # --- the spool ----------------------------------------------------------------------------
+    def _keep(self, payload: bytes, spans: int, reason: str) -> None:
+        """A batch the endpoint did not take in time: to disk; dropped for `reason` without a
+        spool, or for the spool's reason if it refuses (then the network is tried again for
+        the next batch, rather than a disk that cannot hold it)."""
+        spool = self._spool
+        if spool is not None:
+            try:
+                spool.put(payload, spans)
+            except SpoolRefused as refused:
+                self._spooling = False
+                self.last_error = str(refused)
+                reason = refused.reason
+            else:
+                if self._stop.is_set():
+                    self._spooled_stopping += spans  # said once, for the whole shutdown
+                    return
+                self._warnings.once(
+                    f"otlp:spooled:{reason}",
+                    "flowtrace: the OTLP endpoint %s did not take %d span(s) (%s: %s); they "
+                    "are spooled at %s and sent when it takes them. Counted in "
+                    "flowtrace.stats()['otlp'].",
+                    self.endpoint,
+                    spans,
+                    reason,
+                    self.last_error,
+                    spool.path,
+                )
+                return
+        self._warnings.once(
+            f"otlp:{reason}",
+            "flowtrace: %d span(s) not exported to the OTLP endpoint %s (%s): %s",
+            spans,
+            self.endpoint,
+            reason,
+            self.last_error,
+        )
+        self._drop(reason, spans)
+
+    def _claim(self) -> None:
+        """At the thread's start: take over what processes that are gone spooled for this
+        endpoint (sent in the background, beside new batches)."""
+        spool = self._spool
+        if spool is None:
+            return
+        try:
+            if spool.claim():
+                self._expire(force=True)
+        except SpoolUnavailable as error:
+            self._spool_unreadable(str(error))
+
+    def _expire(self, *, force: bool = False) -> None:
+        assert self._spool is not None
+        try:
+            spans = self._spool.expire(force=force)
+        except SpoolUnavailable as error:
+            self._spool_unreadable(str(error))
+            return
+        if spans:
+            self._warnings.once(
+                "otlp:spool_expired",
+                "flowtrace: %d span(s) waited in the OTLP export's spool at %s longer than "
+                "spool_max_age_s; they are dropped (counted in flowtrace.stats()['otlp']).",
+                spans,
+                self._spool.path,
+            )
+            self._drop("spool_expired", spans)
+
+    def _disk_due(self) -> bool:
+        spool = self._spool
+        return (
+            spool is not None
+            and spool.waiting > 0
+            and (not self._spooling or self._clock() >= self._retry_at)
+        )
+
+    def _send_from_disk(self) -> None:
+        """One try of the oldest batch on disk: sent, it goes (and the endpoint is up);
+        refused, it is dropped; else it stays, tried again after a backoff."""
+        spool = self._spool
+        assert spool is not None
+        self._expire()
+        unreadable = spool.unreadable
+        try:
+            spool.keep_alive()
+            batch = spool.next()
+        except SpoolUnavailable as failed:
+            self._spool_unreadable(str(failed))
+            return
+        finally:
+            self._count_unreadable(spool.unreadable - unreadable)
+        if batch is None:
+            return
+        status, retry_after, error = self._post(batch.payload)
+        if 200 <= status < 300:
+            self._settle(batch)
+            if batch.own:
+                self.exported += batch.spans
+            else:
+                self.backlog_exported += batch.spans
+            self._spooling, self._attempt = False, 0
+            return
+        self.last_error = error
+        if not is_retryable(status):
+            self._settle(batch)
+            self._refused(status, error, batch.spans)
+            return
+        self._spooling = True
+        self._retry_at = self._clock() + self._backoff(self._attempt, retry_after)
+        self._attempt += 1
+        self.retried += batch.spans
+
+    def _count_unreadable(self, entries: int) -> None:
+        if entries:
+            self._warnings.once(
+                "otlp:spool_corrupt",
+                "flowtrace: %d entry(ies) of the OTLP export's spool at %s were not span "
+                "batches; they are dropped (counted in flowtrace.stats()['otlp']).",
+                entries,
+                self._spool.path if self._spool is not None else None,
+            )
+            self._drop("spool_corrupt", entries)
+
+    def _settle(self, batch: SpooledBatch) -> None:
+        assert self._spool is not None
+        try:
+            self._spool.done(batch)
+        except SpoolUnavailable as error:  # sent again by a later process: a replay
+            self._spool_unreadable(str(error))
+
+    def _spool_unreadable(self, error: str) -> None:
+        """The spool cannot be read: what it holds waits there for a later process."""
+        assert self._spool is not None
+        self._spool.forget_waiting()
+        self.last_error = error
+        self._warnings.once(
+            "otlp:spool_unavailable",
+            "flowtrace: the OTLP export's spool cannot be used (%s); spans the endpoint "
+            "does not take in time are dropped (counted in flowtrace.stats()['otlp']).",
+            error,
+        )
+
+    def _spool_set_aside(self, path: Path) -> None:
+        self._warnings.once(
+            "otlp:spool-set-aside",
+            "flowtrace: the OTLP export's spool file was not a readable spool; it was set "
+            "aside as %s and a fresh spool started.",
+            path,
+        )
 
     def _post(self, payload: bytes) -> tuple[int, float | None, str]:
         """(status, Retry-After seconds, error text); status 0: no answer."""
@@ -496,6 +732,9 @@ class OtlpExport:
                 client.close()
             except Exception as exc:
                 _guard.internal_error("otlp-close", exc)
+        if self._spool is not None:
+            with _guard.guarded("otlp-spool-close"):
+                self._spool.close()
         self._done.set()
 
 

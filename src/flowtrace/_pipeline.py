@@ -210,9 +210,10 @@ class Pipeline:
     def _wake_worker(self) -> None:
         self._wake.set()
 
-    def _progressed(self) -> None:
-        """The sender settled a batch: room may have been made."""
-        self._backpressure.progressed()
+    def _progressed(self, in_flight: int = 0) -> None:
+        """The sender settled a batch (room may have been made), or begins an export of
+        `in_flight` logs."""
+        self._backpressure.progressed(in_flight)
         self._wake.set()
 
     def _sender_wait(self, timeout: float) -> None:

@@ -30,6 +30,7 @@ from flowtrace._contract import (
 )
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
+from flowtrace._sampling import RemoteDecision
 from flowtrace._w3c import (
     TRACEPARENT,
     TRACESTATE,
@@ -71,6 +72,12 @@ class RemoteParent(Log):
         self.trusted = trusted  # follow the caller's trace (W3C ids, and the link if any)
         self.linked = trusted and context.log_id is not None  # a child of its flowtrace log
         self._log_id = context.log_id or f"remote_{context.trace_id}_{context.span_id}"
+        # Its local roots follow the caller's sampling decision (trusted headers), or are
+        # decided here by the rate, as roots (untrusted); a sampled caller needs no decision.
+        if not trusted:
+            self.trace_hold = RemoteDecision(None)
+        elif not context.sampled:
+            self.trace_hold = RemoteDecision(False)
 
     def __repr__(self) -> str:
         return f"<RemoteParent {self._log_id} linked={self.linked}>"
@@ -150,17 +157,13 @@ def w3c_ids(log: Log) -> tuple[str, str]:
 
 
 def sampled(log: Log) -> bool:
-    """Whether `log`'s trace is sampled (the `sampled` flag sent on). A trace continued from
-    trusted headers keeps the caller's decision.
-    TODO(sampling, branch `production`): a local root's decision comes from the trace sampler
-    once it is merged; until then every local trace is sampled. An incoming `sampled=0` is
-    carried (RemoteParent.context.sampled, and in the root's metadata) for the sampler to
-    honour."""
-    root = local_root(log) if not isinstance(log, RemoteParent) else log
-    parent = root if isinstance(root, RemoteParent) else root.parent
-    if isinstance(parent, RemoteParent) and parent.trusted:
-        return parent.context.sampled
-    return True
+    """Whether `log`'s trace is sampled (the `sampled` flag sent on): the decision of its local
+    root, which followed the caller's when the trace was continued from trusted headers. (An
+    unsampled trace that the tail rule keeps is still unsampled here: the decision is the
+    head's, as the callee must make the same one.)"""
+    if isinstance(log, RemoteParent):
+        return log.context.sampled if log.trusted else True
+    return local_root(log).trace_hold is None
 
 
 def propagation_headers() -> dict[str, str]:

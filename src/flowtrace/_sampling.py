@@ -8,15 +8,20 @@ whole until its root ends, then delivered whole (the tail rule kept it) or dropp
   under it (in threads through `propagate`, in asyncio tasks, in generators) inherits its
   root's hold, or none, when it opens (`Log.__init__`). `is_sampled(log_id, rate)` reproduces a
   decision from an id.
-- **The hold** (`DormantRoot`): an unsampled root is one, made cheaply. The logs of its trace
-  are recorded as usual, but not announced to the sinks: the root keeps them, in the order
-  they started and ended, on the user's side of the pipeline (a dropped trace never costs the
-  worker, the queue or the destination anything).
+- **The hold** (`DormantRoot`; its rule is `_Hold`): an unsampled root is one, made cheaply.
+  The logs of its trace are recorded as usual, but not announced to the sinks: the root keeps
+  them, in the order they started and ended, on the user's side of the pipeline (a dropped
+  trace never costs the worker, the queue or the destination anything).
   When the root ends, the hold decides: kept if a log of the trace had an error (an exception,
   or `log.error` set) or the root ran at least `sample_keep_slower_than_s`; then every log of
   the trace is announced (starts in start order, then ends in end order, the root's last) and
   logs of the trace that are still open are announced as they end; else every log is dropped,
   also those that start or end later. So a trace is delivered whole or not at all.
+- **Across services** (`RemoteDecision`, the `trace_hold` of a continued trace's stand-in,
+  `_remote.RemoteParent`): a local root under a caller that sent `sampled=0` in trusted
+  headers is held as above (`LocalRootHold`: the root is an ordinary Log, its hold apart); one
+  under untrusted headers is decided by this process's rate, as a root of its own; under a
+  trusted sampled caller, nothing is decided (the caller's decision is followed).
 - A hold keeps at most `HOLD_MAX_LOGS` logs: a trace that grows beyond that is kept (released
   to the pipeline as a sampled trace would be) rather than held without a bound or cut.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flowtrace import _config, _guard, _log, _sinks
 from flowtrace._log import Log
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = [
     "HOLD_MAX_LOGS",
     "DormantRoot",
+    "LocalRootHold",
+    "RemoteDecision",
     "is_sampled",
     "open_root",
     "reset_counts",
@@ -151,36 +158,27 @@ def open_root(
     return DormantRoot(options, number, args, kwargs)
 
 
-class DormantRoot(Log):
-    """The root of a trace that was not sampled: a Log like any other to the program (and to
-    its children, which open under it and inherit it as their `trace_hold`), and the trace's
-    hold (see the module's docstring).
-
-    Made for as little as possible on the call path (`open_root`)."""
+class _Hold:
+    """An unsampled trace, held until its root ends (see the module's docstring): the logs
+    under its root that started and ended, and the rule that decides the trace at the root's
+    end. The trace's root is the hold itself (`DormantRoot`, `holds_itself`), or a local root
+    under an unsampled remote parent (`LocalRootHold.local_root`). Once decided, the root's
+    own `trace_hold` becomes `DROPPED` or `KEPT`: the root then refers to no hold of its own,
+    so it is freed as soon as the program lets it go (no reference cycle for the collector)."""
 
     # the hold's state (class defaults: a childless root sets none of them)
     held: list[Log] | None = None  # logs under the root that started, in start order
     finished: list[Log] | None = None  # those that ended, in end order
     errored = False  # a held log had an error
     decided: bool | None = None  # None: the root is open; then kept (True) or dropped
-
-    def __init__(
-        self,
-        options: LogOptions,
-        number: int,
-        args: tuple[Any, ...] | None,
-        kwargs: dict[str, Any] | None,
-    ) -> None:
-        """Opened as any Log (arguments copied or redacted now: it may still be delivered);
-        `open_root` makes the common case, scalar arguments, without this."""
-        Log.__init__(self, options, None, args, kwargs)
-        self._number = number
-        self.trace_hold = self
+    holds_itself = False
+    local_root: Log
 
     def started(self, log: Log) -> None:
         """A log of this trace opened (the recorder calls this instead of the sinks)."""
         global _sampled_out_logs
-        with _lock:
+        _lock.acquire()
+        try:
             decided = self.decided
             if decided is None:
                 held = self.held
@@ -193,16 +191,21 @@ class DormantRoot(Log):
             if not decided:
                 _sampled_out_logs += 1
                 return
+        finally:
+            _lock.release()
         _announce(log, True)  # a late log of a kept trace goes as any log does
 
     def ended(self, log: Log) -> None:
         """A log of this trace closed (the recorder calls this instead of the sinks); the
-        root's end decides the trace."""
+        root's end decides the trace. (Explicit acquire and release: cheaper than `with`, on
+        the path of every unsampled root.)"""
         global _sampled_out, _sampled_out_logs
-        with _lock:
+        root: Log = self if self.holds_itself else self.local_root  # type: ignore[assignment]
+        _lock.acquire()
+        try:
             decided = self.decided
             if decided is None:
-                if log is not self:  # held until the root ends
+                if log is not root:  # held until the root ends
                     if log.error is not None:
                         self.errored = True
                     finished = self.finished
@@ -211,32 +214,123 @@ class DormantRoot(Log):
                     finished.append(log)
                     return
                 slower = keep_slower_than_ns
-                if self.error is not None or self.errored:
+                if root.error is not None or self.errored:
                     self._keep("error")
-                elif slower is not None and (self.duration_ns or 0) >= slower:
+                elif slower is not None and (root.duration_ns or 0) >= slower:
                     self._keep("slow")
                 else:  # the common case: dropped
                     self.decided = False
+                    root.trace_hold = DROPPED
                     _sampled_out += 1
                     held = self.held
-                    _sampled_out_logs += 1 if held is None else 1 + len(held)
-                    self.held = self.finished = None
+                    if held is None:
+                        _sampled_out_logs += 1
+                    else:
+                        _sampled_out_logs += 1 + len(held)
+                        self.held = self.finished = None
                     return
+                root.trace_hold = KEPT
                 decided = True
             if decided:  # the root's end after its trace, or a log of a kept trace ending late
                 _announce(log, False)
+        finally:
+            _lock.release()
 
     def _keep(self, reason: str) -> None:
         """Deliver the trace (under the lock, so a log ending meanwhile waits its turn): what
         started, in order, then what ended, in order. The root's end is the caller's."""
         self.decided = True
         _kept_by_tail[reason] = _kept_by_tail.get(reason, 0) + 1
-        _announce(self, True)
+        _announce(cast(Log, self) if self.holds_itself else self.local_root, True)
         for log in self.held or ():
             _announce(log, True)
         for log in self.finished or ():
             _announce(log, False)
         self.held = self.finished = None
+
+
+class _Decided:
+    """The `trace_hold` of an unsampled trace's root once the trace is decided: what starts or
+    ends under the root from then on (late logs) follows the decision."""
+
+    def __init__(self, kept: bool) -> None:
+        self.kept = kept
+
+    def started(self, log: Log) -> None:
+        global _sampled_out_logs
+        if self.kept:
+            _announce(log, True)
+        else:
+            with _lock:
+                _sampled_out_logs += 1
+
+    def ended(self, log: Log) -> None:
+        if self.kept:
+            _announce(log, False)
+
+
+DROPPED = _Decided(kept=False)
+KEPT = _Decided(kept=True)
+
+
+class DormantRoot(Log, _Hold):
+    """The root of a trace that was not sampled: a Log like any other to the program (and to
+    its children, which open under it and inherit it as their `trace_hold`), and the trace's
+    hold.
+
+    Made for as little as possible on the call path (`open_root`)."""
+
+    def __init__(
+        self,
+        options: LogOptions,
+        number: int,
+        args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        """Opened as any Log (arguments copied or redacted now: it may still be delivered);
+        `open_root` makes the common case, scalar arguments, without this."""
+        Log.__init__(self, options, None, args, kwargs)
+        self._number = number
+        self.trace_hold = self  # until the trace is decided (then DROPPED or KEPT)
+
+    holds_itself = True
+
+
+class LocalRootHold(_Hold):
+    """The hold of a local root under an unsampled remote parent (`RemoteDecision`): the
+    root is an ordinary Log, announced (with its trace) only if the tail rule keeps it."""
+
+    def __init__(self, root: Log) -> None:
+        self.local_root = root
+
+
+class RemoteDecision:
+    """The `trace_hold` of a continued trace's stand-in (`_remote.RemoteParent`) when its
+    local roots must be decided here: the caller said its trace is not sampled (trusted
+    headers: its decision is followed), or the headers are not trusted (each local root is
+    decided by this process's rate, as a root of its own). The recorder tells it of each local
+    root's start (nothing else reaches it: the root's children inherit the root's decision)."""
+
+    def __init__(self, caller_sampled: bool | None) -> None:
+        self.caller_sampled = caller_sampled  # None: decide by the rate
+
+    def started(self, log: Log) -> None:
+        if self._sampled(log):
+            log.trace_hold = None
+            _announce(log, True)
+        else:
+            log.trace_hold = LocalRootHold(log)
+
+    def ended(self, log: Log) -> None:  # a local root is decided at its start: not reached
+        _announce(log, False)
+
+    def _sampled(self, log: Log) -> bool:
+        if self.caller_sampled is not None:
+            return self.caller_sampled
+        below = log.options.sample_threshold
+        if below is None:
+            below = rate_threshold
+        return ((log._number ^ _log.seed) * MULTIPLIER) & MASK < below
 
 
 def _announce(log: Log, opening: bool) -> None:

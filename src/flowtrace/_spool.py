@@ -548,6 +548,14 @@ class Spool:
                 (self.owner, self.owner, self.owner),
             )
 
+    def leave(self) -> None:
+        """This owner will send nothing more (its user stopped for good, the process goes
+        on): its owner row goes, so the next `claim_dead()`, by any process, takes what it
+        spooled or held at once rather than after this process ends."""
+        with contextlib.suppress(SpoolUnavailable), self._using() as conn:
+            conn.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
+        self._registered = False
+
     def close(self) -> None:
         with self._lock:
             self._close_connection()
