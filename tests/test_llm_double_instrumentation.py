@@ -1,9 +1,10 @@
 """One LLM call seen by two instrumentations is one log: `flowtrace.instrument_openai()` and a
 real OpenTelemetry instrumentor (`opentelemetry-instrumentation-openai-v2`, emitting GenAI
 spans into a provider with `flowtrace.otel`'s processor, or into `flowtrace.otel`'s private
-provider), in both orders of instrumenting. The direct record wins: its log says what the
-direct instrumentation saw (request id, streamed, time to first chunk, early exit). A call
-only the instrumentor sees, and the user's own spans, are kept as they are."""
+provider), in both orders of instrumenting; and the Anthropic SDK's own spans. The direct
+record wins: its log says what the direct instrumentation saw (request id, streamed, time to
+first chunk, early exit). A call only the instrumentor sees, and the user's own spans, are
+kept as they are."""
 
 from __future__ import annotations
 
@@ -12,35 +13,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
 
 import flowtrace
 import flowtrace.otel
+from flowtrace._llm._anthropic import instrument_anthropic
 from flowtrace._llm._openai import instrument_openai
 from flowtrace.testing import capture_logs
 from tests.fake_llm import FakeLLM, chat_body, chat_chunks, json_reply, sse_reply
 from tests.llm_util import fake, recorded
+from tests.otel_llm_calls import HELLO, MODEL, calls, provider_via
 from tests.scriptutil import run_script, script_env
 
 __all__ = ["fake", "recorded"]
 
-MODEL = "gpt-4o-mini"
-HELLO = [{"role": "user", "content": "Hi"}]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _provider(via: str) -> TracerProvider:
-    """Where the instrumentor's spans go: the user's provider with flowtrace's processor (it
-    keeps LLM work inside flows, and the user's step by `should_capture`), or the private
-    provider (it records every span)."""
-    if via == "private provider":
-        return flowtrace.otel.tracer_provider()
-    provider = TracerProvider()
-    provider.add_span_processor(flowtrace.otel.span_processor(lambda s: s.name == "user step"))
-    return provider
 
 
 def _replies(fake: FakeLLM) -> None:
@@ -50,21 +40,6 @@ def _replies(fake: FakeLLM) -> None:
         sse_reply(chat_chunks(["o", "k"])),
         sse_reply(chat_chunks(["one ", "two"])),
     )
-
-
-def _calls(client: Any, other: Any, provider: TracerProvider) -> None:
-    """Inside a flow: a call inside the user's own span, a stream, a stream helper left
-    early, and a call of a client only the instrumentor sees."""
-    with flowtrace.flow("agent"):
-        with provider.get_tracer("user").start_as_current_span("user step"):
-            client.chat.completions.create(model=MODEL, messages=HELLO)
-        for _ in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
-            pass
-        with client.chat.completions.stream(model=MODEL, messages=HELLO) as stream:
-            for event in stream:
-                if event.type == "content.delta" and event.delta == "one ":
-                    break
-        other.chat.completions.create(model=MODEL, messages=HELLO)
 
 
 def _assert_one_log_per_call(records: list[dict[str, Any]], requests: int) -> None:
@@ -109,11 +84,11 @@ def test_an_instrumentor_outside_the_direct_instrumentation(
     is kept at its start, and the direct record made inside it becomes its log."""
     client = instrument_openai(openai.OpenAI(api_key="k", base_url=fake.openai_url))
     other = openai.OpenAI(api_key="k", base_url=fake.openai_url)
-    provider = _provider(via)
+    provider = provider_via(via)
     instrumentor.instrument(tracer_provider=provider)
     _replies(fake)
     with capture_logs() as captured:
-        _calls(client, other, provider)
+        calls(client, other, provider)
     _assert_one_log_per_call(captured.records, len(fake.requests))
 
 
@@ -123,14 +98,14 @@ import openai
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 import flowtrace, flowtrace.otel
 from flowtrace.testing import capture_logs
-from tests.test_llm_double_instrumentation import _calls, _provider
+from tests.otel_llm_calls import calls, provider_via
 
-provider = _provider(sys.argv[2])
+provider = provider_via(sys.argv[2])
 OpenAIInstrumentor().instrument(tracer_provider=provider)  # first: flowtrace's patch is outside
 client = flowtrace.instrument_openai(openai.OpenAI(api_key="k", base_url=sys.argv[1]))
 other = openai.OpenAI(api_key="k", base_url=sys.argv[1])
 with capture_logs() as captured:
-    _calls(client, other, provider)
+    calls(client, other, provider)
 print(json.dumps(captured.records))
 """
 
@@ -145,3 +120,32 @@ def test_an_instrumentor_inside_the_direct_instrumentation(fake: FakeLLM) -> Non
     done = run_script(_INSTRUMENTOR_FIRST, env, fake.openai_url, "processor")
     assert done.returncode == 0, done.stderr
     _assert_one_log_per_call(json.loads(done.stdout), len(fake.requests))
+
+
+@pytest.mark.parametrize("via", ["processor", "private provider"])
+def test_the_anthropic_sdks_own_spans_of_a_directly_instrumented_client(
+    fake: FakeLLM, recorded: object, via: str
+) -> None:
+    """The Anthropic SDK traces its own calls (`open_telemetry=`): its span starts inside
+    the call flowtrace's patch opened, and is dropped; a client the SDK traces but flowtrace
+    does not instrument keeps its span's log."""
+    provider = provider_via(via)
+    option: Any = {"tracer_provider": provider, "traces": True}
+    client = instrument_anthropic(
+        anthropic.Anthropic(api_key="k", base_url=fake.anthropic_url, open_telemetry=option)
+    )
+    other = anthropic.Anthropic(api_key="k", base_url=fake.anthropic_url, open_telemetry=option)
+    ask: Any = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": HELLO}
+    with capture_logs() as captured, flowtrace.flow("agent"):
+        client.messages.create(**ask)
+        for _ in client.messages.create(**ask, stream=True):
+            pass
+        with client.messages.stream(**ask) as stream:
+            assert stream.get_final_text() == "ok"
+        other.messages.create(**ask)
+    assert len(fake.requests) == 4
+    (agent,) = captured.by_kind("flow")
+    prompts = captured.by_kind("prompt")
+    scopes = sorted(p["metadata"]["otel"]["scope"] for p in prompts)
+    assert scopes == ["com.anthropic.sdk.python"] + ["flowtrace.llm"] * 3
+    assert all(p["trace_parent_id"] == agent["log_id"] for p in prompts)
