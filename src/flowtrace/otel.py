@@ -48,11 +48,9 @@ except ImportError as error:  # pragma: no cover - the message is the point
 
 from flowtrace import _guard
 from flowtrace._context import current, open_ancestor
-from flowtrace._contract import PROMPT
 from flowtrace._llm._hooks import calling
 from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
 from flowtrace.spans import _genai as gen_ai
-from flowtrace.spans._mapping import log_kind
 
 __all__ = [
     "FlowtraceSpanProcessor",
@@ -207,8 +205,7 @@ class FlowtraceSpanProcessor(SpanProcessor):
             log = open_span_log(trace, span_id, parent, span.name)
             if log is not None:
                 log.live = span  # what its log says if the program exits before its end
-                if log_kind(span.attributes or {}) == PROMPT:
-                    log.call_ids = (trace, span_id, parent)  # a direct record may take it
+                log.span_ids = (trace, span_id, parent)  # for a direct record of an LLM call
                 self._logs[key] = log
         except Exception as exc:  # the user's should_capture included: never into their code
             _guard.internal_error("otel-span", exc)
