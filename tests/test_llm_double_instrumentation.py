@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _replies(fake: FakeLLM) -> None:
-    """What the fake answers `_calls` (its last call gets the default JSON answer)."""
+    """What the fake answers `calls` (its last call gets the default JSON answer)."""
     fake.reply(
         json_reply(chat_body("ok")),
         sse_reply(chat_chunks(["o", "k"])),
@@ -43,6 +43,8 @@ def _replies(fake: FakeLLM) -> None:
 
 
 def _assert_one_log_per_call(records: list[dict[str, Any]], requests: int) -> None:
+    """Each of the 4 calls is one prompt log (3 direct records, one of the instrumentor's
+    span), under the flow or the user's own span, which is kept too."""
     assert requests == 4  # the requests are not repeated either
     by_path = {}
     for record in records:
