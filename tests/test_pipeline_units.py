@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -116,10 +117,13 @@ class SteppedClock:
     def __init__(self, *readings: float) -> None:
         self.readings = list(readings)
         self.reads = 0
+        self.on_read: dict[int, Callable[[], None]] = {}  # after the n-th reading
 
     def __call__(self) -> float:
         self.reads += 1
-        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        reading = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        self.on_read.get(self.reads, lambda: None)()
+        return reading
 
 
 def test_a_waiting_thread_calls_the_worker_stalled_after_max_wait_without_an_export() -> None:
@@ -144,3 +148,12 @@ def test_an_export_in_flight_gets_the_patience_its_size_needs() -> None:
     # 5 s without progress is not a stall now (it was, before); 13 s is.
     assert backpressure.wait(lambda: None) is False
     assert clock.reads == 6  # the look at 8.0 went on waiting; the one at 16.0 gave up
+
+
+def test_the_worker_planning_a_batch_is_progress() -> None:
+    clock = SteppedClock(0.0, 1.0, 1.5, 3.0, 4.0)
+    backpressure = Backpressure(max_wait_s=2.0, clock=clock)
+    clock.on_read[2] = backpressure.worked  # while the thread waits, the worker plans
+    assert backpressure.wait(lambda: None) is False
+    # Without that, the look at 3.0 would have given up (3 s idle); it waited from 1.5 on.
+    assert clock.reads == 5

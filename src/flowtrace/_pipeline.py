@@ -449,6 +449,7 @@ class Pipeline:
                 self._release_markers()
                 self._warn_drops()
             if planned:
+                self._backpressure.worked()
                 self._send_wake.set()
                 next_send_at = self._clock() + self._settings.batch_interval_s
             if planned or pressed or (stopping and self._planner.ready_logs):

@@ -88,6 +88,11 @@ class Backpressure:
         self._export_began = now
         self._progress += 1
 
+    def worked(self) -> None:
+        """The worker planned a batch: it is making room (planning a deep batch on a loaded
+        machine takes a while, and is not a stall)."""
+        self._progress += 1
+
     def patience(self) -> float:
         """How long a waiting thread waits without progress before it calls the worker
         stalled."""

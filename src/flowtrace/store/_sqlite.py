@@ -43,9 +43,14 @@ __all__ = ["SqliteDatabase", "SqliteReader", "SqliteRepository"]
 
 _T = TypeVar("_T")
 
-# 64 MiB page cache per connection: the hot parts of 1M-log indexes fit.
+# A reading store (the server, the viewer, the CLI): a 64 MiB page cache per connection, where
+# the hot parts of 1M-log indexes fit, and the file mapped into memory.
 _CACHE_KIB = 65536
 _MMAP_BYTES = 256 * 1024 * 1024
+# A writing one (the embedded destination, inside the user's program): what inserts need (the
+# index pages they touch), and no map, whose pages would count in the program's RSS as its
+# file grows (a million logs took ~180 MiB).
+_WRITER_CACHE_KIB = 8192
 # How long a write waits for another process's write lock before it fails (retried by clients).
 BUSY_TIMEOUT_S = 30.0
 _FIRST_BACKOFF_S = 0.001
@@ -63,8 +68,12 @@ class SqliteDatabase:
     #: The driver's errors: the database failed, not an operation (see `Database.errors`).
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, in_program: bool = False) -> None:
+        """`in_program`: the store writes from inside the user's program (small cache, no
+        map)."""
         self.path = path
+        self._cache_kib = _WRITER_CACHE_KIB if in_program else _CACHE_KIB
+        self._mmap_bytes = 0 if in_program else _MMAP_BYTES
         self._busy_timeout = BUSY_TIMEOUT_S
         self._write_lock = threading.Lock()
         self._registry_lock = threading.Lock()
@@ -90,8 +99,8 @@ class SqliteDatabase:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         # In WAL mode NORMAL loses nothing committed on a process crash (only on power loss).
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+        conn.execute(f"PRAGMA cache_size = -{self._cache_kib}")
+        conn.execute(f"PRAGMA mmap_size = {self._mmap_bytes}")
         conn.execute("PRAGMA temp_store = MEMORY")
         with self._registry_lock:
             self._connections.append(conn)
