@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from flowtrace.exporters.store import StoreExporter
 from flowtrace.store import ListQuery, Store
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -81,3 +82,18 @@ def test_two_processes_write_one_database_through_the_embedded_default(tmp_path:
                     f"{key[0]}-{key[1]}-{i}" for i in range(2)
                 ]
         assert len(seen) == 600  # none lost
+
+
+def test_the_embedded_destination_keeps_a_small_page_cache_and_maps_nothing(
+    tmp_path: Path,
+) -> None:
+    """Inside the user's program the store writes; a server's 64 MiB cache and 256 MiB memory
+    map would grow the program's RSS with the file (a million logs: ~180 MiB)."""
+    exporter = StoreExporter(tmp_path / "embedded.db")
+    assert exporter.export([]) == []  # opens the store, as the warm-up does
+    with Store(tmp_path / "embedded.db") as reading:
+        for store, cache_kib, mapped in ((exporter._open(), 8192, 0), (reading, 65536, 2**28)):
+            connection = store._db._writer  # type: ignore[attr-defined]
+            assert connection.execute("PRAGMA cache_size").fetchone() == (-cache_kib,)
+            assert connection.execute("PRAGMA mmap_size").fetchone() == (mapped,)
+    exporter.close()

@@ -7,12 +7,14 @@ import random
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
 
+from flowtrace._queue import Backpressure
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable, parse_retry_after
 from flowtrace.store import ListQuery, Store
 
@@ -104,3 +106,65 @@ def test_embedded_default_db_path_from_environment(tmp_path: Path) -> None:
     _run(SCRIPT, tmp_path, {"FLOWTRACE_DB_PATH": str(db)})
     assert len(_roots(db)) == 1
     assert not (tmp_path / ".flowtrace").exists()
+
+
+# --- backpressure: slow is not stalled --------------------------------------------------------
+
+
+class SteppedClock:
+    """Returns the given readings in turn (and the last one from then on)."""
+
+    def __init__(self, *readings: float) -> None:
+        self.readings = list(readings)
+        self.reads = 0
+        self.on_read: dict[int, Callable[[], None]] = {}  # after the n-th reading
+
+    def __call__(self) -> float:
+        self.reads += 1
+        reading = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        self.on_read.get(self.reads, lambda: None)()
+        return reading
+
+
+def test_a_waiting_thread_calls_the_worker_stalled_after_max_wait_without_an_export() -> None:
+    # The wait begins; 2.5 s later, no progress: stalled (the worker is woken to move the
+    # overflow to the spool), and the thread waits as long again; no progress either: refused.
+    clock = SteppedClock(0.0, 2.5, 2.5, 5.0)
+    backpressure = Backpressure(max_wait_s=2.0, clock=clock)
+    wakes = []
+    assert backpressure.wait(lambda: wakes.append(clock.reads)) is False
+    assert backpressure.stalled and clock.reads == 4 and wakes == [0, 2]
+    assert backpressure.wait(lambda: None) is False  # stalled: nobody waits until room is made
+    backpressure.has_room()
+    assert not backpressure.stalled
+
+
+def test_the_thread_that_found_the_stall_goes_on_once_the_spool_makes_room() -> None:
+    clock = SteppedClock(0.0, 2.5, 2.5)
+    backpressure = Backpressure(max_wait_s=2.0, clock=clock)
+    clock.on_read[3] = backpressure.has_room  # the worker spilled the overflow
+    assert backpressure.wait(lambda: None) is True  # its log is kept, not refused
+    assert not backpressure.stalled
+
+
+def test_an_export_in_flight_gets_the_patience_its_size_needs() -> None:
+    # An export of 1,000 logs took 3 s (a deep batch on a loaded machine): 3 ms a log.
+    clock = SteppedClock(0.0, 3.0, 3.0, 3.0, 8.0, 16.0, 16.0, 30.0)
+    backpressure = Backpressure(max_wait_s=2.0, clock=clock)
+    backpressure.progressed(1000)
+    backpressure.progressed(0)
+    assert backpressure.patience() == 2.0  # nothing in flight
+    backpressure.progressed(1000)  # the next one, as long
+    assert backpressure.patience() == pytest.approx(4 * 3.0)
+    # 5 s without progress is not a stall now (it was, before); 13 s is.
+    assert backpressure.wait(lambda: None) is False
+    assert clock.reads == 8  # the look at 8.0 went on waiting; the one at 16.0 found the stall
+
+
+def test_the_worker_planning_a_batch_is_progress() -> None:
+    clock = SteppedClock(0.0, 1.0, 1.5, 3.0, 4.0, 4.0, 7.0)
+    backpressure = Backpressure(max_wait_s=2.0, clock=clock)
+    clock.on_read[2] = backpressure.worked  # while the thread waits, the worker plans
+    assert backpressure.wait(lambda: None) is False
+    # Without that, the look at 3.0 would have found a stall (3 s idle); it waited from 1.5.
+    assert clock.reads == 7

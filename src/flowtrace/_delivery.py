@@ -440,11 +440,12 @@ class Sender:
         rng: random.Random,
         backoff_s: float,
         poll_s: float,
-        progress: Callable[[], None] = lambda: None,
+        progress: Callable[[int], None] = lambda in_flight: None,
     ) -> None:
         """`outbox()` is the destination's outbox; `export(ops, timeout_s)` sends (called
         without the lock); `wait(seconds)` sleeps until woken (work, a flush, stop) or the
-        timeout; `progress()` tells the worker something was settled."""
+        timeout; `progress(n)` tells the worker an export of n logs begins, `progress(0)` that
+        one was settled."""
         self._lock = lock
         self._ledger = ledger
         self._outbox = outbox
@@ -486,7 +487,7 @@ class Sender:
 
     def _send(self, batch: Batch, ops: list[PlannedOp]) -> None:
         flushes_before = self.waiter.flush_requests
-        self._progress()  # an export begins: a recording thread waiting for room waits on
+        self._progress(len(ops))  # an export begins: a recording thread waiting for room waits on
         stop_at = self.waiter.stop_at
         # Bounded by the stop deadline when there is one, so the sender reaches a safe point
         # in time (at exit, no thread of flowtrace may be inside the network or SQLite).
@@ -510,7 +511,7 @@ class Sender:
             self._ledger.release_markers(
                 self._clock(), self.backoff.failing_since, attempts=self.attempts
             )
-        self._progress()
+        self._progress(0)  # it ended
         if wait and self.waiter.until(
             resume_at, self.backoff.not_before, self._poll_s, flushes_before
         ):

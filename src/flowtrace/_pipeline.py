@@ -210,9 +210,10 @@ class Pipeline:
     def _wake_worker(self) -> None:
         self._wake.set()
 
-    def _progressed(self) -> None:
-        """The sender settled a batch: room may have been made."""
-        self._backpressure.progressed()
+    def _progressed(self, in_flight: int = 0) -> None:
+        """The sender settled a batch (room may have been made), or begins an export of
+        `in_flight` logs."""
+        self._backpressure.progressed(in_flight)
         self._wake.set()
 
     def _sender_wait(self, timeout: float) -> None:
@@ -448,6 +449,7 @@ class Pipeline:
                 self._release_markers()
                 self._warn_drops()
             if planned:
+                self._backpressure.worked()
                 self._send_wake.set()
                 next_send_at = self._clock() + self._settings.batch_interval_s
             if planned or pressed or (stopping and self._planner.ready_logs):

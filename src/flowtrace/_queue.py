@@ -52,29 +52,58 @@ LOAD_MODES = (Mode.BUSY, Mode.GUARDED)
 class Backpressure:
     """Room in the queue, as the worker sees it. A recording thread that finds the queue at
     its bound waits until the worker makes room, for as long as the worker makes progress
-    (`progressed()`); if it makes none for `max_wait_s` it is stalled (e.g. a disk that hangs),
-    and until it makes room again nobody waits: logs beyond the bound are refused instead. So a
-    program is slowed to the speed of its local disk at worst, never blocked by a stall for more
-    than `max_wait_s`, and never waits for the network."""
+    (`progressed()`); if it makes none for its patience it is stalled (e.g. a disk that hangs):
+    the worker then moves the overflow to the spool, and the thread that found the stall waits
+    for that as long again before it refuses its log; until room is made again nobody else
+    waits: logs beyond the bound are refused instead. So a program is slowed to the speed of
+    its local disk at worst, never blocked by a stall for long, and never waits for the
+    network.
 
-    def __init__(self, max_wait_s: float = 2.0) -> None:
+    The patience is `max_wait_s`, or, while an export is in flight, what that export should
+    take by the cost per log of the last ones (`EXPORT_PATIENCE` times it): a deep batch on a
+    loaded machine is slow, not stalled, and refusing logs then would lose them for nothing."""
+
+    def __init__(self, max_wait_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
         self.max_wait_s = max_wait_s
+        self._clock = clock
         self._room = threading.Event()
         self._stalled = False
         self._progress = 0
+        self._in_flight = 0  # logs in the export under way (0: none)
+        self._export_began = 0.0
+        self._cost_per_log_s = 0.0  # of the last exports (moving average)
 
     def has_room(self) -> None:
         """The worker: the backlog is below the low mark: waiters may go on."""
         self._stalled = False
         self._room.set()
 
-    def progressed(self) -> None:
-        """The worker or the sender moved logs on (delivered, or to disk)."""
+    def progressed(self, in_flight: int = 0) -> None:
+        """The worker or the sender moved logs on (delivered, or to disk); `in_flight`: the
+        sender begins an export of that many logs (0: it ended one, or other progress)."""
+        now = self._clock()
+        if self._in_flight and not in_flight:
+            cost = (now - self._export_began) / self._in_flight
+            last = self._cost_per_log_s
+            self._cost_per_log_s = cost if not last else 0.5 * last + 0.5 * cost
+        self._in_flight = in_flight
+        self._export_began = now
         self._progress += 1
+
+    def worked(self) -> None:
+        """The worker planned a batch: it is making room (planning a deep batch on a loaded
+        machine takes a while, and is not a stall)."""
+        self._progress += 1
+
+    def patience(self) -> float:
+        """How long a waiting thread waits without progress before it calls the worker
+        stalled."""
+        expected = EXPORT_PATIENCE * self._cost_per_log_s * self._in_flight
+        return max(self.max_wait_s, expected)
 
     @property
     def stalled(self) -> bool:
-        """Recording threads gave up waiting: the worker made no progress for `max_wait_s`."""
+        """Recording threads gave up waiting: the worker made no progress for its patience."""
         return self._stalled
 
     def wait(self, wake: Callable[[], None]) -> bool:
@@ -85,16 +114,26 @@ class Backpressure:
         self._room.clear()
         wake()
         seen = self._progress
-        idle_since = time.monotonic()
+        idle_since = self._clock()
+        declared = False
         while not self._room.wait(_WAIT_SLICE_S):
             if self._progress != seen:
                 seen = self._progress
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= self.max_wait_s:
-                self._stalled = True
-                return False
+                idle_since = self._clock()
+            elif self._clock() - idle_since >= self.patience():
+                if declared:
+                    return False  # not even the spool makes room: refuse
+                # Stalled: the worker now moves the overflow to the spool instead of waiting
+                # for the destination; this thread waits for that, as long again.
+                declared = self._stalled = True
+                wake()
+                idle_since = self._clock()
         return True
 
+
+#: While an export is in flight, a waiting thread waits this many times what the export should
+#: take (by the cost per log of the last exports) before it calls the worker stalled.
+EXPORT_PATIENCE = 4.0
 
 #: How often a waiting recording thread checks that the worker makes progress.
 _WAIT_SLICE_S = 0.05

@@ -56,7 +56,7 @@ class StoreExporter:
     def _open(self) -> Store:
         if self._store is None:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._store = Store(self.db_path)
+            self._store = Store(self.db_path, in_program=True)
         return self._store
 
     def interrupt(self) -> None:

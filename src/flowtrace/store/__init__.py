@@ -131,12 +131,12 @@ def is_database_url(target: str | os.PathLike[str]) -> bool:
     return isinstance(target, str) and target.startswith(_URL_SCHEMES)
 
 
-def _open_database(target: str | os.PathLike[str]) -> Database:
+def _open_database(target: str | os.PathLike[str], in_program: bool) -> Database:
     if is_database_url(target):
         from flowtrace.store._postgres import PostgresDatabase  # needs the `postgres` extra
 
         return PostgresDatabase(str(target))
-    return SqliteDatabase(Path(target))
+    return SqliteDatabase(Path(target), in_program=in_program)
 
 
 #: `ingest`'s creates of a span's prompt or tool log, by operation kind.
@@ -197,10 +197,14 @@ class Store:
         target: str | os.PathLike[str],
         *,
         clock: Callable[[], datetime] | None = None,
+        in_program: bool = False,
     ) -> None:
+        """`in_program`: the store is the embedded destination, writing from inside the user's
+        program, which must not pay a server's memory for it (a small SQLite page cache and no
+        memory map)."""
         self._clock = clock or _utc_now
         self._flow_cache = FlowCache()
-        self._db = _open_database(target)
+        self._db = _open_database(target, in_program)
 
     @property
     def location(self) -> str:

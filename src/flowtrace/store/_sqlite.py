@@ -28,13 +28,16 @@ from typing import Any, TypeVar
 from flowtrace.store._errors import StoreBusy
 from flowtrace.store._repository import (
     LOG_INSERT,
+    REPLAY_SELECT,
     FlowRow,
     NewLog,
     Node,
     Reader,
+    ReplayRow,
     Repository,
     Row,
     VersionRow,
+    chunks,
     log_values,
 )
 from flowtrace.store._schema import migrate
@@ -43,9 +46,14 @@ __all__ = ["SqliteDatabase", "SqliteReader", "SqliteRepository"]
 
 _T = TypeVar("_T")
 
-# 64 MiB page cache per connection: the hot parts of 1M-log indexes fit.
+# A reading store (the server, the viewer, the CLI): a 64 MiB page cache per connection, where
+# the hot parts of 1M-log indexes fit, and the file mapped into memory.
 _CACHE_KIB = 65536
 _MMAP_BYTES = 256 * 1024 * 1024
+# A writing one (the embedded destination, inside the user's program): what inserts need (the
+# index pages they touch), and no map, whose pages would count in the program's RSS as its
+# file grows (a million logs took ~180 MiB).
+_WRITER_CACHE_KIB = 8192
 # How long a write waits for another process's write lock before it fails (retried by clients).
 BUSY_TIMEOUT_S = 30.0
 _FIRST_BACKOFF_S = 0.001
@@ -63,8 +71,12 @@ class SqliteDatabase:
     #: The driver's errors: the database failed, not an operation (see `Database.errors`).
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, in_program: bool = False) -> None:
+        """`in_program`: the store writes from inside the user's program (small cache, no
+        map)."""
         self.path = path
+        self._cache_kib = _WRITER_CACHE_KIB if in_program else _CACHE_KIB
+        self._mmap_bytes = 0 if in_program else _MMAP_BYTES
         self._busy_timeout = BUSY_TIMEOUT_S
         self._write_lock = threading.Lock()
         self._registry_lock = threading.Lock()
@@ -90,8 +102,8 @@ class SqliteDatabase:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         # In WAL mode NORMAL loses nothing committed on a process crash (only on power loss).
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-        conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+        conn.execute(f"PRAGMA cache_size = -{self._cache_kib}")
+        conn.execute(f"PRAGMA mmap_size = {self._mmap_bytes}")
         conn.execute("PRAGMA temp_store = MEMORY")
         with self._registry_lock:
             self._connections.append(conn)
@@ -240,6 +252,29 @@ class SqliteRepository(SqliteReader, Repository):
         SqliteReader.__init__(self, conn)
         Repository.__init__(self)
         self._next_seq: int | None = None
+        # what `expect_replays` found: the batch's ids not looked up yet, and those stored
+        self._expected: set[str] = set()
+        self._replays: dict[str, ReplayRow] = {}
+
+    def expect_replays(self, log_ids: Sequence[str]) -> None:
+        """One query per 500 of a batch's ids instead of one per create (the write lock keeps
+        the answer true until commit: no other writer)."""
+        ids = sorted(set(log_ids))
+        self._replays = {}
+        for chunk in chunks(ids):
+            marks = ", ".join("?" * len(chunk))
+            for row in self.rows(f"{REPLAY_SELECT} WHERE l.id IN ({marks})", chunk):
+                self._replays[row[0]] = ReplayRow(bytes(row[1]), row[2], row[3], bool(row[4]))
+        self._expected = set(ids)
+
+    def replay_of(self, log_id: str) -> ReplayRow | None:
+        expected = self._expected
+        if log_id in expected:
+            # Answered once from the batch's lookup: a second create of the same id in this
+            # transaction asks the table, which has the first one by then.
+            expected.discard(log_id)
+            return self._replays.get(log_id)
+        return super().replay_of(log_id)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.conn.execute(sql, params).rowcount
