@@ -67,3 +67,33 @@ def test_a_migration_runs_forward_from_the_stored_version_only(postgres_url: str
         ).fetchone()
     assert indexes is not None and indexes[0] == 1
     assert _version(postgres_url) == len(later)
+
+
+def _plan(conn: Any, sql: str) -> str:
+    return "\n".join(line for (line,) in conn.execute("EXPLAIN " + sql))
+
+
+def test_list_flows_finds_each_flows_latest_version_by_index(postgres_url: str) -> None:
+    """300 flows of 30 versions: schema version 1 had PostgreSQL walk the versions' primary
+    key backwards, filtering by flow, for each flow's latest (2.2 s); version 2's index on
+    (flow_ref, seq) answers each in one step. The migration adds it to a version 1 database."""
+    from flowtrace.store._records import flow_stats_sql
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        migrate(conn, "test", MIGRATIONS[:1])  # a database of schema version 1
+        conn.execute(
+            "INSERT INTO flows (id, path, name, created_us, updated_us)"
+            " SELECT 'fl_' || n, 'f/' || n, 'f' || n, 0, 0 FROM generate_series(1, 300) n"
+        )
+        conn.execute(
+            "INSERT INTO versions (id, flow_ref, attributes_digest, attributes, created_us)"
+            " SELECT 'v_' || f.seq || '_' || n, f.seq, decode(md5(f.seq || '.' || n), 'hex'),"
+            " '{}', 0 FROM flows f, generate_series(1, 30) n"
+        )
+    Store(postgres_url).close()  # migrates to the latest version
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+        plan = _plan(conn, flow_stats_sql())
+    assert _version(postgres_url) == len(MIGRATIONS)
+    assert "Backward using versions_pkey" not in plan
+    assert "Index Only Scan Backward using versions_flow_seq" in plan

@@ -91,7 +91,11 @@ _V1 = [
     "INSERT INTO meta (key, value) VALUES ('search', 'ilike')",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1]
+# A flow's latest version (`max(seq)` per flow, list_flows): without it PostgreSQL walked the
+# versions' primary key backwards, filtering by flow (2.2 s for 300 flows of 30 versions).
+_V2 = ["CREATE INDEX versions_flow_seq ON versions (flow_ref, seq)"]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2]
 
 
 def _stored_version(conn: Any) -> int:
