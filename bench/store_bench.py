@@ -424,7 +424,7 @@ def _read_figures(path: str, searches_only: bool = False) -> None:
                 )
             ),
             "list_flows": store.list_flows,
-            # a read's own cost (PostgreSQL: BEGIN, the query, COMMIT: list_flows' 3 round trips)
+            # a read's own cost (PostgreSQL: BEGIN, the query, COMMIT; list_flows: 4 round trips)
             "a read of SELECT 1": lambda: _select_one(store),
         }
         for name, action in reads.items():

@@ -209,7 +209,7 @@ class PostgresDatabase:
 
 # How a transaction begins: (isolation level, read only); None is the server's default. Set
 # on the connection, they go in the BEGIN itself: a read's snapshot costs no round trip of
-# its own (a SET TRANSACTION after the BEGIN was 1 of a list_flows' 5).
+# its own (a SET TRANSACTION after the BEGIN was 1 of list_flows' 5).
 _WRITE: tuple[psycopg.IsolationLevel | None, bool | None] = (None, None)
 _READ = (psycopg.IsolationLevel.REPEATABLE_READ, True)
 
