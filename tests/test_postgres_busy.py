@@ -84,9 +84,7 @@ class ConflictEachTry:
             xid = holder.execute("SELECT pg_current_xact_id()::xid::text").fetchone()
             assert xid is not None
             # the store's write, waiting for the holder's transaction (the flow's row)
-            if not self._wait_until(
-                "locktype = 'transactionid' AND transactionid = %s::xid", xid[0]
-            ):
+            if not self._wait_until(_WAITS_FOR_XID, xid[0]):
                 return
             taking = self._queued.submit(queued.execute, *self._update)  # behind the store
             assert self._wait_until("pid = %s", queued.info.backend_pid)
