@@ -25,7 +25,7 @@ __all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "Operatio
 #: `log` creates a flow log, `prompt_log` and `tool_log` a prompt's or a tool's (a span's log:
 #: `_span_bodies`), `update` closes a log created early.
 OperationKind = Literal["log", "prompt_log", "tool_log", "update"]
-#: Creates of a prompt's or a tool's log (not in the batch extension: sent one by one).
+#: Creates of a prompt's or a tool's log (in a batch only where the server says it takes them).
 FILE_LOG_KINDS: frozenset[str] = frozenset({"prompt_log", "tool_log"})
 
 #: The query of an operation without one (shared: nobody changes a query).
@@ -46,12 +46,12 @@ class Operation(NamedTuple):
 
     def to_batch_item(self) -> dict[str, Any]:
         """The operation as one item of the batch extension's `operations` list."""
-        if self.kind == "log":
-            item: dict[str, Any] = {"op": "log", "body": self.body}
-            if self.query:
-                item["query"] = self.query
-            return item
-        return {"op": "update", "log_id": self.log_id, "body": self.body}
+        if self.kind == "update":
+            return {"op": "update", "log_id": self.log_id, "body": self.body}
+        item: dict[str, Any] = {"op": self.kind, "body": self.body}  # the kinds are the ops
+        if self.query:
+            item["query"] = self.query
+        return item
 
 
 @dataclass(frozen=True)
