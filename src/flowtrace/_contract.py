@@ -155,20 +155,15 @@ LOG_KINDS: Final[tuple[LogKind, ...]] = get_args(LogKind)
 
 #: `op` of a batch operation: a flow log's create (`POST /flows/log`), an update of a log of any
 #: kind (`PATCH /flows/logs/{id}`), a prompt log's create (`POST /prompts/log`), a tool log's
-#: (`POST /tools/log`). The last two came later: a server names the kinds it takes in a batch
-#: under `BATCH_OPERATIONS_FIELD` of its health answer (absent: the first two only).
+#: (`POST /tools/log`); the exporter's operation kinds are these names. The last two came
+#: later: a server names the kinds its batches take under `BATCH_OPERATIONS_FIELD` of its
+#: health answer (absent: the first two only).
 BatchOp = Literal["log", "update", "prompt_log", "tool_log"]
 BATCH_LOG: Final = "log"
 BATCH_UPDATE: Final = "update"
 BATCH_PROMPT_LOG: Final = "prompt_log"
 BATCH_TOOL_LOG: Final = "tool_log"
 BATCH_OPS: Final[tuple[BatchOp, ...]] = get_args(BatchOp)
-#: The batch operation that creates a log of each kind.
-BATCH_CREATE_OPS: Final[dict[LogKind, BatchOp]] = {
-    FLOW: BATCH_LOG,
-    PROMPT: BATCH_PROMPT_LOG,
-    TOOL: BATCH_TOOL_LOG,
-}
 #: The health answer's fields: `batch` (the route is offered) and the operation kinds it takes.
 BATCH_FIELD: Final = "batch"
 BATCH_OPERATIONS_FIELD: Final = "batch_operations"

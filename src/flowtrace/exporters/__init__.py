@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
+from flowtrace._contract import BATCH_PROMPT_LOG, BATCH_TOOL_LOG
 from flowtrace._retry import NOT_DELIVERED
 
 __all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
@@ -26,7 +27,7 @@ __all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "Operatio
 #: `_span_bodies`), `update` closes a log created early.
 OperationKind = Literal["log", "prompt_log", "tool_log", "update"]
 #: Creates of a prompt's or a tool's log (in a batch only where the server says it takes them).
-FILE_LOG_KINDS: frozenset[str] = frozenset({"prompt_log", "tool_log"})
+FILE_LOG_KINDS: frozenset[str] = frozenset({BATCH_PROMPT_LOG, BATCH_TOOL_LOG})
 
 #: The query of an operation without one (shared: nobody changes a query).
 NO_QUERY: dict[str, str] = {}
