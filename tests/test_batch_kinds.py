@@ -126,12 +126,6 @@ def _drop_counts(record: Any, kind: str) -> None:
 # --- the server -----------------------------------------------------------------------------
 
 
-def test_health_names_the_operation_kinds_a_batch_takes(client: httpx.Client) -> None:
-    health = client.get("/health").json()
-    assert health[BATCH_OPERATIONS_FIELD] == list(BATCH_OPS)
-    assert {"prompt_log", "tool_log"} <= set(health[BATCH_OPERATIONS_FIELD])
-
-
 def test_a_batch_stores_prompt_and_tool_logs_as_their_own_routes_do(client: httpx.Client) -> None:
     batched = trace_operations("a-")
     response = client.post(
@@ -313,3 +307,39 @@ def test_a_server_that_refuses_the_kinds_in_a_batch_gets_them_one_by_one(
     warnings = [r for r in caplog.records if "refused prompt and tool logs" in r.getMessage()]
     assert len(warnings) == 1 and "/v5/flows/logs/batch" in warnings[0].getMessage()
     assert not exporter.batch_file_logs and exporter.batch
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [None, "prompt_log tool_log", [["prompt_log"], "tool_log"], ["log", "update", "prompt_log"]],
+    ids=["absent", "not-a-list", "not-names", "no-tool-log"],
+)
+def test_only_a_health_answer_naming_both_kinds_puts_them_in_batches(listed: Any) -> None:
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/health"):
+            extra = {} if listed is None else {BATCH_OPERATIONS_FIELD: listed}
+            return httpx.Response(200, json={"status": "ok", "batch": True, **extra})
+        body = json.loads(request.content)
+        if request.url.path.endswith("/batch"):
+            ids = [op["body"].get("log_id", op.get("log_id")) for op in body["operations"]]
+            return httpx.Response(
+                200, json={"results": [{"status": 200, "body": {"id": i}} for i in ids]}
+            )
+        return httpx.Response(200, json={"id": body["log_id"]})
+
+    exporter = HttpExporter("http://flowtrace/v5", transport=httpx.MockTransport(handle))
+    try:
+        outcomes = exporter.export(trace_operations("a-", prompts=1, tools=1))
+    finally:
+        exporter.close()
+    assert all(o.ok for o in outcomes) and not exporter.batch_file_logs
+    assert seen == [
+        "/v5/health",
+        "/v5/flows/logs/batch",
+        "/v5/prompts/log",
+        "/v5/tools/log",
+        "/v5/flows/logs/batch",
+    ]
