@@ -17,26 +17,15 @@ import pytest
 from flowtrace._contract import BATCH_OPERATIONS_FIELD, BATCH_OPS
 from flowtrace.exporters import Operation
 from flowtrace.exporters.http import HttpExporter
-from flowtrace.store import Store
 from tests.serverutil import InProcessServer, serve_in_thread
+from tests.test_server_contract import app_server, client
+
+__all__ = ["app_server", "client"]  # the server over each backend, and its client
 
 PROMPT = {"model": "gpt-4o", "provider": "openai", "temperature": 0.2}
 TOOL = {"function": {"name": "lookup", "description": "Look up", "parameters": {"type": "object"}}}
 # Fields the server sets from its own clock or counts: not part of what a path stored.
 _CLOCK_FIELDS = {"created_at", "updated_at", "last_used_at"}
-
-
-@pytest.fixture
-def app_server(tmp_path: Path, store_target: str) -> Iterator[InProcessServer]:
-    """The server over each backend (SQLite, PostgreSQL)."""
-    with serve_in_thread(tmp_path / "flowtrace.db", store=Store(store_target)) as running:
-        yield running
-
-
-@pytest.fixture
-def client(app_server: InProcessServer) -> Iterator[httpx.Client]:
-    with app_server.client() as http:
-        yield http
 
 
 def _at(second: int) -> str:
