@@ -26,6 +26,8 @@ __all__ = [
     "chat_body",
     "chat_chunks",
     "json_reply",
+    "responses_body",
+    "responses_events",
     "sse_reply",
     "tool_call",
 ]
@@ -134,6 +136,12 @@ class FakeLLM:
             if streams:
                 return sse_reply(anthropic_events(["o", "k"]))
             return json_reply(anthropic_body("ok"))
+        if request.path.endswith("/responses"):
+            return (
+                sse_reply(responses_events(["o", "k"]))
+                if streams
+                else json_reply(responses_body("ok"))
+            )
         return sse_reply(chat_chunks(["o", "k"])) if streams else json_reply(chat_body("ok"))
 
     def serve_forever(self) -> None:
@@ -237,6 +245,100 @@ def chat_chunks(
     if done:
         events.append((None, "[DONE]"))
     return events
+
+
+# --- OpenAI Responses --------------------------------------------------------------------------
+
+
+def responses_body(
+    text: str,
+    function_call: dict[str, Any] | None = None,
+    *,
+    model: str = "gpt-4.1-2025-04-14",
+    status: str = "completed",
+) -> dict[str, Any]:
+    """A response: a message with one text part, then a function call when given
+    (`{"call_id", "name", "arguments"}`)."""
+    output: list[dict[str, Any]] = [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+    ]
+    if function_call is not None:
+        output.append(
+            {"type": "function_call", "id": "fc_1", "status": "completed", **function_call}
+        )
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 1700000000,
+        "model": model,
+        "status": status,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 30,
+            "output_tokens": 8,
+            "total_tokens": 38,
+            "input_tokens_details": {"cached_tokens": 10},
+            "output_tokens_details": {"reasoning_tokens": 3},
+        },
+    }
+
+
+def responses_events(
+    pieces: list[str], function_call: dict[str, Any] | None = None, *, end: bool = True
+) -> list[tuple[str | None, Any]]:
+    """The Responses API's stream, as the SDK's `responses.stream()` accumulates it: created,
+    the message item and its text part in deltas, the function call's arguments in two
+    halves, each item done, then `response.completed` with the whole response."""
+    whole = responses_body("".join(pieces), function_call)
+    started = {**whole, "status": "in_progress", "output": [], "usage": None}
+    message, *calls = whole["output"]
+    part = message["content"][0]
+    raw: list[dict[str, Any]] = [{"type": "response.created", "response": started}]
+    raw.append(
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**message, "status": "in_progress", "content": []},
+        }
+    )
+    at = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+    raw.append({"type": "response.content_part.added", **at, "part": {**part, "text": ""}})
+    for piece in pieces:
+        raw.append({"type": "response.output_text.delta", **at, "delta": piece, "logprobs": []})
+    raw.append({"type": "response.output_text.done", **at, "text": part["text"], "logprobs": []})
+    raw.append({"type": "response.content_part.done", **at, "part": part})
+    raw.append({"type": "response.output_item.done", "output_index": 0, "item": message})
+    for call in calls:
+        raw.append(
+            {
+                "type": "response.output_item.added",
+                "output_index": 1,
+                "item": {**call, "status": "in_progress", "arguments": ""},
+            }
+        )
+        arguments = call["arguments"]
+        for half in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+            raw.append(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": call["id"],
+                    "output_index": 1,
+                    "delta": half,
+                }
+            )
+        raw.append({"type": "response.output_item.done", "output_index": 1, "item": call})
+    if end:
+        raw.append({"type": "response.completed", "response": whole})
+    return [(event["type"], {**event, "sequence_number": n}) for n, event in enumerate(raw)]
 
 
 # --- Anthropic Messages ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 
 from flowtrace._llm._anthropic import ANTHROPIC
@@ -52,6 +53,15 @@ def recorded() -> Iterator[Recorded]:
     for sdk in (OPENAI, ANTHROPIC):
         sdk.every_client = False
         sdk.clients.clear()
+
+
+def client_of(fake: FakeLLM, **options: Any) -> openai.OpenAI:
+    """An OpenAI client of the fake server."""
+    return openai.OpenAI(api_key="sk-test", base_url=fake.openai_url, **options)
+
+
+def async_client_of(fake: FakeLLM, **options: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key="sk-test", base_url=fake.openai_url, **options)
 
 
 def metadata(log: MappedLog) -> dict[str, Any]:

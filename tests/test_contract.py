@@ -165,3 +165,26 @@ def test_the_batch_operation_kinds_are_the_models_the_store_and_the_exporters() 
     health = set(Health.model_fields)
     assert {_contract.BATCH_FIELD, _contract.BATCH_OPERATIONS_FIELD} <= health
     assert get_args(Health.model_fields["batch_operations"].annotation) == (_contract.BatchOp,)
+
+
+_SRC = Path(__file__).resolve().parents[1] / "src" / "flowtrace"
+#: A string literal (plain, f-, r- or b-) starting with `gen_ai.`; not a `gen_ai.X` in prose.
+_GENAI_LITERAL = re.compile(r"""(?<![\w`])[fFrRbB]{0,2}['"]gen_ai\.""")
+
+
+def test_the_genai_attribute_names_are_spelled_only_in_their_module() -> None:
+    """The OpenTelemetry GenAI names live in `spans/_genai.py`: the mapping that reads them,
+    the LLM instrumentation that writes them and the OTLP export all import them from there."""
+    from flowtrace.spans import _genai
+
+    spelled_elsewhere = [
+        f"{path.relative_to(_SRC)}:{number}: {line.strip()}"
+        for path in sorted(_SRC.rglob("*.py"))
+        if path.name != "_genai.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _GENAI_LITERAL.search(line)
+    ]
+    assert spelled_elsewhere == []
+    names = {k: v for k, v in vars(_genai).items() if k.isupper() and isinstance(v, str)}
+    assert all(value.startswith(_genai.PREFIX) for value in names.values())
+    assert len(set(names.values())) == len(names)  # one constant per name

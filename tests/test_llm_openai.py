@@ -25,10 +25,11 @@ from tests.fake_llm import (
     chat_body,
     chat_chunks,
     json_reply,
+    responses_body,
     sse_reply,
     tool_call,
 )
-from tests.llm_util import Recorded, fake, metadata, recorded
+from tests.llm_util import Recorded, async_client_of, client_of, fake, metadata, recorded
 
 __all__ = ["fake", "recorded"]
 
@@ -42,14 +43,6 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-
-
-def client_of(fake: FakeLLM, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", base_url=fake.openai_url, **options)
-
-
-def async_client_of(fake: FakeLLM) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="sk-test", base_url=fake.openai_url)
 
 
 def test_a_call_is_one_prompt_log_with_messages_tools_output_and_tokens(
@@ -386,37 +379,8 @@ def test_the_call_is_a_child_of_the_current_flow(fake: FakeLLM, recorded: Record
 
 def test_responses_api_call_and_stream(fake: FakeLLM, recorded: Recorded) -> None:
     client = instrument_openai(client_of(fake))
-    body = {
-        "id": "resp_1",
-        "object": "response",
-        "created_at": 1,
-        "model": "gpt-4.1-2025-04-14",
-        "status": "completed",
-        "output": [
-            {
-                "type": "message",
-                "id": "m1",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": "Bonjour", "annotations": []}],
-            },
-            {
-                "type": "function_call",
-                "id": "f1",
-                "call_id": "call_9",
-                "name": "get_weather",
-                "arguments": '{"city":"Paris"}',
-                "status": "completed",
-            },
-        ],
-        "usage": {
-            "input_tokens": 30,
-            "output_tokens": 8,
-            "total_tokens": 38,
-            "input_tokens_details": {"cached_tokens": 10},
-            "output_tokens_details": {"reasoning_tokens": 3},
-        },
-    }
+    weather = {"call_id": "call_9", "name": "get_weather", "arguments": '{"city":"Paris"}'}
+    body = responses_body("Bonjour", weather)
     fake.reply(json_reply(body))
     answer = client.responses.create(
         model="gpt-4.1",

@@ -127,18 +127,29 @@ class SteppedClock:
 
 
 def test_a_waiting_thread_calls_the_worker_stalled_after_max_wait_without_an_export() -> None:
-    clock = SteppedClock(0.0, 2.5)  # the wait begins, then the first look: 2.5 s later
+    # The wait begins; 2.5 s later, no progress: stalled (the worker is woken to move the
+    # overflow to the spool), and the thread waits as long again; no progress either: refused.
+    clock = SteppedClock(0.0, 2.5, 2.5, 5.0)
     backpressure = Backpressure(max_wait_s=2.0, clock=clock)
-    assert backpressure.wait(lambda: None) is False
-    assert backpressure.stalled and clock.reads == 2
+    wakes = []
+    assert backpressure.wait(lambda: wakes.append(clock.reads)) is False
+    assert backpressure.stalled and clock.reads == 4 and wakes == [0, 2]
     assert backpressure.wait(lambda: None) is False  # stalled: nobody waits until room is made
     backpressure.has_room()
     assert not backpressure.stalled
 
 
+def test_the_thread_that_found_the_stall_goes_on_once_the_spool_makes_room() -> None:
+    clock = SteppedClock(0.0, 2.5, 2.5)
+    backpressure = Backpressure(max_wait_s=2.0, clock=clock)
+    clock.on_read[3] = backpressure.has_room  # the worker spilled the overflow
+    assert backpressure.wait(lambda: None) is True  # its log is kept, not refused
+    assert not backpressure.stalled
+
+
 def test_an_export_in_flight_gets_the_patience_its_size_needs() -> None:
     # An export of 1,000 logs took 3 s (a deep batch on a loaded machine): 3 ms a log.
-    clock = SteppedClock(0.0, 3.0, 3.0, 3.0, 8.0, 16.0)
+    clock = SteppedClock(0.0, 3.0, 3.0, 3.0, 8.0, 16.0, 16.0, 30.0)
     backpressure = Backpressure(max_wait_s=2.0, clock=clock)
     backpressure.progressed(1000)
     backpressure.progressed(0)
@@ -147,13 +158,13 @@ def test_an_export_in_flight_gets_the_patience_its_size_needs() -> None:
     assert backpressure.patience() == pytest.approx(4 * 3.0)
     # 5 s without progress is not a stall now (it was, before); 13 s is.
     assert backpressure.wait(lambda: None) is False
-    assert clock.reads == 6  # the look at 8.0 went on waiting; the one at 16.0 gave up
+    assert clock.reads == 8  # the look at 8.0 went on waiting; the one at 16.0 found the stall
 
 
 def test_the_worker_planning_a_batch_is_progress() -> None:
-    clock = SteppedClock(0.0, 1.0, 1.5, 3.0, 4.0)
+    clock = SteppedClock(0.0, 1.0, 1.5, 3.0, 4.0, 4.0, 7.0)
     backpressure = Backpressure(max_wait_s=2.0, clock=clock)
     clock.on_read[2] = backpressure.worked  # while the thread waits, the worker plans
     assert backpressure.wait(lambda: None) is False
-    # Without that, the look at 3.0 would have given up (3 s idle); it waited from 1.5 on.
-    assert clock.reads == 5
+    # Without that, the look at 3.0 would have found a stall (3 s idle); it waited from 1.5.
+    assert clock.reads == 7

@@ -165,6 +165,31 @@ def test_a_log_sent_through_the_request_path_is_a_replay_here_and_back(tmp_path:
         assert sum(f.log_count for f in store.list_flows()) == 2
 
 
+def test_a_batch_looks_its_ids_up_once_and_still_sees_a_create_made_in_it(
+    tmp_path: Path,
+) -> None:
+    """The replay rule, answered from one lookup of the batch's ids: a log stored before (a
+    replay with its body, a conflict with another), a new log created twice in one batch (the
+    second is a replay of the first), all as the one-by-one path answers."""
+    with Store(tmp_path / "s.db") as store:
+        stored, new = ended("batch/stored", output="x"), ended("batch/new", output="y")
+        [(status, stored_answer)] = store.ingest([create(stored)])
+        assert status == 200
+        other_body = dict(create(stored).body, output='"changed"')
+        results = store.ingest(
+            [
+                create(stored),
+                IngestOperation("log", stored.log_id, other_body, log_query(stored)),
+                create(new),
+                create(new),
+            ]
+        )
+        assert results[0] == (200, stored_answer)
+        assert results[1][0] == 409  # the same id with another body
+        assert results[2][0] == 200 and results[3] == results[2]
+        assert sum(f.log_count for f in store.list_flows()) == 2
+
+
 def test_the_trace_rules_still_apply(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db") as store:
         parent, unknown = opened("rules/parent"), opened("rules/unknown")

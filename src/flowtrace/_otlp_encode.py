@@ -32,6 +32,7 @@ from flowtrace._contract import (
     TOKEN_FIELDS,
     truncated_chars,
 )
+from flowtrace.spans import _genai as gen_ai
 
 __all__ = [
     "MAX_ATTRIBUTE_CHARS",
@@ -46,21 +47,21 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: GenAI names of the contract's token counts.
 _USAGE_ATTRIBUTES: Final = {
-    "prompt_tokens": "gen_ai.usage.input_tokens",
-    "output_tokens": "gen_ai.usage.output_tokens",
-    "reasoning_tokens": "gen_ai.usage.reasoning.output_tokens",
-    "cache_read_tokens": "gen_ai.usage.cache_read.input_tokens",
-    "cache_write_tokens": "gen_ai.usage.cache_creation.input_tokens",
+    "prompt_tokens": gen_ai.USAGE_INPUT_TOKENS,
+    "output_tokens": gen_ai.USAGE_OUTPUT_TOKENS,
+    "reasoning_tokens": gen_ai.USAGE_REASONING_OUTPUT_TOKENS,
+    "cache_read_tokens": gen_ai.USAGE_CACHE_READ_INPUT_TOKENS,
+    "cache_write_tokens": gen_ai.USAGE_CACHE_CREATION_INPUT_TOKENS,
 }
 assert set(_USAGE_ATTRIBUTES) == set(TOKEN_FIELDS)
 #: GenAI names of a prompt kernel's request parameters.
 _REQUEST_ATTRIBUTES: Final = {
-    "temperature": "gen_ai.request.temperature",
-    "max_tokens": "gen_ai.request.max_tokens",
-    "top_p": "gen_ai.request.top_p",
-    "presence_penalty": "gen_ai.request.presence_penalty",
-    "frequency_penalty": "gen_ai.request.frequency_penalty",
-    "seed": "gen_ai.request.seed",
+    "temperature": gen_ai.REQUEST_TEMPERATURE,
+    "max_tokens": gen_ai.REQUEST_MAX_TOKENS,
+    "top_p": gen_ai.REQUEST_TOP_P,
+    "presence_penalty": gen_ai.REQUEST_PRESENCE_PENALTY,
+    "frequency_penalty": gen_ai.REQUEST_FREQUENCY_PENALTY,
+    "seed": gen_ai.REQUEST_SEED,
 }
 _OPENINFERENCE_KIND: Final = {"flow": "CHAIN", "prompt": "LLM", "tool": "TOOL"}
 
@@ -162,10 +163,10 @@ def draft_attributes(body: Mapping[str, Any], kind: str, status: str) -> dict[st
         attributes["input.mime_type"] = "application/json"
     if body.get("output") is not None:
         attributes["output.value"] = _bounded(str(body["output"]))
-    for name, key in (("messages", "gen_ai.input.messages"), ("output_message", None)):
+    for name, key in (("messages", gen_ai.INPUT_MESSAGES), ("output_message", None)):
         shaped = _messages(body.get(name))
         if shaped is not None:
-            attributes[key or "gen_ai.output.messages"] = shaped
+            attributes[key or gen_ai.OUTPUT_MESSAGES] = shaped
     for name, key in (
         ("user", "user.id"),
         ("environment", "deployment.environment.name"),
@@ -181,26 +182,26 @@ def draft_attributes(body: Mapping[str, Any], kind: str, status: str) -> dict[st
         _prompt_attributes(body, attributes)
     elif kind == "tool":
         function = _dict(_dict(body.get("tool")).get("function"))
-        attributes["gen_ai.operation.name"] = "execute_tool"
+        attributes[gen_ai.OPERATION_NAME] = "execute_tool"
         if function.get("name"):
-            attributes["gen_ai.tool.name"] = str(function["name"])
+            attributes[gen_ai.TOOL_NAME] = str(function["name"])
     return {k: v for k, v in attributes.items() if v is not None}
 
 
 def _prompt_attributes(body: Mapping[str, Any], attributes: dict[str, Any]) -> None:
     prompt = _dict(body.get("prompt"))
-    attributes["gen_ai.operation.name"] = "chat"
+    attributes[gen_ai.OPERATION_NAME] = "chat"
     if prompt.get("provider"):
-        attributes["gen_ai.provider.name"] = str(prompt["provider"])
+        attributes[gen_ai.PROVIDER_NAME] = str(prompt["provider"])
     if prompt.get("model"):
-        attributes["gen_ai.request.model"] = str(prompt["model"])
+        attributes[gen_ai.REQUEST_MODEL] = str(prompt["model"])
     response_model = (
         (body.get("provider_response") or {})
         if isinstance(body.get("provider_response"), dict)
         else {}
     )
     if isinstance(response_model.get("model"), str):
-        attributes["gen_ai.response.model"] = response_model["model"]
+        attributes[gen_ai.RESPONSE_MODEL] = response_model["model"]
     for name, key in _REQUEST_ATTRIBUTES.items():
         value = prompt.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -210,7 +211,7 @@ def _prompt_attributes(body: Mapping[str, Any], attributes: dict[str, Any]) -> N
         if isinstance(value, int) and not isinstance(value, bool):
             attributes[key] = value
     if isinstance(body.get("finish_reason"), str):
-        attributes["gen_ai.response.finish_reasons"] = [body["finish_reason"]]
+        attributes[gen_ai.RESPONSE_FINISH_REASONS] = [body["finish_reason"]]
     for name in ("prompt_cost", "output_cost"):
         value = body.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):

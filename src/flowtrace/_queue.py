@@ -52,10 +52,12 @@ LOAD_MODES = (Mode.BUSY, Mode.GUARDED)
 class Backpressure:
     """Room in the queue, as the worker sees it. A recording thread that finds the queue at
     its bound waits until the worker makes room, for as long as the worker makes progress
-    (`progressed()`); if it makes none for its patience it is stalled (e.g. a disk that hangs),
-    and until it makes room again nobody waits: logs beyond the bound are refused instead. So a
-    program is slowed to the speed of its local disk at worst, never blocked by a stall for
-    long, and never waits for the network.
+    (`progressed()`); if it makes none for its patience it is stalled (e.g. a disk that hangs):
+    the worker then moves the overflow to the spool, and the thread that found the stall waits
+    for that as long again before it refuses its log; until room is made again nobody else
+    waits: logs beyond the bound are refused instead. So a program is slowed to the speed of
+    its local disk at worst, never blocked by a stall for long, and never waits for the
+    network.
 
     The patience is `max_wait_s`, or, while an export is in flight, what that export should
     take by the cost per log of the last ones (`EXPORT_PATIENCE` times it): a deep batch on a
@@ -113,13 +115,19 @@ class Backpressure:
         wake()
         seen = self._progress
         idle_since = self._clock()
+        declared = False
         while not self._room.wait(_WAIT_SLICE_S):
             if self._progress != seen:
                 seen = self._progress
                 idle_since = self._clock()
             elif self._clock() - idle_since >= self.patience():
-                self._stalled = True
-                return False
+                if declared:
+                    return False  # not even the spool makes room: refuse
+                # Stalled: the worker now moves the overflow to the spool instead of waiting
+                # for the destination; this thread waits for that, as long again.
+                declared = self._stalled = True
+                wake()
+                idle_since = self._clock()
         return True
 
 

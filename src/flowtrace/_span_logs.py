@@ -8,6 +8,13 @@ kept span nested inside it, mapped on the worker by the server's own mapping
 small object and hands it to the sinks: on the caller's thread it costs about what opening and
 closing a flow log does, and it never raises.
 
+One LLM call recorded twice (the direct instrumentation inside another instrumentor's
+OpenTelemetry span of the same SDK call, or the reverse) is one log: the direct record wins.
+An LLM call's span kept at its start (`SpanLog.span_ids`) hands its log to the direct
+call recorded inside it (`record_span` into such a log ends it with what the direct call
+saw, under the span's ids); a GenAI span that starts while a direct call runs is dropped by
+`flowtrace.otel`'s processor.
+
 A span that may have children while it runs (an OpenTelemetry span kept at its start) is a log
 for its whole life instead: `open_span_log` at the start (the log is pushed as the context's
 current log, so a flow opened inside the span nests under it) and `SpanLog.end(span)` at the
@@ -18,6 +25,7 @@ for it on the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextvars import Token
 from typing import Any, Final
@@ -25,11 +33,11 @@ from typing import Any, Final
 from flowtrace import _config, _guard, _sinks
 from flowtrace import _log as log_clock
 from flowtrace._context import current, open_ancestor
-from flowtrace._contract import FLOW, LogKind, span_log_id
+from flowtrace._contract import FLOW, PROMPT, LogKind, span_log_id
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace.exporters import OperationKind
-from flowtrace.spans._mapping import MappedLog
+from flowtrace.spans._mapping import MappedLog, log_kind
 from flowtrace.spans._model import Span
 
 __all__ = [
@@ -71,6 +79,9 @@ class SpanLog(Log):
     live: Any = None  # the running SDK span: what a log sent before its end says (at exit)
     op_kind: OperationKind = "log"  # how its create goes (set on the worker with its body)
     name = "span"  # the span's name while it runs (a log sent before its end is named so)
+    # A span kept at its start: its (trace, span, parent span) ids, for a direct record of the
+    # same LLM call made inside it, which ends its log under them (`record_span`).
+    span_ids: tuple[str, str, str | None] | None = None
     _token: Token[Log | None] | None = None
 
     def __init__(self, log_id: str, parent: Log | None) -> None:
@@ -195,6 +206,15 @@ def record_span(span: Span, parent: Log | None) -> None:
     if not _enabled:
         return
     try:
+        if (
+            parent is not None
+            and parent.is_span  # an attribute test: the direct call's path pays nothing more
+            and isinstance(parent, SpanLog)
+            and parent.span_ids is not None
+            and _is_an_llm_call(parent)
+        ):
+            _take_the_place_of(parent, span)
+            return
         kept = span_parent(span.trace_id, span.parent_span_id)
         log = SpanLog(span_log_id(span.trace_id, span.span_id), innermost(kept, parent))
         log.name = span.name
@@ -202,6 +222,29 @@ def record_span(span: Span, parent: Log | None) -> None:
         log.end(span)
     except Exception as exc:
         _guard.internal_error("span-log", exc)
+
+
+def _is_an_llm_call(log: SpanLog) -> bool:
+    """Whether the running span of `log` is an LLM call (the mapping would make it a prompt
+    log): read only when a direct record of a call ends inside a kept span, not per span."""
+    attributes = getattr(log.live, "attributes", None)
+    return attributes is not None and log_kind(attributes) == PROMPT
+
+
+def _take_the_place_of(log: SpanLog, span: Span) -> None:
+    """`span` (a direct record of an LLM call) ends the log of another instrumentor's span of
+    that same call, now, under that span's ids: its later end changes nothing (and an
+    instrumentor that never ends its span, as some do when a helper's stream is closed through
+    its response, loses no log). Once: a second call inside the span is a call of its own. A
+    log already ended stays as it is (the call's one log either way)."""
+    trace_id, span_id, parent_span_id = log.span_ids or (span.trace_id, span.span_id, None)
+    log.span_ids = None
+    if log.duration_ns is None:
+        log.end(
+            dataclasses.replace(
+                span, trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id
+            )
+        )
 
 
 if hasattr(os, "register_at_fork"):  # after a fork the parent's spans are the parent's

@@ -20,6 +20,12 @@ it). A kept span is the current log while it runs, so a flow opened inside it ne
 log. Spans are mapped on the worker by the server's OTLP mapping (`spans._mapping`): a trace
 looks the same whether it came in over OTLP or from inside the program.
 
+One call, one log: a call of a client `flowtrace.instrument_openai()` /
+`instrument_anthropic()` records is logged once even when an instrumentor's span of it reaches
+this processor, and the direct record wins, whichever was instrumented first (an LLM span
+started while the direct call runs is dropped; an LLM call's span kept at its start becomes
+the direct record's log). Your own spans, and calls only the instrumentor sees, are kept.
+
 The caller's cost: a few dictionary reads per span started (nothing more for a span that is
 not kept); for a kept span, one small log object handed to the pipeline at each end.
 """
@@ -42,7 +48,9 @@ except ImportError as error:  # pragma: no cover - the message is the point
 
 from flowtrace import _guard
 from flowtrace._context import current, open_ancestor
+from flowtrace._llm._hooks import calling
 from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
+from flowtrace.spans import _genai as gen_ai
 
 __all__ = [
     "FlowtraceSpanProcessor",
@@ -56,7 +64,13 @@ __all__ = [
 ShouldCapture = Callable[[ReadableSpan], bool]
 
 #: Attribute prefixes of the LLM conventions the mapping reads.
-LLM_ATTRIBUTE_PREFIXES: Final = ("gen_ai.", "llm.", "openinference.", "traceloop.", "humanloop.")
+LLM_ATTRIBUTE_PREFIXES: Final = (
+    gen_ai.PREFIX,
+    "llm.",
+    "openinference.",
+    "traceloop.",
+    "humanloop.",
+)
 
 #: Instrumentation scopes (tracer names) of LLM and agent producers, by prefix. Generic
 #: instrumentations (`opentelemetry.instrumentation.httpx`, `...fastapi`) are not among them.
@@ -145,15 +159,29 @@ def _inside_a_flow(trace: str, parent: str | None) -> bool:
     return open_ancestor(current.get()) is not None or span_parent(trace, parent) is not None
 
 
+#: Spans dropped for a direct record and not ended yet, at most (see `_recorded_directly`).
+_MAX_DROPPED_RUNNING: Final = 4096
+
+
 class FlowtraceSpanProcessor(SpanProcessor):
     """Spans as logs of the current trace (see the module's docstring). `record_all`: every
     span, inside a flow or not (the private provider's); else only LLM and agent work started
-    inside a flow (or inside a kept span), and what `should_capture` says yes to."""
+    inside a flow (or inside a kept span), and what `should_capture` says yes to.
+
+    A call of a client `flowtrace.instrument_openai()` / `instrument_anthropic()` records is
+    one log however many instrumentations see it: the direct record wins. A span that looks
+    like LLM work and starts while such a call runs (an instrumentor wrapping the SDK method
+    inside flowtrace's) is dropped, transparent; an LLM call's span kept at its start (an
+    instrumentor wrapping it outside flowtrace's) gives its log to the direct record made
+    inside it (`_span_logs.record_span`)."""
 
     def __init__(self, should_capture: ShouldCapture | None = None, *, record_all: bool = False):
         self._should_capture = should_capture
         self._record_all = record_all
         self._logs: dict[tuple[int, int], SpanLog] = {}  # open kept spans, by their ids
+        # Spans dropped for a direct record of their call, until their end (bounded: some
+        # instrumentors never end a span whose stream a helper closed through its response).
+        self._recorded_directly: dict[tuple[int, int], None] = {}
 
     def _looks_kept(self, span: ReadableSpan) -> bool:
         if not _maybe_inside_a_flow():
@@ -168,12 +196,16 @@ class FlowtraceSpanProcessor(SpanProcessor):
             if not self._record_all and not self._looks_kept(span):
                 return
             key = _key(span)
+            if calling() and looks_like_llm_work(span):
+                self._drop_for_the_direct_record(key)
+                return
             trace, span_id, parent = _hex_ids(key, span)
             if not self._record_all and not _inside_a_flow(trace, parent):
                 return
             log = open_span_log(trace, span_id, parent, span.name)
             if log is not None:
                 log.live = span  # what its log says if the program exits before its end
+                log.span_ids = (trace, span_id, parent)  # for a direct record of an LLM call
                 self._logs[key] = log
         except Exception as exc:  # the user's should_capture included: never into their code
             _guard.internal_error("otel-span", exc)
@@ -184,14 +216,25 @@ class FlowtraceSpanProcessor(SpanProcessor):
             log = logs.pop(_key(span), None) if logs else None
             if log is not None:
                 log.end(span)  # read on the worker: an ended span does not change any more
+            elif self._recorded_directly and _key(span) in self._recorded_directly:
+                del self._recorded_directly[_key(span)]
             elif (
                 not self._record_all
                 and _maybe_inside_a_flow()
                 and _has_llm_attributes(span.attributes)
+                and not calling()  # attributes set late on a span of a direct call
             ):
                 self._record_late(_key(span), span)
         except Exception as exc:
             _guard.internal_error("otel-span", exc)
+
+    def _drop_for_the_direct_record(self, key: tuple[int, int]) -> None:
+        """An LLM span started while a directly instrumented call runs: that call's own record
+        wins; the span is transparent, and its end is not recorded late either."""
+        dropped = self._recorded_directly
+        if len(dropped) >= _MAX_DROPPED_RUNNING:
+            dropped.pop(next(iter(dropped)), None)  # the oldest: a span that never ended
+        dropped[key] = None
 
     def _record_late(self, key: tuple[int, int], span: ReadableSpan) -> None:
         """A span whose LLM attributes were set after its start (it was not kept then): its

@@ -22,6 +22,7 @@ from flowtrace._llm._wire import (
     tool_definition,
     tool_response_part,
 )
+from flowtrace.spans import _genai as gen_ai
 
 __all__ = ["messages_attributes"]
 
@@ -100,13 +101,13 @@ def _usage(usage: Any) -> dict[str, Any]:
     written = counts.get("cache_creation_input_tokens", 0)
     attributes: dict[str, Any] = {}
     if "input_tokens" in counts:
-        attributes["gen_ai.usage.input_tokens"] = counts["input_tokens"] + cached + written
+        attributes[gen_ai.USAGE_INPUT_TOKENS] = counts["input_tokens"] + cached + written
     if "output_tokens" in counts:
-        attributes["gen_ai.usage.output_tokens"] = counts["output_tokens"]
+        attributes[gen_ai.USAGE_OUTPUT_TOKENS] = counts["output_tokens"]
     if "cache_read_input_tokens" in counts:
-        attributes["gen_ai.usage.cache_read.input_tokens"] = cached
+        attributes[gen_ai.USAGE_CACHE_READ_INPUT_TOKENS] = cached
     if "cache_creation_input_tokens" in counts:
-        attributes["gen_ai.usage.cache_creation.input_tokens"] = written
+        attributes[gen_ai.USAGE_CACHE_CREATION_INPUT_TOKENS] = written
     return attributes
 
 
@@ -115,18 +116,18 @@ def messages_attributes(call: LlmCall) -> dict[str, Any]:
     attributes = request_attributes(request, ("max_tokens",))
     system = request.get("system")
     if system:
-        attributes["gen_ai.system_instructions"] = [text_part(_block_text(system))]
+        attributes[gen_ai.SYSTEM_INSTRUCTIONS] = [text_part(_block_text(system))]
     messages: list[dict[str, Any]] = []
     for message in request.get("messages") or ():
         messages.extend(_messages(message))
-    attributes["gen_ai.input.messages"] = messages
+    attributes[gen_ai.INPUT_MESSAGES] = messages
     tools = [
         tool_definition(get(t, "name"), get(t, "description"), get(t, "input_schema"))
         for t in request.get("tools") or ()
         if get(t, "input_schema") is not None
     ]
     if tools:
-        attributes["gen_ai.tool.definitions"] = tools
+        attributes[gen_ai.TOOL_DEFINITIONS] = tools
     body = response_body(call, _folded_events)
     if not isinstance(body, dict):
         return attributes
@@ -136,8 +137,8 @@ def messages_attributes(call: LlmCall) -> dict[str, Any]:
     if output:
         if reason:
             output[-1]["finish_reason"] = reason
-        attributes["gen_ai.output.messages"] = output[-1:]
+        attributes[gen_ai.OUTPUT_MESSAGES] = output[-1:]
     if isinstance(reason, str):
-        attributes["gen_ai.response.finish_reasons"] = [reason]
+        attributes[gen_ai.RESPONSE_FINISH_REASONS] = [reason]
     attributes.update(_usage(body.get("usage")))
     return attributes

@@ -19,6 +19,7 @@ from flowtrace._context import current_log
 from flowtrace._contract import ENDED_CLOSED_EARLY, FLOWTRACE_ENDED_ATTRIBUTE
 from flowtrace._guard import internal_error
 from flowtrace._span_logs import record_span
+from flowtrace.spans import _genai as gen_ai
 from flowtrace.spans._model import Span, SpanEvent
 
 __all__ = ["Builder", "LlmCall", "snapshot_request"]
@@ -175,13 +176,13 @@ class LlmCall:
     def common_attributes(self) -> dict[str, Any]:
         """What every provider's span says about the call itself."""
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": self.operation,
-            "gen_ai.provider.name": self.provider,
-            "gen_ai.request.stream": self.streamed,
+            gen_ai.OPERATION_NAME: self.operation,
+            gen_ai.PROVIDER_NAME: self.provider,
+            gen_ai.REQUEST_STREAM: self.streamed,
         }
         if self.first_chunk_ns:
             seconds = (self.first_chunk_ns - self.start_ns) / 1e9
-            attributes["gen_ai.response.time_to_first_chunk"] = seconds
+            attributes[gen_ai.RESPONSE_TIME_TO_FIRST_CHUNK] = seconds
         if self.retries:
             attributes["http.request.resend_count"] = self.retries
         if self.status_code:

@@ -9,7 +9,9 @@ These SDKs send through `httpx2`, not httpx, so a transport hook would see nothi
 - `_process_response` notes the status and request id and ties the response to the call;
 - `_process_response_data` (every parsed body or stream event) hands the wire JSON over;
 - `Stream.__stream__` / `close` end a streamed call: at its end, on an error mid-stream, or
-  closed early (a `break` then the stream dropped, or `close()`), with what had arrived.
+  closed early (a `break` then the stream dropped, or `close()`), with what had arrived; the
+  OpenAI helpers' streams (`chat.completions.stream()`, `responses.stream()`) close their
+  HTTP response themselves, so their `close` is hooked too.
 
 Every patch acts only for a call of an instrumented client: on any other it is a pass-through
 (a context variable read or an empty dict's test). The request, the response objects and the
@@ -29,7 +31,7 @@ import wrapt
 from flowtrace._guard import internal_error, logger
 from flowtrace._llm._call import Builder, LlmCall, snapshot_request
 
-__all__ = ["SdkState", "patch"]
+__all__ = ["SdkState", "calling", "patch"]
 
 _active: Final[contextvars.ContextVar[LlmCall | None]] = contextvars.ContextVar(
     "flowtrace_llm_call", default=None
@@ -55,21 +57,32 @@ class SdkState:
         self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self.patched = False
 
-    def records(self, client: Any) -> bool:
-        return self.every_client or (bool(self.clients) and client in self.clients)
-
-    def start(
-        self, resource: Any, operation: str, build: Builder, kwargs: dict[str, Any], stream: bool
-    ) -> LlmCall | None:
-        """A new call when `resource`'s client records, else None (and on any fault of ours)."""
+    def records(self, resource: Any) -> bool:
+        """Whether the client of `resource` (`client.chat.completions`...) records its calls
+        (False on any fault of ours)."""
         try:
-            if not self.records(getattr(resource, "_client", None)):
-                return None
+            client = getattr(resource, "_client", None)
+            return self.every_client or (bool(self.clients) and client in self.clients)
+        except Exception as exc:  # a client class that cannot be hashed
+            internal_error("llm.start", exc)
+            return False
+
+    def open(
+        self, operation: str, build: Builder, kwargs: dict[str, Any], stream: bool
+    ) -> LlmCall | None:
+        """A new call of a client that records (None on any fault of ours)."""
+        try:
             streamed = stream or kwargs.get("stream") is True
             return LlmCall(self.provider, operation, build, snapshot_request(kwargs), streamed)
         except Exception as exc:
             internal_error("llm.start", exc)
             return None
+
+
+def calling() -> bool:
+    """Whether a directly instrumented LLM call is running in this context (the SDK is at
+    work inside its method): another instrumentor's span of that call starts now."""
+    return _active.get() is not None
 
 
 def patch(target: Any, name: str, wrapper: Wrapper) -> bool:
@@ -142,9 +155,26 @@ def _run(call: LlmCall, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, A
     return result
 
 
+#: What opens an async method's call when its coroutine is awaited: the SDK, the operation, the
+#: builder (fixed per method, made once when the method is patched).
+_Opening = tuple[SdkState, str, Builder]
+
+
 async def _run_async(
-    call: LlmCall, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    call: LlmCall | None,
+    wrapped: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    opening: _Opening | None = None,
 ) -> Any:
+    """The SDK's own async method, with `call` active while it works; or the call `opening`
+    opens now: an async method's call opens when its coroutine is awaited, as its request is
+    sent (`chat.completions.stream()` makes the coroutine, its `async with` awaits it)."""
+    if opening is not None:
+        sdk, operation, build = opening
+        call = sdk.open(operation, build, kwargs, False)
+    if call is None:
+        return await wrapped(*args, **kwargs)
     token = _active.set(call)
     try:
         result = await wrapped(*args, **kwargs)
@@ -159,11 +189,21 @@ async def _run_async(
 
 def call_wrapper(sdk: SdkState, operation: str, build: Builder, *, asynchronous: bool) -> Wrapper:
     """The wrapper of one resource method (`create`), sync or async."""
-    run = _run_async if asynchronous else _run
+    if asynchronous:
+        opening: _Opening = (sdk, operation, build)
+
+        def opened_async(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if not sdk.records(instance):
+                return wrapped(*args, **kwargs)
+            return _run_async(None, wrapped, args, kwargs, opening)
+
+        return opened_async
 
     def opened(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = sdk.start(instance, operation, build, kwargs, False)
-        return wrapped(*args, **kwargs) if call is None else run(call, wrapped, args, kwargs)
+        call = sdk.open(operation, build, kwargs, False) if sdk.records(instance) else None
+        return wrapped(*args, **kwargs) if call is None else _run(call, wrapped, args, kwargs)
 
     return opened
 
@@ -173,7 +213,7 @@ def stream_manager_wrapper(sdk: SdkState, operation: str, build: Builder) -> Wra
 
     def opened(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         manager = wrapped(*args, **kwargs)
-        call = sdk.start(instance, operation, build, kwargs, True)
+        call = sdk.open(operation, build, kwargs, True) if sdk.records(instance) else None
         if call is not None:
             try:
                 _by_manager[manager] = call
@@ -248,21 +288,32 @@ def on_process_response_data(
     return wrapped(*args, **kwargs)
 
 
-def _stream_call(stream: Any) -> LlmCall | None:
+def _stream_call(stream: Any, response_attribute: str = "response") -> LlmCall | None:
     if not _by_response:
         return None
-    call = _by_response.get(getattr(stream, "response", None))
+    call = _by_response.get(getattr(stream, response_attribute, None))
     return None if call is None or call.done else call
 
 
-def on_stream_close(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """`close()` before the end (sync or async): closed early, with what had arrived."""
-    call = _stream_call(instance)
-    if call is not None:
-        call.close_early()
-    return wrapped(*args, **kwargs)
+def _close_hook(response_attribute: str) -> Wrapper:
+    """A stream's `close()` (sync or async) before its end: closed early, with what had
+    arrived. The stream names its HTTP response `response_attribute`."""
+
+    def closing(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _stream_call(instance, response_attribute)
+        if call is not None:
+            call.close_early()
+        return wrapped(*args, **kwargs)
+
+    return closing
+
+
+#: The SDK's `Stream.close` / `AsyncStream.close`.
+on_stream_close: Final = _close_hook("response")
+#: A helper's stream (OpenAI's `chat.completions.stream()`, `responses.stream()`) closed by its
+#: `with` or `close()`: it closes its HTTP response itself, not the SDK stream it reads, so a
+#: call not read to its end is closed early here, not once the stream is collected.
+on_helper_stream_close: Final = _close_hook("_response")
 
 
 def _traced_stream(events: Iterator[Any], call: LlmCall) -> Iterator[Any]:

@@ -20,6 +20,7 @@ from flowtrace._llm._wire import (
     tool_definition,
     tool_response_part,
 )
+from flowtrace.spans import _genai as gen_ai
 
 __all__ = ["chat_attributes", "responses_attributes"]
 
@@ -138,25 +139,28 @@ def _usage(usage: Any, input_key: str, output_key: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     if not isinstance(usage, dict):
         return attributes
-    for key, name in ((input_key, "input_tokens"), (output_key, "output_tokens")):
+    for key, name in (
+        (input_key, gen_ai.USAGE_INPUT_TOKENS),
+        (output_key, gen_ai.USAGE_OUTPUT_TOKENS),
+    ):
         if isinstance(usage.get(key), int):
-            attributes[f"gen_ai.usage.{name}"] = usage[key]
+            attributes[name] = usage[key]
     details_in = usage.get(f"{input_key}_details") or {}
     details_out = usage.get(f"{output_key}_details") or {}
     if isinstance(details_in, dict) and isinstance(details_in.get("cached_tokens"), int):
-        attributes["gen_ai.usage.cache_read.input_tokens"] = details_in["cached_tokens"]
+        attributes[gen_ai.USAGE_CACHE_READ_INPUT_TOKENS] = details_in["cached_tokens"]
     if isinstance(details_out, dict) and isinstance(details_out.get("reasoning_tokens"), int):
-        attributes["gen_ai.usage.reasoning.output_tokens"] = details_out["reasoning_tokens"]
+        attributes[gen_ai.USAGE_REASONING_OUTPUT_TOKENS] = details_out["reasoning_tokens"]
     return attributes
 
 
 def chat_attributes(call: LlmCall) -> dict[str, Any]:
     request = call.request
     attributes = request_attributes(request, ("max_completion_tokens", "max_tokens"))
-    attributes["gen_ai.input.messages"] = [_chat_message(m) for m in request.get("messages") or ()]
+    attributes[gen_ai.INPUT_MESSAGES] = [_chat_message(m) for m in request.get("messages") or ()]
     tools = _chat_tools(request.get("tools"))
     if tools:
-        attributes["gen_ai.tool.definitions"] = tools
+        attributes[gen_ai.TOOL_DEFINITIONS] = tools
     body = response_body(call, _folded_chunks)
     if not isinstance(body, dict):
         return attributes
@@ -172,9 +176,9 @@ def chat_attributes(call: LlmCall) -> dict[str, Any]:
         if message["parts"] or reason:  # a stream left before any text: no output yet
             outputs.append(message)
     if outputs:
-        attributes["gen_ai.output.messages"] = outputs
+        attributes[gen_ai.OUTPUT_MESSAGES] = outputs
     if reasons:
-        attributes["gen_ai.response.finish_reasons"] = reasons
+        attributes[gen_ai.RESPONSE_FINISH_REASONS] = reasons
     attributes.update(_usage(body.get("usage"), "prompt_tokens", "completion_tokens"))
     return attributes
 
@@ -223,17 +227,17 @@ def responses_attributes(call: LlmCall) -> dict[str, Any]:
     attributes = request_attributes(request, ("max_output_tokens",))
     instructions = request.get("instructions")
     if isinstance(instructions, str):
-        attributes["gen_ai.system_instructions"] = [text_part(instructions)]
+        attributes[gen_ai.SYSTEM_INSTRUCTIONS] = [text_part(instructions)]
     given = request.get("input")
     items = [{"role": "user", "content": given}] if isinstance(given, str) else given or ()
-    attributes["gen_ai.input.messages"] = [m for m in map(_responses_item, items) if m is not None]
+    attributes[gen_ai.INPUT_MESSAGES] = [m for m in map(_responses_item, items) if m is not None]
     tools = [
         tool_definition(get(t, "name"), get(t, "description"), get(t, "parameters"))
         for t in request.get("tools") or ()
         if get(t, "type") == "function"
     ]
     if tools:
-        attributes["gen_ai.tool.definitions"] = tools
+        attributes[gen_ai.TOOL_DEFINITIONS] = tools
     body = response_body(call, _responses_stream_body)
     if not isinstance(body, dict):
         return attributes
@@ -250,8 +254,8 @@ def responses_attributes(call: LlmCall) -> dict[str, Any]:
         output: dict[str, Any] = {"role": "assistant", "parts": parts}
         if reason:
             output["finish_reason"] = reason
-        attributes["gen_ai.output.messages"] = [output]
+        attributes[gen_ai.OUTPUT_MESSAGES] = [output]
     if isinstance(reason, str):
-        attributes["gen_ai.response.finish_reasons"] = [reason]
+        attributes[gen_ai.RESPONSE_FINISH_REASONS] = [reason]
     attributes.update(_usage(body.get("usage"), "input_tokens", "output_tokens"))
     return attributes

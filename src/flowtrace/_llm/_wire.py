@@ -12,6 +12,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from flowtrace.spans import _genai as gen_ai
+
 if TYPE_CHECKING:
     from flowtrace._llm._call import LlmCall
 
@@ -54,9 +56,9 @@ def response_identity(body: dict[str, Any]) -> dict[str, Any]:
     """The model that answered and the response's id."""
     attributes: dict[str, Any] = {}
     if isinstance(body.get("model"), str):
-        attributes["gen_ai.response.model"] = body["model"]
+        attributes[gen_ai.RESPONSE_MODEL] = body["model"]
     if isinstance(body.get("id"), str):
-        attributes["gen_ai.response.id"] = body["id"]
+        attributes[gen_ai.RESPONSE_ID] = body["id"]
     return attributes
 
 
@@ -84,13 +86,13 @@ def tool_definition(name: Any, description: Any, parameters: Any) -> dict[str, A
 
 #: Request arguments that are GenAI request attributes as they are.
 _REQUEST_ATTRIBUTES: Final = (
-    ("temperature", "gen_ai.request.temperature"),
-    ("top_p", "gen_ai.request.top_p"),
-    ("top_k", "gen_ai.request.top_k"),
-    ("presence_penalty", "gen_ai.request.presence_penalty"),
-    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
-    ("seed", "gen_ai.request.seed"),
-    ("n", "gen_ai.request.choice.count"),
+    ("temperature", gen_ai.REQUEST_TEMPERATURE),
+    ("top_p", gen_ai.REQUEST_TOP_P),
+    ("top_k", gen_ai.REQUEST_TOP_K),
+    ("presence_penalty", gen_ai.REQUEST_PRESENCE_PENALTY),
+    ("frequency_penalty", gen_ai.REQUEST_FREQUENCY_PENALTY),
+    ("seed", gen_ai.REQUEST_SEED),
+    ("n", gen_ai.REQUEST_CHOICE_COUNT),
 )
 
 
@@ -99,7 +101,7 @@ def request_attributes(request: dict[str, Any], max_tokens_keys: Iterable[str]) 
     attributes: dict[str, Any] = {}
     model = request.get("model")
     if isinstance(model, str):
-        attributes["gen_ai.request.model"] = model
+        attributes[gen_ai.REQUEST_MODEL] = model
     for key, name in _REQUEST_ATTRIBUTES:
         value = request.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -107,11 +109,11 @@ def request_attributes(request: dict[str, Any], max_tokens_keys: Iterable[str]) 
     for key in max_tokens_keys:
         value = request.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
-            attributes["gen_ai.request.max_tokens"] = value
+            attributes[gen_ai.REQUEST_MAX_TOKENS] = value
             break
     stop = request.get("stop", request.get("stop_sequences"))
     if isinstance(stop, str):
-        attributes["gen_ai.request.stop_sequences"] = [stop]
+        attributes[gen_ai.REQUEST_STOP_SEQUENCES] = [stop]
     elif isinstance(stop, list):
-        attributes["gen_ai.request.stop_sequences"] = [str(item) for item in stop]
+        attributes[gen_ai.REQUEST_STOP_SEQUENCES] = [str(item) for item in stop]
     return attributes

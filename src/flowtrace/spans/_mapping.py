@@ -53,6 +53,7 @@ from flowtrace._contract import (
     truncated_chars,
     wire_time_ns,
 )
+from flowtrace.spans import _genai as gen_ai
 from flowtrace.spans._model import Span
 from flowtrace.spans._prices import llm_cost
 
@@ -61,6 +62,7 @@ __all__ = [
     "OTEL_METADATA_KEY",
     "MappedLog",
     "PathCap",
+    "log_kind",
     "map_span",
     "map_spans",
 ]
@@ -384,16 +386,16 @@ def _openllmetry_messages(attributes: Mapping[str, Any], prefix: str) -> list[di
 
 
 _EVENT_ROLES: Final = {
-    "gen_ai.system.message": "system",
-    "gen_ai.user.message": "user",
-    "gen_ai.assistant.message": "assistant",
-    "gen_ai.tool.message": "tool",
+    gen_ai.EVENT_SYSTEM_MESSAGE: "system",
+    gen_ai.EVENT_USER_MESSAGE: "user",
+    gen_ai.EVENT_ASSISTANT_MESSAGE: "assistant",
+    gen_ai.EVENT_TOOL_MESSAGE: "tool",
 }
 
 
 def _event_message(name: str, attributes: Mapping[str, Any]) -> dict[str, Any] | None:
-    body = _json_or_text(attributes.get("gen_ai.event.content", attributes.get("content")))
-    if name == "gen_ai.choice":
+    body = _json_or_text(attributes.get(gen_ai.EVENT_CONTENT, attributes.get("content")))
+    if name == gen_ai.EVENT_CHOICE:
         inner = body.get("message") if isinstance(body, dict) else None
         inner = inner if isinstance(inner, dict) else body if isinstance(body, dict) else {}
         return _parts_message({"role": "assistant", **inner}) if inner else None
@@ -412,7 +414,7 @@ def _events_messages(span: Span) -> tuple[list[dict[str, Any]], dict[str, Any] |
         message = _event_message(event.name, event.attributes)
         if message is None:
             continue
-        if event.name == "gen_ai.choice":
+        if event.name == gen_ai.EVENT_CHOICE:
             output = message
         else:
             inputs.append(message)
@@ -442,14 +444,14 @@ def _pydantic_ai_events(value: Any) -> tuple[list[dict[str, Any]], dict[str, Any
 def _messages(span: Span, attributes: Mapping[str, Any]) -> tuple[list[Any], Any, list[Any]]:
     """(input messages, output message, the other choices) by the first convention the span
     speaks."""
-    system = _system_instructions(attributes.get("gen_ai.system_instructions"))
-    inputs = _parts_messages(attributes.get("gen_ai.input.messages"))
-    outputs = _parts_messages(attributes.get("gen_ai.output.messages"))
+    system = _system_instructions(attributes.get(gen_ai.SYSTEM_INSTRUCTIONS))
+    inputs = _parts_messages(attributes.get(gen_ai.INPUT_MESSAGES))
+    outputs = _parts_messages(attributes.get(gen_ai.OUTPUT_MESSAGES))
     if inputs or outputs:  # several outputs are choices (`n`): the first is the answer
         return system + inputs, outputs[0] if outputs else None, outputs[1:]
     for prefix_in, prefix_out, reader in (
         ("llm.input_messages", "llm.output_messages", _openinference_messages),
-        ("gen_ai.prompt", "gen_ai.completion", _openllmetry_messages),
+        (gen_ai.PROMPT, gen_ai.COMPLETION, _openllmetry_messages),
     ):
         inputs, outputs = reader(attributes, prefix_in), reader(attributes, prefix_out)
         if inputs or outputs:
@@ -487,20 +489,20 @@ _KIND_BY_OPERATION: Final = {
 _KIND_BY_OPENINFERENCE: Final = {"LLM": PROMPT, "EMBEDDING": PROMPT, "TOOL": TOOL}
 _KIND_BY_TRACELOOP: Final = {"tool": TOOL}
 
-_MODEL_KEYS: Final = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
-_PROVIDER_KEYS: Final = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+_MODEL_KEYS: Final = (gen_ai.RESPONSE_MODEL, gen_ai.REQUEST_MODEL, "llm.model_name")
+_PROVIDER_KEYS: Final = (gen_ai.PROVIDER_NAME, gen_ai.SYSTEM, "llm.provider", "llm.system")
 
 #: Prompt kernel fields from request attributes: (kernel field, attribute keys, reader).
 _KERNEL_ATTRIBUTES: Final[tuple[tuple[str, tuple[str, ...], Callable[[Any], Any]], ...]] = (
-    ("temperature", ("gen_ai.request.temperature", "llm.request.temperature"), _float),
-    ("max_tokens", ("gen_ai.request.max_tokens", "llm.request.max_tokens"), _int),
-    ("top_p", ("gen_ai.request.top_p", "llm.request.top_p"), _float),
-    ("presence_penalty", ("gen_ai.request.presence_penalty",), _float),
-    ("frequency_penalty", ("gen_ai.request.frequency_penalty",), _float),
-    ("seed", ("gen_ai.request.seed",), _int),
+    ("temperature", (gen_ai.REQUEST_TEMPERATURE, "llm.request.temperature"), _float),
+    ("max_tokens", (gen_ai.REQUEST_MAX_TOKENS, "llm.request.max_tokens"), _int),
+    ("top_p", (gen_ai.REQUEST_TOP_P, "llm.request.top_p"), _float),
+    ("presence_penalty", (gen_ai.REQUEST_PRESENCE_PENALTY,), _float),
+    ("frequency_penalty", (gen_ai.REQUEST_FREQUENCY_PENALTY,), _float),
+    ("seed", (gen_ai.REQUEST_SEED,), _int),
     (
         "stop",
-        ("gen_ai.request.stop_sequences",),
+        (gen_ai.REQUEST_STOP_SEQUENCES,),
         lambda v: [str(s) for s in v][:16] if isinstance(v, list) else None,
     ),
 )
@@ -511,8 +513,8 @@ _TOKENS: Final = (
     (
         "prompt_tokens",
         (
-            "gen_ai.usage.input_tokens",
-            "gen_ai.usage.prompt_tokens",
+            gen_ai.USAGE_INPUT_TOKENS,
+            gen_ai.USAGE_PROMPT_TOKENS,
             "llm.token_count.prompt",
             "llm.usage.prompt_tokens",
         ),
@@ -520,8 +522,8 @@ _TOKENS: Final = (
     (
         "output_tokens",
         (
-            "gen_ai.usage.output_tokens",
-            "gen_ai.usage.completion_tokens",
+            gen_ai.USAGE_OUTPUT_TOKENS,
+            gen_ai.USAGE_COMPLETION_TOKENS,
             "llm.token_count.completion",
             "llm.usage.completion_tokens",
         ),
@@ -529,53 +531,53 @@ _TOKENS: Final = (
     (
         "reasoning_tokens",
         (
-            "gen_ai.usage.reasoning.output_tokens",
-            "gen_ai.usage.reasoning_tokens",
+            gen_ai.USAGE_REASONING_OUTPUT_TOKENS,
+            gen_ai.USAGE_REASONING_TOKENS,
             "llm.token_count.completion_details.reasoning",
         ),
     ),
     (
         "cache_read_tokens",
         (
-            "gen_ai.usage.cache_read.input_tokens",
-            "gen_ai.usage.cache_read_input_tokens",
+            gen_ai.USAGE_CACHE_READ_INPUT_TOKENS,
+            gen_ai.USAGE_CACHE_READ_INPUT_TOKENS_OLD,
             "llm.token_count.prompt_details.cache_read",
         ),
     ),
     (
         "cache_write_tokens",
         (
-            "gen_ai.usage.cache_write.input_tokens",
-            "gen_ai.usage.cache_creation.input_tokens",
-            "gen_ai.usage.cache_creation_input_tokens",
+            gen_ai.USAGE_CACHE_WRITE_INPUT_TOKENS_OLD,
+            gen_ai.USAGE_CACHE_CREATION_INPUT_TOKENS,
+            gen_ai.USAGE_CACHE_CREATION_INPUT_TOKENS_OLD,
             "llm.token_count.prompt_details.cache_write",
         ),
     ),
 )
 _COSTS: Final = (
-    ("prompt_cost", ("gen_ai.usage.input_cost", "llm.cost.prompt")),
-    ("output_cost", ("gen_ai.usage.output_cost", "llm.cost.completion")),
+    ("prompt_cost", (gen_ai.USAGE_INPUT_COST, "llm.cost.prompt")),
+    ("output_cost", (gen_ai.USAGE_OUTPUT_COST, "llm.cost.completion")),
 )
-_USAGE_PREFIXES: Final = ("gen_ai.usage.", "llm.token_count.", "llm.usage.")
+_USAGE_PREFIXES: Final = (gen_ai.USAGE_PREFIX, "llm.token_count.", "llm.usage.")
 _FINISH_KEYS: Final = (
-    "gen_ai.response.finish_reasons",
-    "gen_ai.completion.0.finish_reason",
+    gen_ai.RESPONSE_FINISH_REASONS,
+    gen_ai.COMPLETION_FIRST_FINISH_REASON,
     "llm.response.finish_reason",
     "anthropic.message.stop_reason",
 )
-_USER_KEYS: Final = ("user.id", "enduser.id", "gen_ai.user.id", "humanloop.log.user")
-_SESSION_KEYS: Final = ("session.id", "gen_ai.conversation.id")
+_USER_KEYS: Final = ("user.id", "enduser.id", gen_ai.USER_ID, "humanloop.log.user")
+_SESSION_KEYS: Final = ("session.id", gen_ai.CONVERSATION_ID)
 
-_TOOL_NAME_KEYS: Final = ("gen_ai.tool.name", "tool.name", "traceloop.entity.name")
+_TOOL_NAME_KEYS: Final = (gen_ai.TOOL_NAME, "tool.name", "traceloop.entity.name")
 _TOOL_INPUT_KEYS: Final = (
-    "gen_ai.tool.call.arguments",
+    gen_ai.TOOL_CALL_ARGUMENTS,
     "tool_arguments",
     "tool.parameters",
     "input.value",
     "traceloop.entity.input",
 )
 _TOOL_OUTPUT_KEYS: Final = (
-    "gen_ai.tool.call.result",
+    gen_ai.TOOL_CALL_RESULT,
     "tool_response",
     "output.value",
     "traceloop.entity.output",
@@ -587,13 +589,13 @@ _OUTPUT_KEYS: Final = ("final_result", "output.value", "traceloop.entity.output"
 _CONSUMED_PREFIXES: Final = (
     _HL_FILE,
     _HL_LOG,
-    "gen_ai.input.messages",
-    "gen_ai.output.messages",
-    "gen_ai.system_instructions",
-    "gen_ai.tool.definitions",
+    gen_ai.INPUT_MESSAGES,
+    gen_ai.OUTPUT_MESSAGES,
+    gen_ai.SYSTEM_INSTRUCTIONS,
+    gen_ai.TOOL_DEFINITIONS,
     FLOWTRACE_ENDED_ATTRIBUTE,
-    "gen_ai.prompt.",
-    "gen_ai.completion.",
+    gen_ai.PROMPT_PREFIX,
+    gen_ai.COMPLETION_PREFIX,
     "llm.input_messages.",
     "llm.output_messages.",
     "input.",
@@ -605,7 +607,7 @@ _CONSUMED_PREFIXES: Final = (
     "final_result",
     "tool_arguments",
     "tool_response",
-    "gen_ai.tool.call.",
+    gen_ai.TOOL_CALL_PREFIX,
     "exception.",
 )
 
@@ -648,12 +650,13 @@ class PathCap:
 # --- one span ----------------------------------------------------------------------------------
 
 
-def _kind(attributes: Mapping[str, Any]) -> LogKind:
+def log_kind(attributes: Mapping[str, Any]) -> LogKind:
+    """The kind of log a span's attributes make: `prompt` for an LLM call, `tool`, `flow`."""
     declared = attributes.get("humanloop.file.type")
     if declared in (FLOW, PROMPT, TOOL):
         return declared  # type: ignore[no-any-return]
     for table, key in (
-        (_KIND_BY_OPERATION, "gen_ai.operation.name"),
+        (_KIND_BY_OPERATION, gen_ai.OPERATION_NAME),
         (_KIND_BY_OPENINFERENCE, "openinference.span.kind"),
         (_KIND_BY_TRACELOOP, "traceloop.span.kind"),
     ):
@@ -807,7 +810,7 @@ def _prompt_kernel(attributes: Mapping[str, Any]) -> dict[str, Any]:
     template = attributes.get(f"{_HL_FILE}.template")
     if template:
         kernel.setdefault("template", _text(template))
-    tools = _tool_definitions(attributes.get("gen_ai.tool.definitions"))
+    tools = _tool_definitions(attributes.get(gen_ai.TOOL_DEFINITIONS))
     if tools:
         kernel.setdefault("tools", tools)
     invocation = _json_or_text(attributes.get("llm.invocation_parameters"))
@@ -852,7 +855,7 @@ def _cost(fields: dict[str, Any], kernel: dict[str, Any], attributes: Mapping[st
             fields[name] = value
     if "prompt_cost" in fields or "output_cost" in fields:
         return
-    total = _float(_first(attributes, ("gen_ai.usage.cost", "llm.cost.total")))
+    total = _float(_first(attributes, (gen_ai.USAGE_COST, "llm.cost.total")))
     if total is not None:
         fields["prompt_cost"], fields["output_cost"] = total, 0.0
         return
@@ -962,7 +965,7 @@ def _tool_kernel(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
     raw = _unflatten(attributes, f"{_HL_FILE}.function")
     raw = raw if isinstance(raw, dict) else {}
     function: dict[str, Any] = {"name": _short_text(raw.get("name")) or name}
-    description = raw.get("description", attributes.get("gen_ai.tool.description"))
+    description = raw.get("description", attributes.get(gen_ai.TOOL_DESCRIPTION))
     if _short_text(description) is not None:
         function["description"] = _text(description)
     strict, parameters = _bool(raw.get("strict")), _dict_of(raw.get("parameters"))
@@ -991,7 +994,7 @@ def _path(span: Span, kind: LogKind, attributes: Mapping[str, Any], cap: PathCap
     if kind == TOOL:
         name = str(_first(attributes, _TOOL_NAME_KEYS) or span.name)
     elif kind == FLOW:
-        name = str(_first(attributes, ("gen_ai.agent.name", "agent_name")) or span.name)
+        name = str(_first(attributes, (gen_ai.AGENT_NAME, "agent_name")) or span.name)
     else:
         name = span.name
     path = f"{kind}/{_path_name(name)}"
@@ -1001,7 +1004,7 @@ def _path(span: Span, kind: LogKind, attributes: Mapping[str, Any], cap: PathCap
 def map_span(span: Span, paths: PathCap | None = None) -> MappedLog:
     """The log a span becomes (see the module's docstring). Never raises on span data."""
     attributes = _Attributes(span.attributes)
-    kind = _kind(attributes)
+    kind = log_kind(attributes)
     start_ns = _clamp_ns(span.start_ns)
     end_ns = max(_clamp_ns(span.end_ns), start_ns)
     status = str(attributes.get(f"{_HL_LOG}.log_status", COMPLETE))

@@ -37,6 +37,7 @@ from flowtrace.store._errors import RetryTransaction, StoreBusy, StoreUnavailabl
 from flowtrace.store._postgres_schema import migrate
 from flowtrace.store._repository import (
     LOG_INSERT,
+    REPLAY_SELECT,
     FlowRow,
     NewLog,
     Node,
@@ -227,11 +228,7 @@ _NEXT_SEQS = "SELECT nextval('logs_seq_seq') FROM generate_series(1, %s) ORDER B
 _MAX_SEQ_BLOCK = 256
 _LOG_COLUMNS = LOG_INSERT[LOG_INSERT.index("(") : LOG_INSERT.index(")") + 1]
 _INSERT_CHUNK = 500
-_REPLAYS = (
-    "SELECT l.id, l.request_digest, f.id, v.id, l.placeholder FROM logs l"
-    " JOIN flows f ON f.seq = l.flow_ref JOIN versions v ON v.seq = l.version_ref"
-    " WHERE l.id = ANY(?)"
-)
+_REPLAYS = f"{REPLAY_SELECT} WHERE l.id = ANY(?)"
 
 
 @lru_cache(maxsize=64)

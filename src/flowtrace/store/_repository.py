@@ -169,6 +169,13 @@ def log_values(log: NewLog) -> tuple[Any, ...]:
     )
 
 
+#: What a create's replay rule reads of a stored log (`ReplayRow`, after the id), by log id.
+REPLAY_SELECT = (
+    "SELECT l.id, l.request_digest, f.id, v.id, l.placeholder FROM logs l"
+    " JOIN flows f ON f.seq = l.flow_ref JOIN versions v ON v.seq = l.version_ref"
+)
+
+
 def chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -279,15 +286,10 @@ class Repository(Reader):
         costs a round trip may look them all up at once. Nothing to do in-process."""
 
     def replay_of(self, log_id: str) -> ReplayRow | None:
-        row = self.row(
-            "SELECT l.request_digest, f.id, v.id, l.placeholder FROM logs l"
-            " JOIN flows f ON f.seq = l.flow_ref JOIN versions v ON v.seq = l.version_ref"
-            " WHERE l.id = ?",
-            (log_id,),
-        )
+        row = self.row(f"{REPLAY_SELECT} WHERE l.id = ?", (log_id,))
         if row is None:
             return None
-        return ReplayRow(bytes(row[0]), row[1], row[2], bool(row[3]))
+        return ReplayRow(bytes(row[1]), row[2], row[3], bool(row[4]))
 
     def parent(self, log_id: str) -> ParentRow | None:
         """A log a child goes under, locked: its trace, its node, whether it is complete."""
