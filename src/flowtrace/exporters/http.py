@@ -40,7 +40,10 @@ import pydantic_core
 from flowtrace._config import Settings
 from flowtrace._contract import (
     BATCH_FIELD,
+    BATCH_LOG,
     BATCH_OPERATIONS_FIELD,
+    BATCH_PROMPT_LOG,
+    BATCH_TOOL_LOG,
     PROMPT,
     PROMPT_LOG_FIELDS,
     TOOL,
@@ -54,8 +57,12 @@ __all__ = ["HttpExporter"]
 
 BATCH_PATH = "/flows/logs/batch"
 #: Where each kind of create goes.
-CREATE_PATHS = {"log": "/flows/log", "prompt_log": "/prompts/log", "tool_log": "/tools/log"}
-_KERNEL_FIELDS = {"prompt_log": PROMPT, "tool_log": TOOL}
+CREATE_PATHS = {
+    BATCH_LOG: "/flows/log",
+    BATCH_PROMPT_LOG: "/prompts/log",
+    BATCH_TOOL_LOG: "/tools/log",
+}
+_KERNEL_FIELDS = {BATCH_PROMPT_LOG: PROMPT, BATCH_TOOL_LOG: TOOL}
 HEALTH_PATH = "/health"
 _NO_BATCH = frozenset({404, 405})
 #: A batch request refused as a whole for what it holds (not for its size, a key, the load).
