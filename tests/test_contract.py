@@ -13,6 +13,7 @@ from flowtrace import _contract
 from flowtrace._options import FlowKeywords, FlowOptions
 from flowtrace._scrub import IDENTITY_FIELDS, Scrubber
 from flowtrace._serialize import Limits, snapshot
+from flowtrace.exporters import FILE_LOG_KINDS, OperationKind
 from flowtrace.models import (
     ChatMessage,
     FlowLogRequest,
@@ -20,7 +21,9 @@ from flowtrace.models import (
     FlowLogUpdateRequest,
     _LogFields,
 )
+from flowtrace.server._health import Health
 from flowtrace.server.viewer import _trace_json
+from flowtrace.store._batch import OPERATION_MODELS
 
 TRACE_SCRIPT = Path(_trace_json.__file__).with_name("static") / "trace.js"
 
@@ -150,6 +153,18 @@ def test_scrubbing_leaves_alone_only_fields_of_the_contract_that_hold_no_content
     assert set(_contract.STATUS_FIELDS) <= IDENTITY_FIELDS
     assert not IDENTITY_FIELDS & _contract.PAYLOAD_FIELDS
     assert not IDENTITY_FIELDS & {"metadata", "error", "user", "flow", "environment", "source"}
+
+
+def test_the_batch_operation_kinds_are_the_models_the_store_and_the_exporters() -> None:
+    models = {
+        get_args(model.model_fields["op"].annotation)[0] for model in OPERATION_MODELS.values()
+    }
+    assert tuple(OPERATION_MODELS) == _contract.BATCH_OPS and models == set(_contract.BATCH_OPS)
+    assert set(get_args(OperationKind)) == set(_contract.BATCH_OPS)  # an operation is its op
+    assert {_contract.BATCH_PROMPT_LOG, _contract.BATCH_TOOL_LOG} == FILE_LOG_KINDS
+    health = set(Health.model_fields)
+    assert {_contract.BATCH_FIELD, _contract.BATCH_OPERATIONS_FIELD} <= health
+    assert get_args(Health.model_fields["batch_operations"].annotation) == (_contract.BatchOp,)
 
 
 _SRC = Path(__file__).resolve().parents[1] / "src" / "flowtrace"

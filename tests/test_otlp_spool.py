@@ -375,7 +375,9 @@ def test_an_exit_while_the_endpoint_is_down_leaves_the_spans_for_the_next_proces
     done = run_script(EXITING, env)
     exited = time.monotonic()
     assert done.returncode == 0, done.stderr
-    assert exited - float(done.stdout.splitlines()[1]) < 0.5 + 1.5  # the bound, a margin
+    # The bound, and a margin for the teardown of an interpreter with OpenTelemetry loaded on
+    # a busy machine (2.5 s was seen at load 8; well under 1 s quiet).
+    assert exited - float(done.stdout.splitlines()[1]) < 0.5 + 3.0
     root_id, left_id = json.loads(done.stdout.splitlines()[0])
     assert (
         "3 span(s) not exported to the OTLP endpoint" in done.stderr and "spooled at" in done.stderr

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flowtrace._contract import BATCH_OPS
 from flowtrace.store import Store
 from tests.serverutil import (
     DEFAULT_API_KEY,
@@ -89,7 +90,7 @@ def assert_field_error(response: httpx.Response, loc: list[Any], error_type: str
 def test_health_is_public_and_advertises_batch(app_server: InProcessServer, path: str) -> None:
     response = httpx.get(app_server.root_url + path)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "batch": True}
+    assert response.json() == {"status": "ok", "batch": True, "batch_operations": list(BATCH_OPS)}
 
 
 @pytest.mark.parametrize(
@@ -780,7 +781,7 @@ def test_batch_can_be_withdrawn(tmp_path: Path) -> None:
         response = client.post("/flows/logs/batch", json={"operations": []})
         assert response.status_code == 404
         health = httpx.get(running.root_url + "/healthz").json()
-        assert health == {"status": "ok", "batch": False}
+        assert health == {"status": "ok", "batch": False, "batch_operations": []}
         assert log(client, {"path": "still/works"})["id"]
 
 

@@ -48,7 +48,7 @@ class Settings:
     # Logs held in memory (open ones included); beyond it recording threads wait for room (the
     # overflow goes to disk), never for the network. A waiting log costs about 0.5 KiB (so ~50
     # MiB at the bound, measured in bench/RESULTS.md).
-    queue_size: int = 100_000
+    queue_size: int = 50_000
     first_batch_after_s: float = 0.1
     batch_interval_s: float = 1.0
     batch_size: int = 512

@@ -151,6 +151,23 @@ PROMPT: Final = "prompt"
 TOOL: Final = "tool"
 LOG_KINDS: Final[tuple[LogKind, ...]] = get_args(LogKind)
 
+# --- the batch extension (flowtrace's, not Humanloop's): its operation kinds --------------
+
+#: `op` of a batch operation: a flow log's create (`POST /flows/log`), an update of a log of any
+#: kind (`PATCH /flows/logs/{id}`), a prompt log's create (`POST /prompts/log`), a tool log's
+#: (`POST /tools/log`); the exporter's operation kinds are these names. The last two came
+#: later: a server names the kinds its batches take under `BATCH_OPERATIONS_FIELD` of its
+#: health answer (absent: the first two only).
+BatchOp = Literal["log", "update", "prompt_log", "tool_log"]
+BATCH_LOG: Final = "log"
+BATCH_UPDATE: Final = "update"
+BATCH_PROMPT_LOG: Final = "prompt_log"
+BATCH_TOOL_LOG: Final = "tool_log"
+BATCH_OPS: Final[tuple[BatchOp, ...]] = get_args(BatchOp)
+#: The health answer's fields: `batch` (the route is offered) and the operation kinds it takes.
+BATCH_FIELD: Final = "batch"
+BATCH_OPERATIONS_FIELD: Final = "batch_operations"
+
 #: Token counts of a prompt log. `prompt_tokens`, `output_tokens` and `reasoning_tokens` are the
 #: contract's; the cache counts are flowtrace's (part of `prompt_tokens`, as providers count).
 TOKEN_FIELDS: Final = (

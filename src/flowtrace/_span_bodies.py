@@ -13,6 +13,9 @@ from typing import Any, Final
 
 from flowtrace._config import get_settings
 from flowtrace._contract import (
+    BATCH_LOG,
+    BATCH_PROMPT_LOG,
+    BATCH_TOOL_LOG,
     COMPLETE,
     FLOW,
     INCOMPLETE,
@@ -35,9 +38,9 @@ __all__ = [
 
 #: The operation that creates a log of each kind.
 _CREATE_KINDS: Final[dict[str, OperationKind]] = {
-    FLOW: "log",
-    PROMPT: "prompt_log",
-    TOOL: "tool_log",
+    FLOW: BATCH_LOG,
+    PROMPT: BATCH_PROMPT_LOG,
+    TOOL: BATCH_TOOL_LOG,
 }
 
 #: Bounds the distinct paths spans may create in this process (as the server's ingest does).

@@ -39,6 +39,7 @@ __all__ = [
     "ChatMessage",
     "ChatRole",
     "CreateFlowLogResponse",
+    "CreateOperation",
     "CreatePromptLogResponse",
     "CreateToolLogResponse",
     "DeployRequest",
@@ -56,6 +57,7 @@ __all__ = [
     "LogQuery",
     "PaginatedLogs",
     "PromptKernel",
+    "PromptLogOperation",
     "PromptLogRequest",
     "PromptLogUpdateRequest",
     "StatusField",
@@ -63,6 +65,7 @@ __all__ = [
     "ToolCall",
     "ToolFunction",
     "ToolKernel",
+    "ToolLogOperation",
     "ToolLogRequest",
     "ToolLogUpdateRequest",
     "TraceStatus",
@@ -376,8 +379,28 @@ class LogOperation(_Request):
     body: FlowLogRequest
 
 
+class PromptLogOperation(_Request):
+    """Batch extension: one `POST /prompts/log` (an LLM call)."""
+
+    op: Literal["prompt_log"]
+    query: LogQuery | None = None
+    body: PromptLogRequest
+
+
+class ToolLogOperation(_Request):
+    """Batch extension: one `POST /tools/log` (a tool call)."""
+
+    op: Literal["tool_log"]
+    query: LogQuery | None = None
+    body: ToolLogRequest
+
+
+#: A batch operation that creates a log, of any kind.
+CreateOperation = LogOperation | PromptLogOperation | ToolLogOperation
+
+
 class UpdateOperation(_Request):
-    """Batch extension: one `PATCH /flows/logs/{log_id}`."""
+    """Batch extension: one `PATCH /flows/logs/{log_id}` (of a log of any kind)."""
 
     op: Literal["update"]
     log_id: str

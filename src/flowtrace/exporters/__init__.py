@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
+from flowtrace._contract import BATCH_PROMPT_LOG, BATCH_TOOL_LOG
 from flowtrace._retry import NOT_DELIVERED
 
 __all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
@@ -25,8 +26,8 @@ __all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "Operatio
 #: `log` creates a flow log, `prompt_log` and `tool_log` a prompt's or a tool's (a span's log:
 #: `_span_bodies`), `update` closes a log created early.
 OperationKind = Literal["log", "prompt_log", "tool_log", "update"]
-#: Creates of a prompt's or a tool's log (not in the batch extension: sent one by one).
-FILE_LOG_KINDS: frozenset[str] = frozenset({"prompt_log", "tool_log"})
+#: Creates of a prompt's or a tool's log (in a batch only where the server says it takes them).
+FILE_LOG_KINDS: frozenset[str] = frozenset({BATCH_PROMPT_LOG, BATCH_TOOL_LOG})
 
 #: The query of an operation without one (shared: nobody changes a query).
 NO_QUERY: dict[str, str] = {}
@@ -46,12 +47,12 @@ class Operation(NamedTuple):
 
     def to_batch_item(self) -> dict[str, Any]:
         """The operation as one item of the batch extension's `operations` list."""
-        if self.kind == "log":
-            item: dict[str, Any] = {"op": "log", "body": self.body}
-            if self.query:
-                item["query"] = self.query
-            return item
-        return {"op": "update", "log_id": self.log_id, "body": self.body}
+        if self.kind == "update":
+            return {"op": "update", "log_id": self.log_id, "body": self.body}
+        item: dict[str, Any] = {"op": self.kind, "body": self.body}  # the kinds are the ops
+        if self.query:
+            item["query"] = self.query
+        return item
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,11 @@ answers `{"batch": true|false, ...}`, and then takes flowtrace's end-of-log fiel
 any other server of the contract gets the per-log routes and contract-only update bodies. If
 the batch route answers 404/405 anyway, the exporter falls back to per-log and remembers.
 
-A span's prompt or tool log goes to `POST /prompts/log` or `POST /tools/log`, one by one (the
-batch extension takes flow logs only), in its place in the order. A server without those routes
+A span's prompt or tool log goes in the batch too where the health answer lists its kind under
+`batch_operations` (a flowtrace server since prompt and tool logs in batches). Elsewhere it goes
+to `POST /prompts/log` or `POST /tools/log`, one by one, in its place in the order; so too once
+a batch holding them was refused (400/422 for the whole request, or a 422 naming the `op`:
+learned once, with one warning), from the refused operation on. A server without those routes
 (404 "Not Found" or 405 for the route itself, learned once) gets it as a flow log instead, its
 kernel and prompt fields (tokens, costs, finish reason) in its metadata.
 
@@ -23,9 +26,11 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401
 import hashlib
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -33,7 +38,17 @@ import httpx
 import pydantic_core
 
 from flowtrace._config import Settings
-from flowtrace._contract import PROMPT, PROMPT_LOG_FIELDS, TOOL, UPDATE_EXTENSION_FIELDS
+from flowtrace._contract import (
+    BATCH_FIELD,
+    BATCH_LOG,
+    BATCH_OPERATIONS_FIELD,
+    BATCH_PROMPT_LOG,
+    BATCH_TOOL_LOG,
+    PROMPT,
+    PROMPT_LOG_FIELDS,
+    TOOL,
+    UPDATE_EXTENSION_FIELDS,
+)
 from flowtrace._retry import is_retryable, parse_retry_after
 from flowtrace.exporters import FILE_LOG_KINDS, NOT_DELIVERED, Operation, Outcome, not_delivered
 from flowtrace.exporters._interruptible import install_on
@@ -42,10 +57,18 @@ __all__ = ["HttpExporter"]
 
 BATCH_PATH = "/flows/logs/batch"
 #: Where each kind of create goes.
-CREATE_PATHS = {"log": "/flows/log", "prompt_log": "/prompts/log", "tool_log": "/tools/log"}
-_KERNEL_FIELDS = {"prompt_log": PROMPT, "tool_log": TOOL}
+CREATE_PATHS = {
+    BATCH_LOG: "/flows/log",
+    BATCH_PROMPT_LOG: "/prompts/log",
+    BATCH_TOOL_LOG: "/tools/log",
+}
+_KERNEL_FIELDS = {BATCH_PROMPT_LOG: PROMPT, BATCH_TOOL_LOG: TOOL}
 HEALTH_PATH = "/health"
 _NO_BATCH = frozenset({404, 405})
+#: A batch request refused as a whole for what it holds (not for its size, a key, the load).
+_BATCH_REFUSED = frozenset({400, 422})
+
+logger = logging.getLogger("flowtrace")
 
 #: Per-log routes: requests in flight at once (and connections kept), and the batch length
 #: from which a batch goes in parallel waves rather than one request after the other.
@@ -102,6 +125,7 @@ class HttpExporter:
         self.batch = False  # the server offers POST /flows/logs/batch
         self.update_extension = False  # the server takes end-of-log fields on update
         self.file_logs = True  # the server has prompt and tool routes (until one is missing)
+        self.batch_file_logs = False  # the batch route takes prompt and tool log creates
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpExporter:
@@ -151,13 +175,27 @@ class HttpExporter:
             if failure is not None:
                 return [failure] * len(operations)
         if self.batch:
-            if any(op.kind in FILE_LOG_KINDS for op in operations):
+            if not self.batch_file_logs and any(op.kind in FILE_LOG_KINDS for op in operations):
                 return self._export_mixed(operations)
             outcomes = self._export_batch(operations)
+            if isinstance(outcomes, _KindsRefused):
+                self._stop_batching_file_logs(outcomes.reason)
+                return [*outcomes.done, *self._export_mixed(operations[len(outcomes.done) :])]
             if outcomes is not None:
                 return outcomes
             self.batch = False  # the route is not there after all: per-log from now on
         return self._export_each(operations)
+
+    def _stop_batching_file_logs(self, reason: str) -> None:
+        """Learned once: prompt and tool logs one by one from now on (none is lost: the
+        refused ones are sent again that way)."""
+        self.batch_file_logs = False
+        logger.warning(
+            "flowtrace: %s refused prompt and tool logs in a batch (%s); they are sent one by "
+            "one from now on",
+            self._url(BATCH_PATH),
+            reason,
+        )
 
     def _export_mixed(self, operations: Sequence[Operation]) -> list[Outcome]:
         """Flow logs through the batch route, prompt and tool logs one by one, in order; after
@@ -170,7 +208,7 @@ class HttpExporter:
             while end < len(operations) and (operations[end].kind in FILE_LOG_KINDS) == per_log:
                 end += 1
             run = operations[start:end]
-            batched = None if per_log or not self.batch else self._export_batch(run)
+            batched = None if per_log or not self.batch else self._export_flow_batch(run)
             if batched is None and not per_log:
                 self.batch = False  # the route is not there after all: per-log from now on
             part = batched if batched is not None else self._export_each(run)
@@ -198,15 +236,32 @@ class HttpExporter:
                 NOT_DELIVERED, None, retry_after, f"health check answered {response.status_code}"
             )
         info = _json_or_none(response) if response.status_code == 200 else None
-        if isinstance(info, dict) and isinstance(info.get("batch"), bool):
-            self.batch = info["batch"]
+        if isinstance(info, dict) and isinstance(info.get(BATCH_FIELD), bool):
+            self.batch = info[BATCH_FIELD]
             self.update_extension = bool(info.get("update_extension", True))
+            kinds = info.get(BATCH_OPERATIONS_FIELD)
+            named = (
+                [kind for kind in kinds if isinstance(kind, str)] if isinstance(kinds, list) else []
+            )
+            self.batch_file_logs = FILE_LOG_KINDS.issubset(named)
         self._discovered = True
         return None
 
     # --- the batch extension ---------------------------------------------------------------
-    def _export_batch(self, operations: Sequence[Operation]) -> list[Outcome] | None:
-        """Outcomes of one batch request; None if the server has no batch route."""
+    def _export_flow_batch(self, operations: Sequence[Operation]) -> list[Outcome] | None:
+        """A batch of flow logs and updates only (the server refuses none of its kinds)."""
+        outcomes = self._export_batch(operations)
+        assert not isinstance(outcomes, _KindsRefused)
+        return outcomes
+
+    def _export_batch(
+        self, operations: Sequence[Operation]
+    ) -> list[Outcome] | _KindsRefused | None:
+        """Outcomes of one batch request; None if the server has no batch route; what was
+        done if it refused the prompt and tool logs the batch holds."""
+        holds_file_logs = self.batch_file_logs and any(
+            op.kind in FILE_LOG_KINDS for op in operations
+        )
         items = [self._batch_item(op) for op in operations]
         content = _encode({"operations": items})
         try:
@@ -215,10 +270,17 @@ class HttpExporter:
             return not_delivered(_transport_error(exc), len(operations))
         if response.status_code in _NO_BATCH:
             return None
+        if holds_file_logs and response.status_code in _BATCH_REFUSED:
+            return _KindsRefused([], f"it answered {response.status_code} to the whole batch")
         if not 200 <= response.status_code < 300:
             outcome = self._outcome(response)
             return [outcome] * len(operations)
-        return _batch_outcomes(_json_or_none(response), len(operations), self._url(BATCH_PATH))
+        outcomes = _batch_outcomes(_json_or_none(response), len(operations), self._url(BATCH_PATH))
+        refused = _first_unknown_op(operations, outcomes) if holds_file_logs else None
+        if refused is not None:
+            kind = operations[refused].kind
+            return _KindsRefused(outcomes[:refused], f"a {kind!r} operation: an unknown op")
+        return outcomes
 
     def _batch_item(self, op: Operation) -> dict[str, Any]:
         item = op.to_batch_item()
@@ -290,6 +352,31 @@ class HttpExporter:
 
     def _url(self, path: str) -> str:
         return self._base_url + path
+
+
+@dataclass(frozen=True)
+class _KindsRefused:
+    """A batch whose prompt or tool logs the server refused: the outcomes of the operations
+    before the first refused one (stored; the rest is to be sent again otherwise), and why."""
+
+    done: list[Outcome]
+    reason: str
+
+
+def _first_unknown_op(operations: Sequence[Operation], outcomes: list[Outcome]) -> int | None:
+    """The first prompt or tool log whose result is a 422 for its `op` (a server that does not
+    know the kind, though it said it did)."""
+    for index, (op, outcome) in enumerate(zip(operations, outcomes, strict=True)):
+        if op.kind in FILE_LOG_KINDS and outcome.status == 422 and _names_op(outcome.body):
+            return index
+    return None
+
+
+def _names_op(body: Any) -> bool:
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return isinstance(detail, list) and any(
+        isinstance(item, dict) and item.get("loc") == ["op"] for item in detail
+    )
 
 
 def _waves(operations: Sequence[Operation]) -> list[list[int]]:

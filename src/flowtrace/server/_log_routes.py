@@ -78,7 +78,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
             "/flows/logs/batch",
             response_model=BatchResponse,
             responses=error_responses(400, 401, 413),
-            summary="Apply many log and update operations (flowtrace extension)",
+            summary="Apply many log (flow, prompt, tool) and update operations (flowtrace ext.)",
         )
         def apply_batch(body: BatchRequest) -> Response:
             results = store.batch(body.operations)

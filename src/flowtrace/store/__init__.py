@@ -49,7 +49,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from flowtrace._contract import DEFAULT_STATUS_FIELD, FLOW, LogKind, StatusField, wire_time_us
+from flowtrace._contract import (
+    BATCH_PROMPT_LOG,
+    BATCH_TOOL_LOG,
+    DEFAULT_STATUS_FIELD,
+    FLOW,
+    LogKind,
+    StatusField,
+    wire_time_us,
+)
 from flowtrace.models import (
     BatchResult,
     CreateFlowLogResponse,
@@ -58,10 +66,10 @@ from flowtrace.models import (
     FlowLogUpdateRequest,
     FlowResponse,
     FlowUpsertRequest,
-    LogOperation,
     LogQuery,
     PromptLogRequest,
     ToolLogRequest,
+    UpdateOperation,
     VersionResponse,
 )
 from flowtrace.store._batch import parse_operation
@@ -139,10 +147,10 @@ def _open_database(target: str | os.PathLike[str], in_program: bool) -> Database
     return SqliteDatabase(Path(target), in_program=in_program)
 
 
-#: `ingest`'s creates of a span's prompt or tool log, by operation kind.
+#: `ingest`'s creates of a span's prompt or tool log, by operation kind (the batch's kinds).
 _FILE_LOG_REQUESTS: dict[str, type[PromptLogRequest] | type[ToolLogRequest]] = {
-    "prompt_log": PromptLogRequest,
-    "tool_log": ToolLogRequest,
+    BATCH_PROMPT_LOG: PromptLogRequest,
+    BATCH_TOOL_LOG: ToolLogRequest,
 }
 
 _T = TypeVar("_T")
@@ -327,7 +335,9 @@ class Store:
 
     def batch(self, operations: Sequence[dict[str, Any]]) -> list[BatchResult]:
         """The batch extension: operations apply in order, each on its own (a failing one is
-        undone alone), all in one transaction. Malformed operations get a 422 result."""
+        undone alone), all in one transaction. Malformed operations get a 422 result. A
+        prompt or tool log's create is stored as `log_file` stores it, an update as `update`
+        does (of a log of any kind)."""
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
         prepared: list[PreparedLog | _Update | StoreError] = []
@@ -337,7 +347,7 @@ class Store:
             except StoreError as error:
                 prepared.append(error)
                 continue
-            if isinstance(operation, LogOperation):
+            if not isinstance(operation, UpdateOperation):  # a create, of any kind
                 prepared.append(prepare_log(operation.body, operation.query, now_us, now_wire))
             else:
                 prepared.append((operation.log_id, operation.body))
