@@ -185,7 +185,7 @@ def test_a_loop_that_overflows_a_small_queue_stores_every_log_in_bounded_memory(
 ) -> None:
     """The embedded store is the local disk: the loop waits for it. A server is not: the
     overflow goes to the spool, and the loop waits only for that."""
-    count, bound = 30_000, 1_000
+    count, bound = 20_000, 1_000
     if destination == "embedded":
         db = tmp_path / "loop.db"
         target: dict[str, Any] = {"db_path": str(db)}

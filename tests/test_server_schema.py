@@ -15,8 +15,8 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 from tests.serverutil import InProcessServer, serve_in_thread
 
 # Examples per operation: derandomized, so the same inputs each run; bounded for the suite's
-# time (20 per operation over ~25 operations is about 40 s of the suite).
-EXAMPLES_PER_OPERATION = 20
+# time (12 per operation over ~25 operations is about 25 s of the suite).
+EXAMPLES_PER_OPERATION = 12
 
 
 @pytest.fixture(scope="module")
