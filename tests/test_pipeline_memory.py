@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -206,6 +207,32 @@ def test_the_worker_plans_ahead_of_a_busy_sender_only_for_a_remote_destination(
         assert flowtrace.flush(WAIT_S)
     assert planned == (0 if local else 50)
     assert len(exporter.logs) == 51
+
+
+def test_the_worker_sleeps_while_a_local_sender_is_busy_past_the_batch_interval() -> None:
+    # A send that came due while the local sender was busy made the worker loop without
+    # sleeping, taking the interpreter lock from the sender at each SQLite call (a loop at the
+    # bound of a small queue ran 10x slower). It now sleeps until the sender wakes it.
+    exporter = LocalMemoryExporter()
+    gate = Gate()
+    exporter.script(gate)
+    with fresh_pipeline(exporter, batch_size=10, batch_interval_s=0.02) as pipe:
+        with flow("first"):
+            pass
+        assert gate.entered.wait(WAIT_S)  # the sender is busy with "first"
+        for i in range(20):
+            with flow(f"n{i}"):
+                pass
+        assert wait_until(lambda: pipe._queue.waiting() == 0)  # the worker has them, ready
+        looks = []
+        collect = pipe._collect
+        pipe._collect = lambda: (looks.append(None), collect())[1]  # type: ignore[method-assign]
+        time.sleep(0.3)  # a window in which a spinning worker looks thousands of times
+        seen = len(looks)
+        gate.opened.set()
+        assert flowtrace.flush(WAIT_S)
+    assert seen < 100  # its polls (every 10-20 ms), not a spin
+    assert len(exporter.logs) == 21
 
 
 def test_flush_times_out_while_the_destination_hangs() -> None:

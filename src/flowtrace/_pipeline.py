@@ -650,12 +650,13 @@ class Pipeline:
         queue = self._queue
         if not queue.wait_at_bound:
             return False
+        local = self._destination.local()
         low = int(queue.limit * 0.9)
         if self._counters.held + queue.waiting() < low:
             self._backpressure.has_room()
             return False
         outbox = self._ensure_outbox()
-        if not outbox.usable or (self._destination.local() and not self._backpressure.stalled):
+        if not outbox.usable or (local and not self._backpressure.stalled):
             return False
         planned = bool(self._planner.ready_logs) and self._plan_batch(now, max_ops=self._batch_size)
         if outbox.spill():
@@ -668,7 +669,10 @@ class Pipeline:
         """Wait for work; returns the (possibly new) time of the next send."""
         planner = self._planner
         deadlines = []
-        if planner.ready_logs:
+        # The next send is due only once a local sender is idle again (it wakes us then): a
+        # due time that passed while it was busy would make this loop spin, taking the
+        # interpreter lock from the sender at each of its SQLite calls.
+        if planner.ready_logs and not self._sender_busy_locally():
             deadlines.append(next_send_at)
         live_at = planner.next_live_at(self._settings.live_after_s)
         if live_at is not None:
