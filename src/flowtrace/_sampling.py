@@ -44,6 +44,7 @@ __all__ = [
     "DormantRoot",
     "LocalRootHold",
     "RemoteDecision",
+    "below_threshold",
     "is_sampled",
     "open_root",
     "reset_counts",
@@ -80,10 +81,16 @@ def threshold(sample_rate: float) -> int:
     return int(sample_rate * SPAN)
 
 
+def below_threshold(number: int, seed: int, below: int) -> bool:
+    """The decision for the root numbered `number` of the id prefix `seed`: sampled when its
+    hash is below `below` (`threshold(rate)`). `open_root` inlines this expression, on the
+    call path; keep the two the same."""
+    return ((number ^ seed) * MULTIPLIER) & MASK < below
+
+
 def sampled(number: int, seed: int, sample_rate: float) -> bool:
-    """The decision for the root numbered `number` of the id prefix `seed` (`open_root`
-    inlines this expression; keep the two the same)."""
-    return ((number ^ seed) * MULTIPLIER) & MASK < threshold(sample_rate)
+    """The decision for the root numbered `number` of the id prefix `seed` at `sample_rate`."""
+    return below_threshold(number, seed, threshold(sample_rate))
 
 
 def is_sampled(log_id: str, sample_rate: float) -> bool:
@@ -330,7 +337,7 @@ class RemoteDecision:
         below = log.options.sample_threshold
         if below is None:
             below = rate_threshold
-        return ((log._number ^ _log.seed) * MULTIPLIER) & MASK < below
+        return below_threshold(log._number, _log.seed, below)
 
 
 def _announce(log: Log, opening: bool) -> None:

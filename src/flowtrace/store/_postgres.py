@@ -50,6 +50,7 @@ from flowtrace.store._repository import (
     VersionRow,
     chunks,
     log_values,
+    replay_row,
 )
 
 try:
@@ -348,7 +349,7 @@ class PostgresRepository(PostgresReader, Repository):
         for chunk in chunks(sorted(set(log_ids))):
             with self._holding_pending():
                 for row in self.rows(_REPLAYS, (list(chunk),)):
-                    self._replays[row[0]] = ReplayRow(bytes(row[1]), row[2], row[3], bool(row[4]))
+                    self._replays[row[0]] = replay_row(row)
         self._expected = set(log_ids)
 
     def replay_of(self, log_id: str) -> ReplayRow | None:

@@ -176,6 +176,11 @@ REPLAY_SELECT = (
 )
 
 
+def replay_row(row: Row) -> ReplayRow:
+    """A row of `REPLAY_SELECT` (its first column, the id, is the caller's key)."""
+    return ReplayRow(bytes(row[1]), row[2], row[3], bool(row[4]))
+
+
 def chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -289,7 +294,7 @@ class Repository(Reader):
         row = self.row(f"{REPLAY_SELECT} WHERE l.id = ?", (log_id,))
         if row is None:
             return None
-        return ReplayRow(bytes(row[1]), row[2], row[3], bool(row[4]))
+        return replay_row(row)
 
     def parent(self, log_id: str) -> ParentRow | None:
         """A log a child goes under, locked: its trace, its node, whether it is complete."""

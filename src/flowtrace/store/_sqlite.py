@@ -39,6 +39,7 @@ from flowtrace.store._repository import (
     VersionRow,
     chunks,
     log_values,
+    replay_row,
 )
 from flowtrace.store._schema import migrate
 
@@ -264,7 +265,7 @@ class SqliteRepository(SqliteReader, Repository):
         for chunk in chunks(ids):
             marks = ", ".join("?" * len(chunk))
             for row in self.rows(f"{REPLAY_SELECT} WHERE l.id IN ({marks})", chunk):
-                self._replays[row[0]] = ReplayRow(bytes(row[1]), row[2], row[3], bool(row[4]))
+                self._replays[row[0]] = replay_row(row)
         self._expected = set(ids)
 
     def replay_of(self, log_id: str) -> ReplayRow | None:
