@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,9 +40,12 @@ __all__ = [
     "DEFAULT_API_KEY",
     "InProcessServer",
     "RunningServer",
+    "SharedServer",
+    "SharedServers",
     "app_server",
     "serve_in_thread",
     "server",
+    "shared_servers",
     "start_server",
 ]
 
@@ -238,6 +242,97 @@ def serve_in_thread(
         raise
 
 
+class _StoreSlot:
+    """The store of the test being served, in place of a store for an app that tests share.
+
+    The app looks up a store method at each request (routes, fast path, viewer, OTLP), so a
+    test swaps in a fresh store of its own: the same isolation as a server of its own, without
+    starting one (~0.5 s each: the app, uvicorn's start and stop)."""
+
+    def __init__(self) -> None:
+        self.current: Store | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.current is None:  # a request that outlived its test, or came before one
+            raise RuntimeError(f"Store.{name} asked of a shared server while no test is served")
+        return getattr(self.current, name)
+
+    def close(self) -> None:
+        """Each test closes its own store; the server's stop has nothing left to close."""
+
+
+class SharedServer(_ServerBase):
+    """One test's view of a shared in-process server: its URLs, serving the test's store."""
+
+    def __init__(self, running: InProcessServer, store: Store, db_path: Path) -> None:
+        self.root_url = running.root_url
+        self.api_key = running.api_key
+        self.store = store
+        self.db_path = db_path
+
+
+class SharedServers:
+    """In-process servers that the tests of a module share, one per set of app options (see
+    the `shared_servers` fixture); `serve` lends one to a test, serving that test's store."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, tuple[InProcessServer, _StoreSlot]] = {}
+
+    @contextmanager
+    def serve(
+        self,
+        db_path: Path,
+        *,
+        api_keys: Sequence[str] = (DEFAULT_API_KEY,),
+        store: Store | None = None,
+        **app_options: Any,
+    ) -> Iterator[SharedServer]:
+        """As `serve_in_thread`, for the length of the block; the store is closed after it."""
+        store = store if store is not None else Store(db_path)
+        try:
+            running, slot = self._server_for(tuple(api_keys), app_options)
+        except BaseException:
+            store.close()
+            raise
+        slot.current = store
+        try:
+            yield SharedServer(running, store, db_path)
+        finally:
+            slot.current = None
+            store.close()
+
+    def _server_for(
+        self, api_keys: tuple[str, ...], app_options: dict[str, Any]
+    ) -> tuple[InProcessServer, _StoreSlot]:
+        key = repr((api_keys, sorted(app_options.items())))
+        if key not in self._running:
+            slot = _StoreSlot()
+            running = InProcessServer(
+                slot,  # type: ignore[arg-type]  # stands for a Store: see _StoreSlot
+                Path(os.devnull),
+                api_keys[0] if api_keys else None,
+                api_keys=api_keys,
+                **app_options,
+            )
+            self._running[key] = (running, slot)
+        return self._running[key]
+
+    def stop(self) -> None:
+        for running, _ in self._running.values():
+            running.stop()
+        self._running.clear()
+
+
+@pytest.fixture(scope="module")
+def shared_servers() -> Iterator[SharedServers]:
+    """The in-process servers this module's tests share (stopped after its last test)."""
+    servers = SharedServers()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
     """A server subprocess on a fresh database, API key `test-key`."""
@@ -246,7 +341,8 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def app_server(tmp_path: Path) -> Iterator[InProcessServer]:
-    """An in-process server on a fresh database, API key `test-key`."""
-    with serve_in_thread(tmp_path / "flowtrace.db") as running:
+def app_server(tmp_path: Path, shared_servers: SharedServers) -> Iterator[SharedServer]:
+    """An in-process server on a fresh database, API key `test-key` (shared by the module's
+    tests, each with a store of its own)."""
+    with shared_servers.serve(tmp_path / "flowtrace.db") as running:
         yield running

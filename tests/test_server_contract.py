@@ -16,7 +16,9 @@ from flowtrace._contract import BATCH_OPS
 from flowtrace.store import Store
 from tests.serverutil import (
     DEFAULT_API_KEY,
-    InProcessServer,
+    RunningServer,
+    SharedServer,
+    SharedServers,
     serve_in_thread,
     start_server,
 )
@@ -37,14 +39,16 @@ REQUIRED_FLOW_FIELDS = {
 
 
 @pytest.fixture
-def app_server(tmp_path: Path, store_target: str) -> Iterator[InProcessServer]:
+def app_server(
+    tmp_path: Path, store_target: str, shared_servers: SharedServers
+) -> Iterator[SharedServer]:
     """The contract's server over each backend (SQLite, PostgreSQL): the same answers."""
-    with serve_in_thread(tmp_path / "flowtrace.db", store=Store(store_target)) as running:
+    with shared_servers.serve(tmp_path / "flowtrace.db", store=Store(store_target)) as running:
         yield running
 
 
 @pytest.fixture
-def client(app_server: InProcessServer) -> Iterator[httpx.Client]:
+def client(app_server: SharedServer) -> Iterator[httpx.Client]:
     with app_server.client() as http:
         yield http
 
@@ -87,7 +91,7 @@ def assert_field_error(response: httpx.Response, loc: list[Any], error_type: str
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/v5/health"])
-def test_health_is_public_and_advertises_batch(app_server: InProcessServer, path: str) -> None:
+def test_health_is_public_and_advertises_batch(app_server: SharedServer, path: str) -> None:
     response = httpx.get(app_server.root_url + path)
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "batch": True, "batch_operations": list(BATCH_OPS)}
@@ -99,7 +103,7 @@ def test_health_is_public_and_advertises_batch(app_server: InProcessServer, path
     ids=["missing", "wrong", "empty", "non-ascii"],
 )
 def test_requests_without_the_right_key_are_401(
-    app_server: InProcessServer, headers: dict[str, bytes]
+    app_server: SharedServer, headers: dict[str, bytes]
 ) -> None:
     with httpx.Client(base_url=app_server.base_url, headers=headers) as anonymous:
         for response in (
@@ -286,12 +290,12 @@ def test_failed_request_changes_nothing(client: httpx.Client) -> None:
 
 
 @pytest.fixture
-def small_server(tmp_path: Path) -> Iterator[InProcessServer]:
-    with serve_in_thread(tmp_path / "db", max_body_bytes=1000) as running:
+def small_server(tmp_path: Path, shared_servers: SharedServers) -> Iterator[SharedServer]:
+    with shared_servers.serve(tmp_path / "db", max_body_bytes=1000) as running:
         yield running
 
 
-def test_body_over_limit_is_413(small_server: InProcessServer) -> None:
+def test_body_over_limit_is_413(small_server: SharedServer) -> None:
     with small_server.client() as client:
         response = client.post("/flows/log", json={"path": "p", "output": "x" * 2000})
         assert response.status_code == 413
@@ -300,7 +304,7 @@ def test_body_over_limit_is_413(small_server: InProcessServer) -> None:
         assert client.post("/flows/log", json={"path": "p", "output": "x"}).status_code == 200
 
 
-def test_streamed_body_over_limit_is_413(small_server: InProcessServer) -> None:
+def test_streamed_body_over_limit_is_413(small_server: SharedServer) -> None:
     def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer
         yield b'{"path": "p", "output": "'
         for _ in range(40):
@@ -314,7 +318,7 @@ def test_streamed_body_over_limit_is_413(small_server: InProcessServer) -> None:
         assert response.status_code == 413
 
 
-def test_streamed_body_within_limit_is_accepted(small_server: InProcessServer) -> None:
+def test_streamed_body_within_limit_is_accepted(small_server: SharedServer) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"path": "p", '
         yield b'"output": "small"}'
@@ -788,7 +792,7 @@ def test_batch_can_be_withdrawn(tmp_path: Path) -> None:
 # --- OpenAPI --------------------------------------------------------------------------------
 
 
-def test_openapi_document_describes_every_route(app_server: InProcessServer) -> None:
+def test_openapi_document_describes_every_route(app_server: SharedServer) -> None:
     document = httpx.get(app_server.root_url + "/openapi.json").json()
     paths = document["paths"]
     expected = {
@@ -812,17 +816,25 @@ def test_openapi_document_describes_every_route(app_server: InProcessServer) -> 
     assert {"400", "401", "404", "409", "413", "422"} <= set(log_op["responses"])
 
 
-def test_api_key_is_documented(app_server: InProcessServer) -> None:
+def test_api_key_is_documented(app_server: SharedServer) -> None:
     document = httpx.get(app_server.root_url + "/openapi.json").json()
     schemes = document["components"]["securitySchemes"].values()
     assert any(s.get("name") == "X-API-KEY" and s.get("in") == "header" for s in schemes)
 
 
-def test_default_key_constant_matches_fixture(app_server: InProcessServer) -> None:
+def test_default_key_constant_matches_fixture(app_server: SharedServer) -> None:
     assert app_server.api_key == DEFAULT_API_KEY
 
 
 # --- datetimes out of range ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # A subprocess: were a datetime out of range a 500 again, the in-process guard hook would
+    # turn it into a test error instead of the assertion's message.
+    with start_server(tmp_path_factory.mktemp("out-of-range") / "db") as running:
+        yield running
 
 
 @pytest.mark.parametrize(
@@ -830,9 +842,10 @@ def test_default_key_constant_matches_fixture(app_server: InProcessServer) -> No
     [1e20, "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00"],
     ids=["epoch-overflow", "year-9999-west", "year-1-east"],
 )
-def test_out_of_range_datetimes_are_422(tmp_path: Path, start_time: float | str) -> None:
-    # A subprocess: the in-process guard hook would turn the known 500 into a test error.
-    with start_server(tmp_path / "db") as running, running.client() as client:
+def test_out_of_range_datetimes_are_422(
+    server_process: RunningServer, start_time: float | str
+) -> None:
+    with server_process.client() as client:
         response = client.post("/flows/log", json={"path": "t", "start_time": start_time})
         assert response.status_code == 422, response.text
 
