@@ -46,7 +46,12 @@ def fail_on_internal_errors() -> Iterator[list[tuple[str, BaseException | None]]
 
 
 # The throwaway PostgreSQL cluster and the store targets (SQLite, PostgreSQL) tests run over.
-from tests.pgutil import postgres_cluster, postgres_url, store_target  # noqa: E402, F401
+from tests.pgutil import (  # noqa: E402, F401
+    migrated_schemas,
+    postgres_cluster,
+    postgres_url,
+    store_target,
+)
 
 # The in-process servers a module's tests share (each test serving a store of its own).
 from tests.serverutil import shared_servers  # noqa: E402, F401
