@@ -7,17 +7,17 @@ the backend locked, widened, allocated and inserted as it now does (see `_postgr
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import ForkServerContext
 from typing import Any
 
 import pytest
 
 from flowtrace.models import FlowLogRequest, FlowLogUpdateRequest
 from flowtrace.store import ListQuery, Store, StoreError
+from tests.processutil import clean_context
 
 _JOIN_S = 60.0
 _ROUND_S = 60.0
@@ -55,7 +55,7 @@ def _worker(url: str, barrier: Any, tasks: Any, results: Any) -> None:
 class Racers:
     """`count` processes on one database; `round(tasks)` runs one task in each at once."""
 
-    def __init__(self, context: SpawnContext, url: str, count: int) -> None:
+    def __init__(self, context: ForkServerContext, url: str, count: int) -> None:
         self._barrier = context.Barrier(count)
         self._queues = [context.Queue() for _ in range(count)]
         self._results = context.Queue()
@@ -82,7 +82,7 @@ class Racers:
 
 @pytest.fixture
 def racers(postgres_url: str) -> Iterator[Any]:
-    context = multiprocessing.get_context("spawn")  # no store, lock or thread crosses a fork
+    context = clean_context()  # no store, lock or thread of this process crosses to them
     started: list[Racers] = []
 
     def start(count: int) -> Racers:

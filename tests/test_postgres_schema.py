@@ -3,13 +3,13 @@ once, and a database it cannot read refused rather than misread."""
 
 from __future__ import annotations
 
-import multiprocessing
 from typing import Any
 
 import pytest
 
 from flowtrace.store import Store, StoreSchemaError
 from flowtrace.store._postgres_schema import MIGRATIONS, migrate
+from tests.processutil import clean_context
 
 psycopg = pytest.importorskip("psycopg")  # the postgres extra (CI installs it: dev)
 
@@ -27,7 +27,7 @@ def _version(url: str) -> int:
 
 
 def test_processes_opening_a_new_database_at_once_migrate_it_once(postgres_url: str) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = clean_context()
     barrier = context.Barrier(6)
     openers = [
         context.Process(target=_open_and_close, args=(postgres_url, barrier)) for _ in range(6)

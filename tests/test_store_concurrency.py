@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from flowtrace.store import ListQuery, Store
+from tests.processutil import clean_context
 from tests.store_helpers import req
 
 THREADS = 8
@@ -96,7 +97,7 @@ def _process_writes(path: str, worker: int, start: multiprocessing.synchronize.E
 
 def test_processes_writing_one_file_lose_and_double_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "logs.db")  # each process creates/migrates it: that races too
-    context = multiprocessing.get_context("spawn")
+    context = clean_context()
     start = context.Event()
     workers = [
         context.Process(target=_process_writes, args=(path, w, start)) for w in range(PROCESSES)
