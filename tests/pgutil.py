@@ -200,8 +200,9 @@ class _MigratedSchemas:
     schema that is not as migration leaves it (another set of relations, other `meta` rows)
     or cannot be emptied at once (a connection left open holds a lock) is not lent again."""
 
-    def __init__(self, cluster: PostgresCluster) -> None:
+    def __init__(self, cluster: PostgresCluster, lock_timeout_ms: int = 5000) -> None:
         self._cluster = cluster
+        self._lock_timeout_ms = lock_timeout_ms  # how long emptying waits for a test's locks
         self._free: list[str] = []
         self._migrated: tuple[Any, ...] | None = None  # a migrated schema's shape and meta
 
@@ -223,7 +224,7 @@ class _MigratedSchemas:
             return
         schema = _schema_of(url)
         with psycopg.connect(self._cluster.url(), autocommit=True) as conn:
-            conn.execute("SET lock_timeout = '5s'")
+            conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
             tables = _names(conn, schema, "r")
             data = ", ".join(f"{schema}.{table}" for table in tables if table != "meta")
             try:

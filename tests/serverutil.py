@@ -4,6 +4,10 @@ Both listen on a free loopback port (port 0, read back from the server), so test
 each other for ports. Use them directly or through the fixtures at the bottom (import the
 fixture into your test module, or list `"tests.serverutil"` in `pytest_plugins`).
 
+A test that needs a server but not its start or stop takes one from `shared_servers` (a
+fixture of every module, see conftest): the module's tests share an in-process server per
+set of app options, each test serving a fresh store of its own through it.
+
     from tests.serverutil import start_server
 
     with start_server(tmp_path / "db.sqlite") as server:
