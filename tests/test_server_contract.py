@@ -793,7 +793,7 @@ def test_batch_can_be_withdrawn(tmp_path: Path) -> None:
 
 
 def test_openapi_document_describes_every_route(app_server: SharedServer) -> None:
-    document = httpx.get(app_server.root_url + "/openapi.json").json()
+    document = httpx.get(app_server.root_url + "/openapi.json", timeout=30).json()
     paths = document["paths"]
     expected = {
         ("/v5/flows/log", "post"),
@@ -817,7 +817,7 @@ def test_openapi_document_describes_every_route(app_server: SharedServer) -> Non
 
 
 def test_api_key_is_documented(app_server: SharedServer) -> None:
-    document = httpx.get(app_server.root_url + "/openapi.json").json()
+    document = httpx.get(app_server.root_url + "/openapi.json", timeout=30).json()
     schemes = document["components"]["securitySchemes"].values()
     assert any(s.get("name") == "X-API-KEY" and s.get("in") == "header" for s in schemes)
 
