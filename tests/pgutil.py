@@ -209,11 +209,11 @@ class _MigratedSchemas:
     def lend(self) -> str:
         if self._free:
             return self._free.pop()
-        url = self._cluster.new_schema()
-        if self._migrated is None:
-            from flowtrace.store import Store
+        from flowtrace.store import Store
 
-            Store(url).close()  # migrates it
+        url = self._cluster.new_schema()
+        Store(url).close()  # migrates it
+        if self._migrated is None:
             self._migrated = self._state(url)
         return url
 
