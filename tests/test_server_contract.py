@@ -1,6 +1,7 @@
 """The wire contract through HTTP: every endpoint, every error status, every trace rule.
 
-A real server (uvicorn on a free loopback port, in a thread) answers an httpx client.
+A real server (uvicorn on a free loopback port, in a thread) answers an httpx client; the
+module's tests share it, each serving a fresh store of its own (`shared_servers`).
 """
 
 from __future__ import annotations
