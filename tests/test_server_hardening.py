@@ -30,11 +30,15 @@ from tests.serverutil import (
     DEFAULT_API_KEY,
     InProcessServer,
     RunningServer,
+    SharedServer,
+    app_server,
     serve_in_thread,
     start_server,
 )
 from tests.test_cli import read_viewer_url
 from tests.test_server_process import child_env, serve_command
+
+__all__ = ["app_server"]  # the fixture: a server with the default key, shared by the module
 
 OTLP_INGEST_PATHS = frozenset(OTLP_PATHS)
 FOREIGN_HOST = "rebound.example"
@@ -153,12 +157,12 @@ def test_the_address_the_server_listens_on_is_served(tmp_path: Path) -> None:
         assert client.get("/flows", headers={"Host": "other.lan"}).status_code == 403
 
 
-def test_a_server_with_keys_serves_any_host(tmp_path: Path) -> None:
+def test_a_server_with_keys_serves_any_host(app_server: SharedServer) -> None:
     """With keys the key is the protection: a rebound page never has it."""
-    with serve_in_thread(tmp_path / "db") as running, running.client() as client:
+    with app_server.client() as client:
         response = client.get("/flows", headers={"Host": FOREIGN_HOST})
         assert response.status_code == 200
-        unkeyed = httpx.get(running.base_url + "/flows", headers={"Host": FOREIGN_HOST})
+        unkeyed = httpx.get(app_server.base_url + "/flows", headers={"Host": FOREIGN_HOST})
         assert unkeyed.status_code == 401
 
 
@@ -338,8 +342,8 @@ def test_the_server_s_own_origin_is_served(
     assert posted.status_code == 200, posted.text
 
 
-def test_a_server_with_keys_does_not_check_origins(tmp_path: Path) -> None:
-    with serve_in_thread(tmp_path / "db") as running, running.client() as client:
+def test_a_server_with_keys_does_not_check_origins(app_server: SharedServer) -> None:
+    with app_server.client() as client:
         headers = {"Origin": FOREIGN_ORIGIN}
         assert client.post("/flows/log", json={"path": "p"}, headers=headers).status_code == 200
         # ... but the JSON rule holds with keys too.
@@ -363,9 +367,10 @@ def test_a_blank_api_key_is_refused(tmp_path: Path, key: str) -> None:
     assert not (tmp_path / "db").exists()
 
 
-def test_an_empty_x_api_key_header_is_refused(tmp_path: Path) -> None:
-    with serve_in_thread(tmp_path / "db", api_keys=(DEFAULT_API_KEY,)) as running:
-        assert httpx.get(running.base_url + "/flows", headers={"X-API-KEY": ""}).status_code == 401
+def test_an_empty_x_api_key_header_is_refused(app_server: SharedServer) -> None:
+    assert app_server.api_key == DEFAULT_API_KEY
+    empty_key = {"X-API-KEY": ""}
+    assert httpx.get(app_server.base_url + "/flows", headers=empty_key).status_code == 401
 
 
 @pytest.mark.parametrize(
