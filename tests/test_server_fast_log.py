@@ -33,6 +33,7 @@ _TEXT = {"Content-Type": "text/plain"}
 def _patch(log_id: str, body: Any, **more: Any) -> Request:
     return {"method": "PATCH", "url": f"/flows/logs/{log_id}", "json": body, **more}
 
+
 CASES: dict[str, list[Request]] = {
     "minimal": [{"json": {"path": "fast/minimal"}}],
     "complete": [
