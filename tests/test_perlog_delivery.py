@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ import pytest
 
 import flowtrace
 from flowtrace import flow
-from flowtrace.exporters import Operation
+from flowtrace.exporters import NOT_DELIVERED, Operation
 from flowtrace.exporters.http import PARALLEL_FROM, HttpExporter, Parallel
-from tests.faultproxy import FaultProxy, SeenRequest
+from tests.faultproxy import FaultProxy, Hang, SeenRequest
 from tests.pipelineutil import WAIT_S, fresh_pipeline
 from tests.serverutil import RunningServer, serve_in_thread, start_server
 
@@ -162,3 +163,21 @@ def test_a_write_that_fails_before_the_read_leaves_the_answer_to_the_read() -> N
     stream = _Stream(Inner(), InterruptibleBackend())
     stream.write(b"POST / HTTP/1.1\r\n\r\n")  # held: the request is not complete yet
     assert stream.read(100).startswith(b"HTTP/1.1 413")
+
+
+def test_a_per_log_request_keeps_to_the_export_s_timeout(plain_server: RunningServer) -> None:
+    """The bound an export is given (the exit flush's, for one) holds for per-log requests
+    too, not only the batch route's: a hung server costs that long, not the client's 10 s."""
+    proxy = FaultProxy.in_front_of(plain_server.root_url)
+    exporter = HttpExporter(proxy.base_url, plain_server.api_key, timeout_s=10.0)
+    try:
+        assert exporter.export([]) == []  # discovered: a per-log server
+        proxy.set_default(Hang())
+        started = time.monotonic()
+        (outcome,) = exporter.export([Operation("log", "hung", {"path": "perlog/hung"})], 0.3)
+        assert time.monotonic() - started < 5.0
+    finally:
+        exporter.close()
+        proxy.stop()
+    assert outcome.status == NOT_DELIVERED
+    assert outcome.error is not None and "Timeout" in outcome.error
