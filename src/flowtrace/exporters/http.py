@@ -439,7 +439,6 @@ class Parallel:
     """
 
     def __init__(self, size: int, name: str) -> None:
-        self._size = size
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True)
