@@ -23,8 +23,7 @@ from flowtrace._options import FlowOptions, LogOptions
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.models import FlowLogRequest, LogQuery
 from flowtrace.store import IngestOperation, Store, StoreBusy
-from flowtrace.store._codec import canonical_json
-from flowtrace.store._ingest import _canonical_json, prepare_create
+from flowtrace.store._ingest import prepare_create
 from flowtrace.store._prepare import prepare_log
 
 NOW_US = 1_750_000_000_123_456
@@ -121,11 +120,6 @@ def test_a_body_prepares_as_the_request_path_prepares_it(
     assert (fast.query is None) == (slow.query is None)
 
 
-@given(json_values)
-def test_the_prebuilt_canonical_encoder_writes_the_canonical_text(value: Any) -> None:
-    assert _canonical_json(value) == canonical_json(value)
-
-
 # --- through the store ------------------------------------------------------------------------
 
 
@@ -188,6 +182,31 @@ def test_a_batch_looks_its_ids_up_once_and_still_sees_a_create_made_in_it(
         assert results[1][0] == 409  # the same id with another body
         assert results[2][0] == 200 and results[3] == results[2]
         assert sum(f.log_count for f in store.list_flows()) == 2
+
+
+def test_the_replay_digest_covers_every_field_and_ignores_only_the_store_s_clock(
+    tmp_path: Path,
+) -> None:
+    """The digest is taken from the columns' JSON (not a second encoding of the body): the same
+    body with its top-level keys in another order, sent later, is a replay; any field changed
+    (a column, a payload, the targeting query, a payload that `save=false` keeps out of the
+    store) is a conflict."""
+    with Store(tmp_path / "s.db") as store:
+        log = ended("digest/log", output="x")
+        body = dict(create(log).body, metadata={"k": 1}, save=False)
+        [(status, answer)] = store.ingest([IngestOperation("log", log.log_id, body)])
+        assert status == 200
+        reordered = dict(reversed(list(body.items())))
+        assert store.ingest([IngestOperation("log", log.log_id, reordered)]) == [(200, answer)]
+        changed = [
+            dict(body, end_time="2030-01-01T00:00:00.000000Z"),  # a column
+            dict(body, metadata={"k": 2}),  # the stored data
+            dict(body, inputs={"changed": True}),  # a payload kept out by save=false
+            dict(body, output="y"),
+        ]
+        results = store.ingest([IngestOperation("log", log.log_id, b) for b in changed])
+        aimed = store.ingest([IngestOperation("log", log.log_id, body, {"environment": "x"})])
+        assert [status for status, _ in results + aimed] == [409] * 5
 
 
 def test_the_trace_rules_still_apply(tmp_path: Path) -> None:

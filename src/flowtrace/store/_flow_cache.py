@@ -50,15 +50,26 @@ class VersionKey:
     attributes_digest: bytes
 
 
+_MEMO_SIZE = 4096
+_path_memo: dict[str, str] = {}
+
+
 def normalize_path(path: str, loc: list[str | int]) -> str:
-    """`folder/name` without stray slashes or blanks; an empty path names no flow."""
+    """`folder/name` without stray slashes or blanks; an empty path names no flow. Memoized:
+    every log of a flow repeats its path."""
+    known = _path_memo.get(path)
+    if known is not None:
+        return known
     parts = [part.strip() for part in path.strip().strip("/").split("/")]
     if not all(parts):
         raise invalid(loc, "a Flow path is `folder/name`: non-empty parts separated by '/'")
-    return "/".join(parts)
+    normalized = "/".join(parts)
+    if len(_path_memo) >= _MEMO_SIZE:
+        _path_memo.clear()
+    _path_memo[path] = normalized
+    return normalized
 
 
-_ATTRIBUTE_MEMO_SIZE = 4096
 _attribute_memo: dict[bytes, tuple[str, bytes]] = {}
 
 
@@ -71,7 +82,7 @@ def attributes_digest(attributes: dict[str, Any]) -> tuple[str, bytes]:
         return known
     text = canonical_json(attributes)
     known = text, digest(text)
-    if len(_attribute_memo) >= _ATTRIBUTE_MEMO_SIZE:
+    if len(_attribute_memo) >= _MEMO_SIZE:
         _attribute_memo.clear()
     _attribute_memo[fast] = known
     return known

@@ -8,10 +8,11 @@ here a create becomes a `PreparedLog` directly (its stored JSON, its columns, it
 and goes through `create_log`, the same trace rules as every other write; an update becomes the
 update request `update_log` reads, and no answer is built for it (nobody reads one).
 
-Replay identity: a create's digest is that of its canonical body, which is what `prepare_log`
-digests for the same request (the request model's dump of a client body is the body itself;
-tests/test_store_ingest.py checks it over random logs). So a log sent over HTTP, then replayed
-here from the spool (or the other way round), is recognised as the same log.
+Replay identity: a create's digest is what `prepare_log` digests for the same request (both
+take it in `prepare_fields`, from the columns; the request model's dump of a client body is
+the body itself: tests/test_store_ingest.py checks it over random logs). So a log sent over
+HTTP, then replayed here from the spool (or the other way round), is recognised as the same
+log.
 
 Trusted input: bodies are not validated. `ingest` is for flowtrace's own client and its spool;
 anything else goes through `Store.batch`.
@@ -22,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from json import encoder as json_encoder
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -31,7 +31,6 @@ from flowtrace._contract import (
     FLOW,
 )
 from flowtrace.models import FlowKernel, FlowLogRequest, FlowLogUpdateRequest, LogQuery
-from flowtrace.store._codec import canonical_json, digest
 from flowtrace.store._prepare import PreparedLog, prepare_fields
 
 __all__ = ["IngestOperation", "prepare_create", "prepare_update"]
@@ -65,21 +64,6 @@ _DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
 _DEFAULTS[FlowKernel] = {}
 #: A create's request carries only what `create_log` reads of it: its routing fields.
 _DEFAULTS[FlowLogRequest] = dict.fromkeys((*_ROUTING_FIELDS, "flow"))
-
-# The canonical encoder of `_codec.canonical_json` (sorted keys, compact, non-ASCII kept),
-# built once rather than per call; the same text (tests/test_store_ingest.py checks it).
-_c_make_encoder = getattr(json_encoder, "c_make_encoder", None)
-_canonical_chunks = (
-    _c_make_encoder(None, None, json_encoder.encode_basestring, None, ":", ",", True, False, True)
-    if _c_make_encoder is not None
-    else None
-)
-
-
-def _canonical_json(value: Any) -> str:
-    if _canonical_chunks is None:  # no C encoder (not CPython): the same text, slower
-        return canonical_json(value)
-    return "".join(_canonical_chunks(value, 0))
 
 
 def _known_valid(model: type[_M], values: dict[str, Any]) -> _M:
@@ -123,13 +107,6 @@ def _wire_datetime(text: str) -> datetime:
 # --- creates -----------------------------------------------------------------------------------
 
 
-def _replay_digest(body: Mapping[str, Any], query: Mapping[str, str] | None) -> bytes:
-    """As `_prepare._replay_identity`: the canonical body, with the targeting query if any."""
-    targeting = {k: v for k, v in (query or {}).items() if v is not None}
-    identity: Any = {"body": body, "query": targeting} if targeting else body
-    return digest(_canonical_json(identity))
-
-
 def prepare_create(
     body: Mapping[str, Any], query: Mapping[str, str] | None, now_us: int, now_wire: str
 ) -> PreparedLog:
@@ -151,7 +128,7 @@ def prepare_create(
         wire_us(end) if end is not None else None,
         now_us,
         now_wire,
-        _replay_digest(body, query),
+        targeting,
     )
 
 

@@ -25,7 +25,7 @@ from flowtrace._contract import (
     wire_time_us,
 )
 from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
-from flowtrace.store._codec import canonical_json, compact_json, digest, to_us
+from flowtrace.store._codec import compact_json, digest, to_us
 
 __all__ = [
     "LogRequest",
@@ -44,6 +44,8 @@ LogRequest = FlowLogRequest | PromptLogRequest | ToolLogRequest
 _COLUMN_FIELDS = frozenset(
     {"path", "id", "flow", "prompt", "tool", "log_id", "start_time", "end_time", *STATUS_FIELDS}
 )
+#: The column fields in a fixed order, for the replay digest.
+_IDENTITY_FIELDS = tuple(sorted(_COLUMN_FIELDS))
 # A prompt sent as the text of a serialized prompt file is kept as that text.
 PROMPT_FILE_KEY = "prompt_file"
 
@@ -66,15 +68,6 @@ class PreparedLog:
     # flow's version is its request's `flow.attributes`)
     kind: LogKind = FLOW
     kernel: dict[str, Any] | None = None
-
-
-def _replay_identity(body: dict[str, Any], query: LogQuery | None, ordered: bool = False) -> bytes:
-    """Digest of the canonical request: the body and, when given, its targeting query (the
-    same log_id aimed at another version is a different request). `ordered`: the body's key
-    order is already canonical (built by flowtrace in a fixed order), so the fast encoder does."""
-    targeting = query.model_dump(exclude_none=True) if query is not None else {}
-    identity: dict[str, Any] = {"body": body, "query": targeting} if targeting else body
-    return digest(compact_json(identity) if ordered else canonical_json(identity))
 
 
 def kernel_of(request: LogRequest) -> tuple[LogKind, dict[str, Any] | None]:
@@ -108,7 +101,7 @@ def prepare_log(
         end_us,
         now_us,
         now_wire,
-        _replay_identity(body, query),
+        query.model_dump(exclude_none=True) if query is not None else None,
     )
 
 
@@ -125,9 +118,7 @@ def prepare_built(
     """A log whose JSON `body` flowtrace built itself, valid by construction (the span
     mapping's: tests/test_span_mapping.py checks that what it builds validates), so pydantic's
     validation and dump are skipped. `request` needs only the routing fields (path, id,
-    log_id, trace_parent_id, and a flow's `flow`), e.g. made with `model_construct`. Its keys
-    come in a fixed order (the same span gives the same body, key for key), so the replay
-    digest is taken without sorting them."""
+    log_id, trace_parent_id, and a flow's `flow`), e.g. made with `model_construct`."""
     return prepare_fields(
         request,
         body,
@@ -138,7 +129,7 @@ def prepare_built(
         end_us,
         now_us,
         now_wire,
-        _replay_identity(body, None, ordered=True),
+        None,
     )
 
 
@@ -152,19 +143,27 @@ def prepare_fields(
     end: int | None,
     now_us: int,
     now_wire: str | None,
-    request_digest: bytes,
+    targeting: Mapping[str, Any] | None,
 ) -> PreparedLog:
     """The columns and stored JSON of a log from its request's JSON `body` (however that was
-    had: a model's dump, a body flowtrace built) and its replay digest."""
+    had: a model's dump, a body flowtrace built), and its replay digest (`targeting`: the
+    query's fields that aim it at a version, if any)."""
     stored = {
-        key: value for key, value in body.items() if value is not None and key not in _COLUMN_FIELDS
+        key: body[key]
+        for key in sorted(body)
+        if key not in _COLUMN_FIELDS and body[key] is not None
     }
+    unsaved: dict[str, Any] | None = None
     if body.get("save") is False:
-        stored = {key: value for key, value in stored.items() if key not in PAYLOAD_FIELDS}
-    if "created_at" not in stored:
-        stored["created_at"] = now_wire or wire_time_us(now_us)
+        unsaved = {key: stored.pop(key) for key in PAYLOAD_FIELDS if key in stored}
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
+    inputs_json = compact_json(inputs) if inputs is not None else None
+    data = compact_json(stored)
+    request_digest = _replay_digest(body, targeting, inputs_json, output, data, unsaved)
+    if "created_at" not in stored:  # the store's clock, not the request's: not in the digest
+        stamp = now_wire or wire_time_us(now_us)
+        data = f'{data[:-1]}{"," if stored else ""}"created_at":"{stamp}"}}'
     status_field = next((name for name in STATUS_FIELDS if name in body), DEFAULT_STATUS_FIELD)
     # A flow log stays open until completed; a prompt or tool call is logged once it is done
     # (the original API's prompts.log and tools.log name no status).
@@ -182,11 +181,30 @@ def prepare_fields(
         end_us=end_us,
         complete=complete,
         has_error="error" in stored,
-        inputs=compact_json(inputs) if inputs is not None else None,
+        inputs=inputs_json,
         output=output,
-        data=compact_json(stored),
+        data=data,
         status=status,
         status_field=status_field,
         kind=kind,
         kernel=kernel,
     )
+
+
+def _replay_digest(
+    body: Mapping[str, Any],
+    targeting: Mapping[str, Any] | None,
+    inputs_json: str | None,
+    output: str | None,
+    data: str,
+    unsaved: dict[str, Any] | None,
+) -> bytes:
+    """What makes a create the same request again: its column fields, the query aiming it at
+    a version, and its payloads, from the JSON already encoded for storing them (so the body
+    is not encoded twice). The same body by any path has the same digest; keys are sorted at
+    the top level (where the paths order them differently), nested values keep their order
+    (a retried request is the same text)."""
+    head = compact_json([body.get(name) for name in _IDENTITY_FIELDS] + [targeting or None])
+    text = output if output is not None else ""
+    parts = (head, inputs_json or "", str(len(text)), text, data, compact_json(unsaved))
+    return digest("\x1f".join(parts))

@@ -14,8 +14,7 @@ UPDATE per flow, not per log; and two transactions never lock two flows in oppos
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 from flowtrace.store._errors import StoreError
 from flowtrace.store._repository import FlowDelta, Repository
@@ -45,22 +44,20 @@ class Session:
         """The flow changed (a version added or named): its `updated_us` becomes now."""
         self._op_touched.add(flow_ref)
 
-    @contextmanager
-    def operation(self) -> Iterator[None]:
-        """Run one operation: refused (StoreError) before writing, it leaves no trace; any
-        other failure, or a refusal after a write, fails the whole transaction."""
-        writes = self.repo.writes
-        try:
-            yield
-        except StoreError as refusal:
-            if self.repo.writes != writes:
-                raise RuntimeError(f"store rule refused after writing: {refusal}") from refusal
-            self._op_deltas.clear()
-            self._op_touched.clear()
-            raise
-        self._keep_operation()
+    def operation(self) -> _Operation:
+        """Run one operation (`with session.operation():`): refused (StoreError) before
+        writing, it leaves no trace; any other failure, or a refusal after a write, fails the
+        whole transaction."""
+        return _Operation(self, self.repo.writes)
 
-    def _keep_operation(self) -> None:
+    def drop_operation(self, refusal: StoreError, writes_before: int) -> None:
+        """A refused operation leaves no trace; refused after it wrote, the transaction fails."""
+        if self.repo.writes != writes_before:
+            raise RuntimeError(f"store rule refused after writing: {refusal}") from refusal
+        self._op_deltas.clear()
+        self._op_touched.clear()
+
+    def keep_operation(self) -> None:
         for flow_ref, version_ref, logs, roots, errors in self._op_deltas:
             totals = self._flow_deltas[flow_ref]
             totals[0] += logs
@@ -92,3 +89,28 @@ class Session:
         self._version_deltas.clear()
         self._used_flows.clear()
         self._touched_flows.clear()
+
+
+class _Operation:
+    """`Session.operation()`'s context: a class rather than a generator, as it wraps every
+    log a batch writes (a generator's context manager costs several times as much)."""
+
+    __slots__ = ("_session", "writes")
+
+    def __init__(self, session: Session, writes: int) -> None:
+        self._session = session
+        self.writes = writes  # the repository's count of writes when the operation began
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self._session.keep_operation()
+        elif isinstance(error, StoreError):
+            self._session.drop_operation(error, self.writes)
