@@ -1,4 +1,5 @@
-"""`POST /flows/log`'s fast path answers exactly as its FastAPI route does.
+"""The fast path of `POST /flows/log` and `PATCH /flows/logs/{id}` answers exactly as their
+FastAPI routes do.
 
 Two servers, one with the fast path and one without (`fast_log=False`), get the same requests
 in the same order; every answer must match: status, Content-Type, and the body (ids the servers
@@ -8,6 +9,7 @@ arrive while the store is writing are written together, each answered as if alon
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,12 +20,20 @@ from typing import Any
 import httpx
 import pytest
 
-from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, LogQuery
+from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, FlowLogResponse, LogQuery
 from flowtrace.store import Store, StoreError
 from tests.serverutil import InProcessServer, serve_in_thread
 
 # Each case: requests sent in order (json body or raw content, headers, query params).
 Request = dict[str, Any]
+_JSON_TYPE = {"headers": {"Content-Type": "application/json"}}
+_TEXT = {"Content-Type": "text/plain"}
+
+
+def _patch(log_id: str, body: Any, **more: Any) -> Request:
+    return {"method": "PATCH", "url": f"/flows/logs/{log_id}", "json": body, **more}
+
+
 CASES: dict[str, list[Request]] = {
     "minimal": [{"json": {"path": "fast/minimal"}}],
     "complete": [
@@ -106,6 +116,28 @@ CASES: dict[str, list[Request]] = {
         {"method": "GET"},
         {"method": "PUT", "json": {"path": "fast/m"}},
         {"url": "/flows/log/", "json": {"path": "fast/m"}},
+        {"method": "PATCH", "url": "/flows/logs/", "json": {}},
+        {"method": "PATCH", "url": "/flows/logs/fast-u/extra", "json": {}},
+    ],
+    "update": [
+        {"json": {"path": "fast/u", "log_id": "fast-u", "inputs": {"a": 1}}},
+        {"json": {"path": "fast/u", "log_id": "fast-u-child", "trace_parent_id": "fast-u"}},
+        _patch("fast-u-child", {"trace_status": "complete", "output": "o", "stdout": "s"}),
+        _patch("fast-u", {"output": "x", "end_time": "2025-01-01T00:00:01Z", "metadata": {}}),
+        _patch("fast-u", {"log_status": "complete", "error": "boom"}),
+        _patch("fast-u", {"trace_status": "incomplete"}),  # reopening: 409
+        _patch("fast-u", {"output": None}, params={"ignored": "1"}),
+    ],
+    "update-refusals": [
+        _patch("nobody", {"trace_status": "complete"}),
+        _patch("batch", {"trace_status": "complete"}),
+        _patch("fast-u", {"bogus": 1}),
+        _patch("fast-u", {"output": 5, "end_time": "later", "messages": [{"role": "robot"}]}),
+        _patch("fast-u", [1]),
+        {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b""},
+        {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b"{", **_JSON_TYPE},
+        {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b"{}"},
+        {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b"{", "headers": _TEXT},
     ],
 }
 
@@ -131,17 +163,36 @@ def _send(client: httpx.Client, request: Request) -> httpx.Response:
     )
 
 
+_WIRE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
 def _comparable(response: httpx.Response) -> tuple[int, str | None, Any]:
     try:
         body: Any = response.json()
     except ValueError:
         body = response.content
     if response.status_code == 200 and isinstance(body, dict):
+        if "flow" in body:  # an update's answer: the log's record
+            return response.status_code, response.headers.get("content-type"), _generic(body)
         for key in ("flow_id", "version_id"):
             body[key] = "<generated>" if body.get(key) else body.get(key)
         if str(body.get("id")).startswith("log_"):  # no log_id was sent
             body["id"] = "<generated>"
     return response.status_code, response.headers.get("content-type"), body
+
+
+def _generic(value: Any) -> Any:
+    """A record with what each server makes of its own replaced: its clock's times (the
+    cases send 2025 times only), the flow and version ids it generated."""
+    if isinstance(value, dict):
+        return {key: _generic(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_generic(item) for item in value]
+    if isinstance(value, str) and _WIRE_TIME.fullmatch(value) and not value.startswith("2025"):
+        return "<server clock>"
+    if isinstance(value, str) and value.startswith(("fl_", "flv_")):
+        return "<generated>"
+    return value
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -179,43 +230,54 @@ class _SlowStore(Store):
         time.sleep(0.8)
         return super().log(request, query)
 
-    def log_many(
-        self, logs: Sequence[tuple[FlowLogRequest, LogQuery | None]]
-    ) -> list[CreateFlowLogResponse | StoreError]:
-        self.groups.append(len(logs))
-        return super().log_many(logs)
+    def write_many(
+        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | tuple[str, Any]]
+    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError]:
+        self.groups.append(len(writes))
+        return super().write_many(writes)
 
 
 def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> None:
+    """Creates and updates that arrive during a write go in the next one, in arrival order
+    (an update of a log created earlier in the same group finds it), each answered alone."""
     store = _SlowStore(tmp_path / "slow.db")
-    bodies: list[dict[str, Any]] = [
-        {"path": "group/a", "log_id": "first", "trace_status": "incomplete"},
-        {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"},
-        {"path": "group/a", "trace_parent_id": "missing"},
-        {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"},
-        {"path": "group/a", "log_id": "g1", "output": "different"},
-        {"path": "group/b", "log_status": "complete"},
+    create, update = "POST /flows/log", "PATCH /flows/logs/"
+    writes: list[tuple[str, dict[str, Any]]] = [
+        (create, {"path": "group/a", "log_id": "first", "trace_status": "incomplete"}),
+        (create, {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"}),
+        (create, {"path": "group/a", "trace_parent_id": "missing"}),
+        (create, {"path": "group/a", "log_id": "g1", "trace_parent_id": "first"}),
+        (create, {"path": "group/a", "log_id": "g1", "output": "different"}),
+        (update + "g1", {"log_status": "complete", "output": "done"}),
+        (update + "missing", {"trace_status": "complete"}),
+        (create, {"path": "group/b", "log_status": "complete"}),
     ]
-    expected = [200, 200, 404, 200, 409, 200]
+    expected = [200, 200, 404, 200, 409, 200, 404, 200]
+
+    def send(client: httpx.Client, write: tuple[str, dict[str, Any]]) -> httpx.Response:
+        method, _, url = write[0].partition(" ")
+        return client.request(method, url, json=write[1])
+
     with (
         serve_in_thread(tmp_path / "slow.db", store=store) as running,
         running.client() as client,
     ):
-        first = threading.Thread(
-            target=client.post, args=("/flows/log",), kwargs={"json": bodies[0]}
-        )
+        first = threading.Thread(target=send, args=(client, writes[0]))
         first.start()
         time.sleep(0.2)  # the first write is under way; the rest arrive during it
-        with ThreadPoolExecutor(len(bodies) - 1) as pool:
+        with ThreadPoolExecutor(len(writes) - 1) as pool:
             # In order: each request starts once the one before is waiting for the store.
             answers = []
-            for body in bodies[1:]:
-                answers.append(pool.submit(client.post, "/flows/log", json=body))
+            for write in writes[1:]:
+                answers.append(pool.submit(send, client, write))
                 time.sleep(0.05)
             responses = [answer.result() for answer in answers]
         first.join()
         assert [r.status_code for r in responses] == expected[1:], [r.text for r in responses]
         assert responses[2].json() == responses[0].json()  # the replay
         assert "log_status" in responses[4].json()
-        assert client.get("/logs/first").json()["trace_children"][0]["id"] == "g1"
-    assert store.groups == [len(bodies) - 1]
+        assert responses[4].json()["output"] == "done"  # the update's answer: the record
+        trace = client.get("/logs/first").json()
+        assert trace["trace_children"][0]["id"] == "g1"
+        assert trace["trace_children"][0]["trace_status"] == "complete"
+    assert store.groups == [len(writes) - 1]

@@ -47,7 +47,8 @@ def create_app(
 
     `status_field_default` names the status in answers to requests that did not name it;
     `batch=False` withdraws the batch extension (its route answers 404). `fast_log=False`
-    leaves `POST /flows/log` to its FastAPI route (same answers, slower: see `_fast_log`).
+    leaves `POST /flows/log` and `PATCH /flows/logs/{id}` to their FastAPI routes (same
+    answers, slower: see `_fast_log`).
     Without keys only loopback Host names and `listen_hosts` (the address the server listens
     on) are served, and foreign origins are refused (see `_keyless_guard`).
     """
@@ -69,14 +70,15 @@ def create_app(
         app.add_middleware(
             FastLogMiddleware,
             store=store,
-            path=f"{API_PREFIX}/flows/log",
+            prefix=API_PREFIX,
             status_field_default=status_field_default,
         )
     install_error_handlers(app)
     mount_viewer(app, store, api_keys=tuple(api_keys))
     # Last added runs first: without keys the Host and Origin checks, authentication, the
     # JSON Content-Type of writes, the body limit, then (added by install_error_handlers) the
-    # catch-all for unexpected errors, then POST /flows/log's fast path, then the app.
+    # catch-all for unexpected errors, then the fast path of log creates and updates, then
+    # the app.
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=max_body_bytes,

@@ -1,14 +1,18 @@
-"""`POST /v5/flows/log` answered without FastAPI's routing and dependency solving.
+"""`POST /v5/flows/log` and `PATCH /v5/flows/logs/{log_id}` answered without FastAPI's
+routing and dependency solving.
 
-The contract costs one HTTP request per log, so this route's fixed cost per request is the
-per-log ingest rate. Through FastAPI it was ~270 us of the app's ~370 us per log (routing over
-every route, dependency solving, request objects), more than the store's write (~100 us). This
-pure ASGI handler does only what the route needs and gives the same answers, byte for byte:
-the same body parsing (strict JSON, Content-Type rules), the same validation errors, the same
-store errors. `tests/test_server_fast_log.py` sends the same requests to both and compares the
-answers. Its writes go through `_GroupWriter` (group commit).
+The contract costs one HTTP request per log (and one more per log created before its end, such
+as a trace's root), so these routes' fixed cost per request is the per-log ingest rate. Through
+FastAPI a create cost ~270 us of the app's ~370 us (routing over every route, dependency
+solving, request objects), more than the store's write (~100 us); an update, a sync endpoint,
+cost more again: a hop to the shared threadpool, and a write of its own contending with the
+creates' writer for the store's lock (~3 ms a request under load, issue 13). This pure ASGI
+handler does only what the routes need and gives the same answers, byte for byte: the same
+body parsing (strict JSON, Content-Type rules), the same validation errors, the same store
+errors. `tests/test_server_fast_log.py` sends the same requests to both and compares the
+answers. Creates and updates go through one `_GroupWriter` (group commit), in arrival order.
 
-The FastAPI route stays: it describes the operation in the OpenAPI document, and answers
+The FastAPI routes stay: they describe the operations in the OpenAPI document, and answer
 whatever this handler passes on (other methods, other paths).
 """
 
@@ -17,20 +21,27 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, LogQuery, StatusField
+from flowtrace.models import (
+    CreateFlowLogResponse,
+    FlowLogRequest,
+    FlowLogResponse,
+    FlowLogUpdateRequest,
+    LogQuery,
+    StatusField,
+)
 from flowtrace.store import Store, StoreError
 
 from ._errors import store_error_response, validation_error_response
 from ._json import is_json_media_type, parse_json
-from ._responses import render_created, status_field_of
+from ._responses import json_response, render_created, render_log, status_field_of
 
 __all__ = ["FastLogMiddleware", "parse_log_request"]
 
@@ -39,54 +50,80 @@ _JSON = "application/json"
 
 
 class FastLogMiddleware:
-    """Answers `POST {path}` itself; passes every other request on to `app`."""
+    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` itself;
+    passes every other request on to `app`."""
 
     def __init__(
-        self, app: ASGIApp, *, store: Store, path: str, status_field_default: StatusField
+        self, app: ASGIApp, *, store: Store, prefix: str, status_field_default: StatusField
     ) -> None:
         self.app = app
         self._writer = _GroupWriter(store)
-        self._path = path
+        self._create_path = f"{prefix}/flows/log"
+        self._update_prefix = f"{prefix}/flows/logs/"
         self._default = status_field_default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self._path or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if method == "POST" and path == self._create_path:
+                await self._serve(scope, receive, send, None)
+                return
+            if method == "PATCH" and path.startswith(self._update_prefix):
+                log_id = path[len(self._update_prefix) :]
+                if log_id and "/" not in log_id:  # the route's `{log_id}`: one path segment
+                    await self._serve(scope, receive, send, log_id)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, log_id: str | None) -> None:
+        """Answer a create (`log_id` None) or the update of `log_id`."""
         body = await _read_body(receive)
         if body is None:  # the client went away mid-body: nobody to answer
             return
-        response = await self._answer(scope, body)
+        content_type = _header(scope, b"content-type")
+        try:
+            if log_id is None:
+                response = await self._create(scope, parse_log_request(body, content_type))
+            else:
+                response = await self._update(log_id, _parse_update(body, content_type))
+        except _RequestInvalid as invalid:
+            response = validation_error_response(invalid.errors)
+        except StoreError as refusal:
+            response = store_error_response(refusal)
         await response(scope, receive, send)
 
-    async def _answer(self, scope: Scope, body: bytes) -> Response:
-        try:
-            request = parse_log_request(body, _header(scope, b"content-type"))
-        except _RequestInvalid as invalid:
-            return validation_error_response(invalid.errors)
+    async def _create(self, scope: Scope, request: FlowLogRequest) -> Response:
         params = QueryParams(scope["query_string"])
         version_id, environment = params.get("version_id"), params.get("environment")
         query = None
         if version_id is not None or environment is not None:
             query = LogQuery(version_id=version_id, environment=environment)
-        try:
-            created = await self._writer.log(request, query)
-        except StoreError as refusal:
-            return store_error_response(refusal)
+        created = await self._writer.write((request, query))
+        assert isinstance(created, CreateFlowLogResponse)
         answer = render_created(created, status_field_of(request, self._default))
         return Response(to_json(answer), media_type=_JSON)
 
+    async def _update(self, log_id: str, request: FlowLogUpdateRequest) -> Response:
+        updated = await self._writer.write((log_id, request))
+        assert isinstance(updated, FlowLogResponse)
+        return json_response(render_log(updated, status_field_of(request, self._default)))
 
-_Waiting = tuple[FlowLogRequest, LogQuery | None, "asyncio.Future[CreateFlowLogResponse]"]
+
+#: A create `(request, query)` or an update `(log_id, request)`, as `Store.write_many` takes.
+_Write = tuple[FlowLogRequest, LogQuery | None] | tuple[str, FlowLogUpdateRequest]
+_Answer = CreateFlowLogResponse | FlowLogResponse
+_Waiting = tuple[_Write, "asyncio.Future[_Answer]"]
 
 
 class _GroupWriter:
-    """Group commit: logs that arrive while the store is writing wait, then go in together.
+    """Group commit: writes that arrive while the store is writing wait, then go in together.
 
-    A log that finds the store idle is written at once (one request at a time: nothing
-    changes). Logs that arrive during a write are written in the next transaction, all of
-    them, with one thread hop and one commit (`Store.log_many`); each is stored or refused on
-    its own and answered only once its commit returned.
+    A write that finds the store idle is done at once (one request at a time: nothing
+    changes). Writes that arrive during it are done in the next transaction, all of them, in
+    their order of arrival, with one thread hop and one commit (`Store.write_many`); each is
+    stored or refused on its own and answered only once its commit returned. Creates and
+    updates share the one queue: a client sends an update only after its log's create was
+    answered, so arrival order is an order the store can apply.
 
     The store is synchronous, so it runs on a thread, never on the event loop: one thread of
     this writer's own, since its writes go one after another anyway, and handing work to it
@@ -102,42 +139,49 @@ class _GroupWriter:
         self._group_task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="flowtrace-log-writer")
 
-    async def log(self, request: FlowLogRequest, query: LogQuery | None) -> CreateFlowLogResponse:
+    async def write(self, write: _Write) -> _Answer:
+        """The store's answer to `write`; raises its StoreError."""
         if self._busy:
-            answer: asyncio.Future[CreateFlowLogResponse] = (
-                asyncio.get_running_loop().create_future()
-            )
-            self._waiting.append((request, query, answer))
+            answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+            self._waiting.append((write, answer))
             return await answer
         self._busy = True
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._store.log, request, query)
+            return await loop.run_in_executor(self._thread, self._write_alone, write)
         finally:
             self._next()
 
+    def _write_alone(self, write: _Write) -> _Answer:
+        target, request = write
+        if isinstance(target, str):
+            assert isinstance(request, FlowLogUpdateRequest)
+            return self._store.update(target, request)
+        assert isinstance(request, LogQuery | None)
+        return self._store.log(target, request)
+
     def _next(self) -> None:
-        """The store is free: write the logs that waited, or mark it idle."""
+        """The store is free: write what waited, or mark it idle."""
         if self._waiting:
             group, self._waiting = self._waiting, []
-            self._group_task = asyncio.get_running_loop().create_task(self._write(group))
+            self._group_task = asyncio.get_running_loop().create_task(self._write_group(group))
         else:
             self._busy = False
             self._group_task = None
 
-    async def _write(self, group: list[_Waiting]) -> None:
+    async def _write_group(self, group: list[_Waiting]) -> None:
         try:
-            logs = [(request, query) for request, query, _ in group]
+            writes = [write for write, _ in group]
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._thread, self._store.log_many, logs)
+            results = await loop.run_in_executor(self._thread, self._store.write_many, writes)
         except BaseException as failure:
-            for _, _, answer in group:
+            for _, answer in group:
                 if not answer.done():
                     answer.set_exception(failure)
             if not isinstance(failure, Exception):
                 raise
         else:
-            for (_, _, answer), result in zip(group, results, strict=True):
+            for (_, answer), result in zip(group, results, strict=True):
                 if answer.done():  # its request was cancelled
                     continue
                 if isinstance(result, StoreError):
@@ -157,12 +201,23 @@ class _RequestInvalid(Exception):
 def parse_log_request(body: bytes, content_type: str | None) -> FlowLogRequest:
     """The body as FastAPI reads a required JSON body parameter (`strict_content_type=False`,
     parsed by `parse_json`); raises `_RequestInvalid` with FastAPI's errors."""
+    return _parse_body(FlowLogRequest, body, content_type)
+
+
+def _parse_update(body: bytes, content_type: str | None) -> FlowLogUpdateRequest:
+    return _parse_body(FlowLogUpdateRequest, body, content_type)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _parse_body(model: type[_Model], body: bytes, content_type: str | None) -> _Model:
     value = _json_body(body, content_type)
     if value is _MISSING:
         raise _RequestInvalid([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     try:
         # from_attributes, as FastAPI validates: a body that is not JSON is validated as bytes.
-        return FlowLogRequest.model_validate(value, from_attributes=True)
+        return model.model_validate(value, from_attributes=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         raise _RequestInvalid([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None

@@ -69,6 +69,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         summary="Update a Flow log",
     )
     def update_log(log_id: LogId, body: FlowLogUpdateRequest) -> Response:
+        # Answered by _fast_log.FastLogMiddleware too, unless fast_log=False (as above).
         updated = store.update(log_id, body)
         return json_response(render_log(updated, status_field_of(body, default)))
 

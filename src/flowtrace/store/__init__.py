@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flowtrace._contract import (
     BATCH_PROMPT_LOG,
@@ -279,20 +279,35 @@ class Store:
         """Several `POST /flows/log` in one transaction (the server's group commit): each is
         stored or refused on its own, exactly as `log` would, its refusal returned in its
         place. Any other failure fails them all (nothing is stored)."""
+        return cast("list[CreateFlowLogResponse | StoreError]", self.write_many(logs))
+
+    def write_many(
+        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | _Update]
+    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError]:
+        """Several `POST /flows/log` (`(request, query)`) and `PATCH /flows/logs/{log_id}`
+        (`(log_id, request)`) in one transaction, in order (the server's group commit): each
+        is stored or refused on its own, exactly as `log` or `update` would, its answer or
+        its refusal returned in its place. Any other failure fails them all (nothing is
+        stored)."""
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
-        prepared = [prepare_log(request, query, now_us, now_wire) for request, query in logs]
+        prepared: list[PreparedLog | _Update] = [
+            write if isinstance(write[0], str) else prepare_log(*write, now_us, now_wire)
+            for write in writes
+        ]
 
-        def work(session: Session) -> list[CreateFlowLogResponse | StoreError]:
+        def work(session: Session) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError]:
             _expect_replays(session, prepared)
-            results: list[CreateFlowLogResponse | StoreError] = []
+            results: list[CreateFlowLogResponse | FlowLogResponse | StoreError] = []
             for item in prepared:
                 try:
-                    body = create_log(self._flow_cache, session, item)
+                    if isinstance(item, PreparedLog):
+                        body = create_log(self._flow_cache, session, item)
+                        results.append(CreateFlowLogResponse.model_validate(body))
+                    else:
+                        results.append(self._update(session, *item))
                 except StoreError as refusal:
                     results.append(refusal)
-                    continue
-                results.append(CreateFlowLogResponse.model_validate(body))
             return results
 
         return self._write(work)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic_core import to_json
 
 __all__ = [
+    "DIGEST_SIZE",
     "canonical_json",
     "compact_json",
     "digest",
@@ -51,9 +52,12 @@ def compact_json(value: Any) -> str:
     return to_json(value).decode("utf-8")
 
 
+#: 128-bit fingerprints: small in an index, collisions beyond any practical concern.
+DIGEST_SIZE = 16
+
+
 def digest(text: str) -> bytes:
-    """128-bit fingerprint: small in an index, collisions beyond any practical concern."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=DIGEST_SIZE).digest()
 
 
 def new_id(prefix: str) -> str:

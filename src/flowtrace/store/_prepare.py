@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Any
+
+from pydantic_core import to_json
 
 from flowtrace._contract import (
     COMPLETE,
@@ -25,7 +28,7 @@ from flowtrace._contract import (
     wire_time_us,
 )
 from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
-from flowtrace.store._codec import compact_json, digest, to_us
+from flowtrace.store._codec import DIGEST_SIZE, compact_json, to_us
 
 __all__ = [
     "LogRequest",
@@ -173,21 +176,21 @@ def prepare_fields(
     end_us = end
     if complete and end_us is None:
         end_us = max(now_us, start_us)  # a closed log has an end; the server's clock is all we have
-    return PreparedLog(
-        request=request,
-        query=query,
-        request_digest=request_digest,
-        start_us=start_us,
-        end_us=end_us,
-        complete=complete,
-        has_error="error" in stored,
-        inputs=inputs_json,
-        output=output,
-        data=data,
-        status=status,
-        status_field=status_field,
-        kind=kind,
-        kernel=kernel,
+    return PreparedLog(  # positionally: this runs for every log a store takes
+        request,
+        query,
+        request_digest,
+        start_us,
+        end_us,
+        complete,
+        "error" in stored,
+        inputs_json,
+        output,
+        data,
+        status,
+        status_field,
+        kind,
+        kernel,
     )
 
 
@@ -204,7 +207,7 @@ def _replay_digest(
     is not encoded twice). The same body by any path has the same digest; keys are sorted at
     the top level (where the paths order them differently), nested values keep their order
     (a retried request is the same text)."""
-    head = compact_json([body.get(name) for name in _IDENTITY_FIELDS] + [targeting or None])
-    text = output if output is not None else ""
-    parts = (head, inputs_json or "", str(len(text)), text, data, compact_json(unsaved))
-    return digest("\x1f".join(parts))
+    get = body.get
+    columns = [get(name) for name in _IDENTITY_FIELDS]
+    identity = (columns, targeting or None, inputs_json, output, data, unsaved)
+    return blake2b(to_json(identity), digest_size=DIGEST_SIZE).digest()
