@@ -221,6 +221,32 @@ def test_the_trace_rules_still_apply(tmp_path: Path) -> None:
         assert results[3][1]["detail"][0]["loc"] == ["body", "path"]
 
 
+def test_a_parent_inserted_in_the_batch_is_found_without_a_query_until_it_changes(
+    tmp_path: Path,
+) -> None:
+    """A child whose parent this transaction inserted takes it from the transaction's own
+    record (no SELECT by id); once the parent is written again (closed by an update) it is read
+    back, so a child under the now complete parent is refused as the rules say."""
+    with Store(tmp_path / "s.db") as store:
+        statements: list[str] = []
+        store._db._writer.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        root, closed = opened("cache/root"), opened("cache/closed")
+        children = [ended("cache/child", root) for _ in range(3)]
+        late = ended("cache/late", closed)
+        end(root), end(closed)
+        close = IngestOperation(
+            "update", closed.log_id, complete_body(closed, "trace_status", True)
+        )
+        operations = [create(root, incomplete=True), *map(create, children)]
+        operations += [create(closed, incomplete=True), close, create(late)]
+        results = store.ingest(operations)
+        assert [status for status, _ in results] == [200] * 6 + [409]
+        lookups = [sql for sql in statements if sql.startswith("SELECT seq, parent_seq")]
+        assert len(lookups) == 1  # the late child's, after the update: none for the first three
+        stored = store.get_log(root.log_id).trace_children
+        assert [child.id for child in stored] == [child.log_id for child in children]
+
+
 def test_an_update_closes_a_log_and_builds_no_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

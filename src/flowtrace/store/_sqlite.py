@@ -32,6 +32,7 @@ from flowtrace.store._repository import (
     FlowRow,
     NewLog,
     Node,
+    ParentRow,
     Reader,
     ReplayRow,
     Repository,
@@ -236,6 +237,10 @@ class SqliteDatabase:
                 conn.execute("COMMIT")
 
 
+_WIDEN_END = "UPDATE logs SET end_us = ? WHERE seq = ?"
+_WIDEN_BOTH = "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?"
+
+
 class SqliteReader(Reader):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -256,6 +261,10 @@ class SqliteRepository(SqliteReader, Repository):
         # what `expect_replays` found: the batch's ids not looked up yet, and those stored
         self._expected: set[str] = set()
         self._replays: dict[str, ReplayRow] = {}
+        # Logs this transaction inserted, as they are now (widened by `widen`; any other write
+        # forgets them all): a child's parent is mostly one of them, found without a query.
+        self._inserted: dict[str, NewLog] = {}
+        self._inserted_ids: dict[int, str] = {}  # their seqs
 
     def expect_replays(self, log_ids: Sequence[str]) -> None:
         """One query per 500 of a batch's ids instead of one per create (the write lock keeps
@@ -295,6 +304,47 @@ class SqliteRepository(SqliteReader, Repository):
     def insert_log(self, log: NewLog) -> None:
         self.conn.execute(LOG_INSERT, log_values(log))  # `write`, without its frames: every log
         self.writes += 1
+        self._inserted[log.id] = log
+        self._inserted_ids[log.seq] = log.id
+
+    def parent(self, log_id: str) -> ParentRow | None:
+        log = self._inserted.get(log_id)
+        if log is None:
+            return super().parent(log_id)
+        return ParentRow(
+            log.trace_seq, Node(log.seq, log.parent_seq, log.start_us, log.end_us), log.complete
+        )
+
+    def node(self, seq: int) -> Node:
+        log_id = self._inserted_ids.get(seq)
+        if log_id is None:
+            return super().node(seq)
+        log = self._inserted[log_id]
+        return Node(log.seq, log.parent_seq, log.start_us, log.end_us)
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._inserted.clear()  # the row written may be one of them
+        self._inserted_ids.clear()
+        return super().write(sql, params)
+
+    def write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self._inserted.clear()
+        self._inserted_ids.clear()
+        super().write_many(sql, params)
+
+    def _widen_row(self, seq: int, start_us: int, end_us: int | None, start_changed: bool) -> None:
+        """Write a widened span; an inserted log it widens is kept, widened. SQLite rewrites
+        the index entries of every column a statement sets, changed or not: start_us is in
+        most indexes, end_us in none, so an end alone is cheap."""
+        if start_changed:
+            Repository.write(self, _WIDEN_BOTH, (start_us, end_us, seq))
+        else:
+            Repository.write(self, _WIDEN_END, (end_us, seq))
+        # (`Repository.write`, not ours: ours forgets every inserted log)
+        log_id = self._inserted_ids.get(seq)
+        if log_id is not None:
+            log = self._inserted[log_id]
+            self._inserted[log_id] = log._replace(start_us=start_us, end_us=end_us)
 
     def widen(self, node: Node | None, start_us: int, end_us: int | None) -> None:
         """Read, then write: no other writer can change a row in between."""
@@ -305,15 +355,7 @@ class SqliteRepository(SqliteReader, Repository):
                 new_end = end_us
             if new_start == node.start_us and new_end == node.end_us:
                 return
-            if new_start == node.start_us:
-                # SQLite rewrites the index entries of every column a statement sets, changed
-                # or not: start_us is in most indexes, end_us in none, so an end alone is cheap.
-                self.write("UPDATE logs SET end_us = ? WHERE seq = ?", (new_end, node.seq))
-            else:
-                self.write(
-                    "UPDATE logs SET start_us = ?, end_us = ? WHERE seq = ?",
-                    (new_start, new_end, node.seq),
-                )
+            self._widen_row(node.seq, new_start, new_end, new_start != node.start_us)
             if node.parent_seq is None:
                 return
             node = self.node(node.parent_seq)
