@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import compileall
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -13,6 +15,13 @@ import flowtrace
 from flowtrace import _guard
 
 pytest_plugins = ["pytester"]
+
+# The suite starts hundreds of interpreters that import flowtrace. Where bytecode is not cached
+# (PYTHONDONTWRITEBYTECODE, as on this project's machines) each would compile the package from
+# source again: it is compiled once, here. Python checks a cached file against its source, so
+# an edited module is never run stale.
+if sys.dont_write_bytecode:
+    compileall.compile_dir(os.path.dirname(flowtrace.__file__), quiet=1)
 
 # The suite is deterministic: hypothesis draws the same examples on every run (explore more
 # with `--hypothesis-profile=explore`, which draws new ones, many more).
