@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import flowtrace
 from flowtrace import Log, flow
+from flowtrace._pipeline import Pipeline
 from flowtrace.exporters import Outcome
 from flowtrace.exporters.memory import MemoryExporter
 from tests.pipelineutil import WAIT_S, Gate, fresh_pipeline, wait_until
@@ -181,6 +182,18 @@ class LocalMemoryExporter(MemoryExporter):
     local = True
 
 
+def _logs_behind_a_busy_sender(pipe: Pipeline, gate: Gate, count: int) -> None:
+    """Log "first", hold the sender in its export (at `gate`), then `count` logs more, until
+    the worker has taken them all from the queue."""
+    with flow("first"):
+        pass
+    assert gate.entered.wait(WAIT_S)  # the sender is busy with "first"
+    for i in range(count):
+        with flow(f"n{i}"):
+            pass
+    assert wait_until(lambda: pipe._queue.waiting() == 0)
+
+
 @pytest.mark.parametrize("local", [True, False])
 def test_the_worker_plans_ahead_of_a_busy_sender_only_for_a_remote_destination(
     local: bool,
@@ -191,13 +204,7 @@ def test_the_worker_plans_ahead_of_a_busy_sender_only_for_a_remote_destination(
     gate = Gate()
     exporter.script(gate)
     with fresh_pipeline(exporter, batch_size=10) as pipe:
-        with flow("first"):
-            pass
-        assert gate.entered.wait(WAIT_S)  # the sender is busy with "first"
-        for i in range(50):
-            with flow(f"n{i}"):
-                pass
-        assert wait_until(lambda: pipe._queue.waiting() == 0)  # the worker has them all
+        _logs_behind_a_busy_sender(pipe, gate, 50)
         outbox = pipe._outbox
         assert outbox is not None
         assert wait_until(lambda: local or outbox.memory_ops == 50)
@@ -217,13 +224,7 @@ def test_the_worker_sleeps_while_a_local_sender_is_busy_past_the_batch_interval(
     gate = Gate()
     exporter.script(gate)
     with fresh_pipeline(exporter, batch_size=10, batch_interval_s=0.02) as pipe:
-        with flow("first"):
-            pass
-        assert gate.entered.wait(WAIT_S)  # the sender is busy with "first"
-        for i in range(20):
-            with flow(f"n{i}"):
-                pass
-        assert wait_until(lambda: pipe._queue.waiting() == 0)  # the worker has them, ready
+        _logs_behind_a_busy_sender(pipe, gate, 20)
         looks = []
         collect = pipe._collect
         pipe._collect = lambda: (looks.append(None), collect())[1]  # type: ignore[method-assign]
