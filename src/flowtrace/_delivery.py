@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from flowtrace import _guard
 from flowtrace._accounting import Counters, Warnings
+from flowtrace._contract import BATCH_UPDATE
 from flowtrace._outbox import Batch, Outbox
 from flowtrace._planner import FlushMarker, PlannedOp, Planner
 from flowtrace._retry import backoff_delay_s, describe_rejection, is_retryable
@@ -231,7 +232,9 @@ class Ledger:
         keep: list[PlannedOp] = []
         for op in batch.ops:
             operation = op.operation
-            parent = operation.body.get("trace_parent_id") if operation.kind != "update" else None
+            parent = (
+                operation.body.get("trace_parent_id") if operation.kind != BATCH_UPDATE else None
+            )
             if operation.log_id in failed:
                 self._drop(op, "rejected")
             elif parent is not None and parent in failed:

@@ -45,7 +45,7 @@ from urllib.parse import unquote
 
 from flowtrace import _config, _guard, _op_taps
 from flowtrace._accounting import Warnings
-from flowtrace._contract import INCOMPLETE, wire_time_ns
+from flowtrace._contract import BATCH_LOG, INCOMPLETE, wire_time_ns
 from flowtrace._otlp_encode import (
     SpanDraft,
     draft_attributes,
@@ -371,7 +371,7 @@ class OtlpExport:
         operation = op.operation
         log = op.log
         assert log is not None
-        if operation.kind == "log":
+        if operation.kind == BATCH_LOG:
             draft = self._new_draft(operation.body, log)
             if not op.final:
                 self._drafts[operation.log_id] = (draft, dict(operation.body))

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flowtrace import _guard
 from flowtrace._accounting import Counters
 from flowtrace._contract import (
+    BATCH_LOG,
     INCOMPLETE,
     RECORDER_FORKED_FROM,
     RECORDER_LATE_CHILD_OF,
@@ -498,7 +499,7 @@ class Planner:
             # closes it.
             body[status_field] = INCOMPLETE
         # a span's log is a flow's, a prompt's or a tool's: its body said which
-        kind: OperationKind = "log" if not log.is_span else cast("SpanLog", log).op_kind
+        kind: OperationKind = BATCH_LOG if not log.is_span else cast("SpanLog", log).op_kind
         self._emit(Operation(kind, log.log_id, body, log_query(log)), log, closing, ops)
         state.created = True
         if closing:

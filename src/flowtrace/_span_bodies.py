@@ -62,7 +62,7 @@ def span_create_body(log: SpanLog, status_field: StatusField) -> dict[str, Any]:
     operation that carries this body (`log`, `prompt_log` or `tool_log`)."""
     mapped = mapped_of(log)
     if mapped is None:  # still running (at exit): a flow log of what is known so far
-        log.op_kind = "log"
+        log.op_kind = BATCH_LOG
         return _running_body(log, status_field)
     log.op_kind = _CREATE_KINDS[mapped.kind]
     return _body(log, mapped, status_field)

@@ -33,7 +33,7 @@ from typing import Any, Final
 from flowtrace import _config, _guard, _sinks
 from flowtrace import _log as log_clock
 from flowtrace._context import current, open_ancestor
-from flowtrace._contract import FLOW, PROMPT, LogKind, span_log_id
+from flowtrace._contract import BATCH_LOG, FLOW, PROMPT, LogKind, span_log_id
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace.exporters import OperationKind
@@ -77,7 +77,7 @@ class SpanLog(Log):
     span: Any = None
     mapped: MappedLog | None = None  # the span mapped, on the worker, once
     live: Any = None  # the running SDK span: what a log sent before its end says (at exit)
-    op_kind: OperationKind = "log"  # how its create goes (set on the worker with its body)
+    op_kind: OperationKind = BATCH_LOG  # how its create goes (set on the worker with its body)
     name = "span"  # the span's name while it runs (a log sent before its end is named so)
     # A span kept at its start: its (trace, span, parent span) ids, for a direct record of the
     # same LLM call made inside it, which ends its log under them (`record_span`).

@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 
 from pydantic_core import from_json, to_json
 
+from flowtrace._contract import BATCH_UPDATE
+
 __all__ = [
     "SPOOL_SUFFIX",
     "Spool",
@@ -113,7 +115,7 @@ class SpoolItem(NamedTuple):
 
     @property
     def parent_id(self) -> str | None:
-        parent = self.body.get("trace_parent_id") if self.kind != "update" else None
+        parent = self.body.get("trace_parent_id") if self.kind != BATCH_UPDATE else None
         return parent if isinstance(parent, str) else None
 
 

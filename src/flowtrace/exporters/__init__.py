@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from flowtrace._contract import BATCH_PROMPT_LOG, BATCH_TOOL_LOG
+from flowtrace._contract import BATCH_PROMPT_LOG, BATCH_TOOL_LOG, BATCH_UPDATE, BatchOp
 from flowtrace._retry import NOT_DELIVERED
 
 __all__ = ["FILE_LOG_KINDS", "NOT_DELIVERED", "Exporter", "Operation", "OperationKind", "Outcome"]
 
 #: `log` creates a flow log, `prompt_log` and `tool_log` a prompt's or a tool's (a span's log:
 #: `_span_bodies`), `update` closes a log created early.
-OperationKind = Literal["log", "prompt_log", "tool_log", "update"]
+OperationKind = BatchOp  # the batch extension's operation kinds (`_contract`)
 #: Creates of a prompt's or a tool's log (in a batch only where the server says it takes them).
 FILE_LOG_KINDS: frozenset[str] = frozenset({BATCH_PROMPT_LOG, BATCH_TOOL_LOG})
 
@@ -47,7 +47,7 @@ class Operation(NamedTuple):
 
     def to_batch_item(self) -> dict[str, Any]:
         """The operation as one item of the batch extension's `operations` list."""
-        if self.kind == "update":
+        if self.kind == BATCH_UPDATE:
             return {"op": "update", "log_id": self.log_id, "body": self.body}
         item: dict[str, Any] = {"op": self.kind, "body": self.body}  # the kinds are the ops
         if self.query:

@@ -45,6 +45,7 @@ from flowtrace._contract import (
     BATCH_OPERATIONS_FIELD,
     BATCH_PROMPT_LOG,
     BATCH_TOOL_LOG,
+    BATCH_UPDATE,
     PROMPT,
     PROMPT_LOG_FIELDS,
     TOOL,
@@ -285,7 +286,7 @@ class HttpExporter:
 
     def _batch_item(self, op: Operation) -> dict[str, Any]:
         item = op.to_batch_item()
-        if op.kind == "update" and not self.update_extension:
+        if op.kind == BATCH_UPDATE and not self.update_extension:
             item["body"] = _contract_update(op.body)
         return item
 
@@ -323,10 +324,10 @@ class HttpExporter:
     def _send_one(self, op: Operation) -> Outcome:
         kind, body = op.kind, op.body
         if kind in FILE_LOG_KINDS and not self.file_logs:
-            kind, body = "log", _as_flow_create(kind, body)
+            kind, body = BATCH_LOG, _as_flow_create(kind, body)
         path = CREATE_PATHS.get(kind) or f"/flows/logs/{op.log_id}"
         try:
-            if kind != "update":
+            if kind != BATCH_UPDATE:
                 response = self._request("POST", path, _encode(body), op.query or None)
                 if kind in FILE_LOG_KINDS and _no_route(response):
                     self.file_logs = False  # learned once: flow logs from now on
@@ -414,7 +415,7 @@ def _waves(operations: Sequence[Operation]) -> list[list[int]]:
     children: dict[str, int] = {}  # log id -> the last wave of its children's creates
     waves: list[list[int]] = []
     for index, op in enumerate(operations):
-        if op.kind != "update":
+        if op.kind != BATCH_UPDATE:
             parent = op.body.get("trace_parent_id")
             wave = created[parent] + 1 if isinstance(parent, str) and parent in created else 0
             created[op.log_id] = wave

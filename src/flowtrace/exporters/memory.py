@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flowtrace._contract import COMPLETE, DEFAULT_STATUS_FIELD, StatusField
+from flowtrace._contract import BATCH_UPDATE, COMPLETE, DEFAULT_STATUS_FIELD, StatusField
 from flowtrace.exporters import Operation, Outcome
 
 __all__ = ["MemoryExporter", "Script"]
@@ -65,7 +65,7 @@ class MemoryExporter:
 
     # --- the trace rules -------------------------------------------------------------------
     def _apply(self, op: Operation) -> Outcome:
-        if op.kind != "update":
+        if op.kind != BATCH_UPDATE:
             return self._create(op)
         return self._update(op)
 

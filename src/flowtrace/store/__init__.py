@@ -50,6 +50,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from flowtrace._contract import (
+    BATCH_LOG,
     BATCH_PROMPT_LOG,
     BATCH_TOOL_LOG,
     DEFAULT_STATUS_FIELD,
@@ -418,7 +419,7 @@ class Store:
         prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]] = []
         for index, op in enumerate(operations):  # before the lock, as `batch` does
             try:
-                if op.kind == "log":
+                if op.kind == BATCH_LOG:
                     prepared.append(
                         (index, prepare_create(op.body, op.query, now_us, now_wire), "")
                     )
