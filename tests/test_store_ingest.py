@@ -25,6 +25,7 @@ from flowtrace.models import FlowLogRequest, LogQuery
 from flowtrace.store import IngestOperation, Store, StoreBusy
 from flowtrace.store._ingest import prepare_create
 from flowtrace.store._prepare import prepare_log
+from tests.scriptutil import run_script, script_env
 
 NOW_US = 1_750_000_000_123_456
 NOW_WIRE = "2025-06-15T15:06:40.123456Z"
@@ -207,6 +208,29 @@ def test_the_replay_digest_covers_every_field_and_ignores_only_the_store_s_clock
         results = store.ingest([IngestOperation("log", log.log_id, b) for b in changed])
         aimed = store.ingest([IngestOperation("log", log.log_id, body, {"environment": "x"})])
         assert [status for status, _ in results + aimed] == [409] * 5
+
+
+_SAVE_FALSE_DIGEST = """
+from flowtrace.models import FlowLogRequest
+from flowtrace.store._prepare import prepare_log
+request = FlowLogRequest.model_validate({
+    "path": "a/b", "log_id": "log_1", "save": False, "inputs": {"q": 1}, "output": "o",
+    "stdout": "s", "messages": [{"role": "user", "content": "hi"}],
+    "start_time": "2025-01-01T00:00:00.000000Z",
+})
+print(prepare_log(request, None, 1).request_digest.hex())
+"""
+
+
+def test_a_save_false_request_s_digest_is_the_same_in_every_process() -> None:
+    """The payloads `save=false` keeps out of the store are in the digest in a fixed order,
+    not in a set's (which changes with each process's string hashing): a request retried to a
+    restarted server, or replayed from another process's spool, is a replay, not a 409."""
+    digests = {
+        run_script(_SAVE_FALSE_DIGEST, dict(script_env(), PYTHONHASHSEED=str(seed))).stdout
+        for seed in (1, 2, 3)
+    }
+    assert len(digests) == 1 and len(digests.pop().strip()) == 32
 
 
 def test_the_trace_rules_still_apply(tmp_path: Path) -> None:
