@@ -21,9 +21,8 @@ anything else goes through `Store.batch`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -33,7 +32,7 @@ from flowtrace._contract import (
 from flowtrace.models import FlowKernel, FlowLogRequest, FlowLogUpdateRequest, LogQuery
 from flowtrace.store._prepare import PreparedLog, body_layout, prepare_fields
 
-__all__ = ["IngestOperation", "prepare_create", "prepare_update"]
+__all__ = ["IngestItem", "IngestOperation", "prepare_create", "prepare_update"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -41,8 +40,21 @@ _M = TypeVar("_M", bound=BaseModel)
 _MODEL_UPDATE_FIELDS = frozenset({"messages", "output_message"})
 
 
-@dataclass(frozen=True, slots=True)
-class IngestOperation:
+class IngestItem(Protocol):
+    """What `Store.ingest` reads of an operation: the exporters' `Operation` is one (handed
+    over as it is, nothing made per operation), `IngestOperation` another."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def log_id(self) -> str: ...
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+    @property
+    def query(self) -> Mapping[str, str] | None: ...
+
+
+class IngestOperation(NamedTuple):
     """A create (`kind` "log", with the targeting `query`; "prompt_log" or "tool_log" for a
     span's log) or an update of `log_id`."""
 
