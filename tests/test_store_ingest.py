@@ -20,12 +20,14 @@ import flowtrace.store as store_module
 from flowtrace._capture import CapturedTraceback
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
+from flowtrace._planner import Counters, PlannedOp, Planner
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.models import FlowLogRequest, LogQuery
 from flowtrace.store import IngestOperation, Store, StoreBusy
 from flowtrace.store._ingest import prepare_create
 from flowtrace.store._prepare import prepare_log
 from tests.scriptutil import run_script, script_env
+from tests.store_helpers import FakeClock
 
 NOW_US = 1_750_000_000_123_456
 NOW_WIRE = "2025-06-15T15:06:40.123456Z"
@@ -349,3 +351,105 @@ def test_a_write_waiting_for_another_process_s_lock_is_bounded_and_interruptible
         finally:
             holder.execute("ROLLBACK")
             holder.close()
+
+
+# --- the fast path stores what the request path stores ---------------------------------------
+
+
+def _varied_traces(planner: Planner, token: object) -> list[PlannedOp]:
+    """The planner's operations for logs of every kind a program makes: errors, fields the
+    user set, metadata, save=false, large inputs, attributes, children, a child sent early
+    then closed by an update (with inputs set late), a late child."""
+
+    def accept(log: Log) -> Log:
+        log.delivery = token
+        planner.started(log)
+        return log
+
+    def finish(log: Log, **fields: Any) -> None:
+        end(log, **fields)
+        planner.ended(log)
+
+    def plan() -> list[PlannedOp]:
+        ops, _ = planner.plan(512, 0.0, 60.0, "trace_status")
+        return ops
+
+    flows = {
+        "plain": FlowOptions(),
+        "rich": FlowOptions(
+            attributes={"model": "m-1", "temperature": 0.5},
+            metadata={"team": "search", "nested": {"k": [1, 2]}},
+            user="ana",
+            environment="prod",
+            source="tests",
+        ),
+        "unsaved": FlowOptions(save=False, metadata={"kept": True}),
+    }
+    root = accept(Log(LogOptions(flows["rich"], "paths/root"), None))
+    early = accept(Log(LogOptions(flows["plain"], "paths/early"), root))
+    ops = plan()  # nothing has ended: nothing goes yet
+    failing = accept(Log(LogOptions(flows["plain"], "paths/failing"), early))
+    trace = CapturedTraceback(ValueError("no"), "ValueError: no", __file__)
+    finish(failing, error="ValueError: no", ended_how="error", error_trace=trace)
+    ops += plan()  # root and early go early, as incomplete; failing goes complete
+    closed = accept(Log(LogOptions(flows["plain"], "paths/closed"), early))
+    finish(closed, result={"answer": 42, "text": "x" * 70_000}, stdout_parts=["hi\n"])
+    closed.stdout_chars = 3
+    ops += plan()
+    late = accept(Log(LogOptions(flows["unsaved"], "paths/late"), closed))  # closed is done
+    finish(late, inputs={"secret": "s"}, output="kept out")
+    finish(early, inputs={"set": "late"}, output_message={"role": "assistant", "content": "ok"})
+    big = accept(Log(LogOptions(flows["rich"], "paths/big"), root))
+    finish(big, inputs={"items": list(range(2_000)), "deep": [[[[1]]]]}, user="bob")
+    finish(root, metadata={"mine": "yes"}, output="done")
+    ops += plan()
+    assert {op.operation.kind for op in ops} == {"log", "update"}
+    return ops
+
+
+def test_the_fast_path_stores_what_the_request_path_stores_row_for_row(tmp_path: Path) -> None:
+    """The same operations through `Store.ingest` and through `Store.batch` (the request
+    path: each body validated and dumped as a request from the network) leave the same rows,
+    byte for byte (the JSON kept, the replay digest, times, flags, the trace's links), the
+    same counters, and the same answers to every create and refusal."""
+    token = object()
+    ops = [op.operation for op in _varied_traces(Planner(token, Counters()), token)]
+    rows = {}
+    answers = {}
+    for way in ("ingest", "batch"):
+        with Store(tmp_path / f"{way}.db", clock=FakeClock()) as store:
+            if way == "ingest":
+                answers[way] = store.ingest(ops)
+            else:
+                results = store.batch([op.to_batch_item() for op in ops])
+                answers[way] = [(result.status, result.body) for result in results]
+        with sqlite3.connect(tmp_path / f"{way}.db") as db:
+            rows[way] = (
+                db.execute(f"SELECT {_LOG_COLUMNS} FROM logs ORDER BY seq").fetchall(),
+                db.execute(_COUNTERS).fetchall(),
+            )
+    assert rows["ingest"] == rows["batch"]
+    stored, _ = rows["ingest"]
+    assert len(stored) == len([op for op in ops if op.kind == "log"]) == 6
+    assert [op.kind for op in ops].count("update") == 2  # the root and the log sent early
+    assert sum('"late_child_of"' in row[13] for row in stored) == 1
+    creates = [n for n, op in enumerate(ops) if op.kind == "log"]
+    flow_ids = ("flow_id", "version_id")  # made anew by each store
+    for n in creates:
+        fast, slow = answers["ingest"][n], answers["batch"][n]
+        assert fast[0] == slow[0] == 200
+        assert {k: v for k, v in fast[1].items() if k not in flow_ids} == {
+            k: v for k, v in slow[1].items() if k not in flow_ids
+        }
+    assert [status for status, _ in answers["ingest"]] == [s for s, _ in answers["batch"]]
+
+
+_LOG_COLUMNS = (
+    "seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us, end_us, complete,"
+    " has_error, request_digest, inputs, output, data, placeholder"
+)
+_COUNTERS = (
+    "SELECT f.seq, f.path, f.kind, f.log_count, f.root_count, f.error_count, v.seq,"
+    " v.attributes, v.log_count FROM flows f JOIN versions v ON v.flow_ref = f.seq"
+    " ORDER BY f.seq, v.seq"
+)
