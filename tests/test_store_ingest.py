@@ -212,6 +212,46 @@ def test_the_replay_digest_covers_every_field_and_ignores_only_the_store_s_clock
         assert [status for status, _ in results + aimed] == [409] * 5
 
 
+_T = "2025-01-01T00:00:00.000000Z"
+#: Requests and the digests stored files keep for them (any change makes their replays 409s).
+_PINNED_DIGESTS = [
+    (
+        {"path": "a/b", "log_id": "log_1", "start_time": _T, "end_time": _T},
+        {"inputs": {"q": 1}, "output": "o", "trace_status": "complete"},
+        None,
+        "32e45db54c23c0a39a48d68510af5408",
+    ),
+    (
+        {"path": "a/b", "log_id": "log_2", "start_time": _T, "save": False},
+        {"metadata": {"m": [1, {"z": 2, "a": 1}]}, "log_status": "incomplete"},
+        None,
+        "b82a0bdccb0067740dfea2c40789a28a",
+    ),
+    (
+        {"path": "a/b", "log_id": "log_3", "save": False, "trace_parent_id": "log_1"},
+        {"output": "kept out", "error": "E"},
+        None,
+        "1d1584b295f2266939b414456982fba2",
+    ),
+    (
+        {"path": "c", "log_id": "log_4", "flow": {"attributes": {"model": "m", "t": 0.5}}},
+        {"user": "u", "environment": "prod", "stdout": "s", "provider_latency": 0.25},
+        {"environment": "prod"},
+        "fa2e908c0ef6bb4652b29d214774879c",
+    ),
+]
+
+
+@pytest.mark.parametrize(("routing", "fields", "query", "digest"), _PINNED_DIGESTS)
+def test_a_request_s_replay_digest_is_the_one_stored_files_keep(
+    routing: dict[str, Any], fields: dict[str, Any], query: dict[str, str] | None, digest: str
+) -> None:
+    """Digests are kept in every stored file and spool: a request must digest as it always
+    did, by both paths (a save=false one without payloads included)."""
+    fast, slow = prepared_both_ways({**routing, **fields}, query or {})
+    assert fast.request_digest.hex() == slow.request_digest.hex() == digest
+
+
 _SAVE_FALSE_DIGEST = """
 from flowtrace.models import FlowLogRequest
 from flowtrace.store._prepare import prepare_log

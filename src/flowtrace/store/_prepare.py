@@ -164,7 +164,7 @@ def prepare_fields(
     if None in stored.values():  # rare: a null is not stored
         stored = {key: value for key, value in stored.items() if value is not None}
     unsaved: dict[str, Any] | None = None
-    if layout.unsaved and body.get("save") is False:
+    if body.get("save") is False:  # (an empty dict even without payloads: in the digest)
         unsaved = {key: stored.pop(key) for key in layout.unsaved if key in stored}
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
