@@ -39,6 +39,7 @@ from flowtrace.store._repository import (
     Row,
     VersionRow,
     chunks,
+    log_values,
     replay_row,
 )
 from flowtrace.store._schema import migrate
@@ -301,9 +302,7 @@ class SqliteRepository(SqliteReader, Repository):
         return seq
 
     def insert_log(self, log: NewLog) -> None:
-        # `write` without its frames (every log), and the row as it is: sqlite3 binds a bool
-        # as the integer it is (PostgreSQL needs `log_values`)
-        self.conn.execute(LOG_INSERT, log)
+        self.conn.execute(LOG_INSERT, log_values(log))  # `write`, without its frames: every log
         self.writes += 1
         self._inserted[log.id] = log
         self._inserted_ids[log.seq] = log.id
