@@ -20,11 +20,14 @@ import flowtrace.store as store_module
 from flowtrace._capture import CapturedTraceback
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
+from flowtrace._planner import Counters, PlannedOp, Planner
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.models import FlowLogRequest, LogQuery
 from flowtrace.store import IngestOperation, Store, StoreBusy
 from flowtrace.store._ingest import prepare_create
 from flowtrace.store._prepare import prepare_log
+from tests.scriptutil import run_script, script_env
+from tests.store_helpers import FakeClock
 
 NOW_US = 1_750_000_000_123_456
 NOW_WIRE = "2025-06-15T15:06:40.123456Z"
@@ -209,6 +212,69 @@ def test_the_replay_digest_covers_every_field_and_ignores_only_the_store_s_clock
         assert [status for status, _ in results + aimed] == [409] * 5
 
 
+_T = "2025-01-01T00:00:00.000000Z"
+#: Requests and the digests stored files keep for them (any change makes their replays 409s).
+_PINNED_DIGESTS = [
+    (
+        {"path": "a/b", "log_id": "log_1", "start_time": _T, "end_time": _T},
+        {"inputs": {"q": 1}, "output": "o", "trace_status": "complete"},
+        None,
+        "32e45db54c23c0a39a48d68510af5408",
+    ),
+    (
+        {"path": "a/b", "log_id": "log_2", "start_time": _T, "save": False},
+        {"metadata": {"m": [1, {"z": 2, "a": 1}]}, "log_status": "incomplete"},
+        None,
+        "b82a0bdccb0067740dfea2c40789a28a",
+    ),
+    (
+        {"path": "a/b", "log_id": "log_3", "save": False, "trace_parent_id": "log_1"},
+        {"output": "kept out", "error": "E"},
+        None,
+        "1d1584b295f2266939b414456982fba2",
+    ),
+    (
+        {"path": "c", "log_id": "log_4", "flow": {"attributes": {"model": "m", "t": 0.5}}},
+        {"user": "u", "environment": "prod", "stdout": "s", "provider_latency": 0.25},
+        {"environment": "prod"},
+        "fa2e908c0ef6bb4652b29d214774879c",
+    ),
+]
+
+
+@pytest.mark.parametrize(("routing", "fields", "query", "digest"), _PINNED_DIGESTS)
+def test_a_request_s_replay_digest_is_the_one_stored_files_keep(
+    routing: dict[str, Any], fields: dict[str, Any], query: dict[str, str] | None, digest: str
+) -> None:
+    """Digests are kept in every stored file and spool: a request must digest as it always
+    did, by both paths (a save=false one without payloads included)."""
+    fast, slow = prepared_both_ways({**routing, **fields}, query or {})
+    assert fast.request_digest.hex() == slow.request_digest.hex() == digest
+
+
+_SAVE_FALSE_DIGEST = """
+from flowtrace.models import FlowLogRequest
+from flowtrace.store._prepare import prepare_log
+request = FlowLogRequest.model_validate({
+    "path": "a/b", "log_id": "log_1", "save": False, "inputs": {"q": 1}, "output": "o",
+    "stdout": "s", "messages": [{"role": "user", "content": "hi"}],
+    "start_time": "2025-01-01T00:00:00.000000Z",
+})
+print(prepare_log(request, None, 1).request_digest.hex())
+"""
+
+
+def test_a_save_false_request_s_digest_is_the_same_in_every_process() -> None:
+    """The payloads `save=false` keeps out of the store are in the digest in a fixed order,
+    not in a set's (which changes with each process's string hashing): a request retried to a
+    restarted server, or replayed from another process's spool, is a replay, not a 409."""
+    digests = {
+        run_script(_SAVE_FALSE_DIGEST, dict(script_env(), PYTHONHASHSEED=str(seed))).stdout
+        for seed in (1, 2, 3)
+    }
+    assert len(digests) == 1 and len(digests.pop().strip()) == 32
+
+
 def test_the_trace_rules_still_apply(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db") as store:
         parent, unknown = opened("rules/parent"), opened("rules/unknown")
@@ -325,3 +391,105 @@ def test_a_write_waiting_for_another_process_s_lock_is_bounded_and_interruptible
         finally:
             holder.execute("ROLLBACK")
             holder.close()
+
+
+# --- the fast path stores what the request path stores ---------------------------------------
+
+
+def _varied_traces(planner: Planner, token: object) -> list[PlannedOp]:
+    """The planner's operations for logs of every kind a program makes: errors, fields the
+    user set, metadata, save=false, large inputs, attributes, children, a child sent early
+    then closed by an update (with inputs set late), a late child."""
+
+    def accept(log: Log) -> Log:
+        log.delivery = token
+        planner.started(log)
+        return log
+
+    def finish(log: Log, **fields: Any) -> None:
+        end(log, **fields)
+        planner.ended(log)
+
+    def plan() -> list[PlannedOp]:
+        ops, _ = planner.plan(512, 0.0, 60.0, "trace_status")
+        return ops
+
+    flows = {
+        "plain": FlowOptions(),
+        "rich": FlowOptions(
+            attributes={"model": "m-1", "temperature": 0.5},
+            metadata={"team": "search", "nested": {"k": [1, 2]}},
+            user="ana",
+            environment="prod",
+            source="tests",
+        ),
+        "unsaved": FlowOptions(save=False, metadata={"kept": True}),
+    }
+    root = accept(Log(LogOptions(flows["rich"], "paths/root"), None))
+    early = accept(Log(LogOptions(flows["plain"], "paths/early"), root))
+    ops = plan()  # nothing has ended: nothing goes yet
+    failing = accept(Log(LogOptions(flows["plain"], "paths/failing"), early))
+    trace = CapturedTraceback(ValueError("no"), "ValueError: no", __file__)
+    finish(failing, error="ValueError: no", ended_how="error", error_trace=trace)
+    ops += plan()  # root and early go early, as incomplete; failing goes complete
+    closed = accept(Log(LogOptions(flows["plain"], "paths/closed"), early))
+    finish(closed, result={"answer": 42, "text": "x" * 70_000}, stdout_parts=["hi\n"])
+    closed.stdout_chars = 3
+    ops += plan()
+    late = accept(Log(LogOptions(flows["unsaved"], "paths/late"), closed))  # closed is done
+    finish(late, inputs={"secret": "s"}, output="kept out")
+    finish(early, inputs={"set": "late"}, output_message={"role": "assistant", "content": "ok"})
+    big = accept(Log(LogOptions(flows["rich"], "paths/big"), root))
+    finish(big, inputs={"items": list(range(2_000)), "deep": [[[[1]]]]}, user="bob")
+    finish(root, metadata={"mine": "yes"}, output="done")
+    ops += plan()
+    assert {op.operation.kind for op in ops} == {"log", "update"}
+    return ops
+
+
+def test_the_fast_path_stores_what_the_request_path_stores_row_for_row(tmp_path: Path) -> None:
+    """The same operations through `Store.ingest` and through `Store.batch` (the request
+    path: each body validated and dumped as a request from the network) leave the same rows,
+    byte for byte (the JSON kept, the replay digest, times, flags, the trace's links), the
+    same counters, and the same answers to every create and refusal."""
+    token = object()
+    ops = [op.operation for op in _varied_traces(Planner(token, Counters()), token)]
+    rows = {}
+    answers = {}
+    for way in ("ingest", "batch"):
+        with Store(tmp_path / f"{way}.db", clock=FakeClock()) as store:
+            if way == "ingest":
+                answers[way] = store.ingest(ops)
+            else:
+                results = store.batch([op.to_batch_item() for op in ops])
+                answers[way] = [(result.status, result.body) for result in results]
+        with sqlite3.connect(tmp_path / f"{way}.db") as db:
+            rows[way] = (
+                db.execute(f"SELECT {_LOG_COLUMNS} FROM logs ORDER BY seq").fetchall(),
+                db.execute(_COUNTERS).fetchall(),
+            )
+    assert rows["ingest"] == rows["batch"]
+    stored, _ = rows["ingest"]
+    assert len(stored) == len([op for op in ops if op.kind == "log"]) == 6
+    assert [op.kind for op in ops].count("update") == 2  # the root and the log sent early
+    assert sum('"late_child_of"' in row[13] for row in stored) == 1
+    creates = [n for n, op in enumerate(ops) if op.kind == "log"]
+    flow_ids = ("flow_id", "version_id")  # made anew by each store
+    for n in creates:
+        fast, slow = answers["ingest"][n], answers["batch"][n]
+        assert fast[0] == slow[0] == 200
+        assert {k: v for k, v in fast[1].items() if k not in flow_ids} == {
+            k: v for k, v in slow[1].items() if k not in flow_ids
+        }
+    assert [status for status, _ in answers["ingest"]] == [s for s, _ in answers["batch"]]
+
+
+_LOG_COLUMNS = (
+    "seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us, end_us, complete,"
+    " has_error, request_digest, inputs, output, data, placeholder"
+)
+_COUNTERS = (
+    "SELECT f.seq, f.path, f.kind, f.log_count, f.root_count, f.error_count, v.seq,"
+    " v.attributes, v.log_count FROM flows f JOIN versions v ON v.flow_ref = f.seq"
+    " ORDER BY f.seq, v.seq"
+)

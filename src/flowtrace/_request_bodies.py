@@ -21,7 +21,7 @@ from flowtrace._contract import (
     RECORDER_TRACEBACK,
     UPDATE_EXTENSION_FIELDS,
     StatusField,
-    wire_time_ns,
+    wire_time_us,
 )
 from flowtrace._log import UNSET, Log
 from flowtrace._serialize import Limits, limits, snapshot, to_json
@@ -137,9 +137,9 @@ def _user_metadata(log: Log) -> Any:
     return log.options.flow.metadata
 
 
-def shape_output(log: Log) -> dict[str, Any]:
-    """`output` for strings and anything JSON-encoded; `output_message` for a chat message."""
-    fields: dict[str, Any] = {}
+def shape_output(log: Log, fields: dict[str, Any]) -> None:
+    """Into `fields`: `output` for strings and anything JSON-encoded; `output_message` for a
+    chat message."""
     budget = limits()
     output_message = _user(log, "output_message")
     if output_message is not UNSET and output_message is not None:
@@ -150,7 +150,7 @@ def shape_output(log: Log) -> dict[str, Any]:
     if value is UNSET:
         value = log.result  # what the call returned; the user's `output` wins
     if value is UNSET:
-        return fields
+        return
     value = _snapshot(value, budget)
     if isinstance(value, str):
         fields["output"] = value
@@ -160,7 +160,6 @@ def shape_output(log: Log) -> dict[str, Any]:
         fields["output_message"] = message
     elif value is not None:
         fields["output"] = to_json(value)
-    return fields
 
 
 def _flowtrace_metadata(log: Log) -> dict[str, Any]:
@@ -183,14 +182,13 @@ def _metadata(log: Log) -> dict[str, Any] | None:
     return merged
 
 
-def _ending_fields(log: Log, start_ns: int) -> dict[str, Any]:
-    """The fields a log only has once it has ended."""
-    fields: dict[str, Any] = {}
+def _ending_fields(log: Log, start_ns: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields a log only has once it has ended, added to `fields` (returned)."""
     duration_ns = log.duration_ns
     if duration_ns is not None:
-        fields["end_time"] = wire_time_ns(start_ns + duration_ns)
+        fields["end_time"] = wire_time_us((start_ns + duration_ns) // 1000)
         fields["provider_latency"] = duration_ns / 1e9
-    fields.update(shape_output(log))
+    shape_output(log, fields)
     if log.error is not None:
         fields["error"] = str(log.error)
     if log.stdout_chars:
@@ -237,7 +235,7 @@ def create_body(log: Log, status_field: StatusField, start_ns: int | None = None
     body: dict[str, Any] = {
         "log_id": log.log_id,
         "path": log.options.path,
-        "start_time": wire_time_ns(start_ns),
+        "start_time": wire_time_us(start_ns // 1000),
     }
     if log.parent is not None:
         body["trace_parent_id"] = log.parent.log_id
@@ -260,7 +258,7 @@ def create_body(log: Log, status_field: StatusField, start_ns: int | None = None
     if messages is not None:
         body["messages"] = messages
     if log.duration_ns is not None:
-        body.update(_ending_fields(log, start_ns))
+        _ending_fields(log, start_ns, body)
         body[status_field] = COMPLETE
     else:
         metadata = _user_metadata(log)
@@ -279,7 +277,7 @@ def complete_body(
         from flowtrace._span_bodies import span_complete_body
 
         return span_complete_body(cast("SpanLog", log), status_field)
-    body = _ending_fields(log, log.start_ns if start_ns is None else start_ns)
+    body = _ending_fields(log, log.start_ns if start_ns is None else start_ns, {})
     if log.inputs is not UNSET or log.messages is not UNSET:  # the user may have set them late
         inputs, messages = resolve_inputs(log)
         if log.inputs is not UNSET and inputs is not None:

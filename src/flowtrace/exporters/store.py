@@ -22,7 +22,7 @@ from flowtrace.exporters import Operation, Outcome, not_delivered
 
 # Imported with this module (which the pipeline imports under its fork-safe build lock), never
 # later on the worker: a fork must not catch the store's modules half-imported.
-from flowtrace.store import IngestOperation, Store, StoreBusy, StoreSchemaError
+from flowtrace.store import Store, StoreBusy, StoreSchemaError
 
 __all__ = ["StoreExporter"]
 
@@ -42,10 +42,7 @@ class StoreExporter:
             return []
         try:
             store = self._open()
-            results = store.ingest(
-                [IngestOperation(op.kind, op.log_id, op.body, op.query) for op in operations],
-                timeout_s=timeout_s,
-            )
+            results = store.ingest(operations, timeout_s=timeout_s)  # each is an IngestItem
         except (OSError, sqlite3.Error, StoreBusy, StoreSchemaError) as exc:
             # e.g. the file is locked, the disk is full, a newer flowtrace's file: not now
             return not_delivered(

@@ -88,7 +88,7 @@ from flowtrace.store._errors import (
 )
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
 from flowtrace.store._flows import deploy, upsert_flow
-from flowtrace.store._ingest import IngestOperation, prepare_create, prepare_update
+from flowtrace.store._ingest import IngestItem, IngestOperation, prepare_create, prepare_update
 from flowtrace.store._logs import LogUpdate, create_log, delete_logs, update_log
 from flowtrace.store._prepare import PreparedLog, prepare_log
 from flowtrace.store._reads import ListQuery, LogPage, get_log, get_log_by_seq, list_logs
@@ -108,6 +108,7 @@ from flowtrace.store._sqlite import SqliteDatabase
 __all__ = [
     "SCHEMA_VERSION",
     "FlowStats",
+    "IngestItem",
     "IngestOperation",
     "IngestResult",
     "ListQuery",
@@ -402,7 +403,7 @@ class Store:
         return self._write(work)
 
     def ingest(
-        self, operations: Sequence[IngestOperation], *, timeout_s: float | None = None
+        self, operations: Sequence[IngestItem], *, timeout_s: float | None = None
     ) -> list[IngestResult]:
         """The fast embedded path (`_ingest`): operations built by flowtrace's own client (a
         span's prompt or tool log validated as its request, they are few), in order, in one

@@ -21,9 +21,8 @@ anything else goes through `Store.batch`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -31,20 +30,31 @@ from flowtrace._contract import (
     FLOW,
 )
 from flowtrace.models import FlowKernel, FlowLogRequest, FlowLogUpdateRequest, LogQuery
-from flowtrace.store._prepare import PreparedLog, prepare_fields
+from flowtrace.store._prepare import PreparedLog, body_layout, prepare_fields
 
-__all__ = ["IngestOperation", "prepare_create", "prepare_update"]
+__all__ = ["IngestItem", "IngestOperation", "prepare_create", "prepare_update"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
-#: What `create_log` reads of a request: the routing fields.
-_ROUTING_FIELDS = ("log_id", "path", "id", "trace_parent_id")
 #: Update fields whose values are models (chat messages): such an update is validated.
 _MODEL_UPDATE_FIELDS = frozenset({"messages", "output_message"})
 
 
-@dataclass(frozen=True, slots=True)
-class IngestOperation:
+class IngestItem(Protocol):
+    """What `Store.ingest` reads of an operation: the exporters' `Operation` is one (handed
+    over as it is, nothing made per operation), `IngestOperation` another."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def log_id(self) -> str: ...
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+    @property
+    def query(self) -> Mapping[str, str] | None: ...
+
+
+class IngestOperation(NamedTuple):
     """A create (`kind` "log", with the targeting `query`; "prompt_log" or "tool_log" for a
     span's log) or an update of `log_id`."""
 
@@ -62,14 +72,12 @@ _DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
     model: _defaults(model) for model in (FlowLogUpdateRequest, LogQuery)
 }
 _DEFAULTS[FlowKernel] = {}
-#: A create's request carries only what `create_log` reads of it: its routing fields.
-_DEFAULTS[FlowLogRequest] = dict.fromkeys((*_ROUTING_FIELDS, "flow"))
 
 
 def _known_valid(model: type[_M], values: dict[str, Any]) -> _M:
     """A model instance of values known to be valid: pydantic's `model_construct`, without
-    its per-field walk (every field has a plain default). A create's request gets its
-    routing fields only (`_DEFAULTS`)."""
+    its per-field walk (every field has a plain default). A create's request (`_request_of`)
+    gets its routing fields only: what `create_log` reads of it."""
     instance = model.__new__(model)
     fields = dict(_DEFAULTS[model])
     fields.update(values)
@@ -96,8 +104,13 @@ def wire_us(text: str) -> int:
         parsed = datetime.fromisoformat(second).replace(tzinfo=timezone.utc)
         memo_us = (parsed - _EPOCH) // timedelta(microseconds=1)
         _second_memo = (second, memo_us)
+    if len(text) == _CLIENT_TIME_CHARS:  # the client's six digits and its `Z`
+        return memo_us + int(text[20:26])
     fraction = text[20:-1] if len(text) > 20 and text[19] == "." else ""
     return memo_us + (int(fraction.ljust(6, "0")[:6]) if fraction else 0)
+
+
+_CLIENT_TIME_CHARS = len("2025-03-01T12:00:00.000000Z")
 
 
 def _wire_datetime(text: str) -> datetime:
@@ -106,20 +119,52 @@ def _wire_datetime(text: str) -> datetime:
 
 # --- creates -----------------------------------------------------------------------------------
 
+# Every log of a flow shares one attributes snapshot (the client takes it once per flow), so
+# the kernel made of it is kept for the next log that carries the very same object.
+_kernel_memo: tuple[object, FlowKernel | None] = (None, None)
+
+
+def _flow_kernel(attributes: Any) -> FlowKernel:
+    global _kernel_memo
+    known, kernel = _kernel_memo
+    if known is attributes and kernel is not None:
+        return kernel
+    kernel = _known_valid(FlowKernel, {"attributes": attributes})
+    _kernel_memo = (attributes, kernel)
+    return kernel
+
+
+def _request_of(body: Mapping[str, Any], routing: tuple[str, ...]) -> FlowLogRequest:
+    """The create's request, with only what `create_log` reads of it (see `_known_valid`):
+    the body's routing fields, its flow as a kernel."""
+    get = body.get
+    flow = get("flow")
+    fields = {
+        "log_id": get("log_id"),
+        "path": get("path"),
+        "id": get("id"),
+        "trace_parent_id": get("trace_parent_id"),
+        "flow": _flow_kernel(flow["attributes"]) if flow is not None else None,
+    }
+    instance = FlowLogRequest.__new__(FlowLogRequest)
+    object.__setattr__(instance, "__dict__", fields)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(routing))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
+
 
 def prepare_create(
     body: Mapping[str, Any], query: Mapping[str, str] | None, now_us: int, now_wire: str
 ) -> PreparedLog:
     """What `prepare_log` makes of the same request, from the body as the client built it."""
-    start = body.get("start_time")
-    end = body.get("end_time")
-    routing = {name: body[name] for name in _ROUTING_FIELDS if name in body}
-    flow = body.get("flow")
-    if flow is not None:
-        routing["flow"] = _known_valid(FlowKernel, {"attributes": flow["attributes"]})
-    targeting = {k: v for k, v in (query or {}).items() if v is not None}
+    layout = body_layout(body)
+    get = body.get
+    start = get("start_time")
+    end = get("end_time")
+    targeting = _targeting(query) if query else None
     return prepare_fields(
-        _known_valid(FlowLogRequest, routing),
+        _request_of(body, layout.routing),
         body,
         _known_valid(LogQuery, targeting) if targeting else None,
         FLOW,
@@ -129,7 +174,12 @@ def prepare_create(
         now_us,
         now_wire,
         targeting,
+        layout,
     )
+
+
+def _targeting(query: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in query.items() if v is not None}
 
 
 # --- updates -----------------------------------------------------------------------------------

@@ -235,8 +235,10 @@ def write_log(
     root; widen its ancestors; count it. The answer of `POST /flows/log`."""
     request = prepared.request
     repo = session.repo
-    flow, version = target.materialize(flow_cache, session)
-    seq = session.next_seq()
+    flow, version = target.flow, target.version
+    if flow is None or version is None:  # new: made now (most logs find both)
+        flow, version = target.materialize(flow_cache, session)
+    seq = repo.next_seq()
     log_id = request.log_id if request.log_id is not None else new_id("log")
     repo.insert_log(
         NewLog(
@@ -256,7 +258,8 @@ def write_log(
             prepared.data,
         )
     )
-    repo.widen(parent, prepared.start_us, prepared.end_us)
+    if parent is not None:
+        repo.widen(parent, prepared.start_us, prepared.end_us)
     session.count(flow.ref, version.ref, 1, parent is None, prepared.has_error)
     return created_response(log_id, flow.id, version.id, prepared)
 

@@ -31,8 +31,11 @@ from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLog
 from flowtrace.store._codec import DIGEST_SIZE, compact_json, to_us
 
 __all__ = [
+    "ROUTING_FIELDS",
+    "BodyLayout",
     "LogRequest",
     "PreparedLog",
+    "body_layout",
     "kernel_of",
     "prepare_built",
     "prepare_fields",
@@ -47,6 +50,8 @@ LogRequest = FlowLogRequest | PromptLogRequest | ToolLogRequest
 _COLUMN_FIELDS = frozenset(
     {"path", "id", "flow", "prompt", "tool", "log_id", "start_time", "end_time", *STATUS_FIELDS}
 )
+#: What the trace rules read of a create's request (`create_log`): the fields that route it.
+ROUTING_FIELDS = frozenset({"log_id", "path", "id", "trace_parent_id", "flow"})
 #: The column fields in a fixed order, for the replay digest.
 _IDENTITY_FIELDS = tuple(sorted(_COLUMN_FIELDS))
 # A prompt sent as the text of a serialized prompt file is kept as that text.
@@ -147,18 +152,20 @@ def prepare_fields(
     now_us: int,
     now_wire: str | None,
     targeting: Mapping[str, Any] | None,
+    layout: BodyLayout | None = None,
 ) -> PreparedLog:
     """The columns and stored JSON of a log from its request's JSON `body` (however that was
     had: a model's dump, a body flowtrace built), and its replay digest (`targeting`: the
-    query's fields that aim it at a version, if any)."""
-    stored = {
-        key: body[key]
-        for key in sorted(body)
-        if key not in _COLUMN_FIELDS and body[key] is not None
-    }
+    query's fields that aim it at a version, if any; `layout`: the body's, if the caller has
+    it already)."""
+    if layout is None:
+        layout = body_layout(body)
+    stored = {key: body[key] for key in layout.stored_keys}
+    if None in stored.values():  # rare: a null is not stored
+        stored = {key: value for key, value in stored.items() if value is not None}
     unsaved: dict[str, Any] | None = None
-    if body.get("save") is False:
-        unsaved = {key: stored.pop(key) for key in PAYLOAD_FIELDS if key in stored}
+    if body.get("save") is False:  # (an empty dict even without payloads: in the digest)
+        unsaved = {key: stored.pop(key) for key in layout.unsaved if key in stored}
     inputs = stored.pop("inputs", None)
     output = stored.pop("output", None)
     inputs_json = compact_json(inputs) if inputs is not None else None
@@ -167,7 +174,7 @@ def prepare_fields(
     if "created_at" not in stored:  # the store's clock, not the request's: not in the digest
         stamp = now_wire or wire_time_us(now_us)
         data = f'{data[:-1]}{"," if stored else ""}"created_at":"{stamp}"}}'
-    status_field = next((name for name in STATUS_FIELDS if name in body), DEFAULT_STATUS_FIELD)
+    status_field = layout.status_field
     # A flow log stays open until completed; a prompt or tool call is logged once it is done
     # (the original API's prompts.log and tools.log name no status).
     status: TraceStatus = body.get(status_field) or (INCOMPLETE if kind == FLOW else COMPLETE)
@@ -194,6 +201,38 @@ def prepare_fields(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLayout:
+    """What a body's set of keys says, the same for every body with those keys (in that
+    order): the keys stored as data, sorted; the payload keys among them (for `save=false`);
+    the status field it names; its routing keys (what `create_log` reads of a request)."""
+
+    stored_keys: tuple[str, ...]
+    unsaved: tuple[str, ...]
+    status_field: StatusField
+    routing: tuple[str, ...]
+
+
+_layouts: dict[tuple[str, ...], BodyLayout] = {}
+_MAX_LAYOUTS = 1024  # bodies come in a few shapes; a client sending many is not kept up with
+
+
+def body_layout(body: Mapping[str, Any]) -> BodyLayout:
+    """The body's `BodyLayout`, memoized by its keys: every log of a function has the same ones."""
+    keys = tuple(body)
+    layout = _layouts.get(keys)
+    if layout is None:
+        stored = tuple(sorted(key for key in keys if key not in _COLUMN_FIELDS))
+        status_field = next((name for name in STATUS_FIELDS if name in keys), DEFAULT_STATUS_FIELD)
+        unsaved = tuple(key for key in stored if key in PAYLOAD_FIELDS)
+        routing = tuple(key for key in keys if key in ROUTING_FIELDS)
+        layout = BodyLayout(stored, unsaved, status_field, routing)
+        if len(_layouts) >= _MAX_LAYOUTS:
+            _layouts.clear()
+        _layouts[keys] = layout
+    return layout
+
+
 def _replay_digest(
     body: Mapping[str, Any],
     targeting: Mapping[str, Any] | None,
@@ -207,7 +246,6 @@ def _replay_digest(
     is not encoded twice). The same body by any path has the same digest; keys are sorted at
     the top level (where the paths order them differently), nested values keep their order
     (a retried request is the same text)."""
-    get = body.get
-    columns = [get(name) for name in _IDENTITY_FIELDS]
+    columns = list(map(body.get, _IDENTITY_FIELDS))  # map: no Python frame per field
     identity = (columns, targeting or None, inputs_json, output, data, unsaved)
     return blake2b(to_json(identity), digest_size=DIGEST_SIZE).digest()

@@ -58,7 +58,8 @@ class Session:
         self._op_touched.clear()
 
     def keep_operation(self) -> None:
-        for flow_ref, version_ref, logs, roots, errors in self._op_deltas:
+        deltas = self._op_deltas
+        for flow_ref, version_ref, logs, roots, errors in deltas:
             totals = self._flow_deltas[flow_ref]
             totals[0] += logs
             totals[1] += roots
@@ -66,9 +67,10 @@ class Session:
             self._version_deltas[version_ref] += logs
             if logs > 0:
                 self._used_flows.add(flow_ref)
-        self._op_deltas.clear()
-        self._touched_flows |= self._op_touched
-        self._op_touched.clear()
+        deltas.clear()
+        if self._op_touched:  # rare: a version was added or named
+            self._touched_flows |= self._op_touched
+            self._op_touched.clear()
 
     def flush(self) -> None:
         """Write the counters summed so far (then zeroed: flushing twice counts once)."""
