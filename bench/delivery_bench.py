@@ -488,6 +488,10 @@ def bench_exit(repeats: int) -> None:
         f"the next run: {result}"
     )
     print("last message of the first run:", messages[0])
+    dropping = [message for message in messages if "dropped" in message]
+    print(f"runs whose exit message reports drops: {len(dropping)}")
+    for message in dropping:
+        print("  ", message)
 
 
 BENCHES: dict[str, Callable[[int], None]] = {
