@@ -1,5 +1,5 @@
-"""`POST /v5/flows/log` and `PATCH /v5/flows/logs/{log_id}` answered without FastAPI's
-routing and dependency solving.
+"""`POST /v5/flows/log` and `PATCH /v5/flows/logs/{log_id}` answered in front of the app:
+without its middleware chain, FastAPI's routing and dependency solving.
 
 The contract costs one HTTP request per log (and one more per log created before its end, such
 as a trace's root), so these routes' fixed cost per request is the per-log ingest rate. Through
@@ -11,6 +11,13 @@ handler does only what the routes need and gives the same answers, byte for byte
 body parsing (strict JSON, Content-Type rules), the same validation errors, the same store
 errors. `tests/test_server_fast_log.py` sends the same requests to both and compares the
 answers. Creates and updates go through one `_GroupWriter` (group commit), in arrival order.
+
+It sits in front of the app's whole middleware chain (`FastLogFront`, put there by
+`_app`), so it does the chain's checks for these two routes itself, in the chain's order and
+with the chain's own code and answers: without API keys the Host and Origin rules (403), the
+API key (401), the JSON Content-Type (415), the body limit (413), and the 500 of an unexpected
+error. The chain's eight layers (Starlette's and FastAPI's error, telemetry and body-limit
+middlewares, then flowtrace's) cost ~130 us a request for nothing else (issue 13).
 
 The FastAPI routes stay: they describe the operations in the OpenAPI document, and answer
 whatever this handler passes on (other methods, other paths).
@@ -26,7 +33,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.datastructures import QueryParams
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowtrace.models import (
@@ -39,28 +46,45 @@ from flowtrace.models import (
 )
 from flowtrace.store import Store, StoreError
 
-from ._errors import store_error_response, validation_error_response
+from ._auth import ApiKeys
+from ._body_limit import DISCONNECTED, TOO_LARGE, read_limited, too_large
+from ._content_type import content_type_refusal
+from ._errors import store_error_response, unexpected_error_response, validation_error_response
 from ._json import is_json_media_type, parse_json
+from ._keyless_guard import KeylessGuardMiddleware
 from ._responses import json_response, render_created, render_log, status_field_of
 
-__all__ = ["FastLogMiddleware", "parse_log_request"]
+__all__ = ["FastLogFront", "parse_log_request"]
 
 _MISSING = object()
 _JSON = "application/json"
 
 
-class FastLogMiddleware:
-    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` itself;
-    passes every other request on to `app`."""
+class FastLogFront:
+    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` itself,
+    checked as the app's middleware chain checks them; passes every other request on to `app`.
+
+    `keyless`: without API keys, the chain's Host and Origin rules (`_keyless_guard`)."""
 
     def __init__(
-        self, app: ASGIApp, *, store: Store, prefix: str, status_field_default: StatusField
+        self,
+        app: ASGIApp,
+        *,
+        store: Store,
+        prefix: str,
+        status_field_default: StatusField,
+        api_keys: ApiKeys,
+        max_body_bytes: int,
+        keyless: KeylessGuardMiddleware | None,
     ) -> None:
         self.app = app
         self._writer = _GroupWriter(store)
         self._create_path = f"{prefix}/flows/log"
         self._update_prefix = f"{prefix}/flows/logs/"
         self._default = status_field_default
+        self._keys = api_keys
+        self._max_body_bytes = max_body_bytes
+        self._keyless = keyless
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -77,20 +101,48 @@ class FastLogMiddleware:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, log_id: str | None) -> None:
         """Answer a create (`log_id` None) or the update of `log_id`."""
-        body = await _read_body(receive)
-        if body is None:  # the client went away mid-body: nobody to answer
+        refused = self._refusal(scope)
+        if refused is not None:
+            await refused(scope, receive, send)
             return
+        body = await read_limited(scope, receive, self._max_body_bytes)
+        if body is DISCONNECTED:  # the client went away mid-body: nobody to answer
+            return
+        if body is TOO_LARGE:
+            await too_large(self._max_body_bytes)(scope, receive, send)
+            return
+        assert isinstance(body, bytes)
+        try:
+            response = await self._answer(scope, body, log_id)
+        except Exception as exc:  # as the chain's UnexpectedErrorMiddleware: a 500, logged
+            response = unexpected_error_response(scope, exc)
+        await response(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        """The chain's refusals before the body is read, in its order."""
+        if self._keyless is not None:
+            reason = self._keyless.refusal(scope)
+            if reason is not None:
+                return JSONResponse({"detail": reason}, status_code=403)
+        if self._keys:
+            reason = self._keys.refusal(scope)
+            if reason is not None:
+                return JSONResponse({"detail": reason}, status_code=401)
+        reason = content_type_refusal(scope)
+        if reason is not None:
+            return JSONResponse({"detail": reason}, status_code=415)
+        return None
+
+    async def _answer(self, scope: Scope, body: bytes, log_id: str | None) -> Response:
         content_type = _header(scope, b"content-type")
         try:
             if log_id is None:
-                response = await self._create(scope, parse_log_request(body, content_type))
-            else:
-                response = await self._update(log_id, _parse_update(body, content_type))
+                return await self._create(scope, parse_log_request(body, content_type))
+            return await self._update(log_id, _parse_update(body, content_type))
         except _RequestInvalid as invalid:
-            response = validation_error_response(invalid.errors)
+            return validation_error_response(invalid.errors)
         except StoreError as refusal:
-            response = store_error_response(refusal)
-        await response(scope, receive, send)
+            return store_error_response(refusal)
 
     async def _create(self, scope: Scope, request: FlowLogRequest) -> Response:
         params = QueryParams(scope["query_string"])
@@ -243,17 +295,6 @@ def _json_body(body: bytes, content_type: str | None) -> Any:
                 ]
             ) from None
     return body  # not JSON: FastAPI validates the raw bytes
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
