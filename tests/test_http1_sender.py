@@ -5,6 +5,7 @@ the answer framings no flowtrace server sends, a socket pair."""
 from __future__ import annotations
 
 import gzip
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -90,8 +91,10 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert [o.status for o in exporter.export([_create("idle-1", trace_status="incomplete")])] == [
         200
     ]
-    proxy.down()  # every open connection reset, as a server's keep-alive timeout closes them
-    proxy.up()
+    assert exporter._sender is not None
+    (kept,) = exporter._sender._idle
+    proxy.hang_up()  # as a server's keep-alive timeout closes idle connections
+    assert select.select([kept.sock], [], [], 10)[0]  # the close has reached the client
     update = Operation("update", "idle-1", {"trace_status": "complete"})
     (outcome,) = exporter.export([update])
     assert outcome.status == 200, outcome.error
