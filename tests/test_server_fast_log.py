@@ -336,3 +336,33 @@ def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> No
         assert trace["trace_children"][0]["id"] == "g1"
         assert trace["trace_children"][0]["trace_status"] == "complete"
     assert store.groups == [len(writes) - 1]
+
+
+class _BrokenStore(Store):
+    """A store whose writes fail in a way no refusal explains: a server fault."""
+
+    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
+        raise RuntimeError("the disk caught fire")
+
+    def write_many(self, writes: Sequence[Any]) -> list[Any]:
+        raise RuntimeError("the disk caught fire")
+
+
+def test_a_server_fault_is_answered_500_as_the_chain_does(
+    tmp_path: Path, fail_on_internal_errors: list[tuple[str, BaseException | None]]
+) -> None:
+    """In front of the chain, the fast path answers an unexpected error as the chain's
+    catch-all does: a 500 without internals, logged and reported; the server serves on."""
+    with (
+        serve_in_thread(tmp_path / "f.db", store=_BrokenStore(tmp_path / "f.db")) as fast,
+        serve_in_thread(
+            tmp_path / "s.db", store=_BrokenStore(tmp_path / "s.db"), fast_log=False
+        ) as slow,
+    ):
+        _assert_same_answers([fast, slow], [{"json": {"path": "fast/fault"}}])
+        with fast.client() as client:
+            answer = client.post("/flows/log", json={"path": "fast/fault"})
+            assert (answer.status_code, answer.json()) == (500, {"detail": "internal server error"})
+            assert client.get("/flows").status_code == 200
+    assert {kind for kind, _ in fail_on_internal_errors} == {"server.unhandled"}
+    fail_on_internal_errors.clear()
