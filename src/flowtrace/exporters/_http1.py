@@ -46,6 +46,7 @@ __all__ = ["Http1Sender", "WireResponse", "sender_for"]
 _RECV = 65536
 _HEAD_END = b"\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
+_HAS_POLL = hasattr(select, "poll")
 
 
 class WireResponse:
@@ -99,6 +100,10 @@ class _Connection:
     def is_stale(self) -> bool:
         """Readable while idle: the server closed it (or sent something unasked)."""
         try:
+            if _HAS_POLL:  # no limit on the descriptor's number, as select() has (1024)
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                return bool(poller.poll(0))
             readable, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return True
