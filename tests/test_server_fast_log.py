@@ -9,6 +9,8 @@ arrive while the store is writing are written together, each answered as if alon
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import re
 import threading
 import time
@@ -21,6 +23,7 @@ import httpx
 import pytest
 
 from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, FlowLogResponse, LogQuery
+from flowtrace.server._store_thread import StoreThread
 from flowtrace.store import Store, StoreError
 from tests.serverutil import DEFAULT_API_KEY, InProcessServer, serve_in_thread
 
@@ -366,3 +369,24 @@ def test_a_server_fault_is_answered_500_as_the_chain_does(
             assert client.get("/flows").status_code == 200
     assert {kind for kind, _ in fail_on_internal_errors} == {"server.unhandled"}
     fail_on_internal_errors.clear()
+
+
+def test_the_store_thread_answers_raises_and_ends_with_its_owner() -> None:
+    """The writer's own thread: results and exceptions come back to the awaiting task, and
+    the thread ends once nothing holds its `StoreThread` (a server's app gone)."""
+
+    def fail(arg: int) -> int:
+        raise ValueError(f"no {arg}")
+
+    async def use(worker: StoreThread) -> int:
+        with pytest.raises(ValueError, match="no 3"):
+            await worker.run(fail, 3)
+        return await worker.run(lambda n: n * 2, 21)
+
+    worker = StoreThread("test-store-thread")
+    (thread,) = [t for t in threading.enumerate() if t.name == "test-store-thread"]
+    assert asyncio.run(use(worker)) == 42
+    del worker
+    gc.collect()
+    thread.join(5.0)
+    assert not thread.is_alive()
