@@ -18,17 +18,32 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 if TYPE_CHECKING:
     from flowtrace._log import Log
 
-__all__ = ["TracedThreadPoolExecutor", "current", "current_log", "open_ancestor", "propagate"]
+__all__ = [
+    "TracedThreadPoolExecutor",
+    "current",
+    "current_log",
+    "get_current",
+    "open_ancestor",
+    "propagate",
+    "reset_current",
+    "set_current",
+]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 current: ContextVar[Log | None] = ContextVar("flowtrace_current_log", default=None)
+# Its methods, bound once, for the call path: Python 3.11 looks a ContextVar's method up and
+# binds it anew at each `current.get()` (a bound-method object made and freed), which costs
+# about as much as the get itself.
+get_current = current.get
+set_current = current.set
+reset_current = current.reset
 
 
 def current_log() -> Log | None:
     """The innermost open log of this thread or task, or None outside any flow."""
-    log = current.get()
+    log = get_current()
     if log is not None and log.duration_ns is not None:
         log = open_ancestor(log)
     return None if log is None or log.remote else log  # a remote parent is not this process's
@@ -52,15 +67,15 @@ def propagate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     Only the current log is carried (not the whole context), so one propagated function may
     run in many threads at once.
     """
-    parent = current.get()
+    parent = get_current()
 
     @functools.wraps(fn)
     def run_under_parent(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        token = current.set(parent)
+        token = set_current(parent)
         try:
             return fn(*args, **kwargs)
         finally:
-            current.reset(token)
+            reset_current(token)
 
     return run_under_parent
 

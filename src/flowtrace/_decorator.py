@@ -34,7 +34,7 @@ from flowtrace._capture import (
     describe_message,
     ensure_stdout_tee,
 )
-from flowtrace._context import current, open_ancestor
+from flowtrace._context import get_current, open_ancestor, reset_current, set_current
 from flowtrace._contract import (
     ENDED_CANCELLED,
     ENDED_CLOSED_EARLY,
@@ -97,7 +97,7 @@ def _open(
     if not _enabled:
         return None
     try:
-        parent = current.get()
+        parent = get_current()
         if parent is not None or (_every_trace and options.sample_threshold is None):
             log = Log(options, parent, args, kwargs)
         else:  # a root, and a rate to sample at
@@ -129,7 +129,7 @@ def _announce(log: Log) -> None:
 def _span_left_running_in(log: Log) -> bool:
     """Whether the current log is a span's (`flowtrace.otel`) opened inside `log` and still
     running: a span the block started and did not end (leaked, or ending later elsewhere)."""
-    inner = current.get()
+    inner = get_current()
     if inner is None or not inner.is_span:
         return False
     while inner is not None and inner.is_span:
@@ -203,7 +203,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             return fn(*args, **kwargs)
         log = None
         try:  # _open(), inlined: the hot path
-            parent = current.get()
+            parent = get_current()
             if parent is not None or (_every_trace and options.sample_threshold is None):
                 log = Log(options, parent, args, kwargs)
             else:  # a root, and a rate to sample at
@@ -222,14 +222,14 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
                 _guard.internal_error("log-open", exc)
             if log is None:
                 return fn(*args, **kwargs)
-        token = current.set(log)
+        token = set_current(log)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            current.reset(token)
+            reset_current(token)
             _fail_at_any_depth(log, exc)
             raise
-        current.reset(token)
+        reset_current(token)
         if type(result) in SCALARS and log.user_fields is None and capture_output is True:
             # Log.close(None, result) for the commonest end, inlined: the call path.
             log.result = result
@@ -257,14 +257,14 @@ def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Cal
         log = _open(options, args, kwargs)
         if log is None:
             return await fn(*args, **kwargs)
-        token = current.set(log)
+        token = set_current(log)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            current.reset(token)
+            reset_current(token)
             _fail_at_any_depth(log, exc)
             raise
-        current.reset(token)
+        reset_current(token)
         log.close(None, result)
         return result
 
@@ -316,31 +316,31 @@ def _wrap_generator_function(fn: Callable[..., Any], options: LogOptions) -> Cal
         method: Callable[[Any], Any] = gen.send
         arg: Any = None
         while True:
-            token = current.set(log)
+            token = set_current(log)
             try:
                 item = method(arg)
             except StopIteration as stop:
-                current.reset(token)
+                reset_current(token)
                 log.close(None, items.output())
                 return stop.value
             except BaseException as exc:
-                current.reset(token)
+                reset_current(token)
                 _fail(log, exc, items.output())
                 raise
-            current.reset(token)
+            reset_current(token)
             items.add(item)
             try:
                 arg = yield item
             except GeneratorExit:
                 # break, close() or garbage collection: the log ends with what was yielded.
-                token = current.set(log)
+                token = set_current(log)
                 try:
                     gen.close()
                 except BaseException as exc:
-                    current.reset(token)
+                    reset_current(token)
                     _fail(log, exc, items.output())
                     raise
-                current.reset(token)
+                reset_current(token)
                 log.close(ENDED_CLOSED_EARLY, items.output())
                 raise
             except BaseException as exc:
@@ -411,12 +411,12 @@ def _wrap_async_generator_function(
 
 
 def _enter(log: Log | None) -> Token[Log | None] | None:
-    return None if log is None else current.set(log)
+    return None if log is None else set_current(log)
 
 
 def _leave(token: Token[Log | None] | None) -> None:
     if token is not None:
-        current.reset(token)
+        reset_current(token)
 
 
 def _wrap_other_callable(target: Any, options: LogOptions) -> Any:
@@ -484,7 +484,7 @@ class Flow(AsyncBlock[Log]):
             # Disabled (or flowtrace failed): the block runs unrecorded, and `as log` is a log
             # nobody hears of, so the block's own code works the same.
             return Log(self._block_options, None)
-        self._open[log] = current.set(log)
+        self._open[log] = set_current(log)
         return log
 
     def __exit__(
@@ -507,19 +507,19 @@ class Flow(AsyncBlock[Log]):
         if log is None:
             return None
         token = self._open.pop(log)
-        if current.get() is log:
+        if get_current() is log:
             try:
-                current.reset(token)
+                reset_current(token)
             except ValueError:  # entered in another context (a task or a copied context)
-                current.set(log.parent)
+                set_current(log.parent)
         elif _span_left_running_in(log):
-            current.set(log.parent)  # a span started in the block and not ended ends its hold
+            set_current(log.parent)  # a span started in the block and not ended ends its hold
         # else: left out of order (generators advanced in turn): a log inside it is current.
-        outer = current.get()
+        outer = get_current()
         if outer is not None and (outer is log or outer.is_complete):
             # What was current when the block began may have ended meanwhile (it belonged to
             # another generator): the current log becomes the nearest one still open.
-            current.set(open_ancestor(outer))
+            set_current(open_ancestor(outer))
         return log
 
     def _innermost_open(self) -> Log | None:
@@ -527,7 +527,7 @@ class Flow(AsyncBlock[Log]):
         that this object opened (one object may be entered by several tasks at once)."""
         if not self._open:
             return None
-        log = current.get()
+        log = get_current()
         while log is not None:
             if log in self._open:
                 return log

@@ -214,6 +214,7 @@ class Log:
         block has none: its inputs are the flow's `inputs` option)."""
         self._number = next(_counter)
         self.options = options
+        self.user_fields = None  # on the instance: the recorder reads it at every end
         # On the instance, always: the recorder reads it at each end, and Python reads an
         # instance's attribute much faster than a class default through it.
         if parent is None:
