@@ -3,6 +3,7 @@
     proxy = FaultProxy("127.0.0.1", server_port).start()
     proxy.script(Respond(503), Respond(503))        # the next two requests get 503
     proxy.down(); ...; proxy.up()                   # connections refused, then accepted again
+    proxy.hang_up()                                 # open connections closed (FIN)
     proxy.requests                                  # every request seen, with its time
 
 Actions apply to one request each, in order; when the script is empty, requests are forwarded.
@@ -116,6 +117,15 @@ class FaultProxy:
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         self._close_connections()
+
+    def hang_up(self) -> None:
+        """Close the open connections cleanly (FIN), as a server's keep-alive timeout closes
+        idle ones; new connections are still accepted."""
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def up(self) -> None:
         self._listen()

@@ -191,14 +191,16 @@ class InProcessServer(_ServerBase):
         api_key: str | None,
         *,
         api_keys: Sequence[str],
+        http: Any = "auto",
         **app_options: Any,
     ) -> None:
+        """`http`: uvicorn's HTTP protocol (the served command's: `_http_protocols`)."""
         self.store = store
         self.db_path = db_path
         self.api_key = api_key
         app = create_app(store, api_keys=api_keys, **app_options)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", access_log=False
+            app, host="127.0.0.1", port=0, log_level="warning", access_log=False, http=http
         )
         listening = threading.Event()
         self._server = _QuickToStopServer(config, lambda url: listening.set())

@@ -3,7 +3,9 @@ batch extension, each request in one write, and the parallel waves' worker pool.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpcore
+import httpx
 import pytest
 
 import flowtrace
 from flowtrace import flow
 from flowtrace.exporters import NOT_DELIVERED, Operation
 from flowtrace.exporters.http import PARALLEL_FROM, HttpExporter, Parallel
+from flowtrace.server._http_protocols import guarded_protocol
+from flowtrace.server._one_write import OneWriteTransport
 from tests.faultproxy import FaultProxy, Hang, SeenRequest
 from tests.pipelineutil import WAIT_S, fresh_pipeline
 from tests.serverutil import RunningServer, serve_in_thread, start_server
@@ -82,31 +87,33 @@ def _of_trace(request: SeenRequest, root_id: str) -> bool:
 
 
 class _Writes:
-    """Counts the writes reaching each socket of an exporter (its real httpcore streams)."""
+    """Counts the writes (`send`, `sendall`) reaching the sockets connected to `port`."""
 
-    def __init__(self, exporter: HttpExporter) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, port: int) -> None:
         self.count = 0
-        backend = exporter._backend
-        assert backend is not None
-        for stream in list(backend._streams):
-            inner: Any = stream._inner
-            write = inner.write
+        for name in ("send", "sendall"):
+            original = getattr(socket.socket, name)
 
-            def counted(buffer: bytes, timeout: float | None = None, write: Any = write) -> None:
-                self.count += bool(buffer)
-                write(buffer, timeout)
+            def counted(sock: socket.socket, *args: Any, original: Any = original) -> Any:
+                with contextlib.suppress(OSError):
+                    self.count += sock.getpeername()[1] == port
+                return original(sock, *args)
 
-            inner.write = counted
+            monkeypatch.setattr(socket.socket, name, counted)
 
 
-def test_each_request_reaches_the_socket_in_one_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [False, True], ids=["per-log sender", "httpcore"])
+def test_each_request_reaches_the_socket_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
     """httpcore writes a request's head and body apart: two system calls, and two reads and
-    wake-ups of the server. The exporter's streams send each request whole."""
-    with serve_in_thread(tmp_path / "s.db", batch=False) as server:
+    wake-ups of the server. The per-log sender writes each request whole, and so do the
+    exporter's httpcore streams (the batch route's)."""
+    with serve_in_thread(tmp_path / "s.db", batch=batch) as server:
         exporter = HttpExporter(server.base_url, server.api_key)
         try:
             assert exporter.export([]) == []  # discovery: the connection is open
-            writes = _Writes(exporter)
+            writes = _Writes(monkeypatch, int(server.root_url.rsplit(":", 1)[1]))
             ops = [
                 Operation("log", "one-0", {"path": "one/write", "log_id": "one-0"}),
                 Operation("update", "one-0", {"trace_status": "complete"}),
@@ -115,7 +122,7 @@ def test_each_request_reaches_the_socket_in_one_write(tmp_path: Path) -> None:
         finally:
             exporter.close()
     assert [o.status for o in outcomes] == [200, 200]
-    assert writes.count == len(ops)
+    assert writes.count == (1 if batch else len(ops))  # one batch request, or one per log
 
 
 def test_parallel_map_keeps_order_and_raises_an_item_s_error_after_the_rest() -> None:
@@ -181,3 +188,50 @@ def test_a_per_log_request_keeps_to_the_export_s_timeout(plain_server: RunningSe
         proxy.stop()
     assert outcome.status == NOT_DELIVERED
     assert outcome.error is not None and "Timeout" in outcome.error
+
+
+class _AnswerWrites(list[bytes]):
+    """What reaches the connections' transports from behind `OneWriteTransport`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
+        made = OneWriteTransport.__init__
+        writes = self
+
+        class Recording:
+            def __init__(self, transport: Any) -> None:
+                self._transport = transport
+
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                self._transport.write(data)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._transport, name)
+
+        def recording(one: OneWriteTransport, transport: Any, cycle: Any) -> None:
+            made(one, Recording(transport), cycle)
+
+        monkeypatch.setattr(OneWriteTransport, "__init__", recording)
+
+
+def test_an_answer_leaves_the_server_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn writes an answer's head and body apart (two segments: the client reads the head
+    alone, then waits and is woken for the body); the server's protocol sends them as one. A
+    HEAD answer (a head with no body) is not held back."""
+    writes = _AnswerWrites(monkeypatch)
+    protocol = guarded_protocol(httptools=True, header_timeout=10.0, max_connections=100)
+    with (
+        serve_in_thread(tmp_path / "w.db", batch=False, http=protocol) as server,
+        httpx.Client(base_url=server.base_url, headers=server.headers) as client,
+    ):
+        for n in range(3):  # on one kept connection: every answer, not only the first
+            body = {"path": "perlog/one-write", "log_id": f"w{n}"}
+            answer = client.post("/flows/log", json=body)
+            assert answer.status_code == 200
+            assert writes[-1].startswith(b"HTTP/1.1 200") and writes[-1].endswith(answer.content)
+        assert len(writes) == 3
+        assert client.head("/health").status_code in (200, 405)  # answered, not held
+    assert len(writes) == 3  # HEAD's answer went straight to the connection

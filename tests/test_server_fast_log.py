@@ -9,6 +9,8 @@ arrive while the store is writing are written together, each answered as if alon
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import re
 import threading
 import time
@@ -21,13 +23,15 @@ import httpx
 import pytest
 
 from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, FlowLogResponse, LogQuery
+from flowtrace.server._store_thread import StoreThread
 from flowtrace.store import Store, StoreError
-from tests.serverutil import InProcessServer, serve_in_thread
+from tests.serverutil import DEFAULT_API_KEY, InProcessServer, serve_in_thread
 
 # Each case: requests sent in order (json body or raw content, headers, query params).
 Request = dict[str, Any]
 _JSON_TYPE = {"headers": {"Content-Type": "application/json"}}
 _TEXT = {"Content-Type": "text/plain"}
+_MAX_BODY = 4096  # both servers' body limit
 
 
 def _patch(log_id: str, body: Any, **more: Any) -> Request:
@@ -139,6 +143,30 @@ CASES: dict[str, list[Request]] = {
         {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b"{}"},
         {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b"{", "headers": _TEXT},
     ],
+    # The chain's checks, which the fast path does itself in front of it, in its order.
+    "guard-refusals": [
+        {"keyless": True, "json": {"path": "fast/key"}},
+        {"keyless": True, "method": "PATCH", "url": "/flows/logs/fast-u", "json": {}},
+        {"headers": {"X-API-KEY": "wrong"}, "json": {"path": "fast/key"}},
+        {"keyless": True, "headers": {"Authorization": "Bearer wrong"}, "json": {}},
+        {"keyless": True, "headers": {"Authorization": f"Bearer {DEFAULT_API_KEY}"}, "json": {}},
+        {"headers": {"X-API-KEY": "wrong", "Content-Type": "text/plain"}, "content": b"{}"},
+        {"json": {"path": "fast/big", "output": "x" * _MAX_BODY}},
+        _patch("fast-u", {"output": "x" * _MAX_BODY}),
+        {"content": lambda: iter([b'{"path": "fast/big", "output": "', b"x" * _MAX_BODY, b'"}'])},
+        {"content": b"x" * (_MAX_BODY + 1), "headers": _TEXT},
+        {"method": "PATCH", "url": "/flows/logs/fast-u", "content": b"{}", "headers": _TEXT},
+    ],
+}
+KEYLESS_CASES: dict[str, list[Request]] = {
+    "host-and-origin": [
+        {"json": {"path": "fast/host"}},
+        {"json": {"path": "fast/host"}, "headers": {"Host": "evil.example"}},
+        {"json": {"path": "fast/host"}, "headers": {"Origin": "http://evil.example"}},
+        {"json": {"path": "fast/host"}, "headers": {"Origin": "null"}},
+        _patch("nobody", {}, headers={"Host": "rebound.example:8000"}),
+        {"json": {"path": "fast/host"}, "headers": {"Host": "evil.example", **_TEXT}},
+    ],
 }
 
 
@@ -146,18 +174,34 @@ CASES: dict[str, list[Request]] = {
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[InProcessServer]]:
     root = Path(tmp_path_factory.mktemp("fastlog"))
     with (
-        serve_in_thread(root / "fast.db", fast_log=True) as fast,
-        serve_in_thread(root / "slow.db", fast_log=False) as slow,
+        serve_in_thread(root / "fast.db", fast_log=True, max_body_bytes=_MAX_BODY) as fast,
+        serve_in_thread(root / "slow.db", fast_log=False, max_body_bytes=_MAX_BODY) as slow,
+    ):
+        yield [fast, slow]
+
+
+@pytest.fixture(scope="module")
+def keyless_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[InProcessServer]]:
+    root = Path(tmp_path_factory.mktemp("fastlog-keyless"))
+    with (
+        serve_in_thread(root / "fast.db", api_keys=(), fast_log=True) as fast,
+        serve_in_thread(root / "slow.db", api_keys=(), fast_log=False) as slow,
     ):
         yield [fast, slow]
 
 
 def _send(client: httpx.Client, request: Request) -> httpx.Response:
+    """`request` through `client`, or through a client without its key (`"keyless"`); a
+    callable `content` is a fresh streamed body each time (sent chunked, no length)."""
+    content = request.get("content")
+    if request.get("keyless"):
+        with httpx.Client(base_url=client.base_url) as keyless:
+            return _send(keyless, {**request, "keyless": False})
     return client.request(
         request.get("method", "POST"),
         request.get("url", "/flows/log"),
         json=request.get("json"),
-        content=request.get("content"),
+        content=content() if callable(content) else content,
         headers=request.get("headers"),
         params=request.get("params"),
     )
@@ -195,24 +239,38 @@ def _generic(value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_fast_path_answers_as_the_fastapi_route(servers: list[InProcessServer], case: str) -> None:
+def _assert_same_answers(servers: list[InProcessServer], requests: list[Request]) -> None:
     fast, slow = servers
     with fast.client() as fast_client, slow.client() as slow_client:
-        for request in CASES[case]:
+        for request in requests:
             got = _comparable(_send(fast_client, request))
             expected = _comparable(_send(slow_client, request))
             assert got == expected, request
 
 
-def test_fast_path_answers_every_status(servers: list[InProcessServer]) -> None:
-    """The cases above reach each answer the route can give."""
-    fast, _ = servers
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fast_path_answers_as_the_fastapi_route(servers: list[InProcessServer], case: str) -> None:
+    _assert_same_answers(servers, CASES[case])
+
+
+@pytest.mark.parametrize("case", sorted(KEYLESS_CASES))
+def test_fast_path_without_keys_answers_as_the_chain(
+    keyless_servers: list[InProcessServer], case: str
+) -> None:
+    """Without keys the chain's Host and Origin rules come first; the fast path keeps them."""
+    _assert_same_answers(keyless_servers, KEYLESS_CASES[case])
+
+
+def test_fast_path_answers_every_status(
+    servers: list[InProcessServer], keyless_servers: list[InProcessServer]
+) -> None:
+    """The cases above reach each answer the route and the chain in front of it can give."""
     seen: set[int] = set()
-    with fast.client() as client:
-        for requests in CASES.values():
-            seen.update(_send(client, request).status_code for request in requests)
-    assert {200, 400, 404, 405, 409, 422} <= seen
+    for server, cases in ((servers[0], CASES), (keyless_servers[0], KEYLESS_CASES)):
+        with server.client() as client:
+            for requests in cases.values():
+                seen.update(_send(client, request).status_code for request in requests)
+    assert {200, 400, 401, 403, 404, 405, 409, 413, 415, 422} <= seen
 
 
 # --- group commit ---------------------------------------------------------------------------
@@ -281,3 +339,54 @@ def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> No
         assert trace["trace_children"][0]["id"] == "g1"
         assert trace["trace_children"][0]["trace_status"] == "complete"
     assert store.groups == [len(writes) - 1]
+
+
+class _BrokenStore(Store):
+    """A store whose writes fail in a way no refusal explains: a server fault."""
+
+    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
+        raise RuntimeError("the disk caught fire")
+
+    def write_many(self, writes: Sequence[Any]) -> list[Any]:
+        raise RuntimeError("the disk caught fire")
+
+
+def test_a_server_fault_is_answered_500_as_the_chain_does(
+    tmp_path: Path, fail_on_internal_errors: list[tuple[str, BaseException | None]]
+) -> None:
+    """In front of the chain, the fast path answers an unexpected error as the chain's
+    catch-all does: a 500 without internals, logged and reported; the server serves on."""
+    with (
+        serve_in_thread(tmp_path / "f.db", store=_BrokenStore(tmp_path / "f.db")) as fast,
+        serve_in_thread(
+            tmp_path / "s.db", store=_BrokenStore(tmp_path / "s.db"), fast_log=False
+        ) as slow,
+    ):
+        _assert_same_answers([fast, slow], [{"json": {"path": "fast/fault"}}])
+        with fast.client() as client:
+            answer = client.post("/flows/log", json={"path": "fast/fault"})
+            assert (answer.status_code, answer.json()) == (500, {"detail": "internal server error"})
+            assert client.get("/flows").status_code == 200
+    assert {kind for kind, _ in fail_on_internal_errors} == {"server.unhandled"}
+    fail_on_internal_errors.clear()
+
+
+def test_the_store_thread_answers_raises_and_ends_with_its_owner() -> None:
+    """The writer's own thread: results and exceptions come back to the awaiting task, and
+    the thread ends once nothing holds its `StoreThread` (a server's app gone)."""
+
+    def fail(arg: int) -> int:
+        raise ValueError(f"no {arg}")
+
+    async def use(worker: StoreThread) -> int:
+        with pytest.raises(ValueError, match="no 3"):
+            await worker.run(fail, 3)
+        return await worker.run(lambda n: n * 2, 21)
+
+    worker = StoreThread("test-store-thread")
+    (thread,) = [t for t in threading.enumerate() if t.name == "test-store-thread"]
+    assert asyncio.run(use(worker)) == 42
+    del worker
+    gc.collect()
+    thread.join(5.0)
+    assert not thread.is_alive()

@@ -53,6 +53,7 @@ from flowtrace._contract import (
 )
 from flowtrace._retry import is_retryable, parse_retry_after
 from flowtrace.exporters import FILE_LOG_KINDS, NOT_DELIVERED, Operation, Outcome, not_delivered
+from flowtrace.exporters._http1 import WireResponse, sender_for
 from flowtrace.exporters._interruptible import install_on
 
 __all__ = ["HttpExporter"]
@@ -78,6 +79,8 @@ PARALLEL_REQUESTS = 8
 PARALLEL_FROM = 16
 
 WallClock = Callable[[], datetime]
+#: An answer: httpx's, or the per-log sender's (`_http1`), which has what is read of it.
+_Response = httpx.Response | WireResponse
 _T = TypeVar("_T")
 
 
@@ -113,6 +116,8 @@ class HttpExporter:
             verify=base_url.lower().startswith("https://"),
         )
         self._backend = install_on(self._client) if transport is None else None
+        # Per-log requests over plain http without a proxy: the lean sender (issue 13).
+        self._sender = sender_for(self._client, base_url) if transport is None else None
         self._pool: Parallel | None = None  # threads for parallel per-log requests
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -144,12 +149,16 @@ class HttpExporter:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        if self._sender is not None:
+            self._sender.close()
         self._client.close()
 
     def interrupt(self) -> None:
         """From another thread: end the requests in progress now (at exit)."""
         if self._backend is not None:
             self._backend.interrupt()
+        if self._sender is not None:
+            self._sender.interrupt()
 
     # --- the Exporter protocol -------------------------------------------------------------
     def export(
@@ -328,7 +337,10 @@ class HttpExporter:
         path = CREATE_PATHS.get(kind) or f"/flows/logs/{op.log_id}"
         try:
             if kind != BATCH_UPDATE:
-                response = self._request("POST", path, _encode(body), op.query or None)
+                # A create that names its log is answered as the original when it is sent
+                # again (the contract's replay identity): safe to resend unanswered.
+                resend = isinstance(body.get("log_id"), str)
+                response = self._request("POST", path, _encode(body), op.query or None, resend)
                 if kind in FILE_LOG_KINDS and _no_route(response):
                     self.file_logs = False  # learned once: flow logs from now on
                     return self._send_one(op)
@@ -343,16 +355,26 @@ class HttpExporter:
         return outcome
 
     def _request(
-        self, method: str, path: str, content: bytes, params: dict[str, str] | None = None
-    ) -> httpx.Response:
-        """One per-log request, read whole, handed straight to the client's transport. The
-        client's own layers around it (URL merging, cookies, the auth and redirect flows,
-        event hooks) cost about as much CPU as the request itself (~0.5 of ~1.1 ms on a small
-        virtual machine, issue 13) and none of them has work here: the key is a header, no
-        redirect is followed, no cookie is kept. The transport is the one the client would
-        use for the URL (proxies from the environment included)."""
-        url = httpx.URL(self._base_url + path, params=params)
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        params: dict[str, str] | None = None,
+        resend_unanswered: bool = False,
+    ) -> _Response:
+        """One per-log request, read whole: through the lean sender where it applies, else
+        handed straight to the client's transport. The client's own layers around it (URL
+        merging, cookies, the auth and redirect flows, event hooks) cost about as much CPU as
+        the request itself (~0.5 of ~1.1 ms on a small virtual machine, issue 13) and none of
+        them has work here: the key is a header, no redirect is followed, no cookie is kept.
+        The transport is the one the client would use for the URL (proxies from the
+        environment included)."""
         timeout = self._request_timeout or self._client.timeout
+        if self._sender is not None:
+            return self._sender.request(
+                method, path, content, timeout, params, resend_unanswered=resend_unanswered
+            )
+        url = httpx.URL(self._base_url + path, params=params)
         request = httpx.Request(
             method,
             url,
@@ -372,10 +394,10 @@ class HttpExporter:
         """The client's timeouts, or tighter ones for this export."""
         return self._request_timeout or httpx.USE_CLIENT_DEFAULT
 
-    def _outcome(self, response: httpx.Response) -> Outcome:
+    def _outcome(self, response: _Response) -> Outcome:
         return Outcome(response.status_code, _json_or_none(response), self._retry_after(response))
 
-    def _retry_after(self, response: httpx.Response) -> float | None:
+    def _retry_after(self, response: _Response) -> float | None:
         return parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
 
     def _url(self, path: str) -> str:
@@ -496,7 +518,7 @@ class Parallel:
             thread.join(1.0)
 
 
-def _no_route(response: httpx.Response) -> bool:
+def _no_route(response: _Response) -> bool:
     """The server has no such route (not: the route refused this log, e.g. its parent is
     unknown, which a flowtrace server says with a 404 naming the parent)."""
     if response.status_code == 405:
@@ -533,7 +555,7 @@ def _is_log_answer(body: Any) -> bool:
     return isinstance(body, dict) and isinstance(body.get("id"), str) and bool(body["id"])
 
 
-def _not_the_contract(url: str, response: httpx.Response) -> str:
+def _not_the_contract(url: str, response: _Response) -> str:
     kind = response.headers.get("Content-Type", "no content type").split(";")[0]
     start = response.text[:60].strip() if response.content else ""
     shown = f": {start!r}" if start else " (empty)"
@@ -570,7 +592,7 @@ def _encode(payload: Any) -> bytes:
         return json.dumps(payload, separators=(",", ":"), default=str).encode()
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: _Response) -> Any:
     try:
         return response.json()
     except ValueError:

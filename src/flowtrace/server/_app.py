@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.security import APIKeyHeader
+from starlette.types import ASGIApp
 
 from flowtrace._contract import DEFAULT_STATUS_FIELD, StatusField
 from flowtrace.store import Store
 
-from ._auth import ApiKeyMiddleware
+from ._auth import ApiKeyMiddleware, ApiKeys
 from ._body_limit import BodyLimitMiddleware
 from ._content_type import JsonContentTypeMiddleware
 from ._errors import install_error_handlers
-from ._fast_log import FastLogMiddleware
+from ._fast_log import FastLogFront
 from ._file_log_routes import file_log_router
 from ._flow_routes import flow_router
 from ._health import HEALTH_PATHS, health_router
@@ -31,6 +33,19 @@ DEFAULT_MAX_BODY_BYTES = 5 * 2**20
 # Documents the header in the OpenAPI document; ApiKeyMiddleware does the checking, before
 # any body is read.
 _api_key_header = APIKeyHeader(name="X-API-KEY", auto_error=False)
+
+
+class _App(FastAPI):
+    """FastAPI with a handler in front of its whole middleware stack (`front`, given the stack
+    to pass the rest on to): the log routes' fast path (`_fast_log.FastLogFront`)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.front: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
 
 
 def create_app(
@@ -52,7 +67,7 @@ def create_app(
     Without keys only loopback Host names and `listen_hosts` (the address the server listens
     on) are served, and foreign origins are refused (see `_keyless_guard`).
     """
-    app = FastAPI(
+    app = _App(
         title="flowtrace log service",
         description="The Humanloop v5 'Log to a Flow' contract, plus batch delivery.",
         version="5",
@@ -66,19 +81,12 @@ def create_app(
     app.include_router(api)
     app.include_router(otlp_router(store))
     app.include_router(health_router(batch=batch))
-    if fast_log:
-        app.add_middleware(
-            FastLogMiddleware,
-            store=store,
-            prefix=API_PREFIX,
-            status_field_default=status_field_default,
-        )
     install_error_handlers(app)
     mount_viewer(app, store, api_keys=tuple(api_keys))
     # Last added runs first: without keys the Host and Origin checks, authentication, the
     # JSON Content-Type of writes, the body limit, then (added by install_error_handlers) the
-    # catch-all for unexpected errors, then the fast path of log creates and updates, then
-    # the app.
+    # catch-all for unexpected errors, then the app. In front of them all the fast path of
+    # log creates and updates, which does their checks itself.
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=max_body_bytes,
@@ -96,4 +104,19 @@ def create_app(
     )
     if not api_keys:
         app.add_middleware(KeylessGuardMiddleware, listen_hosts=listen_hosts)
+    if fast_log:
+
+        def front(stack: ASGIApp) -> ASGIApp:
+            keyless = None if api_keys else KeylessGuardMiddleware(stack, listen_hosts=listen_hosts)
+            return FastLogFront(
+                stack,
+                store=store,
+                prefix=API_PREFIX,
+                status_field_default=status_field_default,
+                api_keys=ApiKeys(api_keys),
+                max_body_bytes=max_body_bytes,
+                keyless=keyless,
+            )
+
+        app.front = front
     return app

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware"]
+__all__ = ["DISCONNECTED", "TOO_LARGE", "BodyLimitMiddleware", "read_limited", "too_large"]
 
-_TOO_LARGE = object()
-_DISCONNECTED = object()
+TOO_LARGE = object()
+DISCONNECTED = object()
 
 
 class BodyLimitMiddleware:
@@ -34,43 +34,49 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self._path_limits.get(scope["path"], self.max_body_bytes)
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            if not await _drain(receive):
-                await self._refuse(scope, receive, send, limit)
+        body = await read_limited(scope, receive, limit)
+        if body is DISCONNECTED:  # the client went away mid-body: nobody to answer
             return
-        body = await self._read_body(receive, limit)
-        if body is _DISCONNECTED:  # the client went away mid-body: nobody to answer
-            return
-        if body is _TOO_LARGE:
-            await self._refuse(scope, receive, send, limit)
+        if body is TOO_LARGE:
+            await too_large(limit)(scope, receive, send)
             return
         assert isinstance(body, bytes)
         await self.app(scope, _replaying(body, receive), send)
 
-    async def _read_body(self, receive: Receive, limit: int) -> bytes | object:
-        """The whole body; `_TOO_LARGE` (the rest drained) past the limit; or `_DISCONNECTED`."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return _DISCONNECTED
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > limit:
-                if more and await _drain(receive):
-                    return _DISCONNECTED
-                return _TOO_LARGE
-            chunks.append(chunk)
-            if not more:
-                return b"".join(chunks)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        detail = f"request body larger than {limit} bytes"
-        response = JSONResponse({"detail": detail}, status_code=413)
-        await response(scope, receive, send)
+async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes | object:
+    """The whole body; `TOO_LARGE` (the rest drained) past the limit, declared or streamed;
+    or `DISCONNECTED`."""
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        return DISCONNECTED if await _drain(receive) else TOO_LARGE
+    message = await receive()  # most bodies come in one message
+    if message["type"] == "http.disconnect":
+        return DISCONNECTED
+    chunk: bytes = message.get("body", b"")
+    more = message.get("more_body", False)
+    if not more and len(chunk) <= limit:
+        return chunk
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        size += len(chunk)
+        if size > limit:
+            if more and await _drain(receive):
+                return DISCONNECTED
+            return TOO_LARGE
+        chunks.append(chunk)
+        if not more:
+            return b"".join(chunks)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return DISCONNECTED
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+
+
+def too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._headers import first_header
 from ._json import is_json_media_type
 
-__all__ = ["JsonContentTypeMiddleware"]
+__all__ = ["JsonContentTypeMiddleware", "content_type_refusal"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -39,16 +39,11 @@ class JsonContentTypeMiddleware:
         if scope["type"] != "http" or not self._is_checked_write(scope):
             await self.app(scope, receive, send)
             return
-        declared = first_header(scope, b"content-type")
-        content_type = declared.decode("latin-1") if declared is not None else None
-        if (content_type is not None and is_json_media_type(content_type)) or not _has_body(scope):
+        refusal = content_type_refusal(scope)
+        if refusal is None:
             await self.app(scope, receive, send)
             return
-        got = "none was sent" if content_type is None else f"got {content_type!r}"
-        response = JSONResponse(
-            {"detail": f"Content-Type must be application/json ({got})"}, status_code=415
-        )
-        await response(scope, receive, send)
+        await JSONResponse({"detail": refusal}, status_code=415)(scope, receive, send)
 
     def _is_checked_write(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -57,6 +52,16 @@ class JsonContentTypeMiddleware:
             and (path == self._prefix or path.startswith(self._prefix + "/"))
             and path not in self._exempt
         )
+
+
+def content_type_refusal(scope: Scope) -> str | None:
+    """Why a checked write's body is refused (the 415's detail), or None: JSON, or no body."""
+    declared = first_header(scope, b"content-type")
+    content_type = declared.decode("latin-1") if declared is not None else None
+    if (content_type is not None and is_json_media_type(content_type)) or not _has_body(scope):
+        return None
+    got = "none was sent" if content_type is None else f"got {content_type!r}"
+    return f"Content-Type must be application/json ({got})"
 
 
 def _has_body(scope: Scope) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "error_responses",
     "install_error_handlers",
     "store_error_response",
+    "unexpected_error_response",
     "validation_error_response",
 ]
 
@@ -163,10 +164,16 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
-            method, path = scope.get("method", ""), scope.get("path", "")
-            logger.error("unhandled error in %s %s", method, path, exc_info=exc)
-            _guard.internal_error("server.unhandled", exc, "unhandled error answering a request")
+            response = unexpected_error_response(scope, exc)
             if started:  # too late for a clean answer: let the server drop the connection
                 raise
-            response = JSONResponse({"detail": "internal server error"}, status_code=500)
             await response(scope, receive, send)
+
+
+def unexpected_error_response(scope: Scope, exc: Exception) -> JSONResponse:
+    """A server fault, logged and reported to the internal-error guard; its 500 answer, which
+    says nothing of the internals."""
+    method, path = scope.get("method", ""), scope.get("path", "")
+    logger.error("unhandled error in %s %s", method, path, exc_info=exc)
+    _guard.internal_error("server.unhandled", exc, "unhandled error answering a request")
+    return JSONResponse({"detail": "internal server error"}, status_code=500)

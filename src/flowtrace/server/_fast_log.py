@@ -1,5 +1,5 @@
-"""`POST /v5/flows/log` and `PATCH /v5/flows/logs/{log_id}` answered without FastAPI's
-routing and dependency solving.
+"""`POST /v5/flows/log` and `PATCH /v5/flows/logs/{log_id}` answered in front of the app:
+without its middleware chain, FastAPI's routing and dependency solving.
 
 The contract costs one HTTP request per log (and one more per log created before its end, such
 as a trace's root), so these routes' fixed cost per request is the per-log ingest rate. Through
@@ -12,6 +12,14 @@ body parsing (strict JSON, Content-Type rules), the same validation errors, the 
 errors. `tests/test_server_fast_log.py` sends the same requests to both and compares the
 answers. Creates and updates go through one `_GroupWriter` (group commit), in arrival order.
 
+It sits in front of the app's whole middleware chain (`FastLogFront`, put there by
+`_app`), so it does the chain's checks for these two routes itself, in the chain's order and
+with the chain's own code and answers: without API keys the Host and Origin rules (403), the
+API key (401), the JSON Content-Type (415), the body limit (413), and the 500 of an unexpected
+error. The chain's eight layers (Starlette's and FastAPI's error, telemetry and body-limit
+middlewares, then flowtrace's) had no other work for these requests: ~36,000 instructions a
+request (callgrind, ~3% of the app's cost of a log; issue 13, second pass).
+
 The FastAPI routes stay: they describe the operations in the OpenAPI document, and answer
 whatever this handler passes on (other methods, other paths).
 """
@@ -20,13 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.datastructures import QueryParams
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowtrace.models import (
@@ -39,28 +46,46 @@ from flowtrace.models import (
 )
 from flowtrace.store import Store, StoreError
 
-from ._errors import store_error_response, validation_error_response
+from ._auth import ApiKeys
+from ._body_limit import DISCONNECTED, TOO_LARGE, read_limited, too_large
+from ._content_type import content_type_refusal
+from ._errors import store_error_response, unexpected_error_response, validation_error_response
 from ._json import is_json_media_type, parse_json
+from ._keyless_guard import KeylessGuardMiddleware
 from ._responses import json_response, render_created, render_log, status_field_of
+from ._store_thread import StoreThread
 
-__all__ = ["FastLogMiddleware", "parse_log_request"]
+__all__ = ["FastLogFront", "parse_log_request"]
 
 _MISSING = object()
 _JSON = "application/json"
 
 
-class FastLogMiddleware:
-    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` itself;
-    passes every other request on to `app`."""
+class FastLogFront:
+    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` itself,
+    checked as the app's middleware chain checks them; passes every other request on to `app`.
+
+    `keyless`: without API keys, the chain's Host and Origin rules (`_keyless_guard`)."""
 
     def __init__(
-        self, app: ASGIApp, *, store: Store, prefix: str, status_field_default: StatusField
+        self,
+        app: ASGIApp,
+        *,
+        store: Store,
+        prefix: str,
+        status_field_default: StatusField,
+        api_keys: ApiKeys,
+        max_body_bytes: int,
+        keyless: KeylessGuardMiddleware | None,
     ) -> None:
         self.app = app
         self._writer = _GroupWriter(store)
         self._create_path = f"{prefix}/flows/log"
         self._update_prefix = f"{prefix}/flows/logs/"
         self._default = status_field_default
+        self._keys = api_keys
+        self._max_body_bytes = max_body_bytes
+        self._keyless = keyless
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -77,20 +102,48 @@ class FastLogMiddleware:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, log_id: str | None) -> None:
         """Answer a create (`log_id` None) or the update of `log_id`."""
-        body = await _read_body(receive)
-        if body is None:  # the client went away mid-body: nobody to answer
+        refused = self._refusal(scope)
+        if refused is not None:
+            await refused(scope, receive, send)
             return
+        body = await read_limited(scope, receive, self._max_body_bytes)
+        if body is DISCONNECTED:  # the client went away mid-body: nobody to answer
+            return
+        if body is TOO_LARGE:
+            await too_large(self._max_body_bytes)(scope, receive, send)
+            return
+        assert isinstance(body, bytes)
+        try:
+            response = await self._answer(scope, body, log_id)
+        except Exception as exc:  # as the chain's UnexpectedErrorMiddleware: a 500, logged
+            response = unexpected_error_response(scope, exc)
+        await response(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        """The chain's refusals before the body is read, in its order."""
+        if self._keyless is not None:
+            reason = self._keyless.refusal(scope)
+            if reason is not None:
+                return JSONResponse({"detail": reason}, status_code=403)
+        if self._keys:
+            reason = self._keys.refusal(scope)
+            if reason is not None:
+                return JSONResponse({"detail": reason}, status_code=401)
+        reason = content_type_refusal(scope)
+        if reason is not None:
+            return JSONResponse({"detail": reason}, status_code=415)
+        return None
+
+    async def _answer(self, scope: Scope, body: bytes, log_id: str | None) -> Response:
         content_type = _header(scope, b"content-type")
         try:
             if log_id is None:
-                response = await self._create(scope, parse_log_request(body, content_type))
-            else:
-                response = await self._update(log_id, _parse_update(body, content_type))
+                return await self._create(scope, parse_log_request(body, content_type))
+            return await self._update(log_id, _parse_update(body, content_type))
         except _RequestInvalid as invalid:
-            response = validation_error_response(invalid.errors)
+            return validation_error_response(invalid.errors)
         except StoreError as refusal:
-            response = store_error_response(refusal)
-        await response(scope, receive, send)
+            return store_error_response(refusal)
 
     async def _create(self, scope: Scope, request: FlowLogRequest) -> Response:
         params = QueryParams(scope["query_string"])
@@ -126,9 +179,10 @@ class _GroupWriter:
     answered, so arrival order is an order the store can apply.
 
     The store is synchronous, so it runs on a thread, never on the event loop: one thread of
-    this writer's own, since its writes go one after another anyway, and handing work to it
-    costs less than to the shared threadpool (~30 us a request). The thread ends when the
-    writer is garbage collected.
+    this writer's own (`_store_thread`), since its writes go one after another anyway, and
+    handing work to it costs less than to the shared threadpool (~30 us a request) or to an
+    executor of one thread (~90,000 instructions a request). The thread ends when the writer
+    is garbage collected.
     """
 
     def __init__(self, store: Store) -> None:
@@ -137,7 +191,7 @@ class _GroupWriter:
         self._waiting: list[_Waiting] = []
         # The running group's task: the event loop keeps only a weak reference to tasks.
         self._group_task: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="flowtrace-log-writer")
+        self._thread = StoreThread("flowtrace-log-writer")
 
     async def write(self, write: _Write) -> _Answer:
         """The store's answer to `write`; raises its StoreError."""
@@ -147,8 +201,7 @@ class _GroupWriter:
             return await answer
         self._busy = True
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._write_alone, write)
+            return await self._thread.run(self._write_alone, write)
         finally:
             self._next()
 
@@ -172,8 +225,7 @@ class _GroupWriter:
     async def _write_group(self, group: list[_Waiting]) -> None:
         try:
             writes = [write for write, _ in group]
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._thread, self._store.write_many, writes)
+            results = await self._thread.run(self._store.write_many, writes)
         except BaseException as failure:
             for _, answer in group:
                 if not answer.done():
@@ -243,17 +295,6 @@ def _json_body(body: bytes, content_type: str | None) -> Any:
                 ]
             ) from None
     return body  # not JSON: FastAPI validates the raw bytes
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -9,6 +9,7 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._http_protocols import ConnectionLimits, HeadDeadline, open_connection, time_out
+from ._one_write import OneWriteTransport
 
 __all__ = ["GuardedHttpToolsProtocol"]
 
@@ -39,6 +40,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = False
         self._deadline.stop()
         super().on_headers_complete()
+        cycle = self.cycle
+        # A new request's cycle (not one that answers HEAD: uvicorn writes no body after its
+        # head, and a held head would wait for the connection's close).
+        if (
+            cycle is not None
+            and cycle.transport is self.transport
+            and self.scope["method"] != "HEAD"
+        ):
+            cycle.transport = OneWriteTransport(self.transport, cycle)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.stop()

@@ -49,14 +49,14 @@ class KeylessGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope)
+        refusal = self.refusal(scope)
         if refusal is None:
             await self.app(scope, receive, send)
             return
         await JSONResponse({"detail": refusal}, status_code=403)(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> str | None:
-        """Why the request is refused, or None to serve it."""
+    def refusal(self, scope: Scope) -> str | None:
+        """Why the request is refused (the 403's detail), or None to serve it."""
         host = first_header(scope, b"host")
         if host is not None and not self._is_local(host):
             return (

@@ -54,7 +54,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         version_id: Annotated[str | None, Query()] = None,
         environment: Annotated[str | None, Query()] = None,
     ) -> JSONResponse:
-        # Unless the app was made with fast_log=False, _fast_log.FastLogMiddleware answers
+        # Unless the app was made with fast_log=False, _fast_log.FastLogFront answers
         # this operation (same answers, less overhead); this route describes it in OpenAPI.
         query = None
         if version_id is not None or environment is not None:
@@ -69,7 +69,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         summary="Update a Flow log",
     )
     def update_log(log_id: LogId, body: FlowLogUpdateRequest) -> Response:
-        # Answered by _fast_log.FastLogMiddleware too, unless fast_log=False (as above).
+        # Answered by _fast_log.FastLogFront too, unless fast_log=False (as above).
         updated = store.update(log_id, body)
         return json_response(render_log(updated, status_field_of(body, default)))
 
