@@ -176,7 +176,7 @@ class _Hold:
     own `trace_hold` becomes `DROPPED` or `KEPT`: the root then refers to no hold of its own,
     so it is freed as soon as the program lets it go (no reference cycle for the collector)."""
 
-    # the hold's state (class defaults: a childless root sets none of them)
+    # the hold's state (class defaults; `open_root` sets them on the roots it makes, for speed)
     held: list[Log] | None = None  # logs under the root that started, in start order
     finished: list[Log] | None = None  # those that ended, in end order
     errored = False  # a held log had an error
