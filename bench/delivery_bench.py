@@ -488,6 +488,8 @@ def bench_exit(repeats: int) -> None:
         f"the next run: {result}"
     )
     print("last message of the first run:", messages[0])
+    over = [round(took, 2) for took in exits if took > bound + 1]
+    print(f"exits over the bound + 1 s: {len(over)} of {len(exits)} {over}")
     dropping = [message for message in messages if "dropped" in message]
     print(f"runs whose exit message reports drops: {len(dropping)}")
     for message in dropping:
