@@ -81,6 +81,14 @@ class _ServerBase:
         kwargs.setdefault("timeout", 30.0)
         return httpx.Client(base_url=self.base_url, headers=self.headers, **kwargs)
 
+    def stored_log(self, log_id: str) -> dict[str, Any]:
+        """The stored log `log_id`, as `GET /logs/{id}` answers it (asserted found)."""
+        with self.client() as client:
+            answer = client.get(f"/logs/{log_id}")
+        assert answer.status_code == 200, answer.text
+        record: dict[str, Any] = answer.json()
+        return record
+
 
 class RunningServer(_ServerBase):
     """`python -m flowtrace.server serve` in a subprocess."""

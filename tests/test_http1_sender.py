@@ -53,14 +53,6 @@ def _creates(proxy: FaultProxy) -> list[SeenRequest]:
     return [r for r in proxy.requests if r.path == "/v5/flows/log"]
 
 
-def _stored(server: RunningServer, log_id: str) -> dict[str, object]:
-    with server.client() as client:
-        answer = client.get(f"/logs/{log_id}")
-    assert answer.status_code == 200, answer.text
-    record: dict[str, object] = answer.json()
-    return record
-
-
 def test_requests_go_one_after_another_over_one_kept_connection(
     exporter: HttpExporter, proxy: FaultProxy, plain_server: RunningServer
 ) -> None:
@@ -79,7 +71,7 @@ def test_requests_go_one_after_another_over_one_kept_connection(
         ("PATCH", "/v5/flows/logs/seq-root"),
     ]
     assert exporter._sender is not None and len(exporter._sender._open) == 1
-    record = _stored(plain_server, "seq-root")
+    record = plain_server.stored_log("seq-root")
     assert record["trace_status"] == "complete" and record["output"] == "done"
 
 
@@ -99,7 +91,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
     (outcome,) = exporter.export([update])
     assert outcome.status == 200, outcome.error
     assert len(proxy.seen("/flows/logs/idle-1")) == 1
-    assert _stored(plain_server, "idle-1")["trace_status"] == "complete"
+    assert plain_server.stored_log("idle-1")["trace_status"] == "complete"
 
 
 def test_a_create_left_unanswered_on_a_kept_connection_is_sent_once_more(
@@ -115,7 +107,7 @@ def test_a_create_left_unanswered_on_a_kept_connection_is_sent_once_more(
     assert created.status == 200 and created.body is not None
     assert created.body["id"] == "race-1"
     assert sum(b'"log_id":"race-1"' in r.body for r in _creates(proxy)) == 2
-    assert _stored(plain_server, "race-1")["trace_status"] == "incomplete"  # stored once
+    assert plain_server.stored_log("race-1")["trace_status"] == "incomplete"  # stored once
 
     proxy.script(ResetAfterForward())
     (updated,) = exporter.export([Operation("update", "race-1", {"trace_status": "complete"})])

@@ -339,25 +339,17 @@ def delivering(server: RunningServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def _log(server: RunningServer, log_id: str) -> dict[str, Any]:
-    with server.client() as client:
-        answer = client.get(f"/logs/{log_id}")
-    assert answer.status_code == 200, answer.text
-    body: dict[str, Any] = answer.json()
-    return body
-
-
 def test_b_delivering_first_files_its_log_under_a(
     server: RunningServer, service: Service, delivering: httpx.Client
 ) -> None:
     with flowtrace.flow("a/call-b") as calling:
         answer = delivering.get(f"{service.url}/work", params={"name": "first"}).json()
         assert answer["flushed"]  # B's log is stored while A's is still open...
-        assert _log(server, calling.log_id)["placeholder"] is True  # ...under a placeholder
+        assert server.stored_log(calling.log_id)["placeholder"] is True  # ...under a placeholder
     assert flowtrace.flush(30)
-    b = _log(server, answer["log_id"])
+    b = server.stored_log(answer["log_id"])
     assert b["trace_parent_id"] == calling.log_id and b["trace_id"] == calling.log_id
-    a = _log(server, calling.log_id)
+    a = server.stored_log(calling.log_id)
     assert not a.get("placeholder") and a["flow"]["path"] == "a/call-b"
     assert [child["id"] for child in a["trace_children"]] == [answer["log_id"]]
 
@@ -368,12 +360,12 @@ def test_b_delivering_after_a_completed_files_its_log_under_a(
     with flowtrace.flow("a/call-b-later") as calling:
         assert delivering.get(f"{service.url}/deferred", params={"name": "later"}).is_success
     assert flowtrace.flush(30)
-    assert _log(server, calling.log_id)["trace_status"] == "complete"
+    assert server.stored_log(calling.log_id)["trace_status"] == "complete"
     (later,) = httpx.get(f"{service.url}/release", timeout=STARTUP_TIMEOUT).json()
     assert later["flushed"]
-    b = _log(server, later["log_id"])
+    b = server.stored_log(later["log_id"])
     assert b["trace_parent_id"] == calling.log_id
-    a = _log(server, calling.log_id)
+    a = server.stored_log(calling.log_id)
     assert a["trace_status"] == "complete"
     assert [child["id"] for child in a["trace_children"]] == [later["log_id"]]
     assert a["end_time"] >= b["end_time"]  # widened over its late child
@@ -385,10 +377,10 @@ def test_a_to_b_to_c(server: RunningServer, service: Service, delivering: httpx.
         b = delivering.get(f"{service.url}/work", params={"name": "b", "call": c_url}).json()
     assert flowtrace.flush(30)
     c = b["called"]
-    stored_c = _log(server, c["log_id"])
+    stored_c = server.stored_log(c["log_id"])
     assert stored_c["trace_parent_id"] == b["log_id"]
     assert stored_c["trace_id"] == calling.log_id
-    assert _log(server, b["log_id"])["trace_parent_id"] == calling.log_id
+    assert server.stored_log(b["log_id"])["trace_parent_id"] == calling.log_id
 
 
 def _raw_get(url: str, target: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
@@ -434,12 +426,12 @@ def test_hostile_headers_never_fail_and_never_link(
         assert answer["flushed"]
         stored.append(answer["log_id"])
     for log_id in stored:
-        log = _log(server, log_id)
+        log = server.stored_log(log_id)
         assert log.get("trace_parent_id") is None and log["trace_id"] == log_id, log
         note = (log.get("metadata") or {}).get("flowtrace", {}).get("remote_parent")
         assert note is None or (note["linked"] is False and "log_id" not in note)
-    assert _log(server, victim.log_id)["trace_children"] == []
-    assert _log(server, other.log_id)["trace_children"] == []
+    assert server.stored_log(victim.log_id)["trace_children"] == []
+    assert server.stored_log(other.log_id)["trace_children"] == []
     stats = httpx.get(f"{service.url}/stats", timeout=30).json()
     assert stats["dropped"] == {} and stats["last_error"] is None
 
