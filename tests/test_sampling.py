@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import math
 import threading
@@ -158,6 +159,206 @@ def test_a_slow_trace_past_the_threshold_is_kept_and_a_quick_one_dropped(
     assert kept == [1.0, 2.0]
     assert len(exporter.logs) == 4  # each with its child
     assert flowtrace.stats()["kept_by_tail_slow"] == 2
+
+
+# --- held roots: an unsampled plain function's root, a record in the context --------------------
+
+
+def _held_dropped() -> int:
+    return _sampling._count(_sampling.held_dropped)
+
+
+@flow(path="sampling/held", sample_rate=0.0)
+def held_everywhere(fail_in: str | None) -> str:
+    """`run_everywhere`'s children, under a root that is a plain function with scalar
+    arguments (the recorder's cheapest unsampled root); `asyncio.to_thread` is called from an
+    undecorated coroutine, so only the context it copies can carry the root there."""
+
+    @flow(path="sampling/worker")
+    def worker(where: str) -> str:
+        if where == fail_in:
+            raise RuntimeError(where)
+        return where
+
+    def quietly(where: str) -> None:
+        with contextlib.suppress(RuntimeError):
+            worker(where)
+
+    async def in_task() -> None:
+        await asyncio.to_thread(quietly, "to_thread")
+        await asyncio.create_task(async_worker("task"))
+
+    @flow(path="sampling/async_worker")
+    async def async_worker(where: str) -> None:
+        quietly(where)
+
+    thread = threading.Thread(target=flowtrace.propagate(quietly), args=("thread",))
+    thread.start()
+    thread.join()
+    with flowtrace.TracedThreadPoolExecutor(1) as pool:
+        pool.submit(quietly, "pool").result()
+    asyncio.run(in_task())
+    return "done"
+
+
+def test_a_held_root_is_inherited_across_threads_pools_to_thread_and_tasks(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory()
+    dropped_alone = _held_dropped()
+    assert held_everywhere(None) == "done"
+    assert flowtrace.flush(WAIT_S)
+    assert exporter.logs == {}
+    assert flowtrace.stats()["sampled_out_logs"] == 6  # the root, 4 workers, 1 async worker
+    assert _held_dropped() == dropped_alone  # its children made it a Log: dropped as one
+    for where in ("thread", "pool", "to_thread", "task"):
+        before = set(traces(exporter))
+        assert held_everywhere(where) == "done"
+        assert flowtrace.flush(WAIT_S)
+        (root_id,) = set(traces(exporter)) - before  # one more trace, not a stray root
+        assert exporter.logs[root_id]["path"] == "sampling/held"
+        assert len(traces(exporter)[root_id]) == 6, where  # kept whole by the error in `where`
+        assert exporter.logs[root_id]["inputs"] == {"fail_in": where}
+
+
+def test_a_childless_held_root_is_dropped_without_a_log_and_counted(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="sampling/leaf")
+    def leaf(a: int, b: str, c: float | None = None) -> int:
+        return a
+
+    before = _held_dropped()
+    for i in range(100):
+        assert leaf(i, "x", None) == i
+    assert _held_dropped() - before == 100  # the recorder's cheapest end, each time
+    assert flowtrace.flush(WAIT_S)
+    assert exporter.logs == {}
+    stats = flowtrace.stats()
+    assert stats["sampled_out"] == stats["sampled_out_logs"] == 100
+
+
+def test_a_held_root_that_fails_is_kept_with_what_it_printed_and_set(
+    memory: Callable[..., MemoryExporter], capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter = memory(sample_rate=0.0)
+    raised = ValueError("no")
+
+    @flow(path="sampling/fails")
+    def fails(q: str, n: int) -> None:
+        print("thinking")
+        log = flowtrace.current_log()
+        assert log is not None and not log.sampled
+        log.metadata["tenant"] = "acme"
+        raise raised
+
+    @flow(path="sampling/fails-alone")
+    def fails_alone(q: str) -> None:
+        raise KeyError(q)
+
+    with pytest.raises(ValueError, match="no") as caught:
+        fails("hi", 2)
+    assert caught.value is raised  # the user's exception, unchanged
+    with pytest.raises(KeyError):
+        fails_alone("k")
+    assert flowtrace.flush(WAIT_S)
+    assert "thinking" in capsys.readouterr().out
+    by_path = {body["path"]: body for body in exporter.logs.values()}
+    failed = by_path["sampling/fails"]
+    assert failed["inputs"] == {"q": "hi", "n": 2}
+    assert failed["stdout"] == "thinking\n"
+    assert failed["metadata"]["tenant"] == "acme"
+    assert failed["error"] == "ValueError: no"
+    assert by_path["sampling/fails-alone"]["inputs"] == {"q": "k"}
+    assert by_path["sampling/fails-alone"]["error"].startswith("KeyError")
+    assert flowtrace.stats()["kept_by_tail_error"] == 2
+
+
+def test_a_held_root_slow_without_children_is_kept_with_its_duration(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    now = [0]
+    _log.set_clock(mono_ns=lambda: now[0])
+    try:
+        exporter = memory(sample_rate=0.0, sample_keep_slower_than_s=1.0)
+
+        @flow(path="sampling/slow-leaf")
+        def takes(seconds: float) -> float:
+            now[0] += int(seconds * 1e9)
+            return seconds
+
+        before = _held_dropped()
+        assert [takes(0.5), takes(3.0)] == [0.5, 3.0]
+        assert _held_dropped() - before == 1
+    finally:
+        _log.set_clock()
+    assert flowtrace.flush(WAIT_S)
+    (body,) = exporter.logs.values()
+    assert body["provider_latency"] == 3.0 and body["output"] == "3.0"
+    assert flowtrace.stats()["kept_by_tail_slow"] == 1
+
+
+def test_an_interrupted_held_root_is_dropped_and_the_interruption_goes_on(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="sampling/interrupted")
+    def interrupted(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted(1)
+    assert flowtrace.flush(WAIT_S)
+    assert exporter.logs == {}
+    assert flowtrace.stats()["sampled_out"] == 1
+    assert flowtrace.current_log() is None  # nothing of it is left in the context
+
+
+def test_a_log_opened_under_a_held_root_after_it_was_dropped_is_dropped_too(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+    go = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def later() -> None:
+        go.wait(WAIT_S)
+        child(1)
+
+    @flow(path="sampling/left-early")
+    def left_early(n: int) -> int:
+        # a copied context (not `propagate`, which makes the root a Log): it holds the record
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(later,))
+        thread.start()
+        threads.append(thread)
+        return n
+
+    before = _held_dropped()
+    left_early(1)  # ends before anything opened under it: dropped as a record
+    assert _held_dropped() - before == 1
+    go.set()
+    threads[0].join()
+    assert flowtrace.flush(WAIT_S)
+    assert exporter.logs == {}
+    assert flowtrace.stats()["sampled_out_logs"] == 2  # the root and its late child
+
+
+def test_a_held_root_decides_as_is_sampled_says_and_sends_its_decision() -> None:
+    @flow(path="sampling/held-decision")
+    def decide(i: int) -> Any:
+        return flowtrace.current_log(), flowtrace.propagation_headers()
+
+    for rate in (0.0, 0.3):
+        flowtrace.configure(sample_rate=rate)
+        for i in range(200):
+            log, headers = decide(i)
+            assert log.sampled == _sampling.is_sampled(log.log_id, rate)
+            assert _flag(headers) == ("01" if log.sampled else "00")
+            assert headers["tracestate"] == _w3c.format_tracestate(log.log_id)
+    flowtrace.configure()
 
 
 # --- the decision: per flow, environment, inheritance --------------------------------------------

@@ -14,7 +14,7 @@ from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from flowtrace import _config, _guard
-from flowtrace._context import get_current, open_ancestor
+from flowtrace._context import current_here, open_ancestor
 from flowtrace._serialize import Limits, limits, set_limits
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class StdoutTee:
         self._flowtrace_target = target
 
     def write(self, text: str) -> int:
-        log = get_current()
+        log = current_here()
         if log is not None and _capture_stdout:
             try:
                 if log.duration_ns is not None:  # the context held a log that has ended
@@ -307,7 +307,7 @@ class LogRecordCapture(logging.Handler):
         # Never capture flowtrace's own logger: its records must not loop into traced logs.
         if record.name == "flowtrace" or record.name.startswith("flowtrace."):
             return
-        log = open_ancestor(get_current())
+        log = open_ancestor(current_here())
         if log is None:
             return
         try:

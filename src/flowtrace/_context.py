@@ -13,14 +13,16 @@ import concurrent.futures
 import functools
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 if TYPE_CHECKING:
     from flowtrace._log import Log
 
 __all__ = [
+    "Current",
     "TracedThreadPoolExecutor",
     "current",
+    "current_here",
     "current_log",
     "get_current",
     "open_ancestor",
@@ -32,7 +34,10 @@ __all__ = [
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-current: ContextVar[Log | None] = ContextVar("flowtrace_current_log", default=None)
+#: The innermost open log; or an unsampled root's record (`_sampling.HeldRoot`, a list), which
+#: only the recorder's call path reads as it is: everything else reads `current_here()`.
+Current = Union["Log", list[Any], None]
+current: ContextVar[Current] = ContextVar("flowtrace_current_log", default=None)
 # Its methods, bound once, for the call path: Python 3.11 looks a ContextVar's method up and
 # binds it anew at each `current.get()` (a bound-method object made and freed), which costs
 # about as much as the get itself.
@@ -41,9 +46,21 @@ set_current = current.set
 reset_current = current.reset
 
 
+def current_here() -> Log | None:
+    """The current log. The context may hold an unsampled root's record instead (the
+    recorder's cheapest root, `_sampling.HeldRoot`): it is made a Log now (once: every context
+    that holds the record gets the same Log), since something under it needs one."""
+    log = get_current()
+    if isinstance(log, list):
+        from flowtrace._sampling import held_log  # (it imports this module)
+
+        return held_log(log)
+    return log
+
+
 def current_log() -> Log | None:
     """The innermost open log of this thread or task, or None outside any flow."""
-    log = get_current()
+    log = current_here()
     if log is not None and log.duration_ns is not None:
         log = open_ancestor(log)
     return None if log is None or log.remote else log  # a remote parent is not this process's
@@ -67,7 +84,7 @@ def propagate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     Only the current log is carried (not the whole context), so one propagated function may
     run in many threads at once.
     """
-    parent = get_current()
+    parent = current_here()
 
     @functools.wraps(fn)
     def run_under_parent(*args: _P.args, **kwargs: _P.kwargs) -> _R:

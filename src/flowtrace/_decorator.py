@@ -34,7 +34,14 @@ from flowtrace._capture import (
     describe_message,
     ensure_stdout_tee,
 )
-from flowtrace._context import get_current, open_ancestor, reset_current, set_current
+from flowtrace._context import (
+    Current,
+    current_here,
+    get_current,
+    open_ancestor,
+    reset_current,
+    set_current,
+)
 from flowtrace._contract import (
     ENDED_CANCELLED,
     ENDED_CLOSED_EARLY,
@@ -44,6 +51,13 @@ from flowtrace._contract import (
 )
 from flowtrace._log import UNSET, Log
 from flowtrace._options import FlowKeywords, FlowOptions, LogOptions
+from flowtrace._sampling import (
+    HELD_ENDED,
+    MASK,
+    MULTIPLIER,
+    HeldRoot,
+    held_dropped,
+)
 from flowtrace._serialize import SCALARS, capture_value, limits
 
 if TYPE_CHECKING:
@@ -54,13 +68,25 @@ __all__ = ["Flow", "default_path", "flow"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _enabled = True
-_every_trace = True  # the sample_rate setting is 1: a root samples only if its flow has a rate
+# The sample_rate setting is 1 and no flow has a rate of its own: every root is sampled, and
+# no thread holds an unsampled root (`_context.held_roots`), so a log opens under the context's.
+_every_trace = True
+_flow_rates = False  # a flow was given a sample_rate (for as long as the process runs)
 
 
 def _apply_settings(settings: _config.Settings) -> None:
     global _enabled, _every_trace
     _enabled = settings.enabled
-    _every_trace = settings.sample_rate >= 1.0
+    _every_trace = settings.sample_rate >= 1.0 and not _flow_rates
+
+
+def _noting_rates(options: LogOptions) -> LogOptions:
+    """`options`, noted if they give a sample rate: from then on, every root decides."""
+    global _every_trace, _flow_rates
+    if options.sample_threshold is not None:
+        _flow_rates = True
+        _every_trace = False
+    return options
 
 
 # --- paths -----------------------------------------------------------------------------------
@@ -97,8 +123,8 @@ def _open(
     if not _enabled:
         return None
     try:
-        parent = get_current()
-        if parent is not None or (_every_trace and options.sample_threshold is None):
+        parent = current_here()
+        if parent is not None or _every_trace:
             log = Log(options, parent, args, kwargs)
         else:  # a root, and a rate to sample at
             log = _sampling.open_root(options, args, kwargs)
@@ -129,7 +155,7 @@ def _announce(log: Log) -> None:
 def _span_left_running_in(log: Log) -> bool:
     """Whether the current log is a span's (`flowtrace.otel`) opened inside `log` and still
     running: a span the block started and did not end (leaked, or ending later elsewhere)."""
-    inner = get_current()
+    inner = current_here()
     if inner is None or not inner.is_span:
         return False
     while inner is not None and inner.is_span:
@@ -196,32 +222,68 @@ _ROOM_TO_END_A_LOG = 50
 
 def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
     capture_output = options.capture_output
+    capture_all = options.capture_all
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
         if not _enabled:
             return fn(*args, **kwargs)
-        log = None
+        log = held = None
         try:  # _open(), inlined: the hot path
-            parent = get_current()
-            if parent is not None or (_every_trace and options.sample_threshold is None):
-                log = Log(options, parent, args, kwargs)
+            current = get_current()
+            if current is not None:
+                if type(current) is list:  # under a held root: it is made a Log now
+                    current = _sampling.held_log(current)
+                log = Log(options, current, args, kwargs)  # type: ignore[arg-type]
+            elif _every_trace:
+                log = Log(options, None, args, kwargs)
             else:  # a root, and a rate to sample at
-                log = _sampling.open_root(options, args, kwargs)
-            if log.parent is None and type(sys.stdout) is not StdoutTee:
-                ensure_stdout_tee()
-            hold = log.trace_hold
-            if hold is None:
-                for started in _sinks.on_start:
-                    started(log)
-            # An unsampled trace: held until its root ends (a DormantRoot is its own hold).
-            elif hold is not log:  # type: ignore[comparison-overlap]
-                hold.started(log)
+                number = next(_log._counter)
+                below = options.sample_threshold
+                if below is None:
+                    below = _sampling.rate_threshold
+                if ((number ^ _log.seed) * MULTIPLIER) & MASK < below or kwargs or not capture_all:
+                    log = _sampling.open_root(options, args, kwargs, number)
+                else:
+                    for value in args:  # (a loop: cheaper than any call, for a few arguments)
+                        if type(value) not in SCALARS:
+                            log = _sampling.open_root(options, args, kwargs, number)
+                            break
+                    else:  # not sampled, scalar arguments: held as a record, the cheapest root
+                        held = [number, _log._mono_ns(), options, args]  # `_sampling.HeldRoot`
+                        if type(sys.stdout) is not StdoutTee:
+                            ensure_stdout_tee()
+            if log is not None:
+                if log.parent is None and type(sys.stdout) is not StdoutTee:
+                    ensure_stdout_tee()
+                hold = log.trace_hold
+                if hold is None:
+                    for started in _sinks.on_start:
+                        started(log)
+                # An unsampled trace: held until its root ends (a DormantRoot is its own hold).
+                elif hold is not log:  # type: ignore[comparison-overlap]
+                    hold.started(log)
         except Exception as exc:
             if not isinstance(exc, RecursionError):  # that is the user's recursion: below
                 _guard.internal_error("log-open", exc)
-            if log is None:
+        if log is None:
+            if held is None:  # flowtrace failed
                 return fn(*args, **kwargs)
+            token = set_current(held)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                reset_current(token)
+                _end_held_root(held, exc, UNSET)
+                raise
+            reset_current(token)
+            if _sampling.keep_slower_than_ns is None:
+                held.append(HELD_ENDED)
+                if held[4] is HELD_ENDED:  # the commonest unsampled end: nothing needed a Log
+                    next(held_dropped)
+                    return result
+            _end_held_root(held, None, result)
+            return result
         token = set_current(log)
         try:
             result = fn(*args, **kwargs)
@@ -248,6 +310,27 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
         return result
 
     return traced
+
+
+def _end_held_root(record: HeldRoot, exc: BaseException | None, result: Any) -> None:
+    """The end of a held root that may have to be delivered: it failed (`exc`), something
+    under it made it a Log, or the tail rule may keep it as slow."""
+    try:
+        if len(record) == 4:
+            slower = _sampling.keep_slower_than_ns
+            if exc is None and (slower is None or _log._mono_ns() - record[1] < slower):
+                record.append(HELD_ENDED)
+        if len(record) > 4 and record[4] is HELD_ENDED:
+            next(held_dropped)
+            return
+        log = _sampling.held_log(record)
+    except Exception as internal:
+        _guard.internal_error("log-end", internal)
+        return
+    if exc is None:
+        log.close(None, result)
+    else:
+        _fail_at_any_depth(log, exc)
 
 
 def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
@@ -410,11 +493,11 @@ def _wrap_async_generator_function(
     return traced
 
 
-def _enter(log: Log | None) -> Token[Log | None] | None:
+def _enter(log: Log | None) -> Token[Current] | None:
     return None if log is None else set_current(log)
 
 
-def _leave(token: Token[Log | None] | None) -> None:
+def _leave(token: Token[Current] | None) -> None:
     if token is not None:
         reset_current(token)
 
@@ -447,7 +530,9 @@ def _decorate(target: Any, options: FlowOptions) -> Any:
 
 
 def _options_for(fn: Callable[..., Any], options: FlowOptions, skip_first: bool) -> LogOptions:
-    return LogOptions(options, options.path or default_path(fn), InputBinder(fn), skip_first)
+    return _noting_rates(
+        LogOptions(options, options.path or default_path(fn), InputBinder(fn), skip_first)
+    )
 
 
 def _wrap(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:
@@ -472,8 +557,8 @@ class Flow(AsyncBlock[Log]):
 
     def __init__(self, options: FlowOptions) -> None:
         self._options = options
-        self._block_options = LogOptions(options, options.path or BLOCK_PATH)
-        self._open: dict[Log, Token[Log | None]] = {}
+        self._block_options = _noting_rates(LogOptions(options, options.path or BLOCK_PATH))
+        self._open: dict[Log, Token[Current]] = {}
 
     def __call__(self, fn: _F) -> _F:
         return _decorate(fn, self._options)  # type: ignore[no-any-return]
@@ -516,7 +601,7 @@ class Flow(AsyncBlock[Log]):
             set_current(log.parent)  # a span started in the block and not ended ends its hold
         # else: left out of order (generators advanced in turn): a log inside it is current.
         outer = get_current()
-        if outer is not None and (outer is log or outer.is_complete):
+        if isinstance(outer, Log) and (outer is log or outer.is_complete):
             # What was current when the block began may have ended meanwhile (it belonged to
             # another generator): the current log becomes the nearest one still open.
             set_current(open_ancestor(outer))
@@ -527,7 +612,7 @@ class Flow(AsyncBlock[Log]):
         that this object opened (one object may be entered by several tasks at once)."""
         if not self._open:
             return None
-        log = get_current()
+        log = current_here()
         while log is not None:
             if log in self._open:
                 return log

@@ -20,7 +20,7 @@ from typing import Any
 from flowtrace import _guard
 from flowtrace._async_block import AsyncBlock
 from flowtrace._capture import ensure_stdout_tee
-from flowtrace._context import current, open_ancestor
+from flowtrace._context import Current, current, current_here, open_ancestor
 from flowtrace._contract import (
     REMOTE_LINKED,
     REMOTE_LOG_ID,
@@ -89,7 +89,7 @@ class ContinuedTrace(AsyncBlock["ContinuedTrace"]):
 
     def __init__(self, parent: RemoteParent | None) -> None:
         self.parent = parent
-        self._token: Token[Log | None] | None = None
+        self._token: Token[Current] | None = None
 
     def __enter__(self) -> ContinuedTrace:
         if self.parent is not None:
@@ -171,7 +171,7 @@ def propagation_headers() -> dict[str, str]:
     the current log, the sampled flag) and `tracestate: flowtrace=<the current log's id>`.
     Empty outside any flow and any continued trace. Never raises."""
     try:
-        log = open_ancestor(current.get())
+        log = open_ancestor(current_here())
         if log is None:
             return {}
         trace_id, span_id = w3c_ids(log)

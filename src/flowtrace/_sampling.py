@@ -1,7 +1,7 @@
 """Sampling by trace: decided once, at the root, from the root's id; a trace not sampled is held
 whole until its root ends, then delivered whole (the tail rule kept it) or dropped whole.
 
-- **The decision** (`open_root`, called by the recorder for a root when a rate below 1
+- **The decision** (`open_root`, or the recorder inline, for a root when a rate below 1
   applies): the root's id number mixed with its process's id prefix (a multiplicative hash,
   the same for the same id in every process), compared with the rate. The root's
   `sample_rate` option wins over the `sample_rate` setting. Only a root decides: every log
@@ -17,6 +17,10 @@ whole until its root ends, then delivered whole (the tail rule kept it) or dropp
   the trace is announced (starts in start order, then ends in end order, the root's last) and
   logs of the trace that are still open are announced as they end; else every log is dropped,
   also those that start or end later. So a trace is delivered whole or not at all.
+- **Held roots** (`HeldRoot`, `held_log`): the commonest unsampled root, a plain function
+  called with scalar arguments, is decided by the recorder itself and enters the context as a
+  record, not a Log; its Log is made only if something needs it (see `HeldRoot`), so a root
+  dropped with nothing under it costs a list, a context push and a count.
 - **Across services** (`RemoteDecision`, the `trace_hold` of a continued trace's stand-in,
   `_remote.RemoteParent`): a local root under a caller that sent `sampled=0` in trusted
   headers is held as above (`LocalRootHold`: the root is an ordinary Log, its hold apart); one
@@ -28,6 +32,7 @@ whole until its root ends, then delivered whole (the tail rule kept it) or dropp
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import TYPE_CHECKING, Any, cast
@@ -40,11 +45,16 @@ if TYPE_CHECKING:
     from flowtrace._options import LogOptions
 
 __all__ = [
+    "HELD_ENDED",
     "HOLD_MAX_LOGS",
     "DormantRoot",
+    "HeldRoot",
     "LocalRootHold",
     "RemoteDecision",
+    "all_scalars",
     "below_threshold",
+    "held_dropped",
+    "held_log",
     "is_sampled",
     "open_root",
     "reset_counts",
@@ -111,10 +121,11 @@ _kept_by_tail: dict[str, int] = {}
 
 
 def reset_counts() -> None:
-    global _sampled_out, _sampled_out_logs, _kept_by_tail
+    global _sampled_out, _sampled_out_logs, _kept_by_tail, _held_dropped_before
     with _lock:
         _sampled_out = _sampled_out_logs = 0
         _kept_by_tail = {}
+        _held_dropped_before = _count(held_dropped)
 
 
 def stats() -> dict[str, int]:
@@ -123,9 +134,10 @@ def stats() -> dict[str, int]:
     (`kept_by_tail_error`, `_slow`, `_too_big`)."""
     with _lock:
         kept = dict(_kept_by_tail)
+        held = _count(held_dropped) - _held_dropped_before
         out = {
-            "sampled_out": _sampled_out,
-            "sampled_out_logs": _sampled_out_logs,
+            "sampled_out": _sampled_out + held,
+            "sampled_out_logs": _sampled_out_logs + held,
             "kept_by_tail": sum(kept.values()),
         }
     out.update((f"kept_by_tail_{reason}", count) for reason, count in sorted(kept.items()))
@@ -133,12 +145,16 @@ def stats() -> dict[str, int]:
 
 
 def open_root(
-    options: LogOptions, args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None
+    options: LogOptions,
+    args: tuple[Any, ...] | None,
+    kwargs: dict[str, Any] | None,
+    number: int | None = None,
 ) -> Log:
     """A new root log, sampled at its flow's rate (else the setting's): a plain `Log` if its
-    trace is sampled, else a `DormantRoot` (which holds its trace). Its number is drawn first,
-    for the decision. On the call path: one function call, no other."""
-    number = next(_log._counter)
+    trace is sampled, else a `DormantRoot` (which holds its trace). Its number (unless given:
+    the recorder drew it, and decided) is drawn first, for the decision."""
+    if number is None:
+        number = next(_log._counter)
     below = options.sample_threshold
     if below is None:
         below = rate_threshold
@@ -146,26 +162,78 @@ def open_root(
         log = Log(options, None, args, kwargs)
         log._number = number  # the id the decision was made on (the one Log drew is unused)
         return log
-    if args is not None and not kwargs and options.capture_all and _all_scalars(map(type, args)):
-        # what Log.__init__ does for a root of scalar arguments, without its branches (the
-        # scalars are immutable: kept as they are, as a sampled log keeps them)
-        dormant: DormantRoot = object.__new__(DormantRoot)
-        dormant.trace_hold = dormant
-        dormant._number = number
-        dormant.options = options
-        dormant.parent = None
-        dormant.args = args
-        # On the instance, though their class defaults say the same: the root's end reads
-        # them, and Python 3.11 reads a class default through an instance ~10x slower.
-        dormant.user_fields = dormant.error = dormant.held = dormant.decided = None
-        dormant._start_mono_ns = _log._mono_ns()
-        dormant.duration_ns = None
-        return dormant
+    if args is not None and not kwargs and options.capture_all and all_scalars(map(type, args)):
+        return _dormant(number, _log._mono_ns(), options, args)
     return DormantRoot(options, number, args, kwargs)
 
 
 #: Whether every type an iterable gives is a scalar's (in C: no loop of bytecodes per argument).
-_all_scalars = SCALARS.issuperset
+all_scalars = SCALARS.issuperset
+
+
+def _dormant(
+    number: int, start_mono_ns: int, options: LogOptions, args: tuple[Any, ...]
+) -> DormantRoot:
+    """What `Log.__init__` does for a root of scalar arguments, without its branches (the
+    scalars are immutable: kept as they are, as a sampled log keeps them)."""
+    dormant: DormantRoot = object.__new__(DormantRoot)
+    dormant.trace_hold = dormant
+    dormant._number = number
+    dormant.options = options
+    dormant.parent = None
+    dormant.args = args
+    # On the instance, though their class defaults say the same: the root's end reads them,
+    # and Python 3.11 reads a class default through an instance ~10x slower.
+    dormant.user_fields = dormant.error = dormant.held = dormant.decided = None
+    dormant._start_mono_ns = start_mono_ns
+    dormant.duration_ns = None
+    return dormant
+
+
+# --- held roots: an unsampled root of a plain function, as a record in the context ---------
+#: A held root's record, which the context holds in its Log's place until something needs the
+#: Log (`held_log`): [number, start on the monotonic clock, its flow's LogOptions, its scalar
+#: arguments]. A fifth item is appended once, atomically (`list.append`): its Log, made by
+#: `held_log`, or `HELD_ENDED`, by the recorder at the root's end if no Log was made before.
+HeldRoot = list[Any]
+HELD_ENDED: Any = object()
+
+#: Held roots dropped with nothing under them (counted in C: `next()` is atomic).
+held_dropped = itertools.count()
+_held_dropped_before = 0  # its count at the last reset
+
+
+def _count(counter: itertools.count[int]) -> int:
+    """How many times `next()` was called on a fresh `itertools.count()` (read, not drawn)."""
+    return int(repr(counter)[6:-1])
+
+
+def held_log(record: HeldRoot) -> DormantRoot:
+    """A held root's Log, made once (a log opens under it, code in it asks for the current
+    log, or it must be delivered); the same Log in every context and thread holding it."""
+    if len(record) > 4:  # made before (each log that opens under the root asks)
+        made: Any = record[4]
+        if made is not HELD_ENDED:
+            return cast(DormantRoot, made)
+    with _lock:
+        if len(record) == 4:
+            number, start_mono_ns, options, args = record
+            dormant: DormantRoot = _dormant(number, start_mono_ns, options, args)
+            record.append(dormant)
+            first = record[4] is dormant  # else the root ended meanwhile (HELD_ENDED)
+            if first:
+                return dormant
+        made = record[4]
+    if made is not HELD_ENDED:
+        return cast(DormantRoot, made)
+    # The root ended, dropped, before anything needed its Log (a thread it started opens a log
+    # under it now): a stand-in that ended as dropped, so what opens under it is dropped too.
+    number, start_mono_ns, options, args = record[:4]
+    late = _dormant(number, start_mono_ns, options, args)
+    late.decided = False
+    late.trace_hold = DROPPED
+    late.duration_ns = max(0, _log._mono_ns() - start_mono_ns)  # at the latest
+    return late
 
 
 class _Hold:

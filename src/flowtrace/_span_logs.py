@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from flowtrace import _config, _guard, _sinks
 from flowtrace import _log as log_clock
-from flowtrace._context import current, open_ancestor
+from flowtrace._context import Current, current, current_here, open_ancestor
 from flowtrace._contract import BATCH_LOG, FLOW, PROMPT, LogKind, span_log_id
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
@@ -82,7 +82,7 @@ class SpanLog(Log):
     # A span kept at its start: its (trace, span, parent span) ids, for a direct record of the
     # same LLM call made inside it, which ends its log under them (`record_span`).
     span_ids: tuple[str, str, str | None] | None = None
-    _token: Token[Log | None] | None = None
+    _token: Token[Current] | None = None
 
     def __init__(self, log_id: str, parent: Log | None) -> None:
         self._log_id = log_id
@@ -185,7 +185,7 @@ def open_span_log(
         known = _open.get(log_id)
         if known is not None:
             return known
-        flow = current.get()
+        flow = current_here()
         parent = innermost(span_parent(trace_id, parent_span_id), open_ancestor(flow))
         log = SpanLog(log_id, parent)
         log.name = name

@@ -47,7 +47,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     ) from error
 
 from flowtrace import _guard
-from flowtrace._context import current, open_ancestor
+from flowtrace._context import current_here, open_ancestor
 from flowtrace._llm._hooks import calling
 from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
 from flowtrace.spans import _genai as gen_ai
@@ -151,12 +151,12 @@ _late = threading.local()
 
 def _maybe_inside_a_flow() -> bool:
     """The cheap check first: most spans of a program are not started inside a flow."""
-    return current.get() is not None or has_open_span_logs()
+    return current_here() is not None or has_open_span_logs()
 
 
 def _inside_a_flow(trace: str, parent: str | None) -> bool:
     """Whether a flow is open here, or the span's parent span is a kept one's."""
-    return open_ancestor(current.get()) is not None or span_parent(trace, parent) is not None
+    return open_ancestor(current_here()) is not None or span_parent(trace, parent) is not None
 
 
 #: Spans dropped for a direct record and not ended yet, at most (see `_recorded_directly`).
