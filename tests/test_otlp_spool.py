@@ -425,3 +425,45 @@ def test_a_hanging_endpoint_costs_the_main_destination_nothing_and_the_exit_its_
     path = spool_file(spool_key(hanging.url, {}), str(tmp_path))
     assert spooled_span_names(path) == ["otlp-spool/hung"]  # ...and kept the span
     assert (stats["spooled"], stats["exported"], stats["dropped"]) == (1, 0, {})
+
+
+def test_the_otlp_spool_on_the_command_line_status_drain_and_purge(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    env = exit_env(receiver, tmp_path)
+    cli = "import sys; from flowtrace.cli import main; sys.exit(main(sys.argv[1:]))"
+    receiver.down = True
+    assert run_script(EXITING, env).returncode == 0  # 3 spans spooled at its exit
+    status = run_script(cli, env, "spool", "status")
+    assert status.returncode == 0, status.stderr
+    assert f"OTLP spool {spool_file(spool_key(receiver.url, {}), str(tmp_path / 'spool'))}" in (
+        status.stdout
+    )
+    assert f"endpoint: {receiver.url}" in status.stdout
+    batches = int(status.stdout.split(" batch(es) of spans")[0].rsplit("\n", 1)[1])
+    assert batches >= 1 and "gone: its backlog is drained" in status.stdout
+    drained = run_script(cli, env, "spool", "drain", "--timeout", "1")
+    assert drained.returncode == 1  # the endpoint is still down: nothing was lost either
+    assert "0 batch(es) still spooled" not in drained.stdout
+    assert "(the endpoint did not take them)" in drained.stdout
+    receiver.down = False
+    drained = run_script(cli, env, "spool", "drain", "--timeout", "30")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert (
+        f"OTLP endpoint {receiver.url}: sent 3 spooled span(s); 0 dropped; "
+        "0 batch(es) still spooled" in drained.stdout
+    )
+    assert sorted(span.name for span in receiver.wait_for(3)) == [
+        "otlp-spool/exit-child",
+        "otlp-spool/exit-root",
+        "otlp-spool/left-open",
+    ]
+    # purge: spool again, then throw it away
+    receiver.down = True
+    assert run_script(EXITING, env).returncode == 0
+    purged = run_script(cli, env, "spool", "purge")
+    assert purged.returncode == 0, purged.stderr
+    assert f"purged {batches} batch(es) of spans (processes that are gone)" in purged.stdout
+    after = run_script(cli, env, "spool", "status")
+    assert "\n0 batch(es) of spans" in after.stdout
+    assert len(receiver.spans) == 3  # what was purged was never sent

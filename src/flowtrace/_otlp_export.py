@@ -145,6 +145,7 @@ class OtlpExport:
         self.endpoint = endpoint
         self._headers = dict(headers)
         self.key = (endpoint, tuple(sorted(self._headers.items())))  # what configure() set
+        self.spool_key = spool_key(endpoint, self._headers)  # its spool's name
         self._status_field = settings.status_field
         self._timeout_s = settings.timeout_s
         self._connect_timeout_s = settings.connect_timeout_s
@@ -162,6 +163,7 @@ class OtlpExport:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._disk_clear = threading.Event()  # no batch is waiting on disk to be sent
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._deadline: float | None = None  # set by shutdown
@@ -231,6 +233,14 @@ class OtlpExport:
         self._wake.set()
         return marker.done.wait(timeout)
 
+    def drain_backlog(self, timeout: float | None) -> bool:
+        """Send what processes that are gone left in this endpoint's spool (`flowtrace spool
+        drain`: the thread starts for it, though nothing is offered); True once no batch is
+        left on disk, False if some still are after `timeout` (the endpoint refused them)."""
+        self._ensure_thread()
+        self._wake.set()
+        return self._disk_clear.wait(timeout)
+
     def stop(self) -> None:
         """Stop now, without waiting (the endpoint was configured away)."""
         self._deadline = self._clock()
@@ -293,6 +303,8 @@ class OtlpExport:
             if self._disk_due():
                 self._send_from_disk()
                 continue
+            if self._spool is None or not self._spool.waiting:
+                self._disk_clear.set()
             self._wake.wait(self._idle_s())
             self._wake.clear()
 
@@ -519,6 +531,7 @@ class OtlpExport:
         spool = self._spool
         if spool is not None:
             try:
+                self._disk_clear.clear()
                 spool.put(payload, spans)
             except SpoolRefused as refused:
                 self._spooling = False

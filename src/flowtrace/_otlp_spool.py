@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from flowtrace import _config
 from flowtrace._spool import (
@@ -202,6 +202,25 @@ class OtlpSpool:
             spans += count
             self._forget(entry.origin != self._spool.owner, spans=count, count=1)
         return spans
+
+    # --- for `flowtrace spool` (its counts are the generic spool's: a batch is a "log") -------
+    def counts(self) -> dict[str, int]:
+        """Batches (`entries`) and bytes on disk. Raises SpoolUnavailable."""
+        return self._spool.counts()
+
+    def owners(self) -> list[dict[str, Any]]:
+        """Every process with batches on disk, and whether it is alive."""
+        return self._spool.owners()
+
+    def purge(self, *, include_live: bool = False) -> int:
+        """Delete what processes that are gone left (everything with `include_live`); how
+        many batches."""
+        return self._spool.purge(include_live=include_live)
+
+    def release(self) -> None:
+        """Done reading (the command line): this owner's row goes if it holds nothing."""
+        self._spool.release()
+        self._spool.close()
 
     def forget_waiting(self) -> None:
         """The file cannot be read: what it holds is left there for a later process."""

@@ -5,7 +5,8 @@ server.
   flowtrace show LOG_ID|last [--db PATH]                            one trace as a tree
   flowtrace serve ...                                               the log server + viewer
   flowtrace ui [--db PATH] [--host H] [--port P]                    the viewer over a local db
-  flowtrace spool status|drain|purge [--db PATH | --base-url URL]   logs waiting on disk
+  flowtrace spool status|drain|purge [--db PATH | --base-url URL] [--otlp-endpoint URL]
+                                       logs (and OTLP spans) waiting on disk
 
 Reading commands never create a database: a missing file is an error, not an empty result.
 """
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flowtrace._terminal import render_logs_table, render_trace_tree, sanitize
 from flowtrace.models import FlowLogResponse
@@ -35,6 +37,10 @@ from flowtrace.server._command import (
     run_server,
 )
 from flowtrace.store import ListQuery, Store, StoreError
+
+if TYPE_CHECKING:
+    from flowtrace._otlp_spool import OtlpSpool
+    from flowtrace._spool import Spool
 
 __all__ = ["build_parser", "main"]
 
@@ -183,6 +189,8 @@ def _spool_destination(args: argparse.Namespace) -> None:
         overrides["api_key"] = args.api_key
     if args.spool_dir:
         overrides["spool_dir"] = args.spool_dir
+    if args.otlp_endpoint:
+        overrides["otlp_endpoint"] = args.otlp_endpoint
     flowtrace.configure(**overrides)
 
 
@@ -195,10 +203,7 @@ def _age(seconds: float) -> str:
 
 
 def _spool_status(args: argparse.Namespace) -> int:
-    import time
-
     from flowtrace import _pipeline
-    from flowtrace._spool import SpoolUnavailable
 
     _spool_destination(args)
     spool = _pipeline.current().spool()
@@ -207,34 +212,91 @@ def _spool_status(args: argparse.Namespace) -> int:
         return 0
     if not spool.path.exists():
         print(f"Nothing spooled for {spool.destination} (no file at {spool.path}).")
-        return 0
+    else:
+        try:
+            counts, owners = _read_spool(spool)
+        finally:
+            spool.release()
+            spool.close()
+        print(f"spool {spool.path}")
+        print(f"destination: {spool.destination}")
+        print(
+            f"{counts['logs']} log(s) in {counts['entries']} operation(s), {counts['bytes']} bytes"
+        )
+        _print_owners(owners, "log(s)", "logs")
+    _otlp_spool_status()
+    return 0
+
+
+def _read_spool(spool: Spool | OtlpSpool) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    from flowtrace._spool import SpoolUnavailable
+
     try:
-        counts = spool.counts()
-        owners = spool.owners()
+        return spool.counts(), spool.owners()
     except SpoolUnavailable as error:
         raise CliError(str(error)) from error
-    finally:
-        spool.release()
-        spool.close()
-    print(f"spool {spool.path}")
-    print(f"destination: {spool.destination}")
-    print(f"{counts['logs']} log(s) in {counts['entries']} operation(s), {counts['bytes']} bytes")
+
+
+def _print_owners(owners: list[dict[str, Any]], unit: str, field: str) -> None:
+    import time
+
     now_s = time.time()
     for owner in owners:
         state = "running" if owner["alive"] else "gone: its backlog is drained by the next process"
         age = _age(now_s - owner["oldest_us"] / 1e6)
-        print(f"  {sanitize(owner['owner'])}: {owner['logs']} log(s), oldest {age} ago, {state}")
-    return 0
+        print(f"  {sanitize(owner['owner'])}: {owner[field]} {unit}, oldest {age} ago, {state}")
+
+
+def _otlp_spool() -> OtlpSpool | None:
+    """The spool of the OTLP endpoint the settings name (`--otlp-endpoint`), if spooling is on
+    and its file exists; else None."""
+    from flowtrace import _config, _otlp_export
+    from flowtrace._otlp_spool import OtlpSpool
+
+    export = _otlp_export.current()
+    settings = _config.get_settings()
+    if export is None or settings.spool == "off":
+        return None
+    spool = OtlpSpool(export.spool_key, settings)
+    return spool if spool.path.exists() else None
+
+
+def _otlp_spool_status() -> None:
+    from flowtrace import _otlp_export
+
+    export = _otlp_export.current()
+    if export is None:
+        return
+    spool = _otlp_spool()
+    if spool is None:
+        print(f"Nothing spooled for the OTLP endpoint {sanitize(export.endpoint)}.")
+        return
+    try:
+        counts, owners = _read_spool(spool)
+    finally:
+        spool.release()
+    print(f"OTLP spool {spool.path}")
+    print(f"endpoint: {sanitize(export.endpoint)}")
+    print(f"{counts['entries']} batch(es) of spans, {counts['bytes']} bytes")
+    _print_owners(owners, "batch(es)", "entries")
 
 
 def _spool_drain(args: argparse.Namespace) -> int:
+    import time
+
     import flowtrace
-    from flowtrace import _pipeline
+    from flowtrace import _otlp_export, _pipeline
 
     _spool_destination(args)
+    started = time.monotonic()
     pipeline = _pipeline.current()
     done = pipeline.drain(args.timeout)
     stats = flowtrace.stats()
+    export = _otlp_export.current()
+    otlp_done = True
+    if export is not None and _otlp_spool() is not None:
+        otlp_done = export.drain_backlog(max(0.0, args.timeout - (time.monotonic() - started)))
+    otlp = export.stats() if export is not None else None
     flowtrace.shutdown(1.0)
     dropped = sum(stats["dropped"].values())
     print(
@@ -243,6 +305,16 @@ def _spool_drain(args: argparse.Namespace) -> int:
     )
     if stats["last_error"] and not done:
         print(f"last error: {sanitize(str(stats['last_error']))}", file=sys.stderr)
+    if otlp is not None:
+        otlp_dropped = sum(otlp["dropped"].values())
+        print(
+            f"OTLP endpoint {sanitize(otlp['endpoint'])}: sent {otlp['backlog_exported']} "
+            f"spooled span(s); {otlp_dropped} dropped; {otlp['backlog']} batch(es) still "
+            f"spooled{'' if otlp_done else ' (the endpoint did not take them)'}"
+        )
+        if otlp["last_error"] and not otlp_done:
+            print(f"last OTLP error: {sanitize(str(otlp['last_error']))}", file=sys.stderr)
+        done = done and otlp_done and not otlp_dropped
     return 0 if done and not dropped else 1
 
 
@@ -251,19 +323,28 @@ def _spool_purge(args: argparse.Namespace) -> int:
     from flowtrace._spool import SpoolUnavailable
 
     _spool_destination(args)
+    whose = "every process's" if args.all else "processes that are gone"
     spool = _pipeline.current().spool()
     if spool is None or not spool.path.exists():
         print("Nothing spooled.")
-        return 0
-    try:
-        purged = spool.purge(include_live=args.all)
-    except SpoolUnavailable as error:
-        raise CliError(str(error)) from error
-    finally:
-        spool.release()
-        spool.close()
-    whose = "every process's" if args.all else "processes that are gone"
-    print(f"purged {purged} log(s) ({whose}) from {spool.path}")
+    else:
+        try:
+            purged = spool.purge(include_live=args.all)
+        except SpoolUnavailable as error:
+            raise CliError(str(error)) from error
+        finally:
+            spool.release()
+            spool.close()
+        print(f"purged {purged} log(s) ({whose}) from {spool.path}")
+    otlp = _otlp_spool()
+    if otlp is not None:
+        try:
+            batches = otlp.purge(include_live=args.all)
+        except SpoolUnavailable as error:
+            raise CliError(str(error)) from error
+        finally:
+            otlp.release()
+        print(f"purged {batches} batch(es) of spans ({whose}) from {otlp.path}")
     return 0
 
 
@@ -283,6 +364,9 @@ def _add_spool_command(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         target.add_argument("--base-url", metavar="URL", help="a server of the contract")
         action.add_argument("--api-key", metavar="KEY", help="the server's key")
         action.add_argument("--spool-dir", metavar="DIR", help="where spools live (settings)")
+        action.add_argument(
+            "--otlp-endpoint", metavar="URL", help="also the spool of this OTLP endpoint (settings)"
+        )
         if name == "drain":
             action.add_argument(
                 "--timeout", type=float, default=60.0, metavar="S", help="give up after S s"
