@@ -490,6 +490,10 @@ def bench_exit(repeats: int) -> None:
     print("last message of the first run:", messages[0])
     over = [round(took, 2) for took in exits if took > bound + 1]
     print(f"exits over the bound + 1 s: {len(over)} of {len(exits)} {over}")
+    print("each run: time to exit, and what its exit message said was left (spooled at exit)")
+    for run_number, (took, message) in enumerate(zip(exits, messages, strict=False), 1):
+        left = message.split(" log(s) not delivered")[0] if "not delivered" in message else "0"
+        print(f"  run {run_number}: {took:.2f} s, {left} left")
     dropping = [message for message in messages if "dropped" in message]
     print(f"runs whose exit message reports drops: {len(dropping)}")
     for message in dropping:
