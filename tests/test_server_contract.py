@@ -817,6 +817,43 @@ def test_openapi_document_describes_every_route(app_server: SharedServer) -> Non
     assert {"400", "401", "404", "409", "413", "422"} <= set(log_op["responses"])
 
 
+def test_the_middleware_s_refusals_are_documented_where_they_can_happen(
+    app_server: SharedServer, tmp_path: Path
+) -> None:
+    """415 on every write with a body under /v5 (the OTLP receiver's encodings aside), 403
+    on every operation of a server without keys (its Host and Origin rules), as answered."""
+    document = httpx.get(app_server.root_url + "/openapi.json", timeout=30).json()
+    paths = document["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "403" not in responses, (path, method)  # keys: no Host or Origin rule
+            checked = path.startswith("/v5/") and "requestBody" in operation
+            assert ("415" in responses) == (checked and method in ("post", "patch")), path
+    refusal = paths["/v5/flows/log"]["post"]["responses"]["415"]
+    assert refusal["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+    answer = httpx.post(
+        app_server.base_url + "/flows/log",
+        content=b"{}",
+        headers={**app_server.headers, "Content-Type": "text/plain"},
+        timeout=30,
+    )
+    assert answer.status_code == 415 and isinstance(answer.json()["detail"], str)
+    with serve_in_thread(tmp_path / "keyless.db", api_keys=()) as keyless:
+        keyless_paths = httpx.get(keyless.root_url + "/openapi.json", timeout=30).json()["paths"]
+        assert all(
+            "403" in operation["responses"]
+            for operations in keyless_paths.values()
+            for operation in operations.values()
+        )
+        foreign = httpx.get(
+            keyless.base_url + "/flows", headers={"Origin": "https://evil.example"}, timeout=30
+        )
+        assert foreign.status_code == 403 and isinstance(foreign.json()["detail"], str)
+
+
 def test_api_key_is_documented(app_server: SharedServer) -> None:
     document = httpx.get(app_server.root_url + "/openapi.json", timeout=30).json()
     schemes = document["components"]["securitySchemes"].values()

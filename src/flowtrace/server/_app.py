@@ -15,7 +15,7 @@ from flowtrace.store import Store
 from ._auth import ApiKeyMiddleware, ApiKeys
 from ._body_limit import BodyLimitMiddleware
 from ._content_type import JsonContentTypeMiddleware
-from ._errors import install_error_handlers
+from ._errors import document_refusals, install_error_handlers
 from ._fast_log import FastLogFront
 from ._file_log_routes import file_log_router
 from ._flow_routes import flow_router
@@ -42,6 +42,19 @@ class _App(FastAPI):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.front: Callable[[ASGIApp], ASGIApp] | None = None
+        self.keyless = False  # the Host and Origin rules apply (`_keyless_guard`)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, with what the middleware refuses before any route runs."""
+        if self.openapi_schema is None:
+            document_refusals(
+                super().openapi(),
+                keyless=self.keyless,
+                prefix=API_PREFIX,
+                exempt=frozenset(OTLP_PATHS),
+            )
+        assert self.openapi_schema is not None
+        return self.openapi_schema
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
@@ -104,6 +117,7 @@ def create_app(
     )
     if not api_keys:
         app.add_middleware(KeylessGuardMiddleware, listen_hosts=listen_hosts)
+        app.keyless = True
     if fast_log:
 
         def front(stack: ASGIApp) -> ASGIApp:

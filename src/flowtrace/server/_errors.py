@@ -26,10 +26,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flowtrace import _guard
 from flowtrace.store import StoreBusy, StoreError
 
+from ._content_type import WRITE_METHODS
+
 __all__ = [
     "ErrorResponse",
     "UnexpectedErrorMiddleware",
     "ValidationErrorResponse",
+    "document_refusals",
     "error_responses",
     "install_error_handlers",
     "store_error_response",
@@ -72,6 +75,40 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     documented[422] = {"model": ValidationErrorResponse, "description": "Invalid field"}
     return documented
+
+
+#: What the middleware refuses before any route runs, as OpenAPI responses of `ErrorResponse`.
+_REFUSALS = {
+    "403": "Refused without API keys: a Host that is not this machine, or a foreign Origin",
+    "415": "A write whose body is not declared JSON",
+}
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def document_refusals(
+    schema: dict[str, Any], *, keyless: bool, prefix: str, exempt: frozenset[str]
+) -> None:
+    """Add the middleware's refusals to an OpenAPI document, in place (FastAPI documents only
+    what the routes declare): 403 on every operation of a server without keys (`_keyless_guard`),
+    415 on every write with a body under `prefix`, but for the `exempt` paths
+    (`_content_type`)."""
+    for path, operations in schema.get("paths", {}).items():
+        writes_checked = (path == prefix or path.startswith(prefix + "/")) and path not in exempt
+        for method, operation in operations.items():
+            if method not in _METHODS or not isinstance(operation, dict):
+                continue
+            responses = operation.setdefault("responses", {})
+            statuses = ["403"] if keyless else []
+            if writes_checked and method.upper() in WRITE_METHODS and "requestBody" in operation:
+                statuses.append("415")
+            for status in statuses:
+                responses.setdefault(
+                    status,
+                    {
+                        "description": _REFUSALS[status],
+                        "content": {"application/json": {"schema": _ERROR_REF}},
+                    },
+                )
 
 
 def install_error_handlers(app: FastAPI) -> None:
