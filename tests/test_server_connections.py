@@ -21,6 +21,7 @@ import pytest
 from tests.serverutil import RunningServer, start_server
 
 HEADER_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 3
 # Bound on waiting for the server to answer or close, seconds: far above HEADER_TIMEOUT_S, so
 # only a server that never closes reaches it.
@@ -52,8 +53,12 @@ def serve(
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """A short header timeout and the default connection bound."""
-    yield from serve(request, tmp_path_factory, "--header-timeout", str(HEADER_TIMEOUT_S))
+    """Short header and body timeouts, and the default connection bound."""
+    yield from serve(
+        request,
+        tmp_path_factory,
+        *("--header-timeout", str(HEADER_TIMEOUT_S), "--body-timeout", str(BODY_TIMEOUT_S)),
+    )
 
 
 @pytest.fixture(scope="module", params=HTTP_IMPLEMENTATIONS)
@@ -176,6 +181,39 @@ def test_a_connection_that_sends_nothing_gets_408_after_the_timeout(server: Runn
         seconds = time.monotonic() - started
     assert status_lines(answer) == [b"HTTP/1.1 408 Request Timeout"]
     assert HEADER_TIMEOUT_S * 0.9 <= seconds < HEADER_TIMEOUT_S + 5
+
+
+def _log_post(body: bytes, declared: int) -> bytes:
+    return (
+        b"POST /v5/flows/log HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (declared, body)
+    )
+
+
+def test_a_client_trickling_its_body_gets_408_after_the_body_timeout(
+    server: RunningServer,
+) -> None:
+    body = b'{"path": "slow/body", "log_id": "slow-body-1"}'
+    with connect(server) as sock:
+        # the head whole, then the body a byte at a time, never finished
+        answer, seconds = trickle_until_answered(sock, _log_post(body[:5], len(body) + 100))
+    assert status_lines(answer) == [b"HTTP/1.1 408 Request Timeout"], answer
+    assert b"request body not received within" in answer and b"connection: close" in answer
+    assert BODY_TIMEOUT_S * 0.9 <= seconds < BODY_TIMEOUT_S + 5
+    # nothing of it was stored, and the server goes on serving
+    with server.client() as client:
+        assert client.get("/logs/slow-body-1").status_code == 404
+        assert client.post("/flows/log", json={"path": "after/slow"}).status_code == 200
+
+
+def test_a_body_sent_in_parts_within_the_body_timeout_is_served(server: RunningServer) -> None:
+    body = b'{"path": "parts/body"}'
+    with connect(server) as sock:
+        sock.sendall(_log_post(body[:5], len(body)))
+        time.sleep(BODY_TIMEOUT_S / 4)  # a pause of the client, well within the deadline
+        sock.sendall(body[5:])
+        answer = sock.recv(65536)
+    assert status_lines(answer) == [b"HTTP/1.1 200 OK"], answer
 
 
 def test_a_slowloris_flood_is_closed_while_normal_clients_are_served(

@@ -43,6 +43,7 @@ DEFAULT_MAX_BODY_BYTES = 5 * 2**20
 # A request's head (request line and headers) must arrive within this many seconds of its
 # first byte, or of the connection opening: slow clients are closed, not waited for (slowloris).
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 60.0
 # Connections served at once; a request on one more is answered 503 (`_http_protocols`). Each
 # takes a file descriptor: the process's limit (`ulimit -n`) must be higher.
 DEFAULT_MAX_CONNECTIONS = 1000
@@ -103,6 +104,14 @@ def add_serve_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         f"(default: {DEFAULT_HEADER_TIMEOUT:g})",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose request body takes longer than this after its "
+        f"headers, with 408 (default: {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--max-connections",
         type=_positive_int,
         default=DEFAULT_MAX_CONNECTIONS,
@@ -145,6 +154,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             batch=not args.no_batch,
             status_field=args.status_field,
             header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
             max_connections=args.max_connections,
             http=args.http,
         )
@@ -209,6 +219,7 @@ def run_server(
     batch: bool = True,
     status_field: StatusField = DEFAULT_STATUS_FIELD,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     http: str = "auto",
     ready: Callable[[str], None] | None = None,
@@ -219,10 +230,10 @@ def run_server(
     server processes sharing the port (see `_workers`); each opens the store for itself.
     Without `api_keys` only a loopback `host` is allowed (ValueError otherwise, as for a blank
     key), and only loopback Host names and `host` are served (`_keyless_guard`).
-    `header_timeout`, `max_connections`: see `_http_protocols`; `http`: "auto" (httptools when
-    installed), "h11" or "httptools". `ready(url)` is called once listening (default: print
-    the "serving on" line); with port 0 the url carries the port actually bound. Returns the
-    process exit code.
+    `header_timeout`, `body_timeout`, `max_connections`: see `_http_protocols`; `http`: "auto"
+    (httptools when installed), "h11" or "httptools". `ready(url)` is called once listening
+    (default: print the "serving on" line); with port 0 the url carries the port actually
+    bound. Returns the process exit code.
     """
     refusal = _refusal(host, api_keys, http)
     if refusal is not None:
@@ -246,6 +257,7 @@ def run_server(
             batch=batch,
             status_field=status_field,
             header_timeout=header_timeout,
+            body_timeout=body_timeout,
             max_connections=max_connections,
             http=http,
         )
@@ -287,6 +299,7 @@ def _serve(
     batch: bool,
     status_field: StatusField,
     header_timeout: float,
+    body_timeout: float,
     max_connections: int,
     http: str,
 ) -> int:
@@ -313,6 +326,7 @@ def _serve(
             httptools=http == "httptools" or (http == "auto" and _httptools_installed()),
             header_timeout=header_timeout,
             max_connections=max_connections,
+            body_timeout=body_timeout,
         )
         config = uvicorn.Config(
             app,

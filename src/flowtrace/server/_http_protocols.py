@@ -9,8 +9,10 @@ transport or the event loop) sees bytes but not where a request's head ends. The
 knows: h11's `their_state` leaves IDLE, httptools calls `on_headers_complete`. So the deadline
 lives there: started when a connection opens and when the first byte of a later request
 arrives, stopped when the head is complete, never extended by trickled bytes. When it passes
-the client gets 408 and the connection is closed. Bodies are read by the app, at its pace;
-they are bounded by the body limit, not by time.
+the client gets 408 and the connection is closed. A body has a deadline of its own
+(`body_timeout`), from the end of its head to its last byte: past it the client gets 408 (if
+nothing was answered yet) and the connection is closed, which the app's `receive()` sees as a
+disconnect.
 
 The bound. uvicorn's own `limit_concurrency` answers 503 to every request while the server
 holds that many connections, on every connection: a flood of new connections would turn away
@@ -41,30 +43,37 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-__all__ = ["ConnectionLimits", "HeadDeadline", "guarded_protocol", "open_connection", "time_out"]
+__all__ = [
+    "ConnectionLimits",
+    "Deadline",
+    "guarded_protocol",
+    "open_connection",
+    "time_out",
+    "time_out_body",
+]
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
     header_timeout: float
     max_connections: int
+    body_timeout: float = 60.0
     timeout_answer: bytes = field(init=False)
+    body_timeout_answer: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        text = f"request headers not received within {self.header_timeout:g} s\n".encode()
-        head = (
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(text)
-        )
-        object.__setattr__(self, "timeout_answer", head + text)
+        heads = f"request headers not received within {self.header_timeout:g} s"
+        body = f"request body not received within {self.body_timeout:g} s"
+        object.__setattr__(self, "timeout_answer", _timeout_answer(heads))
+        object.__setattr__(self, "body_timeout_answer", _timeout_answer(body))
 
     def admits(self, open_connections: int) -> bool:
         """Whether a connection that just opened (and is counted) is served."""
         return open_connections <= self.max_connections
 
 
-class HeadDeadline:
-    """One connection's deadline for the request head it waits for."""
+class Deadline:
+    """One connection's deadline for a request's head, or for its body."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, seconds: float, overdue: Callable[[], None]
@@ -89,6 +98,31 @@ class HeadDeadline:
         self._overdue()
 
 
+def _timeout_answer(why: str) -> bytes:
+    text = f"{why}\n".encode()
+    head = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(text)
+    )
+    return head + text
+
+
+class _Cycle(Protocol):
+    response_started: bool
+
+
+def time_out_body(
+    transport: asyncio.Transport, cycle: _Cycle | None, limits: ConnectionLimits
+) -> None:
+    """A body past its deadline: 408 unless an answer has begun, and close (the app's
+    `receive()` then says the client disconnected)."""
+    if transport.is_closing():
+        return
+    if cycle is None or not cycle.response_started:
+        transport.write(limits.body_timeout_answer)
+    transport.close()
+
+
 def time_out(transport: asyncio.Transport, limits: ConnectionLimits) -> None:
     """408 and close, on a connection that is between responses (nothing else is written)."""
     if not transport.is_closing():
@@ -104,14 +138,14 @@ class _UvicornProtocol(Protocol):
 
 def open_connection(
     protocol: _UvicornProtocol, limits: ConnectionLimits, overdue: Callable[[], None]
-) -> HeadDeadline:
+) -> Deadline:
     """At `connection_made`: admit the connection or not, and start the clock for its first
     request's head (`overdue` runs when it passes)."""
     if not limits.admits(len(protocol.connections)):
         # uvicorn answers a request 503 and closes its connection when
         # `len(connections) >= limit_concurrency`, which 0 always is.
         protocol.limit_concurrency = 0
-    deadline = HeadDeadline(protocol.loop, limits.header_timeout, overdue)
+    deadline = Deadline(protocol.loop, limits.header_timeout, overdue)
     deadline.start()
     return deadline
 
@@ -130,7 +164,7 @@ class _StrictFramingConnection(h11.Connection):
 
 class GuardedH11Protocol(H11Protocol):
     limits: ClassVar[ConnectionLimits]
-    _deadline: HeadDeadline
+    _deadline: Deadline
 
     def __init__(
         self,
@@ -140,6 +174,7 @@ class GuardedH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self._body_deadline = Deadline(self.loop, self.limits.body_timeout, self._body_overdue)
         size = config.h11_max_incomplete_event_size
         self.conn = (
             _StrictFramingConnection(h11.SERVER)
@@ -155,25 +190,35 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is h11.IDLE:  # a head has begun and is not complete
+        state = self.conn.their_state
+        if state is h11.IDLE:  # a head has begun and is not complete
             self._deadline.start()
         else:
             self._deadline.stop()
+        if state is h11.SEND_BODY:  # a head is complete, its body is not
+            self._body_deadline.start()
+        else:
+            self._body_deadline.stop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.stop()
+        self._body_deadline.stop()
         super().connection_lost(exc)
 
     def _head_overdue(self) -> None:
         if self.conn.their_state is h11.IDLE:
             time_out(self.transport, self.limits)
 
+    def _body_overdue(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY:
+            time_out_body(self.transport, self.cycle, self.limits)
+
 
 def guarded_protocol(
-    *, httptools: bool, header_timeout: float, max_connections: int
+    *, httptools: bool, header_timeout: float, max_connections: int, body_timeout: float = 60.0
 ) -> type[asyncio.Protocol]:
     """uvicorn's httptools or h11 protocol class, with these limits (for uvicorn's `http`)."""
-    limits = ConnectionLimits(header_timeout, max_connections)
+    limits = ConnectionLimits(header_timeout, max_connections, body_timeout)
     base: type[asyncio.Protocol]
     if httptools:  # imported only now: httptools is an optional dependency
         from ._httptools_protocol import GuardedHttpToolsProtocol

@@ -8,7 +8,13 @@ from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._http_protocols import ConnectionLimits, HeadDeadline, open_connection, time_out
+from ._http_protocols import (
+    ConnectionLimits,
+    Deadline,
+    open_connection,
+    time_out,
+    time_out_body,
+)
 from ._one_write import OneWriteTransport
 
 __all__ = ["GuardedHttpToolsProtocol"]
@@ -16,7 +22,7 @@ __all__ = ["GuardedHttpToolsProtocol"]
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
-    _deadline: HeadDeadline
+    _deadline: Deadline
     _head_pending = False  # a request's first byte came, its head is not complete
 
     def connection_made(  # type: ignore[override]
@@ -24,6 +30,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().connection_made(transport)
         self._deadline = open_connection(self, self.limits, self._head_overdue)
+        self._body_deadline = Deadline(self.loop, self.limits.body_timeout, self._body_overdue)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -39,6 +46,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_pending = False
         self._deadline.stop()
+        self._body_deadline.start()  # stopped by the body's end (at once, for no body)
         super().on_headers_complete()
         cycle = self.cycle
         # A new request's cycle (not one that answers HEAD: uvicorn writes no body after its
@@ -50,12 +58,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         ):
             cycle.transport = OneWriteTransport(self.transport, cycle)  # type: ignore[assignment]
 
+    def on_message_complete(self) -> None:
+        self._body_deadline.stop()
+        super().on_message_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.stop()
+        self._body_deadline.stop()
         super().connection_lost(exc)
 
     def _answering(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
+
+    def _body_overdue(self) -> None:
+        time_out_body(self.transport, self.cycle, self.limits)
 
     def _head_overdue(self) -> None:
         if not self._answering():  # never write into the middle of an answer
