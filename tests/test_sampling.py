@@ -221,6 +221,42 @@ def test_a_held_root_is_inherited_across_threads_pools_to_thread_and_tasks(
         assert exporter.logs[root_id]["inputs"] == {"fail_in": where}
 
 
+def test_generators_async_generators_and_blocks_under_a_held_root_are_in_its_trace(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="sampling/gen")
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    @flow(path="sampling/agen")
+    async def letters(text: str) -> Any:
+        for letter in text:
+            yield letter
+
+    async def collect() -> list[str]:
+        return [letter async for letter in letters("ab")]
+
+    @flow(path="sampling/held-mixed")
+    def mixed(fail: bool) -> int:
+        total = sum(numbers(3))
+        assert asyncio.run(collect()) == ["a", "b"]
+        with flow("sampling/block"):
+            if fail:
+                raise ValueError("kept")
+        return total
+
+    assert mixed(False) == 3
+    with pytest.raises(ValueError, match="kept"):
+        mixed(True)
+    assert flowtrace.flush(WAIT_S)
+    (logs,) = traces(exporter).values()  # the failed one, whole; the other dropped whole
+    paths = sorted(exporter.logs[log_id]["path"] for log_id in logs)
+    assert paths == ["sampling/agen", "sampling/block", "sampling/gen", "sampling/held-mixed"]
+    assert flowtrace.stats()["sampled_out_logs"] == 4
+
+
 def test_a_childless_held_root_is_dropped_without_a_log_and_counted(
     memory: Callable[..., MemoryExporter],
 ) -> None:
