@@ -360,3 +360,31 @@ def test_looks_like_llm_work_reads_scopes_and_attributes(provider: TracerProvide
         False,
         False,
     ]
+
+
+def test_an_llm_span_under_a_held_unsampled_root_is_kept_with_its_trace(
+    provider: TracerProvider,
+) -> None:
+    """A plain function's unsampled root is a record in the context until something needs
+    its Log (`_sampling.HeldRoot`): a span started in it is that, and goes with its trace."""
+    tracer = provider.get_tracer("t")
+
+    @flow(path="otel/held", sample_rate=0.0)
+    def agent(question: str, fail: bool) -> str:
+        with tracer.start_as_current_span("chat", attributes=LLM_ATTRIBUTES):
+            pass
+        if fail:
+            raise RuntimeError("kept by the tail rule")
+        return "answer"
+
+    exporter = MemoryExporter()
+    with fresh_pipeline(exporter):
+        assert agent("q", False) == "answer"  # dropped, with its span's log
+        with pytest.raises(RuntimeError, match="kept"):
+            agent("q", True)
+        assert flowtrace.flush(WAIT_S)
+    by_path = {body["path"]: (log_id, body) for log_id, body in exporter.logs.items()}
+    assert sorted(by_path) == ["otel/held", "prompt/chat"]
+    root_id, root = by_path["otel/held"]
+    assert root["inputs"] == {"question": "q", "fail": True}
+    assert by_path["prompt/chat"][1]["trace_parent_id"] == root_id
