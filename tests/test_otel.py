@@ -3,6 +3,7 @@ own provider (the processor), a private provider, or the global one (only when a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,29 +363,43 @@ def test_looks_like_llm_work_reads_scopes_and_attributes(provider: TracerProvide
     ]
 
 
-def test_an_llm_span_under_a_held_unsampled_root_is_kept_with_its_trace(
+def test_spans_under_an_unsampled_root_go_with_its_trace_and_a_failed_one_keeps_it(
     provider: TracerProvider,
 ) -> None:
-    """A plain function's unsampled root is a record in the context until something needs
-    its Log (`_sampling.HeldRoot`): a span started in it is that, and goes with its trace."""
+    """A span's log inherits its trace's sampling decision: dropped with a dropped trace, kept
+    (under its parent) with a kept one; a span that failed keeps the trace, as a failed flow
+    does. For a plain function's root held as a record (`_sampling.HeldRoot`), and a block's."""
     tracer = provider.get_tracer("t")
 
     @flow(path="otel/held", sample_rate=0.0)
-    def agent(question: str, fail: bool) -> str:
-        with tracer.start_as_current_span("chat", attributes=LLM_ATTRIBUTES):
-            pass
-        if fail:
+    def agent(question: str, how: str) -> str:
+        with (
+            contextlib.suppress(ValueError),
+            tracer.start_as_current_span("chat", attributes=LLM_ATTRIBUTES),
+        ):
+            if how == "span fails":
+                raise ValueError("the model call failed")  # recorded on the span
+        if how == "root fails":
             raise RuntimeError("kept by the tail rule")
         return "answer"
 
     exporter = MemoryExporter()
     with fresh_pipeline(exporter):
-        assert agent("q", False) == "answer"  # dropped, with its span's log
+        assert agent("q", "fine") == "answer"  # dropped, with its span's log
         with pytest.raises(RuntimeError, match="kept"):
-            agent("q", True)
+            agent("q", "root fails")
+        assert agent("q", "span fails") == "answer"  # kept: its span failed
+        # a block's unsampled root, and its span: dropped whole
+        with (
+            flow("otel/block", sample_rate=0.0),
+            tracer.start_as_current_span("chat", attributes=LLM_ATTRIBUTES),
+        ):
+            pass
         assert flowtrace.flush(WAIT_S)
-    by_path = {body["path"]: (log_id, body) for log_id, body in exporter.logs.items()}
-    assert sorted(by_path) == ["otel/held", "prompt/chat"]
-    root_id, root = by_path["otel/held"]
-    assert root["inputs"] == {"question": "q", "fail": True}
-    assert by_path["prompt/chat"][1]["trace_parent_id"] == root_id
+        stats = flowtrace.stats()
+    roots = {log_id: body for log_id, body in exporter.logs.items() if body["path"] == "otel/held"}
+    assert sorted(body["inputs"]["how"] for body in roots.values()) == ["root fails", "span fails"]
+    spans = [body for body in exporter.logs.values() if body["path"] == "prompt/chat"]
+    assert len(spans) == 2 and {body["trace_parent_id"] for body in spans} == set(roots)
+    assert len(exporter.logs) == 4
+    assert stats["kept_by_tail_error"] == 2 and stats["sampled_out_logs"] == 4

@@ -87,6 +87,9 @@ class SpanLog(Log):
     def __init__(self, log_id: str, parent: Log | None) -> None:
         self._log_id = log_id
         self.options = _SPAN_OPTIONS
+        # A span's log goes with its trace's sampling decision, as a flow's does: held (and
+        # dropped or kept whole) with an unsampled trace.
+        self.trace_hold = None if parent is None else parent.trace_hold
         if parent is not None and parent.duration_ns is not None:
             if not parent.is_span:  # the context held a flow that had ended: noted, as the
                 self.late_child_of = parent.log_id  # recorder notes it (metadata["flowtrace"])
@@ -117,8 +120,14 @@ class SpanLog(Log):
         self._leave_context()
         self.duration_ns = max(0, log_clock._mono_ns() - self._start_mono_ns)
         try:
-            for ended in _sinks.on_end:
-                ended(self)
+            hold = self.trace_hold
+            if hold is None:
+                for ended in _sinks.on_end:
+                    ended(self)
+                return
+            if _failed(span):  # what the tail rule keeps an unsampled trace for
+                self.error = f"span {self.name!r} failed"
+            hold.ended(self)
         except Exception as exc:
             _guard.internal_error("span-log", exc)
 
@@ -162,8 +171,21 @@ def span_parent(trace_id: str, parent_span_id: str | None) -> SpanLog | None:
 
 
 def _announce(log: Log) -> None:
-    for started in _sinks.on_start:
-        started(log)
+    hold = log.trace_hold
+    if hold is None:
+        for started in _sinks.on_start:
+            started(log)
+    else:  # an unsampled trace's: held until its root ends
+        hold.started(log)
+
+
+def _failed(span: Any) -> bool:
+    """Whether the ended span (a neutral `Span`, or an SDK span) says it failed."""
+    code = getattr(span, "status_code", None)
+    if code is not None:
+        return bool(code == "error")
+    status_code = getattr(getattr(span, "status", None), "status_code", None)
+    return int(getattr(status_code, "value", 0)) == 2  # StatusCode.ERROR
 
 
 def open_span_log(
