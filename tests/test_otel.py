@@ -403,3 +403,34 @@ def test_spans_under_an_unsampled_root_go_with_its_trace_and_a_failed_one_keeps_
     assert len(spans) == 2 and {body["trace_parent_id"] for body in spans} == set(roots)
     assert len(exporter.logs) == 4
     assert stats["kept_by_tail_error"] == 2 and stats["sampled_out_logs"] == 4
+
+
+def test_a_span_directly_under_a_continued_trace_is_decided_as_a_local_root(
+    provider: TracerProvider, tmp_path: Path
+) -> None:
+    """No flow between the caller's headers and the span: its log is the local root, decided
+    as one (the caller's trusted decision, else this process's rate, from its span id)."""
+    from tests.test_sampling import _caller_headers
+
+    tracer = provider.get_tracer("t")
+
+    def call_model(fail: bool) -> None:
+        with (
+            contextlib.suppress(ValueError),
+            tracer.start_as_current_span("chat", attributes=LLM_ATTRIBUTES),
+        ):
+            if fail:
+                raise ValueError("the model call failed")
+
+    with fresh_pipeline(db_path=str(tmp_path / "s.db"), sample_rate=0.0), capture_logs() as got:
+        for trusted in (True, False):
+            for fail in (False, True):
+                headers = _caller_headers(f"log_caller_{trusted}_{fail}", sampled=False)
+                with flowtrace.continue_trace(headers, trusted=trusted):
+                    call_model(fail)
+        assert flowtrace.flush(WAIT_S)
+        stats = flowtrace.stats()
+    # the two that failed, kept by the tail rule; the trusted one under its caller
+    assert len(got.records) == 2
+    assert "log_caller_True_True" in {record.get("trace_parent_id") for record in got.records}
+    assert stats["kept_by_tail_error"] == 2 and stats["sampled_out"] == 2

@@ -431,7 +431,14 @@ class RemoteDecision:
         below = log.options.sample_threshold
         if below is None:
             below = rate_threshold
-        return below_threshold(log._number, _log.seed, below)
+        return below_threshold(_number_of(log), _log.seed, below)
+
+
+def _number_of(log: Log) -> int:
+    """What a local root's decision is made on: its number, or for a span's log (which has
+    none: its id is `span_<trace>_<span>`, hexadecimal) its span id's last 32 bits."""
+    number: int | None = getattr(log, "_number", None)
+    return number if number is not None else int(log.log_id[-8:], 16)
 
 
 def _announce(log: Log, opening: bool) -> None:
