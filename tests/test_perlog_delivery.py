@@ -224,7 +224,9 @@ def test_an_answer_leaves_the_server_in_one_write(
     alone, then waits and is woken for the body); the server's protocol sends them as one. A
     HEAD answer (a head with no body) is not held back."""
     writes = _AnswerWrites(monkeypatch)
-    protocol = guarded_protocol(httptools=True, header_timeout=10.0, max_connections=100)
+    protocol = guarded_protocol(
+        httptools=True, header_timeout=10.0, body_timeout=60.0, max_connections=100
+    )
     with (
         serve_in_thread(tmp_path / "w.db", batch=False, http=protocol) as server,
         httpx.Client(base_url=server.base_url, headers=server.headers) as client,

@@ -168,11 +168,10 @@ def _held_dropped() -> int:
     return _sampling._count(_sampling.held_dropped)
 
 
-@flow(path="sampling/held", sample_rate=0.0)
-def held_everywhere(fail_in: str | None) -> str:
-    """`run_everywhere`'s children, under a root that is a plain function with scalar
-    arguments (the recorder's cheapest unsampled root); `asyncio.to_thread` is called from an
-    undecorated coroutine, so only the context it copies can carry the root there."""
+def children_everywhere(fail_in: str | None) -> None:
+    """Children of the current flow in a thread (propagate), a traced pool, `asyncio.to_thread`
+    (from an undecorated coroutine: only the context it copies can carry the flow there) and
+    an asyncio task; `fail_in` names the one that raises (and is handled)."""
 
     @flow(path="sampling/worker")
     def worker(where: str) -> str:
@@ -185,7 +184,7 @@ def held_everywhere(fail_in: str | None) -> str:
             worker(where)
 
     async def in_task() -> None:
-        await asyncio.to_thread(quietly, "to_thread")
+        await asyncio.create_task(asyncio.to_thread(quietly, "to_thread"))
         await asyncio.create_task(async_worker("task"))
 
     @flow(path="sampling/async_worker")
@@ -198,6 +197,13 @@ def held_everywhere(fail_in: str | None) -> str:
     with flowtrace.TracedThreadPoolExecutor(1) as pool:
         pool.submit(quietly, "pool").result()
     asyncio.run(in_task())
+
+
+@flow(path="sampling/held", sample_rate=0.0)
+def held_everywhere(fail_in: str | None) -> str:
+    """`children_everywhere` under a root that is a plain function with scalar arguments (the
+    recorder's cheapest unsampled root, `_sampling.HeldRoot`)."""
+    children_everywhere(fail_in)
     return "done"
 
 
@@ -448,34 +454,9 @@ def test_the_rate_from_the_environment_and_wrong_rates(
 
 
 def run_everywhere(fail_in: str | None) -> str:
-    """A root whose children run in a thread (propagate), a traced pool and an asyncio task;
-    `fail_in` names the one that raises (and is handled). Returns the root's id."""
-
-    @flow(path="sampling/worker")
-    def worker(where: str) -> str:
-        if where == fail_in:
-            raise RuntimeError(where)
-        return where
-
-    def quietly(where: str) -> None:
-        with contextlib.suppress(RuntimeError):
-            worker(where)
-
-    async def in_task() -> None:
-        await asyncio.create_task(asyncio.to_thread(quietly, "to_thread"))
-        await asyncio.create_task(async_worker("task"))
-
-    @flow(path="sampling/async_worker")
-    async def async_worker(where: str) -> None:
-        quietly(where)
-
+    """`children_everywhere` under an unsampled block's root; returns the root's id."""
     with flow("sampling/everywhere", sample_rate=0.0) as log:
-        thread = threading.Thread(target=flowtrace.propagate(quietly), args=("thread",))
-        thread.start()
-        thread.join()
-        with flowtrace.TracedThreadPoolExecutor(1) as pool:
-            pool.submit(quietly, "pool").result()
-        asyncio.run(in_task())
+        children_everywhere(fail_in)
         assert log.sampled is False
     return log.log_id
 

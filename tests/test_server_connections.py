@@ -206,6 +206,21 @@ def test_a_client_trickling_its_body_gets_408_after_the_body_timeout(
         assert client.post("/flows/log", json={"path": "after/slow"}).status_code == 200
 
 
+def test_a_body_still_trickling_after_its_answer_is_closed_without_a_second_one(
+    server: RunningServer,
+) -> None:
+    """Refused before its body is read (a foreign Host: 403): the answer stands, and the
+    connection is closed at the body's deadline, with no 408 after it."""
+    head = _log_post(b"{", 100).replace(b"Host: 127.0.0.1", b"Host: evil.example")
+    with connect(server) as sock:
+        started = time.monotonic()
+        answer, _ = trickle_until_answered(sock, head)
+        answer += read_until_closed(sock)
+        seconds = time.monotonic() - started
+    assert status_lines(answer) == [b"HTTP/1.1 403 Forbidden"], answer
+    assert BODY_TIMEOUT_S * 0.9 <= seconds < BODY_TIMEOUT_S + 5
+
+
 def test_a_body_sent_in_parts_within_the_body_timeout_is_served(server: RunningServer) -> None:
     body = b'{"path": "parts/body"}'
     with connect(server) as sock:

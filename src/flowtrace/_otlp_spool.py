@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from flowtrace import _config
 from flowtrace._spool import (
@@ -35,7 +35,14 @@ from flowtrace._spool import (
     default_spool_dir,
 )
 
-__all__ = ["OtlpSpool", "SpoolRefused", "SpooledBatch", "spool_file", "spool_key"]
+__all__ = [
+    "OtlpSpool",
+    "SpoolRefused",
+    "SpooledBatch",
+    "endpoint_spool",
+    "spool_file",
+    "spool_key",
+]
 
 #: The kind of every entry (the main destination's entries are operations: log, update...).
 BATCH_KIND: Final = "otlp_batch"
@@ -79,6 +86,25 @@ def _wall_us() -> int:
     return time.time_ns() // 1000
 
 
+def endpoint_spool(
+    key: str,
+    settings: _config.Settings,
+    *,
+    wall_us: WallClockUs | None = None,
+    set_aside: Callable[[Path], None] = lambda path: None,
+) -> Spool:
+    """The spool file of the endpoint named `key`, as the settings bound it (what
+    `OtlpSpool` works on, and what `flowtrace spool` reads)."""
+    return Spool(
+        spool_file(key, settings.spool_dir),
+        key,
+        max_bytes=int(settings.spool_max_mib * 1024 * 1024),
+        max_age_s=settings.spool_max_age_s,
+        wall_us=wall_us or _wall_us,
+        set_aside=set_aside,
+    )
+
+
 class OtlpSpool:
     """One endpoint's spool, as the export thread uses it; counts in spans."""
 
@@ -92,15 +118,8 @@ class OtlpSpool:
         set_aside: Callable[[Path], None] = lambda path: None,
     ) -> None:
         """`set_aside(path)`: a file that was not a spool was renamed to `path`."""
-        self.path = spool_file(key, settings.spool_dir)
-        self._spool = Spool(
-            self.path,
-            key,
-            max_bytes=int(settings.spool_max_mib * 1024 * 1024),
-            max_age_s=settings.spool_max_age_s,
-            wall_us=wall_us or _wall_us,
-            set_aside=set_aside,
-        )
+        self._spool = endpoint_spool(key, settings, wall_us=wall_us, set_aside=set_aside)
+        self.path = self._spool.path
         self._clock = clock
         self.own = 0  # this owner's batches on disk
         self.own_spans = 0  # ... and their spans
@@ -202,25 +221,6 @@ class OtlpSpool:
             spans += count
             self._forget(entry.origin != self._spool.owner, spans=count, count=1)
         return spans
-
-    # --- for `flowtrace spool` (its counts are the generic spool's: a batch is a "log") -------
-    def counts(self) -> dict[str, int]:
-        """Batches (`entries`) and bytes on disk. Raises SpoolUnavailable."""
-        return self._spool.counts()
-
-    def owners(self) -> list[dict[str, Any]]:
-        """Every process with batches on disk, and whether it is alive."""
-        return self._spool.owners()
-
-    def purge(self, *, include_live: bool = False) -> int:
-        """Delete what processes that are gone left (everything with `include_live`); how
-        many batches."""
-        return self._spool.purge(include_live=include_live)
-
-    def release(self) -> None:
-        """Done reading (the command line): this owner's row goes if it holds nothing."""
-        self._spool.release()
-        self._spool.close()
 
     def forget_waiting(self) -> None:
         """The file cannot be read: what it holds is left there for a later process."""

@@ -51,7 +51,6 @@ __all__ = [
     "HeldRoot",
     "LocalRootHold",
     "RemoteDecision",
-    "all_scalars",
     "below_threshold",
     "held_dropped",
     "held_log",
@@ -93,8 +92,9 @@ def threshold(sample_rate: float) -> int:
 
 def below_threshold(number: int, seed: int, below: int) -> bool:
     """The decision for the root numbered `number` of the id prefix `seed`: sampled when its
-    hash is below `below` (`threshold(rate)`). `open_root` inlines this expression, on the
-    call path; keep the two the same."""
+    hash is below `below` (`threshold(rate)`). `open_root` and the plain-function wrapper
+    (`_decorator._wrap_function`) inline this expression, on the call path; keep the three the
+    same (`is_sampled` is tested against both)."""
     return ((number ^ seed) * MULTIPLIER) & MASK < below
 
 
@@ -162,13 +162,13 @@ def open_root(
         log = Log(options, None, args, kwargs)
         log._number = number  # the id the decision was made on (the one Log drew is unused)
         return log
-    if args is not None and not kwargs and options.capture_all and all_scalars(map(type, args)):
+    if args is not None and not kwargs and options.capture_all and _all_scalars(map(type, args)):
         return _dormant(number, _log._mono_ns(), options, args)
     return DormantRoot(options, number, args, kwargs)
 
 
 #: Whether every type an iterable gives is a scalar's (in C: no loop of bytecodes per argument).
-all_scalars = SCALARS.issuperset
+_all_scalars = SCALARS.issuperset
 
 
 def _dormant(
@@ -215,9 +215,9 @@ def held_log(record: HeldRoot) -> DormantRoot:
         made: Any = record[4]
         if made is not HELD_ENDED:
             return cast(DormantRoot, made)
+    number, start_mono_ns, options, args = record[:4]
     with _lock:
         if len(record) == 4:
-            number, start_mono_ns, options, args = record
             dormant: DormantRoot = _dormant(number, start_mono_ns, options, args)
             record.append(dormant)
             first = record[4] is dormant  # else the root ended meanwhile (HELD_ENDED)
@@ -228,7 +228,6 @@ def held_log(record: HeldRoot) -> DormantRoot:
         return cast(DormantRoot, made)
     # The root ended, dropped, before anything needed its Log (a thread it started opens a log
     # under it now): a stand-in that ended as dropped, so what opens under it is dropped too.
-    number, start_mono_ns, options, args = record[:4]
     late = _dormant(number, start_mono_ns, options, args)
     late.decided = False
     late.trace_hold = DROPPED

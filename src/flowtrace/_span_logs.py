@@ -38,7 +38,7 @@ from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace.exporters import OperationKind
 from flowtrace.spans._mapping import MappedLog, log_kind
-from flowtrace.spans._model import Span
+from flowtrace.spans._model import Span, status_code_of
 
 __all__ = [
     "SpanLog",
@@ -125,7 +125,7 @@ class SpanLog(Log):
                 for ended in _sinks.on_end:
                     ended(self)
                 return
-            if _failed(span):  # what the tail rule keeps an unsampled trace for
+            if status_code_of(span) == "error":  # the tail rule keeps the trace for it
                 self.error = f"span {self.name!r} failed"
             hold.ended(self)
         except Exception as exc:
@@ -177,15 +177,6 @@ def _announce(log: Log) -> None:
             started(log)
     else:  # an unsampled trace's: held until its root ends
         hold.started(log)
-
-
-def _failed(span: Any) -> bool:
-    """Whether the ended span (a neutral `Span`, or an SDK span) says it failed."""
-    code = getattr(span, "status_code", None)
-    if code is not None:
-        return bool(code == "error")
-    status_code = getattr(getattr(span, "status", None), "status_code", None)
-    return int(getattr(status_code, "value", 0)) == 2  # StatusCode.ERROR
 
 
 def open_span_log(

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowtrace._terminal import render_logs_table, render_trace_tree, sanitize
 from flowtrace.models import FlowLogResponse
@@ -39,8 +39,9 @@ from flowtrace.server._command import (
 from flowtrace.store import ListQuery, Store, StoreError
 
 if TYPE_CHECKING:
-    from flowtrace._otlp_spool import OtlpSpool
     from flowtrace._spool import Spool
+
+_T = TypeVar("_T")
 
 __all__ = ["build_parser", "main"]
 
@@ -213,11 +214,7 @@ def _spool_status(args: argparse.Namespace) -> int:
     if not spool.path.exists():
         print(f"Nothing spooled for {spool.destination} (no file at {spool.path}).")
     else:
-        try:
-            counts, owners = _read_spool(spool)
-        finally:
-            spool.release()
-            spool.close()
+        counts, owners = _on_spool(spool, _counts_and_owners)
         print(f"spool {spool.path}")
         print(f"destination: {spool.destination}")
         print(
@@ -228,13 +225,22 @@ def _spool_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_spool(spool: Spool | OtlpSpool) -> tuple[dict[str, int], list[dict[str, Any]]]:
+def _on_spool(spool: Spool, action: Callable[[Spool], _T]) -> _T:
+    """`action(spool)`, then the spool let go (this process holds nothing of it); a spool that
+    cannot be used is the command's error."""
     from flowtrace._spool import SpoolUnavailable
 
     try:
-        return spool.counts(), spool.owners()
+        return action(spool)
     except SpoolUnavailable as error:
         raise CliError(str(error)) from error
+    finally:
+        spool.release()
+        spool.close()
+
+
+def _counts_and_owners(spool: Spool) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    return spool.counts(), spool.owners()
 
 
 def _print_owners(owners: list[dict[str, Any]], unit: str, field: str) -> None:
@@ -247,17 +253,17 @@ def _print_owners(owners: list[dict[str, Any]], unit: str, field: str) -> None:
         print(f"  {sanitize(owner['owner'])}: {owner[field]} {unit}, oldest {age} ago, {state}")
 
 
-def _otlp_spool() -> OtlpSpool | None:
-    """The spool of the OTLP endpoint the settings name (`--otlp-endpoint`), if spooling is on
-    and its file exists; else None."""
+def _otlp_spool() -> Spool | None:
+    """The spool file of the OTLP endpoint the settings name (`--otlp-endpoint`), if spooling
+    is on and the file exists; else None."""
     from flowtrace import _config, _otlp_export
-    from flowtrace._otlp_spool import OtlpSpool
+    from flowtrace._otlp_spool import endpoint_spool
 
     export = _otlp_export.current()
     settings = _config.get_settings()
     if export is None or settings.spool == "off":
         return None
-    spool = OtlpSpool(export.spool_key, settings)
+    spool = endpoint_spool(export.spool_key, settings)
     return spool if spool.path.exists() else None
 
 
@@ -271,10 +277,7 @@ def _otlp_spool_status() -> None:
     if spool is None:
         print(f"Nothing spooled for the OTLP endpoint {sanitize(export.endpoint)}.")
         return
-    try:
-        counts, owners = _read_spool(spool)
-    finally:
-        spool.release()
+    counts, owners = _on_spool(spool, _counts_and_owners)
     print(f"OTLP spool {spool.path}")
     print(f"endpoint: {sanitize(export.endpoint)}")
     print(f"{counts['entries']} batch(es) of spans, {counts['bytes']} bytes")
@@ -294,7 +297,7 @@ def _spool_drain(args: argparse.Namespace) -> int:
     stats = flowtrace.stats()
     export = _otlp_export.current()
     otlp_done = True
-    if export is not None and _otlp_spool() is not None:
+    if export is not None:  # (answered at once when nothing is spooled for it)
         otlp_done = export.drain_backlog(max(0.0, args.timeout - (time.monotonic() - started)))
     otlp = export.stats() if export is not None else None
     flowtrace.shutdown(1.0)
@@ -320,31 +323,21 @@ def _spool_drain(args: argparse.Namespace) -> int:
 
 def _spool_purge(args: argparse.Namespace) -> int:
     from flowtrace import _pipeline
-    from flowtrace._spool import SpoolUnavailable
 
     _spool_destination(args)
     whose = "every process's" if args.all else "processes that are gone"
+
+    def purge(spool: Spool) -> int:
+        return spool.purge(include_live=args.all)
+
     spool = _pipeline.current().spool()
     if spool is None or not spool.path.exists():
         print("Nothing spooled.")
     else:
-        try:
-            purged = spool.purge(include_live=args.all)
-        except SpoolUnavailable as error:
-            raise CliError(str(error)) from error
-        finally:
-            spool.release()
-            spool.close()
-        print(f"purged {purged} log(s) ({whose}) from {spool.path}")
+        print(f"purged {_on_spool(spool, purge)} log(s) ({whose}) from {spool.path}")
     otlp = _otlp_spool()
-    if otlp is not None:
-        try:
-            batches = otlp.purge(include_live=args.all)
-        except SpoolUnavailable as error:
-            raise CliError(str(error)) from error
-        finally:
-            otlp.release()
-        print(f"purged {batches} batch(es) of spans ({whose}) from {otlp.path}")
+    if otlp is not None:  # (its entries are batches: the count is of batches)
+        print(f"purged {_on_spool(otlp, purge)} batch(es) of spans ({whose}) from {otlp.path}")
     return 0
 
 

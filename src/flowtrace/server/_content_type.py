@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._headers import first_header
 from ._json import is_json_media_type
 
-__all__ = ["JsonContentTypeMiddleware", "content_type_refusal"]
+__all__ = ["JsonContentTypeMiddleware", "checks_content_type", "content_type_refusal"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -46,12 +46,17 @@ class JsonContentTypeMiddleware:
         await JSONResponse({"detail": refusal}, status_code=415)(scope, receive, send)
 
     def _is_checked_write(self, scope: Scope) -> bool:
-        path: str = scope["path"]
-        return (
-            scope["method"] in WRITE_METHODS
-            and (path == self._prefix or path.startswith(self._prefix + "/"))
-            and path not in self._exempt
-        )
+        return checks_content_type(scope["method"], scope["path"], self._prefix, self._exempt)
+
+
+def checks_content_type(method: str, path: str, prefix: str, exempt: frozenset[str]) -> bool:
+    """Whether a request's body must be declared JSON: a write under `prefix`, but to the
+    `exempt` paths (which read bodies of their own kinds)."""
+    return (
+        method in WRITE_METHODS
+        and (path == prefix or path.startswith(prefix + "/"))
+        and path not in exempt
+    )
 
 
 def content_type_refusal(scope: Scope) -> str | None:

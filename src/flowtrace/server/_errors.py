@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flowtrace import _guard
 from flowtrace.store import StoreBusy, StoreError
 
-from ._content_type import WRITE_METHODS
+from ._content_type import checks_content_type
 
 __all__ = [
     "ErrorResponse",
@@ -93,13 +93,13 @@ def document_refusals(
     415 on every write with a body under `prefix`, but for the `exempt` paths
     (`_content_type`)."""
     for path, operations in schema.get("paths", {}).items():
-        writes_checked = (path == prefix or path.startswith(prefix + "/")) and path not in exempt
         for method, operation in operations.items():
             if method not in _METHODS or not isinstance(operation, dict):
                 continue
             responses = operation.setdefault("responses", {})
             statuses = ["403"] if keyless else []
-            if writes_checked and method.upper() in WRITE_METHODS and "requestBody" in operation:
+            checked = checks_content_type(method.upper(), path, prefix, exempt)
+            if checked and "requestBody" in operation:
                 statuses.append("415")
             for status in statuses:
                 responses.setdefault(

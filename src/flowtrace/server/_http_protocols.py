@@ -57,7 +57,7 @@ __all__ = [
 class ConnectionLimits:
     header_timeout: float
     max_connections: int
-    body_timeout: float = 60.0
+    body_timeout: float
     timeout_answer: bytes = field(init=False)
     body_timeout_answer: bytes = field(init=False)
 
@@ -215,7 +215,7 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def guarded_protocol(
-    *, httptools: bool, header_timeout: float, max_connections: int, body_timeout: float = 60.0
+    *, httptools: bool, header_timeout: float, body_timeout: float, max_connections: int
 ) -> type[asyncio.Protocol]:
     """uvicorn's httptools or h11 protocol class, with these limits (for uvicorn's `http`)."""
     limits = ConnectionLimits(header_timeout, max_connections, body_timeout)

@@ -19,6 +19,7 @@ __all__ = [
     "SpanKind",
     "StatusCode",
     "span_from_sdk",
+    "status_code_of",
 ]
 
 #: OTLP's span kinds, by their enum number (0 is unspecified).
@@ -71,6 +72,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def status_code_of(span: Any) -> StatusCode:
+    """An ended span's status: a neutral `Span`'s, or an OpenTelemetry SDK span's."""
+    if isinstance(span, Span):
+        return span.status_code
+    return _sdk_status_code(getattr(span, "status", None))
+
+
+def _sdk_status_code(status: Any) -> StatusCode:
+    number = int(getattr(getattr(status, "status_code", None), "value", 0))
+    return STATUS_CODES[number] if 0 <= number < 3 else "unset"
+
+
 def span_from_sdk(span: Any) -> Span:
     """An OpenTelemetry SDK `ReadableSpan` as a neutral span (read by duck typing, so this
     module needs no OpenTelemetry import)."""
@@ -80,7 +93,6 @@ def span_from_sdk(span: Any) -> Span:
     scope = getattr(span, "instrumentation_scope", None)
     resource = getattr(span, "resource", None)
     kind_number = int(getattr(span.kind, "value", 0))
-    status_number = int(getattr(getattr(status, "status_code", None), "value", 0))
     return Span(
         trace_id=f"{context.trace_id:032x}",
         span_id=f"{context.span_id:016x}",
@@ -99,7 +111,7 @@ def span_from_sdk(span: Any) -> Span:
             )
             for event in span.events
         ),
-        status_code=STATUS_CODES[status_number] if 0 <= status_number < 3 else "unset",
+        status_code=_sdk_status_code(status),
         status_message=str(getattr(status, "description", None) or ""),
         resource={k: _plain(v) for k, v in (getattr(resource, "attributes", None) or {}).items()},
         scope_name=str(getattr(scope, "name", "") or ""),
