@@ -119,14 +119,25 @@ class S:
     log_ended = collections.deque(maxlen=5000).append
 add_sink(S())
 case, n = sys.argv[1], int(sys.argv[2])
+trace = case.startswith("trace: ")
+case = case.removeprefix("trace: ")
+decorate = (lambda fn: fn) if case == "bare" else flow
+@decorate
 def f(a, b):
     return a + b
-g = f if case == "bare" else flow(f)
+@decorate
+def root():
+    for i in range(10):
+        f(i, 0)
 settings = {"disabled": {"enabled": False}, "sampled": {"sample_rate": 1.0},
             "sampled out": {"sample_rate": 0.0}}.get(case, {})
 flowtrace.configure(**settings)
-for _ in range(n):
-    g(1, 2)
+if trace:
+    for _ in range(n):
+        root()
+else:
+    for _ in range(n):
+        f(1, 2)
 """
 
 
@@ -165,6 +176,14 @@ def main() -> None:
         print("|---|---|---|")
         for case, count in counts.items():
             print(f"| {case} | {count:,.0f} | {count / counts['disabled']:.2f}x |")
+        traces = {
+            case: instructions(f"trace: {case}", max(1, args.calls // 10))
+            for case in ("disabled", "sampled", "sampled out")
+        }
+        print("| a root calling 10 children | instructions per trace | / sampled |")
+        print("|---|---|---|")
+        for case, count in traces.items():
+            print(f"| {case} | {count:,.0f} | {count / traces['sampled']:.2f}x |")
         return
     times = wall_clock(args.repeats, args.calls)
     rows = []

@@ -368,7 +368,7 @@ def test_spans_under_an_unsampled_root_go_with_its_trace_and_a_failed_one_keeps_
 ) -> None:
     """A span's log inherits its trace's sampling decision: dropped with a dropped trace, kept
     (under its parent) with a kept one; a span that failed keeps the trace, as a failed flow
-    does. For a plain function's root held as a record (`_sampling.HeldRoot`), and a block's."""
+    does. For a plain function's root held as a record (`_held.HeldRoot`), and a block's."""
     tracer = provider.get_tracer("t")
 
     @flow(path="otel/held", sample_rate=0.0)

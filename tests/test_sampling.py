@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 
 import flowtrace
-from flowtrace import _log, _sampling, _w3c, flow
+from flowtrace import _held, _log, _sampling, _w3c, flow
+from flowtrace._capture import InputBinder
+from flowtrace._held import HELD_ENDED
+from flowtrace._options import FlowOptions, LogOptions
 from flowtrace.exporters.memory import MemoryExporter
 from flowtrace.testing import capture_logs
 from tests.pipelineutil import WAIT_S, fresh_pipeline
@@ -202,7 +205,7 @@ def children_everywhere(fail_in: str | None) -> None:
 @flow(path="sampling/held", sample_rate=0.0)
 def held_everywhere(fail_in: str | None) -> str:
     """`children_everywhere` under a root that is a plain function with scalar arguments (the
-    recorder's cheapest unsampled root, `_sampling.HeldRoot`)."""
+    recorder's cheapest unsampled root, `_held.HeldRoot`)."""
     children_everywhere(fail_in)
     return "done"
 
@@ -216,7 +219,7 @@ def test_a_held_root_is_inherited_across_threads_pools_to_thread_and_tasks(
     assert flowtrace.flush(WAIT_S)
     assert exporter.logs == {}
     assert flowtrace.stats()["sampled_out_logs"] == 6  # the root, 4 workers, 1 async worker
-    assert _held_dropped() == dropped_alone  # its children made it a Log: dropped as one
+    assert _held_dropped() == dropped_alone  # the async child made it a Log: dropped as one
     for where in ("thread", "pool", "to_thread", "task"):
         before = set(traces(exporter))
         assert held_everywhere(where) == "done"
@@ -386,6 +389,267 @@ def test_a_log_opened_under_a_held_root_after_it_was_dropped_is_dropped_too(
     assert flowtrace.flush(WAIT_S)
     assert exporter.logs == {}
     assert flowtrace.stats()["sampled_out_logs"] == 2  # the root and its late child
+
+
+# --- held children: the calls under a held root, records too ---------------------------------
+
+
+def _tree(exporter: MemoryExporter, log_id: str) -> dict[str, Any]:
+    """A delivered log and everything under it, without ids: what a trace looks like."""
+    body = exporter.logs[log_id]
+    children = sorted(
+        (i for i, b in exporter.logs.items() if b.get("trace_parent_id") == log_id),
+        key=lambda i: exporter.logs[i]["start_time"],
+    )
+    kept = ("path", "inputs", "output", "error", "stdout", "start_time", "end_time")
+    shape = {key: body[key] for key in kept if key in body}
+    shape["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k != "flowtrace"}
+    shape["children"] = [_tree(exporter, child_id) for child_id in children]
+    return shape
+
+
+def _only_trace(exporter: MemoryExporter) -> dict[str, Any]:
+    (root_id,) = traces(exporter)
+    return _tree(exporter, root_id)
+
+
+@contextlib.contextmanager
+def stepping_clock() -> Iterator[list[int]]:
+    """A monotonic clock that moves only when a test moves it (so two runs have equal times)."""
+    now = [10**12]
+    _log.set_clock(mono_ns=lambda: now[0], wall_ns=lambda: 1_700_000_000 * 10**9 + now[0])
+    try:
+        yield now
+    finally:
+        _log.set_clock()
+
+
+def _three_levels(now: list[int]) -> Callable[..., int]:
+    """A root of plain functions with scalar arguments: the root, 3 children, 6 grandchildren,
+    each moving the clock a millisecond; a leaf can fail (handled); with `note`, a middle sets
+    its log's metadata and a leaf prints (both make Logs of records on the way); the root can
+    run slow or fail."""
+
+    @flow(path="held/leaf")
+    def leaf(i: int, fail: bool, speak: bool) -> int:
+        now[0] += 10**6
+        if fail:
+            raise KeyError(i)
+        if speak and i == 3:
+            print("leaf 3 speaks")
+        return i * 10
+
+    @flow(path="held/middle")
+    def middle(i: int, fail_leaf: bool, note: bool) -> int:
+        now[0] += 10**6
+        if note:
+            log = flowtrace.current_log()
+            assert log is not None
+            log.metadata = {"note": i}
+        total = leaf(2 * i, False, note)
+        with contextlib.suppress(KeyError):
+            total += leaf(2 * i + 1, fail_leaf and i == 1, note)
+        return total
+
+    @flow(path="held/top")
+    def top(slow_s: float, fail_leaf: bool, note: bool, fail: bool) -> int:
+        total = sum(middle(i, fail_leaf, note) for i in range(3))
+        now[0] += int(slow_s * 1e9)
+        if fail:
+            raise ValueError("top failed")
+        return total
+
+    return top
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs"),
+    [
+        ("slow root", {"slow_s": 2.0, "fail_leaf": False, "note": False, "fail": False}),
+        ("failed root", {"slow_s": 0.0, "fail_leaf": False, "note": False, "fail": True}),
+        ("a leaf failed", {"slow_s": 0.0, "fail_leaf": True, "note": False, "fail": False}),
+        ("logs made on the way", {"slow_s": 2.0, "fail_leaf": False, "note": True, "fail": False}),
+    ],
+)
+def test_a_kept_trace_of_held_children_is_delivered_as_the_sampled_trace_would_be(
+    memory: Callable[..., MemoryExporter], case: str, kwargs: dict[str, Any]
+) -> None:
+    """Children of a held root are records until the trace is kept; then each is the Log a
+    sampled run makes, in the same tree, with the same inputs, outputs, errors, prints,
+    metadata and times."""
+    args = tuple(kwargs.values())
+    shapes = []
+    for rate in (1.0, 0.0):
+        exporter = memory(sample_rate=rate, sample_keep_slower_than_s=1.0)
+        with stepping_clock() as now:
+            top = _three_levels(now)
+            with contextlib.suppress(ValueError):
+                top(*args)
+            assert flowtrace.flush(WAIT_S)  # (the worker reads the clock too)
+        shapes.append(_only_trace(exporter))
+    sampled, kept = shapes
+    assert kept == sampled, case
+    assert len(sampled["children"]) == 3
+    assert all(len(middle["children"]) == 2 for middle in sampled["children"])
+
+
+def test_a_dropped_trace_of_held_children_makes_no_log_and_counts_each(
+    memory: Callable[..., MemoryExporter], capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter = memory(sample_rate=0.0, sample_keep_slower_than_s=1.0)
+    with stepping_clock() as now:
+        top = _three_levels(now)
+        number = _log.next_number()
+        assert top(0.5, False, False, False) == sum(range(0, 60, 10))
+        # only the root drew a log number (its decision's): no child was made a Log
+        assert _log.next_number() == number + 2
+        top(0.0, False, True, False)  # some made Logs on the way (current_log()): dropped too
+        assert flowtrace.flush(WAIT_S)
+    assert exporter.logs == {}
+    assert capsys.readouterr().out == "leaf 3 speaks\n"
+    stats = flowtrace.stats()
+    assert stats["sampled_out"] == 2 and stats["sampled_out_logs"] == 2 * 10
+    assert stats["kept_by_tail"] == 0
+
+
+def test_a_held_childs_result_is_copied_as_it_returned(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="held/returns-a-list")
+    def listing(n: int) -> list[int]:
+        return list(range(n))
+
+    @flow(path="held/mutates")
+    def mutates(n: int) -> None:
+        numbers = listing(n)
+        numbers.append(99)  # after the call returned: not what it returned
+        raise RuntimeError("keep it")
+
+    with pytest.raises(RuntimeError):
+        mutates(3)
+    assert flowtrace.flush(WAIT_S)
+    (body,) = (b for b in exporter.logs.values() if b["path"] == "held/returns-a-list")
+    assert body["output"] == "[0,1,2]"
+
+
+@pytest.mark.parametrize("root_fails", [False, True])
+def test_a_held_child_still_running_when_its_root_ends_goes_with_its_trace(
+    memory: Callable[..., MemoryExporter], root_fails: bool
+) -> None:
+    """A thread that outlives the root (a copied context carries the record): dropped with a
+    dropped trace (counted once), delivered under its root in a kept one."""
+    exporter = memory(sample_rate=0.0)
+    started, finish = threading.Event(), threading.Event()
+    threads: list[threading.Thread] = []
+
+    @flow(path="held/outlives")
+    def outlives(i: int) -> int:
+        started.set()
+        finish.wait(WAIT_S)
+        return i
+
+    @flow(path="held/leaves-early")
+    def leaves_early(n: int) -> int:
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(outlives, n))
+        thread.start()
+        threads.append(thread)
+        started.wait(WAIT_S)
+        if root_fails:
+            raise ValueError("root failed")
+        return n
+
+    with contextlib.suppress(ValueError):
+        leaves_early(7)
+    finish.set()
+    threads[0].join()
+    assert flowtrace.flush(WAIT_S)
+    stats = flowtrace.stats()
+    if not root_fails:
+        assert exporter.logs == {}
+        assert stats["sampled_out"] == 1 and stats["sampled_out_logs"] == 2
+        return
+    tree = _only_trace(exporter)
+    assert tree["path"] == "held/leaves-early" and tree["error"] == "ValueError: root failed"
+    assert [(c["path"], c["inputs"], c["output"]) for c in tree["children"]] == [
+        ("held/outlives", {"i": 7}, "7")
+    ]
+    assert stats["kept_by_tail_error"] == 1
+
+
+def test_a_held_child_that_ends_after_its_root_was_taken_releases_itself(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    """The race of a child that starts as a record just as its root ends, listed after the
+    root's end took its records (made here in that order, with the recorder's records): its
+    own end releases it, as one more log of a dropped trace (counted), or a late log of a kept
+    one (delivered once, as any log of a kept trace that ends after its root)."""
+    exporter = memory(sample_rate=0.0)
+    options = LogOptions(FlowOptions(), "held/raced", InputBinder(child.__wrapped__))
+    for kept in (False, True):
+        root_record: list[Any] = [_log.next_number(), 0, options, (1,), []]
+        if kept:
+            root_log = _held.held_log(root_record)
+        root_record.append(HELD_ENDED)  # the root ends
+        assert _held.drop_children(root_record) == 0  # and takes its records: none yet
+        late = [root_record, 0, options, (2,), root_record, 5, 2]
+        root_record[4].append(late)  # the child, listed behind what was taken
+        if kept:
+            root_log.error = "kept"
+            root_log.close(None, 0)
+        late.append(HELD_ENDED)  # the child's end, as a record
+        _held.release_late(late)
+        _held.release_late(late)  # (once only)
+    assert flowtrace.flush(WAIT_S)
+    assert flowtrace.stats()["sampled_out_logs"] == 1  # the dropped root's late child
+    by_input = {body["inputs"]["i"]: body for body in exporter.logs.values()}
+    assert sorted(by_input) == [1, 2]
+    root_id = next(i for i, body in exporter.logs.items() if body["inputs"]["i"] == 1)
+    assert by_input[1]["error"] == "kept"
+    late_body = by_input[2]  # under its root, or, if the root's end was planned first, apart
+    assert late_body.get("trace_parent_id") == root_id or (
+        late_body["metadata"]["flowtrace"]["late_child_of"] == root_id
+    )
+    assert by_input[2]["output"] == "2"
+
+
+def test_dropped_traces_of_held_children_leave_no_cycle_for_the_collector(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    """A child record refers to its root's, which lists it until the root's end takes it: a
+    dropped trace's records are freed by reference counting alone."""
+    memory(sample_rate=0.0)
+    with stepping_clock() as now:
+        top = _three_levels(now)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(200):
+                top(0.0, False, False, False)
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+    assert flowtrace.stats()["sampled_out_logs"] == 200 * 10
+
+
+def test_a_failure_deep_in_held_children_keeps_the_whole_trace(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    exporter = memory(sample_rate=0.0)
+
+    @flow(path="held/deep")
+    def deep(level: int) -> int:
+        if level == 0:
+            raise LookupError("bottom")
+        return deep(level - 1) + 1
+
+    with pytest.raises(LookupError):
+        deep(300)  # records 300 deep, made Logs by the failure at the bottom, in a loop
+    assert flowtrace.flush(WAIT_S)
+    (logs,) = traces(exporter).values()
+    assert len(logs) == 301
+    assert all(exporter.logs[i]["error"] == "LookupError: bottom" for i in logs)
 
 
 def test_a_held_root_decides_as_is_sampled_says_and_sends_its_decision() -> None:

@@ -34,8 +34,9 @@ __all__ = [
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-#: The innermost open log; or an unsampled root's record (`_sampling.HeldRoot`, a list), which
-#: only the recorder's call path reads as it is: everything else reads `current_here()`.
+#: The innermost open log; or an unsampled call's record (`_held.HeldRoot` or `HeldChild`, a
+#: list), which only the recorder's call path reads as it is: everything else reads
+#: `current_here()`.
 Current = Union["Log", list[Any], None]
 current: ContextVar[Current] = ContextVar("flowtrace_current_log", default=None)
 # Its methods, bound once, for the call path: Python 3.11 looks a ContextVar's method up and
@@ -48,11 +49,11 @@ reset_current = current.reset
 
 def current_here() -> Log | None:
     """The current log. The context may hold an unsampled root's record instead (the
-    recorder's cheapest root, `_sampling.HeldRoot`): it is made a Log now (once: every context
+    recorder's cheapest unsampled call, `_held`): it is made a Log now (once: every context
     that holds the record gets the same Log), since something under it needs one."""
     log = get_current()
     if isinstance(log, list):
-        from flowtrace._sampling import held_log  # (it imports this module)
+        from flowtrace._held import held_log  # (it imports this module)
 
         return held_log(log)
     return log

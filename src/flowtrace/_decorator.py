@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import wrapt
 
-from flowtrace import _config, _guard, _log, _sampling, _sinks
+from flowtrace import _config, _guard, _held, _log, _sampling, _sinks
 from flowtrace._async_block import AsyncBlock
 from flowtrace._capture import (
     CapturedTraceback,
@@ -49,15 +49,10 @@ from flowtrace._contract import (
     ended_interrupted,
     truncated_items,
 )
+from flowtrace._held import HELD_ENDED, HeldChild, HeldRoot
 from flowtrace._log import UNSET, Log
 from flowtrace._options import FlowKeywords, FlowOptions, LogOptions
-from flowtrace._sampling import (
-    HELD_ENDED,
-    MASK,
-    MULTIPLIER,
-    HeldRoot,
-    held_dropped,
-)
+from flowtrace._sampling import MASK, MULTIPLIER, held_dropped
 from flowtrace._serialize import SCALARS, capture_value, limits
 
 if TYPE_CHECKING:
@@ -229,12 +224,34 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
         if not _enabled:
             return fn(*args, **kwargs)
         log = held = None
+        child: HeldChild | None = None
         try:  # _open(), inlined: the hot path
             current = get_current()
             if current is not None:
-                if type(current) is list:  # under a held root: it is made a Log now
-                    current = _sampling.held_log(current)
-                log = Log(options, current, args, kwargs)  # type: ignore[arg-type]
+                if type(current) is list:  # under a held record (`_held`)
+                    root = current if type(current[0]) is int else current[0]
+                    if (
+                        len(root) == 5  # the root runs, and has no Log
+                        and (root is current or len(current) == 7)  # nor has the parent
+                        and not kwargs
+                        and capture_all
+                    ):
+                        for value in args:
+                            if type(value) not in SCALARS:
+                                log = Log(options, _held.held_log(current), args, kwargs)
+                                break
+                        else:  # held as a record too (`_held.HeldChild`), in its root's list
+                            started = root[4]
+                            if len(started) < _sampling.HOLD_MAX_LOGS:
+                                child = [root, _log._mono_ns(), options, args, current, None, None]
+                                started.append(child)
+                            else:  # the trace is too big to hold: it is released
+                                _held.release_children(root)
+                                log = Log(options, _held.held_log(current), args, kwargs)
+                    else:  # it is made a Log now
+                        log = Log(options, _held.held_log(current), args, kwargs)
+                else:
+                    log = Log(options, current, args, kwargs)  # type: ignore[arg-type]
             elif _every_trace:
                 log = Log(options, None, args, kwargs)
             else:  # a root, and a rate to sample at
@@ -250,7 +267,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
                             log = _sampling.open_root(options, args, kwargs, number)
                             break
                     else:  # not sampled, scalar arguments: held as a record, the cheapest root
-                        held = [number, _log._mono_ns(), options, args]  # `_sampling.HeldRoot`
+                        held = [number, _log._mono_ns(), options, args, []]  # `_held.HeldRoot`
                         if type(sys.stdout) is not StdoutTee:
                             ensure_stdout_tee()
             if log is not None:
@@ -267,6 +284,29 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             if not isinstance(exc, RecursionError):  # that is the user's recursion: below
                 _guard.internal_error("log-open", exc)
         if log is None:
+            if child is not None:  # `_held.HeldChild`: its end goes in the record
+                token = set_current(child)
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    reset_current(token)
+                    _end_held_child(child, exc, UNSET)
+                    raise
+                reset_current(token)
+                if type(result) in SCALARS and capture_output is True:
+                    child[5] = _log._mono_ns() - child[1]
+                    child[6] = result
+                    child.append(HELD_ENDED)
+                    if child[7] is HELD_ENDED:  # ended as a record: nothing made its Log
+                        root = child[0]
+                        # The root's end takes it, unless the root has ended already
+                        # (`_held.HeldRoot` says how to tell).
+                        if len(root) < 7 and root[-1] is not HELD_ENDED:
+                            return result
+                        _release_late(child)
+                        return result
+                _end_held_child(child, None, result)
+                return result
             if held is None:  # flowtrace failed
                 return fn(*args, **kwargs)
             token = set_current(held)
@@ -279,7 +319,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             reset_current(token)
             if _sampling.keep_slower_than_ns is None:
                 held.append(HELD_ENDED)
-                if held[4] is HELD_ENDED:  # the commonest unsampled end: nothing needed a Log
+                if held[5] is HELD_ENDED and not held[4]:  # the commonest unsampled end
                     next(held_dropped)
                     return result
             _end_held_root(held, None, result)
@@ -312,18 +352,45 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
     return traced
 
 
+def _release_late(child: HeldChild) -> None:
+    try:
+        _held.release_late(child)
+    except Exception as internal:
+        _guard.internal_error("log-end", internal)
+
+
+def _end_held_child(record: HeldChild, exc: BaseException | None, result: Any) -> None:
+    """The end of a held child that needs its Log: it failed (`exc`), its result must be
+    copied, or something under it made its Log."""
+    try:
+        log = _held.held_log(record)
+    except Exception as internal:
+        _guard.internal_error("log-end", internal)
+        return
+    if exc is None:
+        log.close(None, result)
+    else:
+        _fail_at_any_depth(log, exc)
+
+
 def _end_held_root(record: HeldRoot, exc: BaseException | None, result: Any) -> None:
     """The end of a held root that may have to be delivered: it failed (`exc`), something
-    under it made it a Log, or the tail rule may keep it as slow."""
+    under it made it a Log, a child ended under it, or the tail rule may keep it as slow."""
     try:
-        if len(record) == 4:
+        if len(record) == 5:
             slower = _sampling.keep_slower_than_ns
             if exc is None and (slower is None or _log._mono_ns() - record[1] < slower):
                 record.append(HELD_ENDED)
-        if len(record) > 4 and record[4] is HELD_ENDED:
-            next(held_dropped)
+        if len(record) > 5 and record[5] is HELD_ENDED:  # dropped without a Log
+            if record[4]:  # with the children that started under it
+                _sampling.count_dropped(1 + _held.drop_children(record))
+            else:
+                next(held_dropped)
             return
-        log = _sampling.held_log(record)
+        log = _held.held_log(record)
+        if record[-1] is not HELD_ENDED:
+            record.append(HELD_ENDED)  # a child starting from now on is no record
+        _held.release_children(record)
     except Exception as internal:
         _guard.internal_error("log-end", internal)
         return

@@ -17,10 +17,10 @@ whole until its root ends, then delivered whole (the tail rule kept it) or dropp
   the trace is announced (starts in start order, then ends in end order, the root's last) and
   logs of the trace that are still open are announced as they end; else every log is dropped,
   also those that start or end later. So a trace is delivered whole or not at all.
-- **Held roots** (`HeldRoot`, `held_log`): the commonest unsampled root, a plain function
-  called with scalar arguments, is decided by the recorder itself and enters the context as a
-  record, not a Log; its Log is made only if something needs it (see `HeldRoot`), so a root
-  dropped with nothing under it costs a list, a context push and a count.
+- **Held records** (`_held`): the commonest unsampled calls, plain functions called with
+  scalar arguments, are decided (a root) by the recorder itself and enter the context as
+  records, not Logs; a Log is made only if something needs one, so a trace dropped with
+  nothing needing a Log costs a list, a context push and a count per call.
 - **Across services** (`RemoteDecision`, the `trace_hold` of a continued trace's stand-in,
   `_remote.RemoteParent`): a local root under a caller that sent `sampled=0` in trusted
   headers is held as above (`LocalRootHold`: the root is an ordinary Log, its hold apart); one
@@ -45,15 +45,13 @@ if TYPE_CHECKING:
     from flowtrace._options import LogOptions
 
 __all__ = [
-    "HELD_ENDED",
     "HOLD_MAX_LOGS",
     "DormantRoot",
-    "HeldRoot",
     "LocalRootHold",
     "RemoteDecision",
     "below_threshold",
+    "count_dropped",
     "held_dropped",
-    "held_log",
     "is_sampled",
     "open_root",
     "reset_counts",
@@ -163,7 +161,7 @@ def open_root(
         log._number = number  # the id the decision was made on (the one Log drew is unused)
         return log
     if args is not None and not kwargs and options.capture_all and _all_scalars(map(type, args)):
-        return _dormant(number, _log._mono_ns(), options, args)
+        return dormant_root(number, _log._mono_ns(), options, args)
     return DormantRoot(options, number, args, kwargs)
 
 
@@ -171,7 +169,7 @@ def open_root(
 _all_scalars = SCALARS.issuperset
 
 
-def _dormant(
+def dormant_root(
     number: int, start_mono_ns: int, options: LogOptions, args: tuple[Any, ...]
 ) -> DormantRoot:
     """What `Log.__init__` does for a root of scalar arguments, without its branches (the
@@ -190,13 +188,7 @@ def _dormant(
     return dormant
 
 
-# --- held roots: an unsampled root of a plain function, as a record in the context ---------
-#: A held root's record, which the context holds in its Log's place until something needs the
-#: Log (`held_log`): [number, start on the monotonic clock, its flow's LogOptions, its scalar
-#: arguments]. A fifth item is appended once, atomically (`list.append`): its Log, made by
-#: `held_log`, or `HELD_ENDED`, by the recorder at the root's end if no Log was made before.
-HeldRoot = list[Any]
-HELD_ENDED: Any = object()
+# --- held records (`_held`): traces dropped without a Log -------------------------------------
 
 #: Held roots dropped with nothing under them (counted in C: `next()` is atomic).
 held_dropped = itertools.count()
@@ -208,31 +200,12 @@ def _count(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-def held_log(record: HeldRoot) -> DormantRoot:
-    """A held root's Log, made once (a log opens under it, code in it asks for the current
-    log, or it must be delivered); the same Log in every context and thread holding it."""
-    if len(record) > 4:  # made before (each log that opens under the root asks)
-        made: Any = record[4]
-        if made is not HELD_ENDED:
-            return cast(DormantRoot, made)
-    number, start_mono_ns, options, args = record[:4]
+def count_dropped(logs: int) -> None:
+    """A trace dropped as held records, with its `logs` (its root included)."""
+    global _sampled_out, _sampled_out_logs
     with _lock:
-        if len(record) == 4:
-            dormant: DormantRoot = _dormant(number, start_mono_ns, options, args)
-            record.append(dormant)
-            first = record[4] is dormant  # else the root ended meanwhile (HELD_ENDED)
-            if first:
-                return dormant
-        made = record[4]
-    if made is not HELD_ENDED:
-        return cast(DormantRoot, made)
-    # The root ended, dropped, before anything needed its Log (a thread it started opens a log
-    # under it now): a stand-in that ended as dropped, so what opens under it is dropped too.
-    late = _dormant(number, start_mono_ns, options, args)
-    late.decided = False
-    late.trace_hold = DROPPED
-    late.duration_ns = max(0, _log._mono_ns() - start_mono_ns)  # at the latest
-    return late
+        _sampled_out += 1
+        _sampled_out_logs += logs
 
 
 class _Hold:
