@@ -463,3 +463,19 @@ def test_stats_say_what_is_spooled_and_where(tmp_path: Path) -> None:
     assert Path(stats["spool"]).parent == tmp_path
     assert json.dumps(stats)  # plain data
     assert os.path.exists(stats["spool"])
+
+
+def test_a_process_that_delivered_everything_leaves_no_spool_behind(tmp_path: Path) -> None:
+    """The spool is opened only when something goes to it: a run that delivered all its logs
+    creates no spool file (and spends no exit time opening one)."""
+    spool_dir = tmp_path / "spool"
+    code = """
+        import flowtrace
+        for i in range(10):
+            with flowtrace.flow("spool/never"):
+                pass
+    """
+    done = run_script(code, script_env(db_path=tmp_path / "t.db", spool_dir=spool_dir))
+    assert done.returncode == 0, done.stderr
+    assert Store(tmp_path / "t.db").list_logs(ListQuery()).total == 10
+    assert not spool_dir.exists() or list(spool_dir.iterdir()) == []

@@ -214,6 +214,9 @@ class Spool:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._registered = False
+        # Whether this process ever wrote its owner row: rows naming it (its entries, the
+        # owners it holds) exist only if it did.
+        self._ever_registered = False
         self._last_heartbeat_us = 0
         self._on_set_aside = set_aside
         self.set_aside: list[Path] = []  # files that were not spools, renamed
@@ -323,7 +326,7 @@ class Spool:
             " VALUES (?, ?, ?, ?, ?)",
             (self.owner, os.getpid(), self._host, _process_start(os.getpid()), now_us),
         )
-        self._registered = True
+        self._registered = self._ever_registered = True
         self._last_heartbeat_us = now_us
 
     def _dead(self, pid: int, host: str, process_start: str, seen_us: int, now_us: int) -> bool:
@@ -541,7 +544,10 @@ class Spool:
 
     def release(self) -> None:
         """This process is done with the spool: its owner row goes if it owns nothing (what it
-        still holds stays, for the next process to claim once this one is gone)."""
+        still holds stays, for the next process to claim once this one is gone). A process that
+        never used the spool leaves it as it is (not even opened: most exits)."""
+        if not self._ever_registered:
+            return
         with contextlib.suppress(SpoolUnavailable), self._using() as conn:
             conn.execute(
                 "DELETE FROM owners WHERE owner = ? AND NOT EXISTS"
@@ -554,6 +560,8 @@ class Spool:
         """This owner will send nothing more (its user stopped for good, the process goes
         on): its owner row goes, so the next `claim_dead()`, by any process, takes what it
         spooled or held at once rather than after this process ends."""
+        if not self._ever_registered:
+            return
         with contextlib.suppress(SpoolUnavailable), self._using() as conn:
             conn.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
         self._registered = False
