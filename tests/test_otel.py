@@ -432,5 +432,8 @@ def test_a_span_directly_under_a_continued_trace_is_decided_as_a_local_root(
         stats = flowtrace.stats()
     # the two that failed, kept by the tail rule; the trusted one under its caller
     assert len(got.records) == 2
-    assert "log_caller_True_True" in {record.get("trace_parent_id") for record in got.records}
+    by_parent = {record.get("trace_parent_id"): record for record in got.records}
+    assert set(by_parent) == {"log_caller_True_True", None}  # untrusted: noted, not linked
+    note = by_parent[None]["metadata"]["flowtrace"]["remote_parent"]
+    assert note["log_id"] == "log_caller_False_True" and note["linked"] is False
     assert stats["kept_by_tail_error"] == 2 and stats["sampled_out"] == 2

@@ -205,6 +205,8 @@ def test_untrusted_headers_are_noted_not_linked() -> None:
     assert stored.trace_parent_id is None
     note = (stored.metadata or {})[RECORDER_METADATA_KEY][RECORDER_REMOTE_PARENT]
     assert note["log_id"] == "log_caller_8" and note["linked"] is False
+    (record,) = logs.records  # the body as it went, also for a test's captured logs
+    assert "trace_parent_id" not in record and _remote_note(record) == note
     # an untrusted caller's trace is not continued onward either
     assert onward["traceparent"].split("-")[1] == _w3c.trace_id_of(handled.log_id)
 

@@ -39,14 +39,11 @@ from flowtrace._contract import (
     INCOMPLETE,
     RECORDER_FORKED_FROM,
     RECORDER_LATE_CHILD_OF,
-    RECORDER_METADATA_KEY,
-    RECORDER_REMOTE_PARENT,
     StatusField,
 )
 from flowtrace._log import Log
 from flowtrace._outgoing import Outgoing
-from flowtrace._remote import RemoteParent, remote_note
-from flowtrace._request_bodies import complete_body, create_body, log_query
+from flowtrace._request_bodies import complete_body, create_body, log_query, note_recorder
 from flowtrace.exporters import Operation, OperationKind
 
 if TYPE_CHECKING:
@@ -522,14 +519,11 @@ class Planner:
             parent_id = body.pop("trace_parent_id", None)
             if state.late and state.anchor is not None:
                 body["trace_parent_id"] = state.anchor.log_id
-            _note(body, RECORDER_LATE_CHILD_OF if state.late else RECORDER_FORKED_FROM, parent_id)
+            note_recorder(
+                body, RECORDER_LATE_CHILD_OF if state.late else RECORDER_FORKED_FROM, parent_id
+            )
         elif log.late_child_of is not None:  # the recorder filed it elsewhere when it started
-            _note(body, RECORDER_LATE_CHILD_OF, log.late_child_of)
-        parent = log.parent
-        if isinstance(parent, RemoteParent):  # the caller's log (_remote): linked, or noted
-            if not parent.linked:
-                body.pop("trace_parent_id", None)
-            _note(body, RECORDER_REMOTE_PARENT, remote_note(parent))
+            note_recorder(body, RECORDER_LATE_CHILD_OF, log.late_child_of)
         return self._leaving(body)
 
     def _leaving(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -600,12 +594,3 @@ class Planner:
         self._ready_logs = 0
         self._open.clear()
         return count
-
-
-def _note(body: dict[str, Any], key: str, value: Any) -> None:
-    """Add `key: value` to what flowtrace notes under the body's metadata["flowtrace"]."""
-    metadata = dict(body.get("metadata") or {})
-    note = dict(metadata.get(RECORDER_METADATA_KEY) or {})
-    note[key] = value
-    metadata[RECORDER_METADATA_KEY] = note
-    body["metadata"] = metadata

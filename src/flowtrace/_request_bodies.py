@@ -18,12 +18,14 @@ from flowtrace._contract import (
     PAYLOAD_FIELDS,
     RECORDER_ENDED,
     RECORDER_METADATA_KEY,
+    RECORDER_REMOTE_PARENT,
     RECORDER_TRACEBACK,
     UPDATE_EXTENSION_FIELDS,
     StatusField,
     wire_time_us,
 )
 from flowtrace._log import UNSET, Log
+from flowtrace._remote import RemoteParent, remote_note
 from flowtrace._serialize import Limits, limits, snapshot, to_json
 
 if TYPE_CHECKING:
@@ -32,7 +34,14 @@ if TYPE_CHECKING:
 # The wire models (pydantic) are imported on the worker, when a chat message or an early-sent
 # log first needs them: `import flowtrace` stays light, and most logs never need them.
 
-__all__ = ["complete_body", "create_body", "log_query", "resolve_inputs", "shape_output"]
+__all__ = [
+    "complete_body",
+    "create_body",
+    "log_query",
+    "note_recorder",
+    "resolve_inputs",
+    "shape_output",
+]
 
 # --- snapshots that can be skipped -----------------------------------------------------------
 # Most logs record a few scalar arguments and a scalar result, which `snapshot` would return
@@ -229,7 +238,27 @@ def create_body(log: Log, status_field: StatusField, start_ns: int | None = None
     if log.is_span:  # a span's log builds its own (imported with `_span_logs`, which made it)
         from flowtrace._span_bodies import span_create_body
 
-        return span_create_body(cast("SpanLog", log), status_field)
+        body = span_create_body(cast("SpanLog", log), status_field)
+    else:
+        body = _flow_create_body(log, status_field, start_ns)
+    parent = log.parent
+    if isinstance(parent, RemoteParent):  # the caller's log (`_remote`): linked, or noted
+        if not parent.linked:
+            body.pop("trace_parent_id", None)
+        note_recorder(body, RECORDER_REMOTE_PARENT, remote_note(parent))
+    return body
+
+
+def note_recorder(body: dict[str, Any], key: str, value: Any) -> None:
+    """Add `key: value` to what flowtrace notes under the body's metadata["flowtrace"]."""
+    metadata = dict(body.get("metadata") or {})
+    note = dict(metadata.get(RECORDER_METADATA_KEY) or {})
+    note[key] = value
+    metadata[RECORDER_METADATA_KEY] = note
+    body["metadata"] = metadata
+
+
+def _flow_create_body(log: Log, status_field: StatusField, start_ns: int | None) -> dict[str, Any]:
     if start_ns is None:
         start_ns = log.start_ns
     body: dict[str, Any] = {
