@@ -17,13 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowtrace.store as store_module
+import flowtrace.store._reads as store_reads
 from flowtrace._capture import CapturedTraceback
 from flowtrace._log import Log
 from flowtrace._options import FlowOptions, LogOptions
 from flowtrace._planner import Counters, PlannedOp, Planner
 from flowtrace._request_bodies import complete_body, create_body, log_query
 from flowtrace.models import FlowLogRequest, LogQuery
-from flowtrace.store import IngestOperation, Store, StoreBusy
+from flowtrace.store import IngestOperation, ListQuery, Store, StoreBusy
 from flowtrace.store._ingest import prepare_create
 from flowtrace.store._prepare import prepare_log
 from tests.scriptutil import run_script, script_env
@@ -319,7 +320,7 @@ def test_an_update_closes_a_log_and_builds_no_answer(
     def no_answer(*args: object) -> None:
         raise AssertionError("an answer was built")
 
-    monkeypatch.setattr(store_module, "get_log_by_seq", no_answer)
+    monkeypatch.setattr(store_reads, "get_log_by_seq", no_answer)
     with Store(tmp_path / "s.db") as store:
         root = opened("update/root")
         child = ended("update/child", root)
@@ -493,3 +494,39 @@ _COUNTERS = (
     " v.attributes, v.log_count FROM flows f JOIN versions v ON v.flow_ref = f.seq"
     " ORDER BY f.seq, v.seq"
 )
+
+
+def test_the_embedded_path_writes_without_the_wire_models(tmp_path: Path) -> None:
+    """A program's default destination takes plain logs (creates, and the updates of logs sent
+    early) without importing the wire models: building them (pydantic) took ~100 ms, which a
+    short program's exit waited for. A chat message needs them, and gets them."""
+    code = """
+        import sys
+        import flowtrace
+
+        @flowtrace.flow(path="lean/child")
+        def child(i):
+            return i
+
+        @flowtrace.flow(path="lean/root")
+        def root(n):
+            return sum(child(i) for i in range(n))
+
+        for n in range(20):
+            root(n)
+        with flowtrace.flow("lean/block"):
+            root(2)
+        assert flowtrace.flush(30)
+        print("flowtrace.models" in sys.modules, "pydantic.main" in sys.modules)
+        with flowtrace.flow("lean/chat") as log:
+            log.messages = [{"role": "user", "content": "hi"}]
+        assert flowtrace.flush(30)
+        print("flowtrace.models" in sys.modules, flowtrace.stats()["sent"])
+    """
+    done = run_script(code, script_env(db_path=tmp_path / "lean.db"))
+    assert done.returncode == 0, done.stderr
+    # 20 roots over 190 children, a block over a root over 2 children; then the chat log
+    assert done.stdout.splitlines() == ["False False", "True 215"]
+    with Store(tmp_path / "lean.db") as store:
+        (chat,) = (r for r in store.list_logs(ListQuery(size=500)).records if r.messages)
+    assert chat.messages is not None and chat.messages[0].content == "hi"

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import sys
@@ -32,12 +33,20 @@ from flowtrace import _config, _guard, _otlp_export
 if TYPE_CHECKING:
     from flowtrace._pipeline import Pipeline
 
-__all__ = ["at_exit", "build_lock", "install", "threads_started"]
+__all__ = ["at_exit", "build_lock", "import_fork_safely", "install", "threads_started"]
 
 logger = logging.getLogger("flowtrace")
 
 #: Held while the sender imports and builds an exporter; a fork waits for it.
 build_lock = threading.Lock()
+
+
+def import_fork_safely(name: str) -> None:
+    """Import a module on flowtrace's threads, under `build_lock` (once imported: nothing)."""
+    if name not in sys.modules:
+        with build_lock:
+            importlib.import_module(name)
+
 
 #: At exit, how much longer than their bound we still wait for threads that have not stopped
 #: (rather than let the interpreter finalize under them).

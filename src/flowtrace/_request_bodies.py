@@ -88,6 +88,9 @@ def _chat_message(value: Any) -> dict[str, Any] | None:
         return None
     from pydantic import ValidationError
 
+    from flowtrace import _lifecycle
+
+    _lifecycle.import_fork_safely("flowtrace.models")  # (on the worker: a fork may come)
     from flowtrace.models import ChatMessage
 
     candidate = {k: value[k] for k in CHAT_MESSAGE_KEYS if value.get(k) is not None}

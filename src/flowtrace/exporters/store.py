@@ -3,8 +3,10 @@ file through the same store code a server uses, so the trace rules are the same,
 `flowtrace serve --db <file>` shows them.
 
 It takes the fast path (`Store.ingest`): the operations' bodies go to the store's rules as they
-are, without being encoded, parsed or validated as a request from the network would be. The
-store is opened on the sender at its warm-up (creating the directory), not at the first batch.
+are, without being encoded, parsed or validated as a request from the network would be, and
+without the wire models (pydantic), which are imported only for the few operations that are
+validated (a span's prompt or tool log, chat messages in an update). The store is opened on
+the sender at its warm-up (creating the directory), not at the first batch.
 
 Failures: the disk (locked past the busy timeout, full, read-only) fails the whole export, as
 no delivery (retried, or spooled); an operation the store cannot take fails alone (500).
@@ -18,11 +20,13 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+from flowtrace import _lifecycle
 from flowtrace.exporters import Operation, Outcome, not_delivered
 
 # Imported with this module (which the pipeline imports under its fork-safe build lock), never
 # later on the worker: a fork must not catch the store's modules half-imported.
 from flowtrace.store import Store, StoreBusy, StoreSchemaError
+from flowtrace.store._ingest import needs_models
 
 __all__ = ["StoreExporter"]
 
@@ -42,6 +46,8 @@ class StoreExporter:
             return []
         try:
             store = self._open()
+            if needs_models(operations):  # a span's or a chat log: the wire models, imported
+                _lifecycle.import_fork_safely("flowtrace.models")  # on the sender, fork-safely
             results = store.ingest(operations, timeout_s=timeout_s)  # each is an IngestItem
         except (OSError, sqlite3.Error, StoreBusy, StoreSchemaError) as exc:
             # e.g. the file is locked, the disk is full, a newer flowtrace's file: not now

@@ -39,6 +39,7 @@ Decisions the contract leaves open (see also each method):
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import time
@@ -47,33 +48,17 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from flowtrace._contract import (
     BATCH_LOG,
     BATCH_PROMPT_LOG,
-    BATCH_TOOL_LOG,
     DEFAULT_STATUS_FIELD,
     FLOW,
     LogKind,
     StatusField,
     wire_time_us,
 )
-from flowtrace.models import (
-    BatchResult,
-    CreateFlowLogResponse,
-    FlowLogRequest,
-    FlowLogResponse,
-    FlowLogUpdateRequest,
-    FlowResponse,
-    FlowUpsertRequest,
-    LogQuery,
-    PromptLogRequest,
-    ToolLogRequest,
-    UpdateOperation,
-    VersionResponse,
-)
-from flowtrace.store._batch import parse_operation
 from flowtrace.store._codec import to_us
 from flowtrace.store._errors import (
     RetryTransaction,
@@ -87,23 +72,64 @@ from flowtrace.store._errors import (
     not_found,
 )
 from flowtrace.store._flow_cache import FlowCache, FlowKey, VersionKey
-from flowtrace.store._flows import deploy, upsert_flow
-from flowtrace.store._ingest import IngestItem, IngestOperation, prepare_create, prepare_update
-from flowtrace.store._logs import LogUpdate, create_log, delete_logs, update_log
-from flowtrace.store._prepare import PreparedLog, prepare_log
-from flowtrace.store._reads import ListQuery, LogPage, get_log, get_log_by_seq, list_logs
-from flowtrace.store._records import (
-    FlowStats,
-    flow_records,
-    flow_stats,
-    record_json,
-    version_records,
+from flowtrace.store._ingest import (
+    MODEL_CREATES,
+    IngestItem,
+    IngestOperation,
+    prepare_create,
+    prepare_update,
 )
+from flowtrace.store._logs import (
+    LogChanges,
+    LogUpdate,
+    changes_of,
+    create_log,
+    delete_logs,
+    update_log,
+)
+from flowtrace.store._prepare import PreparedLog, prepare_log
 from flowtrace.store._repository import Database, marks
 from flowtrace.store._schema import MIGRATIONS
 from flowtrace.store._session import Session
 from flowtrace.store._spans import SpanWrite, ingest_span
 from flowtrace.store._sqlite import SqliteDatabase
+
+# The wire models (pydantic) and what builds them (the reads, the batch extension, flows) are
+# imported where a method needs them: the embedded path (`ingest`, a program's default
+# destination) writes without them, so a short program's exit does not wait for pydantic to
+# build them. `ListQuery`, `LogPage` and `FlowStats` are this module's on first use.
+if TYPE_CHECKING:
+    from flowtrace.models import (
+        BatchResult,
+        CreateFlowLogResponse,
+        FlowLogRequest,
+        FlowLogResponse,
+        FlowLogUpdateRequest,
+        FlowResponse,
+        FlowUpsertRequest,
+        LogQuery,
+        PromptLogRequest,
+        ToolLogRequest,
+        VersionResponse,
+    )
+    from flowtrace.store._reads import ListQuery, LogPage
+    from flowtrace.store._records import FlowStats
+
+_LAZY_EXPORTS = {
+    "ListQuery": "flowtrace.store._reads",
+    "LogPage": "flowtrace.store._reads",
+    "FlowStats": "flowtrace.store._records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -149,14 +175,16 @@ def _open_database(target: str | os.PathLike[str], in_program: bool) -> Database
     return SqliteDatabase(Path(target), in_program=in_program)
 
 
-#: `ingest`'s creates of a span's prompt or tool log, by operation kind (the batch's kinds).
-_FILE_LOG_REQUESTS: dict[str, type[PromptLogRequest] | type[ToolLogRequest]] = {
-    BATCH_PROMPT_LOG: PromptLogRequest,
-    BATCH_TOOL_LOG: ToolLogRequest,
-}
+def _file_log_request(kind: str, body: Any) -> PromptLogRequest | ToolLogRequest:
+    """A span's prompt or tool log, validated as its request (they are few)."""
+    from flowtrace.models import PromptLogRequest, ToolLogRequest
+
+    model = PromptLogRequest if kind == BATCH_PROMPT_LOG else ToolLogRequest
+    return model.model_validate(body)
+
 
 _T = TypeVar("_T")
-_Update = tuple[str, FlowLogUpdateRequest]
+_Update: TypeAlias = "tuple[str, FlowLogUpdateRequest]"
 
 
 def _utc_now() -> datetime:
@@ -192,6 +220,8 @@ def _expect_replays(session: Session, items: Sequence[object]) -> None:
 
 
 def _result(status: int, body: Any) -> BatchResult:
+    from flowtrace.models import BatchResult
+
     # built from known-good values: no validation per operation
     return BatchResult.model_construct(status=status, body=body)
 
@@ -271,6 +301,8 @@ class Store:
     # --- writes: each call is atomic (a failing one changes nothing) ---------------------
     def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
         """`POST /flows/log`. Raises StoreError 404/409/422 (see the module's rules)."""
+        from flowtrace.models import CreateFlowLogResponse
+
         prepared = prepare_log(request, query, self._now_us())
         body = self._write(lambda session: create_log(self._flow_cache, session, prepared))
         return CreateFlowLogResponse.model_validate(body)
@@ -291,6 +323,8 @@ class Store:
         is stored or refused on its own, exactly as `log` or `update` would, its answer or
         its refusal returned in its place. Any other failure fails them all (nothing is
         stored)."""
+        from flowtrace.models import CreateFlowLogResponse
+
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
         prepared: list[PreparedLog | _Update] = [
@@ -331,8 +365,10 @@ class Store:
         file_id: str | None = None,
         kind: LogKind = FLOW,
     ) -> FlowLogResponse:
+        from flowtrace.store._reads import get_log_by_seq
+
         with session.operation():
-            seq, trace_seq = update_log(session, log_id, request, file_id, kind)
+            seq, trace_seq = update_log(session, log_id, changes_of(request), file_id, kind)
         session.flush()  # the record shows up-to-date counters
         return get_log_by_seq(session.repo, seq, trace_seq, request.status_field)
 
@@ -355,6 +391,9 @@ class Store:
         undone alone), all in one transaction. Malformed operations get a 422 result. A
         prompt or tool log's create is stored as `log_file` stores it, an update as `update`
         does (of a log of any kind)."""
+        from flowtrace.models import UpdateOperation
+        from flowtrace.store._batch import parse_operation
+
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
         prepared: list[PreparedLog | _Update | StoreError] = []
@@ -381,6 +420,8 @@ class Store:
                 raise item
             if isinstance(item, PreparedLog):
                 return _result(200, create_log(self._flow_cache, session, item))
+            from flowtrace.store._records import record_json
+
             record = self._update(session, *item)
             return _result(200, record_json(record, exclude_unset=True))
         except StoreError as error:
@@ -417,15 +458,15 @@ class Store:
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
         results: list[IngestResult | None] = [None] * len(operations)
-        prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]] = []
+        prepared: list[tuple[int, PreparedLog | LogChanges, str]] = []
         for index, op in enumerate(operations):  # before the lock, as `batch` does
             try:
                 if op.kind == BATCH_LOG:
                     prepared.append(
                         (index, prepare_create(op.body, op.query, now_us, now_wire), "")
                     )
-                elif op.kind in _FILE_LOG_REQUESTS:  # a span's log: validated (they are few)
-                    request = _FILE_LOG_REQUESTS[op.kind].model_validate(op.body)
+                elif op.kind in MODEL_CREATES:  # a span's log: validated (they are few)
+                    request = _file_log_request(op.kind, op.body)
                     prepared.append((index, prepare_log(request, None, now_us, now_wire), ""))
                 else:
                     prepared.append((index, prepare_update(op.body), op.log_id))
@@ -446,7 +487,7 @@ class Store:
         self,
         session: Session,
         *,
-        prepared: list[tuple[int, PreparedLog | FlowLogUpdateRequest, str]],
+        prepared: list[tuple[int, PreparedLog | LogChanges, str]],
         results: list[IngestResult | None],
     ) -> None:
         done: list[tuple[int, IngestResult]] = []
@@ -483,6 +524,8 @@ class Store:
         self._write(work)
 
     def _flow_record(self, session: Session, keys: tuple[FlowKey, VersionKey]) -> FlowResponse:
+        from flowtrace.store._records import flow_records
+
         flow, version = keys
         session.flush()
         return flow_records(session.repo, [(flow.ref, version.ref)])[(flow.ref, version.ref)]
@@ -490,6 +533,8 @@ class Store:
     def upsert_flow(self, request: FlowUpsertRequest) -> FlowResponse:
         """`POST /flows`: the flow (created by path if new) with the version of these
         attributes (created if new). 404 unknown id, 422 neither path nor id."""
+
+        from flowtrace.store._flows import upsert_flow
 
         def work(session: Session) -> FlowResponse:
             with session.operation():
@@ -501,6 +546,8 @@ class Store:
     def deploy(self, flow_id: str, environment: str, version_id: str) -> FlowResponse:
         """Deploy a version to an environment; the flow record with that version.
         404 unknown flow, or a version that is not the flow's."""
+
+        from flowtrace.store._flows import deploy
 
         def work(session: Session) -> FlowResponse:
             with session.operation():
@@ -514,12 +561,16 @@ class Store:
         self, log_id: str, *, status_field: StatusField = DEFAULT_STATUS_FIELD
     ) -> FlowLogResponse:
         """`GET /logs/{id}`: the log with its nested trace_children (start order) and `flow`."""
+        from flowtrace.store._reads import get_log
+
         with self._db.reading() as db:
             return get_log(db, log_id, status_field)
 
     def list_logs(self, query: ListQuery | None = None) -> LogPage:
         """`GET /logs`: newest first by start_time (see `ListQuery` for what it takes).
         404 unknown file_id/version_id, 422 a bad page, size, status or kind."""
+        from flowtrace.store._reads import ListQuery, list_logs
+
         with self._db.reading() as db:
             return list_logs(db, self._flow_cache, query or ListQuery())
 
@@ -540,11 +591,15 @@ class Store:
 
     def list_flows(self) -> list[FlowStats]:
         """Every flow by path, with counters (maintained on write: cheap at any size)."""
+        from flowtrace.store._records import flow_stats
+
         with self._db.reading() as db:
             return flow_stats(db)
 
     def get_flow(self, flow_id: str) -> FlowStats:
         """One flow with its latest version and counters; 404 unknown."""
+        from flowtrace.store._records import flow_stats
+
         with self._db.reading() as db:
             found = flow_stats(db, "WHERE f.id = ?", (flow_id,))
         if not found:
@@ -553,6 +608,8 @@ class Store:
 
     def list_versions(self, flow_id: str) -> list[VersionResponse]:
         """The flow's versions, oldest first, with their environments; 404 unknown flow."""
+        from flowtrace.store._records import version_records
+
         with self._db.reading() as db:
             flow = self._flow_cache.require_flow(db, flow_id)
             return version_records(db, flow.ref, flow.path, flow.id)

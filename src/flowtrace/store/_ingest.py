@@ -6,7 +6,9 @@ to encode (`_prepare.prepare_log`). The body the client builds (`flowtrace._requ
 already that dump: JSON-safe values in the contract's shapes, datetimes in the wire format. So
 here a create becomes a `PreparedLog` directly (its stored JSON, its columns, its replay digest)
 and goes through `create_log`, the same trace rules as every other write; an update becomes the
-update request `update_log` reads, and no answer is built for it (nobody reads one).
+`LogChanges` that `update_log` applies, and no answer is built for it (nobody reads one). No
+wire model is made or imported here (a short program's exit does not wait for pydantic to
+build them): the trace rules read a create's routing fields from a `Routing`.
 
 Replay identity: a create's digest is what `prepare_log` digests for the same request (both
 take it in `prepare_fields`, from the columns; the request model's dump of a client body is
@@ -20,21 +22,22 @@ anything else goes through `Store.batch`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 
-from pydantic import BaseModel
-
-from flowtrace._contract import (
-    FLOW,
+from flowtrace._contract import BATCH_PROMPT_LOG, BATCH_TOOL_LOG, BATCH_UPDATE, FLOW, STATUS_FIELDS
+from flowtrace.store._logs import LogChanges, changes_of
+from flowtrace.store._prepare import (
+    Kernel,
+    PreparedLog,
+    Routing,
+    Targeting,
+    body_layout,
+    prepare_fields,
 )
-from flowtrace.models import FlowKernel, FlowLogRequest, FlowLogUpdateRequest, LogQuery
-from flowtrace.store._prepare import PreparedLog, body_layout, prepare_fields
 
-__all__ = ["IngestItem", "IngestOperation", "prepare_create", "prepare_update"]
-
-_M = TypeVar("_M", bound=BaseModel)
+__all__ = ["IngestItem", "IngestOperation", "needs_models", "prepare_create", "prepare_update"]
 
 #: Update fields whose values are models (chat messages): such an update is validated.
 _MODEL_UPDATE_FIELDS = frozenset({"messages", "output_message"})
@@ -64,30 +67,6 @@ class IngestOperation(NamedTuple):
     query: Mapping[str, str] | None = None
 
 
-def _defaults(model: type[BaseModel]) -> dict[str, Any]:
-    return {name: field.default for name, field in model.model_fields.items()}
-
-
-_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
-    model: _defaults(model) for model in (FlowLogUpdateRequest, LogQuery)
-}
-_DEFAULTS[FlowKernel] = {}
-
-
-def _known_valid(model: type[_M], values: dict[str, Any]) -> _M:
-    """A model instance of values known to be valid: pydantic's `model_construct`, without
-    its per-field walk (every field has a plain default). A create's request (`_request_of`)
-    gets its routing fields only: what `create_log` reads of it."""
-    instance = model.__new__(model)
-    fields = dict(_DEFAULTS[model])
-    fields.update(values)
-    object.__setattr__(instance, "__dict__", fields)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
-    return instance
-
-
 # --- wire datetimes ----------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -113,45 +92,34 @@ def wire_us(text: str) -> int:
 _CLIENT_TIME_CHARS = len("2025-03-01T12:00:00.000000Z")
 
 
-def _wire_datetime(text: str) -> datetime:
-    return _EPOCH + timedelta(microseconds=wire_us(text))
-
-
 # --- creates -----------------------------------------------------------------------------------
 
 # Every log of a flow shares one attributes snapshot (the client takes it once per flow), so
 # the kernel made of it is kept for the next log that carries the very same object.
-_kernel_memo: tuple[object, FlowKernel | None] = (None, None)
+_kernel_memo: tuple[object, Kernel | None] = (None, None)
 
 
-def _flow_kernel(attributes: Any) -> FlowKernel:
+def _flow_kernel(attributes: Any) -> Kernel:
     global _kernel_memo
     known, kernel = _kernel_memo
     if known is attributes and kernel is not None:
         return kernel
-    kernel = _known_valid(FlowKernel, {"attributes": attributes})
+    kernel = Kernel(attributes)
     _kernel_memo = (attributes, kernel)
     return kernel
 
 
-def _request_of(body: Mapping[str, Any], routing: tuple[str, ...]) -> FlowLogRequest:
-    """The create's request, with only what `create_log` reads of it (see `_known_valid`):
-    the body's routing fields, its flow as a kernel."""
+def _routing_of(body: Mapping[str, Any]) -> Routing:
+    """What `create_log` reads of the create's request: the body's routing fields."""
     get = body.get
     flow = get("flow")
-    fields = {
-        "log_id": get("log_id"),
-        "path": get("path"),
-        "id": get("id"),
-        "trace_parent_id": get("trace_parent_id"),
-        "flow": _flow_kernel(flow["attributes"]) if flow is not None else None,
-    }
-    instance = FlowLogRequest.__new__(FlowLogRequest)
-    object.__setattr__(instance, "__dict__", fields)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(routing))
-    object.__setattr__(instance, "__pydantic_extra__", None)
-    object.__setattr__(instance, "__pydantic_private__", None)
-    return instance
+    return Routing(
+        get("log_id"),
+        get("path"),
+        get("id"),
+        get("trace_parent_id"),
+        _flow_kernel(flow["attributes"]) if flow is not None else None,
+    )
 
 
 def prepare_create(
@@ -164,9 +132,9 @@ def prepare_create(
     end = get("end_time")
     targeting = _targeting(query) if query else None
     return prepare_fields(
-        _request_of(body, layout.routing),
+        _routing_of(body),
         body,
-        _known_valid(LogQuery, targeting) if targeting else None,
+        Targeting(**targeting) if targeting else None,
         FLOW,
         None,
         wire_us(start) if start is not None else None,
@@ -185,13 +153,36 @@ def _targeting(query: Mapping[str, str]) -> dict[str, str]:
 # --- updates -----------------------------------------------------------------------------------
 
 
-def prepare_update(body: Mapping[str, Any]) -> FlowLogUpdateRequest:
-    """The update request `update_log` reads. Chat messages are models there, so an update
-    that carries them is validated; any other is taken as it is (its end time parsed)."""
+def prepare_update(body: Mapping[str, Any]) -> LogChanges:
+    """The changes `update_log` applies. Chat messages are models there, so an update that
+    carries them is validated (its model imported then: such updates are few); any other is
+    taken as it is (its times parsed)."""
     if _MODEL_UPDATE_FIELDS & body.keys():
-        return FlowLogUpdateRequest.model_validate(body)
-    values = dict(body)
-    end = values.get("end_time")
-    if isinstance(end, str):
-        values["end_time"] = _wire_datetime(end)
-    return _known_valid(FlowLogUpdateRequest, values)
+        from flowtrace.models import FlowLogUpdateRequest
+
+        return changes_of(FlowLogUpdateRequest.model_validate(body))
+    sent = frozenset(body.keys() - _STATUS_FIELDS)
+    start, end = body.get("start_time"), body.get("end_time")
+    return LogChanges(
+        sent,
+        {name: body[name] for name in sent if name not in _TIMES},
+        next((body[name] for name in STATUS_FIELDS if name in body), None),
+        wire_us(start) if isinstance(start, str) else None,
+        wire_us(end) if isinstance(end, str) else None,
+    )
+
+
+_STATUS_FIELDS = frozenset(STATUS_FIELDS)
+_TIMES = frozenset({"start_time", "end_time"})
+#: The creates `Store.ingest` validates as their request models (a span's prompt or tool log).
+MODEL_CREATES = frozenset({BATCH_PROMPT_LOG, BATCH_TOOL_LOG})
+
+
+def needs_models(operations: Iterable[IngestItem]) -> bool:
+    """Whether ingesting these operations uses the wire models (the caller may import them
+    first where it must: `flowtrace.exporters.store`, fork-safely)."""
+    return any(
+        op.kind in MODEL_CREATES
+        or (op.kind == BATCH_UPDATE and _MODEL_UPDATE_FIELDS & op.body.keys())
+        for op in operations
+    )

@@ -9,8 +9,9 @@ can refuse a request before it writes anything, so a refused operation leaves no
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from flowtrace._contract import (
     COMPLETE,
@@ -19,12 +20,6 @@ from flowtrace._contract import (
     PAYLOAD_FIELDS,
     STATUS_FIELDS,
     LogKind,
-)
-from flowtrace.models import (
-    FlowLogRequest,
-    FlowLogUpdateRequest,
-    PromptLogUpdateRequest,
-    ToolLogUpdateRequest,
 )
 from flowtrace.store._codec import compact_json, new_id, to_us
 from flowtrace.store._errors import StoreError, conflict, invalid, not_found
@@ -35,14 +30,24 @@ from flowtrace.store._flow_cache import (
     attributes_digest,
     normalize_path,
 )
-from flowtrace.store._prepare import LogRequest, PreparedLog
+from flowtrace.store._prepare import PreparedLog
 from flowtrace.store._repository import NewLog, Node, Reader, Repository
 from flowtrace.store._session import Session
 
+if TYPE_CHECKING:  # the wire models: the embedded path writes without importing them
+    from flowtrace.models import (
+        FlowLogUpdateRequest,
+        PromptLogUpdateRequest,
+        ToolLogUpdateRequest,
+    )
+    from flowtrace.store._prepare import LogRequest
+
 __all__ = [
+    "LogChanges",
     "LogUpdate",
     "Node",
     "Target",
+    "changes_of",
     "create_log",
     "delete_logs",
     "find_target",
@@ -104,9 +109,8 @@ def _version_attributes(prepared: PreparedLog) -> dict[str, Any] | None:
     a prompt's or a tool's kernel."""
     if prepared.kind != FLOW:
         return prepared.kernel
-    request = prepared.request
-    assert isinstance(request, FlowLogRequest)
-    return request.flow.attributes if request.flow is not None else None
+    flow = getattr(prepared.request, "flow", None)  # a flow's request (or `_prepare.Routing`)
+    return flow.attributes if flow is not None else None
 
 
 def _check_attributes(prepared: PreparedLog, version: VersionKey) -> None:
@@ -274,13 +278,42 @@ def create_log(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -
 
 
 #: A PATCH of a log of any kind.
-LogUpdate = FlowLogUpdateRequest | PromptLogUpdateRequest | ToolLogUpdateRequest
+LogUpdate: TypeAlias = "FlowLogUpdateRequest | PromptLogUpdateRequest | ToolLogUpdateRequest"
+
+_TIMES = frozenset({"start_time", "end_time"})
+_STATUS_FIELDS = frozenset(STATUS_FIELDS)
+
+
+class LogChanges(NamedTuple):
+    """What a PATCH sets, however it came (a request model, `changes_of`; a body flowtrace
+    built, `_ingest.prepare_update`): the fields sent but the status (null unsets), their
+    JSON values (the times apart), the status, and the times sent, if not null."""
+
+    sent: frozenset[str]
+    values: Mapping[str, Any]
+    status: str | None
+    start_us: int | None
+    end_us: int | None
+
+
+def changes_of(request: LogUpdate) -> LogChanges:
+    """The changes a PATCH request's model sends."""
+    sent = request.model_fields_set - _STATUS_FIELDS
+    start = getattr(request, "start_time", None) if "start_time" in sent else None
+    end = request.end_time if "end_time" in sent else None
+    return LogChanges(
+        frozenset(sent),
+        request.model_dump(mode="json", include=set(sent - _TIMES)),
+        request.status,
+        to_us(start) if start is not None else None,
+        to_us(end) if end is not None else None,
+    )
 
 
 def update_log(
     session: Session,
     log_id: str,
-    request: LogUpdate,
+    changes: LogChanges,
     file_id: str | None = None,
     kind: LogKind = FLOW,
 ) -> tuple[int, int]:
@@ -296,25 +329,21 @@ def update_log(
     seq, parent_seq, start_us, end_us, complete, had_error, flow_ref, version_ref = row[:8]
     inputs, output, data_text, trace_seq = row[8:12]
     data: dict[str, Any] = json.loads(data_text)
-    sent = request.model_fields_set - set(STATUS_FIELDS)
+    sent = changes.sent
     if data.get("save") is False:
         sent = sent - PAYLOAD_FIELDS  # save=false stays in force for later updates
     new_start, new_end = start_us, end_us
-    start_time = getattr(request, "start_time", None)
-    if "start_time" in sent:
-        # prompt and tool updates may give an earlier start (never a later one: the log
-        # already covers its children)
-        sent = sent - {"start_time"}
-        if start_time is not None:
-            new_start = min(to_us(start_time), start_us)
-    if "end_time" in sent:
-        # flowtrace extension: a log sent early reports its real end when it completes
-        # (never narrower than what its children already widened it to).
-        sent = sent - {"end_time"}
-        if request.end_time is not None:
-            requested = max(to_us(request.end_time), new_start)
-            new_end = requested if end_us is None else max(end_us, requested)
-    values = request.model_dump(mode="json", include=sent)
+    # prompt and tool updates may give an earlier start (never a later one: the log already
+    # covers its children)
+    if "start_time" in sent and changes.start_us is not None:
+        new_start = min(changes.start_us, start_us)
+    # flowtrace extension: a log sent early reports its real end when it completes (never
+    # narrower than what its children already widened it to).
+    if "end_time" in sent and changes.end_us is not None:
+        requested = max(changes.end_us, new_start)
+        new_end = requested if end_us is None else max(end_us, requested)
+    sent = sent - _TIMES
+    values = changes.values
     new_inputs, new_output = inputs, output
     for name in sent:
         value = values[name]
@@ -327,7 +356,7 @@ def update_log(
         else:
             data[name] = value
 
-    status = request.status
+    status = changes.status
     if status == INCOMPLETE and complete:
         raise conflict(f"log {log_id!r} is complete: it cannot be reopened")
     if status == COMPLETE and not complete:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from pydantic_core import to_json
 
@@ -27,14 +27,21 @@ from flowtrace._contract import (
     TraceStatus,
     wire_time_us,
 )
-from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
 from flowtrace.store._codec import DIGEST_SIZE, compact_json, to_us
+
+if TYPE_CHECKING:  # the wire models: the embedded path writes without importing them
+    from flowtrace.models import FlowLogRequest, LogQuery, PromptLogRequest, ToolLogRequest
 
 __all__ = [
     "ROUTING_FIELDS",
     "BodyLayout",
+    "Kernel",
     "LogRequest",
+    "ModelRequest",
     "PreparedLog",
+    "Routing",
+    "TargetQuery",
+    "Targeting",
     "body_layout",
     "kernel_of",
     "prepare_built",
@@ -42,8 +49,37 @@ __all__ = [
     "prepare_log",
 ]
 
-#: A request that creates a log, of any kind.
-LogRequest = FlowLogRequest | PromptLogRequest | ToolLogRequest
+
+class Kernel(NamedTuple):
+    """A flow's version, as a request gives it (`flow.attributes`)."""
+
+    attributes: dict[str, Any] | None
+
+
+class Routing(NamedTuple):
+    """What the trace rules read of a create's request (`ROUTING_FIELDS`), when there is no
+    request model: the embedded path's creates (`_ingest`)."""
+
+    log_id: str | None
+    path: str | None
+    id: str | None
+    trace_parent_id: str | None
+    flow: Kernel | None
+
+
+class Targeting(NamedTuple):
+    """What aims a create at a version (`LogQuery`'s fields), without the model."""
+
+    version_id: str | None = None
+    environment: str | None = None
+
+
+#: A request model that creates a log, of any kind.
+ModelRequest: TypeAlias = "FlowLogRequest | PromptLogRequest | ToolLogRequest"
+#: What the trace rules read of a create: its model, or the embedded path's `Routing`.
+LogRequest: TypeAlias = "ModelRequest | Routing"
+#: The query that aims it at a version.
+TargetQuery: TypeAlias = "LogQuery | Targeting"
 
 # Request fields that are not data of the log itself: they route it (file, version, id) or
 # become columns (times, status).
@@ -61,7 +97,7 @@ PROMPT_FILE_KEY = "prompt_file"
 @dataclass(slots=True)
 class PreparedLog:
     request: LogRequest
-    query: LogQuery | None
+    query: TargetQuery | None
     request_digest: bytes
     start_us: int
     end_us: int | None
@@ -78,8 +114,10 @@ class PreparedLog:
     kernel: dict[str, Any] | None = None
 
 
-def kernel_of(request: LogRequest) -> tuple[LogKind, dict[str, Any] | None]:
+def kernel_of(request: ModelRequest) -> tuple[LogKind, dict[str, Any] | None]:
     """The log's kind, and the kernel that identifies a prompt's or a tool's version."""
+    from flowtrace.models import PromptLogRequest, ToolLogRequest  # (a request from outside)
+
     if isinstance(request, PromptLogRequest):
         prompt = request.prompt
         if isinstance(prompt, str):
@@ -92,7 +130,7 @@ def kernel_of(request: LogRequest) -> tuple[LogKind, dict[str, Any] | None]:
 
 
 def prepare_log(
-    request: LogRequest, query: LogQuery | None, now_us: int, now_wire: str | None = None
+    request: ModelRequest, query: LogQuery | None, now_us: int, now_wire: str | None = None
 ) -> PreparedLog:
     """`now_wire` is `now_us` in wire form, passed by a batch that formats it once."""
     body = request.model_dump(mode="json", exclude_unset=True)
@@ -144,7 +182,7 @@ def prepare_built(
 def prepare_fields(
     request: LogRequest,
     body: Mapping[str, Any],
-    query: LogQuery | None,
+    query: TargetQuery | None,
     kind: LogKind,
     kernel: dict[str, Any] | None,
     start: int | None,

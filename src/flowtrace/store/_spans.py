@@ -30,7 +30,14 @@ from pydantic_core import from_json
 from flowtrace._contract import FLOW, PLACEHOLDER_PATH, remote_parent_id
 from flowtrace.store._errors import conflict
 from flowtrace.store._flow_cache import FlowCache
-from flowtrace.store._logs import LogUpdate, created_response, find_target, update_log, write_log
+from flowtrace.store._logs import (
+    LogUpdate,
+    changes_of,
+    created_response,
+    find_target,
+    update_log,
+    write_log,
+)
 from flowtrace.store._prepare import PreparedLog
 from flowtrace.store._repository import NewLog, Node, Reader, Repository, SpanRow
 from flowtrace.store._session import Session
@@ -202,7 +209,7 @@ def _complete(session: Session, row: SpanRow, log_id: str, update: LogUpdate) ->
         stored = _loads_metadata(row.data)
         if stored:
             update = update.model_copy(update={"metadata": {**stored, **update.metadata}})
-    update_log(session, log_id, update)
+    update_log(session, log_id, changes_of(update))
 
 
 def _loads_metadata(data: str) -> dict[str, Any]:
