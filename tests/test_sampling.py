@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import contextvars
 import gc
+import itertools
 import math
+import random
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -538,17 +541,22 @@ def test_a_held_childs_result_is_copied_as_it_returned(
 def test_a_held_child_still_running_when_its_root_ends_goes_with_its_trace(
     memory: Callable[..., MemoryExporter], root_fails: bool
 ) -> None:
-    """A thread that outlives the root (a copied context carries the record): dropped with a
-    dropped trace (counted once), delivered under its root in a kept one."""
+    """A thread that outlives the root (a copied context carries the record), and a log it
+    opens after the root ended: dropped with a dropped trace (each counted once), delivered
+    under its root in a kept one."""
     exporter = memory(sample_rate=0.0)
     started, finish = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
+
+    @flow(path="held/after-the-root")
+    def after_the_root(i: int) -> int:
+        return i
 
     @flow(path="held/outlives")
     def outlives(i: int) -> int:
         started.set()
         finish.wait(WAIT_S)
-        return i
+        return after_the_root(i)  # its root has ended: this makes its Log (counted once)
 
     @flow(path="held/leaves-early")
     def leaves_early(n: int) -> int:
@@ -568,13 +576,17 @@ def test_a_held_child_still_running_when_its_root_ends_goes_with_its_trace(
     stats = flowtrace.stats()
     if not root_fails:
         assert exporter.logs == {}
-        assert stats["sampled_out"] == 1 and stats["sampled_out_logs"] == 2
+        assert stats["sampled_out"] == 1 and stats["sampled_out_logs"] == 3
         return
     tree = _only_trace(exporter)
     assert tree["path"] == "held/leaves-early" and tree["error"] == "ValueError: root failed"
-    assert [(c["path"], c["inputs"], c["output"]) for c in tree["children"]] == [
-        ("held/outlives", {"i": 7}, "7")
-    ]
+    (outlived,) = tree["children"]
+    assert (outlived["path"], outlived["inputs"], outlived["output"]) == (
+        "held/outlives",
+        {"i": 7},
+        "7",
+    )
+    assert [c["path"] for c in outlived["children"]] == ["held/after-the-root"]
     assert stats["kept_by_tail_error"] == 1
 
 
@@ -631,6 +643,61 @@ def test_dropped_traces_of_held_children_leave_no_cycle_for_the_collector(
         finally:
             gc.enable()
     assert flowtrace.stats()["sampled_out_logs"] == 200 * 10
+
+
+def test_held_traces_across_racing_threads_count_every_call_once(
+    memory: Callable[..., MemoryExporter],
+) -> None:
+    """Roots that end while threads with copied contexts still make calls under them (some
+    before, some after the root's end; some traces failing, some slow, some asking for the
+    current log on the way): every call is delivered once or counted dropped once."""
+    exporter = memory(sample_rate=0.0, sample_keep_slower_than_s=0.003)
+    rng = random.Random(11)
+    calls = itertools.count()
+    threads: list[threading.Thread] = []
+
+    @flow(path="race/leaf")
+    def leaf(i: int) -> int:
+        next(calls)
+        if rng.random() < 0.1:
+            flowtrace.current_log()
+        if rng.random() < 0.3:
+            time.sleep(rng.random() / 2000)
+        return i
+
+    @flow(path="race/middle")
+    def middle(i: int, depth: int) -> int:
+        next(calls)
+        return sum(middle(j, depth - 1) if depth else leaf(j) for j in range(rng.randint(0, 3)))
+
+    @flow(path="race/root")
+    def race(n: int, fail: bool) -> None:
+        next(calls)
+        started = [
+            threading.Thread(target=contextvars.copy_context().run, args=(middle, k, 2))
+            for k in range(n)
+        ]
+        for thread in started:
+            thread.start()
+        threads.extend(started)
+        if rng.random() < 0.5:
+            for thread in started:
+                thread.join()
+        middle(0, 1)
+        if fail:
+            raise ValueError("kept")
+
+    for _ in range(300):
+        with contextlib.suppress(ValueError):
+            race(rng.randint(0, 4), rng.random() < 0.3)
+    for thread in threads:
+        thread.join()
+    assert flowtrace.flush(WAIT_S)
+    made = next(calls)
+    stats = flowtrace.stats()
+    assert len(exporter.logs) + stats["sampled_out_logs"] == made
+    parents = {body.get("trace_parent_id") for body in exporter.logs.values()} - {None}
+    assert parents <= set(exporter.logs)  # kept traces are whole
 
 
 def test_a_failure_deep_in_held_children_keeps_the_whole_trace(

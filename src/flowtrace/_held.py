@@ -150,11 +150,13 @@ def _make_child(record: HeldChild, parent: Log) -> Log:
     log.args = record[3]
     log._start_mono_ns = record[1]
     log.duration_ns = None
+    counted = _counted_with_its_root(record)
     if len(record) == CHILD_MADE:  # still running: its Log now, if its end does not come first
         record.append(log)
         first = record[CHILD_MADE] is log
         if first:
-            _announce(log, True)
+            if not counted:
+                _announce(log, True)
             return log
     # It ended as a record (its end came first): its Log is an ended one (`log` went in as the
     # Log made late if it lost the race above; else it goes in now).
@@ -162,8 +164,19 @@ def _make_child(record: HeldChild, parent: Log) -> Log:
     log.result = record[CHILD_RESULT]
     if len(record) == CHILD_MADE_LATE:
         record.append(log)
-    _announce(log, True)
+    if not counted:
+        _announce(log, True)
     return log
+
+
+def _counted_with_its_root(record: HeldChild) -> bool:
+    """(Under `_records_lock`.) Whether the record's root ended dropped, as a record, and took
+    it (`drop_children` counted it then): its Log, made now for a log opening under it, is not
+    counted again. A record that started after that is still in the root's list."""
+    root: HeldRoot = record[0]
+    if len(root) <= ROOT_MADE or root[ROOT_MADE] is not HELD_ENDED:
+        return False
+    return not any(child is record for child in root[ROOT_CHILDREN])
 
 
 def release_children(root: HeldRoot) -> None:
@@ -186,11 +199,11 @@ def release_late(child: HeldChild) -> None:
         children: list[HeldChild] = root[ROOT_CHILDREN]
         for index in range(len(children) - 1, -1, -1):
             if children[index] is child:
-                del children[index]
                 break
         else:
             return  # taken by the root's end
-        _child_log(child)
+        _child_log(child)  # (while listed: it is not one its root counted)
+        del children[index]  # (others only append meanwhile: the index holds)
     _announce_ends([child])
 
 
