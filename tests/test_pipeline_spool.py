@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -185,7 +186,7 @@ def test_a_loop_that_overflows_a_small_queue_stores_every_log_in_bounded_memory(
 ) -> None:
     """The embedded store is the local disk: the loop waits for it. A server is not: the
     overflow goes to the spool, and the loop waits only for that."""
-    count, bound = 20_000, 1_000
+    count, bound = 40_000, 1_000
     if destination == "embedded":
         db = tmp_path / "loop.db"
         target: dict[str, Any] = {"db_path": str(db)}
@@ -199,23 +200,26 @@ def test_a_loop_that_overflows_a_small_queue_stores_every_log_in_bounded_memory(
         def call(i: int) -> int:
             return i
 
-        most = 0
+        held: list[int] = []
         switching = sys.getswitchinterval()
         sys.setswitchinterval(0.001)  # the worker gets the interpreter lock often: less slack
         try:
             for i in range(count):
                 call(i)
                 if i % 250 == 0:
-                    most = max(most, pipe.stats()["queued"])
+                    held.append(pipe.stats()["queued"])
         finally:
             sys.setswitchinterval(switching)
         assert flowtrace.flush(WAIT_S * 3)
         stats = flowtrace.stats()
     assert stats["dropped"] == {}
     assert stats["sent"] == count
-    # What memory holds follows the bound (plus what the program makes while the worker waits
-    # for the interpreter lock), not the loop.
-    assert most <= bound + 10_000
+    # What memory holds follows the bound, not the loop: the bound, plus what the program
+    # appends between two of the worker's intakes (the call path's plain appends). That is a
+    # few thousand at most when the worker gets the processor within milliseconds; on a busy
+    # machine a late one lets more in, now and then, never a share of the loop.
+    assert statistics.median(held) <= bound + 1_000, held
+    assert max(held) <= count / 2, held
     with Store(db) as store:
         assert sum(f.log_count for f in store.list_flows()) == before + count
 
