@@ -59,6 +59,17 @@ def traces(exporter: MemoryExporter) -> dict[str, set[str]]:
     return out
 
 
+@contextlib.contextmanager
+def stepping_clock() -> Iterator[list[int]]:
+    """A monotonic clock that moves only when a test moves it (so two runs have equal times)."""
+    now = [10**12]
+    _log.set_clock(mono_ns=lambda: now[0], wall_ns=lambda: 1_700_000_000 * 10**9 + now[0])
+    try:
+        yield now
+    finally:
+        _log.set_clock()
+
+
 @flow(path="sampling/child")
 def child(i: int) -> int:
     return i
@@ -141,9 +152,7 @@ def test_every_trace_with_an_error_is_kept_at_rate_zero_whole(
 def test_a_slow_trace_past_the_threshold_is_kept_and_a_quick_one_dropped(
     memory: Callable[..., MemoryExporter],
 ) -> None:
-    now = [0]
-    _log.set_clock(mono_ns=lambda: now[0])
-    try:
+    with stepping_clock() as now:
         exporter = memory(sample_rate=0.0, sample_keep_slower_than_s=1.0)
 
         @flow(path="sampling/slow")
@@ -154,8 +163,6 @@ def test_a_slow_trace_past_the_threshold_is_kept_and_a_quick_one_dropped(
         takes(0.5)
         takes(2.0)
         takes(1.0)  # at the threshold: kept
-    finally:
-        _log.set_clock()
     assert flowtrace.flush(WAIT_S)
     kept = sorted(
         exporter.logs[r]["provider_latency"]
@@ -327,9 +334,7 @@ def test_a_held_root_that_fails_is_kept_with_what_it_printed_and_set(
 def test_a_held_root_slow_without_children_is_kept_with_its_duration(
     memory: Callable[..., MemoryExporter],
 ) -> None:
-    now = [0]
-    _log.set_clock(mono_ns=lambda: now[0])
-    try:
+    with stepping_clock() as now:
         exporter = memory(sample_rate=0.0, sample_keep_slower_than_s=1.0)
 
         @flow(path="sampling/slow-leaf")
@@ -340,8 +345,6 @@ def test_a_held_root_slow_without_children_is_kept_with_its_duration(
         before = _held_dropped()
         assert [takes(0.5), takes(3.0)] == [0.5, 3.0]
         assert _held_dropped() - before == 1
-    finally:
-        _log.set_clock()
     assert flowtrace.flush(WAIT_S)
     (body,) = exporter.logs.values()
     assert body["provider_latency"] == 3.0 and body["output"] == "3.0"
@@ -414,17 +417,6 @@ def _tree(exporter: MemoryExporter, log_id: str) -> dict[str, Any]:
 def _only_trace(exporter: MemoryExporter) -> dict[str, Any]:
     (root_id,) = traces(exporter)
     return _tree(exporter, root_id)
-
-
-@contextlib.contextmanager
-def stepping_clock() -> Iterator[list[int]]:
-    """A monotonic clock that moves only when a test moves it (so two runs have equal times)."""
-    now = [10**12]
-    _log.set_clock(mono_ns=lambda: now[0], wall_ns=lambda: 1_700_000_000 * 10**9 + now[0])
-    try:
-        yield now
-    finally:
-        _log.set_clock()
 
 
 def _three_levels(now: list[int]) -> Callable[..., int]:

@@ -11,12 +11,13 @@ with flow("agents/support", inputs={"q": q}) as log:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flowtrace._config import Settings, configure
 from flowtrace._context import TracedThreadPoolExecutor, current_log, propagate
 from flowtrace._decorator import Flow, flow
 from flowtrace._httpx_hook import instrument_httpx
+from flowtrace._lazy import lazy_names
 from flowtrace._llm._anthropic import instrument_anthropic
 from flowtrace._llm._openai import instrument_openai
 from flowtrace._log import Log
@@ -54,12 +55,4 @@ if TYPE_CHECKING:
 _LAZY = {"ScrubOptions": "flowtrace._scrub", "ScrubMatch": "flowtrace._scrub"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flowtrace' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(globals(), _LAZY)

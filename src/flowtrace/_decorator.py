@@ -230,25 +230,23 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             if current is not None:
                 if type(current) is list:  # under a held record (`_held`)
                     root = current if type(current[0]) is int else current[0]
+                    started = root[4]
                     if (
                         len(root) == 5  # the root runs, and has no Log
                         and (root is current or len(current) == 7)  # nor has the parent
                         and not kwargs
                         and capture_all
+                        and len(started) < _sampling.HOLD_MAX_LOGS
                     ):
-                        for value in args:
+                        for value in args:  # (a loop: cheaper than any call, for a few)
                             if type(value) not in SCALARS:
-                                log = Log(options, _held.held_log(current), args, kwargs)
                                 break
                         else:  # held as a record too (`_held.HeldChild`), in its root's list
-                            started = root[4]
-                            if len(started) < _sampling.HOLD_MAX_LOGS:
-                                child = [root, _log._mono_ns(), options, args, current, None, None]
-                                started.append(child)
-                            else:  # the trace is too big to hold: it is released
-                                _held.release_children(root)
-                                log = Log(options, _held.held_log(current), args, kwargs)
-                    else:  # it is made a Log now
+                            child = [root, _log._mono_ns(), options, args, current, None, None]
+                            started.append(child)
+                    if child is None:  # it is made a Log now
+                        if len(started) >= _sampling.HOLD_MAX_LOGS:  # too big to hold: released
+                            _held.release_children(root)
                         log = Log(options, _held.held_log(current), args, kwargs)
                 else:
                     log = Log(options, current, args, kwargs)  # type: ignore[arg-type]
@@ -303,7 +301,8 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
                         # (`_held.HeldRoot` says how to tell).
                         if len(root) < 7 and root[-1] is not HELD_ENDED:
                             return result
-                        _release_late(child)
+                        with _guard.guarded("log-end"):
+                            _held.release_late(child)
                         return result
                 _end_held_child(child, None, result)
                 return result
@@ -352,13 +351,6 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
     return traced
 
 
-def _release_late(child: HeldChild) -> None:
-    try:
-        _held.release_late(child)
-    except Exception as internal:
-        _guard.internal_error("log-end", internal)
-
-
 def _end_held_child(record: HeldChild, exc: BaseException | None, result: Any) -> None:
     """The end of a held child that needs its Log: it failed (`exc`), its result must be
     copied, or something under it made its Log."""
@@ -367,6 +359,11 @@ def _end_held_child(record: HeldChild, exc: BaseException | None, result: Any) -
     except Exception as internal:
         _guard.internal_error("log-end", internal)
         return
+    _end_made(log, exc, result)
+
+
+def _end_made(log: Log, exc: BaseException | None, result: Any) -> None:
+    """The end of a held call whose Log is made: as any log's."""
     if exc is None:
         log.close(None, result)
     else:
@@ -394,10 +391,7 @@ def _end_held_root(record: HeldRoot, exc: BaseException | None, result: Any) -> 
     except Exception as internal:
         _guard.internal_error("log-end", internal)
         return
-    if exc is None:
-        log.close(None, result)
-    else:
-        _fail_at_any_depth(log, exc)
+    _end_made(log, exc, result)
 
 
 def _wrap_coroutine_function(fn: Callable[..., Any], options: LogOptions) -> Callable[..., Any]:

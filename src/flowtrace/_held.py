@@ -27,7 +27,7 @@ import os
 import threading
 from typing import Any, cast
 
-from flowtrace import _guard, _log, _sampling, _sinks
+from flowtrace import _guard, _log, _sampling
 from flowtrace._log import Log
 from flowtrace._sampling import DormantRoot
 
@@ -238,18 +238,15 @@ def _announce_ends(children: list[HeldChild]) -> None:
 
 
 def _announce(log: Log, opening: bool) -> None:
-    """Tell the log's trace hold (or the sinks) of its start or end, as the recorder does."""
-    try:
+    """Tell the log's trace hold of its start or end, as the recorder does (a record's Log is
+    always in an unsampled trace: its root's hold, or the decision it came to)."""
+    with _guard.guarded("log-open" if opening else "log-end"):
         hold = log.trace_hold
-        if hold is None:
-            for callback in _sinks.on_start if opening else _sinks.on_end:
-                callback(log)
-        elif opening:
+        assert hold is not None
+        if opening:
             hold.started(log)
         else:
             hold.ended(log)
-    except Exception as exc:
-        _guard.internal_error("log-open" if opening else "log-end", exc)
 
 
 if hasattr(os, "register_at_fork"):

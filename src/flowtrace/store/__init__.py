@@ -39,7 +39,6 @@ Decisions the contract leaves open (see also each method):
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import time
@@ -59,6 +58,7 @@ from flowtrace._contract import (
     StatusField,
     wire_time_us,
 )
+from flowtrace._lazy import lazy_names
 from flowtrace.store._codec import to_us
 from flowtrace.store._errors import (
     RetryTransaction,
@@ -122,13 +122,7 @@ _LAZY_EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY_EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(globals(), _LAZY_EXPORTS)
 
 
 __all__ = [

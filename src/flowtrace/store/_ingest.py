@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol
 
 from flowtrace._contract import BATCH_PROMPT_LOG, BATCH_TOOL_LOG, BATCH_UPDATE, FLOW, STATUS_FIELDS
-from flowtrace.store._logs import LogChanges, changes_of
+from flowtrace.store._logs import TIME_FIELDS, LogChanges, changes_of
 from flowtrace.store._prepare import (
     Kernel,
     PreparedLog,
@@ -161,19 +161,17 @@ def prepare_update(body: Mapping[str, Any]) -> LogChanges:
         from flowtrace.models import FlowLogUpdateRequest
 
         return changes_of(FlowLogUpdateRequest.model_validate(body))
-    sent = frozenset(body.keys() - _STATUS_FIELDS)
+    sent = frozenset(body.keys() - set(STATUS_FIELDS))
     start, end = body.get("start_time"), body.get("end_time")
     return LogChanges(
         sent,
-        {name: body[name] for name in sent if name not in _TIMES},
+        {name: body[name] for name in sent if name not in TIME_FIELDS},
         next((body[name] for name in STATUS_FIELDS if name in body), None),
         wire_us(start) if isinstance(start, str) else None,
         wire_us(end) if isinstance(end, str) else None,
     )
 
 
-_STATUS_FIELDS = frozenset(STATUS_FIELDS)
-_TIMES = frozenset({"start_time", "end_time"})
 #: The creates `Store.ingest` validates as their request models (a span's prompt or tool log).
 MODEL_CREATES = frozenset({BATCH_PROMPT_LOG, BATCH_TOOL_LOG})
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the wire models: the embedded path writes without importing
     from flowtrace.store._prepare import LogRequest
 
 __all__ = [
+    "TIME_FIELDS",
     "LogChanges",
     "LogUpdate",
     "Node",
@@ -280,7 +281,8 @@ def create_log(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -
 #: A PATCH of a log of any kind.
 LogUpdate: TypeAlias = "FlowLogUpdateRequest | PromptLogUpdateRequest | ToolLogUpdateRequest"
 
-_TIMES = frozenset({"start_time", "end_time"})
+#: An update's fields that are times (`LogChanges` has them apart, in microseconds).
+TIME_FIELDS = frozenset({"start_time", "end_time"})
 _STATUS_FIELDS = frozenset(STATUS_FIELDS)
 
 
@@ -303,7 +305,7 @@ def changes_of(request: LogUpdate) -> LogChanges:
     end = request.end_time if "end_time" in sent else None
     return LogChanges(
         frozenset(sent),
-        request.model_dump(mode="json", include=set(sent - _TIMES)),
+        request.model_dump(mode="json", include=set(sent - TIME_FIELDS)),
         request.status,
         to_us(start) if start is not None else None,
         to_us(end) if end is not None else None,
@@ -342,7 +344,7 @@ def update_log(
     if "end_time" in sent and changes.end_us is not None:
         requested = max(changes.end_us, new_start)
         new_end = requested if end_us is None else max(end_us, requested)
-    sent = sent - _TIMES
+    sent = sent - TIME_FIELDS
     values = changes.values
     new_inputs, new_output = inputs, output
     for name in sent:
