@@ -120,7 +120,8 @@ class S:
 add_sink(S())
 case, n = sys.argv[1], int(sys.argv[2])
 trace = case.startswith("trace: ")
-case = case.removeprefix("trace: ")
+asynchronous = case.startswith("async trace: ")
+case = case.removeprefix("trace: ").removeprefix("async trace: ")
 decorate = (lambda fn: fn) if case == "bare" else flow
 @decorate
 def f(a, b):
@@ -132,7 +133,20 @@ def root():
 settings = {"disabled": {"enabled": False}, "sampled": {"sample_rate": 1.0},
             "sampled out": {"sample_rate": 0.0}}.get(case, {})
 flowtrace.configure(**settings)
-if trace:
+@decorate
+async def async_child(i):
+    return i
+@decorate
+async def async_root():
+    for i in range(10):
+        await async_child(i)
+async def drive():
+    for _ in range(n):
+        await async_root()
+if asynchronous:
+    import asyncio
+    asyncio.run(drive())
+elif trace:
     for _ in range(n):
         root()
 else:
@@ -184,6 +198,9 @@ def main() -> None:
         print("|---|---|---|")
         for case, count in traces.items():
             print(f"| {case} | {count:,.0f} | {count / traces['sampled']:.2f}x |")
+        for case in ("sampled", "sampled out"):
+            count = instructions(f"async trace: {case}", max(1, args.calls // 10))
+            print(f"| async root awaiting 10 async children, {case} | {count:,.0f} | |")
         return
     times = wall_clock(args.repeats, args.calls)
     rows = []

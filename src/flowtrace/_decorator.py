@@ -118,9 +118,11 @@ def _open(
     if not _enabled:
         return None
     try:
-        parent = current_here()
+        parent = get_current()  # `current_here()`, inlined
+        if type(parent) is list:  # a held record: its Log now
+            parent = _held.held_log(parent)
         if parent is not None or _every_trace:
-            log = Log(options, parent, args, kwargs)
+            log = Log(options, parent, args, kwargs)  # type: ignore[arg-type]
         else:  # a root, and a rate to sample at
             log = _sampling.open_root(options, args, kwargs)
     except Exception as exc:
@@ -136,11 +138,10 @@ def _announce(log: Log) -> None:
         # A root (re)checks the stdout tee: the user may have replaced sys.stdout since.
         if log.parent is None and type(sys.stdout) is not StdoutTee:
             ensure_stdout_tee()
-        hold = log.trace_hold
+        hold = log.trace_hold  # `Log.announce_start`, inlined: every block and async call
         if hold is None:
             for started in _sinks.on_start:
                 started(log)
-        # An unsampled trace: held until its root ends (a DormantRoot is its own hold).
         elif hold is not log:  # type: ignore[comparison-overlap]
             hold.started(log)
     except Exception as exc:
@@ -268,7 +269,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
                         held = [number, _log._mono_ns(), options, args, []]  # `_held.HeldRoot`
                         if type(sys.stdout) is not StdoutTee:
                             ensure_stdout_tee()
-            if log is not None:
+            if log is not None:  # `_announce`, inlined (`Log.announce_start`)
                 if log.parent is None and type(sys.stdout) is not StdoutTee:
                     ensure_stdout_tee()
                 hold = log.trace_hold
@@ -332,7 +333,7 @@ def _wrap_function(fn: Callable[..., Any], options: LogOptions) -> Callable[...,
             raise
         reset_current(token)
         if type(result) in SCALARS and log.user_fields is None and capture_output is True:
-            # Log.close(None, result) for the commonest end, inlined: the call path.
+            # Log.close(None, result) for the commonest end, inlined (`Log.announce_end`).
             log.result = result
             log.duration_ns = _log._mono_ns() - log._start_mono_ns
             try:

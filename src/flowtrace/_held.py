@@ -238,15 +238,11 @@ def _announce_ends(children: list[HeldChild]) -> None:
 
 
 def _announce(log: Log, opening: bool) -> None:
-    """Tell the log's trace hold of its start or end, as the recorder does (a record's Log is
-    always in an unsampled trace: its root's hold, or the decision it came to)."""
     with _guard.guarded("log-open" if opening else "log-end"):
-        hold = log.trace_hold
-        assert hold is not None
         if opening:
-            hold.started(log)
+            log.announce_start()
         else:
-            hold.ended(log)
+            log.announce_end()
 
 
 if hasattr(os, "register_at_fork"):

@@ -30,7 +30,7 @@ import os
 from contextvars import Token
 from typing import Any, Final
 
-from flowtrace import _config, _guard, _sinks
+from flowtrace import _config, _guard
 from flowtrace import _log as log_clock
 from flowtrace._context import Current, current, current_here, open_ancestor
 from flowtrace._contract import BATCH_LOG, FLOW, PROMPT, LogKind, span_log_id
@@ -120,14 +120,10 @@ class SpanLog(Log):
         self._leave_context()
         self.duration_ns = max(0, log_clock._mono_ns() - self._start_mono_ns)
         try:
-            hold = self.trace_hold
-            if hold is None:
-                for ended in _sinks.on_end:
-                    ended(self)
-                return
-            if status_code_of(span) == "error":  # the tail rule keeps the trace for it
+            # in an unsampled trace, the tail rule keeps it for a failed span
+            if self.trace_hold is not None and status_code_of(span) == "error":
                 self.error = f"span {self.name!r} failed"
-            hold.ended(self)
+            self.announce_end()
         except Exception as exc:
             _guard.internal_error("span-log", exc)
 
@@ -170,15 +166,6 @@ def span_parent(trace_id: str, parent_span_id: str | None) -> SpanLog | None:
     return _open.get(span_log_id(trace_id, parent_span_id))
 
 
-def _announce(log: Log) -> None:
-    hold = log.trace_hold
-    if hold is None:
-        for started in _sinks.on_start:
-            started(log)
-    else:  # an unsampled trace's: held until its root ends
-        hold.started(log)
-
-
 def open_span_log(
     trace_id: str,
     span_id: str,
@@ -203,7 +190,7 @@ def open_span_log(
         log = SpanLog(log_id, parent)
         log.name = name
         _open[log_id] = log
-        _announce(log)
+        log.announce_start()
         if enter:
             log._token = current.set(log)
         return log
@@ -231,7 +218,7 @@ def record_span(span: Span, parent: Log | None) -> None:
         kept = span_parent(span.trace_id, span.parent_span_id)
         log = SpanLog(span_log_id(span.trace_id, span.span_id), innermost(kept, parent))
         log.name = span.name
-        _announce(log)
+        log.announce_start()
         log.end(span)
     except Exception as exc:
         _guard.internal_error("span-log", exc)

@@ -47,7 +47,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     ) from error
 
 from flowtrace import _guard
-from flowtrace._context import current_here, open_ancestor
+from flowtrace._context import current_here, get_current, open_ancestor
 from flowtrace._llm._hooks import calling
 from flowtrace._span_logs import SpanLog, has_open_span_logs, open_span_log, span_parent
 from flowtrace.spans import _genai as gen_ai
@@ -151,7 +151,7 @@ _late = threading.local()
 
 def _maybe_inside_a_flow() -> bool:
     """The cheap check first: most spans of a program are not started inside a flow."""
-    return current_here() is not None or has_open_span_logs()
+    return get_current() is not None or has_open_span_logs()  # (a held record counts)
 
 
 def _inside_a_flow(trace: str, parent: str | None) -> bool:
