@@ -308,6 +308,7 @@ def test_every_request_carries_the_api_key_and_json_content_type(batch: bool) ->
         assert request.headers["X-API-KEY"] == "sk-test"
         assert request.headers["Content-Type"] == "application/json"
         assert request.headers["User-Agent"] == "flowtrace"
+        assert request.headers["Prefer"] == "return=minimal"  # no update's record is read
 
 
 def test_no_api_key_header_without_an_api_key() -> None:

@@ -769,6 +769,31 @@ def test_batch_applies_each_operation_on_its_own(client: httpx.Client) -> None:
     assert get_log(client, "dup")["output"] == "first"
 
 
+def test_a_batch_that_prefers_the_minimal_answer_gets_updates_without_records(
+    client: httpx.Client,
+) -> None:
+    """`Prefer: return=minimal`: an update's result is `{"id"}` (a root's record would carry
+    its whole tree); creates and refusals are answered as always, and the updates stored."""
+    root = log(client, {"path": "batch/minimal"})
+    operations: list[dict[str, Any]] = [
+        {"op": "log", "body": {"path": "batch/minimal", "trace_parent_id": root["id"]}},
+        {"op": "update", "log_id": root["id"], "body": {"output": "o", "trace_status": "complete"}},
+        {"op": "update", "log_id": root["id"], "body": {"trace_status": "incomplete"}},
+        {"op": "update", "log_id": "missing", "body": {"output": "x"}},
+    ]
+    response = client.post(
+        "/flows/logs/batch", json={"operations": operations}, headers={"Prefer": "return=minimal"}
+    )
+    assert response.headers["Preference-Applied"] == "return=minimal"
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 409, 404]
+    assert results[0]["body"]["trace_status"] == "incomplete"  # a create's answer, as always
+    assert results[1]["body"] == {"id": root["id"]}
+    stored = get_log(client, root["id"])
+    assert (stored["output"], stored["trace_status"]) == ("o", "complete")
+    assert stored["trace_children"][0]["id"] == results[0]["body"]["id"]
+
+
 def test_batch_envelope_errors(client: httpx.Client) -> None:
     assert_field_error(client.post("/flows/logs/batch", json={}), ["body", "operations"], "missing")
     assert client.post("/flows/logs/batch", json={"operations": [], "x": 1}).status_code == 422

@@ -24,7 +24,7 @@ import pytest
 
 from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, FlowLogResponse, LogQuery
 from flowtrace.server._store_thread import StoreThread
-from flowtrace.store import Store, StoreError
+from flowtrace.store import Store, StoreError, UpdateWrite
 from tests.serverutil import DEFAULT_API_KEY, InProcessServer, serve_in_thread
 
 # Each case: requests sent in order (json body or raw content, headers, query params).
@@ -32,6 +32,7 @@ Request = dict[str, Any]
 _JSON_TYPE = {"headers": {"Content-Type": "application/json"}}
 _TEXT = {"Content-Type": "text/plain"}
 _MAX_BODY = 4096  # both servers' body limit
+_MINIMAL = {"Prefer": "return=minimal"}
 
 
 def _patch(log_id: str, body: Any, **more: Any) -> Request:
@@ -61,6 +62,16 @@ CASES: dict[str, list[Request]] = {
         {"json": {"path": "fast/replay", "log_id": "fast-replay-1", "output": "a"}},
         {"json": {"path": "fast/replay", "log_id": "fast-replay-1", "output": "a"}},
         {"json": {"path": "fast/replay", "log_id": "fast-replay-1", "output": "b"}},
+    ],
+    "minimal-update-answer": [
+        {"json": {"path": "fast/prefer", "log_id": "fast-prefer", "trace_status": "incomplete"}},
+        _patch("fast-prefer", {"output": "a"}, headers=_MINIMAL),
+        _patch("fast-prefer", {"output": "b"}, headers={"Prefer": "return=representation"}),
+        _patch("fast-prefer", {"error": "e"}, headers={"Prefer": 'wait=5, RETURN="minimal"; x'}),
+        _patch("fast-prefer", {"log_status": "complete"}, headers=_MINIMAL),
+        _patch("fast-prefer", {"log_status": "incomplete"}, headers=_MINIMAL),  # 409
+        _patch("fast-nobody", {}, headers=_MINIMAL),  # 404
+        _patch("fast-prefer", {"inputs": [1]}, headers=_MINIMAL),  # 422
     ],
     "parent-rules": [
         {"json": {"path": "fast/parent", "trace_parent_id": "nobody"}},
@@ -253,6 +264,24 @@ def test_fast_path_answers_as_the_fastapi_route(servers: list[InProcessServer], 
     _assert_same_answers(servers, CASES[case])
 
 
+def test_an_update_that_prefers_the_minimal_answer_gets_it_and_is_applied(
+    servers: list[InProcessServer],
+) -> None:
+    """`Prefer: return=minimal` (RFC 7240): `{"id"}` and `Preference-Applied`, from either
+    route; the update is stored all the same."""
+    for number, server in enumerate(servers):
+        log_id = f"prefer-applied-{number}"
+        with server.client() as client:
+            client.post("/flows/log", json={"path": "fast/applied", "log_id": log_id})
+            answer = client.patch(f"/flows/logs/{log_id}", json={"output": "x"}, headers=_MINIMAL)
+            assert answer.json() == {"id": log_id}
+            assert answer.headers["Preference-Applied"] == "return=minimal"
+            full = client.patch(f"/flows/logs/{log_id}", json={"trace_status": "complete"})
+            assert "Preference-Applied" not in full.headers
+            assert full.json()["output"] == "x"
+            assert full.json()["trace_status"] == "complete"
+
+
 @pytest.mark.parametrize("case", sorted(KEYLESS_CASES))
 def test_fast_path_without_keys_answers_as_the_chain(
     keyless_servers: list[InProcessServer], case: str
@@ -277,20 +306,18 @@ def test_fast_path_answers_every_status(
 
 
 class _SlowStore(Store):
-    """A store whose single-log write takes a while, so that other requests arrive meanwhile;
+    """A store whose first write takes a while, so that other requests arrive meanwhile;
     records the size of every group written."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.groups: list[int] = []
 
-    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
-        time.sleep(0.8)
-        return super().log(request, query)
-
     def write_many(
-        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | tuple[str, Any]]
-    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError]:
+        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | UpdateWrite]
+    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError | None]:
+        if not self.groups:
+            time.sleep(0.8)
         self.groups.append(len(writes))
         return super().write_many(writes)
 
@@ -338,7 +365,7 @@ def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> No
         trace = client.get("/logs/first").json()
         assert trace["trace_children"][0]["id"] == "g1"
         assert trace["trace_children"][0]["trace_status"] == "complete"
-    assert store.groups == [len(writes) - 1]
+    assert store.groups == [1, len(writes) - 1]
 
 
 class _BrokenStore(Store):

@@ -36,6 +36,8 @@ __all__ = [
     "PENDING",
     "PLACEHOLDER_FIELD",
     "PLACEHOLDER_PATH",
+    "PREFERENCE_APPLIED_HEADER",
+    "PREFER_HEADER",
     "PROMPT",
     "PROMPT_KERNEL_FIELDS",
     "PROMPT_LOG_FIELDS",
@@ -50,6 +52,7 @@ __all__ = [
     "REMOTE_SAMPLED",
     "REMOTE_SPAN_ID",
     "REMOTE_TRACE_ID",
+    "RETURN_MINIMAL",
     "SCRUBBED_PREFIX",
     "SCRUBBED_SUFFIX",
     "SPAN_LOG_ID_PREFIX",
@@ -64,6 +67,7 @@ __all__ = [
     "StatusField",
     "TraceStatus",
     "ended_interrupted",
+    "minimal_answer",
     "remote_parent_id",
     "scrubbed",
     "span_log_id",
@@ -167,6 +171,21 @@ BATCH_OPS: Final[tuple[BatchOp, ...]] = get_args(BatchOp)
 #: The health answer's fields: `batch` (the route is offered) and the operation kinds it takes.
 BATCH_FIELD: Final = "batch"
 BATCH_OPERATIONS_FIELD: Final = "batch_operations"
+
+#: RFC 7240. A client that does not read an update's answer sends `Prefer: return=minimal`, and
+#: the server answers the update (a PATCH, or a batch's "update") with `minimal_answer`
+#: instead of the log's record, which it would have to read back and render: for a trace's
+#: root, its whole tree. It says so with `Preference-Applied: return=minimal`. flowtrace's
+#: exporter always asks; a server that ignores the header answers the record, unread.
+PREFER_HEADER: Final = "Prefer"
+PREFERENCE_APPLIED_HEADER: Final = "Preference-Applied"
+RETURN_MINIMAL: Final = "return=minimal"
+
+
+def minimal_answer(log_id: str) -> dict[str, str]:
+    """An update's answer without the log's record."""
+    return {"id": log_id}
+
 
 #: Token counts of a prompt log. `prompt_tokens`, `output_tokens` and `reasoning_tokens` are the
 #: contract's; the cache counts are flowtrace's (part of `prompt_tokens`, as providers count).

@@ -46,8 +46,10 @@ from flowtrace._contract import (
     BATCH_PROMPT_LOG,
     BATCH_TOOL_LOG,
     BATCH_UPDATE,
+    PREFER_HEADER,
     PROMPT,
     PROMPT_LOG_FIELDS,
+    RETURN_MINIMAL,
     TOOL,
     UPDATE_EXTENSION_FIELDS,
 )
@@ -100,6 +102,8 @@ class HttpExporter:
         wall_clock: WallClock = _utc_now,
     ) -> None:
         headers = {"Content-Type": "application/json", "User-Agent": "flowtrace"}
+        # Nothing here reads an update's record: a server that can skips building it.
+        headers[PREFER_HEADER] = RETURN_MINIMAL
         if api_key:
             headers["X-API-KEY"] = api_key
         self._client = httpx.Client(

@@ -36,6 +36,7 @@ from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flowtrace._contract import minimal_answer
 from flowtrace.models import (
     CreateFlowLogResponse,
     FlowLogRequest,
@@ -44,7 +45,7 @@ from flowtrace.models import (
     LogQuery,
     StatusField,
 )
-from flowtrace.store import Store, StoreError
+from flowtrace.store import Store, StoreError, UpdateWrite
 
 from ._auth import ApiKeys
 from ._body_limit import DISCONNECTED, TOO_LARGE, read_limited, too_large
@@ -52,6 +53,7 @@ from ._content_type import content_type_refusal
 from ._errors import store_error_response, unexpected_error_response, validation_error_response
 from ._json import is_json_media_type, parse_json
 from ._keyless_guard import KeylessGuardMiddleware
+from ._prefer import MINIMAL_APPLIED, scope_prefers_minimal
 from ._responses import json_response, render_created, render_log, status_field_of
 from ._store_thread import StoreThread
 
@@ -139,7 +141,7 @@ class FastLogFront:
         try:
             if log_id is None:
                 return await self._create(scope, parse_log_request(body, content_type))
-            return await self._update(log_id, _parse_update(body, content_type))
+            return await self._update(scope, log_id, _parse_update(body, content_type))
         except _RequestInvalid as invalid:
             return validation_error_response(invalid.errors)
         except StoreError as refusal:
@@ -156,15 +158,20 @@ class FastLogFront:
         answer = render_created(created, status_field_of(request, self._default))
         return Response(to_json(answer), media_type=_JSON)
 
-    async def _update(self, log_id: str, request: FlowLogUpdateRequest) -> Response:
-        updated = await self._writer.write((log_id, request))
+    async def _update(self, scope: Scope, log_id: str, request: FlowLogUpdateRequest) -> Response:
+        minimal = scope_prefers_minimal(scope)
+        updated = await self._writer.write(UpdateWrite(log_id, request, record=not minimal))
+        if updated is None:
+            answer = to_json(minimal_answer(log_id))
+            return Response(answer, media_type=_JSON, headers=MINIMAL_APPLIED)
         assert isinstance(updated, FlowLogResponse)
         return json_response(render_log(updated, status_field_of(request, self._default)))
 
 
-#: A create `(request, query)` or an update `(log_id, request)`, as `Store.write_many` takes.
-_Write = tuple[FlowLogRequest, LogQuery | None] | tuple[str, FlowLogUpdateRequest]
-_Answer = CreateFlowLogResponse | FlowLogResponse
+#: A create `(request, query)` or an update, as `Store.write_many` takes them.
+_Write = tuple[FlowLogRequest, LogQuery | None] | UpdateWrite
+#: None: an update answered without its record.
+_Answer = CreateFlowLogResponse | FlowLogResponse | None
 _Waiting = tuple[_Write, "asyncio.Future[_Answer]"]
 
 
@@ -206,12 +213,10 @@ class _GroupWriter:
             self._next()
 
     def _write_alone(self, write: _Write) -> _Answer:
-        target, request = write
-        if isinstance(target, str):
-            assert isinstance(request, FlowLogUpdateRequest)
-            return self._store.update(target, request)
-        assert isinstance(request, LogQuery | None)
-        return self._store.log(target, request)
+        (answer,) = self._store.write_many([write])
+        if isinstance(answer, StoreError):
+            raise answer
+        return answer
 
     def _next(self) -> None:
         """The store is free: write what waited, or mark it idle."""

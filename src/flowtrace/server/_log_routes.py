@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query
 from starlette.responses import JSONResponse, Response
 
-from flowtrace._contract import LogKind, TraceStatus
+from flowtrace._contract import LogKind, TraceStatus, minimal_answer
 from flowtrace.models import (
     BatchRequest,
     BatchResponse,
@@ -24,10 +24,11 @@ from flowtrace.models import (
     StatusField,
     WireDatetime,
 )
-from flowtrace.store import ListQuery, Store
+from flowtrace.store import ListQuery, Store, StoreError, UpdateWrite
 
 from ._errors import error_responses
 from ._json import StrictJsonRoute
+from ._prefer import MINIMAL_APPLIED, prefers_minimal
 from ._responses import json_response, render_created, render_log, render_page, status_field_of
 
 __all__ = ["log_router"]
@@ -37,6 +38,10 @@ MAX_PAGE = 1_000_000_000
 MAX_PAGE_SIZE = 1_000
 
 LogId = Annotated[str, Path(description="Log id")]
+Prefer = Annotated[
+    str | None,
+    Header(description='`return=minimal`: an update is answered `{"id"}`, not the record'),
+]
 
 
 def log_router(store: Store, *, status_field_default: StatusField, batch: bool) -> APIRouter:
@@ -68,9 +73,15 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
         responses=error_responses(400, 401, 404, 409, 413),
         summary="Update a Flow log",
     )
-    def update_log(log_id: LogId, body: FlowLogUpdateRequest) -> Response:
+    def update_log(log_id: LogId, body: FlowLogUpdateRequest, prefer: Prefer = None) -> Response:
         # Answered by _fast_log.FastLogFront too, unless fast_log=False (as above).
-        updated = store.update(log_id, body)
+        minimal = prefer is not None and prefers_minimal([prefer])
+        (updated,) = store.write_many([UpdateWrite(log_id, body, record=not minimal)])
+        if isinstance(updated, StoreError):
+            raise updated
+        if updated is None:
+            return JSONResponse(minimal_answer(log_id), headers=MINIMAL_APPLIED)
+        assert isinstance(updated, FlowLogResponse)
         return json_response(render_log(updated, status_field_of(body, default)))
 
     if batch:
@@ -81,12 +92,16 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
             responses=error_responses(400, 401, 413),
             summary="Apply many log (flow, prompt, tool) and update operations (flowtrace ext.)",
         )
-        def apply_batch(body: BatchRequest) -> Response:
-            results = store.batch(body.operations)
+        def apply_batch(body: BatchRequest, prefer: Prefer = None) -> Response:
+            minimal = prefer is not None and prefers_minimal([prefer])
+            results = store.batch(body.operations, update_records=not minimal)
             # bodies are plain JSON values; an update's record may be nested deep
-            return json_response(
+            response = json_response(
                 {"results": [{"status": r.status, "body": r.body} for r in results]}
             )
+            if minimal:
+                response.headers.update(MINIMAL_APPLIED)
+            return response
 
     else:
 

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar, cast
 
 from flowtrace._contract import (
     BATCH_LOG,
@@ -56,6 +56,7 @@ from flowtrace._contract import (
     FLOW,
     LogKind,
     StatusField,
+    minimal_answer,
     wire_time_us,
 )
 from flowtrace._lazy import lazy_names
@@ -142,6 +143,7 @@ __all__ = [
     "StoreNotFound",
     "StoreSchemaError",
     "StoreUnavailable",
+    "UpdateWrite",
     "is_database_url",
 ]
 
@@ -179,6 +181,16 @@ def _file_log_request(kind: str, body: Any) -> PromptLogRequest | ToolLogRequest
 
 _T = TypeVar("_T")
 _Update: TypeAlias = "tuple[str, FlowLogUpdateRequest]"
+
+
+class UpdateWrite(NamedTuple):
+    """A `PATCH /flows/logs/{log_id}` for `Store.write_many`. `record=False`: the client asked
+    for the minimal answer (`Prefer: return=minimal`), so the log's record is not read back
+    and its answer is None."""
+
+    log_id: str
+    request: FlowLogUpdateRequest
+    record: bool = True
 
 
 def _utc_now() -> datetime:
@@ -310,32 +322,37 @@ class Store:
         return cast("list[CreateFlowLogResponse | StoreError]", self.write_many(logs))
 
     def write_many(
-        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | _Update]
-    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError]:
+        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | UpdateWrite]
+    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError | None]:
         """Several `POST /flows/log` (`(request, query)`) and `PATCH /flows/logs/{log_id}`
-        (`(log_id, request)`) in one transaction, in order (the server's group commit): each
-        is stored or refused on its own, exactly as `log` or `update` would, its answer or
-        its refusal returned in its place. Any other failure fails them all (nothing is
-        stored)."""
+        (`UpdateWrite`) in one transaction, in order (the server's group commit): each is
+        stored or refused on its own, exactly as `log` or `update` would, its answer (None
+        for an update without its record) or its refusal returned in its place. Any other
+        failure fails them all (nothing is stored)."""
         from flowtrace.models import CreateFlowLogResponse
 
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
-        prepared: list[PreparedLog | _Update] = [
-            write if isinstance(write[0], str) else prepare_log(*write, now_us, now_wire)
+        prepared: list[PreparedLog | UpdateWrite] = [
+            write if isinstance(write, UpdateWrite) else prepare_log(*write, now_us, now_wire)
             for write in writes
         ]
 
-        def work(session: Session) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError]:
+        def work(
+            session: Session,
+        ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError | None]:
             _expect_replays(session, prepared)
-            results: list[CreateFlowLogResponse | FlowLogResponse | StoreError] = []
+            results: list[CreateFlowLogResponse | FlowLogResponse | StoreError | None] = []
             for item in prepared:
                 try:
                     if isinstance(item, PreparedLog):
                         body = create_log(self._flow_cache, session, item)
                         results.append(CreateFlowLogResponse.model_validate(body))
+                    elif item.record:
+                        results.append(self._update(session, item.log_id, item.request))
                     else:
-                        results.append(self._update(session, *item))
+                        self._apply_update(session, item.log_id, item.request)
+                        results.append(None)
                 except StoreError as refusal:
                     results.append(refusal)
             return results
@@ -361,10 +378,20 @@ class Store:
     ) -> FlowLogResponse:
         from flowtrace.store._reads import get_log_by_seq
 
-        with session.operation():
-            seq, trace_seq = update_log(session, log_id, changes_of(request), file_id, kind)
+        seq, trace_seq = self._apply_update(session, log_id, request, file_id, kind)
         session.flush()  # the record shows up-to-date counters
         return get_log_by_seq(session.repo, seq, trace_seq, request.status_field)
+
+    def _apply_update(
+        self,
+        session: Session,
+        log_id: str,
+        request: LogUpdate,
+        file_id: str | None = None,
+        kind: LogKind = FLOW,
+    ) -> tuple[int, int]:
+        with session.operation():
+            return update_log(session, log_id, changes_of(request), file_id, kind)
 
     def update(
         self,
@@ -380,11 +407,14 @@ class Store:
         unknown log (or not of that file), 409 reopening a complete log."""
         return self._write(lambda session: self._update(session, log_id, request, file_id, kind))
 
-    def batch(self, operations: Sequence[dict[str, Any]]) -> list[BatchResult]:
+    def batch(
+        self, operations: Sequence[dict[str, Any]], *, update_records: bool = True
+    ) -> list[BatchResult]:
         """The batch extension: operations apply in order, each on its own (a failing one is
         undone alone), all in one transaction. Malformed operations get a 422 result. A
         prompt or tool log's create is stored as `log_file` stores it, an update as `update`
-        does (of a log of any kind)."""
+        does (of a log of any kind), answered with the log's record, or `minimal_answer`
+        without `update_records` (the client asked for the minimal answer)."""
         from flowtrace.models import UpdateOperation
         from flowtrace.store._batch import parse_operation
 
@@ -404,16 +434,21 @@ class Store:
 
         def work(session: Session) -> list[BatchResult]:
             _expect_replays(session, prepared)
-            return [self._apply(session, item) for item in prepared]
+            return [self._apply(session, item, update_records) for item in prepared]
 
         return self._write(work)
 
-    def _apply(self, session: Session, item: PreparedLog | _Update | StoreError) -> BatchResult:
+    def _apply(
+        self, session: Session, item: PreparedLog | _Update | StoreError, with_record: bool
+    ) -> BatchResult:
         try:
             if isinstance(item, StoreError):
                 raise item
             if isinstance(item, PreparedLog):
                 return _result(200, create_log(self._flow_cache, session, item))
+            if not with_record:
+                self._apply_update(session, *item)
+                return _result(200, minimal_answer(item[0]))
             from flowtrace.store._records import record_json
 
             record = self._update(session, *item)
@@ -494,7 +529,7 @@ class Store:
                 else:
                     with session.operation():
                         update_log(session, log_id, item)
-                    done.append((index, (200, {"id": log_id})))
+                    done.append((index, (200, minimal_answer(log_id))))
             except fatal:
                 raise  # the database, not the operation: the whole call fails (and is retried)
             except StoreError as refusal:
