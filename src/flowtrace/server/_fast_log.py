@@ -12,29 +12,30 @@ body parsing (strict JSON, Content-Type rules), the same validation errors, the 
 errors. `tests/test_server_fast_log.py` sends the same requests to both and compares the
 answers. Creates and updates go through one `_GroupWriter` (group commit), in arrival order.
 
-It sits in front of the app's whole middleware chain (`FastLogFront`, put there by
-`_app`), so it does the chain's checks for these two routes itself, in the chain's order and
-with the chain's own code and answers: without API keys the Host and Origin rules (403), the
-API key (401), the JSON Content-Type (415), the body limit (413), and the 500 of an unexpected
-error. The chain's eight layers (Starlette's and FastAPI's error, telemetry and body-limit
-middlewares, then flowtrace's) had no other work for these requests: ~36,000 instructions a
-request (callgrind, ~3% of the app's cost of a log; issue 13, second pass).
+It sits in front of the app itself (`_app._App.__call__` hands it the requests it `match`es,
+before FastAPI's and Starlette's entry and the whole middleware chain), so it does the chain's
+checks for these two routes itself, in the chain's order and with the chain's own code and
+answers: without API keys the Host and Origin rules (403), the API key (401), the JSON
+Content-Type (415), the body limit (413), and the 500 of an unexpected error. The chain's eight
+layers (Starlette's and FastAPI's error, telemetry and body-limit middlewares, then
+flowtrace's) had no other work for these requests: ~36,000 instructions a request (callgrind,
+~3% of the app's cost of a log; issue 13, second pass).
 
 The FastAPI routes stay: they describe the operations in the OpenAPI document, and answer
-whatever this handler passes on (other methods, other paths).
+what this handler does not match (other methods, other paths).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from flowtrace._contract import minimal_answer
 from flowtrace.models import (
@@ -57,21 +58,29 @@ from ._prefer import MINIMAL_APPLIED, scope_prefers_minimal
 from ._responses import json_response, render_created, render_log, status_field_of
 from ._store_thread import StoreThread
 
-__all__ = ["FastLogFront", "parse_log_request"]
+__all__ = ["FastLogFront", "LogRoute", "parse_log_request"]
 
 _MISSING = object()
 _JSON = "application/json"
 
 
+class LogRoute(NamedTuple):
+    """A request `FastLogFront` serves: a create (`log_id` None) or the update of `log_id`."""
+
+    log_id: str | None
+
+
+_CREATE = LogRoute(None)
+
+
 class FastLogFront:
-    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` itself,
-    checked as the app's middleware chain checks them; passes every other request on to `app`.
+    """Answers `POST {prefix}/flows/log` and `PATCH {prefix}/flows/logs/{log_id}` (`match`
+    says which requests are these), checked as the app's middleware chain checks them.
 
     `keyless`: without API keys, the chain's Host and Origin rules (`_keyless_guard`)."""
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         store: Store,
         prefix: str,
@@ -80,7 +89,6 @@ class FastLogFront:
         max_body_bytes: int,
         keyless: KeylessGuardMiddleware | None,
     ) -> None:
-        self.app = app
         self._writer = _GroupWriter(store)
         self._create_path = f"{prefix}/flows/log"
         self._update_prefix = f"{prefix}/flows/logs/"
@@ -89,20 +97,18 @@ class FastLogFront:
         self._max_body_bytes = max_body_bytes
         self._keyless = keyless
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
-            if method == "POST" and path == self._create_path:
-                await self._serve(scope, receive, send, None)
-                return
-            if method == "PATCH" and path.startswith(self._update_prefix):
-                log_id = path[len(self._update_prefix) :]
-                if log_id and "/" not in log_id:  # the route's `{log_id}`: one path segment
-                    await self._serve(scope, receive, send, log_id)
-                    return
-        await self.app(scope, receive, send)
+    def match(self, scope: Scope) -> LogRoute | None:
+        """The route of an HTTP request this front answers; None for any other request."""
+        path, method = scope["path"], scope["method"]
+        if method == "POST" and path == self._create_path:
+            return _CREATE
+        if method == "PATCH" and path.startswith(self._update_prefix):
+            log_id = path[len(self._update_prefix) :]
+            if log_id and "/" not in log_id:  # the route's `{log_id}`: one path segment
+                return LogRoute(log_id)
+        return None
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, log_id: str | None) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, log_id: str | None) -> None:
         """Answer a create (`log_id` None) or the update of `log_id`."""
         refused = self._refusal(scope)
         if refused is not None:
@@ -136,7 +142,9 @@ class FastLogFront:
             return JSONResponse({"detail": reason}, status_code=415)
         return None
 
-    async def _answer(self, scope: Scope, body: bytes, log_id: str | None) -> Response:
+    async def _answer(
+        self, scope: Scope, body: bytes, log_id: str | None
+    ) -> Response | _JsonAnswer:
         content_type = _header(scope, b"content-type")
         try:
             if log_id is None:
@@ -147,26 +155,50 @@ class FastLogFront:
         except StoreError as refusal:
             return store_error_response(refusal)
 
-    async def _create(self, scope: Scope, request: FlowLogRequest) -> Response:
-        params = QueryParams(scope["query_string"])
-        version_id, environment = params.get("version_id"), params.get("environment")
+    async def _create(self, scope: Scope, request: FlowLogRequest) -> _JsonAnswer:
         query = None
-        if version_id is not None or environment is not None:
-            query = LogQuery(version_id=version_id, environment=environment)
+        if scope["query_string"]:  # most creates have none: not parsed then
+            params = QueryParams(scope["query_string"])
+            version_id, environment = params.get("version_id"), params.get("environment")
+            if version_id is not None or environment is not None:
+                query = LogQuery(version_id=version_id, environment=environment)
         created = await self._writer.write((request, query))
         assert isinstance(created, CreateFlowLogResponse)
         answer = render_created(created, status_field_of(request, self._default))
-        return Response(to_json(answer), media_type=_JSON)
+        return _JsonAnswer(to_json(answer))
 
-    async def _update(self, scope: Scope, log_id: str, request: FlowLogUpdateRequest) -> Response:
+    async def _update(
+        self, scope: Scope, log_id: str, request: FlowLogUpdateRequest
+    ) -> Response | _JsonAnswer:
         minimal = scope_prefers_minimal(scope)
         updated = await self._writer.write(UpdateWrite(log_id, request, record=not minimal))
         if updated is None:
-            answer = to_json(minimal_answer(log_id))
-            return Response(answer, media_type=_JSON, headers=MINIMAL_APPLIED)
+            return _JsonAnswer(to_json(minimal_answer(log_id)), _MINIMAL_APPLIED)
         assert isinstance(updated, FlowLogResponse)
         return json_response(render_log(updated, status_field_of(request, self._default)))
 
+
+class _JsonAnswer:
+    """A 200 JSON answer as the two ASGI messages Starlette's `Response` sends, with the same
+    headers in the same order, without making one (~3% of a log's time on the event loop):
+    the answer of every create and of every minimal update."""
+
+    __slots__ = ("_body", "_headers")
+
+    def __init__(self, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self._body = body
+        self._headers = [*headers, (b"content-length", b"%d" % len(body)), _JSON_TYPE]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body})
+
+
+_JSON_TYPE = (b"content-type", _JSON.encode("latin-1"))
+_MINIMAL_APPLIED = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in MINIMAL_APPLIED.items()
+)
 
 #: A create `(request, query)` or an update, as `Store.write_many` takes them.
 _Write = tuple[FlowLogRequest, LogQuery | None] | UpdateWrite
