@@ -485,6 +485,42 @@ def test_the_fast_path_stores_what_the_request_path_stores_row_for_row(tmp_path:
     assert [status for status, _ in answers["ingest"]] == [s for s, _ in answers["batch"]]
 
 
+def test_logs_of_functions_that_alternate_in_one_batch_each_find_their_own_version(
+    tmp_path: Path,
+) -> None:
+    """The transaction remembers where a function's logs go (its flow and version): two
+    versions of one path and another flow, alternating, each new at its first log, are stored
+    as the request path stores them."""
+    token = object()
+    planner = Planner(token, Counters())
+    functions = [
+        LogOptions(FlowOptions(attributes={"v": 1}), "memo/shared"),
+        LogOptions(FlowOptions(attributes={"m": "x"}), "memo/other"),
+        LogOptions(FlowOptions(attributes={"v": 2}), "memo/shared"),
+    ]
+    for n in range(9):
+        log = Log(functions[n % 3], None)
+        log.delivery = token
+        planner.started(log)
+        end(log)
+        planner.ended(log)
+    ops = [op.operation for op in planner.plan(512, 0.0, 60.0, "trace_status")[0]]
+    rows = {}
+    for way in ("ingest", "batch"):
+        with Store(tmp_path / f"{way}.db", clock=FakeClock()) as store:
+            if way == "ingest":
+                assert [status for status, _ in store.ingest(ops)] == [200] * 9
+            else:
+                store.batch([op.to_batch_item() for op in ops])
+        with sqlite3.connect(tmp_path / f"{way}.db") as db:
+            rows[way] = db.execute(f"SELECT {_LOG_COLUMNS} FROM logs ORDER BY seq").fetchall()
+    assert rows["ingest"] == rows["batch"]
+    routes = [(row[2], row[3]) for row in rows["ingest"]]  # (flow_ref, version_ref)
+    assert len(set(routes)) == 3
+    assert routes == routes[:3] * 3
+    assert routes[0][0] == routes[2][0] != routes[1][0]  # one flow, two versions
+
+
 _LOG_COLUMNS = (
     "seq, id, flow_ref, version_ref, trace_seq, parent_seq, start_us, end_us, complete,"
     " has_error, request_digest, inputs, output, data, placeholder"

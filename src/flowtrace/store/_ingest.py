@@ -95,17 +95,20 @@ _CLIENT_TIME_CHARS = len("2025-03-01T12:00:00.000000Z")
 # --- creates -----------------------------------------------------------------------------------
 
 # Every log of a flow shares one attributes snapshot (the client takes it once per flow), so
-# the kernel made of it is kept for the next log that carries the very same object.
-_kernel_memo: tuple[object, Kernel | None] = (None, None)
+# the kernel made of it is kept for the next log that carries the very same object (by id,
+# the snapshot kept alive with it so that its id is not another's).
+_kernels: dict[int, tuple[object, Kernel]] = {}
+_MAX_KERNELS = 1024
 
 
 def _flow_kernel(attributes: Any) -> Kernel:
-    global _kernel_memo
-    known, kernel = _kernel_memo
-    if known is attributes and kernel is not None:
-        return kernel
+    known = _kernels.get(id(attributes))
+    if known is not None and known[0] is attributes:
+        return known[1]
     kernel = Kernel(attributes)
-    _kernel_memo = (attributes, kernel)
+    if len(_kernels) >= _MAX_KERNELS:
+        _kernels.clear()
+    _kernels[id(attributes)] = (attributes, kernel)
     return kernel
 
 

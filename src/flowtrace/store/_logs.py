@@ -30,7 +30,7 @@ from flowtrace.store._flow_cache import (
     attributes_digest,
     normalize_path,
 )
-from flowtrace.store._prepare import PreparedLog
+from flowtrace.store._prepare import PreparedLog, Routing
 from flowtrace.store._repository import NewLog, Node, Reader, Repository
 from flowtrace.store._session import Session
 
@@ -209,7 +209,7 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
     replay = _replay(flow_cache, session, prepared)
     if replay is not None:
         return replay
-    target = find_target(flow_cache, repo, prepared)
+    target = _target(flow_cache, session, prepared)
     parent: Node | None = None
     trace_seq: int | None = None
     if request.trace_parent_id is not None:
@@ -226,6 +226,26 @@ def _insert(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> d
             trace_seq, parent = found
     # --- every check passed: write
     return write_log(flow_cache, session, prepared, target, trace_seq, parent)
+
+
+def _target(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> Target:
+    """`find_target`, remembered for the transaction where the request is the embedded path's
+    `Routing` (its flow's `Kernel` is one object per attributes snapshot: every log of a
+    function has the same one) and both the flow and the version exist: the next log of the
+    same function is routed without a lookup."""
+    request = prepared.request
+    if request.__class__ is not Routing or prepared.query is not None:
+        return find_target(flow_cache, session.repo, prepared)
+    assert isinstance(request, Routing)
+    key = (request.path, request.id, id(request.flow), prepared.kind)
+    known = session.targets.get(key)
+    if known is not None and known[0] is request.flow:
+        target: Target = known[1]
+        return target
+    target = find_target(flow_cache, session.repo, prepared)
+    if target.flow is not None and target.version is not None:
+        session.targets[key] = (request.flow, target)  # (the kernel kept: its id stays its)
+    return target
 
 
 def write_log(

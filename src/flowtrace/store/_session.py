@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from types import TracebackType
+from typing import Any
 
 from flowtrace.store._errors import StoreError
 from flowtrace.store._repository import FlowDelta, Repository
@@ -33,6 +34,9 @@ class Session:
         self._touched_flows: set[int] = set()
         self._op_deltas: list[tuple[int, int, int, int, int]] = []
         self._op_touched: set[int] = set()
+        # Where the creates of this transaction went, by what routed them (`_logs`): the logs
+        # of one function all find the same flow and version.
+        self.targets: dict[tuple[object, ...], Any] = {}
 
     def next_seq(self) -> int:
         return self.repo.next_seq()
