@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
-from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, LogQuery
-from flowtrace.store import Store
+from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, FlowLogResponse, LogQuery
+from flowtrace.store import Store, StoreError, UpdateWrite
 from tests.serverutil import serve_in_thread
 
 # Bound on any wait for a condition in this test, seconds.
@@ -23,11 +24,13 @@ class GatedStore(Store):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def log(self, request: FlowLogRequest, query: LogQuery | None = None) -> CreateFlowLogResponse:
-        if request.path == "slow":
+    def write_many(
+        self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | UpdateWrite]
+    ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError | None]:
+        if any(not isinstance(w, UpdateWrite) and w[0].path == "slow" for w in writes):
             self.entered.set()
             assert self.release.wait(WAIT_LIMIT), "the test never released the request"
-        return super().log(request, query)
+        return super().write_many(writes)
 
 
 def refuses_connections(url: str) -> bool:
