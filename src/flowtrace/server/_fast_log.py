@@ -54,7 +54,7 @@ from ._content_type import content_type_refusal
 from ._errors import store_error_response, unexpected_error_response, validation_error_response
 from ._json import is_json_media_type, parse_json
 from ._keyless_guard import KeylessGuardMiddleware
-from ._prefer import MINIMAL_APPLIED, scope_prefers_minimal
+from ._prefer import MINIMAL_APPLIED_RAW, scope_prefers_minimal
 from ._responses import json_response, render_created, render_log, status_field_of
 from ._store_thread import StoreThread
 
@@ -173,7 +173,7 @@ class FastLogFront:
         minimal = scope_prefers_minimal(scope)
         updated = await self._writer.write(UpdateWrite(log_id, request, record=not minimal))
         if updated is None:
-            return _JsonAnswer(to_json(minimal_answer(log_id)), _MINIMAL_APPLIED)
+            return _JsonAnswer(to_json(minimal_answer(log_id)), MINIMAL_APPLIED_RAW)
         assert isinstance(updated, FlowLogResponse)
         return json_response(render_log(updated, status_field_of(request, self._default)))
 
@@ -195,10 +195,6 @@ class _JsonAnswer:
 
 
 _JSON_TYPE = (b"content-type", _JSON.encode("latin-1"))
-_MINIMAL_APPLIED = tuple(
-    (name.lower().encode("latin-1"), value.encode("latin-1"))
-    for name, value in MINIMAL_APPLIED.items()
-)
 
 #: A create `(request, query)` or an update, as `Store.write_many` takes them.
 _Write = tuple[FlowLogRequest, LogQuery | None] | UpdateWrite

@@ -28,7 +28,7 @@ from flowtrace.store import ListQuery, Store, StoreError, UpdateWrite
 
 from ._errors import error_responses
 from ._json import StrictJsonRoute
-from ._prefer import MINIMAL_APPLIED, prefers_minimal
+from ._prefer import MINIMAL_APPLIED, header_prefers_minimal
 from ._responses import json_response, render_created, render_log, render_page, status_field_of
 
 __all__ = ["log_router"]
@@ -75,7 +75,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
     )
     def update_log(log_id: LogId, body: FlowLogUpdateRequest, prefer: Prefer = None) -> Response:
         # Answered by _fast_log.FastLogFront too, unless fast_log=False (as above).
-        minimal = prefer is not None and prefers_minimal([prefer])
+        minimal = header_prefers_minimal(prefer)
         (updated,) = store.write_many([UpdateWrite(log_id, body, record=not minimal)])
         if isinstance(updated, StoreError):
             raise updated
@@ -93,7 +93,7 @@ def log_router(store: Store, *, status_field_default: StatusField, batch: bool) 
             summary="Apply many log (flow, prompt, tool) and update operations (flowtrace ext.)",
         )
         def apply_batch(body: BatchRequest, prefer: Prefer = None) -> Response:
-            minimal = prefer is not None and prefers_minimal([prefer])
+            minimal = header_prefers_minimal(prefer)
             results = store.batch(body.operations, update_records=not minimal)
             # bodies are plain JSON values; an update's record may be nested deep
             response = json_response(

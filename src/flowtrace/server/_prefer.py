@@ -9,10 +9,17 @@ from starlette.types import Scope
 
 from flowtrace._contract import PREFER_HEADER, PREFERENCE_APPLIED_HEADER, RETURN_MINIMAL
 
-__all__ = ["MINIMAL_APPLIED", "prefers_minimal", "scope_prefers_minimal"]
+__all__ = [
+    "MINIMAL_APPLIED",
+    "MINIMAL_APPLIED_RAW",
+    "header_prefers_minimal",
+    "prefers_minimal",
+    "scope_prefers_minimal",
+]
 
-#: The answer's header saying the preference was honoured.
+#: The answer's header saying the preference was honoured; as ASGI sends it (`_RAW`).
 MINIMAL_APPLIED = {PREFERENCE_APPLIED_HEADER: RETURN_MINIMAL}
+MINIMAL_APPLIED_RAW = ((b"preference-applied", RETURN_MINIMAL.encode("latin-1")),)
 
 _PREFER_KEY = PREFER_HEADER.lower().encode("latin-1")
 _RETURN, _MINIMAL = RETURN_MINIMAL.split("=")
@@ -28,6 +35,11 @@ def prefers_minimal(values: Iterable[str]) -> bool:
             if name.strip().lower() == _RETURN and setting.strip().strip('"') == _MINIMAL:
                 return True
     return False
+
+
+def header_prefers_minimal(value: str | None) -> bool:
+    """`prefers_minimal` of one `Prefer` header as a route parameter gets it (None: absent)."""
+    return value is not None and prefers_minimal([value])
 
 
 def scope_prefers_minimal(scope: Scope) -> bool:

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from flowtrace._contract import (
     BATCH_LOG,
@@ -105,7 +105,6 @@ if TYPE_CHECKING:
         CreateFlowLogResponse,
         FlowLogRequest,
         FlowLogResponse,
-        FlowLogUpdateRequest,
         FlowResponse,
         FlowUpsertRequest,
         LogQuery,
@@ -180,16 +179,15 @@ def _file_log_request(kind: str, body: Any) -> PromptLogRequest | ToolLogRequest
 
 
 _T = TypeVar("_T")
-_Update: TypeAlias = "tuple[str, FlowLogUpdateRequest]"
 
 
 class UpdateWrite(NamedTuple):
-    """A `PATCH /flows/logs/{log_id}` for `Store.write_many`. `record=False`: the client asked
-    for the minimal answer (`Prefer: return=minimal`), so the log's record is not read back
-    and its answer is None."""
+    """A `PATCH /flows/logs/{log_id}` (for `Store.write_many`; a batch's update of a log of
+    any kind). `record=False`: the client asked for the minimal answer (`Prefer:
+    return=minimal`), so the log's record is not read back."""
 
     log_id: str
-    request: FlowLogUpdateRequest
+    request: LogUpdate
     record: bool = True
 
 
@@ -420,7 +418,7 @@ class Store:
 
         now_us = self._now_us()
         now_wire = wire_time_us(now_us)
-        prepared: list[PreparedLog | _Update | StoreError] = []
+        prepared: list[PreparedLog | UpdateWrite | StoreError] = []
         for raw in operations:  # validation and encoding happen before taking the lock
             try:
                 operation = parse_operation(raw)
@@ -430,28 +428,26 @@ class Store:
             if not isinstance(operation, UpdateOperation):  # a create, of any kind
                 prepared.append(prepare_log(operation.body, operation.query, now_us, now_wire))
             else:
-                prepared.append((operation.log_id, operation.body))
+                prepared.append(UpdateWrite(operation.log_id, operation.body, update_records))
 
         def work(session: Session) -> list[BatchResult]:
             _expect_replays(session, prepared)
-            return [self._apply(session, item, update_records) for item in prepared]
+            return [self._apply(session, item) for item in prepared]
 
         return self._write(work)
 
-    def _apply(
-        self, session: Session, item: PreparedLog | _Update | StoreError, with_record: bool
-    ) -> BatchResult:
+    def _apply(self, session: Session, item: PreparedLog | UpdateWrite | StoreError) -> BatchResult:
         try:
             if isinstance(item, StoreError):
                 raise item
             if isinstance(item, PreparedLog):
                 return _result(200, create_log(self._flow_cache, session, item))
-            if not with_record:
-                self._apply_update(session, *item)
-                return _result(200, minimal_answer(item[0]))
+            if not item.record:
+                self._apply_update(session, item.log_id, item.request)
+                return _result(200, minimal_answer(item.log_id))
             from flowtrace.store._records import record_json
 
-            record = self._update(session, *item)
+            record = self._update(session, item.log_id, item.request)
             return _result(200, record_json(record, exclude_unset=True))
         except StoreError as error:
             return _result(error.status_code, {"detail": error.detail})

@@ -240,11 +240,10 @@ def _target(flow_cache: FlowCache, session: Session, prepared: PreparedLog) -> T
     key = (request.path, request.id, id(request.flow), prepared.kind)
     known = session.targets.get(key)
     if known is not None and known[0] is request.flow:
-        target: Target = known[1]
-        return target
+        return known[1]
     target = find_target(flow_cache, session.repo, prepared)
     if target.flow is not None and target.version is not None:
-        session.targets[key] = (request.flow, target)  # (the kernel kept: its id stays its)
+        session.targets[key] = (request.flow, target)
     return target
 
 

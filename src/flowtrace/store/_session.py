@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flowtrace.store._errors import StoreError
 from flowtrace.store._repository import FlowDelta, Repository
+
+if TYPE_CHECKING:
+    from flowtrace.store._logs import Target  # (_logs builds on this module)
 
 __all__ = ["Session"]
 
@@ -36,7 +39,8 @@ class Session:
         self._op_touched: set[int] = set()
         # Where the creates of this transaction went, by what routed them (`_logs`): the logs
         # of one function all find the same flow and version.
-        self.targets: dict[tuple[object, ...], Any] = {}
+        # (the kernel that routed them kept with its target: the key holds its id)
+        self.targets: dict[tuple[object, ...], tuple[object, Target]] = {}
 
     def next_seq(self) -> int:
         return self.repo.next_seq()
