@@ -207,6 +207,7 @@ class InProcessServer(_ServerBase):
         self.db_path = db_path
         self.api_key = api_key
         app = create_app(store, api_keys=api_keys, **app_options)
+        self.app = app
         config = uvicorn.Config(
             app, host="127.0.0.1", port=0, log_level="warning", access_log=False, http=http
         )

@@ -13,7 +13,6 @@ import asyncio
 import gc
 import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from flowtrace.models import CreateFlowLogResponse, FlowLogRequest, FlowLogResponse, LogQuery
 from flowtrace.server._store_thread import StoreThread
 from flowtrace.store import Store, StoreError, UpdateWrite
+from tests.pipelineutil import WAIT_S, wait_until
 from tests.serverutil import DEFAULT_API_KEY, InProcessServer, serve_in_thread
 
 # Each case: requests sent in order (json body or raw content, headers, query params).
@@ -305,27 +305,36 @@ def test_fast_path_answers_every_status(
 # --- group commit ---------------------------------------------------------------------------
 
 
-class _SlowStore(Store):
-    """A store whose first write takes a while, so that other requests arrive meanwhile;
-    records the size of every group written."""
+class _GatedStore(Store):
+    """A store whose first write waits for `release`, so that other requests arrive meanwhile
+    (`entered` says it is waiting); records the size of every group written."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.groups: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
     def write_many(
         self, writes: Sequence[tuple[FlowLogRequest, LogQuery | None] | UpdateWrite]
     ) -> list[CreateFlowLogResponse | FlowLogResponse | StoreError | None]:
         if not self.groups:
-            time.sleep(0.8)
+            self.entered.set()
+            assert self.release.wait(WAIT_S), "the test never released the first write"
         self.groups.append(len(writes))
         return super().write_many(writes)
+
+
+def _queued_writes(running: InProcessServer) -> int:
+    """How many writes wait for the store in the fast front's group writer (no event says
+    that a request has reached it)."""
+    return len(running.app.fast_log._writer._waiting)
 
 
 def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> None:
     """Creates and updates that arrive during a write go in the next one, in arrival order
     (an update of a log created earlier in the same group finds it), each answered alone."""
-    store = _SlowStore(tmp_path / "slow.db")
+    store = _GatedStore(tmp_path / "slow.db")
     create, update = "POST /flows/log", "PATCH /flows/logs/"
     writes: list[tuple[str, dict[str, Any]]] = [
         (create, {"path": "group/a", "log_id": "first", "trace_status": "incomplete"}),
@@ -349,13 +358,14 @@ def test_logs_arriving_during_a_write_are_written_together(tmp_path: Path) -> No
     ):
         first = threading.Thread(target=send, args=(client, writes[0]))
         first.start()
-        time.sleep(0.2)  # the first write is under way; the rest arrive during it
+        assert store.entered.wait(WAIT_S)  # the first write is under way; the rest arrive now
         with ThreadPoolExecutor(len(writes) - 1) as pool:
-            # In order: each request starts once the one before is waiting for the store.
+            # In order: each request is sent once the one before is waiting for the store.
             answers = []
-            for write in writes[1:]:
+            for queued, write in enumerate(writes[1:], 1):
                 answers.append(pool.submit(send, client, write))
-                time.sleep(0.05)
+                assert wait_until(lambda queued=queued: _queued_writes(running) == queued)
+            store.release.set()
             responses = [answer.result() for answer in answers]
         first.join()
         assert [r.status_code for r in responses] == expected[1:], [r.text for r in responses]
