@@ -11,6 +11,8 @@
   against a minimal tracer that posts JSON batches (to a local HTTP sink that reads and
   discards them); and `flush()` of 1,000 logs, and the exit of a script that made 1,000 (from
   its last call to its process's end: the exit flush and the interpreter's finalization).
+  `minimal+sqlite` is the same tracer keeping its logs on disk (the ingest floor's rows, by
+  `executemany`, no trace rules): what storing costs, before any rule of flowtrace's.
 - `perlog`: the per-log fallback: logs/s to `flowtrace serve --no-batch`.
 - `loop`: 1,000,000 calls then `flush()`: the share stored, peak RSS growth.
 - `exit`: runs of a script that makes 150,000 calls and exits without flushing: exit codes,
@@ -217,6 +219,8 @@ def trace(fn):
 
 
 def flush():
+    if _sink[0] == "sqlite":
+        return flush_to_sqlite(_sink[1])
     connection = http.client.HTTPConnection(_sink[0], int(_sink[1]))
     while _records:
         batch = _records[:512]
@@ -225,6 +229,39 @@ def flush():
                            {"Content-Type": "application/json"})
         connection.getresponse().read()
     connection.close()
+
+
+_db = None
+_trace_of = {}
+
+
+# The same tracer keeping its logs on disk: rows as the ingest floor builds them, by
+# executemany into a table with the store's columns and indexes (no trace rules).
+def flush_to_sqlite(path):
+    global _db
+    if _db is None:
+        import sqlite3
+        from flowtrace.store._schema import _V1_INDEXES, _V1_TABLES, _V2_INDEXES, _V3_STATEMENTS
+
+        _db = sqlite3.connect(f"{path}.{os.getpid()}", isolation_level=None)  # a process's own
+        _db.execute("PRAGMA journal_mode=WAL")
+        _db.execute("PRAGMA synchronous=NORMAL")
+        for statement in _V1_TABLES + _V1_INDEXES + _V2_INDEXES + _V3_STATEMENTS:
+            _db.execute(statement)
+    while _records:
+        batch = _records[:512]
+        del _records[:512]
+        rows = []
+        for r in batch:
+            seq, parent = r["id"], r["parent"]
+            trace = _trace_of.get(parent, seq) if parent is not None else seq
+            _trace_of[seq] = trace
+            rows.append((seq, f"log_{seq}", 1, 1, trace, parent, r["start_ns"] // 1000,
+                         r["end_ns"] // 1000, 1, 0, b"0123456789abcdef",
+                         json.dumps(r["inputs"]), json.dumps(r["output"]), "{}", 0))
+        _db.execute("BEGIN")
+        _db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        _db.execute("COMMIT")
 """
 
 E2E = """
@@ -331,6 +368,11 @@ def bench_e2e(repeats: int) -> None:
                     "BENCH_MINIMAL": str(minimal_path),
                     "BENCH_SINK": f"127.0.0.1:{port}",
                 },
+                "minimal+sqlite": {
+                    "BENCH_WHICH": "minimal",
+                    "BENCH_MINIMAL": str(minimal_path),
+                    "BENCH_SINK": f"sqlite:{tmp / 'minimal.db'}",
+                },
                 "embedded": {"BENCH_WHICH": "flowtrace", "FLOWTRACE_DB_PATH": str(tmp / "e.db")},
                 "server": {
                     "BENCH_WHICH": "flowtrace",
@@ -355,7 +397,7 @@ def bench_e2e(repeats: int) -> None:
     ):
         base = median(values["minimal"])
         parts = [f"minimal {base:.1f} {unit}"]
-        for name in ("embedded", "server"):
+        for name in ("minimal+sqlite", "embedded", "server"):
             ratios = [v / b for v, b in zip(values[name], values["minimal"], strict=True)]
             parts.append(f"{name} {median(values[name]):.1f} {unit} ({median(ratios):.1f}x)")
         print(f"{figure}: " + "; ".join(parts) + " (target <= 2x)")
