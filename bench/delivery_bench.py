@@ -46,6 +46,13 @@ from tests.scriptutil import script_env  # noqa: E402
 from tests.serverutil import start_server  # noqa: E402
 from tests.test_exit import HOT_LOOP  # noqa: E402  (the script the exit tests run)
 
+from flowtrace.store._schema import (  # noqa: E402
+    _V1_INDEXES,
+    _V1_TABLES,
+    _V2_INDEXES,
+    _V3_STATEMENTS,
+)
+
 
 def run(code: str, env: dict[str, str], *args: str, timeout: float = 1200) -> dict[str, Any]:
     """Run `code` in a fresh interpreter; its last stdout line, as JSON."""
@@ -69,10 +76,41 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+# --- the floor's table ----------------------------------------------------------------------------
+
+#: The store's schema, as the scripts below create it (the floor's table has its columns and
+#: indexes); rendered into the minimal tracer, which must not import flowtrace.
+SCHEMA = [*_V1_TABLES, *_V1_INDEXES, *_V2_INDEXES, *_V3_STATEMENTS]
+
+#: What the floor and the minimal tracer that stores share: its table, and a batch's insert.
+FLOOR_TABLE = f"""
+import sqlite3
+
+SCHEMA = {SCHEMA!r}
+
+
+def floor_table(path):
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    return conn
+
+
+def floor_insert(conn, rows):
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.execute("COMMIT")
+"""
+
+
 # --- ingest ------------------------------------------------------------------------------------
 
-INGEST = """
-import json, os, sqlite3, sys, tempfile, time
+INGEST = (
+    FLOOR_TABLE
+    + """
+import json, os, sys, tempfile, time
 from collections import deque
 from hashlib import blake2b
 from pydantic_core import to_json
@@ -81,9 +119,8 @@ from flowtrace._accounting import Counters
 from flowtrace._contract import wire_time_us
 from flowtrace._planner import Planner
 from flowtrace._request_bodies import resolve_inputs, shape_output
-from flowtrace.store._codec import compact_json
+from flowtrace.store._codec import DIGEST_SIZE, compact_json
 from flowtrace.store import Store
-from flowtrace.store._schema import _V1_INDEXES, _V1_TABLES, _V2_INDEXES, _V3_STATEMENTS
 
 shape, count = sys.argv[1], int(sys.argv[2])
 
@@ -123,18 +160,7 @@ directory = tempfile.mkdtemp()
 
 
 def table(name):
-    conn = sqlite3.connect(os.path.join(directory, name), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    for statement in _V1_TABLES + _V1_INDEXES + _V2_INDEXES + _V3_STATEMENTS:  # the store's
-        conn.execute(statement)
-    return conn
-
-
-def insert(conn, rows):
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-    conn.execute("COMMIT")
+    return floor_table(os.path.join(directory, name))
 
 
 def floor():
@@ -150,9 +176,9 @@ def floor():
                      json.dumps({"x": log.args[0], "y": log.args[1]}), json.dumps(log.result),
                      "{}", 0))
         if len(rows) == 512:
-            insert(conn, rows)
+            floor_insert(conn, rows)
             rows = []
-    insert(conn, rows)
+    floor_insert(conn, rows)
     return time.perf_counter() - started
 
 
@@ -181,7 +207,7 @@ def lower_bound():
         data = compact_json({"provider_latency": log.duration_ns / 1e9})
         identity = ([end, log.log_id, log.options.path, start], inputs_json, fields.get("output"),
                     data)
-        digest = blake2b(to_json(identity), digest_size=16).digest()
+        digest = blake2b(to_json(identity), digest_size=DIGEST_SIZE).digest()
         replays.get(log.log_id)
         targets.get(log.options.path)
         seq_of[log] = n
@@ -191,9 +217,9 @@ def lower_bound():
                      log.start_ns // 1000, log.end_ns // 1000, 1, 0, digest, inputs_json,
                      fields.get("output"), data, 0))
         if len(rows) == 512:
-            insert(conn, rows)
+            floor_insert(conn, rows)
             rows = []
-    insert(conn, rows)
+    floor_insert(conn, rows)
     return time.perf_counter() - started
 
 
@@ -225,6 +251,7 @@ else:
     took = fast_path(which == "batch")
 print(json.dumps({"s": took, "logs": len(logs)}))
 """
+)
 
 
 def bench_ingest(repeats: int) -> None:
@@ -282,8 +309,8 @@ def trace(fn):
 
 
 def flush():
-    if _sink[0] == "sqlite":
-        return flush_to_sqlite(_sink[1])
+    if _db is not None:
+        return flush_to_sqlite()
     connection = http.client.HTTPConnection(_sink[0], int(_sink[1]))
     while _records:
         batch = _records[:512]
@@ -294,23 +321,13 @@ def flush():
     connection.close()
 
 
-_db = None
 _trace_of = {}
+# The same tracer keeping its logs on disk (its table made at the start, as flowtrace's store
+# is): rows as the ingest floor builds them, by executemany, no trace rules.
+_db = floor_table(f"{_sink[1]}.{os.getpid()}") if _sink[0] == "sqlite" else None
 
 
-# The same tracer keeping its logs on disk: rows as the ingest floor builds them, by
-# executemany into a table with the store's columns and indexes (no trace rules).
-def flush_to_sqlite(path):
-    global _db
-    if _db is None:
-        import sqlite3
-        from flowtrace.store._schema import _V1_INDEXES, _V1_TABLES, _V2_INDEXES, _V3_STATEMENTS
-
-        _db = sqlite3.connect(f"{path}.{os.getpid()}", isolation_level=None)  # a process's own
-        _db.execute("PRAGMA journal_mode=WAL")
-        _db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _V1_TABLES + _V1_INDEXES + _V2_INDEXES + _V3_STATEMENTS:
-            _db.execute(statement)
+def flush_to_sqlite():
     while _records:
         batch = _records[:512]
         del _records[:512]
@@ -322,9 +339,7 @@ def flush_to_sqlite(path):
             rows.append((seq, f"log_{seq}", 1, 1, trace, parent, r["start_ns"] // 1000,
                          r["end_ns"] // 1000, 1, 0, b"0123456789abcdef",
                          json.dumps(r["inputs"]), json.dumps(r["output"]), "{}", 0))
-        _db.execute("BEGIN")
-        _db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        _db.execute("COMMIT")
+        floor_insert(_db, rows)
 """
 
 E2E = """
@@ -417,7 +432,7 @@ def exit_time_ms(env: dict[str, str], runs: int) -> float:
 def bench_e2e(repeats: int) -> None:
     tmp = Path(tempfile.mkdtemp())
     minimal_path = tmp / "minimal.py"
-    minimal_path.write_text(textwrap.dedent(MINIMAL))
+    minimal_path.write_text(FLOOR_TABLE + textwrap.dedent(MINIMAL))
     sink = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(SINK)], stdout=subprocess.PIPE, text=True
     )

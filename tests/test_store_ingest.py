@@ -511,7 +511,8 @@ def test_logs_of_functions_that_alternate_in_one_batch_each_find_their_own_versi
             if way == "ingest":
                 assert [status for status, _ in store.ingest(ops)] == [200] * 9
             else:
-                store.batch([op.to_batch_item() for op in ops])
+                results = store.batch([op.to_batch_item() for op in ops])
+                assert [result.status for result in results] == [200] * 9
         with sqlite3.connect(tmp_path / f"{way}.db") as db:
             rows[way] = db.execute(f"SELECT {_LOG_COLUMNS} FROM logs ORDER BY seq").fetchall()
     assert rows["ingest"] == rows["batch"]

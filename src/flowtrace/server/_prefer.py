@@ -19,7 +19,10 @@ __all__ = [
 
 #: The answer's header saying the preference was honoured; as ASGI sends it (`_RAW`).
 MINIMAL_APPLIED = {PREFERENCE_APPLIED_HEADER: RETURN_MINIMAL}
-MINIMAL_APPLIED_RAW = ((b"preference-applied", RETURN_MINIMAL.encode("latin-1")),)
+MINIMAL_APPLIED_RAW = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in MINIMAL_APPLIED.items()
+)
 
 _PREFER_KEY = PREFER_HEADER.lower().encode("latin-1")
 _RETURN, _MINIMAL = RETURN_MINIMAL.split("=")
